@@ -1,0 +1,31 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Front door. Every target sets up what it needs (packages, toolchain, kernel
+# source) on first use; see README.md.
+
+.PHONY: run test setup kernel kernel-release tests check clean distclean
+
+run:			## build the kernel, boot it, run the collapse demo
+	scripts/run-demo.sh
+
+test:			## the whole test suite; ends with "N passed, N failed"
+	scripts/run-tests.sh
+
+setup:			## install packages and toolchain, fetch the kernel source
+	scripts/setup.sh
+	scripts/sync-tree.sh
+
+kernel:			## build the debug kernel only
+	scripts/build-kernel.sh debug
+
+kernel-release:		## build the release-like kernel only
+	scripts/build-kernel.sh release
+
+check:			## rustfmt, clippy and checkpatch on our code
+	scripts/check.sh
+
+clean:			## remove build outputs, keep the kernel source
+	rm -rf build/out-* build/tests build/logs build/initramfs-* build/*.img
+
+distclean:		## remove the whole build folder
+	rm -rf build

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Types shared by the C collapse code in mm/khugepaged.c, the Rust collapse
+ * core in mm/thp_collapse.rs and its C glue in mm/thp_collapse_glue.c.
+ *
+ * Rust sees this header through rust/bindings/bindings_helper.h, so the
+ * signatures of the Rust entry points declared here are checked at compile
+ * time by #[export].
+ */
+#ifndef __MM_KHUGEPAGED_INTERNAL_H
+#define __MM_KHUGEPAGED_INTERNAL_H
+
+#include <linux/types.h>
+#include <linux/huge_mm.h>
+#include <linux/jump_label.h>
+
+struct kobject;
+struct mm_struct;
+struct vm_area_struct;
+
+/**
+ * enum scan_result - outcome of one collapse attempt of one PMD range.
+ *
+ * The values are ABI for the huge_memory tracepoints (see SCAN_STATUS in
+ * include/trace/events/huge_memory.h) and for the Rust core, which mirrors
+ * them one to one.
+ */
+enum scan_result {
+	SCAN_FAIL,
+	SCAN_SUCCEED,
+	SCAN_NO_PTE_TABLE,
+	SCAN_PMD_MAPPED,
+	SCAN_EXCEED_NONE_PTE,
+	SCAN_EXCEED_SWAP_PTE,
+	SCAN_EXCEED_SHARED_PTE,
+	SCAN_PTE_NON_PRESENT,
+	SCAN_PTE_UFFD,
+	SCAN_PTE_MAPPED_HUGEPAGE,
+	SCAN_LACK_REFERENCED_PAGE,
+	SCAN_PAGE_NULL,
+	SCAN_SCAN_ABORT,
+	SCAN_PAGE_COUNT,
+	SCAN_PAGE_LRU,
+	SCAN_PAGE_LOCK,
+	SCAN_PAGE_ANON,
+	SCAN_PAGE_LAZYFREE,
+	SCAN_PAGE_COMPOUND,
+	SCAN_ANY_PROCESS,
+	SCAN_VMA_NULL,
+	SCAN_VMA_CHECK,
+	SCAN_ADDRESS_RANGE,
+	SCAN_DEL_PAGE_LRU,
+	SCAN_ALLOC_HUGE_PAGE_FAIL,
+	SCAN_CGROUP_CHARGE_FAIL,
+	SCAN_TRUNCATED,
+	SCAN_PAGE_HAS_PRIVATE,
+	SCAN_STORE_FAILED,
+	SCAN_COPY_MC,
+	SCAN_PAGE_FILLED,
+	SCAN_PAGE_DIRTY_OR_WRITEBACK,
+};
+
+#ifdef CONFIG_THP_COLLAPSE_RUST
+
+DECLARE_STATIC_KEY_TRUE(thp_collapse_rust_key);
+
+/**
+ * thp_collapse_use_rust() - whether the Rust core serves collapse requests.
+ *
+ * Selected at run time with /sys/kernel/mm/transparent_hugepage/collapse/core
+ * or at boot with thp_collapse_core=. Read once per request.
+ */
+static inline bool thp_collapse_use_rust(void)
+{
+	return static_branch_likely(&thp_collapse_rust_key);
+}
+
+int thp_collapse_sysfs_init(struct kobject *hugepage_kobj);
+
+/* Implemented in Rust (mm/thp_collapse.rs). */
+int thp_collapse_rust_madvise(struct vm_area_struct *vma, unsigned long start,
+			      unsigned long end, bool *lock_dropped,
+			      enum collapse_caller caller);
+enum scan_result thp_collapse_rust_khugepaged_pmd(struct mm_struct *mm,
+						  struct vm_area_struct *vma,
+						  unsigned long addr,
+						  bool *lock_dropped,
+						  unsigned int *progress);
+unsigned int thp_collapse_rust_nr_outcomes(void);
+const char *thp_collapse_rust_outcome_name(unsigned int outcome);
+u64 thp_collapse_rust_stat(enum collapse_caller caller, unsigned int outcome);
+
+#else /* !CONFIG_THP_COLLAPSE_RUST */
+
+static inline bool thp_collapse_use_rust(void)
+{
+	return false;
+}
+
+static inline int thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
+{
+	return 0;
+}
+
+static inline enum scan_result
+thp_collapse_rust_khugepaged_pmd(struct mm_struct *mm,
+				 struct vm_area_struct *vma,
+				 unsigned long addr, bool *lock_dropped,
+				 unsigned int *progress)
+{
+	return SCAN_FAIL;
+}
+
+static inline int thp_collapse_rust_madvise(struct vm_area_struct *vma,
+					    unsigned long start,
+					    unsigned long end,
+					    bool *lock_dropped,
+					    enum collapse_caller caller)
+{
+	return -EINVAL;
+}
+
+#endif /* CONFIG_THP_COLLAPSE_RUST */
+
+#endif /* __MM_KHUGEPAGED_INTERNAL_H */

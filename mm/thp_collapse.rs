@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The transparent hugepage collapse core, in Rust.
+//!
+//! It turns the base pages mapped by one page table into one PMD-mapped huge page, for
+//! `madvise(MADV_COLLAPSE)`, `process_madvise(MADV_COLLAPSE)` and khugepaged. The C glue in
+//! `mm/thp_collapse_glue.c` and the hooks in `mm/khugepaged.c` hand requests here when
+//! `/sys/kernel/mm/transparent_hugepage/collapse/core` selects `rust`.
+//!
+//! # Lock order
+//!
+//! To avoid deadlocks, locks are taken in the order:
+//!  1. mmap lock (read to scan, write to isolate and install),
+//!  2. anon_vma lock (write) or i_mmap lock (write),
+//!  3. PMD page-table lock,
+//!  4. PTE page-table lock (nested).
+//!
+//! The huge folio is allocated and charged to the memory cgroup before the mmap write lock is
+//! taken. mmu notifier range start/end brackets the PMD clear. Every function that can drop the
+//! mmap lock says so in its return type.
+//!
+//! # Status
+//!
+//! The request/outcome model, the errno mapping and the MADV_COLLAPSE continue/abort decisions
+//! are implemented. The per-PMD collapse phases are not yet: each PMD range ends with
+//! [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as `EOPNOTSUPP` and the counters
+//! show under `not_implemented`.
+//!
+//! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
+
+use kernel::{bindings, prelude::*, str::CStr};
+
+mod mode;
+mod outcome;
+mod stats;
+
+use mode::{Caller, PMD_ORDER};
+use outcome::{Outcome, RangeTally};
+use stats::STATS;
+
+/// Size of the range one PMD maps.
+const PMD_SIZE: usize = 1 << (PMD_ORDER + kernel::page::PAGE_SHIFT as u32);
+
+// The Rust outcomes mirror the C `enum scan_result` one to one.
+const _: () = {
+    assert!(Outcome::Fail as u32 == bindings::scan_result_SCAN_FAIL);
+    assert!(Outcome::Succeed as u32 == bindings::scan_result_SCAN_SUCCEED);
+    assert!(Outcome::PmdMapped as u32 == bindings::scan_result_SCAN_PMD_MAPPED);
+    assert!(Outcome::ExceedNonePte as u32 == bindings::scan_result_SCAN_EXCEED_NONE_PTE);
+    assert!(Outcome::PteMappedHugepage as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
+    assert!(Outcome::PageCount as u32 == bindings::scan_result_SCAN_PAGE_COUNT);
+    assert!(Outcome::AnyProcess as u32 == bindings::scan_result_SCAN_ANY_PROCESS);
+    assert!(Outcome::AllocHugePageFail as u32 == bindings::scan_result_SCAN_ALLOC_HUGE_PAGE_FAIL);
+    assert!(Outcome::CopyMc as u32 == bindings::scan_result_SCAN_COPY_MC);
+    assert!(
+        Outcome::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
+    );
+    assert!(Outcome::NR_SCAN_RESULTS == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
+    assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
+    assert!(
+        Caller::ProcessMadvise as u32
+            == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
+    );
+    assert!(Caller::Khugepaged as u32 == bindings::collapse_caller_COLLAPSE_CALLER_KHUGEPAGED);
+    assert!(Caller::COUNT as u32 == bindings::collapse_caller_NR_COLLAPSE_CALLERS);
+};
+
+/// Converts an outcome to the C `enum scan_result`.
+///
+/// [`Outcome::NotImplemented`] has no C counterpart and becomes `SCAN_FAIL`.
+fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
+    match outcome {
+        Outcome::NotImplemented => bindings::scan_result_SCAN_FAIL,
+        o => o as bindings::scan_result,
+    }
+}
+
+/// Collapses the PMD range at `addr` for `caller` (not implemented yet).
+fn collapse_pmd(caller: Caller, _addr: usize) -> Outcome {
+    pr_notice_ratelimited!(
+        "thp_collapse: the Rust core does not implement {:?} collapse yet; select 'c' in \
+         /sys/kernel/mm/transparent_hugepage/collapse/core\n",
+        caller.mode()
+    );
+    Outcome::NotImplemented
+}
+
+/// The PMD-aligned ranges inside `[start, end)`, as (first address, count).
+fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
+    let hend = end & !(PMD_SIZE - 1);
+    match start.checked_next_multiple_of(PMD_SIZE) {
+        Some(hstart) if hstart < hend => (hstart, (hend - hstart) / PMD_SIZE),
+        _ => (start, 0),
+    }
+}
+
+/// MADV_COLLAPSE of `[start, end)` inside `vma`, for `madvise_collapse()`.
+///
+/// Returns 0 when every PMD-aligned range inside `[start, end)` is PMD-mapped on return, else
+/// the negative errno of the last failure (see `Documentation/admin-guide/mm/transhuge.rst`).
+///
+/// # Safety
+///
+/// `vma` must be a valid VMA of the calling context's target mm, whose mmap lock is held for
+/// read and stays held on return (`*lock_dropped` is set if it was dropped and retaken in
+/// between); `[start, end)` must lie inside `vma`; `lock_dropped` must be valid for writes.
+#[export]
+pub unsafe extern "C" fn thp_collapse_rust_madvise(
+    _vma: *mut bindings::vm_area_struct,
+    start: kernel::ffi::c_ulong,
+    end: kernel::ffi::c_ulong,
+    _lock_dropped: *mut bool,
+    caller: bindings::collapse_caller,
+) -> kernel::ffi::c_int {
+    let caller = match Caller::from_u32(caller) {
+        Some(c @ (Caller::Madvise | Caller::ProcessMadvise)) => c,
+        _ => return EINVAL.to_errno(),
+    };
+    let (hstart, ranges) = pmd_ranges(start as usize, end as usize);
+    let mut tally = RangeTally::new(ranges);
+    for i in 0..ranges {
+        let outcome = collapse_pmd(caller, hstart + i * PMD_SIZE);
+        STATS.count(caller, outcome);
+        if !tally.record(outcome) {
+            break;
+        }
+    }
+    match tally.finish() {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// Collapses the PMD range at `addr` for khugepaged's scan of `mm`.
+///
+/// Adds the number of page-table entries it looked at to `*progress`.
+///
+/// # Safety
+///
+/// `mm` must be valid and its mmap lock held for read; `vma` must be a VMA of `mm` that covers
+/// the PMD range at `addr`; `lock_dropped` and `progress` must be valid for writes. If
+/// `*lock_dropped` is set on return, the mmap lock was released and `vma` must not be used.
+#[export]
+pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
+    _mm: *mut bindings::mm_struct,
+    _vma: *mut bindings::vm_area_struct,
+    addr: kernel::ffi::c_ulong,
+    _lock_dropped: *mut bool,
+    progress: *mut kernel::ffi::c_uint,
+) -> bindings::scan_result {
+    let outcome = collapse_pmd(Caller::Khugepaged, addr as usize);
+    STATS.count(Caller::Khugepaged, outcome);
+    // SAFETY: The caller guarantees that `progress` is valid for writes.
+    unsafe { *progress = (*progress).saturating_add(1) };
+    to_scan_result(outcome)
+}
+
+/// Number of outcomes counted per caller.
+///
+/// # Safety
+///
+/// Always safe to call.
+// Required to be unsafe due to the `#[export]` annotation.
+#[export]
+pub unsafe extern "C" fn thp_collapse_rust_nr_outcomes() -> kernel::ffi::c_uint {
+    Outcome::COUNT as kernel::ffi::c_uint
+}
+
+/// The sysfs name of outcome number `outcome`, or NULL past the last one.
+///
+/// # Safety
+///
+/// Always safe to call.
+#[export]
+pub unsafe extern "C" fn thp_collapse_rust_outcome_name(
+    outcome: kernel::ffi::c_uint,
+) -> *const kernel::ffi::c_char {
+    Outcome::from_u32(outcome).map_or(core::ptr::null(), |o| {
+        let name: &'static CStr = o.name();
+        name.as_char_ptr()
+    })
+}
+
+/// The count of PMD ranges that `caller` saw end with outcome number `outcome`.
+///
+/// # Safety
+///
+/// Always safe to call.
+#[export]
+pub unsafe extern "C" fn thp_collapse_rust_stat(
+    caller: bindings::collapse_caller,
+    outcome: kernel::ffi::c_uint,
+) -> u64 {
+    match (Caller::from_u32(caller), Outcome::from_u32(outcome)) {
+        (Some(c), Some(o)) => STATS.get(c, o),
+        _ => 0,
+    }
+}
+
+#[kunit_tests(thp_collapse_range)]
+mod tests {
+    use super::*;
+
+    const MB2: usize = PMD_SIZE;
+
+    #[test]
+    fn pmd_ranges_align_inwards() {
+        assert_eq!(pmd_ranges(0, 4 * MB2), (0, 4));
+        assert_eq!(pmd_ranges(1, 4 * MB2), (MB2, 3));
+        assert_eq!(pmd_ranges(MB2, 3 * MB2 - 1), (MB2, 1));
+        assert_eq!(pmd_ranges(MB2 + 4096, 2 * MB2 + 4096).1, 0);
+        assert_eq!(pmd_ranges(0, MB2 - 1).1, 0);
+        assert_eq!(pmd_ranges(usize::MAX - 4095, usize::MAX).1, 0);
+    }
+
+    #[test]
+    fn scan_results_round_trip() {
+        for o in Outcome::ALL {
+            let raw = to_scan_result(o);
+            if o == Outcome::NotImplemented {
+                assert_eq!(raw, bindings::scan_result_SCAN_FAIL);
+            } else {
+                assert_eq!(Outcome::from_u32(raw), Some(o));
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Who asks for a collapse, and the rules each kind of request follows.
+//!
+//! This file is pure logic: no `unsafe`, no `bindings`.
+
+/// The PMD order on x86-64 with 4 KiB pages: a PMD maps 2^9 base pages.
+pub(crate) const PMD_ORDER: u32 = 9;
+
+/// Number of PTEs under one PMD.
+pub(crate) const PTES_PER_PMD: u32 = 1 << PMD_ORDER;
+
+/// The largest value of the khugepaged `max_ptes_*` tunables (`KHUGEPAGED_MAX_PTES_LIMIT`).
+pub(crate) const MAX_PTES_LIMIT: u32 = PTES_PER_PMD - 1;
+
+/// Who asked for a collapse. The values are those of the C `enum collapse_caller`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Caller {
+    /// `madvise(MADV_COLLAPSE)`, also through io_uring.
+    Madvise = 0,
+    /// `process_madvise(MADV_COLLAPSE)`.
+    ProcessMadvise = 1,
+    /// The khugepaged kernel thread.
+    Khugepaged = 2,
+}
+
+impl Caller {
+    /// Number of callers.
+    pub(crate) const COUNT: usize = 3;
+
+    /// All callers, in numeric order.
+    pub(crate) const ALL: [Caller; Self::COUNT] =
+        [Caller::Madvise, Caller::ProcessMadvise, Caller::Khugepaged];
+
+    /// Returns the caller with number `raw`, if there is one.
+    pub(crate) fn from_u32(raw: u32) -> Option<Self> {
+        Self::ALL.get(usize::try_from(raw).ok()?).copied()
+    }
+
+    /// The rules this caller's requests follow.
+    pub(crate) const fn mode(self) -> Mode {
+        match self {
+            Caller::Madvise | Caller::ProcessMadvise => Mode::Forced,
+            Caller::Khugepaged => Mode::Khugepaged,
+        }
+    }
+}
+
+/// The two kinds of collapse, which differ in how hard they try and what they tolerate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Background collapse by khugepaged: honours the `max_ptes_*` tunables, the
+    /// referenced/young heuristics and the `defrag` knob; may collapse to mTHP orders.
+    Khugepaged,
+    /// MADV_COLLAPSE, on the caller's behalf: ignores the heuristics and tunables, may enter
+    /// direct reclaim and compaction, and collapses to PMD order only.
+    Forced,
+}
+
+/// The khugepaged tunables in `/sys/kernel/mm/transparent_hugepage/khugepaged/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tunables {
+    /// `max_ptes_none`.
+    pub(crate) max_ptes_none: u32,
+    /// `max_ptes_swap`.
+    pub(crate) max_ptes_swap: u32,
+    /// `max_ptes_shared`.
+    pub(crate) max_ptes_shared: u32,
+    /// `defrag`: whether khugepaged may enter direct reclaim and compaction.
+    pub(crate) defrag: bool,
+}
+
+/// How much of a range may be missing or shared for a collapse to go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Most PTEs that may be none or map the zero page.
+    pub(crate) max_none: u32,
+    /// Most PTEs (or page cache entries) that may be swapped out.
+    pub(crate) max_swap: u32,
+    /// Most PTEs that may map anonymous pages shared with another process.
+    pub(crate) max_shared: u32,
+}
+
+/// How the collapse's huge folio is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AllocPolicy {
+    /// `GFP_TRANSHUGE`: direct reclaim and compaction allowed.
+    Reclaim,
+    /// `GFP_TRANSHUGE_LIGHT`: no direct reclaim, give up quickly.
+    Light,
+}
+
+/// Whether a `max_ptes_none` tunable value is one khugepaged honours for mTHP orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MthpNoneLimit {
+    /// The value is honoured as is (0) or scaled to the order (511).
+    Honoured,
+    /// Any other value: treated as 0, and upstream warns once.
+    Ignored,
+}
+
+impl Mode {
+    /// The limits for a collapse to `order` in a VMA that is (or is not) userfaultfd-armed.
+    ///
+    /// Upstream reference: `collapse_max_ptes_{none,swap,shared}()` in `mm/khugepaged.c`.
+    pub(crate) fn limits(self, t: &Tunables, order: u32, uffd_armed: bool) -> Limits {
+        let pmd = order == PMD_ORDER;
+        match self {
+            Mode::Forced => Limits {
+                max_none: if uffd_armed { 0 } else { PTES_PER_PMD },
+                max_swap: PTES_PER_PMD,
+                max_shared: PTES_PER_PMD,
+            },
+            Mode::Khugepaged => Limits {
+                max_none: if uffd_armed {
+                    0
+                } else if pmd {
+                    t.max_ptes_none
+                } else if t.max_ptes_none == MAX_PTES_LIMIT {
+                    (1 << order) - 1
+                } else {
+                    0
+                },
+                max_swap: if pmd { t.max_ptes_swap } else { 0 },
+                max_shared: if pmd { t.max_ptes_shared } else { 0 },
+            },
+        }
+    }
+
+    /// Whether `max_ptes_none` is meaningful for mTHP collapse.
+    pub(crate) fn mthp_none_limit(t: &Tunables) -> MthpNoneLimit {
+        match t.max_ptes_none {
+            0 | MAX_PTES_LIMIT => MthpNoneLimit::Honoured,
+            _ => MthpNoneLimit::Ignored,
+        }
+    }
+
+    /// How the huge folio is allocated.
+    pub(crate) fn alloc_policy(self, t: &Tunables) -> AllocPolicy {
+        match self {
+            Mode::Forced => AllocPolicy::Reclaim,
+            Mode::Khugepaged if t.defrag => AllocPolicy::Reclaim,
+            Mode::Khugepaged => AllocPolicy::Light,
+        }
+    }
+
+    /// The fewest referenced (young) pages a range needs to be worth collapsing, given how many
+    /// of its PTEs are swapped out. khugepaged wants proof that the range is in use, and more of
+    /// it when the collapse costs swap-in I/O; MADV_COLLAPSE asks for nothing.
+    pub(crate) fn min_referenced(self, swapped: u32) -> u32 {
+        match self {
+            Mode::Forced => 0,
+            Mode::Khugepaged if swapped > 0 => PTES_PER_PMD / 2,
+            Mode::Khugepaged => 1,
+        }
+    }
+
+    /// Whether lazily-freed (MADV_FREE) pages stop the collapse.
+    pub(crate) fn skips_lazyfree(self) -> bool {
+        self == Mode::Khugepaged
+    }
+}
+
+#[kunit_tests(thp_collapse_mode)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: Tunables = Tunables {
+        max_ptes_none: 511,
+        max_ptes_swap: 64,
+        max_ptes_shared: 256,
+        defrag: true,
+    };
+
+    #[test]
+    fn callers_map_to_modes() {
+        assert_eq!(Caller::Madvise.mode(), Mode::Forced);
+        assert_eq!(Caller::ProcessMadvise.mode(), Mode::Forced);
+        assert_eq!(Caller::Khugepaged.mode(), Mode::Khugepaged);
+        for (i, c) in Caller::ALL.iter().enumerate() {
+            assert_eq!(Caller::from_u32(i as u32), Some(*c));
+        }
+        assert_eq!(Caller::from_u32(3), None);
+    }
+
+    #[test]
+    fn forced_ignores_tunables() {
+        let strict = Tunables {
+            max_ptes_none: 0,
+            max_ptes_swap: 0,
+            max_ptes_shared: 0,
+            defrag: false,
+        };
+        let l = Mode::Forced.limits(&strict, PMD_ORDER, false);
+        assert_eq!(l.max_none, 512);
+        assert_eq!(l.max_swap, 512);
+        assert_eq!(l.max_shared, 512);
+        assert_eq!(Mode::Forced.alloc_policy(&strict), AllocPolicy::Reclaim);
+        assert_eq!(Mode::Forced.min_referenced(100), 0);
+        assert!(!Mode::Forced.skips_lazyfree());
+    }
+
+    #[test]
+    fn uffd_armed_allows_no_holes() {
+        assert_eq!(Mode::Forced.limits(&DEFAULTS, PMD_ORDER, true).max_none, 0);
+        assert_eq!(Mode::Khugepaged.limits(&DEFAULTS, PMD_ORDER, true).max_none, 0);
+        assert_eq!(Mode::Khugepaged.limits(&DEFAULTS, 4, true).max_none, 0);
+    }
+
+    #[test]
+    fn khugepaged_pmd_honours_tunables() {
+        let l = Mode::Khugepaged.limits(&DEFAULTS, PMD_ORDER, false);
+        assert_eq!(l, Limits { max_none: 511, max_swap: 64, max_shared: 256 });
+        let t = Tunables { max_ptes_none: 256, ..DEFAULTS };
+        assert_eq!(Mode::Khugepaged.limits(&t, PMD_ORDER, false).max_none, 256);
+    }
+
+    #[test]
+    fn khugepaged_mthp_limits() {
+        // 511 scales to the order; swap and shared are never allowed for mTHP.
+        let l = Mode::Khugepaged.limits(&DEFAULTS, 4, false);
+        assert_eq!(l, Limits { max_none: 15, max_swap: 0, max_shared: 0 });
+        assert_eq!(Mode::Khugepaged.limits(&DEFAULTS, 2, false).max_none, 3);
+        assert_eq!(Mode::mthp_none_limit(&DEFAULTS), MthpNoneLimit::Honoured);
+        // Any other value is treated as 0.
+        let t = Tunables { max_ptes_none: 256, ..DEFAULTS };
+        assert_eq!(Mode::Khugepaged.limits(&t, 4, false).max_none, 0);
+        assert_eq!(Mode::mthp_none_limit(&t), MthpNoneLimit::Ignored);
+        let t = Tunables { max_ptes_none: 0, ..DEFAULTS };
+        assert_eq!(Mode::mthp_none_limit(&t), MthpNoneLimit::Honoured);
+        assert_eq!(Mode::Khugepaged.limits(&t, 4, false).max_none, 0);
+    }
+
+    #[test]
+    fn khugepaged_alloc_follows_defrag() {
+        assert_eq!(Mode::Khugepaged.alloc_policy(&DEFAULTS), AllocPolicy::Reclaim);
+        let t = Tunables { defrag: false, ..DEFAULTS };
+        assert_eq!(Mode::Khugepaged.alloc_policy(&t), AllocPolicy::Light);
+    }
+
+    #[test]
+    fn khugepaged_referenced_requirement() {
+        assert_eq!(Mode::Khugepaged.min_referenced(0), 1);
+        assert_eq!(Mode::Khugepaged.min_referenced(1), 256);
+        assert!(Mode::Khugepaged.skips_lazyfree());
+    }
+}

@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C glue of the Rust THP collapse core (mm/thp_collapse.rs): the run-time
+ * selection between the C and Rust implementations, and the sysfs files
+ * that show the Rust core's counters.
+ *
+ * /sys/kernel/mm/transparent_hugepage/collapse/
+ *	core			"[rust] c" or "rust [c]"; write "rust" or "c"
+ *	rust_stats/madvise	one "<outcome> <count>" line per outcome
+ *	rust_stats/process_madvise
+ *	rust_stats/khugepaged
+ */
+#define pr_fmt(fmt) "thp_collapse: " fmt
+
+#include <linux/init.h>
+#include <linux/jump_label.h>
+#include <linux/kobject.h>
+#include <linux/string.h>
+#include <linux/sysfs.h>
+
+#include "khugepaged_internal.h"
+
+DEFINE_STATIC_KEY_TRUE(thp_collapse_rust_key);
+
+/* Choice made on the command line, applied when sysfs comes up. */
+static bool thp_collapse_boot_rust __initdata = true;
+
+static int __init setup_thp_collapse_core(char *str)
+{
+	if (!strcmp(str, "rust"))
+		thp_collapse_boot_rust = true;
+	else if (!strcmp(str, "c"))
+		thp_collapse_boot_rust = false;
+	else
+		pr_warn("thp_collapse_core=%s ignored: use 'rust' or 'c'\n",
+			str);
+	return 1;
+}
+__setup("thp_collapse_core=", setup_thp_collapse_core);
+
+static ssize_t core_show(struct kobject *kobj, struct kobj_attribute *attr,
+			 char *buf)
+{
+	return sysfs_emit(buf, thp_collapse_use_rust() ? "[rust] c\n" :
+							 "rust [c]\n");
+}
+
+static ssize_t core_store(struct kobject *kobj, struct kobj_attribute *attr,
+			  const char *buf, size_t count)
+{
+	if (sysfs_streq(buf, "rust"))
+		static_branch_enable(&thp_collapse_rust_key);
+	else if (sysfs_streq(buf, "c"))
+		static_branch_disable(&thp_collapse_rust_key);
+	else
+		return -EINVAL;
+	return count;
+}
+
+static struct kobj_attribute core_attr = __ATTR_RW(core);
+
+static struct attribute *collapse_attrs[] = {
+	&core_attr.attr,
+	NULL,
+};
+
+static const struct attribute_group collapse_attr_group = {
+	.attrs = collapse_attrs,
+};
+
+static ssize_t rust_stats_emit(enum collapse_caller caller, char *buf)
+{
+	unsigned int i, nr = thp_collapse_rust_nr_outcomes();
+	int len = 0;
+
+	for (i = 0; i < nr; i++)
+		len += sysfs_emit_at(buf, len, "%s %llu\n",
+				     thp_collapse_rust_outcome_name(i),
+				     thp_collapse_rust_stat(caller, i));
+	return len;
+}
+
+#define RUST_STATS_ATTR(_name, _caller)					\
+static ssize_t _name##_show(struct kobject *kobj,			\
+			    struct kobj_attribute *attr, char *buf)	\
+{									\
+	return rust_stats_emit(_caller, buf);				\
+}									\
+static struct kobj_attribute _name##_stats_attr = __ATTR_RO(_name)
+
+RUST_STATS_ATTR(madvise, COLLAPSE_CALLER_MADVISE);
+RUST_STATS_ATTR(process_madvise, COLLAPSE_CALLER_PROCESS_MADVISE);
+RUST_STATS_ATTR(khugepaged, COLLAPSE_CALLER_KHUGEPAGED);
+
+static struct attribute *rust_stats_attrs[] = {
+	&madvise_stats_attr.attr,
+	&process_madvise_stats_attr.attr,
+	&khugepaged_stats_attr.attr,
+	NULL,
+};
+
+static const struct attribute_group rust_stats_attr_group = {
+	.name = "rust_stats",
+	.attrs = rust_stats_attrs,
+};
+
+static const struct attribute_group *collapse_attr_groups[] = {
+	&collapse_attr_group,
+	&rust_stats_attr_group,
+	NULL,
+};
+
+/**
+ * thp_collapse_sysfs_init() - create transparent_hugepage/collapse/.
+ * @hugepage_kobj: the /sys/kernel/mm/transparent_hugepage kobject.
+ *
+ * Also applies the thp_collapse_core= boot choice.
+ *
+ * Return: 0 on success, a negative errno otherwise.
+ */
+int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
+{
+	struct kobject *kobj;
+	int err;
+
+	if (!thp_collapse_boot_rust)
+		static_branch_disable(&thp_collapse_rust_key);
+
+	kobj = kobject_create_and_add("collapse", hugepage_kobj);
+	if (!kobj)
+		return -ENOMEM;
+	err = sysfs_create_groups(kobj, collapse_attr_groups);
+	if (err)
+		kobject_put(kobj);
+	return err;
+}

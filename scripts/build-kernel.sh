@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build a kernel flavour out of tree: scripts/build-kernel.sh debug|release
+# Config = x86_64 tinyconfig + configs/base.config + configs/<flavour>.config,
+# merged with the kernel's scripts/kconfig/merge_config.sh.
+
+. "$(dirname "$0")/lib.sh"
+
+flavour=${1:-debug}
+[ -f "$TOP/configs/$flavour.config" ] || die "unknown kernel flavour '$flavour'"
+"$TOP/scripts/setup.sh"
+"$TOP/scripts/sync-tree.sh"
+
+O=$BUILD/out-$flavour
+mkdir -p "$O"
+kmake() { make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX "$@"; }
+
+# Generate the config in a scratch folder, install it only when it changed.
+cfg=$BUILD/.config-$flavour
+rm -rf "$cfg" && mkdir -p "$cfg"
+make -s -C "$SRC" O="$cfg" LLVM=$LLVM_SUFFIX tinyconfig >/dev/null
+frags=("$TOP/configs/base.config" "$TOP/configs/$flavour.config")
+(cd "$cfg" && "$SRC/scripts/kconfig/merge_config.sh" -m -O "$cfg" "$cfg/.config" "${frags[@]}" >/dev/null)
+make -s -C "$SRC" O="$cfg" LLVM=$LLVM_SUFFIX olddefconfig >/dev/null
+
+# Every value a fragment asks for must survive olddefconfig.
+bad=""
+for f in "${frags[@]}"; do
+	while IFS= read -r line; do
+		case "$line" in
+		CONFIG_*=*)
+			grep -qxF "$line" "$cfg/.config" || bad="$bad ${line}" ;;
+		"# CONFIG_"*" is not set")
+			opt=${line#\# }; opt=${opt%% *}
+			grep -q "^$opt=" "$cfg/.config" && bad="$bad $opt=n" ;;
+		esac
+	done <"$f"
+done
+[ -z "$bad" ] || die "config values lost by olddefconfig ($flavour):$bad"
+
+if ! cmp -s "$cfg/.config" "$O/.config"; then
+	log "config ($flavour) changed"
+	cp "$cfg/.config" "$O/.config"
+fi
+rm -rf "$cfg"
+
+log "building $flavour kernel in $O"
+kmake -j"$(jobs)" ${CLIPPY:+CLIPPY=1} bzImage
+log "built $O/arch/x86/boot/bzImage"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build the selftests the harness runs, statically linked, from the build
+# tree (upstream sources unchanged, plus ours from the overlay):
+#   scripts/build-tests.sh <flavour> <list>...
+# Binaries land in build/tests/.
+
+. "$(dirname "$0")/lib.sh"
+
+flavour=$1; shift
+O=$BUILD/out-$flavour
+T=$BUILD/tests
+mkdir -p "$T"
+
+# UAPI headers of the kernel under test.
+make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX headers_install >/dev/null
+
+# Every program named by the lists (first word of the command, "./x").
+progs=$(for l in "$@"; do awk '!/^#/ && NF >= 4 { sub("^\\./", "", $4); print $4 }' "$l"; done | sort -u)
+targets=""
+for p in $progs; do
+	if [ -f "$SRC/tools/testing/selftests/mm/$p.c" ]; then
+		targets="$targets $T/$p"
+	elif [ -f "$SRC/tools/mm/$p.c" ]; then
+		gcc -static -O2 -Wall -Werror -isystem "$O/usr/include" \
+			-o "$T/$p" "$SRC/tools/mm/$p.c"
+	else
+		die "no source for test program '$p'"
+	fi
+done
+# shellcheck disable=SC2086
+make -s -C "$SRC/tools/testing/selftests/mm" OUTPUT="$T" \
+	KHDR_INCLUDES="-isystem $O/usr/include" LDFLAGS=-static \
+	CC=gcc $targets

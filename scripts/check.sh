@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# House checks on our code: rustfmt, a CLIPPY=1 build of the Rust objects,
+# checkpatch.pl on the C glue, the selftests and the patch series.
+# Fails on any finding.
+
+. "$(dirname "$0")/lib.sh"
+
+"$TOP/scripts/build-kernel.sh" debug >/dev/null
+O=$BUILD/out-debug
+fail=0
+
+rs=$(cd "$TOP" && git ls-files '*.rs')
+log "rustfmt"
+for f in $rs; do
+	rustfmt --check --edition 2021 --config-path "$SRC/.rustfmt.toml" "$SRC/$f" ||
+		fail=1
+done
+
+log "clippy"
+objs=$(for f in $rs; do case "$f" in mm/thp_collapse.rs) echo mm/thp_collapse.o ;; esac; done)
+touch "$SRC/mm/thp_collapse.rs"
+out=$(make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX CLIPPY=1 $objs 2>&1) || fail=1
+if [ -n "$out" ]; then
+	echo "$out"
+	fail=1
+fi
+
+log "checkpatch"
+cfiles=$(cd "$TOP" && git ls-files '*.c' '*.h')
+for f in $cfiles; do
+	"$SRC/scripts/checkpatch.pl" --no-tree --quiet --strict -f "$TOP/$f" || fail=1
+done
+for p in "$TOP"/patches/*.patch; do
+	"$SRC/scripts/checkpatch.pl" --no-tree --quiet --no-signoff "$p" || fail=1
+done
+
+[ $fail = 0 ] && log "all checks clean"
+exit $fail

@@ -1,0 +1,28 @@
+# SPDX-License-Identifier: GPL-2.0
+# Shared settings for the project's scripts. Sourced, never executed.
+
+set -euo pipefail
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-$TOP/build}
+CACHE=${THP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/thp-collapse-rs}
+
+KVER=7.3.4
+KPKG=linux-source-7.3
+KPKG_VERSION=7.3.4-1~bpo13+1
+KPKG_SUITE=trixie-backports
+KPKG_SHA256=703e369ddd4cce971452f5a593ee55df3a5c10c83caf0fa0df039633ed181ee3
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+SRC_PRISTINE=$BUILD/linux-pristine
+SRC=$BUILD/linux
+LLVM_SUFFIX=-19
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Directories of this repository that mirror kernel-tree paths.
+OVERLAY_DIRS="mm include rust tools Documentation lib"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+jobs() { nproc 2>/dev/null || echo 2; }

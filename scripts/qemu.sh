@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Boot a built kernel under QEMU with an initramfs holding busybox-static, the
+# test binaries and a run list; the guest runs the list and powers off.
+#   scripts/qemu.sh <flavour> <list> <run-name> [extra kernel args]
+# Logs: build/logs/<run-name>.console.log (kernel console, ttyS0) and
+#       build/logs/<run-name>.tests.log   (program output, ttyS1).
+
+. "$(dirname "$0")/lib.sh"
+
+flavour=$1 list=$2 run=$3
+shift 3
+extra_args="$*"
+O=$BUILD/out-$flavour
+kernel=$O/arch/x86/boot/bzImage
+logs=$BUILD/logs
+mkdir -p "$logs"
+console=$logs/$run.console.log
+tests=$logs/$run.tests.log
+rm -f "$console" "$tests"
+
+# The initramfs.
+root=$BUILD/initramfs-$run
+rm -rf "$root"
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,tests}
+cp /bin/busybox "$root/bin/busybox"
+cp "$TOP/scripts/guest/init" "$root/init"
+chmod +x "$root/init"
+grep -v '^#' "$list" >"$root/tests/list"
+for p in $(awk 'NF >= 4 { sub("^\\./", "", $4); print $4 }' "$root/tests/list" | sort -u); do
+	cp "$BUILD/tests/$p" "$root/tests/"
+done
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$BUILD/initramfs-$run.cpio.gz"
+rm -rf "$root"
+
+# A fresh XFS image for the "file" memory type (needs >= 300 MB).
+disk=$BUILD/xfs-$run.img
+rm -f "$disk"
+truncate -s 320M "$disk"
+mkfs.xfs -q -f "$disk"
+
+accel=tcg
+cpu=max
+if [ "${THP_ACCEL:-auto}" = kvm ] || { [ "${THP_ACCEL:-auto}" = auto ] && "$TOP/scripts/kvm-probe.sh" "$kernel"; }; then
+	accel=kvm
+	cpu=host
+fi
+echo "$accel" >"$logs/$run.accel"
+log "booting $flavour kernel under QEMU ($accel), run '$run'"
+
+timeout_s=${THP_QEMU_TIMEOUT:-3600}
+set +e
+timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
+	-accel "$accel" -cpu "$cpu" -smp 2 -m 4G \
+	-kernel "$kernel" -initrd "$BUILD/initramfs-$run.cpio.gz" \
+	-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 nokaslr $extra_args" \
+	-drive "file=$disk,if=virtio,format=raw" \
+	-display none -monitor none -no-reboot \
+	-serial "file:$console" -serial "file:$tests" </dev/null &
+qpid=$!
+tail -n +1 -F "$tests" 2>/dev/null --pid=$qpid | sed -u 's/\r$//' &
+wait $qpid
+rc=$?
+set -e
+sleep 0.5
+rm -f "$disk"
+if [ $rc = 124 ]; then
+	echo "# HARNESS TIMEOUT after ${timeout_s}s" >>"$tests"
+fi
+exit 0

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The run-time choice between the C and Rust THP collapse cores, and the
+ * Rust core's per-caller counters.
+ *
+ * While the Rust core does not implement the collapse phases, every request
+ * it serves must say so (EOPNOTSUPP, counted as not_implemented) rather than
+ * pretend, and the C core must keep working when selected.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "kselftest.h"
+#include "vm_util.h"
+#include "thp_collapse_util.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define KHUGEPAGED_SYSFS "/sys/kernel/mm/transparent_hugepage/khugepaged/"
+#define NR_PMDS 2
+
+static char *populated(size_t nr_pmds)
+{
+	char *p = mmap_pmd_aligned(nr_pmds, PROT_READ | PROT_WRITE);
+
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	/* Fault in base pages only: no THP at fault time for this VMA. */
+	if (madvise(p, nr_pmds * PMD_SZ, MADV_NOHUGEPAGE))
+		ksft_exit_fail_perror("madvise(MADV_NOHUGEPAGE)");
+	memset(p, 0xa5, nr_pmds * PMD_SZ);
+	/* MADV_COLLAPSE respects VM_NOHUGEPAGE: MADV_HUGEPAGE clears it. */
+	if (madvise(p, nr_pmds * PMD_SZ, MADV_HUGEPAGE))
+		ksft_exit_fail_perror("madvise(MADV_HUGEPAGE)");
+	return p;
+}
+
+static void test_knob(const char *orig)
+{
+	int err;
+
+	ksft_test_result(orig && (!strcmp(orig, "rust") || !strcmp(orig, "c")),
+			 "core knob reads rust or c (%s)\n", orig ? orig : "none");
+
+	err = collapse_set_core("fortran");
+	ksft_test_result(err == EINVAL && !strcmp(collapse_core(), orig),
+			 "core knob rejects other values with EINVAL (%s)\n",
+			 strerror(err));
+
+	collapse_require_core("c");
+	err = !!strcmp(collapse_core(), "c");
+	collapse_require_core("rust");
+	err |= !!strcmp(collapse_core(), "rust");
+	ksft_test_result(!err, "core knob switches between c and rust\n");
+}
+
+static void test_rust_madvise(void)
+{
+	long long ni = rust_stat("madvise", "not_implemented");
+	long long pm = rust_stat("process_madvise", "not_implemented");
+	char *p = populated(NR_PMDS);
+	int ret, err;
+
+	collapse_require_core("rust");
+	ret = madvise(p, NR_PMDS * PMD_SZ, MADV_COLLAPSE);
+	err = errno;
+	/* The first PMD range aborts the request: counted once. */
+	ksft_test_result(ret == -1 && err == EOPNOTSUPP &&
+			 rust_stat("madvise", "not_implemented") == ni + 1 &&
+			 rust_stat("process_madvise", "not_implemented") == pm,
+			 "rust: madvise(MADV_COLLAPSE) says EOPNOTSUPP and counts not_implemented (ret %d, %s)\n",
+			 ret, strerror(err));
+	ksft_test_result(check_huge_anon(p, NR_PMDS * PMD_SZ, 0, PMD_SZ) &&
+			 p[0] == (char)0xa5 && p[NR_PMDS * PMD_SZ - 1] == (char)0xa5,
+			 "rust: memory unchanged after the refused collapse\n");
+	munmap(p, NR_PMDS * PMD_SZ);
+}
+
+static void test_rust_sub_pmd_range(void)
+{
+	long long total = rust_stat_total("madvise");
+	char *p = populated(1);
+	int ret;
+
+	collapse_require_core("rust");
+	/* No PMD-aligned range inside: success without work, as upstream. */
+	ret = madvise(p + 4096, PMD_SZ - 8192, MADV_COLLAPSE);
+	ksft_test_result(ret == 0 && rust_stat_total("madvise") == total,
+			 "rust: a range holding no aligned PMD succeeds without work\n");
+	munmap(p, PMD_SZ);
+}
+
+static void test_rust_process_madvise(void)
+{
+	long long ni = rust_stat("process_madvise", "not_implemented");
+	long long m = rust_stat("madvise", "not_implemented");
+	char *p = populated(1);
+	struct iovec iov = { .iov_base = p, .iov_len = PMD_SZ };
+	int pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+	long ret;
+	int err;
+
+	if (pidfd < 0)
+		ksft_exit_fail_perror("pidfd_open");
+	collapse_require_core("rust");
+	ret = syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_COLLAPSE, 0);
+	err = errno;
+	ksft_test_result(ret == -1 && err == EOPNOTSUPP &&
+			 rust_stat("process_madvise", "not_implemented") == ni + 1 &&
+			 rust_stat("madvise", "not_implemented") == m,
+			 "rust: process_madvise(MADV_COLLAPSE) says EOPNOTSUPP and counts under process_madvise (ret %ld, %s)\n",
+			 ret, strerror(err));
+	close(pidfd);
+	munmap(p, PMD_SZ);
+}
+
+static void test_c_core(void)
+{
+	long long m = rust_stat_total("madvise");
+	char *p = populated(NR_PMDS);
+	int ret;
+
+	collapse_require_core("c");
+	ret = madvise(p, NR_PMDS * PMD_SZ, MADV_COLLAPSE);
+	ksft_test_result(ret == 0 &&
+			 check_huge_anon(p, NR_PMDS * PMD_SZ, NR_PMDS, PMD_SZ) &&
+			 rust_stat_total("madvise") == m,
+			 "c: madvise(MADV_COLLAPSE) collapses and the Rust counters stay still (ret %d)\n",
+			 ret);
+	ksft_test_result(p[0] == (char)0xa5 && p[NR_PMDS * PMD_SZ - 1] == (char)0xa5,
+			 "c: contents preserved\n");
+	munmap(p, NR_PMDS * PMD_SZ);
+}
+
+static void test_rust_khugepaged(void)
+{
+	unsigned long sleep_ms = read_num(KHUGEPAGED_SYSFS "scan_sleep_millisecs");
+	long long ni = rust_stat("khugepaged", "not_implemented");
+	unsigned long scans;
+	char *p;
+	int i;
+
+	collapse_require_core("rust");
+	write_num(KHUGEPAGED_SYSFS "scan_sleep_millisecs", 10);
+	p = populated(1);
+	scans = read_num(KHUGEPAGED_SYSFS "full_scans");
+	for (i = 0; i < 100 && read_num(KHUGEPAGED_SYSFS "full_scans") < scans + 2; i++)
+		usleep(100000);
+	ksft_test_result(rust_stat("khugepaged", "not_implemented") > ni &&
+			 check_huge_anon(p, PMD_SZ, 0, PMD_SZ),
+			 "rust: khugepaged hands its candidates to the Rust core (%lld new not_implemented)\n",
+			 rust_stat("khugepaged", "not_implemented") - ni);
+	write_num(KHUGEPAGED_SYSFS "scan_sleep_millisecs", sleep_ms);
+	munmap(p, PMD_SZ);
+}
+
+int main(void)
+{
+	const char *core = collapse_core();
+	char orig[16];
+
+	ksft_print_header();
+	if (!core)
+		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
+	snprintf(orig, sizeof(orig), "%s", core);
+	ksft_set_plan(10);
+
+	test_knob(orig);
+	test_rust_madvise();
+	test_rust_sub_pmd_range();
+	test_rust_process_madvise();
+	test_c_core();
+	test_rust_khugepaged();
+
+	collapse_set_core(orig);
+	ksft_finished();
+}

@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Helpers for the Rust THP collapse core selftests: select the core, read
+ * its counters, map PMD-aligned memory.
+ */
+#ifndef __THP_COLLAPSE_UTIL_H
+#define __THP_COLLAPSE_UTIL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "kselftest.h"
+
+#define COLLAPSE_SYSFS "/sys/kernel/mm/transparent_hugepage/collapse"
+
+/* The core ("rust" or "c") selected now, or NULL if there is no knob. */
+static inline const char *collapse_core(void)
+{
+	static char buf[32];
+	FILE *f = fopen(COLLAPSE_SYSFS "/core", "r");
+	char *open, *close;
+
+	if (!f)
+		return NULL;
+	if (!fgets(buf, sizeof(buf), f)) {
+		fclose(f);
+		return NULL;
+	}
+	fclose(f);
+	open = strchr(buf, '[');
+	close = open ? strchr(open, ']') : NULL;
+	if (!close)
+		return NULL;
+	*close = '\0';
+	return open + 1;
+}
+
+/* Write @val to the core knob; returns 0 or the errno of the write. */
+static inline int collapse_set_core(const char *val)
+{
+	FILE *f = fopen(COLLAPSE_SYSFS "/core", "w");
+	int err = 0;
+
+	if (!f)
+		return errno;
+	if (fputs(val, f) == EOF)
+		err = errno;
+	if (fclose(f) == EOF && !err)
+		err = errno;
+	return err;
+}
+
+static inline void collapse_require_core(const char *val)
+{
+	if (collapse_set_core(val))
+		ksft_exit_fail_msg("cannot select the %s collapse core\n", val);
+}
+
+/*
+ * The Rust core's counter for @caller ("madvise", "process_madvise",
+ * "khugepaged") and @outcome ("succeed", "not_implemented", ...), or -1.
+ */
+static inline long long rust_stat(const char *caller, const char *outcome)
+{
+	char path[256], name[64];
+	long long val, ret = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), COLLAPSE_SYSFS "/rust_stats/%s", caller);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %lld", name, &val) == 2) {
+		if (!strcmp(name, outcome)) {
+			ret = val;
+			break;
+		}
+	}
+	fclose(f);
+	return ret;
+}
+
+/* The sum of all of the Rust core's counters for @caller, or -1. */
+static inline long long rust_stat_total(const char *caller)
+{
+	char path[256], name[64];
+	long long val, sum = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), COLLAPSE_SYSFS "/rust_stats/%s", caller);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %lld", name, &val) == 2)
+		sum += val;
+	fclose(f);
+	return sum;
+}
+
+#define PMD_SZ (2UL << 20)
+
+/* @nr_pmds PMD-aligned, PMD-sized, private anonymous ranges, or NULL. */
+static inline char *mmap_pmd_aligned(size_t nr_pmds, int prot)
+{
+	size_t len = nr_pmds * PMD_SZ;
+	char *p = mmap(NULL, len + PMD_SZ, prot, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+	char *aligned;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	aligned = (char *)(((unsigned long)p + PMD_SZ - 1) & ~(PMD_SZ - 1));
+	if (aligned > p)
+		munmap(p, aligned - p);
+	munmap(aligned + len, p + PMD_SZ - aligned);
+	return aligned;
+}
+
+#endif /* __THP_COLLAPSE_UTIL_H */
