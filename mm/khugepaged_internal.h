@@ -11,7 +11,7 @@
 #define __MM_KHUGEPAGED_INTERNAL_H
 
 #include <linux/types.h>
-#include <linux/huge_mm.h>
+#include <linux/mm.h>
 #include <linux/jump_label.h>
 
 struct kobject;

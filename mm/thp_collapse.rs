@@ -28,11 +28,17 @@
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 
-use kernel::{bindings, prelude::*, str::CStr};
+use kernel::{bindings, pr_notice_once, prelude::*, str::CStr};
 
+#[path = "thp_collapse/mode.rs"]
 mod mode;
+#[path = "thp_collapse/outcome.rs"]
 mod outcome;
+#[path = "thp_collapse/stats.rs"]
 mod stats;
+
+/// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
+const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
 use mode::{Caller, PMD_ORDER};
 use outcome::{Outcome, RangeTally};
@@ -58,8 +64,7 @@ const _: () = {
     assert!(Outcome::NR_SCAN_RESULTS == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
     assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
     assert!(
-        Caller::ProcessMadvise as u32
-            == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
+        Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
     );
     assert!(Caller::Khugepaged as u32 == bindings::collapse_caller_COLLAPSE_CALLER_KHUGEPAGED);
     assert!(Caller::COUNT as u32 == bindings::collapse_caller_NR_COLLAPSE_CALLERS);
@@ -77,8 +82,8 @@ fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
 
 /// Collapses the PMD range at `addr` for `caller` (not implemented yet).
 fn collapse_pmd(caller: Caller, _addr: usize) -> Outcome {
-    pr_notice_ratelimited!(
-        "thp_collapse: the Rust core does not implement {:?} collapse yet; select 'c' in \
+    pr_notice_once!(
+        "the Rust core does not implement {:?} collapse yet; select 'c' in \
          /sys/kernel/mm/transparent_hugepage/collapse/core\n",
         caller.mode()
     );
@@ -197,6 +202,7 @@ pub unsafe extern "C" fn thp_collapse_rust_stat(
     }
 }
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 #[kunit_tests(thp_collapse_range)]
 mod tests {
     use super::*;

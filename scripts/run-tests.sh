@@ -16,7 +16,7 @@ start=$(date +%s)
 "$TOP/scripts/build-tests.sh" debug "$list"
 
 # Our KUnit suites (every #[kunit_tests(name)] in the overlay) must all run.
-suites=$(grep -rhoE 'kunit_tests\([a-z0-9_]+\)' "$TOP/mm" "$TOP/rust" 2>/dev/null |
+suites=$( (grep -rhoE 'kunit_tests\([a-z0-9_]+\)' "$TOP/mm" "$TOP/rust" 2>/dev/null || true) |
 	sed 's/kunit_tests(\(.*\))/\1/' | sort -u)
 kargs=()
 for s in $suites; do kargs+=(--kunit "$s"); done

@@ -21,11 +21,13 @@ PLAN = re.compile(r"^1\.\.(\d+)")
 SPLATS = [
     r"WARNING:", r"BUG:", r"Oops", r"Kernel panic", r"KASAN", r"UBSAN",
     r"possible circular locking", r"possible recursive locking",
-    r"inconsistent lock state", r"lockdep", r"DEBUG_LOCKS_WARN_ON",
-    r"blocked for more than", r"soft lockup", r"hard LOCKUP",
-    r"rcu_.* detected stalls", r"general protection fault", r"Call Trace:",
-    r"list_add corruption", r"list_del corruption", r"page dumped because",
-    r"panicked at", r"rust_panic", r"Unable to handle", r"segfault at",
+    r"inconsistent lock state", r"suspicious RCU usage", r"bad unlock balance",
+    r"lock held when returning to user space", r"non-static key",
+    r"DEBUG_LOCKS_WARN_ON", r"blocked for more than", r"soft lockup",
+    r"hard LOCKUP", r"rcu_.* detected stalls", r"general protection fault",
+    r"Call Trace:", r"list_add corruption", r"list_del corruption",
+    r"page dumped because", r"panicked at", r"rust_panic", r"Unable to handle",
+    r"segfault at", r"refcount_t:", r"page_table_check",
 ]
 SPLAT = re.compile("|".join(SPLATS))
 

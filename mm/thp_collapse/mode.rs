@@ -4,6 +4,8 @@
 //!
 //! This file is pure logic: no `unsafe`, no `bindings`.
 
+use kernel::prelude::*;
+
 /// The PMD order on x86-64 with 4 KiB pages: a PMD maps 2^9 base pages.
 pub(crate) const PMD_ORDER: u32 = 9;
 
@@ -39,23 +41,24 @@ impl Caller {
     }
 
     /// The rules this caller's requests follow.
-    pub(crate) const fn mode(self) -> Mode {
+    pub(crate) const fn mode(self) -> CollapseMode {
         match self {
-            Caller::Madvise | Caller::ProcessMadvise => Mode::Forced,
-            Caller::Khugepaged => Mode::Khugepaged,
+            Caller::Madvise | Caller::ProcessMadvise => CollapseMode::Madvise,
+            Caller::Khugepaged => CollapseMode::Khugepaged,
         }
     }
 }
 
 /// The two kinds of collapse, which differ in how hard they try and what they tolerate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub(crate) enum CollapseMode {
     /// Background collapse by khugepaged: honours the `max_ptes_*` tunables, the
     /// referenced/young heuristics and the `defrag` knob; may collapse to mTHP orders.
     Khugepaged,
-    /// MADV_COLLAPSE, on the caller's behalf: ignores the heuristics and tunables, may enter
-    /// direct reclaim and compaction, and collapses to PMD order only.
-    Forced,
+    /// MADV_COLLAPSE, also through process_madvise, on the caller's behalf: ignores the
+    /// heuristics and tunables, may enter direct reclaim and compaction, and collapses to PMD
+    /// order only.
+    Madvise,
 }
 
 /// The khugepaged tunables in `/sys/kernel/mm/transparent_hugepage/khugepaged/`.
@@ -100,19 +103,19 @@ pub(crate) enum MthpNoneLimit {
     Ignored,
 }
 
-impl Mode {
+impl CollapseMode {
     /// The limits for a collapse to `order` in a VMA that is (or is not) userfaultfd-armed.
     ///
     /// Upstream reference: `collapse_max_ptes_{none,swap,shared}()` in `mm/khugepaged.c`.
     pub(crate) fn limits(self, t: &Tunables, order: u32, uffd_armed: bool) -> Limits {
         let pmd = order == PMD_ORDER;
         match self {
-            Mode::Forced => Limits {
+            CollapseMode::Madvise => Limits {
                 max_none: if uffd_armed { 0 } else { PTES_PER_PMD },
                 max_swap: PTES_PER_PMD,
                 max_shared: PTES_PER_PMD,
             },
-            Mode::Khugepaged => Limits {
+            CollapseMode::Khugepaged => Limits {
                 max_none: if uffd_armed {
                     0
                 } else if pmd {
@@ -139,9 +142,9 @@ impl Mode {
     /// How the huge folio is allocated.
     pub(crate) fn alloc_policy(self, t: &Tunables) -> AllocPolicy {
         match self {
-            Mode::Forced => AllocPolicy::Reclaim,
-            Mode::Khugepaged if t.defrag => AllocPolicy::Reclaim,
-            Mode::Khugepaged => AllocPolicy::Light,
+            CollapseMode::Madvise => AllocPolicy::Reclaim,
+            CollapseMode::Khugepaged if t.defrag => AllocPolicy::Reclaim,
+            CollapseMode::Khugepaged => AllocPolicy::Light,
         }
     }
 
@@ -150,18 +153,19 @@ impl Mode {
     /// it when the collapse costs swap-in I/O; MADV_COLLAPSE asks for nothing.
     pub(crate) fn min_referenced(self, swapped: u32) -> u32 {
         match self {
-            Mode::Forced => 0,
-            Mode::Khugepaged if swapped > 0 => PTES_PER_PMD / 2,
-            Mode::Khugepaged => 1,
+            CollapseMode::Madvise => 0,
+            CollapseMode::Khugepaged if swapped > 0 => PTES_PER_PMD / 2,
+            CollapseMode::Khugepaged => 1,
         }
     }
 
     /// Whether lazily-freed (MADV_FREE) pages stop the collapse.
     pub(crate) fn skips_lazyfree(self) -> bool {
-        self == Mode::Khugepaged
+        self == CollapseMode::Khugepaged
     }
 }
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 #[kunit_tests(thp_collapse_mode)]
 mod tests {
     use super::*;
@@ -175,9 +179,9 @@ mod tests {
 
     #[test]
     fn callers_map_to_modes() {
-        assert_eq!(Caller::Madvise.mode(), Mode::Forced);
-        assert_eq!(Caller::ProcessMadvise.mode(), Mode::Forced);
-        assert_eq!(Caller::Khugepaged.mode(), Mode::Khugepaged);
+        assert_eq!(Caller::Madvise.mode(), CollapseMode::Madvise);
+        assert_eq!(Caller::ProcessMadvise.mode(), CollapseMode::Madvise);
+        assert_eq!(Caller::Khugepaged.mode(), CollapseMode::Khugepaged);
         for (i, c) in Caller::ALL.iter().enumerate() {
             assert_eq!(Caller::from_u32(i as u32), Some(*c));
         }
@@ -192,57 +196,118 @@ mod tests {
             max_ptes_shared: 0,
             defrag: false,
         };
-        let l = Mode::Forced.limits(&strict, PMD_ORDER, false);
+        let l = CollapseMode::Madvise.limits(&strict, PMD_ORDER, false);
         assert_eq!(l.max_none, 512);
         assert_eq!(l.max_swap, 512);
         assert_eq!(l.max_shared, 512);
-        assert_eq!(Mode::Forced.alloc_policy(&strict), AllocPolicy::Reclaim);
-        assert_eq!(Mode::Forced.min_referenced(100), 0);
-        assert!(!Mode::Forced.skips_lazyfree());
+        assert_eq!(
+            CollapseMode::Madvise.alloc_policy(&strict),
+            AllocPolicy::Reclaim
+        );
+        assert_eq!(CollapseMode::Madvise.min_referenced(100), 0);
+        assert!(!CollapseMode::Madvise.skips_lazyfree());
     }
 
     #[test]
     fn uffd_armed_allows_no_holes() {
-        assert_eq!(Mode::Forced.limits(&DEFAULTS, PMD_ORDER, true).max_none, 0);
-        assert_eq!(Mode::Khugepaged.limits(&DEFAULTS, PMD_ORDER, true).max_none, 0);
-        assert_eq!(Mode::Khugepaged.limits(&DEFAULTS, 4, true).max_none, 0);
+        assert_eq!(
+            CollapseMode::Madvise
+                .limits(&DEFAULTS, PMD_ORDER, true)
+                .max_none,
+            0
+        );
+        assert_eq!(
+            CollapseMode::Khugepaged
+                .limits(&DEFAULTS, PMD_ORDER, true)
+                .max_none,
+            0
+        );
+        assert_eq!(
+            CollapseMode::Khugepaged.limits(&DEFAULTS, 4, true).max_none,
+            0
+        );
     }
 
     #[test]
     fn khugepaged_pmd_honours_tunables() {
-        let l = Mode::Khugepaged.limits(&DEFAULTS, PMD_ORDER, false);
-        assert_eq!(l, Limits { max_none: 511, max_swap: 64, max_shared: 256 });
-        let t = Tunables { max_ptes_none: 256, ..DEFAULTS };
-        assert_eq!(Mode::Khugepaged.limits(&t, PMD_ORDER, false).max_none, 256);
+        let l = CollapseMode::Khugepaged.limits(&DEFAULTS, PMD_ORDER, false);
+        assert_eq!(
+            l,
+            Limits {
+                max_none: 511,
+                max_swap: 64,
+                max_shared: 256
+            }
+        );
+        let t = Tunables {
+            max_ptes_none: 256,
+            ..DEFAULTS
+        };
+        assert_eq!(
+            CollapseMode::Khugepaged
+                .limits(&t, PMD_ORDER, false)
+                .max_none,
+            256
+        );
     }
 
     #[test]
     fn khugepaged_mthp_limits() {
         // 511 scales to the order; swap and shared are never allowed for mTHP.
-        let l = Mode::Khugepaged.limits(&DEFAULTS, 4, false);
-        assert_eq!(l, Limits { max_none: 15, max_swap: 0, max_shared: 0 });
-        assert_eq!(Mode::Khugepaged.limits(&DEFAULTS, 2, false).max_none, 3);
-        assert_eq!(Mode::mthp_none_limit(&DEFAULTS), MthpNoneLimit::Honoured);
+        let l = CollapseMode::Khugepaged.limits(&DEFAULTS, 4, false);
+        assert_eq!(
+            l,
+            Limits {
+                max_none: 15,
+                max_swap: 0,
+                max_shared: 0
+            }
+        );
+        assert_eq!(
+            CollapseMode::Khugepaged
+                .limits(&DEFAULTS, 2, false)
+                .max_none,
+            3
+        );
+        assert_eq!(
+            CollapseMode::mthp_none_limit(&DEFAULTS),
+            MthpNoneLimit::Honoured
+        );
         // Any other value is treated as 0.
-        let t = Tunables { max_ptes_none: 256, ..DEFAULTS };
-        assert_eq!(Mode::Khugepaged.limits(&t, 4, false).max_none, 0);
-        assert_eq!(Mode::mthp_none_limit(&t), MthpNoneLimit::Ignored);
-        let t = Tunables { max_ptes_none: 0, ..DEFAULTS };
-        assert_eq!(Mode::mthp_none_limit(&t), MthpNoneLimit::Honoured);
-        assert_eq!(Mode::Khugepaged.limits(&t, 4, false).max_none, 0);
+        let t = Tunables {
+            max_ptes_none: 256,
+            ..DEFAULTS
+        };
+        assert_eq!(CollapseMode::Khugepaged.limits(&t, 4, false).max_none, 0);
+        assert_eq!(CollapseMode::mthp_none_limit(&t), MthpNoneLimit::Ignored);
+        let t = Tunables {
+            max_ptes_none: 0,
+            ..DEFAULTS
+        };
+        assert_eq!(CollapseMode::mthp_none_limit(&t), MthpNoneLimit::Honoured);
+        assert_eq!(CollapseMode::Khugepaged.limits(&t, 4, false).max_none, 0);
     }
 
     #[test]
     fn khugepaged_alloc_follows_defrag() {
-        assert_eq!(Mode::Khugepaged.alloc_policy(&DEFAULTS), AllocPolicy::Reclaim);
-        let t = Tunables { defrag: false, ..DEFAULTS };
-        assert_eq!(Mode::Khugepaged.alloc_policy(&t), AllocPolicy::Light);
+        assert_eq!(
+            CollapseMode::Khugepaged.alloc_policy(&DEFAULTS),
+            AllocPolicy::Reclaim
+        );
+        let t = Tunables {
+            defrag: false,
+            ..DEFAULTS
+        };
+        assert_eq!(
+            CollapseMode::Khugepaged.alloc_policy(&t),
+            AllocPolicy::Light
+        );
     }
 
     #[test]
     fn khugepaged_referenced_requirement() {
-        assert_eq!(Mode::Khugepaged.min_referenced(0), 1);
-        assert_eq!(Mode::Khugepaged.min_referenced(1), 256);
-        assert!(Mode::Khugepaged.skips_lazyfree());
+        assert_eq!(CollapseMode::Khugepaged.min_referenced(0), 1);
+        assert_eq!(CollapseMode::Khugepaged.min_referenced(1), 256);
+        assert!(CollapseMode::Khugepaged.skips_lazyfree());
     }
 }

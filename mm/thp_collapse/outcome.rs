@@ -7,7 +7,10 @@
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 
-use kernel::error::{code, Error};
+use kernel::{
+    error::{code, Error},
+    prelude::*,
+};
 
 /// The outcome of one collapse attempt of one PMD-sized range.
 ///
@@ -287,6 +290,7 @@ impl RangeTally {
     }
 }
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 #[kunit_tests(thp_collapse_outcome)]
 mod tests {
     use super::*;

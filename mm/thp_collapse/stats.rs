@@ -5,6 +5,8 @@
 //! Shown in `/sys/kernel/mm/transparent_hugepage/collapse/rust_stats/<caller>`. Tests read them
 //! to prove which implementation did the work.
 
+use kernel::prelude::*;
+
 use super::{mode::Caller, outcome::Outcome};
 use kernel::sync::atomic::{Atomic, Relaxed};
 
@@ -35,6 +37,7 @@ impl Stats {
 /// The counters of this kernel's Rust collapse core.
 pub(crate) static STATS: Stats = Stats::new();
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 #[kunit_tests(thp_collapse_stats)]
 mod tests {
     use super::*;
