@@ -12,6 +12,7 @@
 
 #include <linux/types.h>
 #include <linux/mm.h>
+#include <linux/swap.h>
 #include <linux/jump_label.h>
 
 struct kobject;
@@ -61,6 +62,25 @@ enum scan_result {
 };
 
 #ifdef CONFIG_THP_COLLAPSE_RUST
+
+/* From mm/internal.h, for the Rust core (bindgen does not read that header). */
+pmd_t *mm_find_pmd(struct mm_struct *mm, unsigned long address);
+
+/**
+ * struct collapse_tunables - khugepaged's sysfs knobs, as the Rust core reads them.
+ * @max_ptes_none: max_ptes_none.
+ * @max_ptes_swap: max_ptes_swap.
+ * @max_ptes_shared: max_ptes_shared.
+ * @defrag: khugepaged/defrag: direct reclaim and compaction allowed.
+ */
+struct collapse_tunables {
+	unsigned int max_ptes_none;
+	unsigned int max_ptes_swap;
+	unsigned int max_ptes_shared;
+	bool defrag;
+};
+
+void khugepaged_collapse_tunables(struct collapse_tunables *t);
 
 DECLARE_STATIC_KEY_TRUE(thp_collapse_rust_key);
 

@@ -21,31 +21,43 @@
 //!
 //! # Status
 //!
-//! The request/outcome model, the errno mapping and the MADV_COLLAPSE continue/abort decisions
-//! are implemented. The per-PMD collapse phases are not yet: each PMD range ends with
+//! Implemented: the request and outcome model, the errno mapping and the MADV_COLLAPSE range
+//! loop with its continue/abort decisions and revalidation, eligibility, and the PMD state
+//! check (already-huge ranges count as collapsed). Not yet: the scan and collapse of a page
+//! table of anonymous memory, and file/shmem collapse. Those end with
 //! [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as `EOPNOTSUPP` and the counters
 //! show under `not_implemented`.
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 
-use kernel::{bindings, pr_notice_once, prelude::*, str::CStr};
+use kernel::{
+    bindings,
+    mm::{virt::VmaRef, Mm},
+    prelude::*,
+    str::CStr,
+};
 
 #[path = "thp_collapse/mode.rs"]
 mod mode;
 #[path = "thp_collapse/outcome.rs"]
 mod outcome;
+#[path = "thp_collapse/pmd.rs"]
+mod pmd;
+#[path = "thp_collapse/request.rs"]
+mod request;
+#[path = "thp_collapse/scan.rs"]
+mod scan;
 #[path = "thp_collapse/stats.rs"]
 mod stats;
 
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
-use mode::{Caller, PMD_ORDER};
+use mode::Caller;
 use outcome::{Outcome, RangeTally};
+use pmd::MmapRead;
+use request::{LockHistory, Locked};
 use stats::STATS;
-
-/// Size of the range one PMD maps.
-const PMD_SIZE: usize = 1 << (PMD_ORDER + kernel::page::PAGE_SHIFT as u32);
 
 // The Rust outcomes mirror the C `enum scan_result` one to one.
 const _: () = {
@@ -80,25 +92,6 @@ fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
     }
 }
 
-/// Collapses the PMD range at `addr` for `caller` (not implemented yet).
-fn collapse_pmd(caller: Caller, _addr: usize) -> Outcome {
-    pr_notice_once!(
-        "the Rust core does not implement {:?} collapse yet; select 'c' in \
-         /sys/kernel/mm/transparent_hugepage/collapse/core\n",
-        caller.mode()
-    );
-    Outcome::NotImplemented
-}
-
-/// The PMD-aligned ranges inside `[start, end)`, as (first address, count).
-fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
-    let hend = end & !(PMD_SIZE - 1);
-    match start.checked_next_multiple_of(PMD_SIZE) {
-        Some(hstart) if hstart < hend => (hstart, (hend - hstart) / PMD_SIZE),
-        _ => (start, 0),
-    }
-}
-
 /// MADV_COLLAPSE of `[start, end)` inside `vma`, for `madvise_collapse()`.
 ///
 /// Returns 0 when every PMD-aligned range inside `[start, end)` is PMD-mapped on return, else
@@ -111,26 +104,33 @@ fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
 /// between); `[start, end)` must lie inside `vma`; `lock_dropped` must be valid for writes.
 #[export]
 pub unsafe extern "C" fn thp_collapse_rust_madvise(
-    _vma: *mut bindings::vm_area_struct,
+    vma: *mut bindings::vm_area_struct,
     start: kernel::ffi::c_ulong,
     end: kernel::ffi::c_ulong,
-    _lock_dropped: *mut bool,
+    lock_dropped: *mut bool,
     caller: bindings::collapse_caller,
 ) -> kernel::ffi::c_int {
     let caller = match Caller::from_u32(caller) {
         Some(c @ (Caller::Madvise | Caller::ProcessMadvise)) => c,
         _ => return EINVAL.to_errno(),
     };
-    let (hstart, ranges) = pmd_ranges(start as usize, end as usize);
-    let mut tally = RangeTally::new(ranges);
-    for i in 0..ranges {
-        let outcome = collapse_pmd(caller, hstart + i * PMD_SIZE);
-        STATS.count(caller, outcome);
-        if !tally.record(outcome) {
-            break;
-        }
+    // SAFETY: The caller holds the mmap read lock, so `vma` is a live VMA.
+    let vma = unsafe { VmaRef::from_raw(vma) };
+    let (start, end) = (start as usize, end as usize);
+    if start < vma.start() || end > vma.end() || start > end {
+        pr_warn_once!("madvise_collapse: range outside its VMA\n");
+        return EINVAL.to_errno();
     }
-    match tally.finish() {
+    // SAFETY: The caller holds the mmap lock of the VMA's mm for read and expects it held on
+    // return; `request::madvise` hands it back.
+    let guard = unsafe { MmapRead::adopt(pmd::vma_mm(vma)) };
+    let done = request::madvise(guard, start, end, caller);
+    done.guard.keep();
+    if done.history == LockHistory::Retaken {
+        // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.
+        unsafe { *lock_dropped = true };
+    }
+    match done.result {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -147,16 +147,23 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
 /// `*lock_dropped` is set on return, the mmap lock was released and `vma` must not be used.
 #[export]
 pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
-    _mm: *mut bindings::mm_struct,
+    mm: *mut bindings::mm_struct,
     _vma: *mut bindings::vm_area_struct,
     addr: kernel::ffi::c_ulong,
-    _lock_dropped: *mut bool,
+    lock_dropped: *mut bool,
     progress: *mut kernel::ffi::c_uint,
 ) -> bindings::scan_result {
-    let outcome = collapse_pmd(Caller::Khugepaged, addr as usize);
-    STATS.count(Caller::Khugepaged, outcome);
+    // SAFETY: The caller holds `mm`'s mmap lock for read (so the `mm_struct` is alive) and
+    // hands it over for the duration of the call.
+    let guard = unsafe { MmapRead::adopt(Mm::from_raw(mm)) };
+    let (outcome, scanned, state) = request::collapse_pmd(guard, addr as usize, Caller::Khugepaged);
+    match state {
+        Locked::Held(guard) => guard.keep(),
+        // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.
+        Locked::Dropped => unsafe { *lock_dropped = true },
+    }
     // SAFETY: The caller guarantees that `progress` is valid for writes.
-    unsafe { *progress = (*progress).saturating_add(1) };
+    unsafe { *progress = (*progress).saturating_add(scanned) };
     to_scan_result(outcome)
 }
 
@@ -203,21 +210,9 @@ pub unsafe extern "C" fn thp_collapse_rust_stat(
 }
 
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
-#[kunit_tests(thp_collapse_range)]
+#[kunit_tests(thp_collapse_boundary)]
 mod tests {
     use super::*;
-
-    const MB2: usize = PMD_SIZE;
-
-    #[test]
-    fn pmd_ranges_align_inwards() {
-        assert_eq!(pmd_ranges(0, 4 * MB2), (0, 4));
-        assert_eq!(pmd_ranges(1, 4 * MB2), (MB2, 3));
-        assert_eq!(pmd_ranges(MB2, 3 * MB2 - 1), (MB2, 1));
-        assert_eq!(pmd_ranges(MB2 + 4096, 2 * MB2 + 4096).1, 0);
-        assert_eq!(pmd_ranges(0, MB2 - 1).1, 0);
-        assert_eq!(pmd_ranges(usize::MAX - 4095, usize::MAX).1, 0);
-    }
 
     #[test]
     fn scan_results_round_trip() {

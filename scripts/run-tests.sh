@@ -21,7 +21,7 @@ suites=$( (grep -rhoE 'kunit_tests\([a-z0-9_]+\)' "$TOP/mm" "$TOP/rust" 2>/dev/n
 kargs=()
 for s in $suites; do kargs+=(--kunit "$s"); done
 
-"$TOP/scripts/qemu.sh" debug "$list" "$run" "kunit.filter_glob=thp_collapse*"
+"$TOP/scripts/qemu.sh" debug "$list" "$run" "kunit.filter_glob=thp_collapse*" hugepages=64
 
 echo
 echo "== results ($(cat "$BUILD/logs/$run.accel"), $(( $(date +%s) - start ))s in all;" \

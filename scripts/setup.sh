@@ -8,7 +8,7 @@
 
 DEB_PKGS="clang-19 lld-19 llvm-19 libclang-19-dev qemu-system-x86 busybox-static
 	  bc flex bison libelf-dev libssl-dev cpio xz-utils xfsprogs make gcc
-	  libc6-dev python3 zstd rsync"
+	  libc6-dev python3 zstd rsync liburing-dev"
 BINDGEN_VERSION=0.72.1
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -16,7 +16,7 @@ import re
 import sys
 
 TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
-RESULT = re.compile(r"^(not )?ok \d+ ?-? ?(.*?)(?:\s+#\s*(SKIP|XFAIL|TODO)\b(.*))?$", re.I)
+RESULT = re.compile(r"^(not )?ok \d+\b ?-? ?(.*?)(?:\s*#\s*(SKIP|XFAIL|TODO)\b(.*))?$", re.I)
 PLAN = re.compile(r"^1\.\.(\d+)")
 SPLATS = [
     r"WARNING:", r"BUG:", r"Oops", r"Kernel panic", r"KASAN", r"UBSAN",
@@ -36,13 +36,14 @@ class Tally:
     def __init__(self):
         self.passed = self.failed = self.skipped = 0
         self.lines = []
+        self.skips = []
 
     def add(self, status, what):
         if status == "pass":
             self.passed += 1
         elif status == "skip":
             self.skipped += 1
-            self.lines.append(f"SKIP  {what}")
+            self.skips.append(what)
         else:
             self.failed += 1
             self.lines.append(f"FAIL  {what}")
@@ -118,7 +119,8 @@ def programs(tests, listing, t, passes):
             continue
         m = RESULT.match(line)
         if m:
-            runs[cur]["results"].append((status_of(m), m.group(2)))
+            desc = m.group(2) or (m.group(4) or "").strip()
+            runs[cur]["results"].append((status_of(m), desc))
     for name in expected:
         r = runs.get(name)
         if r is None:
@@ -126,6 +128,10 @@ def programs(tests, listing, t, passes):
             continue
         for status, desc in r["results"]:
             t.add(status, f"{name}: {desc}")
+        nskip = sum(1 for s, _ in r["results"] if s == "skip")
+        if nskip:
+            t.lines.append(f"SKIP  {name}: {nskip} skipped, e.g. "
+                           f"{next(d for s, d in r['results'] if s == 'skip')}")
         done = len(r["results"])
         if r["plan"] is not None and done < r["plan"]:
             for _ in range(r["plan"] - done):

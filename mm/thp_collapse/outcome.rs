@@ -275,6 +275,11 @@ impl RangeTally {
         self.last_fail = outcome;
     }
 
+    /// The number of PMD ranges the request covers now.
+    pub(crate) fn ranges(&self) -> usize {
+        self.ranges
+    }
+
     /// The number of ranges the request covers, clamped when the VMA shrank under it.
     pub(crate) fn clamp_ranges(&mut self, ranges: usize) {
         self.ranges = self.ranges.min(ranges);

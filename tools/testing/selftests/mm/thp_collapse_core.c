@@ -3,9 +3,10 @@
  * The run-time choice between the C and Rust THP collapse cores, and the
  * Rust core's per-caller counters.
  *
- * While the Rust core does not implement the collapse phases, every request
- * it serves must say so (EOPNOTSUPP, counted as not_implemented) rather than
- * pretend, and the C core must keep working when selected.
+ * The Rust core decides eligibility, the MADV_COLLAPSE range loop and its
+ * errno like the C core. Where it does not implement a collapse yet, it must
+ * say so (EOPNOTSUPP, counted as not_implemented) rather than pretend, and
+ * the C core must keep working when selected.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -123,6 +124,96 @@ static void test_rust_process_madvise(void)
 	munmap(p, PMD_SZ);
 }
 
+/* madvise(MADV_COLLAPSE) on the given core: 0 or the errno. */
+static int collapse_on(const char *core, char *p, size_t len)
+{
+	collapse_require_core(core);
+	return madvise(p, len, MADV_COLLAPSE) ? errno : 0;
+}
+
+static void test_rust_ineligible(void)
+{
+	long long total = rust_stat_total("madvise");
+	char *p = populated(1);
+	int c_err, rust_err;
+
+	if (madvise(p, PMD_SZ, MADV_NOHUGEPAGE))
+		ksft_exit_fail_perror("madvise(MADV_NOHUGEPAGE)");
+	c_err = collapse_on("c", p, PMD_SZ);
+	rust_err = collapse_on("rust", p, PMD_SZ);
+	ksft_test_result(rust_err == EINVAL && c_err == rust_err &&
+			 rust_stat_total("madvise") == total,
+			 "rust: VM_NOHUGEPAGE range refused with EINVAL like C (rust %s, c %s)\n",
+			 strerror(rust_err), strerror(c_err));
+	munmap(p, PMD_SZ);
+}
+
+static void test_rust_no_page_table(void)
+{
+	long long npt = rust_stat("madvise", "no_pte_table");
+	char *p = mmap_pmd_aligned(2, PROT_READ | PROT_WRITE);
+	int c_err, rust_err;
+
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	/* Nothing faulted in: no page tables. Both ranges are tried. */
+	rust_err = collapse_on("rust", p, 2 * PMD_SZ);
+	c_err = collapse_on("c", p, 2 * PMD_SZ);
+	ksft_test_result(rust_err == EINVAL && c_err == rust_err &&
+			 rust_stat("madvise", "no_pte_table") == npt + 2,
+			 "rust: ranges without page tables continue, then EINVAL like C (rust %s, c %s)\n",
+			 strerror(rust_err), strerror(c_err));
+	munmap(p, 2 * PMD_SZ);
+}
+
+static void test_rust_already_huge(void)
+{
+	long long pm;
+	char *p = populated(NR_PMDS);
+	int err;
+
+	err = collapse_on("c", p, NR_PMDS * PMD_SZ);
+	if (err || !check_huge_anon(p, NR_PMDS * PMD_SZ, NR_PMDS, PMD_SZ)) {
+		ksft_test_result_fail("rust: already-huge ranges (C collapse failed: %s)\n",
+				      strerror(err));
+		munmap(p, NR_PMDS * PMD_SZ);
+		return;
+	}
+	pm = rust_stat("madvise", "pmd_mapped");
+	err = collapse_on("rust", p, NR_PMDS * PMD_SZ);
+	ksft_test_result(!err && rust_stat("madvise", "pmd_mapped") == pm + NR_PMDS,
+			 "rust: already PMD-mapped ranges count as collapsed (%s)\n",
+			 strerror(err));
+	munmap(p, NR_PMDS * PMD_SZ);
+}
+
+static void test_rust_shmem(void)
+{
+	long long ni = rust_stat("madvise", "not_implemented");
+	int fd = memfd_create("thp_collapse_core", 0);
+	char *p, *a;
+	int err;
+
+	if (fd < 0 || ftruncate(fd, 2 * PMD_SZ))
+		ksft_exit_fail_perror("memfd");
+	/* PMD-aligned in the address space and in the file. */
+	a = mmap_pmd_aligned(2, PROT_NONE);
+	p = a ? mmap(a, 2 * PMD_SZ, PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_FIXED, fd, 0) : MAP_FAILED;
+	if (p == MAP_FAILED)
+		ksft_exit_fail_perror("mmap(memfd)");
+
+	memset(p, 1, 2 * PMD_SZ);
+	err = collapse_on("rust", p, 2 * PMD_SZ);
+	ksft_test_result(err == EOPNOTSUPP &&
+			 rust_stat("madvise", "not_implemented") == ni + 1 &&
+			 a[0] == 1,
+			 "rust: shmem collapse says EOPNOTSUPP (not implemented yet) (%s)\n",
+			 strerror(err));
+	munmap(p, 2 * PMD_SZ);
+	close(fd);
+}
+
 static void test_c_core(void)
 {
 	long long m = rust_stat_total("madvise");
@@ -172,12 +263,16 @@ int main(void)
 	if (!core)
 		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
 	snprintf(orig, sizeof(orig), "%s", core);
-	ksft_set_plan(10);
+	ksft_set_plan(14);
 
 	test_knob(orig);
 	test_rust_madvise();
 	test_rust_sub_pmd_range();
 	test_rust_process_madvise();
+	test_rust_ineligible();
+	test_rust_no_page_table();
+	test_rust_already_huge();
+	test_rust_shmem();
 	test_c_core();
 	test_rust_khugepaged();
 

@@ -1,0 +1,386 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The collapse core's only contact with C: the mmap lock, VMAs, page-table entries.
+//!
+//! Every `unsafe` block of the crate lives here, next to the lock that makes it sound.
+//!
+//! C headers: [`include/linux/huge_mm.h`](srctree/include/linux/huge_mm.h),
+//! [`include/linux/mm.h`](srctree/include/linux/mm.h),
+//! [`mm/khugepaged.c`](srctree/mm/khugepaged.c)
+
+use super::{
+    mode::{CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
+    outcome::Outcome,
+    scan::ScanTally,
+};
+use core::{marker::PhantomData, ptr};
+use kernel::{
+    bindings,
+    mm::{virt::VmaRef, Mm},
+    page::PAGE_SIZE,
+    types::NotThreadSafe,
+};
+
+/// Proof that this thread holds the mmap lock of an mm for read.
+///
+/// Dropping it releases the lock. VMAs found through it cannot outlive it.
+///
+/// # Invariants
+///
+/// The mmap lock of `mm` is held for read by the current thread while this exists.
+pub(crate) struct MmapRead<'a> {
+    mm: &'a Mm,
+    _nts: NotThreadSafe,
+}
+
+impl<'a> MmapRead<'a> {
+    /// Takes over a read lock that the (C) caller acquired.
+    ///
+    /// # Safety
+    ///
+    /// The current thread must hold the mmap lock of `mm` for read, and must not release it
+    /// other than through the returned value.
+    pub(crate) unsafe fn adopt(mm: &'a Mm) -> Self {
+        // INVARIANT: The caller holds the lock and hands it over.
+        Self {
+            mm,
+            _nts: NotThreadSafe,
+        }
+    }
+
+    /// Takes the mmap lock of `mm` for read. May sleep.
+    pub(crate) fn lock(mm: &'a Mm) -> Self {
+        // SAFETY: `mm` is valid for `'a` (an `&Mm` keeps the `mm_struct` from being freed).
+        unsafe { bindings::mmap_read_lock(mm.as_raw()) };
+        // INVARIANT: We just took the lock.
+        Self {
+            mm,
+            _nts: NotThreadSafe,
+        }
+    }
+
+    /// Hands the lock back to the C caller, which releases it.
+    pub(crate) fn keep(self) {
+        core::mem::forget(self);
+    }
+
+    /// The mm whose lock this is.
+    pub(crate) fn mm(&self) -> &'a Mm {
+        self.mm
+    }
+
+    /// The first VMA that ends after `addr`, like C's `find_vma()`.
+    pub(crate) fn find_vma(&self, addr: usize) -> Option<&VmaRef> {
+        // SAFETY: By the type invariants the mmap read lock is held.
+        let vma = unsafe { bindings::find_vma(self.mm.as_raw(), addr) };
+        if vma.is_null() {
+            None
+        } else {
+            // SAFETY: `vma` is a VMA of this mm; the borrow of `self` keeps the lock held for
+            // as long as the reference lives.
+            Some(unsafe { VmaRef::from_raw(vma) })
+        }
+    }
+
+    /// Whether the mm's last user is gone, or THP was disabled for the whole process
+    /// (`prctl(PR_SET_THP_DISABLE)`). Upstream: `collapse_test_exit_or_disable()`.
+    pub(crate) fn exiting_or_thp_disabled(&self) -> bool {
+        let mm = self.mm.as_raw();
+        // SAFETY: `mm` is valid; `mm_users` is an atomic and reading it is always allowed.
+        let users = unsafe { bindings::atomic_read(&raw const (*mm).mm_users) };
+        // SAFETY: `mm` is valid; testing a flag is an atomic bit test.
+        let disabled =
+            unsafe { bindings::mm_flags_test(bindings::MMF_DISABLE_THP_COMPLETELY as i32, mm) };
+        users == 0 || disabled
+    }
+
+    /// What the PMD covering `addr` holds, read without the page-table lock.
+    ///
+    /// Upstream: `find_pmd_or_thp_or_none()`.
+    pub(crate) fn pmd_state(&self, addr: usize) -> PmdState {
+        // SAFETY: By the type invariants the mmap read lock is held, which keeps the upper
+        // page-table levels from being freed.
+        let pmdp = unsafe { bindings::mm_find_pmd(self.mm.as_raw(), addr) };
+        if pmdp.is_null() {
+            return PmdState::None;
+        }
+        // SAFETY: `pmdp` points into a page table kept alive by the mmap lock.
+        let pmd = unsafe { bindings::pmdp_get_lockless(pmdp) };
+        // SAFETY: The PMD predicates only inspect the value.
+        unsafe {
+            if bindings::pmd_none(pmd) {
+                PmdState::None
+            } else if bindings::pmd_is_migration_entry(pmd) {
+                // Migration of a PMD-mapped folio ends with a PMD mapping again.
+                PmdState::Huge
+            } else if !bindings::pmd_present(pmd) {
+                PmdState::None
+            } else if bindings::pmd_trans_huge(pmd) {
+                PmdState::Huge
+            } else if bindings::pmd_bad(pmd) {
+                PmdState::None
+            } else {
+                PmdState::Table
+            }
+        }
+    }
+}
+
+impl MmapRead<'_> {
+    /// Maps and locks the page table of PTEs under the PMD covering `addr`, if there is one.
+    ///
+    /// Upstream: `mm_find_pmd()` + `pte_offset_map_lock()`.
+    pub(crate) fn pte_table_locked(&self, addr: usize) -> Option<PteTableLocked<'_>> {
+        let mm = self.mm.as_raw();
+        // SAFETY: By the type invariants the mmap read lock is held, which keeps the upper
+        // page-table levels from being freed.
+        let pmdp = unsafe { bindings::mm_find_pmd(mm, addr) };
+        if pmdp.is_null() {
+            return None;
+        }
+        let mut ptl = ptr::null_mut();
+        // SAFETY: `pmdp` is a PMD entry of `mm`, kept alive by the mmap lock; the function
+        // rechecks it and fails if it no longer points to a page table.
+        let pte = unsafe { bindings::pte_offset_map_lock(mm, pmdp, addr, &mut ptl) };
+        if pte.is_null() {
+            return None;
+        }
+        // INVARIANT: `pte_offset_map_lock()` succeeded: the table is mapped (under RCU) and
+        // `ptl` is held.
+        Some(PteTableLocked {
+            pte,
+            ptl,
+            _guard: PhantomData,
+        })
+    }
+}
+
+impl Drop for MmapRead<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the lock is held by this thread.
+        unsafe { bindings::mmap_read_unlock(self.mm.as_raw()) };
+    }
+}
+
+/// A page table of PTEs, mapped and locked.
+///
+/// Holding it means holding the PTE lock (a spinlock) and the RCU read lock: nothing may sleep
+/// until it is dropped. It cannot outlive the mmap lock it was found under.
+///
+/// # Invariants
+///
+/// `pte` points to the `PTES_PER_PMD` entries of a page table mapped by
+/// `pte_offset_map_lock()`, and `ptl`, its lock, is held by this thread.
+pub(crate) struct PteTableLocked<'g> {
+    pte: *mut bindings::pte_t,
+    ptl: *mut bindings::spinlock_t,
+    _guard: PhantomData<&'g ()>,
+}
+
+impl PteTableLocked<'_> {
+    /// The value of entry `i` (`i < PTES_PER_PMD`), or `None` past the end.
+    fn get(&self, i: usize) -> Option<bindings::pte_t> {
+        if i >= PTES_PER_PMD as usize {
+            return None;
+        }
+        // SAFETY: By the type invariants `pte` points to `PTES_PER_PMD` mapped entries, and `i`
+        // is in range; the lock is held, so the read is stable.
+        Some(unsafe { bindings::ptep_get(self.pte.add(i)) })
+    }
+}
+
+impl Drop for PteTableLocked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants `ptl` is held and `pte` mapped; `pte_unmap_unlock()`
+        // releases them in this order.
+        unsafe {
+            bindings::spin_unlock(self.ptl);
+            bindings::pte_unmap(self.pte);
+        }
+    }
+}
+
+/// Scans the page table under the PMD range at `addr` of the anonymous `vma`, feeding `tally`.
+///
+/// Returns the outcome ([`Outcome::Succeed`] if the range is worth collapsing) and how many
+/// entries were looked at. Upstream: `collapse_scan_pmd()`.
+pub(crate) fn scan_anon_pmd(
+    guard: &MmapRead<'_>,
+    vma: &VmaRef,
+    addr: usize,
+    tally: &mut ScanTally,
+) -> (Outcome, u32) {
+    let Some(table) = guard.pte_table_locked(addr) else {
+        return (Outcome::NoPteTable, 1);
+    };
+    let mm = guard.mm().as_raw();
+    let vma_ptr = vma.as_ptr();
+    // SAFETY: `vma` is valid and its lock is held.
+    let droppable = unsafe { bindings::vma_is_droppable(vma_ptr) };
+    let mut scanned = 0;
+    for i in 0..PTES_PER_PMD as usize {
+        let Some(pte) = table.get(i) else {
+            break;
+        };
+        scanned += 1;
+        let pte_addr = addr + i * PAGE_SIZE;
+        match scan_one(vma_ptr, mm, pte, pte_addr, droppable, tally) {
+            Ok(()) => {}
+            Err(outcome) => return (outcome, scanned),
+        }
+    }
+    drop(table);
+    (tally.finish(), scanned)
+}
+
+/// Accounts one PTE of a scan; `Err` stops the scan with that outcome.
+fn scan_one(
+    vma: *mut bindings::vm_area_struct,
+    mm: *mut bindings::mm_struct,
+    pte: bindings::pte_t,
+    addr: usize,
+    droppable: bool,
+    tally: &mut ScanTally,
+) -> Result<(), Outcome> {
+    // SAFETY: The PTE predicates only inspect the value.
+    if unsafe { bindings::pte_none_or_zero(pte) } {
+        return tally.none_or_zero();
+    }
+    // SAFETY: As above.
+    if !unsafe { bindings::pte_present(pte) } {
+        // SAFETY: As above.
+        return tally.not_present(unsafe { bindings::pte_swp_uffd_any(pte) });
+    }
+    // SAFETY: As above.
+    if unsafe { bindings::pte_uffd(pte) } {
+        // Don't collapse over userfaultfd write protection: the huge PMD could raise faults
+        // outside the registered range.
+        return Err(Outcome::PteUffd);
+    }
+    // SAFETY: `vma` is valid under the mmap lock and `pte` maps `addr` in it; the PTE lock is
+    // held by the caller, so the page cannot be unmapped under us.
+    let page = unsafe { bindings::vm_normal_page(vma, addr, pte) };
+    // SAFETY: `page`, when not NULL, is a valid page mapped by `pte`.
+    if page.is_null() || unsafe { bindings::is_zone_device_page(page) } {
+        return Err(Outcome::PageNull);
+    }
+    // SAFETY: `page` is valid; its folio stays valid while the PTE lock pins the mapping.
+    let folio = unsafe { bindings::page_folio(page) };
+    // SAFETY: `folio` is valid (above); the folio predicates read flags and counts atomically.
+    unsafe {
+        if tally.skips_lazyfree()
+            && !droppable
+            && bindings::folio_test_lazyfree(folio)
+            && !bindings::pte_dirty(pte)
+        {
+            return Err(Outcome::PageLazyfree);
+        }
+        if !bindings::folio_test_anon(folio) {
+            return Err(Outcome::PageAnon);
+        }
+        // A page counts as shared if any part of its folio is.
+        if bindings::folio_maybe_mapped_shared(folio) {
+            tally.shared()?;
+        }
+        if !bindings::folio_test_lru(folio) {
+            return Err(Outcome::PageLru);
+        }
+        if bindings::folio_test_locked(folio) {
+            return Err(Outcome::PageLock);
+        }
+        // Racy, like upstream: pins come and go, and the isolation step checks again.
+        if bindings::folio_expected_ref_count(folio) != bindings::folio_ref_count(folio) {
+            return Err(Outcome::PageCount);
+        }
+        let referenced = tally.wants_referenced()
+            && (bindings::folio_test_young(folio)
+                || bindings::folio_test_referenced(folio)
+                || bindings::pte_young(pte)
+                || bindings::mmu_notifier_test_young(mm, addr));
+        tally.present(referenced);
+    }
+    Ok(())
+}
+
+/// The khugepaged tunables, read now.
+pub(crate) fn khugepaged_tunables() -> Tunables {
+    let mut t = bindings::collapse_tunables {
+        max_ptes_none: 0,
+        max_ptes_swap: 0,
+        max_ptes_shared: 0,
+        defrag: false,
+    };
+    // SAFETY: `t` is valid for writes.
+    unsafe { bindings::khugepaged_collapse_tunables(&mut t) };
+    Tunables {
+        max_ptes_none: t.max_ptes_none,
+        max_ptes_swap: t.max_ptes_swap,
+        max_ptes_shared: t.max_ptes_shared,
+        defrag: t.defrag,
+    }
+}
+
+/// Whether `vma` is registered with userfaultfd (missing, minor or write-protect faults).
+pub(crate) fn userfaultfd_armed(vma: &VmaRef) -> bool {
+    // SAFETY: `vma` is valid and its lock is held (type invariant of `VmaRef`).
+    unsafe { bindings::userfaultfd_armed(vma.as_ptr()) }
+}
+
+/// What a PMD entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PmdState {
+    /// No page table (none, bad or non-present entry).
+    None,
+    /// A PMD mapping of a huge folio, or a migration entry for one.
+    Huge,
+    /// A page table of PTEs: something to collapse.
+    Table,
+}
+
+/// The mm a VMA belongs to.
+pub(crate) fn vma_mm(vma: &VmaRef) -> &Mm {
+    // SAFETY: `vm_mm` of a live VMA is a valid mm for at least as long as the VMA; it is
+    // written once, at creation.
+    unsafe { Mm::from_raw((*vma.as_ptr()).vm_mm) }
+}
+
+/// Whether `vma` maps private anonymous memory.
+pub(crate) fn vma_is_anonymous(vma: &VmaRef) -> bool {
+    // SAFETY: `vma` is valid and its lock is held (type invariant of `VmaRef`).
+    unsafe { bindings::vma_is_anonymous(vma.as_ptr()) }
+}
+
+/// Whether a PMD-sized collapse is allowed in `vma` for `mode`, by flags, prctl and sysfs.
+///
+/// Upstream: `collapse_possible()` / `thp_vma_allowable_order()`.
+pub(crate) fn pmd_collapse_allowed(vma: &VmaRef, mode: CollapseMode) -> bool {
+    let tva = match mode {
+        CollapseMode::Khugepaged => bindings::tva_type_TVA_KHUGEPAGED,
+        CollapseMode::Madvise => bindings::tva_type_TVA_FORCED_COLLAPSE,
+    };
+    // SAFETY: `vma` is valid and its lock is held (type invariant of `VmaRef`).
+    let orders = unsafe {
+        bindings::thp_vma_allowable_orders(vma.as_ptr(), vma.flags(), tva, 1 << PMD_ORDER)
+    };
+    orders != 0
+}
+
+/// Whether the PMD range at `addr` lies inside `vma` and is suitably aligned for a PMD mapping.
+pub(crate) fn pmd_suitable(vma: &VmaRef, addr: usize) -> bool {
+    // SAFETY: `vma` is valid and its lock is held (type invariant of `VmaRef`).
+    unsafe { bindings::thp_vma_suitable_order(vma.as_ptr(), addr, PMD_ORDER as i32) }
+}
+
+/// Drains every CPU's LRU add batches, so that freshly faulted pages can be isolated.
+///
+/// May sleep.
+pub(crate) fn lru_add_drain_all() {
+    // SAFETY: Always safe to call from process context.
+    unsafe { bindings::lru_add_drain_all() };
+}
+
+/// Gives the scheduler a chance to run something else. May sleep.
+pub(crate) fn cond_resched() {
+    // SAFETY: Called without spinlocks held, from process context.
+    unsafe { bindings::cond_resched() };
+}

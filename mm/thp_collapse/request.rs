@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One collapse request: the MADV_COLLAPSE range loop, and the per-PMD step that khugepaged
+//! and MADV_COLLAPSE share.
+//!
+//! Upstream reference: `madvise_collapse()`, `collapse_single_pmd()` and
+//! `hugepage_vma_revalidate()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
+
+use super::{
+    mode::{Caller, CollapseMode, PMD_ORDER},
+    outcome::{Outcome, RangeTally},
+    pmd::{self, MmapRead, PmdState},
+    scan::ScanTally,
+    stats::STATS,
+};
+use kernel::{mm::virt::VmaRef, prelude::*, sync::aref::ARef};
+
+/// Size of the range one PMD maps.
+pub(crate) const PMD_SIZE: usize = 1 << (PMD_ORDER + kernel::page::PAGE_SHIFT as u32);
+
+/// Where the mmap lock stands after a step that may have dropped it.
+pub(crate) enum Locked<'a> {
+    /// Still held, never released in between.
+    Held(MmapRead<'a>),
+    /// Released; VMAs seen before are stale.
+    Dropped,
+}
+
+/// Whether the mmap lock was released (and taken again) during a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockHistory {
+    /// Held throughout.
+    Kept,
+    /// Released at least once; the caller must look its VMAs up again.
+    Retaken,
+}
+
+/// The end of a MADV_COLLAPSE request.
+pub(crate) struct MadviseDone<'a> {
+    /// What the request reports to user space.
+    pub(crate) result: Result,
+    /// The mmap lock, held again, handed back to the caller.
+    pub(crate) guard: MmapRead<'a>,
+    /// Whether the lock was released in between.
+    pub(crate) history: LockHistory,
+}
+
+/// The PMD-aligned ranges inside `[start, end)`, as (first address, count).
+pub(crate) fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
+    let hend = end & !(PMD_SIZE - 1);
+    match start.checked_next_multiple_of(PMD_SIZE) {
+        Some(hstart) if hstart < hend => (hstart, (hend - hstart) / PMD_SIZE),
+        _ => (start, 0),
+    }
+}
+
+/// Checks, after the mmap lock was taken again, that the PMD range at `addr` can still be
+/// collapsed, and returns its VMA.
+///
+/// Upstream: `hugepage_vma_revalidate()`.
+fn revalidate<'g>(
+    guard: &'g MmapRead<'_>,
+    addr: usize,
+    mode: CollapseMode,
+) -> Result<&'g VmaRef, Outcome> {
+    if guard.exiting_or_thp_disabled() {
+        return Err(Outcome::AnyProcess);
+    }
+    let vma = guard.find_vma(addr).ok_or(Outcome::VmaNull)?;
+    if !pmd::pmd_suitable(vma, addr) {
+        return Err(Outcome::AddressRange);
+    }
+    if !pmd::pmd_collapse_allowed(vma, mode) {
+        return Err(Outcome::VmaCheck);
+    }
+    Ok(vma)
+}
+
+/// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`.
+///
+/// Returns the outcome, the number of page-table entries looked at (khugepaged's scan budget),
+/// and the state of the lock.
+pub(crate) fn collapse_pmd<'a>(
+    guard: MmapRead<'a>,
+    addr: usize,
+    caller: Caller,
+) -> (Outcome, u32, Locked<'a>) {
+    let mode = caller.mode();
+    let (outcome, scanned) = match guard.find_vma(addr) {
+        None => (Outcome::VmaNull, 1),
+        // File and shmem collapse (page cache and page-table retraction) is not implemented in
+        // Rust yet.
+        Some(vma) if !pmd::vma_is_anonymous(vma) => (Outcome::NotImplemented, 1),
+        Some(vma) => match guard.pmd_state(addr) {
+            PmdState::None => (Outcome::NoPteTable, 1),
+            PmdState::Huge => (Outcome::PmdMapped, 1),
+            PmdState::Table => {
+                let uffd = pmd::userfaultfd_armed(vma);
+                let limits = mode.limits(&pmd::khugepaged_tunables(), PMD_ORDER, uffd);
+                let mut tally = ScanTally::new(mode, limits);
+                match pmd::scan_anon_pmd(&guard, vma, addr, &mut tally) {
+                    // The range is worth collapsing, but allocating, isolating, copying and
+                    // installing are not implemented in Rust yet.
+                    (Outcome::Succeed, scanned) => (Outcome::NotImplemented, scanned),
+                    failed => failed,
+                }
+            }
+        },
+    };
+    if outcome == Outcome::NotImplemented {
+        pr_notice_once!(
+            "the Rust core does not implement this collapse yet ({:?}); select 'c' in \
+             /sys/kernel/mm/transparent_hugepage/collapse/core\n",
+            caller
+        );
+    }
+    STATS.count(caller, outcome);
+    (outcome, scanned, Locked::Held(guard))
+}
+
+/// MADV_COLLAPSE of `[start, end)`, a range inside the VMA that contains `start`.
+///
+/// Succeeds when every PMD-aligned range inside `[start, end)` is PMD-mapped on return
+/// (already-huge ranges count); otherwise fails with the errno of the last failure. May sleep.
+pub(crate) fn madvise<'a>(
+    guard: MmapRead<'a>,
+    start: usize,
+    end: usize,
+    caller: Caller,
+) -> MadviseDone<'a> {
+    let mode = caller.mode();
+    let done = |result, guard, history| MadviseDone {
+        result,
+        guard,
+        history,
+    };
+
+    let allowed = guard
+        .find_vma(start)
+        .is_some_and(|vma| pmd::pmd_collapse_allowed(vma, mode));
+    if !allowed {
+        return done(Err(EINVAL), guard, LockHistory::Kept);
+    }
+    let (hstart, ranges) = pmd_ranges(start, end);
+    if ranges == 0 {
+        return done(Ok(()), guard, LockHistory::Kept);
+    }
+
+    let mm = guard.mm();
+    // Keep the mm_struct itself alive across lock drops, as upstream does.
+    let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
+    pmd::lru_add_drain_all();
+
+    let mut tally = RangeTally::new(ranges);
+    let mut history = LockHistory::Kept;
+    let mut state = Locked::Held(guard);
+    let mut i = 0;
+    while i < tally.ranges() {
+        let addr = hstart + i * PMD_SIZE;
+        let guard = match state {
+            Locked::Held(guard) => guard,
+            Locked::Dropped => {
+                pmd::cond_resched();
+                let guard = MmapRead::lock(mm);
+                history = LockHistory::Retaken;
+                match revalidate(&guard, addr, mode) {
+                    Ok(vma) => {
+                        // The VMA may have shrunk: only ranges it still covers count.
+                        let hend = vma.end() & !(PMD_SIZE - 1);
+                        tally.clamp_ranges(hend.saturating_sub(hstart) / PMD_SIZE);
+                    }
+                    Err(outcome) => {
+                        STATS.count(caller, outcome);
+                        tally.abort(outcome);
+                        state = Locked::Held(guard);
+                        break;
+                    }
+                }
+                guard
+            }
+        };
+        let (outcome, _, next) = collapse_pmd(guard, addr, caller);
+        state = next;
+        if !tally.record(outcome) {
+            break;
+        }
+        i += 1;
+    }
+
+    let guard = match state {
+        Locked::Held(guard) => guard,
+        Locked::Dropped => {
+            history = LockHistory::Retaken;
+            MmapRead::lock(mm)
+        }
+    };
+    done(tally.finish(), guard, history)
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[kunit_tests(thp_collapse_range)]
+mod tests {
+    use super::*;
+
+    const MB2: usize = PMD_SIZE;
+
+    #[test]
+    fn pmd_ranges_align_inwards() {
+        assert_eq!(pmd_ranges(0, 4 * MB2), (0, 4));
+        assert_eq!(pmd_ranges(1, 4 * MB2), (MB2, 3));
+        assert_eq!(pmd_ranges(MB2, 3 * MB2 - 1), (MB2, 1));
+        assert_eq!(pmd_ranges(MB2 + 4096, 2 * MB2 + 4096).1, 0);
+        assert_eq!(pmd_ranges(0, MB2 - 1).1, 0);
+        assert_eq!(pmd_ranges(usize::MAX - 4095, usize::MAX).1, 0);
+    }
+}

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The accounting of a scan of one PMD range: how many PTEs are empty, swapped out or shared,
+//! how many were recently referenced, and whether the range is worth collapsing.
+//!
+//! This file is pure logic: no `unsafe`, no `bindings`. The page-table walk that feeds it, and
+//! the per-page checks that need the folio, are in `pmd.rs`.
+//!
+//! Upstream reference: `collapse_scan_pmd()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
+
+use super::{
+    mode::{CollapseMode, Limits},
+    outcome::Outcome,
+};
+
+/// The running account of a scan of one PMD range.
+#[derive(Debug)]
+pub(crate) struct ScanTally {
+    mode: CollapseMode,
+    limits: Limits,
+    none_or_zero: u32,
+    swapped: u32,
+    shared: u32,
+    referenced: u32,
+}
+
+impl ScanTally {
+    /// Starts the scan of a range for `mode`, within `limits`.
+    pub(crate) const fn new(mode: CollapseMode, limits: Limits) -> Self {
+        Self {
+            mode,
+            limits,
+            none_or_zero: 0,
+            swapped: 0,
+            shared: 0,
+            referenced: 0,
+        }
+    }
+
+    /// A PTE that is none or maps the zero page.
+    pub(crate) fn none_or_zero(&mut self) -> Result<(), Outcome> {
+        self.none_or_zero += 1;
+        if self.none_or_zero > self.limits.max_none {
+            return Err(Outcome::ExceedNonePte);
+        }
+        Ok(())
+    }
+
+    /// A non-present PTE (swap entry or marker); `uffd` if it carries userfaultfd state.
+    pub(crate) fn not_present(&mut self, uffd: bool) -> Result<(), Outcome> {
+        self.swapped += 1;
+        if self.swapped > self.limits.max_swap {
+            return Err(Outcome::ExceedSwapPte);
+        }
+        // Always strict with userfaultfd-protected swap entries.
+        if uffd {
+            return Err(Outcome::PteUffd);
+        }
+        Ok(())
+    }
+
+    /// A present PTE mapping an anonymous page that another process may map too.
+    pub(crate) fn shared(&mut self) -> Result<(), Outcome> {
+        self.shared += 1;
+        if self.shared > self.limits.max_shared {
+            return Err(Outcome::ExceedSharedPte);
+        }
+        Ok(())
+    }
+
+    /// A present PTE mapping a page that passed every check.
+    pub(crate) fn present(&mut self, referenced: bool) {
+        if referenced {
+            self.referenced += 1;
+        }
+    }
+
+    /// Whether this mode needs to know if each page was referenced recently.
+    pub(crate) fn wants_referenced(&self) -> bool {
+        self.mode == CollapseMode::Khugepaged
+    }
+
+    /// Whether lazily-freed (MADV_FREE) pages stop the scan in this mode.
+    pub(crate) fn skips_lazyfree(&self) -> bool {
+        self.mode.skips_lazyfree()
+    }
+
+    /// Empty or zero-page PTEs seen.
+    pub(crate) fn none_or_zero_count(&self) -> u32 {
+        self.none_or_zero
+    }
+
+    /// Swapped-out PTEs seen.
+    pub(crate) fn swapped_count(&self) -> u32 {
+        self.swapped
+    }
+
+    /// Referenced pages seen.
+    pub(crate) fn referenced_count(&self) -> u32 {
+        self.referenced
+    }
+
+    /// The verdict once every PTE was seen: [`Outcome::Succeed`] if the range is worth
+    /// collapsing.
+    pub(crate) fn finish(&self) -> Outcome {
+        if self.referenced < self.mode.min_referenced(self.swapped) {
+            Outcome::LackReferencedPage
+        } else {
+            Outcome::Succeed
+        }
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[kunit_tests(thp_collapse_scan)]
+mod tests {
+    use super::*;
+    use crate::mode::{Tunables, PMD_ORDER, PTES_PER_PMD};
+
+    const DEFAULTS: Tunables = Tunables {
+        max_ptes_none: 511,
+        max_ptes_swap: 64,
+        max_ptes_shared: 256,
+        defrag: true,
+    };
+
+    fn tally(mode: CollapseMode, t: &Tunables) -> ScanTally {
+        ScanTally::new(mode, mode.limits(t, PMD_ORDER, false))
+    }
+
+    #[test]
+    fn madvise_full_range_collapses() {
+        let mut s = tally(CollapseMode::Madvise, &DEFAULTS);
+        for _ in 0..PTES_PER_PMD {
+            s.present(false);
+        }
+        assert_eq!(s.finish(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn madvise_ignores_limits_and_references() {
+        let strict = Tunables {
+            max_ptes_none: 0,
+            max_ptes_swap: 0,
+            max_ptes_shared: 0,
+            defrag: false,
+        };
+        let mut s = tally(CollapseMode::Madvise, &strict);
+        for _ in 0..200 {
+            assert_eq!(s.none_or_zero(), Ok(()));
+            assert_eq!(s.not_present(false), Ok(()));
+        }
+        for _ in 0..112 {
+            assert_eq!(s.shared(), Ok(()));
+            s.present(false);
+        }
+        assert!(!s.wants_referenced());
+        assert_eq!(s.finish(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn madvise_all_empty_still_collapses() {
+        // MADV_COLLAPSE allows all 512 PTEs to be none.
+        let mut s = tally(CollapseMode::Madvise, &DEFAULTS);
+        for _ in 0..PTES_PER_PMD {
+            assert_eq!(s.none_or_zero(), Ok(()));
+        }
+        assert_eq!(s.none_or_zero_count(), 512);
+        assert_eq!(s.finish(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn uffd_armed_allows_no_holes() {
+        let mode = CollapseMode::Madvise;
+        let mut s = ScanTally::new(mode, mode.limits(&DEFAULTS, PMD_ORDER, true));
+        assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
+    }
+
+    #[test]
+    fn uffd_swap_entry_stops_the_scan() {
+        let mut s = tally(CollapseMode::Madvise, &DEFAULTS);
+        assert_eq!(s.not_present(true), Err(Outcome::PteUffd));
+    }
+
+    #[test]
+    fn khugepaged_limits_are_exact() {
+        let t = Tunables {
+            max_ptes_none: 256,
+            ..DEFAULTS
+        };
+        let mut s = tally(CollapseMode::Khugepaged, &t);
+        for _ in 0..256 {
+            assert_eq!(s.none_or_zero(), Ok(()));
+        }
+        assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
+
+        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        for _ in 0..64 {
+            assert_eq!(s.not_present(false), Ok(()));
+        }
+        assert_eq!(s.not_present(false), Err(Outcome::ExceedSwapPte));
+
+        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        for _ in 0..256 {
+            assert_eq!(s.shared(), Ok(()));
+        }
+        assert_eq!(s.shared(), Err(Outcome::ExceedSharedPte));
+    }
+
+    #[test]
+    fn khugepaged_needs_references() {
+        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        assert!(s.wants_referenced());
+        for _ in 0..PTES_PER_PMD {
+            s.present(false);
+        }
+        assert_eq!(s.finish(), Outcome::LackReferencedPage);
+
+        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        s.present(true);
+        for _ in 1..PTES_PER_PMD {
+            s.present(false);
+        }
+        assert_eq!(s.referenced_count(), 1);
+        assert_eq!(s.finish(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn khugepaged_swap_needs_half_referenced() {
+        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        assert_eq!(s.not_present(false), Ok(()));
+        for _ in 0..255 {
+            s.present(true);
+        }
+        assert_eq!(s.swapped_count(), 1);
+        assert_eq!(s.finish(), Outcome::LackReferencedPage);
+        s.present(true);
+        assert_eq!(s.finish(), Outcome::Succeed);
+    }
+}

@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Helpers for the Rust THP collapse core (mm/thp_collapse.rs): the static
+ * inlines and macros of <linux/huge_mm.h>, <linux/mm.h> and <linux/pgtable.h>
+ * it calls. Each one only forwards to the kernel's own definition.
+ */
+
+#include <linux/huge_mm.h>
+#include <linux/leafops.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/page_idle.h>
+#include <linux/pgtable.h>
+#include <linux/sched.h>
+#include <linux/userfaultfd_k.h>
+
+#ifdef CONFIG_TRANSPARENT_HUGEPAGE
+
+__rust_helper unsigned long
+rust_helper_thp_vma_allowable_orders(struct vm_area_struct *vma,
+				     vm_flags_t vm_flags, enum tva_type type,
+				     unsigned long orders)
+{
+	return thp_vma_allowable_orders(vma, vm_flags, type, orders);
+}
+
+__rust_helper bool rust_helper_thp_vma_suitable_order(struct vm_area_struct *vma,
+						      unsigned long addr,
+						      int order)
+{
+	return thp_vma_suitable_order(vma, addr, order);
+}
+
+#endif /* CONFIG_TRANSPARENT_HUGEPAGE */
+
+__rust_helper bool rust_helper_vma_is_anonymous(struct vm_area_struct *vma)
+{
+	return vma_is_anonymous(vma);
+}
+
+__rust_helper bool rust_helper_mm_flags_test(int flag,
+					     const struct mm_struct *mm)
+{
+	return mm_flags_test(flag, mm);
+}
+
+__rust_helper void rust_helper_cond_resched(void)
+{
+	cond_resched();
+}
+
+__rust_helper pmd_t rust_helper_pmdp_get_lockless(pmd_t *pmdp)
+{
+	return pmdp_get_lockless(pmdp);
+}
+
+__rust_helper bool rust_helper_pmd_none(pmd_t pmd)
+{
+	return pmd_none(pmd);
+}
+
+__rust_helper bool rust_helper_pmd_present(pmd_t pmd)
+{
+	return pmd_present(pmd);
+}
+
+__rust_helper bool rust_helper_pmd_bad(pmd_t pmd)
+{
+	return pmd_bad(pmd);
+}
+
+__rust_helper bool rust_helper_pmd_trans_huge(pmd_t pmd)
+{
+	return pmd_trans_huge(pmd);
+}
+
+__rust_helper bool rust_helper_pmd_is_migration_entry(pmd_t pmd)
+{
+	return pmd_is_migration_entry(pmd);
+}
+
+__rust_helper bool rust_helper_userfaultfd_armed(struct vm_area_struct *vma)
+{
+	return userfaultfd_armed(vma);
+}
+
+__rust_helper pte_t rust_helper_ptep_get(pte_t *ptep)
+{
+	return ptep_get(ptep);
+}
+
+__rust_helper void rust_helper_pte_unmap(pte_t *pte)
+{
+	pte_unmap(pte);
+}
+
+__rust_helper bool rust_helper_pte_none(pte_t pte)
+{
+	return pte_none(pte);
+}
+
+__rust_helper bool rust_helper_pte_present(pte_t pte)
+{
+	return pte_present(pte);
+}
+
+__rust_helper bool rust_helper_pte_none_or_zero(pte_t pte)
+{
+	return pte_none(pte) ||
+	       (pte_present(pte) && is_zero_pfn(pte_pfn(pte)));
+}
+
+__rust_helper bool rust_helper_pte_uffd(pte_t pte)
+{
+	return pte_uffd(pte);
+}
+
+__rust_helper bool rust_helper_pte_swp_uffd_any(pte_t pte)
+{
+	return pte_swp_uffd_any(pte);
+}
+
+__rust_helper bool rust_helper_pte_dirty(pte_t pte)
+{
+	return pte_dirty(pte);
+}
+
+__rust_helper bool rust_helper_pte_young(pte_t pte)
+{
+	return pte_young(pte);
+}
+
+__rust_helper bool rust_helper_is_zone_device_page(const struct page *page)
+{
+	return is_zone_device_page(page);
+}
+
+__rust_helper struct folio *rust_helper_page_folio(struct page *page)
+{
+	return page_folio(page);
+}
+
+__rust_helper bool rust_helper_folio_test_lazyfree(const struct folio *folio)
+{
+	return folio_test_lazyfree(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_anon(const struct folio *folio)
+{
+	return folio_test_anon(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_lru(const struct folio *folio)
+{
+	return folio_test_lru(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_locked(const struct folio *folio)
+{
+	return folio_test_locked(folio);
+}
+
+__rust_helper bool rust_helper_folio_maybe_mapped_shared(struct folio *folio)
+{
+	return folio_maybe_mapped_shared(folio);
+}
+
+__rust_helper int rust_helper_folio_expected_ref_count(const struct folio *folio)
+{
+	return folio_expected_ref_count(folio);
+}
+
+__rust_helper int rust_helper_folio_ref_count(const struct folio *folio)
+{
+	return folio_ref_count(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_young(const struct folio *folio)
+{
+	return folio_test_young(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_referenced(const struct folio *folio)
+{
+	return folio_test_referenced(folio);
+}
+
+__rust_helper bool rust_helper_mmu_notifier_test_young(struct mm_struct *mm,
+						       unsigned long address)
+{
+	return mmu_notifier_test_young(mm, address);
+}
+
+__rust_helper bool rust_helper_vma_is_droppable(struct vm_area_struct *vma)
+{
+	return vma->vm_flags & VM_DROPPABLE;
+}
