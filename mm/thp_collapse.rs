@@ -33,6 +33,7 @@
 use kernel::{
     bindings,
     mm::{virt::VmaRef, Mm},
+    pr_warn_once,
     prelude::*,
     str::CStr,
 };
@@ -54,7 +55,7 @@ mod stats;
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
 use mode::Caller;
-use outcome::{Outcome, RangeTally};
+use outcome::Outcome;
 use pmd::MmapRead;
 use request::{LockHistory, Locked};
 use stats::STATS;

@@ -87,7 +87,7 @@ impl<'a> MmapRead<'a> {
     pub(crate) fn exiting_or_thp_disabled(&self) -> bool {
         let mm = self.mm.as_raw();
         // SAFETY: `mm` is valid; `mm_users` is an atomic and reading it is always allowed.
-        let users = unsafe { bindings::atomic_read(&raw const (*mm).mm_users) };
+        let users = unsafe { bindings::atomic_read(&raw const (*mm).__bindgen_anon_1.mm_users) };
         // SAFETY: `mm` is valid; testing a flag is an atomic bit test.
         let disabled =
             unsafe { bindings::mm_flags_test(bindings::MMF_DISABLE_THP_COMPLETELY as i32, mm) };

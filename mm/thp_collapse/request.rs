@@ -13,7 +13,7 @@ use super::{
     scan::ScanTally,
     stats::STATS,
 };
-use kernel::{mm::virt::VmaRef, prelude::*, sync::aref::ARef};
+use kernel::{mm::virt::VmaRef, pr_notice_once, prelude::*, sync::aref::ARef};
 
 /// Size of the range one PMD maps.
 pub(crate) const PMD_SIZE: usize = 1 << (PMD_ORDER + kernel::page::PAGE_SHIFT as u32);
@@ -23,6 +23,10 @@ pub(crate) enum Locked<'a> {
     /// Still held, never released in between.
     Held(MmapRead<'a>),
     /// Released; VMAs seen before are stale.
+    #[expect(
+        dead_code,
+        reason = "the lock is dropped once the Rust core allocates the huge folio itself"
+    )]
     Dropped,
 }
 

@@ -12,6 +12,8 @@ use super::{
     mode::{CollapseMode, Limits},
     outcome::Outcome,
 };
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+use kernel::prelude::*;
 
 /// The running account of a scan of one PMD range.
 #[derive(Debug)]

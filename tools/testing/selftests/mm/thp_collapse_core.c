@@ -151,19 +151,42 @@ static void test_rust_ineligible(void)
 static void test_rust_no_page_table(void)
 {
 	long long npt = rust_stat("madvise", "no_pte_table");
-	char *p = mmap_pmd_aligned(2, PROT_READ | PROT_WRITE);
+	char *p = mmap_pmd_aligned(3, PROT_READ | PROT_WRITE);
 	int c_err, rust_err;
 
 	if (!p)
 		ksft_exit_fail_perror("mmap");
-	/* Nothing faulted in: no page tables. Both ranges are tried. */
-	rust_err = collapse_on("rust", p, 2 * PMD_SZ);
-	c_err = collapse_on("c", p, 2 * PMD_SZ);
+	/*
+	 * One page in the first PMD gives the VMA an anon_vma (without one it
+	 * is not eligible at all); the next two PMDs have no page table. Both
+	 * are tried, and the request fails with the last failure's errno.
+	 */
+	p[0] = 1;
+	rust_err = collapse_on("rust", p + PMD_SZ, 2 * PMD_SZ);
+	c_err = collapse_on("c", p + PMD_SZ, 2 * PMD_SZ);
 	ksft_test_result(rust_err == EINVAL && c_err == rust_err &&
 			 rust_stat("madvise", "no_pte_table") == npt + 2,
 			 "rust: ranges without page tables continue, then EINVAL like C (rust %s, c %s)\n",
 			 strerror(rust_err), strerror(c_err));
-	munmap(p, 2 * PMD_SZ);
+	munmap(p, 3 * PMD_SZ);
+}
+
+static void test_rust_unfaulted(void)
+{
+	long long total = rust_stat_total("madvise");
+	char *p = mmap_pmd_aligned(1, PROT_READ | PROT_WRITE);
+	int c_err, rust_err;
+
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	/* Never faulted: no anon_vma, so not eligible for collapse. */
+	rust_err = collapse_on("rust", p, PMD_SZ);
+	c_err = collapse_on("c", p, PMD_SZ);
+	ksft_test_result(rust_err == EINVAL && c_err == rust_err &&
+			 rust_stat_total("madvise") == total,
+			 "rust: never-faulted anonymous VMA refused with EINVAL like C (rust %s, c %s)\n",
+			 strerror(rust_err), strerror(c_err));
+	munmap(p, PMD_SZ);
 }
 
 static void test_rust_already_huge(void)
@@ -263,7 +286,7 @@ int main(void)
 	if (!core)
 		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
 	snprintf(orig, sizeof(orig), "%s", core);
-	ksft_set_plan(14);
+	ksft_set_plan(15);
 
 	test_knob(orig);
 	test_rust_madvise();
@@ -271,6 +294,7 @@ int main(void)
 	test_rust_process_madvise();
 	test_rust_ineligible();
 	test_rust_no_page_table();
+	test_rust_unfaulted();
 	test_rust_already_huge();
 	test_rust_shmem();
 	test_c_core();
