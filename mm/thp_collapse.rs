@@ -117,7 +117,6 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
     };
     // SAFETY: The caller holds the mmap read lock, so `vma` is a live VMA.
     let vma = unsafe { VmaRef::from_raw(vma) };
-    let (start, end) = (start as usize, end as usize);
     if start < vma.start() || end > vma.end() || start > end {
         pr_warn_once!("madvise_collapse: range outside its VMA\n");
         return EINVAL.to_errno();
@@ -157,7 +156,7 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     // SAFETY: The caller holds `mm`'s mmap lock for read (so the `mm_struct` is alive) and
     // hands it over for the duration of the call.
     let guard = unsafe { MmapRead::adopt(Mm::from_raw(mm)) };
-    let (outcome, scanned, state) = request::collapse_pmd(guard, addr as usize, Caller::Khugepaged);
+    let (outcome, scanned, state) = request::collapse_pmd(guard, addr, Caller::Khugepaged);
     match state {
         Locked::Held(guard) => guard.keep(),
         // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.

@@ -30,7 +30,9 @@ fi
 log "checkpatch"
 cfiles=$(cd "$TOP" && git ls-files '*.c' '*.h')
 for f in $cfiles; do
-	"$SRC/scripts/checkpatch.pl" --no-tree --quiet --strict -f "$TOP/$f" || fail=1
+	# From the build tree. (-f cannot see that patch 0005 documents the
+	# boot parameter in kernel-parameters.txt, hence the ignore.)
+	(cd "$SRC" && ./scripts/checkpatch.pl --quiet --strict --ignore UNDOCUMENTED_SETUP -f "$f") || fail=1
 done
 for p in "$TOP"/patches/*.patch; do
 	"$SRC/scripts/checkpatch.pl" --no-tree --quiet --no-signoff "$p" || fail=1
