@@ -29,6 +29,7 @@ for p in $progs; do
 		die "no source for test program '$p'"
 	fi
 done
+[ -n "$targets" ] || exit 0
 # shellcheck disable=SC2086
 make -s -C "$SRC/tools/testing/selftests/mm" OUTPUT="$T" \
 	KHDR_INCLUDES="-isystem $O/usr/include" LDFLAGS=-static \

@@ -15,7 +15,8 @@ cp /bin/busybox "$tmp/root/bin/"
 printf '#!/bin/busybox sh\n/bin/busybox echo KVM-PROBE-OK\n/bin/busybox reboot -f\n' >"$tmp/root/init"
 chmod +x "$tmp/root/init"
 (cd "$tmp/root" && find . | cpio -o -H newc --quiet | gzip -1) >"$tmp/probe.cpio.gz"
-timeout -k 5 60 qemu-system-x86_64 -accel kvm -cpu host -m 512M -smp 1 \
+(timeout -k 5 60 qemu-system-x86_64 -accel kvm -cpu host -m 512M -smp 1 \
 	-kernel "$kernel" -initrd "$tmp/probe.cpio.gz" -append "console=ttyS0 panic=-1" \
-	-display none -monitor none -no-reboot -serial "file:$tmp/out" </dev/null >/dev/null 2>&1
+	-display none -monitor none -no-reboot -serial "file:$tmp/out" </dev/null >/dev/null 2>&1) \
+	2>/dev/null || true
 grep -q KVM-PROBE-OK "$tmp/out" 2>/dev/null

@@ -60,10 +60,11 @@ timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
 	-serial "file:$console" -serial "file:$tests" </dev/null &
 qpid=$!
 tail -n +1 -F "$tests" 2>/dev/null --pid=$qpid | sed -u 's/\r$//' &
+tpid=$!
 wait $qpid
 rc=$?
+wait $tpid
 set -e
-sleep 0.5
 rm -f "$disk"
 if [ $rc = 124 ]; then
 	echo "# HARNESS TIMEOUT after ${timeout_s}s" >>"$tests"
