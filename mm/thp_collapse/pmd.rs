@@ -9,11 +9,11 @@
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c)
 
 use super::{
-    mode::{CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
+    mode::{AllocPolicy, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
     scan::ScanTally,
 };
-use core::{marker::PhantomData, ptr};
+use core::{marker::PhantomData, ptr, ptr::NonNull};
 use kernel::{
     bindings,
     mm::{virt::VmaRef, Mm},
@@ -300,6 +300,84 @@ fn scan_one(
         tally.present(referenced);
     }
     Ok(())
+}
+
+/// A PMD-order folio allocated and charged for a collapse, not mapped anywhere yet.
+///
+/// Dropping it frees it (and uncharges it).
+///
+/// # Invariants
+///
+/// `folio` is a PMD-order folio this value holds the only reference to, charged to a memory
+/// cgroup.
+pub(crate) struct NewFolio {
+    folio: NonNull<bindings::folio>,
+}
+
+impl NewFolio {
+    /// Allocates a PMD-order folio for `policy` and charges it to `mm`'s memory cgroup.
+    ///
+    /// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
+    /// sleep. Upstream: `alloc_charge_folio()`.
+    pub(crate) fn alloc_charge(mm: &Mm, policy: AllocPolicy) -> Result<Self, Outcome> {
+        let gfp = match policy {
+            AllocPolicy::Reclaim => bindings::GFP_TRANSHUGE,
+            AllocPolicy::Light => bindings::GFP_TRANSHUGE_LIGHT,
+        };
+        // SAFETY: Process context, no locks held (see above); a NULL nodemask allows every node.
+        let folio = unsafe {
+            bindings::__folio_alloc(gfp, PMD_ORDER, bindings::numa_mem_id(), ptr::null_mut())
+        };
+        let Some(folio) = NonNull::new(folio) else {
+            count_collapse_event(
+                bindings::vm_event_item_THP_COLLAPSE_ALLOC_FAILED,
+                bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC_FAILED,
+            );
+            return Err(Outcome::AllocHugePageFail);
+        };
+        count_collapse_event(
+            bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC,
+        );
+        // SAFETY: `folio` was just allocated and is not shared; `mm` is valid.
+        if unsafe { bindings::mem_cgroup_charge(folio.as_ptr(), mm.as_raw(), gfp) } != 0 {
+            // SAFETY: We hold the only reference.
+            unsafe { bindings::folio_put(folio.as_ptr()) };
+            return Err(Outcome::CgroupChargeFail);
+        }
+        // SAFETY: `folio` is a charged, PMD-order folio.
+        unsafe {
+            bindings::count_memcg_folio_events(
+                folio.as_ptr(),
+                bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+                1,
+            )
+        };
+        // INVARIANT: We hold the only reference to a charged PMD-order folio.
+        let new = Self { folio };
+        // SAFETY: `folio` is valid (type invariants).
+        if unsafe { bindings::folio_memcg_alloc_deferred(new.folio.as_ptr()) } != 0 {
+            return Err(Outcome::AllocHugePageFail);
+        }
+        Ok(new)
+    }
+}
+
+impl Drop for NewFolio {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants we hold the only reference; dropping it frees and
+        // uncharges the folio.
+        unsafe { bindings::folio_put(self.folio.as_ptr()) };
+    }
+}
+
+/// Counts a PMD-order collapse event in `/proc/vmstat` and the per-size THP stats.
+fn count_collapse_event(vm_event: bindings::vm_event_item, mthp: bindings::mthp_stat_item) {
+    // SAFETY: Per-CPU event counters; safe from any context.
+    unsafe {
+        bindings::count_vm_event(vm_event);
+        bindings::count_mthp_stat(PMD_ORDER as i32, mthp);
+    }
 }
 
 /// The khugepaged tunables, read now.

@@ -9,7 +9,7 @@
 use super::{
     mode::{Caller, CollapseMode, PMD_ORDER},
     outcome::{Outcome, RangeTally},
-    pmd::{self, MmapRead, PmdState},
+    pmd::{self, MmapRead, NewFolio, PmdState},
     scan::ScanTally,
     stats::STATS,
 };
@@ -23,10 +23,6 @@ pub(crate) enum Locked<'a> {
     /// Still held, never released in between.
     Held(MmapRead<'a>),
     /// Released; VMAs seen before are stale.
-    #[expect(
-        dead_code,
-        reason = "the lock is dropped once the Rust core allocates the huge folio itself"
-    )]
     Dropped,
 }
 
@@ -90,26 +86,40 @@ pub(crate) fn collapse_pmd<'a>(
     caller: Caller,
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
-    let (outcome, scanned) = match guard.find_vma(addr) {
-        None => (Outcome::VmaNull, 1),
+    let tunables = pmd::khugepaged_tunables();
+    let (outcome, scanned, swapped) = match guard.find_vma(addr) {
+        None => (Outcome::VmaNull, 1, 0),
         // File and shmem collapse (page cache and page-table retraction) is not implemented in
         // Rust yet.
-        Some(vma) if !pmd::vma_is_anonymous(vma) => (Outcome::NotImplemented, 1),
+        Some(vma) if !pmd::vma_is_anonymous(vma) => (Outcome::NotImplemented, 1, 0),
         Some(vma) => match guard.pmd_state(addr) {
-            PmdState::None => (Outcome::NoPteTable, 1),
-            PmdState::Huge => (Outcome::PmdMapped, 1),
+            PmdState::None => (Outcome::NoPteTable, 1, 0),
+            PmdState::Huge => (Outcome::PmdMapped, 1, 0),
             PmdState::Table => {
                 let uffd = pmd::userfaultfd_armed(vma);
-                let limits = mode.limits(&pmd::khugepaged_tunables(), PMD_ORDER, uffd);
+                let limits = mode.limits(&tunables, PMD_ORDER, uffd);
                 let mut tally = ScanTally::new(mode, limits);
-                match pmd::scan_anon_pmd(&guard, vma, addr, &mut tally) {
-                    // The range is worth collapsing, but allocating, isolating, copying and
-                    // installing are not implemented in Rust yet.
-                    (Outcome::Succeed, scanned) => (Outcome::NotImplemented, scanned),
-                    failed => failed,
-                }
+                let (outcome, scanned) = pmd::scan_anon_pmd(&guard, vma, addr, &mut tally);
+                (outcome, scanned, tally.swapped_count())
             }
         },
+    };
+    let (outcome, state) = match outcome {
+        // Swap-in of the swapped-out PTEs is not implemented in Rust yet.
+        Outcome::Succeed if swapped > 0 => (Outcome::NotImplemented, Locked::Held(guard)),
+        Outcome::Succeed => {
+            // The huge folio is allocated without the mmap lock: it may reclaim and compact.
+            let mm = guard.mm();
+            drop(guard);
+            let outcome = match NewFolio::alloc_charge(mm, mode.alloc_policy(&tunables)) {
+                Err(outcome) => outcome,
+                // Isolating, copying and installing are not implemented in Rust yet; the
+                // folio is freed here.
+                Ok(_folio) => Outcome::NotImplemented,
+            };
+            (outcome, Locked::Dropped)
+        }
+        failed => (failed, Locked::Held(guard)),
     };
     if outcome == Outcome::NotImplemented {
         pr_notice_once!(
@@ -119,7 +129,7 @@ pub(crate) fn collapse_pmd<'a>(
         );
     }
     STATS.count(caller, outcome);
-    (outcome, scanned, Locked::Held(guard))
+    (outcome, scanned, state)
 }
 
 /// MADV_COLLAPSE of `[start, end)`, a range inside the VMA that contains `start`.

@@ -5,7 +5,10 @@
  * it calls. Each one only forwards to the kernel's own definition.
  */
 
+#include <linux/gfp.h>
 #include <linux/huge_mm.h>
+#include <linux/memcontrol.h>
+#include <linux/vmstat.h>
 #include <linux/leafops.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
@@ -194,4 +197,46 @@ __rust_helper bool rust_helper_mmu_notifier_test_young(struct mm_struct *mm,
 __rust_helper bool rust_helper_vma_is_droppable(struct vm_area_struct *vma)
 {
 	return vma->vm_flags & VM_DROPPABLE;
+}
+
+__rust_helper struct folio *rust_helper___folio_alloc(gfp_t gfp,
+						      unsigned int order,
+						      int nid,
+						      nodemask_t *nodemask)
+{
+	return __folio_alloc(gfp, order, nid, nodemask);
+}
+
+__rust_helper int rust_helper_numa_mem_id(void)
+{
+	return numa_mem_id();
+}
+
+__rust_helper void rust_helper_folio_put(struct folio *folio)
+{
+	folio_put(folio);
+}
+
+__rust_helper int rust_helper_mem_cgroup_charge(struct folio *folio,
+						struct mm_struct *mm, gfp_t gfp)
+{
+	return mem_cgroup_charge(folio, mm, gfp);
+}
+
+__rust_helper void rust_helper_count_vm_event(enum vm_event_item item)
+{
+	count_vm_event(item);
+}
+
+__rust_helper void rust_helper_count_mthp_stat(int order,
+					       enum mthp_stat_item item)
+{
+	count_mthp_stat(order, item);
+}
+
+__rust_helper void rust_helper_count_memcg_folio_events(struct folio *folio,
+							enum vm_event_item idx,
+							unsigned long nr)
+{
+	count_memcg_folio_events(folio, idx, nr);
 }

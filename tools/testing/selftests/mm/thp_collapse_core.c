@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -237,6 +238,104 @@ static void test_rust_shmem(void)
 	close(fd);
 }
 
+static int write_str(const char *path, const char *val)
+{
+	FILE *f = fopen(path, "w");
+	int ok;
+
+	if (!f)
+		return -1;
+	ok = fputs(val, f) != EOF;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+#define FAIL_PAGE_ALLOC "/sys/kernel/debug/fail_page_alloc/"
+
+/* Make every PMD-order allocation of this task fail, or stop doing so. */
+static int fail_thp_allocs(bool on)
+{
+	static const char * const knobs[][2] = {
+		{ "min-order", "9" }, { "ignore-gfp-wait", "N" },
+		{ "ignore-gfp-highmem", "N" }, { "task-filter", "Y" },
+		{ "interval", "1" }, { "times", "-1" }, { "verbose", "0" },
+	};
+	char path[128];
+	size_t i;
+
+	if (on) {
+		for (i = 0; i < ARRAY_SIZE(knobs); i++) {
+			snprintf(path, sizeof(path), FAIL_PAGE_ALLOC "%s", knobs[i][0]);
+			if (write_str(path, knobs[i][1]))
+				return -1;
+		}
+	}
+	if (write_str(FAIL_PAGE_ALLOC "probability", on ? "100" : "0"))
+		return -1;
+	return write_str("/proc/self/make-it-fail", on ? "1" : "0");
+}
+
+static void test_alloc_failure(void)
+{
+	long long fails = rust_stat("madvise", "alloc_huge_page_fail");
+	char *p = populated(1);
+	int rust_err, c_err;
+
+	if (fail_thp_allocs(true)) {
+		fail_thp_allocs(false);
+		ksft_test_result_skip("allocation failure: no fail_page_alloc\n");
+		munmap(p, PMD_SZ);
+		return;
+	}
+	rust_err = collapse_on("rust", p, PMD_SZ);
+	c_err = collapse_on("c", p, PMD_SZ);
+	fail_thp_allocs(false);
+	ksft_test_result(rust_err == ENOMEM && c_err == ENOMEM &&
+			 rust_stat("madvise", "alloc_huge_page_fail") == fails + 1 &&
+			 check_huge_anon(p, PMD_SZ, 0, PMD_SZ) &&
+			 p[0] == (char)0xa5 && p[PMD_SZ - 1] == (char)0xa5,
+			 "rust: failed huge page allocation gives ENOMEM like C, memory unchanged (rust %s, c %s)\n",
+			 strerror(rust_err), strerror(c_err));
+	munmap(p, PMD_SZ);
+}
+
+#define CG_ROOT "/sys/fs/cgroup"
+#define CG_TEST CG_ROOT "/thp_collapse_core"
+
+static void test_memcg_limit(void)
+{
+	long long fails = rust_stat("madvise", "cgroup_charge_fail");
+	char pid[32], limit[32];
+	int rust_err, c_err;
+	unsigned long cur;
+	char *p;
+
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	if (write_str(CG_ROOT "/cgroup.subtree_control", "+memory") ||
+	    (mkdir(CG_TEST, 0755) && errno != EEXIST) ||
+	    write_str(CG_TEST "/cgroup.procs", pid)) {
+		ksft_test_result_skip("memcg limit: no cgroup2 memory controller\n");
+		return;
+	}
+	p = populated(1);
+	cur = read_num(CG_TEST "/memory.current");
+	/* Room for small allocations, none for another huge page. */
+	snprintf(limit, sizeof(limit), "%lu", cur + (1UL << 20));
+	write_str(CG_TEST "/memory.swap.max", "0");
+	write_str(CG_TEST "/memory.max", limit);
+	rust_err = collapse_on("rust", p, PMD_SZ);
+	c_err = collapse_on("c", p, PMD_SZ);
+	write_str(CG_TEST "/memory.max", "max");
+	ksft_test_result(rust_err == EBUSY && c_err == EBUSY &&
+			 rust_stat("madvise", "cgroup_charge_fail") == fails + 1 &&
+			 check_huge_anon(p, PMD_SZ, 0, PMD_SZ) &&
+			 p[0] == (char)0xa5 && p[PMD_SZ - 1] == (char)0xa5,
+			 "rust: memcg charge failure gives EBUSY like C, memory unchanged (rust %s, c %s)\n",
+			 strerror(rust_err), strerror(c_err));
+	munmap(p, PMD_SZ);
+	write_str(CG_ROOT "/cgroup.procs", pid);
+	rmdir(CG_TEST);
+}
+
 static void test_c_core(void)
 {
 	long long m = rust_stat_total("madvise");
@@ -286,7 +385,7 @@ int main(void)
 	if (!core)
 		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
 	snprintf(orig, sizeof(orig), "%s", core);
-	ksft_set_plan(15);
+	ksft_set_plan(17);
 
 	test_knob(orig);
 	test_rust_madvise();
@@ -297,6 +396,8 @@ int main(void)
 	test_rust_unfaulted();
 	test_rust_already_huge();
 	test_rust_shmem();
+	test_alloc_failure();
+	test_memcg_limit();
 	test_c_core();
 	test_rust_khugepaged();
 
