@@ -4,6 +4,7 @@
 //!
 //! This file is pure logic: no `unsafe`, no `bindings`.
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
 
 /// The PMD order on x86-64 with 4 KiB pages: a PMD maps 2^9 base pages.
@@ -74,6 +75,17 @@ pub(crate) struct Tunables {
     pub(crate) defrag: bool,
 }
 
+impl Tunables {
+    /// The values khugepaged boots with (`khugepaged_init()`), for tests.
+    #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+    pub(crate) const DEFAULTS: Tunables = Tunables {
+        max_ptes_none: MAX_PTES_LIMIT,
+        max_ptes_swap: PTES_PER_PMD / 8,
+        max_ptes_shared: PTES_PER_PMD / 2,
+        defrag: true,
+    };
+}
+
 /// How much of a range may be missing or shared for a collapse to go ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -92,15 +104,6 @@ pub(crate) enum AllocPolicy {
     Reclaim,
     /// `GFP_TRANSHUGE_LIGHT`: no direct reclaim, give up quickly.
     Light,
-}
-
-/// Whether a `max_ptes_none` tunable value is one khugepaged honours for mTHP orders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MthpNoneLimit {
-    /// The value is honoured as is (0) or scaled to the order (511).
-    Honoured,
-    /// Any other value: treated as 0, and upstream warns once.
-    Ignored,
 }
 
 impl CollapseMode {
@@ -128,14 +131,6 @@ impl CollapseMode {
                 max_swap: if pmd { t.max_ptes_swap } else { 0 },
                 max_shared: if pmd { t.max_ptes_shared } else { 0 },
             },
-        }
-    }
-
-    /// Whether `max_ptes_none` is meaningful for mTHP collapse.
-    pub(crate) fn mthp_none_limit(t: &Tunables) -> MthpNoneLimit {
-        match t.max_ptes_none {
-            0 | MAX_PTES_LIMIT => MthpNoneLimit::Honoured,
-            _ => MthpNoneLimit::Ignored,
         }
     }
 
@@ -169,13 +164,6 @@ impl CollapseMode {
 #[kunit_tests(thp_collapse_mode)]
 mod tests {
     use super::*;
-
-    const DEFAULTS: Tunables = Tunables {
-        max_ptes_none: 511,
-        max_ptes_swap: 64,
-        max_ptes_shared: 256,
-        defrag: true,
-    };
 
     #[test]
     fn callers_map_to_modes() {
@@ -212,25 +200,27 @@ mod tests {
     fn uffd_armed_allows_no_holes() {
         assert_eq!(
             CollapseMode::Madvise
-                .limits(&DEFAULTS, PMD_ORDER, true)
+                .limits(&Tunables::DEFAULTS, PMD_ORDER, true)
                 .max_none,
             0
         );
         assert_eq!(
             CollapseMode::Khugepaged
-                .limits(&DEFAULTS, PMD_ORDER, true)
+                .limits(&Tunables::DEFAULTS, PMD_ORDER, true)
                 .max_none,
             0
         );
         assert_eq!(
-            CollapseMode::Khugepaged.limits(&DEFAULTS, 4, true).max_none,
+            CollapseMode::Khugepaged
+                .limits(&Tunables::DEFAULTS, 4, true)
+                .max_none,
             0
         );
     }
 
     #[test]
     fn khugepaged_pmd_honours_tunables() {
-        let l = CollapseMode::Khugepaged.limits(&DEFAULTS, PMD_ORDER, false);
+        let l = CollapseMode::Khugepaged.limits(&Tunables::DEFAULTS, PMD_ORDER, false);
         assert_eq!(
             l,
             Limits {
@@ -241,7 +231,7 @@ mod tests {
         );
         let t = Tunables {
             max_ptes_none: 256,
-            ..DEFAULTS
+            ..Tunables::DEFAULTS
         };
         assert_eq!(
             CollapseMode::Khugepaged
@@ -254,7 +244,7 @@ mod tests {
     #[test]
     fn khugepaged_mthp_limits() {
         // 511 scales to the order; swap and shared are never allowed for mTHP.
-        let l = CollapseMode::Khugepaged.limits(&DEFAULTS, 4, false);
+        let l = CollapseMode::Khugepaged.limits(&Tunables::DEFAULTS, 4, false);
         assert_eq!(
             l,
             Limits {
@@ -265,38 +255,29 @@ mod tests {
         );
         assert_eq!(
             CollapseMode::Khugepaged
-                .limits(&DEFAULTS, 2, false)
+                .limits(&Tunables::DEFAULTS, 2, false)
                 .max_none,
             3
         );
-        assert_eq!(
-            CollapseMode::mthp_none_limit(&DEFAULTS),
-            MthpNoneLimit::Honoured
-        );
-        // Any other value is treated as 0.
-        let t = Tunables {
-            max_ptes_none: 256,
-            ..DEFAULTS
-        };
-        assert_eq!(CollapseMode::Khugepaged.limits(&t, 4, false).max_none, 0);
-        assert_eq!(CollapseMode::mthp_none_limit(&t), MthpNoneLimit::Ignored);
-        let t = Tunables {
-            max_ptes_none: 0,
-            ..DEFAULTS
-        };
-        assert_eq!(CollapseMode::mthp_none_limit(&t), MthpNoneLimit::Honoured);
-        assert_eq!(CollapseMode::Khugepaged.limits(&t, 4, false).max_none, 0);
+        // Any other value is treated as 0, and so is 0 itself.
+        for none in [0, 1, 256, 510] {
+            let t = Tunables {
+                max_ptes_none: none,
+                ..Tunables::DEFAULTS
+            };
+            assert_eq!(CollapseMode::Khugepaged.limits(&t, 4, false).max_none, 0);
+        }
     }
 
     #[test]
     fn khugepaged_alloc_follows_defrag() {
         assert_eq!(
-            CollapseMode::Khugepaged.alloc_policy(&DEFAULTS),
+            CollapseMode::Khugepaged.alloc_policy(&Tunables::DEFAULTS),
             AllocPolicy::Reclaim
         );
         let t = Tunables {
             defrag: false,
-            ..DEFAULTS
+            ..Tunables::DEFAULTS
         };
         assert_eq!(
             CollapseMode::Khugepaged.alloc_policy(&t),

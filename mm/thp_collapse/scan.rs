@@ -121,20 +121,13 @@ mod tests {
     use super::*;
     use crate::mode::{Tunables, PMD_ORDER, PTES_PER_PMD};
 
-    const DEFAULTS: Tunables = Tunables {
-        max_ptes_none: 511,
-        max_ptes_swap: 64,
-        max_ptes_shared: 256,
-        defrag: true,
-    };
-
     fn tally(mode: CollapseMode, t: &Tunables) -> ScanTally {
         ScanTally::new(mode, mode.limits(t, PMD_ORDER, false))
     }
 
     #[test]
     fn madvise_full_range_collapses() {
-        let mut s = tally(CollapseMode::Madvise, &DEFAULTS);
+        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
             s.present(false);
         }
@@ -165,7 +158,7 @@ mod tests {
     #[test]
     fn madvise_all_empty_still_collapses() {
         // MADV_COLLAPSE allows all 512 PTEs to be none.
-        let mut s = tally(CollapseMode::Madvise, &DEFAULTS);
+        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
             assert_eq!(s.none_or_zero(), Ok(()));
         }
@@ -176,13 +169,13 @@ mod tests {
     #[test]
     fn uffd_armed_allows_no_holes() {
         let mode = CollapseMode::Madvise;
-        let mut s = ScanTally::new(mode, mode.limits(&DEFAULTS, PMD_ORDER, true));
+        let mut s = ScanTally::new(mode, mode.limits(&Tunables::DEFAULTS, PMD_ORDER, true));
         assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
     }
 
     #[test]
     fn uffd_swap_entry_stops_the_scan() {
-        let mut s = tally(CollapseMode::Madvise, &DEFAULTS);
+        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
         assert_eq!(s.not_present(true), Err(Outcome::PteUffd));
     }
 
@@ -190,7 +183,7 @@ mod tests {
     fn khugepaged_limits_are_exact() {
         let t = Tunables {
             max_ptes_none: 256,
-            ..DEFAULTS
+            ..Tunables::DEFAULTS
         };
         let mut s = tally(CollapseMode::Khugepaged, &t);
         for _ in 0..256 {
@@ -198,13 +191,13 @@ mod tests {
         }
         assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
 
-        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         for _ in 0..64 {
             assert_eq!(s.not_present(false), Ok(()));
         }
         assert_eq!(s.not_present(false), Err(Outcome::ExceedSwapPte));
 
-        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         for _ in 0..256 {
             assert_eq!(s.shared(), Ok(()));
         }
@@ -213,14 +206,14 @@ mod tests {
 
     #[test]
     fn khugepaged_needs_references() {
-        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         assert!(s.wants_referenced());
         for _ in 0..PTES_PER_PMD {
             s.present(false);
         }
         assert_eq!(s.finish(), Outcome::LackReferencedPage);
 
-        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         s.present(true);
         for _ in 1..PTES_PER_PMD {
             s.present(false);
@@ -231,7 +224,7 @@ mod tests {
 
     #[test]
     fn khugepaged_swap_needs_half_referenced() {
-        let mut s = tally(CollapseMode::Khugepaged, &DEFAULTS);
+        let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         assert_eq!(s.not_present(false), Ok(()));
         for _ in 0..255 {
             s.present(true);

@@ -5,6 +5,7 @@
 //! Shown in `/sys/kernel/mm/transparent_hugepage/collapse/rust_stats/<caller>`. Tests read them
 //! to prove which implementation did the work.
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
 
 use super::{mode::Caller, outcome::Outcome};
