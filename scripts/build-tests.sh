@@ -30,6 +30,9 @@ for p in $progs; do
 	fi
 done
 [ -n "$targets" ] || exit 0
+# Let the selftests probe for optional libraries (liburing) afresh each time.
+rm -f "$SRC/tools/testing/selftests/mm/local_config.h_gen" \
+	"$SRC/tools/testing/selftests/mm/local_config.mk"
 # shellcheck disable=SC2086
 make -s -C "$SRC/tools/testing/selftests/mm" OUTPUT="$T" \
 	KHDR_INCLUDES="-isystem $O/usr/include" LDFLAGS=-static \
