@@ -22,9 +22,10 @@
 //! # Status
 //!
 //! Implemented: the request and outcome model, the errno mapping and the MADV_COLLAPSE range
-//! loop with its continue/abort decisions and revalidation, eligibility, and the PMD state
-//! check (already-huge ranges count as collapsed). Not yet: the scan and collapse of a page
-//! table of anonymous memory, and file/shmem collapse. Those end with
+//! loop with its continue/abort decisions and revalidation, eligibility, the PMD state check
+//! (already-huge ranges count as collapsed), the scan of a page table of anonymous memory, and
+//! allocating and charging the huge folio. Not yet: swap-in, isolating, copying and installing,
+//! and file/shmem collapse. Those end with
 //! [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as `EOPNOTSUPP` and the counters
 //! show under `not_implemented`.
 //!
