@@ -65,6 +65,16 @@ enum scan_result {
 
 /* From mm/internal.h, for the Rust core (bindgen does not read that header). */
 pmd_t *mm_find_pmd(struct mm_struct *mm, unsigned long address);
+bool folio_isolate_lru(struct folio *folio);
+void folio_putback_lru(struct folio *folio);
+unsigned int folio_pte_batch(struct folio *folio, pte_t *ptep, pte_t pte,
+			     unsigned int max_nr);
+
+/* Forwarders to static inlines of mm/internal.h (mm/thp_collapse_glue.c). */
+void thp_collapse_anon_vma_lock_write(struct anon_vma *anon_vma);
+void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma);
+/* Forwarder to tlb_remove_table_sync_one() of <asm/tlb.h>. */
+void thp_collapse_tlb_remove_table_sync_one(void);
 
 /**
  * struct collapse_tunables - khugepaged's sysfs knobs, as the Rust core reads them.

@@ -39,6 +39,8 @@ use kernel::{
     str::CStr,
 };
 
+#[path = "thp_collapse/detach.rs"]
+mod detach;
 #[path = "thp_collapse/mode.rs"]
 mod mode;
 #[path = "thp_collapse/outcome.rs"]

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * C glue of the Rust THP collapse core (mm/thp_collapse.rs): the run-time
- * selection between the C and Rust implementations, and the sysfs files
- * that show the Rust core's counters.
+ * selection between the C and Rust implementations, the sysfs files that
+ * show the Rust core's counters, and forwarders to the static inlines of
+ * mm/internal.h that the Rust core calls.
  *
  * /sys/kernel/mm/transparent_hugepage/collapse/
  *	core			"[rust] c" or "rust [c]"; write "rust" or "c"
@@ -18,6 +19,9 @@
 #include <linux/string.h>
 #include <linux/sysfs.h>
 
+#include <asm/tlb.h>
+
+#include "internal.h"
 #include "khugepaged_internal.h"
 
 DEFINE_STATIC_KEY_TRUE(thp_collapse_rust_key);
@@ -133,4 +137,32 @@ int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
 	if (err)
 		kobject_put(kobj);
 	return err;
+}
+
+/**
+ * thp_collapse_anon_vma_lock_write() - anon_vma_lock_write() for Rust.
+ * @anon_vma: the anon_vma whose root is write-locked.
+ */
+void thp_collapse_anon_vma_lock_write(struct anon_vma *anon_vma)
+{
+	anon_vma_lock_write(anon_vma);
+}
+
+/**
+ * thp_collapse_anon_vma_unlock_write() - anon_vma_unlock_write() for Rust.
+ * @anon_vma: the anon_vma whose root was write-locked.
+ */
+void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma)
+{
+	anon_vma_unlock_write(anon_vma);
+}
+
+/**
+ * thp_collapse_tlb_remove_table_sync_one() - tlb_remove_table_sync_one() for
+ * Rust: waits until lockless page-table walkers (GUP-fast) are done with a
+ * page table that was just detached.
+ */
+void thp_collapse_tlb_remove_table_sync_one(void)
+{
+	tlb_remove_table_sync_one();
 }

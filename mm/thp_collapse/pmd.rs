@@ -68,11 +68,30 @@ impl<'a> MmapRead<'a> {
     pub(crate) fn mm(&self) -> &'a Mm {
         self.mm
     }
+}
+
+// SAFETY: By the type invariants the mmap lock of `mm` is held while an `MmapRead` exists.
+unsafe impl MmapLocked for MmapRead<'_> {
+    fn locked_mm(&self) -> &Mm {
+        self.mm
+    }
+}
+
+/// A held mmap lock of an mm, for read or for write: what looking at VMAs and at the upper
+/// levels of the page tables needs.
+///
+/// # Safety
+///
+/// Implementors guarantee that the mmap lock of [`MmapLocked::locked_mm`] is held by the
+/// current thread, for read or for write, for as long as the value exists.
+pub(crate) unsafe trait MmapLocked {
+    /// The mm whose lock is held.
+    fn locked_mm(&self) -> &Mm;
 
     /// The first VMA that ends after `addr`, like C's `find_vma()`.
-    pub(crate) fn find_vma(&self, addr: usize) -> Option<&VmaRef> {
-        // SAFETY: By the type invariants the mmap read lock is held.
-        let vma = unsafe { bindings::find_vma(self.mm.as_raw(), addr) };
+    fn find_vma(&self, addr: usize) -> Option<&VmaRef> {
+        // SAFETY: By the trait's safety requirements the mmap lock is held.
+        let vma = unsafe { bindings::find_vma(self.locked_mm().as_raw(), addr) };
         if vma.is_null() {
             None
         } else {
@@ -84,8 +103,8 @@ impl<'a> MmapRead<'a> {
 
     /// Whether the mm's last user is gone, or THP was disabled for the whole process
     /// (`prctl(PR_SET_THP_DISABLE)`). Upstream: `collapse_test_exit_or_disable()`.
-    pub(crate) fn exiting_or_thp_disabled(&self) -> bool {
-        let mm = self.mm.as_raw();
+    fn exiting_or_thp_disabled(&self) -> bool {
+        let mm = self.locked_mm().as_raw();
         // SAFETY: `mm` is valid; `mm_users` is an atomic and reading it is always allowed.
         let users = unsafe { bindings::atomic_read(&raw const (*mm).__bindgen_anon_1.mm_users) };
         // SAFETY: `mm` is valid; testing a flag is an atomic bit test.
@@ -97,33 +116,70 @@ impl<'a> MmapRead<'a> {
     /// What the PMD covering `addr` holds, read without the page-table lock.
     ///
     /// Upstream: `find_pmd_or_thp_or_none()`.
-    pub(crate) fn pmd_state(&self, addr: usize) -> PmdState {
-        // SAFETY: By the type invariants the mmap read lock is held, which keeps the upper
-        // page-table levels from being freed.
-        let pmdp = unsafe { bindings::mm_find_pmd(self.mm.as_raw(), addr) };
-        if pmdp.is_null() {
-            return PmdState::None;
-        }
-        // SAFETY: `pmdp` points into a page table kept alive by the mmap lock.
-        let pmd = unsafe { bindings::pmdp_get_lockless(pmdp) };
-        // SAFETY: The PMD predicates only inspect the value.
-        unsafe {
-            if bindings::pmd_none(pmd) {
-                PmdState::None
-            } else if bindings::pmd_is_migration_entry(pmd) {
-                // Migration of a PMD-mapped folio ends with a PMD mapping again.
-                PmdState::Huge
-            } else if !bindings::pmd_present(pmd) {
-                PmdState::None
-            } else if bindings::pmd_trans_huge(pmd) {
-                PmdState::Huge
-            } else if bindings::pmd_bad(pmd) {
-                PmdState::None
-            } else {
-                PmdState::Table
-            }
+    fn pmd_state(&self, addr: usize) -> PmdState {
+        find_pmd(self.locked_mm(), addr).0
+    }
+
+    /// The PMD entry covering `addr`, if it points to a page table; otherwise the outcome that
+    /// says why not. Upstream: `find_pmd_or_thp_or_none()`.
+    fn pmd_table(&self, addr: usize) -> Result<PmdEntry<'_>, Outcome> {
+        match find_pmd(self.locked_mm(), addr) {
+            (PmdState::Table, Some(pmdp)) => Ok(PmdEntry {
+                pmdp,
+                _lock: PhantomData,
+            }),
+            (PmdState::Huge, _) => Err(Outcome::PmdMapped),
+            _ => Err(Outcome::NoPteTable),
         }
     }
+}
+
+/// A PMD entry of a page table, valid while the mmap lock it was found under is held.
+///
+/// # Invariants
+///
+/// `pmdp` points to a PMD entry of an mm whose mmap lock is held for `'g`.
+#[derive(Clone, Copy)]
+pub(crate) struct PmdEntry<'g> {
+    pmdp: NonNull<bindings::pmd_t>,
+    _lock: PhantomData<&'g ()>,
+}
+
+impl PmdEntry<'_> {
+    /// The raw entry pointer.
+    pub(crate) fn as_ptr(self) -> *mut bindings::pmd_t {
+        self.pmdp.as_ptr()
+    }
+}
+
+/// Finds the PMD covering `addr` in `mm` and classifies it.
+///
+/// The caller must hold `mm`'s mmap lock, which keeps the upper page-table levels alive.
+fn find_pmd(mm: &Mm, addr: usize) -> (PmdState, Option<NonNull<bindings::pmd_t>>) {
+    // SAFETY: The caller holds the mmap lock (every caller is a method of `MmapLocked`).
+    let Some(pmdp) = NonNull::new(unsafe { bindings::mm_find_pmd(mm.as_raw(), addr) }) else {
+        return (PmdState::None, None);
+    };
+    // SAFETY: `pmdp` points into a page table kept alive by the mmap lock.
+    let pmd = unsafe { bindings::pmdp_get_lockless(pmdp.as_ptr()) };
+    // SAFETY: The PMD predicates only inspect the value.
+    let state = unsafe {
+        if bindings::pmd_none(pmd) {
+            PmdState::None
+        } else if bindings::pmd_is_migration_entry(pmd) {
+            // Migration of a PMD-mapped folio ends with a PMD mapping again.
+            PmdState::Huge
+        } else if !bindings::pmd_present(pmd) {
+            PmdState::None
+        } else if bindings::pmd_trans_huge(pmd) {
+            PmdState::Huge
+        } else if bindings::pmd_bad(pmd) {
+            PmdState::None
+        } else {
+            PmdState::Table
+        }
+    };
+    (state, Some(pmdp))
 }
 
 impl MmapRead<'_> {
@@ -132,16 +188,12 @@ impl MmapRead<'_> {
     /// Upstream: `mm_find_pmd()` + `pte_offset_map_lock()`.
     pub(crate) fn pte_table_locked(&self, addr: usize) -> Option<PteTableLocked<'_>> {
         let mm = self.mm.as_raw();
-        // SAFETY: By the type invariants the mmap read lock is held, which keeps the upper
-        // page-table levels from being freed.
-        let pmdp = unsafe { bindings::mm_find_pmd(mm, addr) };
-        if pmdp.is_null() {
-            return None;
-        }
+        let (_, pmdp) = find_pmd(self.mm, addr);
+        let pmdp = pmdp?;
         let mut ptl = ptr::null_mut();
         // SAFETY: `pmdp` is a PMD entry of `mm`, kept alive by the mmap lock; the function
         // rechecks it and fails if it no longer points to a page table.
-        let pte = unsafe { bindings::pte_offset_map_lock(mm, pmdp, addr, &mut ptl) };
+        let pte = unsafe { bindings::pte_offset_map_lock(mm, pmdp.as_ptr(), addr, &mut ptl) };
         if pte.is_null() {
             return None;
         }
@@ -360,6 +412,20 @@ impl NewFolio {
             return Err(Outcome::AllocHugePageFail);
         }
         Ok(new)
+    }
+}
+
+impl NewFolio {
+    /// The folio.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::folio {
+        self.folio.as_ptr()
+    }
+
+    /// Gives up ownership: the caller takes over the reference (to map the folio).
+    pub(crate) fn into_raw(self) -> *mut bindings::folio {
+        let folio = self.folio.as_ptr();
+        core::mem::forget(self);
+        folio
     }
 }
 

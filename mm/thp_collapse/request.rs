@@ -7,9 +7,10 @@
 //! `hugepage_vma_revalidate()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
+    detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite},
     mode::{Caller, CollapseMode, PMD_ORDER},
     outcome::{Outcome, RangeTally},
-    pmd::{self, MmapRead, NewFolio, PmdState},
+    pmd::{self, MmapLocked, MmapRead, NewFolio, PmdState},
     scan::ScanTally,
     stats::STATS,
 };
@@ -58,8 +59,8 @@ pub(crate) fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
 /// collapsed, and returns its VMA.
 ///
 /// Upstream: `hugepage_vma_revalidate()`.
-fn revalidate<'g>(
-    guard: &'g MmapRead<'_>,
+fn revalidate<'g, G: MmapLocked>(
+    guard: &'g G,
     addr: usize,
     mode: CollapseMode,
 ) -> Result<&'g VmaRef, Outcome> {
@@ -74,6 +75,58 @@ fn revalidate<'g>(
         return Err(Outcome::VmaCheck);
     }
     Ok(vma)
+}
+
+/// Replaces the page table of the anonymous PMD range at `haddr` by a PMD mapping of `new`,
+/// which the caller allocated and charged without the mmap lock.
+///
+/// Takes the mmap lock for write (revalidating the range), the anon_vma lock, detaches and
+/// isolates, copies, and installs; any failure on the way puts everything back. Returns with
+/// no lock held. Upstream: `collapse_huge_page()` after `alloc_charge_folio()`.
+fn collapse_anon(mm: &kernel::mm::Mm, haddr: usize, mode: CollapseMode, new: NewFolio) -> Outcome {
+    // Sleeping allocations come before the locks.
+    let list = match IsolationList::new() {
+        Ok(list) => list,
+        Err(outcome) => return outcome,
+    };
+    let guard = MmapWrite::lock(mm);
+    let vma = match revalidate(&guard, haddr, mode) {
+        Ok(vma) => vma,
+        Err(outcome) => return outcome,
+    };
+    // The range may have been unmapped and mapped again as a file while unlocked.
+    if !pmd::vma_is_anonymous(vma) {
+        return Outcome::PageAnon;
+    }
+    guard.exclude_vma_faults(vma);
+    let pmd = match guard.pmd_table(haddr) {
+        Ok(pmd) => pmd,
+        Err(outcome) => return outcome,
+    };
+    let Some(anon) = AnonVmaWrite::lock(&guard, vma) else {
+        return Outcome::PageAnon;
+    };
+    let mut table = match DetachedTable::detach(&guard, &anon, vma, pmd, haddr, list) {
+        Ok(table) => table,
+        Err(outcome) => return outcome,
+    };
+    let limits = mode.limits(
+        &pmd::khugepaged_tunables(),
+        PMD_ORDER,
+        pmd::userfaultfd_armed(vma),
+    );
+    let outcome = table.isolate(mode, limits);
+    if outcome != Outcome::Succeed {
+        // Dropping `table` restores the page table and releases the isolated folios.
+        return outcome;
+    }
+    // Every page is isolated and locked: rmap walkers cannot get at them any more.
+    drop(anon);
+    if let Err(outcome) = table.copy(&new) {
+        return outcome;
+    }
+    table.install(new);
+    Outcome::Succeed
 }
 
 /// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`.
@@ -113,9 +166,7 @@ pub(crate) fn collapse_pmd<'a>(
             drop(guard);
             let outcome = match NewFolio::alloc_charge(mm, mode.alloc_policy(&tunables)) {
                 Err(outcome) => outcome,
-                // Isolating, copying and installing are not implemented in Rust yet; the
-                // folio is freed here.
-                Ok(_folio) => Outcome::NotImplemented,
+                Ok(folio) => collapse_anon(mm, addr, mode, folio),
             };
             (outcome, Locked::Dropped)
         }

@@ -115,6 +115,20 @@ impl ScanTally {
     }
 }
 
+impl ScanTally {
+    /// The verdict of the isolation step once every PTE was isolated: khugepaged still wants
+    /// one recently referenced page, MADV_COLLAPSE nothing.
+    ///
+    /// Upstream: the end of `__collapse_huge_page_isolate()`.
+    pub(crate) fn finish_isolation(&self) -> Outcome {
+        if self.mode == CollapseMode::Khugepaged && self.referenced == 0 {
+            Outcome::LackReferencedPage
+        } else {
+            Outcome::Succeed
+        }
+    }
+}
+
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 #[kunit_tests(thp_collapse_scan)]
 mod tests {
@@ -233,5 +247,31 @@ mod tests {
         assert_eq!(s.finish(), Outcome::LackReferencedPage);
         s.present(true);
         assert_eq!(s.finish(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn isolation_needs_one_reference_in_khugepaged_only() {
+        let mut k = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
+        let mut m = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        for _ in 0..PTES_PER_PMD {
+            k.present(false);
+            m.present(false);
+        }
+        assert_eq!(k.finish_isolation(), Outcome::LackReferencedPage);
+        assert_eq!(m.finish_isolation(), Outcome::Succeed);
+        k.present(true);
+        assert_eq!(k.finish_isolation(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn isolation_none_limit_is_the_scan_limit() {
+        let t = Tunables {
+            max_ptes_none: 2,
+            ..Tunables::DEFAULTS
+        };
+        let mut k = tally(CollapseMode::Khugepaged, &t);
+        assert_eq!(k.none_or_zero(), Ok(()));
+        assert_eq!(k.none_or_zero(), Ok(()));
+        assert_eq!(k.none_or_zero(), Err(Outcome::ExceedNonePte));
     }
 }

@@ -6,14 +6,21 @@
  */
 
 #include <linux/gfp.h>
+#include <linux/highmem.h>
 #include <linux/huge_mm.h>
+#include <linux/ksm.h>
 #include <linux/memcontrol.h>
 #include <linux/vmstat.h>
 #include <linux/leafops.h>
 #include <linux/mm.h>
+#include <linux/mm_inline.h>
+#include <linux/mmap_lock.h>
 #include <linux/mmu_notifier.h>
+#include <linux/pagemap.h>
 #include <linux/page_idle.h>
 #include <linux/pgtable.h>
+#include <linux/rmap.h>
+#include <linux/pgalloc.h>
 #include <linux/sched.h>
 #include <linux/userfaultfd_k.h>
 
@@ -239,4 +246,152 @@ __rust_helper void rust_helper_count_memcg_folio_events(struct folio *folio,
 							unsigned long nr)
 {
 	count_memcg_folio_events(folio, idx, nr);
+}
+
+/* The write side of a collapse: isolate, copy and install. */
+
+__rust_helper void rust_helper_mmap_write_lock(struct mm_struct *mm)
+{
+	mmap_write_lock(mm);
+}
+
+__rust_helper void rust_helper_mmap_write_unlock(struct mm_struct *mm)
+{
+	mmap_write_unlock(mm);
+}
+
+__rust_helper void rust_helper_vma_start_write(struct vm_area_struct *vma)
+{
+	vma_start_write(vma);
+}
+
+__rust_helper void
+rust_helper_mmu_notifier_range_init(struct mmu_notifier_range *range,
+				    enum mmu_notifier_event event,
+				    unsigned int flags, struct mm_struct *mm,
+				    unsigned long start, unsigned long end)
+{
+	mmu_notifier_range_init(range, event, flags, mm, start, end);
+}
+
+__rust_helper void
+rust_helper_mmu_notifier_invalidate_range_start(struct mmu_notifier_range *range)
+{
+	mmu_notifier_invalidate_range_start(range);
+}
+
+__rust_helper void
+rust_helper_mmu_notifier_invalidate_range_end(struct mmu_notifier_range *range)
+{
+	mmu_notifier_invalidate_range_end(range);
+}
+
+__rust_helper spinlock_t *rust_helper_pmd_lock(struct mm_struct *mm, pmd_t *pmd)
+{
+	return pmd_lock(mm, pmd);
+}
+
+__rust_helper void rust_helper_pmd_populate_table(struct mm_struct *mm,
+						  pmd_t *pmdp, pmd_t table)
+{
+	pmd_populate(mm, pmdp, pmd_pgtable(table));
+}
+
+__rust_helper void rust_helper_pgtable_trans_huge_deposit_table(struct mm_struct *mm,
+								pmd_t *pmdp,
+								pmd_t table)
+{
+	pgtable_trans_huge_deposit(mm, pmdp, pmd_pgtable(table));
+}
+
+__rust_helper bool rust_helper_folio_trylock(struct folio *folio)
+{
+	return folio_trylock(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_large(const struct folio *folio)
+{
+	return folio_test_large(folio);
+}
+
+__rust_helper long rust_helper_folio_nr_pages(const struct folio *folio)
+{
+	return folio_nr_pages(folio);
+}
+
+__rust_helper void rust_helper_node_stat_mod_isolated(struct folio *folio,
+						      long nr)
+{
+	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
+			    nr);
+}
+
+__rust_helper struct page *rust_helper_folio_page(struct folio *folio,
+						  unsigned long n)
+{
+	return folio_page(folio, n);
+}
+
+__rust_helper struct page *rust_helper_pte_page(pte_t pte)
+{
+	return pte_page(pte);
+}
+
+__rust_helper void rust_helper_clear_user_highpage(struct page *page,
+						   unsigned long vaddr)
+{
+	clear_user_highpage(page, vaddr);
+}
+
+__rust_helper int rust_helper_copy_mc_user_highpage(struct page *to,
+						    struct page *from,
+						    unsigned long vaddr,
+						    struct vm_area_struct *vma)
+{
+	return copy_mc_user_highpage(to, from, vaddr, vma);
+}
+
+__rust_helper void rust_helper_add_mm_counter(struct mm_struct *mm, int member,
+					      long value)
+{
+	add_mm_counter(mm, member, value);
+}
+
+__rust_helper void rust_helper_ptep_clear(struct mm_struct *mm,
+					  unsigned long addr, pte_t *ptep)
+{
+	ptep_clear(mm, addr, ptep);
+}
+
+__rust_helper void rust_helper_ksm_might_unmap_zero_page(struct mm_struct *mm,
+							 pte_t pte)
+{
+	ksm_might_unmap_zero_page(mm, pte);
+}
+
+__rust_helper void rust_helper_clear_ptes(struct mm_struct *mm,
+					  unsigned long addr, pte_t *ptep,
+					  unsigned int nr)
+{
+	clear_ptes(mm, addr, ptep, nr);
+}
+
+__rust_helper void rust_helper_folio_put_refs(struct folio *folio, int refs)
+{
+	folio_put_refs(folio, refs);
+}
+
+__rust_helper void rust_helper___folio_mark_uptodate(struct folio *folio)
+{
+	__folio_mark_uptodate(folio);
+}
+
+/* Declared in a header that bindgen does not read (<linux/rmap.h>). */
+
+__rust_helper void rust_helper_folio_remove_rmap_ptes(struct folio *folio,
+						      struct page *page,
+						      int nr_pages,
+						      struct vm_area_struct *vma)
+{
+	folio_remove_rmap_ptes(folio, page, nr_pages, vma);
 }

@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The write side of a collapse of anonymous memory: detach the page table from its PMD,
+//! isolate the pages it maps, copy them into the huge folio and map that with the PMD, or put
+//! everything back as it was.
+//!
+//! Each lock is a guard: [`MmapWrite`] (the mmap lock, for write), [`AnonVmaWrite`] (the
+//! anon_vma root lock, for write), and [`DetachedTable`], which owns the detached page table and
+//! the isolated folios until they are either installed or restored. Dropping a
+//! [`DetachedTable`] restores the page table and then releases the folios, so that every early
+//! return rolls back completely.
+//!
+//! Upstream reference: `collapse_huge_page()`, `__collapse_huge_page_isolate()`,
+//! `__collapse_huge_page_copy()`, `__collapse_huge_page_copy_succeeded()` and
+//! `__collapse_huge_page_copy_failed()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
+
+use super::{
+    mode::{CollapseMode, Limits, PTES_PER_PMD},
+    outcome::Outcome,
+    pmd::{MmapLocked, NewFolio, PmdEntry},
+    scan::ScanTally,
+};
+use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
+use kernel::{
+    alloc::{flags::GFP_KERNEL, kvec::PushError, KVec},
+    bindings,
+    mm::{virt::VmaRef, Mm},
+    page::PAGE_SIZE,
+    types::NotThreadSafe,
+};
+
+/// Proof that this thread holds the mmap lock of an mm for write.
+///
+/// Dropping it releases the lock (and every per-VMA write lock taken under it).
+///
+/// # Invariants
+///
+/// The mmap lock of `mm` is held for write by the current thread while this exists.
+pub(crate) struct MmapWrite<'a> {
+    mm: &'a Mm,
+    _nts: NotThreadSafe,
+}
+
+impl<'a> MmapWrite<'a> {
+    /// Takes the mmap lock of `mm` for write. May sleep.
+    pub(crate) fn lock(mm: &'a Mm) -> Self {
+        // SAFETY: `mm` is valid for `'a`.
+        unsafe { bindings::mmap_write_lock(mm.as_raw()) };
+        // INVARIANT: We just took the lock.
+        Self {
+            mm,
+            _nts: NotThreadSafe,
+        }
+    }
+
+    /// Excludes page faults that run under the per-VMA lock of `vma`, until this guard is
+    /// dropped. Upstream: `vma_start_write()`.
+    pub(crate) fn exclude_vma_faults(&self, vma: &VmaRef) {
+        // SAFETY: By the type invariants the mmap write lock is held, which `vma_start_write()`
+        // requires; `vma` is a VMA of this mm (found under the lock). The per-VMA write lock
+        // ends when the mmap write lock is released (`vma_end_write_all()`).
+        unsafe { bindings::vma_start_write(vma.as_ptr()) };
+    }
+}
+
+// SAFETY: By the type invariants the mmap lock of `mm` is held while an `MmapWrite` exists.
+unsafe impl MmapLocked for MmapWrite<'_> {
+    fn locked_mm(&self) -> &Mm {
+        self.mm
+    }
+}
+
+impl Drop for MmapWrite<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the lock is held for write by this thread.
+        unsafe { bindings::mmap_write_unlock(self.mm.as_raw()) };
+    }
+}
+
+/// The anon_vma of a VMA, its root locked for write: rmap walkers (reclaim, migration, folio
+/// split) cannot reach the VMA's pages while it is held.
+///
+/// # Invariants
+///
+/// `anon_vma` is valid, and its root's rwsem is held for write by this thread.
+pub(crate) struct AnonVmaWrite<'g> {
+    anon_vma: NonNull<bindings::anon_vma>,
+    _lock: PhantomData<&'g MmapWrite<'g>>,
+}
+
+impl<'g> AnonVmaWrite<'g> {
+    /// Write-locks the anon_vma of `vma`, or returns `None` if it has none. May sleep.
+    pub(crate) fn lock(_guard: &'g MmapWrite<'_>, vma: &'g VmaRef) -> Option<Self> {
+        // SAFETY: `vma` is valid; `anon_vma` does not change while the mmap write lock is held.
+        let anon_vma = NonNull::new(unsafe { (*vma.as_ptr()).anon_vma })?;
+        // SAFETY: The anon_vma of a live VMA is valid; the mmap write lock keeps it attached.
+        unsafe { bindings::thp_collapse_anon_vma_lock_write(anon_vma.as_ptr()) };
+        // INVARIANT: We just took the lock.
+        Some(Self {
+            anon_vma,
+            _lock: PhantomData,
+        })
+    }
+}
+
+impl Drop for AnonVmaWrite<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the lock is held by this thread.
+        unsafe { bindings::thp_collapse_anon_vma_unlock_write(self.anon_vma.as_ptr()) };
+    }
+}
+
+/// A page table of PTEs taken out of its PMD, and the folios it maps that were isolated so
+/// far.
+///
+/// No page fault, GUP-fast walk or rmap walk can reach the pages while the table is detached.
+/// [`DetachedTable::install`] replaces it by a PMD mapping of the huge folio; dropping it puts
+/// the table back and releases the isolated folios, in that order.
+///
+/// # Invariants
+///
+/// - The mmap lock of `mm` is held for write for `'g`; `vma` is the anonymous VMA that covers
+///   `[haddr, haddr + PMD_SIZE)`.
+/// - `*pmdp` is none; `table` is the value it held, a PMD entry pointing to a page table.
+/// - `pte` maps that page table (`pte_offset_map()`: the RCU read lock is held), and `ptl` is
+///   its lock, not held.
+/// - Every folio in `isolated` is locked by us, isolated from the LRU (with the reference that
+///   gives) and counted in `NR_ISOLATED_*`; each appears once.
+pub(crate) struct DetachedTable<'g> {
+    mm: *mut bindings::mm_struct,
+    vma: *mut bindings::vm_area_struct,
+    pmdp: *mut bindings::pmd_t,
+    table: bindings::pmd_t,
+    haddr: usize,
+    pte: *mut bindings::pte_t,
+    ptl: *mut bindings::spinlock_t,
+    isolated: KVec<NonNull<bindings::folio>>,
+    _lock: PhantomData<&'g MmapWrite<'g>>,
+}
+
+/// Room for the isolated folios of one page table, allocated before any lock is taken.
+pub(crate) struct IsolationList(KVec<NonNull<bindings::folio>>);
+
+impl IsolationList {
+    /// Allocates room for one folio per PTE. May sleep.
+    pub(crate) fn new() -> Result<Self, Outcome> {
+        KVec::with_capacity(PTES_PER_PMD as usize, GFP_KERNEL)
+            .map(Self)
+            .map_err(|_| Outcome::AllocHugePageFail)
+    }
+}
+
+impl<'g> DetachedTable<'g> {
+    /// Clears the PMD entry `pmd` that maps the page table of `[haddr, haddr + PMD_SIZE)` in
+    /// `vma`, flushes the TLB, waits for lockless page-table walkers, and maps the detached
+    /// table.
+    ///
+    /// The mmu notifier range brackets the clear. Upstream: the middle of
+    /// `collapse_huge_page()`.
+    pub(crate) fn detach(
+        guard: &'g MmapWrite<'_>,
+        _anon: &AnonVmaWrite<'_>,
+        vma: &'g VmaRef,
+        pmd: PmdEntry<'g>,
+        haddr: usize,
+        list: IsolationList,
+    ) -> Result<Self, Outcome> {
+        let mm = guard.mm.as_raw();
+        let vma = vma.as_ptr();
+        let pmdp = pmd.as_ptr();
+        let end = haddr + super::request::PMD_SIZE;
+        let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
+        // SAFETY: `range` is valid for writes and zeroed (a valid value of the C struct);
+        // `mm` is valid. Everything below runs with the mmap write lock and the anon_vma lock
+        // held, as `pmdp_collapse_flush()` requires; `pmdp` points to a PMD entry of `mm` that
+        // points to a page table (`PmdEntry` was found under this lock).
+        let table = unsafe {
+            let range = range.as_mut_ptr();
+            bindings::mmu_notifier_range_init(
+                range,
+                bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+                0,
+                mm,
+                haddr,
+                end,
+            );
+            bindings::mmu_notifier_invalidate_range_start(range);
+            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+            // Removes the PMD and flushes the TLB for the range; GUP-fast sees the change and
+            // backs off.
+            let table = bindings::pmdp_collapse_flush(vma, haddr, pmdp);
+            bindings::spin_unlock(pmd_ptl);
+            bindings::mmu_notifier_invalidate_range_end(range);
+            // Waits until lockless walkers (GUP-fast) are done with the detached table.
+            bindings::thp_collapse_tlb_remove_table_sync_one();
+            table
+        };
+        let mut ptl = ptr::null_mut();
+        let mut copy = table;
+        // SAFETY: `copy` holds the detached PMD value; `pte_offset_map_lock()` reads it only
+        // during the call. The page table it points to stays allocated: only we can free it.
+        let pte = unsafe { bindings::pte_offset_map_lock(mm, &mut copy, haddr, &mut ptl) };
+        if pte.is_null() {
+            // SAFETY: `pmdp` is none and `table` is what it held: put it back.
+            unsafe { restore_pmd(mm, pmdp, table) };
+            return Err(Outcome::NoPteTable);
+        }
+        // SAFETY: `pte_offset_map_lock()` succeeded and took `ptl`; the table stays mapped.
+        unsafe { bindings::spin_unlock(ptl) };
+        let IsolationList(mut isolated) = list;
+        isolated.clear();
+        // INVARIANT: The PMD is none, `table` is its old value, `pte` is mapped with `ptl` not
+        // held, and nothing is isolated yet.
+        Ok(Self {
+            mm,
+            vma,
+            pmdp,
+            table,
+            haddr,
+            pte,
+            ptl,
+            isolated,
+            _lock: PhantomData,
+        })
+    }
+
+    /// The value of entry `i` of the detached table.
+    fn entry(&self, i: usize) -> (*mut bindings::pte_t, bindings::pte_t) {
+        let i = i.min(PTES_PER_PMD as usize - 1);
+        // SAFETY: By the type invariants `pte` maps the `PTES_PER_PMD` entries of the table,
+        // and `i` is in range. The table is detached: nobody else changes it.
+        unsafe {
+            let ptep = self.pte.add(i);
+            (ptep, bindings::ptep_get(ptep))
+        }
+    }
+
+    /// Locks each folio mapped by the detached table, checks that nobody else holds a
+    /// reference to it, and isolates it from the LRU, within `limits` for `mode`.
+    ///
+    /// Returns [`Outcome::Succeed`], or why the range cannot be collapsed; in that case the
+    /// table is to be dropped, which releases what was isolated.
+    /// Upstream: `__collapse_huge_page_isolate()`.
+    pub(crate) fn isolate(&mut self, mode: CollapseMode, limits: Limits) -> Outcome {
+        let mut tally = ScanTally::new(mode, limits);
+        // SAFETY: By the type invariants `ptl` is the detached table's lock, not held.
+        unsafe { bindings::spin_lock(self.ptl) };
+        let outcome = (0..PTES_PER_PMD as usize)
+            .try_for_each(|i| self.isolate_one(i, &mut tally))
+            .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
+        // SAFETY: Taken above.
+        unsafe { bindings::spin_unlock(self.ptl) };
+        outcome
+    }
+
+    /// Isolates the folio that entry `i` maps, if it was not isolated yet.
+    fn isolate_one(&mut self, i: usize, tally: &mut ScanTally) -> Result<(), Outcome> {
+        let (_, pte) = self.entry(i);
+        let addr = self.haddr + i * PAGE_SIZE;
+        // SAFETY: The PTE predicates only inspect the value.
+        if unsafe { bindings::pte_none_or_zero(pte) } {
+            return tally.none_or_zero();
+        }
+        // SAFETY: As above.
+        if !unsafe { bindings::pte_present(pte) } {
+            return Err(Outcome::PteNonPresent);
+        }
+        // SAFETY: As above.
+        if unsafe { bindings::pte_uffd(pte) } {
+            return Err(Outcome::PteUffd);
+        }
+        // SAFETY: `vma` is valid under the mmap write lock and `pte` maps `addr` in it.
+        let page = unsafe { bindings::vm_normal_page(self.vma, addr, pte) };
+        // SAFETY: `page`, when not NULL, is a valid page mapped by `pte`.
+        if page.is_null() || unsafe { bindings::is_zone_device_page(page) } {
+            return Err(Outcome::PageNull);
+        }
+        // SAFETY: `page` is valid; the mapping (which nobody can remove: the table is
+        // detached) holds a reference to its folio.
+        let folio = unsafe { bindings::page_folio(page) };
+        // SAFETY: `folio` is valid (above); the predicates read flags and counts atomically,
+        // and the lock, refcount and LRU calls are the documented isolation protocol.
+        unsafe {
+            if !bindings::folio_test_anon(folio) {
+                return Err(Outcome::PageAnon);
+            }
+            if tally.skips_lazyfree()
+                && !bindings::vma_is_droppable(self.vma)
+                && bindings::folio_test_lazyfree(folio)
+                && !bindings::pte_dirty(pte)
+            {
+                return Err(Outcome::PageLazyfree);
+            }
+            if bindings::folio_maybe_mapped_shared(folio) {
+                tally.shared()?;
+            }
+            let large = bindings::folio_test_large(folio);
+            let seen = large && self.isolated.iter().any(|f| f.as_ptr() == folio);
+            if !seen {
+                // The folio lock serializes against split_huge_page().
+                if !bindings::folio_trylock(folio) {
+                    return Err(Outcome::PageLock);
+                }
+                // No GUP pins or other references: the table is detached, so this process
+                // cannot take new ones.
+                if bindings::folio_expected_ref_count(folio) != bindings::folio_ref_count(folio) {
+                    bindings::folio_unlock(folio);
+                    return Err(Outcome::PageCount);
+                }
+                if !bindings::folio_isolate_lru(folio) {
+                    bindings::folio_unlock(folio);
+                    return Err(Outcome::DelPageLru);
+                }
+                bindings::node_stat_mod_isolated(folio, bindings::folio_nr_pages(folio));
+                // INVARIANT: Locked, isolated and counted. There is room for one folio per
+                // PTE (`IsolationList`), so the push cannot fail; if it did, the folio is
+                // released at once.
+                if let Err(PushError(f)) = self
+                    .isolated
+                    .push_within_capacity(NonNull::new_unchecked(folio))
+                {
+                    release_folio(f.as_ptr(), false);
+                    return Err(Outcome::Fail);
+                }
+            }
+            let referenced = tally.wants_referenced()
+                && (bindings::folio_test_young(folio)
+                    || bindings::folio_test_referenced(folio)
+                    || bindings::pte_young(pte)
+                    || bindings::mmu_notifier_test_young(self.mm, addr));
+            tally.present(referenced);
+        }
+        Ok(())
+    }
+
+    /// Copies the pages of the detached table into `new`, zero-filling where no page (or the
+    /// zero page) is mapped. Machine-check safe: a poisoned source page fails the copy with
+    /// [`Outcome::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
+    pub(crate) fn copy(&self, new: &NewFolio) -> Result<(), Outcome> {
+        for i in 0..PTES_PER_PMD as usize {
+            let (_, pte) = self.entry(i);
+            let addr = self.haddr + i * PAGE_SIZE;
+            // SAFETY: `new` is a PMD-order folio we own, so page `i` exists and nobody else
+            // reads or writes it; a present PTE of the detached table maps a page we isolated
+            // and locked, which cannot be freed or changed under us.
+            unsafe {
+                let dst = bindings::folio_page(new.as_ptr(), i);
+                if bindings::pte_none_or_zero(pte) {
+                    bindings::clear_user_highpage(dst, addr);
+                } else if bindings::copy_mc_user_highpage(
+                    dst,
+                    bindings::pte_page(pte),
+                    addr,
+                    self.vma,
+                ) > 0
+                {
+                    return Err(Outcome::CopyMc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps `new`, which holds a copy of every page, with the PMD, and frees the old pages;
+    /// the detached table is deposited for a later split.
+    ///
+    /// Upstream: `__collapse_huge_page_copy_succeeded()` and the end of `collapse_huge_page()`.
+    pub(crate) fn install(mut self, new: NewFolio) {
+        let mm = self.mm;
+        let mut i = 0;
+        while i < PTES_PER_PMD as usize {
+            let (ptep, pte) = self.entry(i);
+            let addr = self.haddr + i * PAGE_SIZE;
+            // SAFETY: The detached table is ours; `ptl` is its lock (mostly unneeded, but the
+            // rmap update needs preemption off for its per-CPU statistics). Every present PTE
+            // maps a page of a folio we isolated, which holds a reference for the mapping.
+            unsafe {
+                if bindings::pte_none_or_zero(pte) {
+                    // The new folio maps a page here now.
+                    bindings::add_mm_counter(mm, bindings::MM_ANONPAGES as i32, 1);
+                    i += 1;
+                    if bindings::pte_none(pte) {
+                        continue;
+                    }
+                    bindings::spin_lock(self.ptl);
+                    bindings::ptep_clear(mm, addr, ptep);
+                    bindings::spin_unlock(self.ptl);
+                    bindings::ksm_might_unmap_zero_page(mm, pte);
+                    continue;
+                }
+                let page = bindings::pte_page(pte);
+                let folio = bindings::page_folio(page);
+                let left = PTES_PER_PMD - i as u32;
+                let nr = if bindings::folio_test_large(folio) {
+                    bindings::folio_pte_batch(folio, ptep, pte, left).max(1)
+                } else {
+                    1
+                };
+                bindings::spin_lock(self.ptl);
+                bindings::clear_ptes(mm, addr, ptep, nr);
+                bindings::folio_remove_rmap_ptes(folio, page, nr as i32, self.vma);
+                bindings::spin_unlock(self.ptl);
+                bindings::folio_put_refs(folio, nr as i32);
+                i += nr as usize;
+            }
+        }
+        for folio in self.isolated.drain_all() {
+            // SAFETY: By the type invariants we isolated and locked the folio; it is no longer
+            // mapped here, so its swap cache entry can go.
+            unsafe { release_folio(folio.as_ptr(), true) };
+        }
+        let folio = new.into_raw();
+        // SAFETY: `folio` is ours, fully written; marking it uptodate orders the copy before
+        // the PMD store. The PMD is none (type invariants) and `table` is the detached table,
+        // which is deposited for a later split; `map_anon_folio_pmd_nopf()` takes over our
+        // reference for the mapping. The PMD lock is held around both.
+        unsafe {
+            bindings::__folio_mark_uptodate(folio);
+            let pmd_ptl = bindings::pmd_lock(mm, self.pmdp);
+            bindings::pgtable_trans_huge_deposit_table(mm, self.pmdp, self.table);
+            bindings::map_anon_folio_pmd_nopf(folio, self.pmdp, self.vma, self.haddr);
+            bindings::spin_unlock(pmd_ptl);
+            bindings::pte_unmap(self.pte);
+        }
+        // The table is in use again; `isolated` is empty, so forgetting `self` leaks nothing.
+        core::mem::forget(self);
+    }
+}
+
+impl Drop for DetachedTable<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the PMD is none and `table` is its old value: putting
+        // it back comes before releasing the folios, which are still isolated and locked, so
+        // no rmap walker can look at the range in between.
+        unsafe { restore_pmd(self.mm, self.pmdp, self.table) };
+        for folio in self.isolated.drain_all() {
+            // SAFETY: By the type invariants we isolated and locked the folio.
+            unsafe { release_folio(folio.as_ptr(), false) };
+        }
+        // SAFETY: By the type invariants `pte` is mapped.
+        unsafe { bindings::pte_unmap(self.pte) };
+    }
+}
+
+/// Points the none PMD entry `pmdp` back at the page table that `table` describes.
+///
+/// # Safety
+///
+/// The mmap lock of `mm` must be held for write; `*pmdp` must be none and `table` the value it
+/// held before, pointing to a page table.
+unsafe fn restore_pmd(
+    mm: *mut bindings::mm_struct,
+    pmdp: *mut bindings::pmd_t,
+    table: bindings::pmd_t,
+) {
+    // SAFETY: By the function's safety requirements. A page table is installed with
+    // `pmd_populate()`, never `set_pmd_at()`.
+    unsafe {
+        let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+        bindings::pmd_populate_table(mm, pmdp, table);
+        bindings::spin_unlock(pmd_ptl);
+    }
+}
+
+/// Ends the isolation of `folio`: uncounts it, unlocks it and puts it back on the LRU (which
+/// drops the isolation reference). With `free_swap`, drops its swap cache entry if it is no
+/// longer mapped. Upstream: `release_pte_folio()`.
+///
+/// # Safety
+///
+/// `folio` must be locked by us, isolated from the LRU and counted in `NR_ISOLATED_*`.
+unsafe fn release_folio(folio: *mut bindings::folio, free_swap: bool) {
+    // SAFETY: By the function's safety requirements.
+    unsafe {
+        bindings::node_stat_mod_isolated(folio, -bindings::folio_nr_pages(folio));
+        bindings::folio_unlock(folio);
+        if free_swap {
+            bindings::free_swap_cache(folio);
+        }
+        bindings::folio_putback_lru(folio);
+    }
+}
