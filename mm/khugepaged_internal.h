@@ -69,12 +69,16 @@ bool folio_isolate_lru(struct folio *folio);
 void folio_putback_lru(struct folio *folio);
 unsigned int folio_pte_batch(struct folio *folio, pte_t *ptep, pte_t pte,
 			     unsigned int max_nr);
+void lru_add_drain(void);
 
 /* Forwarders to static inlines of mm/internal.h (mm/thp_collapse_glue.c). */
 void thp_collapse_anon_vma_lock_write(struct anon_vma *anon_vma);
 void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma);
 /* Forwarder to tlb_remove_table_sync_one() of <asm/tlb.h>. */
 void thp_collapse_tlb_remove_table_sync_one(void);
+vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
+				    unsigned long addr, pmd_t *pmd, pte_t *pte,
+				    spinlock_t *ptl, pte_t orig_pte);
 
 /**
  * struct collapse_tunables - khugepaged's sysfs knobs, as the Rust core reads them.

@@ -16,6 +16,8 @@
 #include <linux/init.h>
 #include <linux/jump_label.h>
 #include <linux/kobject.h>
+#include <linux/mm.h>
+#include <linux/pagemap.h>
 #include <linux/string.h>
 #include <linux/sysfs.h>
 
@@ -165,4 +167,36 @@ void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma)
 void thp_collapse_tlb_remove_table_sync_one(void)
 {
 	tlb_remove_table_sync_one();
+}
+
+/**
+ * thp_collapse_swap_in_pte() - do_swap_page() on one PTE, for Rust.
+ * @vma: the anonymous VMA; its mm's mmap lock is held for read.
+ * @addr: the address the PTE maps.
+ * @pmd: the PMD entry of the page table.
+ * @pte: the PTE, mapped with pte_offset_map_ro_nolock(); unmapped on return.
+ * @ptl: the page table's lock, not held.
+ * @orig_pte: the swap entry read from @pte.
+ *
+ * The fault may sleep for I/O, and may release the mmap lock (FAULT_FLAG_ALLOW_RETRY).
+ *
+ * Return: what do_swap_page() returns; with VM_FAULT_RETRY the mmap lock was
+ * released.
+ */
+vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
+				    unsigned long addr, pmd_t *pmd, pte_t *pte,
+				    spinlock_t *ptl, pte_t orig_pte)
+{
+	struct vm_fault vmf = {
+		.vma = vma,
+		.address = addr,
+		.pgoff = linear_page_index(vma, addr),
+		.flags = FAULT_FLAG_ALLOW_RETRY,
+		.pmd = pmd,
+		.orig_pte = orig_pte,
+		.pte = pte,
+		.ptl = ptl,
+	};
+
+	return do_swap_page(&vmf);
 }

@@ -207,6 +207,114 @@ impl MmapRead<'_> {
     }
 }
 
+impl<'a> MmapRead<'a> {
+    /// Faults the swapped-out pages of the PMD range at `haddr` back in, so that the range can
+    /// be collapsed. Upstream: `__collapse_huge_page_swapin()`.
+    ///
+    /// May sleep for I/O. On failure the lock is released (a fault may have released it
+    /// already); on success it is handed back.
+    pub(crate) fn swap_in(self, haddr: usize) -> Result<Self, Outcome> {
+        match self.swap_in_locked(haddr) {
+            SwapIn::Done(swapped_in) => {
+                if swapped_in > 0 {
+                    // SAFETY: Always safe from process context. Drops the LRU batch's extra
+                    // reference on the pages just read in, which would fail isolation.
+                    unsafe { bindings::lru_add_drain() };
+                }
+                Ok(self)
+            }
+            SwapIn::Failed(outcome) => Err(outcome),
+            SwapIn::LockReleased => {
+                // The fault released the mmap lock (`VM_FAULT_RETRY`).
+                core::mem::forget(self);
+                // Most likely the folio lock could not be taken at once.
+                Err(Outcome::PageLock)
+            }
+        }
+    }
+
+    /// The loop of [`MmapRead::swap_in`].
+    fn swap_in_locked(&self, haddr: usize) -> SwapIn {
+        let Some(vma) = self.find_vma(haddr) else {
+            return SwapIn::Failed(Outcome::VmaNull);
+        };
+        let pmd = match self.pmd_table(haddr) {
+            Ok(pmd) => pmd,
+            Err(outcome) => return SwapIn::Failed(outcome),
+        };
+        let mm = self.mm.as_raw();
+        // A mapped run of the page table: the first entry, its index and its lock.
+        let mut mapped: Option<(*mut bindings::pte_t, usize, *mut bindings::spinlock_t)> = None;
+        let mut swapped_in = 0;
+        for i in 0..PTES_PER_PMD as usize {
+            let addr = haddr + i * PAGE_SIZE;
+            let (base, first, ptl) = match mapped {
+                Some(run) => run,
+                None => {
+                    let mut ptl = ptr::null_mut();
+                    // SAFETY: `pmd` is a PMD entry of `mm`, kept alive by the mmap lock; the
+                    // function fails if it no longer points to a page table. The lock is only
+                    // used by the fault to recheck the entry.
+                    let pte = unsafe {
+                        bindings::pte_offset_map_ro_nolock(mm, pmd.as_ptr(), addr, &mut ptl)
+                    };
+                    if pte.is_null() {
+                        return SwapIn::Failed(Outcome::NoPteTable);
+                    }
+                    mapped = Some((pte, i, ptl));
+                    (pte, i, ptl)
+                }
+            };
+            // SAFETY: `base` maps entry `first` of the table; `i` is an entry of the same
+            // table, at or after `first`.
+            let ptep = unsafe { base.add(i - first) };
+            // SAFETY: `ptep` is mapped (above); the value may change under us, which the
+            // fault detects (`pte_same()` under the lock).
+            let pte = unsafe { bindings::ptep_get_lockless(ptep) };
+            // SAFETY: The PTE predicates only inspect the value.
+            if unsafe { bindings::pte_none(pte) || bindings::pte_present(pte) } {
+                continue;
+            }
+            // SAFETY: `vma` covers `addr` (the caller revalidated the range under this lock),
+            // `ptep` is mapped and unmapped by the call, `pte` is a swap entry read from it.
+            let ret = unsafe {
+                bindings::thp_collapse_swap_in_pte(vma.as_ptr(), addr, pmd.as_ptr(), ptep, ptl, pte)
+            };
+            mapped = None;
+            if ret & bindings::vm_fault_reason_VM_FAULT_RETRY != 0 {
+                return SwapIn::LockReleased;
+            }
+            if ret & VM_FAULT_ERROR != 0 {
+                return SwapIn::Failed(Outcome::Fail);
+            }
+            swapped_in += 1;
+        }
+        if let Some((base, _, _)) = mapped {
+            // SAFETY: Mapped above and not handed to a fault.
+            unsafe { bindings::pte_unmap(base) };
+        }
+        SwapIn::Done(swapped_in)
+    }
+}
+
+/// Faults that mean a page could not be brought in: C's `VM_FAULT_ERROR`.
+const VM_FAULT_ERROR: bindings::vm_fault_t = bindings::vm_fault_reason_VM_FAULT_OOM
+    | bindings::vm_fault_reason_VM_FAULT_SIGBUS
+    | bindings::vm_fault_reason_VM_FAULT_SIGSEGV
+    | bindings::vm_fault_reason_VM_FAULT_HWPOISON
+    | bindings::vm_fault_reason_VM_FAULT_HWPOISON_LARGE
+    | bindings::vm_fault_reason_VM_FAULT_FALLBACK;
+
+/// How a swap-in loop ended.
+enum SwapIn {
+    /// Every swapped-out page is back; this many were read in.
+    Done(u32),
+    /// A fault failed, or the range changed; the mmap lock is still held.
+    Failed(Outcome),
+    /// A fault released the mmap lock.
+    LockReleased,
+}
+
 impl Drop for MmapRead<'_> {
     fn drop(&mut self) {
         // SAFETY: By the type invariants the lock is held by this thread.

@@ -77,6 +77,17 @@ fn revalidate<'g, G: MmapLocked>(
     Ok(vma)
 }
 
+/// Reads the swapped-out pages of the anonymous PMD range at `haddr` back in, under the mmap
+/// lock for read, after revalidating the range. Returns with no lock held.
+fn swap_in(mm: &kernel::mm::Mm, haddr: usize, mode: CollapseMode) -> Result<(), Outcome> {
+    let guard = MmapRead::lock(mm);
+    let vma = revalidate(&guard, haddr, mode)?;
+    if !pmd::vma_is_anonymous(vma) {
+        return Err(Outcome::PageAnon);
+    }
+    guard.swap_in(haddr).map(drop)
+}
+
 /// Replaces the page table of the anonymous PMD range at `haddr` by a PMD mapping of `new`,
 /// which the caller allocated and charged without the mmap lock.
 ///
@@ -158,14 +169,16 @@ pub(crate) fn collapse_pmd<'a>(
         },
     };
     let (outcome, state) = match outcome {
-        // Swap-in of the swapped-out PTEs is not implemented in Rust yet.
-        Outcome::Succeed if swapped > 0 => (Outcome::NotImplemented, Locked::Held(guard)),
         Outcome::Succeed => {
             // The huge folio is allocated without the mmap lock: it may reclaim and compact.
             let mm = guard.mm();
             drop(guard);
             let outcome = match NewFolio::alloc_charge(mm, mode.alloc_policy(&tunables)) {
                 Err(outcome) => outcome,
+                Ok(folio) if swapped > 0 => match swap_in(mm, addr, mode) {
+                    Ok(()) => collapse_anon(mm, addr, mode, folio),
+                    Err(outcome) => outcome,
+                },
                 Ok(folio) => collapse_anon(mm, addr, mode, folio),
             };
             (outcome, Locked::Dropped)

@@ -99,6 +99,11 @@ __rust_helper pte_t rust_helper_ptep_get(pte_t *ptep)
 	return ptep_get(ptep);
 }
 
+__rust_helper pte_t rust_helper_ptep_get_lockless(pte_t *ptep)
+{
+	return ptep_get_lockless(ptep);
+}
+
 __rust_helper void rust_helper_pte_unmap(pte_t *pte)
 {
 	pte_unmap(pte);

@@ -16,6 +16,7 @@
 #include "kselftest.h"
 
 #define COLLAPSE_SYSFS "/sys/kernel/mm/transparent_hugepage/collapse"
+#define THP_SYSFS "/sys/kernel/mm/transparent_hugepage/"
 
 /* The core ("rust" or "c") selected now, or NULL if there is no knob. */
 static inline const char *collapse_core(void)
@@ -99,6 +100,43 @@ static inline long long rust_stat_total(const char *caller)
 		sum += val;
 	fclose(f);
 	return sum;
+}
+
+/* Read and write a sysfs string; returns 0 or an errno. */
+static inline int sysfs_swap_str(const char *path, char *old, size_t len,
+			  const char *val)
+{
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return errno;
+	if (!fgets(old, len, f)) {
+		fclose(f);
+		return EIO;
+	}
+	fclose(f);
+	/* "always [madvise] never" -> "madvise" */
+	if (strchr(old, '[')) {
+		char *s = strchr(old, '[') + 1;
+
+		memmove(old, s, strlen(s) + 1);
+		*strchr(old, ']') = '\0';
+	}
+	f = fopen(path, "w");
+	if (!f)
+		return errno;
+	fputs(val, f);
+	return fclose(f) ? errno : 0;
+}
+
+static inline void set_str(const char *path, const char *val)
+{
+	FILE *f = fopen(path, "w");
+
+	if (f) {
+		fputs(val, f);
+		fclose(f);
+	}
 }
 
 #define PMD_SZ (2UL << 20)

@@ -1,0 +1,895 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * MADV_COLLAPSE of private anonymous memory through the Rust and the C
+ * collapse cores: data integrity, races with other users of the range, and
+ * bad input.
+ *
+ * Data-integrity cases run on both cores and compare every byte with a
+ * shadow copy. Cases on the Rust core also check that its counters moved,
+ * so a pass cannot come from the C core. Bad input must give the documented
+ * errno on both cores.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kselftest.h"
+#include "vm_util.h"
+#include "thp_collapse_util.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+#define PAGE_SZ 4096UL
+#define PAGES_PER_PMD (PMD_SZ / PAGE_SZ)
+
+static const char *const cores[] = { "rust", "c" };
+
+/* The word at offset @w of page @pg, for a test seeded with @seed. */
+static uint64_t pattern(uint64_t seed, size_t pg, size_t w)
+{
+	return (seed << 48) ^ ((uint64_t)pg << 12) ^ w ^ 0x5a5a5a5a00000000ULL;
+}
+
+static void fill_page(char *p, char *shadow, size_t pg, uint64_t seed)
+{
+	uint64_t *a = (uint64_t *)(p + pg * PAGE_SZ);
+	uint64_t *b = (uint64_t *)(shadow + pg * PAGE_SZ);
+	size_t w;
+
+	for (w = 0; w < PAGE_SZ / sizeof(uint64_t); w++)
+		a[w] = b[w] = pattern(seed, pg, w);
+}
+
+/* Private anonymous memory, faulted in base pages only. */
+static char *small_pages(size_t nr_pmds)
+{
+	char *p = mmap_pmd_aligned(nr_pmds, PROT_READ | PROT_WRITE);
+
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	if (madvise(p, nr_pmds * PMD_SZ, MADV_NOHUGEPAGE))
+		ksft_exit_fail_perror("madvise(MADV_NOHUGEPAGE)");
+	return p;
+}
+
+/* Allow THPs again (MADV_COLLAPSE respects VM_NOHUGEPAGE). */
+static void allow_thp(char *p, size_t len)
+{
+	if (madvise(p, len, MADV_HUGEPAGE))
+		ksft_exit_fail_perror("madvise(MADV_HUGEPAGE)");
+}
+
+static bool swap_enabled(void)
+{
+	char line[256];
+	FILE *f = fopen("/proc/swaps", "r");
+	int lines = 0;
+
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f))
+		lines++;
+	fclose(f);
+	return lines > 1;
+}
+
+static size_t count_swapped(char *p, size_t nr_pages)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	size_t i, n = 0;
+
+	if (fd < 0)
+		ksft_exit_fail_perror("open(pagemap)");
+	for (i = 0; i < nr_pages; i++)
+		n += pagemap_is_swapped(fd, p + i * PAGE_SZ);
+	close(fd);
+	return n;
+}
+
+/* ---- Data integrity ---------------------------------------------------- */
+
+/* How a case lays out its memory before the collapse. */
+enum layout {
+	FULL,		/* every page written */
+	SPARSE,		/* every third page written, the rest never touched */
+	ZERO_PAGE,	/* odd pages written, even pages read (the zero page) */
+	SWAPPED,	/* every page written, 64 per PMD paged out to swap */
+	SHARED,		/* every page written, then shared with a child */
+	SOME_HUGE,	/* the first PMD already huge, the others small */
+	MTHP,		/* every page written, in 64 KiB mTHP folios */
+	NR_LAYOUTS,
+};
+
+static const char *const layout_name[] = {
+	"full", "sparse", "zero page", "partly swapped", "shared after fork",
+	"partly huge already", "64KiB mTHP folios",
+};
+
+#define INTEGRITY_PMDS 4
+
+/*
+ * Lay the memory out; returns false (with a skip reported) if the machine
+ * cannot provide the layout.
+ */
+static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
+		    pid_t *child)
+{
+	size_t nr = INTEGRITY_PMDS * PAGES_PER_PMD, i;
+	char old64[32], old2m[32];
+	volatile char sink;
+
+	memset(shadow, 0, INTEGRITY_PMDS * PMD_SZ);
+	switch (l) {
+	case FULL:
+	case SHARED:
+	case SWAPPED:
+		for (i = 0; i < nr; i++)
+			fill_page(p, shadow, i, seed);
+		break;
+	case SPARSE:
+		for (i = 0; i < nr; i += 3)
+			fill_page(p, shadow, i, seed);
+		break;
+	case ZERO_PAGE:
+		for (i = 0; i < nr; i++) {
+			if (i & 1)
+				fill_page(p, shadow, i, seed);
+			else
+				sink = p[i * PAGE_SZ];
+		}
+		(void)sink;
+		break;
+	case SOME_HUGE:
+		for (i = 0; i < nr; i++)
+			fill_page(p, shadow, i, seed);
+		allow_thp(p, PMD_SZ);
+		if (madvise(p, PMD_SZ, MADV_COLLAPSE) ||
+		    !check_huge_anon(p, PMD_SZ, 1, PMD_SZ)) {
+			ksft_test_result_fail("%s: cannot make the first PMD huge\n",
+					      layout_name[l]);
+			return false;
+		}
+		break;
+	case MTHP:
+		if (sysfs_swap_str(THP_SYSFS "hugepages-64kB/enabled", old64,
+				   sizeof(old64), "always")) {
+			ksft_test_result_skip("%s: no 64 KiB mTHP size\n",
+					      layout_name[l]);
+			return false;
+		}
+		sysfs_swap_str(THP_SYSFS "hugepages-2048kB/enabled", old2m,
+			       sizeof(old2m), "never");
+		/* mTHP faults need the VMA to allow THPs. */
+		allow_thp(p, INTEGRITY_PMDS * PMD_SZ);
+		for (i = 0; i < nr; i++)
+			fill_page(p, shadow, i, seed);
+		set_str(THP_SYSFS "hugepages-64kB/enabled", old64);
+		set_str(THP_SYSFS "hugepages-2048kB/enabled", old2m);
+		break;
+	default:
+		break;
+	}
+	if (l == SWAPPED) {
+		if (!swap_enabled()) {
+			ksft_test_result_skip("%s: no swap device\n", layout_name[l]);
+			return false;
+		}
+		for (i = 0; i < INTEGRITY_PMDS; i++)
+			madvise(p + i * PMD_SZ + 100 * PAGE_SZ, 64 * PAGE_SZ,
+				MADV_PAGEOUT);
+		if (count_swapped(p, nr) == 0) {
+			ksft_test_result_fail("%s: MADV_PAGEOUT swapped nothing out\n",
+					      layout_name[l]);
+			return false;
+		}
+	}
+	if (l == SHARED) {
+		*child = fork();
+		if (*child < 0)
+			ksft_exit_fail_perror("fork");
+		if (*child == 0) {
+			/* Keep the pages shared until the parent is done. */
+			for (;;)
+				pause();
+		}
+	}
+	allow_thp(p, INTEGRITY_PMDS * PMD_SZ);
+	return true;
+}
+
+static void test_integrity(const char *core, enum layout l)
+{
+	size_t len = INTEGRITY_PMDS * PMD_SZ;
+	uint64_t seed = (uint64_t)l * 2 + (core[0] == 'r');
+	char *p = small_pages(INTEGRITY_PMDS);
+	char *shadow = malloc(len);
+	pid_t child = -1;
+	long long ok;
+	bool same, huge;
+	int ret, err;
+
+	if (!shadow)
+		ksft_exit_fail_perror("malloc");
+	if (!prepare(l, p, shadow, seed, &child))
+		goto out;
+
+	collapse_require_core(core);
+	ok = rust_stat("madvise", "succeed");
+	ret = madvise(p, len, MADV_COLLAPSE);
+	err = errno;
+	huge = check_huge_anon(p, len, INTEGRITY_PMDS, PMD_SZ);
+	same = !memcmp(p, shadow, len);
+	if (child > 0) {
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+	}
+	if (!strcmp(core, "rust")) {
+		long long moved = rust_stat("madvise", "succeed") - ok;
+		/* SOME_HUGE: one PMD was huge already (pmd_mapped, not succeed). */
+		long long want = l == SOME_HUGE ? INTEGRITY_PMDS - 1 : INTEGRITY_PMDS;
+
+		ksft_test_result(!ret && huge && same && moved == want,
+				 "%s: %s: collapsed, every byte kept (ret %d %s, huge %d, same %d, succeed +%lld)\n",
+				 core, layout_name[l], ret, ret ? strerror(err) : "",
+				 huge, same, moved);
+	} else {
+		ksft_test_result(!ret && huge && same,
+				 "%s: %s: collapsed, every byte kept (ret %d %s, huge %d, same %d)\n",
+				 core, layout_name[l], ret, ret ? strerror(err) : "",
+				 huge, same);
+	}
+out:
+	free(shadow);
+	munmap(p, len);
+}
+
+/*
+ * A private page shared with a child after fork: the parent's collapse
+ * copies it, and the child's copy must not change, including after the
+ * parent writes to its new huge page.
+ */
+static void test_fork_child_view(const char *core)
+{
+	size_t len = PMD_SZ, i;
+	char *p = small_pages(1);
+	char *shadow = malloc(len);
+	int pipefd[2], status = -1;
+	long long ok = rust_stat("madvise", "succeed");
+	bool moved;
+	pid_t child;
+	char c;
+
+	if (!shadow || pipe(pipefd))
+		ksft_exit_fail_perror("setup");
+	for (i = 0; i < PAGES_PER_PMD; i++)
+		fill_page(p, shadow, i, 77);
+	allow_thp(p, len);
+	child = fork();
+	if (child < 0)
+		ksft_exit_fail_perror("fork");
+	if (child == 0) {
+		close(pipefd[1]);
+		if (read(pipefd[0], &c, 1) != 1)
+			_exit(2);
+		_exit(memcmp(p, shadow, len) ? 1 : 0);
+	}
+	close(pipefd[0]);
+	collapse_require_core(core);
+	i = madvise(p, len, MADV_COLLAPSE);
+	moved = strcmp(core, "rust") || rust_stat("madvise", "succeed") == ok + 1;
+	memset(p, 0xee, len);
+	if (write(pipefd[1], "x", 1) != 1)
+		ksft_exit_fail_perror("write");
+	waitpid(child, &status, 0);
+	ksft_test_result(!i && moved && WIFEXITED(status) && !WEXITSTATUS(status),
+			 "%s: collapse of pages shared with a child leaves the child's copy intact (ret %zu, child status %d)\n",
+			 core, i, status);
+	close(pipefd[1]);
+	free(shadow);
+	munmap(p, len);
+}
+
+/* ---- Races ------------------------------------------------------------- */
+
+#define RACE_PMDS 2
+#define RACE_ROUNDS 40
+
+struct race {
+	char *p;
+	size_t len;
+	atomic_int stop;
+	atomic_long ops;
+	uint64_t last[RACE_PMDS * PAGES_PER_PMD];
+	char *shadow;
+	int id;
+};
+
+/*
+ * Writers own every page but the last of each PMD and store a counter in
+ * its first word; the main thread splits the PMD mappings again by
+ * dropping the last page of each PMD. No write may get lost.
+ */
+static void *writer(void *arg)
+{
+	struct race *r = arg;
+	uint64_t v = 1;
+	size_t pg;
+
+	while (!atomic_load(&r->stop)) {
+		for (pg = r->id; pg < RACE_PMDS * PAGES_PER_PMD; pg += 2) {
+			if (pg % PAGES_PER_PMD == PAGES_PER_PMD - 1)
+				continue;
+			*(volatile uint64_t *)(r->p + pg * PAGE_SZ) = v;
+			r->last[pg] = v;
+		}
+		v++;
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+static void *mprotect_racer(void *arg)
+{
+	struct race *r = arg;
+
+	while (!atomic_load(&r->stop)) {
+		mprotect(r->p, r->len, PROT_READ);
+		mprotect(r->p, r->len, PROT_READ | PROT_WRITE);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+static void *fork_racer(void *arg)
+{
+	struct race *r = arg;
+	int status;
+	pid_t pid;
+
+	while (!atomic_load(&r->stop)) {
+		pid = fork();
+		if (pid == 0) {
+			/* The child's view of the first PMD: the pattern. */
+			_exit(memcmp(r->p, r->shadow, PMD_SZ - PAGE_SZ) ? 3 : 0);
+		}
+		if (pid > 0) {
+			waitpid(pid, &status, 0);
+			if (!WIFEXITED(status) || WEXITSTATUS(status))
+				atomic_store(&r->stop, 2);
+		}
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+static void *uffd_racer(void *arg)
+{
+	struct race *r = arg;
+	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	struct uffdio_api api = { .api = UFFD_API };
+
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api))
+		return NULL;
+	while (!atomic_load(&r->stop)) {
+		/* Pages are all present, so no missing fault is ever raised. */
+		if (!uffd_register(uffd, r->p, r->len, true, false, false))
+			uffd_unregister(uffd, r->p, r->len);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	close(uffd);
+	return NULL;
+}
+
+static void *munmap_racer(void *arg)
+{
+	struct race *r = arg;
+	char *second = r->p + PMD_SZ;
+	size_t i;
+
+	while (!atomic_load(&r->stop)) {
+		munmap(second, PMD_SZ);
+		if (mmap(second, PMD_SZ, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+			break;
+		madvise(second, PMD_SZ, MADV_HUGEPAGE);
+		for (i = 0; i < PAGES_PER_PMD; i++)
+			second[i * PAGE_SZ] = 1;
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+enum racer { WRITERS, MPROTECT, FORK, UFFD, MUNMAP, NR_RACERS };
+
+static const char *const racer_name[] = {
+	"faulting writers and MADV_DONTNEED", "mprotect", "fork",
+	"userfaultfd register", "munmap and mmap",
+};
+
+static bool errno_expected(int err, enum racer k)
+{
+	/* A racer may remove or change the VMA: those say so by errno. */
+	switch (k) {
+	case MUNMAP:
+		return err == ENOMEM || err == EINVAL || err == EAGAIN;
+	case UFFD:
+		/* Registered: empty PTEs (the dropped pages) are not filled. */
+		return err == EBUSY || err == EAGAIN;
+	case MPROTECT:
+	case FORK:
+	case WRITERS:
+		return err == EAGAIN || err == EBUSY;
+	default:
+		return false;
+	}
+}
+
+static void test_race(enum racer k)
+{
+	static struct race r;
+	long long ok = rust_stat("madvise", "succeed");
+	pthread_t th[2];
+	int nth = k == WRITERS ? 2 : 1, i, n, bad = 0, done = 0;
+	size_t pg, lost = 0;
+	char *shadow;
+
+	memset(&r, 0, sizeof(r));
+	r.len = RACE_PMDS * PMD_SZ;
+	r.p = small_pages(RACE_PMDS);
+	shadow = malloc(r.len);
+	if (!shadow)
+		ksft_exit_fail_perror("malloc");
+	for (pg = 0; pg < RACE_PMDS * PAGES_PER_PMD; pg++)
+		fill_page(r.p, shadow, pg, 9);
+	r.shadow = shadow;
+	allow_thp(r.p, r.len);
+	collapse_require_core("rust");
+
+	for (i = 0; i < nth; i++) {
+		void *(*fn)(void *) = k == WRITERS ? writer :
+				      k == MPROTECT ? mprotect_racer :
+				      k == FORK ? fork_racer :
+				      k == UFFD ? uffd_racer : munmap_racer;
+
+		r.id = i;
+		if (pthread_create(&th[i], NULL, fn, &r))
+			ksft_exit_fail_perror("pthread_create");
+		/* Let the thread read its id. */
+		while (k == WRITERS && atomic_load(&r.ops) == 0 && i == 0)
+			usleep(1000);
+	}
+	for (n = 0; n < RACE_ROUNDS; n++) {
+		if (madvise(r.p, r.len, MADV_COLLAPSE)) {
+			if (!errno_expected(errno, k))
+				bad++;
+		} else {
+			done++;
+		}
+		/* Split the PMD mappings again for the next round. */
+		for (i = 0; i < RACE_PMDS; i++)
+			madvise(r.p + i * PMD_SZ + (PAGES_PER_PMD - 1) * PAGE_SZ,
+				PAGE_SZ, MADV_DONTNEED);
+	}
+	if (atomic_load(&r.stop) == 2)
+		bad++;
+	atomic_store(&r.stop, 1);
+	for (i = 0; i < nth; i++)
+		pthread_join(th[i], NULL);
+
+	if (k == WRITERS) {
+		for (pg = 0; pg < RACE_PMDS * PAGES_PER_PMD; pg++)
+			if (pg % PAGES_PER_PMD != PAGES_PER_PMD - 1 &&
+			    *(uint64_t *)(r.p + pg * PAGE_SZ) != r.last[pg])
+				lost++;
+	} else {
+		/* The first PMD is never unmapped: all of it must be intact. */
+		for (pg = 0; pg < PAGES_PER_PMD - 1; pg++)
+			if (memcmp(r.p + pg * PAGE_SZ, shadow + pg * PAGE_SZ, PAGE_SZ))
+				lost++;
+	}
+	ksft_test_result(!bad && !lost && done > 0 && atomic_load(&r.ops) > 0 &&
+			 rust_stat("madvise", "succeed") > ok,
+			 "rust: collapse racing with %s: %d/%d collapsed, %d unexpected errors, %zu pages lost, %ld racer ops\n",
+			 racer_name[k], done, RACE_ROUNDS, bad, lost,
+			 atomic_load(&r.ops));
+	free(shadow);
+	munmap(r.p, r.len);
+}
+
+struct mover {
+	char *a, *b;
+	atomic_int stop;
+	atomic_long moves;
+	atomic_int at_b;
+};
+
+/* Moves one PMD of memory back and forth between two places. */
+static void *mremap_racer(void *arg)
+{
+	struct mover *m = arg;
+
+	while (!atomic_load(&m->stop)) {
+		char *from = atomic_load(&m->at_b) ? m->b : m->a;
+		char *to = from == m->a ? m->b : m->a;
+
+		if (mremap(from, PMD_SZ, PMD_SZ, MREMAP_MAYMOVE | MREMAP_FIXED,
+			   to) == MAP_FAILED)
+			break;
+		atomic_store(&m->at_b, to == m->b);
+		atomic_fetch_add(&m->moves, 1);
+		usleep(500);
+	}
+	return NULL;
+}
+
+/* mremap moves the range while collapses run on it. */
+static void test_race_mremap(void)
+{
+	static struct mover m;
+	char *shadow = malloc(PMD_SZ);
+	long long ok = rust_stat("madvise", "succeed");
+	int n, bad = 0, done = 0;
+	pthread_t th;
+	size_t pg;
+	char *cur;
+
+	memset(&m, 0, sizeof(m));
+	m.a = small_pages(1);
+	m.b = mmap_pmd_aligned(1, PROT_NONE);
+	if (!m.b || !shadow)
+		ksft_exit_fail_perror("setup");
+	for (pg = 0; pg < PAGES_PER_PMD; pg++)
+		fill_page(m.a, shadow, pg, 11);
+	allow_thp(m.a, PMD_SZ);
+	collapse_require_core("rust");
+	if (pthread_create(&th, NULL, mremap_racer, &m))
+		ksft_exit_fail_perror("pthread_create");
+	for (n = 0; n < 4 * RACE_ROUNDS; n++) {
+		cur = atomic_load(&m.at_b) ? m.b : m.a;
+		/* The range may have moved away since: ENOMEM then. */
+		if (madvise(cur, PMD_SZ, MADV_COLLAPSE))
+			bad += errno != ENOMEM && errno != EAGAIN && errno != EINVAL;
+		else
+			done++;
+	}
+	atomic_store(&m.stop, 1);
+	pthread_join(th, NULL);
+	cur = atomic_load(&m.at_b) ? m.b : m.a;
+	ksft_test_result(!bad && done > 0 && atomic_load(&m.moves) > 0 &&
+			 !memcmp(cur, shadow, PMD_SZ) &&
+			 rust_stat("madvise", "succeed") > ok,
+			 "rust: collapse racing with mremap keeps every byte (%d/%d calls succeeded, %ld moves)\n",
+			 done, 4 * RACE_ROUNDS, atomic_load(&m.moves));
+	munmap(m.a, PMD_SZ);
+	munmap(m.b, PMD_SZ);
+	free(shadow);
+}
+
+/* ---- Bad input --------------------------------------------------------- */
+
+static int collapse_errno(const char *core, void *p, size_t len)
+{
+	collapse_require_core(core);
+	return madvise(p, len, MADV_COLLAPSE) ? errno : 0;
+}
+
+/* Both cores must give @want. */
+static void expect_both(const char *what, void *p, size_t len, int want)
+{
+	int r = collapse_errno("rust", p, len);
+	int c = collapse_errno("c", p, len);
+
+	ksft_test_result(r == want && c == want,
+			 "bad input: %s gives %s on both cores (rust %s, c %s)\n",
+			 what, strerror(want), strerror(r), strerror(c));
+}
+
+static void test_bad_ranges(void)
+{
+	char *p = small_pages(3);
+	size_t pg;
+
+	for (pg = 0; pg < 3 * PAGES_PER_PMD; pg++)
+		p[pg * PAGE_SZ] = 1;
+	allow_thp(p, 3 * PMD_SZ);
+	expect_both("an unaligned start", p + 1, PMD_SZ, EINVAL);
+	expect_both("a range that wraps around", p, -(uintptr_t)p + PAGE_SZ, EINVAL);
+	munmap(p + PMD_SZ, PMD_SZ);
+	/* The mapped parts are collapsed; the hole makes the call fail. */
+	{
+		long long ok = rust_stat("madvise", "succeed");
+		int r = collapse_errno("rust", p, 3 * PMD_SZ);
+
+		ksft_test_result(r == ENOMEM && rust_stat("madvise", "succeed") == ok + 2 &&
+				 check_huge_anon(p, PMD_SZ, 1, PMD_SZ) &&
+				 check_huge_anon(p + 2 * PMD_SZ, PMD_SZ, 1, PMD_SZ),
+				 "bad input: a hole gives ENOMEM, the mapped parts collapse (rust %s)\n",
+				 strerror(r));
+	}
+	munmap(p, 3 * PMD_SZ);
+}
+
+static void test_bad_hugetlb(void)
+{
+	char *p = mmap(NULL, PMD_SZ, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+
+	if (p == MAP_FAILED) {
+		ksft_test_result_skip("bad input: hugetlb: no huge pages reserved\n");
+		return;
+	}
+	p[0] = 1;
+	expect_both("a hugetlb mapping", p, PMD_SZ, EINVAL);
+	munmap(p, PMD_SZ);
+}
+
+/* The vDSO data pages are VM_PFNMAP or VM_MIXEDMAP special mappings. */
+static void test_bad_special(void)
+{
+	unsigned long start = 0, end = 0;
+	char line[512];
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		if (strstr(line, "[vvar]") &&
+		    sscanf(line, "%lx-%lx", &start, &end) == 2)
+			break;
+		start = 0;
+	}
+	if (f)
+		fclose(f);
+	if (!start) {
+		ksft_test_result_skip("bad input: no [vvar] mapping\n");
+		return;
+	}
+	expect_both("a special ([vvar], VM_PFNMAP) mapping", (void *)start,
+		    end - start, EINVAL);
+}
+
+static void test_bad_thp_disabled(void)
+{
+	int status = -1;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		char *p = small_pages(1);
+		int r, c;
+
+		memset(p, 1, PMD_SZ);
+		allow_thp(p, PMD_SZ);
+		if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+			_exit(2);
+		r = collapse_errno("rust", p, PMD_SZ);
+		c = collapse_errno("c", p, PMD_SZ);
+		_exit(r == EINVAL && c == EINVAL ? 0 : 1);
+	}
+	waitpid(pid, &status, 0);
+	ksft_test_result(WIFEXITED(status) && !WEXITSTATUS(status),
+			 "bad input: PR_SET_THP_DISABLE gives EINVAL on both cores (status %d)\n",
+			 status);
+}
+
+/* mlock() does not stop a collapse: the huge page stays locked. */
+static void test_mlocked(void)
+{
+	char *p = small_pages(1);
+	char *shadow = malloc(PMD_SZ);
+	long long ok = rust_stat("madvise", "succeed");
+	size_t pg;
+	int r;
+
+	if (!shadow)
+		ksft_exit_fail_perror("malloc");
+	for (pg = 0; pg < PAGES_PER_PMD; pg++)
+		fill_page(p, shadow, pg, 5);
+	allow_thp(p, PMD_SZ);
+	if (mlock(p, PMD_SZ)) {
+		ksft_test_result_skip("mlocked range: mlock: %s\n", strerror(errno));
+		goto out;
+	}
+	r = collapse_errno("rust", p, PMD_SZ);
+	ksft_test_result(!r && check_huge_anon(p, PMD_SZ, 1, PMD_SZ) &&
+			 !memcmp(p, shadow, PMD_SZ) &&
+			 rust_stat("madvise", "succeed") == ok + 1,
+			 "mlocked range collapses and keeps its contents (rust %s)\n",
+			 strerror(r));
+	munlock(p, PMD_SZ);
+out:
+	free(shadow);
+	munmap(p, PMD_SZ);
+}
+
+static long process_collapse(int pidfd, void *p, size_t len)
+{
+	struct iovec iov = { .iov_base = p, .iov_len = len };
+
+	return syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_COLLAPSE, 0);
+}
+
+/*
+ * A target that maps @nr PMDs of small pages, reports where, and waits; as
+ * user @uid if it is not 0.
+ */
+static pid_t spawn_target(size_t nr, char **where, uid_t uid)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe(fds))
+		ksft_exit_fail_perror("pipe");
+	pid = fork();
+	if (pid < 0)
+		ksft_exit_fail_perror("fork");
+	if (pid == 0) {
+		char *p = small_pages(nr);
+
+		memset(p, 3, nr * PMD_SZ);
+		allow_thp(p, nr * PMD_SZ);
+		/* Changing user makes the mm non-dumpable: undo that. */
+		if (uid && (setgid(uid) || setuid(uid) ||
+			    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)))
+			p = NULL;
+		if (write(fds[1], &p, sizeof(p)) != sizeof(p))
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(fds[1]);
+	if (read(fds[0], where, sizeof(*where)) != sizeof(*where) || !*where)
+		ksft_exit_fail_msg("target did not start\n");
+	close(fds[0]);
+	return pid;
+}
+
+/*
+ * process_madvise(MADV_COLLAPSE) by user @caller_uid on a target running as
+ * @target_uid: the errno, or 0.
+ */
+static int unprivileged_collapse(uid_t caller_uid, uid_t target_uid)
+{
+	char *where;
+	pid_t target = spawn_target(1, &where, target_uid), caller;
+	int status = -1;
+
+	collapse_require_core("rust");
+	caller = fork();
+	if (caller == 0) {
+		int pidfd = syscall(SYS_pidfd_open, target, 0);
+
+		if (pidfd < 0 || setgid(caller_uid) || setuid(caller_uid))
+			_exit(255);
+		_exit(process_collapse(pidfd, where, PMD_SZ) < 0 ? errno : 0);
+	}
+	waitpid(caller, &status, 0);
+	kill(target, SIGKILL);
+	waitpid(target, NULL, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
+
+/*
+ * Another user's process: no ptrace access, EACCES (mm_access()). The same
+ * user's process without CAP_SYS_NICE: EPERM.
+ */
+static void test_bad_unprivileged(void)
+{
+	int other = unprivileged_collapse(65534, 0);
+	int same = unprivileged_collapse(65534, 65534);
+
+	ksft_test_result(other == EACCES,
+			 "bad input: process_madvise(MADV_COLLAPSE) on another user's process gives EACCES (%s)\n",
+			 strerror(other));
+	ksft_test_result(same == EPERM,
+			 "bad input: process_madvise(MADV_COLLAPSE) without CAP_SYS_NICE gives EPERM (%s)\n",
+			 strerror(same));
+}
+
+struct killer {
+	pid_t pid;
+	useconds_t delay;
+};
+
+static void *kill_later(void *arg)
+{
+	struct killer *k = arg;
+
+	usleep(k->delay);
+	kill(k->pid, SIGKILL);
+	return NULL;
+}
+
+/* The target exits while a long process_madvise() collapses its memory. */
+static void test_target_exits(void)
+{
+	long long any = rust_stat("process_madvise", "any_process");
+	long long total = rust_stat_total("process_madvise");
+	struct killer k;
+	pthread_t th;
+	char *where;
+	int pidfd, bad = 0, i;
+	long ret;
+
+	collapse_require_core("rust");
+	for (i = 0; i < 3; i++) {
+		k.pid = spawn_target(16, &where, 0);
+		k.delay = 20000 * (i + 1);
+		pidfd = syscall(SYS_pidfd_open, k.pid, 0);
+		if (pidfd < 0)
+			ksft_exit_fail_perror("pidfd_open");
+		if (pthread_create(&th, NULL, kill_later, &k))
+			ksft_exit_fail_perror("pthread_create");
+		ret = process_collapse(pidfd, where, 16 * PMD_SZ);
+		/* Done before the kill, or stopped with a clear errno. */
+		if (ret < 0 && errno != ESRCH && errno != EINVAL && errno != ENOMEM)
+			bad++;
+		pthread_join(th, NULL);
+		waitpid(k.pid, NULL, 0);
+		close(pidfd);
+	}
+	ksft_test_result(!bad && rust_stat_total("process_madvise") > total,
+			 "process_madvise on a target that exits mid-call ends cleanly (%d unexpected, any_process +%lld)\n",
+			 bad, rust_stat("process_madvise", "any_process") - any);
+}
+
+int main(void)
+{
+	const char *core = collapse_core();
+	char orig[16], thp_enabled[32];
+	unsigned int c;
+	int l;
+
+	ksft_print_header();
+	if (!core)
+		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
+	snprintf(orig, sizeof(orig), "%s", core);
+	/*
+	 * Keep khugepaged away from the PMD-sized ranges under test: the
+	 * counters must show this program's collapses only. MADV_COLLAPSE
+	 * ignores this setting.
+	 */
+	if (sysfs_swap_str(THP_SYSFS "enabled", thp_enabled, sizeof(thp_enabled),
+			   "never"))
+		ksft_exit_fail_msg("cannot set " THP_SYSFS "enabled\n");
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 10);
+
+	for (c = 0; c < 2; c++)
+		for (l = 0; l < NR_LAYOUTS; l++)
+			test_integrity(cores[c], l);
+	for (c = 0; c < 2; c++)
+		test_fork_child_view(cores[c]);
+
+	for (l = 0; l < NR_RACERS; l++)
+		test_race(l);
+	test_race_mremap();
+
+	test_bad_ranges();
+	test_bad_hugetlb();
+	test_bad_special();
+	test_bad_thp_disabled();
+	test_mlocked();
+	test_bad_unprivileged();
+	test_target_exits();
+
+	collapse_set_core(orig);
+	set_str(THP_SYSFS "enabled", thp_enabled);
+	ksft_finished();
+}
