@@ -92,17 +92,25 @@ def kunit(console, suites, t):
 
 def programs(tests, listing, t, passes):
     expected = []
+    on_rust = set()
     for l in listing:
         l = l.strip()
         if l and not l.startswith("#"):
             expected.append(l.split()[0])
+            if len(l.split()) > 1 and l.split()[1] == "rust":
+                on_rust.add(l.split()[0])
     runs = {}
     cur = None
     for line in tests:
         m = re.match(r"^# RUN (\S+)", line)
         if m:
             cur = m.group(1)
-            runs[cur] = {"results": [], "plan": None, "rc": None, "time": None}
+            runs[cur] = {"results": [], "plan": None, "rc": None, "time": None,
+                         "rust": None}
+            continue
+        m = re.match(r"^# RUST_SUCCEED (\S+) (-?\d+)", line)
+        if m and m.group(1) in runs:
+            runs[m.group(1)]["rust"] = int(m.group(2))
             continue
         m = re.match(r"^# EXIT (\S+) rc=(\d+) start=([\d.]+) end=([\d.]+)", line)
         if m and m.group(1) in runs:
@@ -144,9 +152,17 @@ def programs(tests, listing, t, passes):
             t.add("fail", f"{name}: exited with status {r['rc']}")
         elif done == 0 and r["rc"] == 0:
             t.add("fail", f"{name}: printed no TAP result")
+        # A run on the Rust core must show that the Rust core collapsed.
+        if name in on_rust:
+            if r["rust"] is None or r["rust"] <= 0:
+                t.add("fail", f"{name}: ran on the rust core but its succeed "
+                              f"counters did not move ({r['rust']})")
+            else:
+                t.add("pass", f"{name}: the Rust core collapsed {r['rust']} PMD ranges")
         if r["time"] is not None:
+            rust = f", rust succeed +{r['rust']}" if r["rust"] is not None else ""
             passes.append(f"      {name}: {len(r['results'])} results, rc={r['rc']}, "
-                          f"{r['time']:.1f}s")
+                          f"{r['time']:.1f}s{rust}")
 
 
 def main():
