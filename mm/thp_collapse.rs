@@ -45,6 +45,8 @@ mod detach;
 mod mode;
 #[path = "thp_collapse/outcome.rs"]
 mod outcome;
+#[path = "thp_collapse/plan.rs"]
+mod plan;
 #[path = "thp_collapse/pmd.rs"]
 mod pmd;
 #[path = "thp_collapse/request.rs"]

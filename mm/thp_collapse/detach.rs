@@ -15,9 +15,10 @@
 //! `__collapse_huge_page_copy_failed()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
-    mode::{CollapseMode, Limits, PTES_PER_PMD},
+    mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
     pmd::{MmapLocked, NewFolio, PmdEntry},
+    request::Candidate,
     scan::ScanTally,
 };
 use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
@@ -110,17 +111,18 @@ impl Drop for AnonVmaWrite<'_> {
     }
 }
 
-/// A page table of PTEs taken out of its PMD, and the folios it maps that were isolated so
-/// far.
+/// A page table of PTEs taken out of its PMD, the candidate range of its entries being
+/// collapsed, and the folios of that range that were isolated so far.
 ///
-/// No page fault, GUP-fast walk or rmap walk can reach the pages while the table is detached.
-/// [`DetachedTable::install`] replaces it by a PMD mapping of the huge folio; dropping it puts
-/// the table back and releases the isolated folios, in that order.
+/// No page fault or GUP-fast walk can reach the pages while the table is detached, and no
+/// rmap walk can reach the isolated ones. [`DetachedTable::install`] maps the new folio (with
+/// the PMD for the PMD order, else with PTEs in the table, which goes back in place); dropping
+/// the table puts it back and releases the isolated folios, in that order.
 ///
 /// # Invariants
 ///
 /// - The mmap lock of `mm` is held for write for `'g`; `vma` is the anonymous VMA that covers
-///   `[haddr, haddr + PMD_SIZE)`.
+///   `[haddr, haddr + PMD_SIZE)`; `first + nr <= PTES_PER_PMD`.
 /// - `*pmdp` is none; `table` is the value it held, a PMD entry pointing to a page table.
 /// - `pte` maps that page table (`pte_offset_map()`: the RCU read lock is held), and `ptl` is
 ///   its lock, not held.
@@ -132,6 +134,8 @@ pub(crate) struct DetachedTable<'g> {
     pmdp: *mut bindings::pmd_t,
     table: bindings::pmd_t,
     haddr: usize,
+    first: usize,
+    nr: usize,
     pte: *mut bindings::pte_t,
     ptl: *mut bindings::spinlock_t,
     isolated: KVec<NonNull<bindings::folio>>,
@@ -151,24 +155,27 @@ impl IsolationList {
 }
 
 impl<'g> DetachedTable<'g> {
-    /// Clears the PMD entry `pmd` that maps the page table of `[haddr, haddr + PMD_SIZE)` in
-    /// `vma`, flushes the TLB, waits for lockless page-table walkers, and maps the detached
-    /// table.
+    /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
+    /// the TLB, waits for lockless page-table walkers, and maps the detached table.
     ///
-    /// The mmu notifier range brackets the clear. Upstream: the middle of
-    /// `collapse_huge_page()`.
+    /// The mmu notifier range brackets the clear; it covers the candidate only, as only its
+    /// PTEs change. Upstream: the middle of `collapse_huge_page()`.
     pub(crate) fn detach(
         guard: &'g MmapWrite<'_>,
         _anon: &AnonVmaWrite<'_>,
         vma: &'g VmaRef,
         pmd: PmdEntry<'g>,
-        haddr: usize,
+        c: Candidate,
         list: IsolationList,
     ) -> Result<Self, Outcome> {
         let mm = guard.mm.as_raw();
         let vma = vma.as_ptr();
         let pmdp = pmd.as_ptr();
-        let end = haddr + super::request::PMD_SIZE;
+        let haddr = c.haddr;
+        let nr = c.nr().min(PTES_PER_PMD as usize);
+        let first = c.first.min(PTES_PER_PMD as usize - nr);
+        let start = haddr + first * PAGE_SIZE;
+        let end = start + nr * PAGE_SIZE;
         let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
         // SAFETY: `range` is valid for writes and zeroed (a valid value of the C struct);
         // `mm` is valid. Everything below runs with the mmap write lock and the anon_vma lock
@@ -181,7 +188,7 @@ impl<'g> DetachedTable<'g> {
                 bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
                 0,
                 mm,
-                haddr,
+                start,
                 end,
             );
             bindings::mmu_notifier_invalidate_range_start(range);
@@ -217,6 +224,8 @@ impl<'g> DetachedTable<'g> {
             pmdp,
             table,
             haddr,
+            first,
+            nr,
             pte,
             ptl,
             isolated,
@@ -245,16 +254,18 @@ impl<'g> DetachedTable<'g> {
         let mut tally = ScanTally::new(mode, limits);
         // SAFETY: By the type invariants `ptl` is the detached table's lock, not held.
         unsafe { bindings::spin_lock(self.ptl) };
-        let outcome = (0..PTES_PER_PMD as usize)
-            .try_for_each(|i| self.isolate_one(i, &mut tally))
+        let order = self.nr.trailing_zeros();
+        let outcome = (self.first..self.first + self.nr)
+            .try_for_each(|i| self.isolate_one(i, order, &mut tally))
             .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
         // SAFETY: Taken above.
         unsafe { bindings::spin_unlock(self.ptl) };
         outcome
     }
 
-    /// Isolates the folio that entry `i` maps, if it was not isolated yet.
-    fn isolate_one(&mut self, i: usize, tally: &mut ScanTally) -> Result<(), Outcome> {
+    /// Isolates the folio that entry `i` maps, if it was not isolated yet, for a collapse to
+    /// `order`.
+    fn isolate_one(&mut self, i: usize, order: u32, tally: &mut ScanTally) -> Result<(), Outcome> {
         let (_, pte) = self.entry(i);
         let addr = self.haddr + i * PAGE_SIZE;
         // SAFETY: The PTE predicates only inspect the value.
@@ -293,6 +304,10 @@ impl<'g> DetachedTable<'g> {
             }
             if bindings::folio_maybe_mapped_shared(folio) {
                 tally.shared()?;
+            }
+            // A folio as large as the new one already: nothing to gain.
+            if order != PMD_ORDER && bindings::folio_nr_pages(folio) >= 1 << order {
+                return Err(Outcome::PteMappedHugepage);
             }
             let large = bindings::folio_test_large(folio);
             let seen = large && self.isolated.iter().any(|f| f.as_ptr() == folio);
@@ -337,14 +352,18 @@ impl<'g> DetachedTable<'g> {
     /// zero page) is mapped. Machine-check safe: a poisoned source page fails the copy with
     /// [`Outcome::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
     pub(crate) fn copy(&self, new: &NewFolio) -> Result<(), Outcome> {
-        for i in 0..PTES_PER_PMD as usize {
+        if 1 << new.order() != self.nr {
+            return Err(Outcome::Fail);
+        }
+        for i in self.first..self.first + self.nr {
             let (_, pte) = self.entry(i);
             let addr = self.haddr + i * PAGE_SIZE;
-            // SAFETY: `new` is a PMD-order folio we own, so page `i` exists and nobody else
-            // reads or writes it; a present PTE of the detached table maps a page we isolated
-            // and locked, which cannot be freed or changed under us.
+            // SAFETY: `new` is a folio of `nr` pages we own (checked above), so page
+            // `i - first` exists and nobody else reads or writes it; a present PTE of the
+            // detached table maps a page we isolated and locked, which cannot be freed or
+            // changed under us.
             unsafe {
-                let dst = bindings::folio_page(new.as_ptr(), i);
+                let dst = bindings::folio_page(new.as_ptr(), i - self.first);
                 if bindings::pte_none_or_zero(pte) {
                     bindings::clear_user_highpage(dst, addr);
                 } else if bindings::copy_mc_user_highpage(
@@ -361,14 +380,17 @@ impl<'g> DetachedTable<'g> {
         Ok(())
     }
 
-    /// Maps `new`, which holds a copy of every page, with the PMD, and frees the old pages;
-    /// the detached table is deposited for a later split.
+    /// Maps `new`, which holds a copy of every page of the candidate (see
+    /// [`DetachedTable::copy`]), and frees the old pages. For the PMD order the PMD maps it and
+    /// the detached table is deposited for a later split; otherwise the table goes back in
+    /// place with the candidate's PTEs mapping the new folio.
     ///
     /// Upstream: `__collapse_huge_page_copy_succeeded()` and the end of `collapse_huge_page()`.
     pub(crate) fn install(mut self, new: NewFolio) {
         let mm = self.mm;
-        let mut i = 0;
-        while i < PTES_PER_PMD as usize {
+        let end = self.first + self.nr;
+        let mut i = self.first;
+        while i < end {
             let (ptep, pte) = self.entry(i);
             let addr = self.haddr + i * PAGE_SIZE;
             // SAFETY: The detached table is ours; `ptl` is its lock (mostly unneeded, but the
@@ -390,7 +412,7 @@ impl<'g> DetachedTable<'g> {
                 }
                 let page = bindings::pte_page(pte);
                 let folio = bindings::page_folio(page);
-                let left = PTES_PER_PMD - i as u32;
+                let left = (end - i) as u32;
                 let nr = if bindings::folio_test_large(folio) {
                     bindings::folio_pte_batch(folio, ptep, pte, left).max(1)
                 } else {
@@ -409,16 +431,38 @@ impl<'g> DetachedTable<'g> {
             // mapped here, so its swap cache entry can go.
             unsafe { release_folio(folio.as_ptr(), true) };
         }
+        let pmd_order = new.order() == PMD_ORDER;
         let folio = new.into_raw();
         // SAFETY: `folio` is ours, fully written; marking it uptodate orders the copy before
-        // the PMD store. The PMD is none (type invariants) and `table` is the detached table,
-        // which is deposited for a later split; `map_anon_folio_pmd_nopf()` takes over our
-        // reference for the mapping. The PMD lock is held around both.
+        // the page-table store. The PMD is none (type invariants) and `table` is the detached
+        // table. For the PMD order it is deposited for a later split and
+        // `map_anon_folio_pmd_nopf()` maps the folio with the PMD; otherwise the table goes
+        // back (`pmd_populate()`) and `map_anon_folio_pte_nopf()` maps the folio with the
+        // candidate's PTEs, which are none now, under the PTE lock nested in the PMD lock.
+        // Either takes over our reference for the mapping.
         unsafe {
             bindings::__folio_mark_uptodate(folio);
             let pmd_ptl = bindings::pmd_lock(mm, self.pmdp);
-            bindings::pgtable_trans_huge_deposit_table(mm, self.pmdp, self.table);
-            bindings::map_anon_folio_pmd_nopf(folio, self.pmdp, self.vma, self.haddr);
+            if pmd_order {
+                bindings::pgtable_trans_huge_deposit_table(mm, self.pmdp, self.table);
+                bindings::map_anon_folio_pmd_nopf(folio, self.pmdp, self.vma, self.haddr);
+            } else {
+                let nested = self.ptl != pmd_ptl;
+                if nested {
+                    bindings::spin_lock_nested(self.ptl, bindings::SINGLE_DEPTH_NESTING as i32);
+                }
+                bindings::pmd_populate_table(mm, self.pmdp, self.table);
+                bindings::map_anon_folio_pte_nopf(
+                    folio,
+                    self.pte.add(self.first),
+                    self.vma,
+                    self.haddr + self.first * PAGE_SIZE,
+                    false,
+                );
+                if nested {
+                    bindings::spin_unlock(self.ptl);
+                }
+            }
             bindings::spin_unlock(pmd_ptl);
             bindings::pte_unmap(self.pte);
         }

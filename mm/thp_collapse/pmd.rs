@@ -11,6 +11,7 @@
 use super::{
     mode::{AllocPolicy, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
+    request::Candidate,
     scan::ScanTally,
 };
 use core::{marker::PhantomData, ptr, ptr::NonNull};
@@ -208,13 +209,14 @@ impl MmapRead<'_> {
 }
 
 impl<'a> MmapRead<'a> {
-    /// Faults the swapped-out pages of the PMD range at `haddr` back in, so that the range can
-    /// be collapsed. Upstream: `__collapse_huge_page_swapin()`.
+    /// Faults the swapped-out pages of candidate `c` back in, so that it can be collapsed.
+    /// Smaller (mTHP) orders do not swap in: a swapped-out page fails them. Upstream:
+    /// `__collapse_huge_page_swapin()`.
     ///
     /// May sleep for I/O. On failure the lock is released (a fault may have released it
     /// already); on success it is handed back.
-    pub(crate) fn swap_in(self, haddr: usize) -> Result<Self, Outcome> {
-        match self.swap_in_locked(haddr) {
+    pub(crate) fn swap_in(self, c: Candidate) -> Result<Self, Outcome> {
+        match self.swap_in_locked(c) {
             SwapIn::Done(swapped_in) => {
                 if swapped_in > 0 {
                     // SAFETY: Always safe from process context. Drops the LRU batch's extra
@@ -234,7 +236,8 @@ impl<'a> MmapRead<'a> {
     }
 
     /// The loop of [`MmapRead::swap_in`].
-    fn swap_in_locked(&self, haddr: usize) -> SwapIn {
+    fn swap_in_locked(&self, c: Candidate) -> SwapIn {
+        let haddr = c.haddr;
         let Some(vma) = self.find_vma(haddr) else {
             return SwapIn::Failed(Outcome::VmaNull);
         };
@@ -246,7 +249,7 @@ impl<'a> MmapRead<'a> {
         // A mapped run of the page table: the first entry, its index and its lock.
         let mut mapped: Option<(*mut bindings::pte_t, usize, *mut bindings::spinlock_t)> = None;
         let mut swapped_in = 0;
-        for i in 0..PTES_PER_PMD as usize {
+        for i in c.first..(c.first + c.nr()).min(PTES_PER_PMD as usize) {
             let addr = haddr + i * PAGE_SIZE;
             let (base, first, ptl) = match mapped {
                 Some(run) => run,
@@ -274,6 +277,17 @@ impl<'a> MmapRead<'a> {
             // SAFETY: The PTE predicates only inspect the value.
             if unsafe { bindings::pte_none(pte) || bindings::pte_present(pte) } {
                 continue;
+            }
+            if c.order != PMD_ORDER {
+                // Reading pages in could make a later scan collapse a larger folio here.
+                // SAFETY: Mapped above and not handed to a fault.
+                unsafe { bindings::pte_unmap(base) };
+                count_collapse_event(
+                    c.order,
+                    bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
+                    bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SWAP,
+                );
+                return SwapIn::Failed(Outcome::ExceedSwapPte);
             }
             // SAFETY: `vma` covers `addr` (the caller revalidated the range under this lock),
             // `ptep` is mapped and unmapped by the call, `pte` is a swap entry read from it.
@@ -383,8 +397,7 @@ pub(crate) fn scan_anon_pmd(
             break;
         };
         scanned += 1;
-        let pte_addr = addr + i * PAGE_SIZE;
-        match scan_one(vma_ptr, mm, pte, pte_addr, droppable, tally) {
+        match scan_one(vma_ptr, mm, pte, (addr, i), droppable, tally) {
             Ok(()) => {}
             Err(outcome) => return (outcome, scanned),
         }
@@ -393,15 +406,17 @@ pub(crate) fn scan_anon_pmd(
     (tally.finish(), scanned)
 }
 
-/// Accounts one PTE of a scan; `Err` stops the scan with that outcome.
+/// Accounts entry `i` of the page table at `haddr`, whose value is `pte`; `Err` stops the
+/// scan with that outcome.
 fn scan_one(
     vma: *mut bindings::vm_area_struct,
     mm: *mut bindings::mm_struct,
     pte: bindings::pte_t,
-    addr: usize,
+    (haddr, i): (usize, usize),
     droppable: bool,
     tally: &mut ScanTally,
 ) -> Result<(), Outcome> {
+    let addr = haddr + i * PAGE_SIZE;
     // SAFETY: The PTE predicates only inspect the value.
     if unsafe { bindings::pte_none_or_zero(pte) } {
         return tally.none_or_zero();
@@ -457,6 +472,7 @@ fn scan_one(
                 || bindings::folio_test_referenced(folio)
                 || bindings::pte_young(pte)
                 || bindings::mmu_notifier_test_young(mm, addr));
+        tally.occupy(i);
         tally.present(referenced);
     }
     Ok(())
@@ -468,34 +484,39 @@ fn scan_one(
 ///
 /// # Invariants
 ///
-/// `folio` is a PMD-order folio this value holds the only reference to, charged to a memory
-/// cgroup.
+/// `folio` is a folio of order `order` this value holds the only reference to, charged to a
+/// memory cgroup.
 pub(crate) struct NewFolio {
     folio: NonNull<bindings::folio>,
+    order: u32,
 }
 
 impl NewFolio {
-    /// Allocates a PMD-order folio for `policy` and charges it to `mm`'s memory cgroup.
+    /// Allocates a folio of `order` (2 to the PMD order) for `policy` and charges it to
+    /// `mm`'s memory cgroup.
     ///
     /// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
     /// sleep. Upstream: `alloc_charge_folio()`.
-    pub(crate) fn alloc_charge(mm: &Mm, policy: AllocPolicy) -> Result<Self, Outcome> {
+    pub(crate) fn alloc_charge(mm: &Mm, policy: AllocPolicy, order: u32) -> Result<Self, Outcome> {
+        let order = order.min(PMD_ORDER);
         let gfp = match policy {
             AllocPolicy::Reclaim => bindings::GFP_TRANSHUGE,
             AllocPolicy::Light => bindings::GFP_TRANSHUGE_LIGHT,
         };
         // SAFETY: Process context, no locks held (see above); a NULL nodemask allows every node.
         let folio = unsafe {
-            bindings::__folio_alloc(gfp, PMD_ORDER, bindings::numa_mem_id(), ptr::null_mut())
+            bindings::__folio_alloc(gfp, order, bindings::numa_mem_id(), ptr::null_mut())
         };
         let Some(folio) = NonNull::new(folio) else {
             count_collapse_event(
+                order,
                 bindings::vm_event_item_THP_COLLAPSE_ALLOC_FAILED,
                 bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC_FAILED,
             );
             return Err(Outcome::AllocHugePageFail);
         };
         count_collapse_event(
+            order,
             bindings::vm_event_item_THP_COLLAPSE_ALLOC,
             bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC,
         );
@@ -505,16 +526,18 @@ impl NewFolio {
             unsafe { bindings::folio_put(folio.as_ptr()) };
             return Err(Outcome::CgroupChargeFail);
         }
-        // SAFETY: `folio` is a charged, PMD-order folio.
-        unsafe {
-            bindings::count_memcg_folio_events(
-                folio.as_ptr(),
-                bindings::vm_event_item_THP_COLLAPSE_ALLOC,
-                1,
-            )
-        };
-        // INVARIANT: We hold the only reference to a charged PMD-order folio.
-        let new = Self { folio };
+        if order == PMD_ORDER {
+            // SAFETY: `folio` is a charged, PMD-order folio.
+            unsafe {
+                bindings::count_memcg_folio_events(
+                    folio.as_ptr(),
+                    bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+                    1,
+                )
+            };
+        }
+        // INVARIANT: We hold the only reference to a charged folio of `order`.
+        let new = Self { folio, order };
         // SAFETY: `folio` is valid (type invariants).
         if unsafe { bindings::folio_memcg_alloc_deferred(new.folio.as_ptr()) } != 0 {
             return Err(Outcome::AllocHugePageFail);
@@ -527,6 +550,11 @@ impl NewFolio {
     /// The folio.
     pub(crate) fn as_ptr(&self) -> *mut bindings::folio {
         self.folio.as_ptr()
+    }
+
+    /// Its order.
+    pub(crate) fn order(&self) -> u32 {
+        self.order
     }
 
     /// Gives up ownership: the caller takes over the reference (to map the folio).
@@ -545,12 +573,19 @@ impl Drop for NewFolio {
     }
 }
 
-/// Counts a PMD-order collapse event in `/proc/vmstat` and the per-size THP stats.
-fn count_collapse_event(vm_event: bindings::vm_event_item, mthp: bindings::mthp_stat_item) {
+/// Counts a collapse event for a folio of `order`: in `/proc/vmstat` for the PMD order, and
+/// in the per-size THP stats.
+pub(crate) fn count_collapse_event(
+    order: u32,
+    vm_event: bindings::vm_event_item,
+    mthp: bindings::mthp_stat_item,
+) {
     // SAFETY: Per-CPU event counters; safe from any context.
     unsafe {
-        bindings::count_vm_event(vm_event);
-        bindings::count_mthp_stat(PMD_ORDER as i32, mthp);
+        if order == PMD_ORDER {
+            bindings::count_vm_event(vm_event);
+        }
+        bindings::count_mthp_stat(order as i32, mthp);
     }
 }
 
@@ -606,15 +641,21 @@ pub(crate) fn vma_is_anonymous(vma: &VmaRef) -> bool {
 ///
 /// Upstream: `collapse_possible()` / `thp_vma_allowable_order()`.
 pub(crate) fn pmd_collapse_allowed(vma: &VmaRef, mode: CollapseMode) -> bool {
+    allowed_orders(vma, mode, 1 << PMD_ORDER) != 0
+}
+
+/// Which of `orders` (bit `n` for order `n`) a collapse in `vma` for `mode` may produce, by
+/// flags, prctl and sysfs. Upstream: `thp_vma_allowable_orders()`.
+pub(crate) fn allowed_orders(vma: &VmaRef, mode: CollapseMode, orders: u64) -> u64 {
     let tva = match mode {
         CollapseMode::Khugepaged => bindings::tva_type_TVA_KHUGEPAGED,
         CollapseMode::Madvise => bindings::tva_type_TVA_FORCED_COLLAPSE,
     };
     // SAFETY: `vma` is valid and its lock is held (type invariant of `VmaRef`).
-    let orders = unsafe {
-        bindings::thp_vma_allowable_orders(vma.as_ptr(), vma.flags(), tva, 1 << PMD_ORDER)
+    let allowed = unsafe {
+        bindings::thp_vma_allowable_orders(vma.as_ptr(), vma.flags(), tva, orders as usize)
     };
-    orders != 0
+    allowed as u64
 }
 
 /// Whether the PMD range at `addr` lies inside `vma` and is suitably aligned for a PMD mapping.

@@ -8,8 +8,9 @@
 
 use super::{
     detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite},
-    mode::{Caller, CollapseMode, PMD_ORDER},
+    mode::{Caller, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
     outcome::{Outcome, RangeTally},
+    plan::{self, Occupied, ALL_ANON_ORDERS},
     pmd::{self, MmapLocked, MmapRead, NewFolio, PmdState},
     scan::ScanTally,
     stats::STATS,
@@ -56,52 +57,75 @@ pub(crate) fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
 }
 
 /// Checks, after the mmap lock was taken again, that the PMD range at `addr` can still be
-/// collapsed, and returns its VMA.
+/// collapsed into a folio of `order`, and returns its VMA.
 ///
 /// Upstream: `hugepage_vma_revalidate()`.
 fn revalidate<'g, G: MmapLocked>(
     guard: &'g G,
     addr: usize,
     mode: CollapseMode,
+    order: u32,
 ) -> Result<&'g VmaRef, Outcome> {
     if guard.exiting_or_thp_disabled() {
         return Err(Outcome::AnyProcess);
     }
     let vma = guard.find_vma(addr).ok_or(Outcome::VmaNull)?;
+    // The whole PMD range must be inside the VMA, whatever the order: another VMA sharing the
+    // page table could race with us.
     if !pmd::pmd_suitable(vma, addr) {
         return Err(Outcome::AddressRange);
     }
-    if !pmd::pmd_collapse_allowed(vma, mode) {
+    if pmd::allowed_orders(vma, mode, 1 << order) == 0 {
         return Err(Outcome::VmaCheck);
     }
     Ok(vma)
 }
 
-/// Reads the swapped-out pages of the anonymous PMD range at `haddr` back in, under the mmap
-/// lock for read, after revalidating the range. Returns with no lock held.
-fn swap_in(mm: &kernel::mm::Mm, haddr: usize, mode: CollapseMode) -> Result<(), Outcome> {
+/// One candidate of a collapse: `1 << order` PTEs from entry `first` of the page table of the
+/// PMD range at `haddr`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidate {
+    /// The start of the PMD range.
+    pub(crate) haddr: usize,
+    /// The first entry.
+    pub(crate) first: usize,
+    /// The folio order.
+    pub(crate) order: u32,
+}
+
+impl Candidate {
+    /// The number of PTEs it covers.
+    pub(crate) fn nr(self) -> usize {
+        1 << self.order
+    }
+}
+
+/// Reads the swapped-out pages of candidate `c` back in, under the mmap lock for read, after
+/// revalidating the range. Returns with no lock held.
+fn swap_in(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode) -> Result<(), Outcome> {
     let guard = MmapRead::lock(mm);
-    let vma = revalidate(&guard, haddr, mode)?;
+    let vma = revalidate(&guard, c.haddr, mode, c.order)?;
     if !pmd::vma_is_anonymous(vma) {
         return Err(Outcome::PageAnon);
     }
-    guard.swap_in(haddr).map(drop)
+    guard.swap_in(c).map(drop)
 }
 
-/// Replaces the page table of the anonymous PMD range at `haddr` by a PMD mapping of `new`,
-/// which the caller allocated and charged without the mmap lock.
+/// Replaces the PTEs of candidate `c` by a mapping of `new`, a folio of its order that the
+/// caller allocated and charged without the mmap lock: with the PMD for the PMD order, with
+/// PTEs of the new folio otherwise.
 ///
 /// Takes the mmap lock for write (revalidating the range), the anon_vma lock, detaches and
 /// isolates, copies, and installs; any failure on the way puts everything back. Returns with
 /// no lock held. Upstream: `collapse_huge_page()` after `alloc_charge_folio()`.
-fn collapse_anon(mm: &kernel::mm::Mm, haddr: usize, mode: CollapseMode, new: NewFolio) -> Outcome {
+fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: NewFolio) -> Outcome {
     // Sleeping allocations come before the locks.
     let list = match IsolationList::new() {
         Ok(list) => list,
         Err(outcome) => return outcome,
     };
     let guard = MmapWrite::lock(mm);
-    let vma = match revalidate(&guard, haddr, mode) {
+    let vma = match revalidate(&guard, c.haddr, mode, c.order) {
         Ok(vma) => vma,
         Err(outcome) => return outcome,
     };
@@ -110,20 +134,20 @@ fn collapse_anon(mm: &kernel::mm::Mm, haddr: usize, mode: CollapseMode, new: New
         return Outcome::PageAnon;
     }
     guard.exclude_vma_faults(vma);
-    let pmd = match guard.pmd_table(haddr) {
+    let pmd = match guard.pmd_table(c.haddr) {
         Ok(pmd) => pmd,
         Err(outcome) => return outcome,
     };
     let Some(anon) = AnonVmaWrite::lock(&guard, vma) else {
         return Outcome::PageAnon;
     };
-    let mut table = match DetachedTable::detach(&guard, &anon, vma, pmd, haddr, list) {
+    let mut table = match DetachedTable::detach(&guard, &anon, vma, pmd, c, list) {
         Ok(table) => table,
         Err(outcome) => return outcome,
     };
     let limits = mode.limits(
         &pmd::khugepaged_tunables(),
-        PMD_ORDER,
+        c.order,
         pmd::userfaultfd_armed(vma),
     );
     let outcome = table.isolate(mode, limits);
@@ -131,13 +155,90 @@ fn collapse_anon(mm: &kernel::mm::Mm, haddr: usize, mode: CollapseMode, new: New
         // Dropping `table` restores the page table and releases the isolated folios.
         return outcome;
     }
-    // Every page is isolated and locked: rmap walkers cannot get at them any more.
-    drop(anon);
+    if c.order == PMD_ORDER {
+        // Every page is isolated and locked: rmap walkers cannot get at them any more. For a
+        // smaller order the other PTEs of the table still map pages that rmap walkers may
+        // look for while the table is detached, so the lock stays until the end.
+        drop(anon);
+    }
     if let Err(outcome) = table.copy(&new) {
         return outcome;
     }
     table.install(new);
     Outcome::Succeed
+}
+
+/// Allocates, swaps in and collapses one candidate. Returns with no lock held.
+fn collapse_candidate(
+    mm: &kernel::mm::Mm,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    swapped: u32,
+) -> Outcome {
+    // The folio is allocated without the mmap lock: it may reclaim and compact.
+    let folio = match NewFolio::alloc_charge(mm, mode.alloc_policy(tunables), c.order) {
+        Ok(folio) => folio,
+        Err(outcome) => return outcome,
+    };
+    if swapped > 0 {
+        if let Err(outcome) = swap_in(mm, c, mode) {
+            return outcome;
+        }
+    }
+    collapse_anon(mm, c, mode, folio)
+}
+
+/// What a scan found, for the collapse that follows it.
+struct Scanned {
+    outcome: Outcome,
+    scanned: u32,
+    swapped: u32,
+    occupied: Occupied,
+    enabled: u64,
+}
+
+/// Scans the PMD range at `addr` under `guard`.
+fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> Scanned {
+    let done = |outcome| Scanned {
+        outcome,
+        scanned: 1,
+        swapped: 0,
+        occupied: Occupied::EMPTY,
+        enabled: 0,
+    };
+    let Some(vma) = guard.find_vma(addr) else {
+        return done(Outcome::VmaNull);
+    };
+    // File and shmem collapse (page cache and page-table retraction) is not implemented in
+    // Rust yet.
+    if !pmd::vma_is_anonymous(vma) {
+        return done(Outcome::NotImplemented);
+    }
+    match guard.pmd_state(addr) {
+        PmdState::None => return done(Outcome::NoPteTable),
+        PmdState::Huge => return done(Outcome::PmdMapped),
+        PmdState::Table => {}
+    }
+    // khugepaged also collapses anonymous memory into smaller (mTHP) folios where enabled.
+    let enabled = match mode {
+        CollapseMode::Khugepaged => pmd::allowed_orders(vma, mode, ALL_ANON_ORDERS),
+        CollapseMode::Madvise => 1 << PMD_ORDER,
+    };
+    let mut limits = mode.limits(t, PMD_ORDER, pmd::userfaultfd_armed(vma));
+    if enabled != 1 << PMD_ORDER {
+        // Look at every PTE: the plan decides per order how many may be empty.
+        limits.max_none = PTES_PER_PMD - 1;
+    }
+    let mut tally = ScanTally::new(mode, limits);
+    let (outcome, scanned) = pmd::scan_anon_pmd(guard, vma, addr, &mut tally);
+    Scanned {
+        outcome,
+        scanned,
+        swapped: tally.swapped_count(),
+        occupied: tally.occupied().clone(),
+        enabled,
+    }
 }
 
 /// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`.
@@ -151,36 +252,25 @@ pub(crate) fn collapse_pmd<'a>(
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
     let tunables = pmd::khugepaged_tunables();
-    let (outcome, scanned, swapped) = match guard.find_vma(addr) {
-        None => (Outcome::VmaNull, 1, 0),
-        // File and shmem collapse (page cache and page-table retraction) is not implemented in
-        // Rust yet.
-        Some(vma) if !pmd::vma_is_anonymous(vma) => (Outcome::NotImplemented, 1, 0),
-        Some(vma) => match guard.pmd_state(addr) {
-            PmdState::None => (Outcome::NoPteTable, 1, 0),
-            PmdState::Huge => (Outcome::PmdMapped, 1, 0),
-            PmdState::Table => {
-                let uffd = pmd::userfaultfd_armed(vma);
-                let limits = mode.limits(&tunables, PMD_ORDER, uffd);
-                let mut tally = ScanTally::new(mode, limits);
-                let (outcome, scanned) = pmd::scan_anon_pmd(&guard, vma, addr, &mut tally);
-                (outcome, scanned, tally.swapped_count())
-            }
-        },
-    };
-    let (outcome, state) = match outcome {
+    let s = scan(&guard, addr, mode, &tunables);
+    let (outcome, state) = match s.outcome {
         Outcome::Succeed => {
-            // The huge folio is allocated without the mmap lock: it may reclaim and compact.
             let mm = guard.mm();
             drop(guard);
-            let outcome = match NewFolio::alloc_charge(mm, mode.alloc_policy(&tunables)) {
-                Err(outcome) => outcome,
-                Ok(folio) if swapped > 0 => match swap_in(mm, addr, mode) {
-                    Ok(()) => collapse_anon(mm, addr, mode, folio),
-                    Err(outcome) => outcome,
+            let outcome = plan::collapse_planned(
+                &s.occupied,
+                s.enabled,
+                s.swapped,
+                |order| mode.limits(&tunables, order, false).max_none,
+                |first, order| {
+                    let c = Candidate {
+                        haddr: addr,
+                        first,
+                        order,
+                    };
+                    collapse_candidate(mm, c, mode, &tunables, s.swapped)
                 },
-                Ok(folio) => collapse_anon(mm, addr, mode, folio),
-            };
+            );
             (outcome, Locked::Dropped)
         }
         failed => (failed, Locked::Held(guard)),
@@ -193,7 +283,7 @@ pub(crate) fn collapse_pmd<'a>(
         );
     }
     STATS.count(caller, outcome);
-    (outcome, scanned, state)
+    (outcome, s.scanned, state)
 }
 
 /// MADV_COLLAPSE of `[start, end)`, a range inside the VMA that contains `start`.
@@ -241,7 +331,7 @@ pub(crate) fn madvise<'a>(
                 pmd::cond_resched();
                 let guard = MmapRead::lock(mm);
                 history = LockHistory::Retaken;
-                match revalidate(&guard, addr, mode) {
+                match revalidate(&guard, addr, mode, PMD_ORDER) {
                     Ok(vma) => {
                         // The VMA may have shrunk: only ranges it still covers count.
                         let hend = vma.end() & !(PMD_SIZE - 1);

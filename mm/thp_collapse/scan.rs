@@ -11,6 +11,7 @@
 use super::{
     mode::{CollapseMode, Limits},
     outcome::Outcome,
+    plan::Occupied,
 };
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
@@ -24,6 +25,7 @@ pub(crate) struct ScanTally {
     swapped: u32,
     shared: u32,
     referenced: u32,
+    occupied: Occupied,
 }
 
 impl ScanTally {
@@ -36,6 +38,7 @@ impl ScanTally {
             swapped: 0,
             shared: 0,
             referenced: 0,
+            occupied: Occupied::EMPTY,
         }
     }
 
@@ -75,6 +78,16 @@ impl ScanTally {
         if referenced {
             self.referenced += 1;
         }
+    }
+
+    /// Entry `i` maps a page (it passed the per-page checks so far): the mTHP plan counts it.
+    pub(crate) fn occupy(&mut self, i: usize) {
+        self.occupied.set(i);
+    }
+
+    /// The entries that map a page.
+    pub(crate) fn occupied(&self) -> &Occupied {
+        &self.occupied
     }
 
     /// Whether this mode needs to know if each page was referenced recently.

@@ -400,3 +400,8 @@ __rust_helper void rust_helper_folio_remove_rmap_ptes(struct folio *folio,
 {
 	folio_remove_rmap_ptes(folio, page, nr_pages, vma);
 }
+
+__rust_helper void rust_helper_spin_lock_nested(spinlock_t *lock, int subclass)
+{
+	spin_lock_nested(lock, subclass);
+}

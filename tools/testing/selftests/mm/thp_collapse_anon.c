@@ -56,8 +56,10 @@ static void fill_page(char *p, char *shadow, size_t pg, uint64_t seed)
 	uint64_t *b = (uint64_t *)(shadow + pg * PAGE_SZ);
 	size_t w;
 
-	for (w = 0; w < PAGE_SZ / sizeof(uint64_t); w++)
-		a[w] = b[w] = pattern(seed, pg, w);
+	for (w = 0; w < PAGE_SZ / sizeof(uint64_t); w++) {
+		a[w] = pattern(seed, pg, w);
+		b[w] = a[w];
+	}
 }
 
 /* Private anonymous memory, faulted in base pages only. */
@@ -136,7 +138,6 @@ static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
 {
 	size_t nr = INTEGRITY_PMDS * PAGES_PER_PMD, i;
 	char old64[32], old2m[32];
-	volatile char sink;
 
 	memset(shadow, 0, INTEGRITY_PMDS * PMD_SZ);
 	switch (l) {
@@ -154,10 +155,9 @@ static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
 		for (i = 0; i < nr; i++) {
 			if (i & 1)
 				fill_page(p, shadow, i, seed);
-			else
-				sink = p[i * PAGE_SZ];
+			else	/* A read fault maps the zero page. */
+				__atomic_load_n(&p[i * PAGE_SZ], __ATOMIC_RELAXED);
 		}
-		(void)sink;
 		break;
 	case SOME_HUGE:
 		for (i = 0; i < nr; i++)
@@ -339,7 +339,8 @@ static void *writer(void *arg)
 		for (pg = r->id; pg < RACE_PMDS * PAGES_PER_PMD; pg += 2) {
 			if (pg % PAGES_PER_PMD == PAGES_PER_PMD - 1)
 				continue;
-			*(volatile uint64_t *)(r->p + pg * PAGE_SZ) = v;
+			__atomic_store_n((uint64_t *)(r->p + pg * PAGE_SZ), v,
+					 __ATOMIC_RELAXED);
 			r->last[pg] = v;
 		}
 		v++;

@@ -102,17 +102,22 @@ static inline long long rust_stat_total(const char *caller)
 	return sum;
 }
 
-/* Read and write a sysfs string; returns 0 or an errno. */
+/*
+ * Save the current value of the sysfs file @path in @old (the bracketed
+ * choice, for "a [b] c" files) and write @val. Returns 0 or an errno.
+ */
 static inline int sysfs_swap_str(const char *path, char *old, size_t len,
-			  const char *val)
+				 const char *val)
 {
 	FILE *f = fopen(path, "r");
 
 	if (!f)
 		return errno;
 	if (!fgets(old, len, f)) {
+		int err = ferror(f) ? errno : ENODATA;
+
 		fclose(f);
-		return EIO;
+		return err;
 	}
 	fclose(f);
 	/* "always [madvise] never" -> "madvise" */

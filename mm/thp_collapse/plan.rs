@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Which folio sizes khugepaged collapses a scanned page table into.
+//!
+//! After a successful scan, khugepaged tries the PMD order first; where the range has too
+//! many empty PTEs for it (or the collapse fails in a way a smaller size might not), it tries
+//! the two halves at the next enabled order, and so on down to order 2 (16 KiB), always on
+//! naturally aligned ranges. MADV_COLLAPSE only ever enables the PMD order, for which the plan
+//! is a single candidate.
+//!
+//! This file is pure logic: no `unsafe`, no `bindings`.
+//!
+//! Upstream reference: `mthp_collapse()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
+
+use super::{
+    mode::{PMD_ORDER, PTES_PER_PMD},
+    outcome::Outcome,
+};
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+use kernel::prelude::*;
+
+/// The smallest folio order khugepaged collapses into (`KHUGEPAGED_MIN_MTHP_ORDER`).
+pub(crate) const MIN_MTHP_ORDER: u32 = 2;
+
+/// Every anonymous folio order khugepaged may collapse into (`THP_ORDERS_ALL_ANON`).
+pub(crate) const ALL_ANON_ORDERS: u64 = ((1 << (PMD_ORDER + 1)) - 1) & !0b11;
+
+const WORDS: usize = PTES_PER_PMD as usize / 64;
+
+/// The occupied (present, not the zero page) PTEs of one page table, one bit per entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Occupied([u64; WORDS]);
+
+impl Occupied {
+    /// No entry occupied.
+    pub(crate) const EMPTY: Self = Self([0; WORDS]);
+
+    /// Marks entry `i` occupied; out-of-range indices are ignored.
+    pub(crate) fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    /// How many of the entries in `[from, to)` are occupied.
+    pub(crate) fn weight(&self, from: usize, to: usize) -> u32 {
+        (from..to.min(PTES_PER_PMD as usize))
+            .filter(|&i| self.0[i / 64] & (1 << (i % 64)) != 0)
+            .count() as u32
+    }
+}
+
+/// The highest order a naturally aligned folio starting at entry `offset` can have.
+fn max_order_at(offset: usize) -> u32 {
+    if offset == 0 {
+        PMD_ORDER
+    } else {
+        offset.trailing_zeros().min(PMD_ORDER)
+    }
+}
+
+/// What the plan does after a candidate ended with `outcome`.
+enum Next {
+    /// Go past this candidate.
+    Offset,
+    /// Try the same start with the next smaller order.
+    SmallerOrder,
+    /// Stop planning.
+    Stop,
+}
+
+fn next_after(outcome: Outcome) -> Next {
+    match outcome {
+        Outcome::Succeed | Outcome::PteMappedHugepage => Next::Offset,
+        Outcome::AllocHugePageFail
+        | Outcome::LackReferencedPage
+        | Outcome::ExceedNonePte
+        | Outcome::ExceedSwapPte
+        | Outcome::ExceedSharedPte
+        | Outcome::PageLock
+        | Outcome::PageCount
+        | Outcome::PageNull
+        | Outcome::DelPageLru
+        | Outcome::PteNonPresent
+        | Outcome::PteUffd
+        | Outcome::PageLazyfree => Next::SmallerOrder,
+        _ => Next::Stop,
+    }
+}
+
+/// Tries the candidates of a scanned page table, largest first.
+///
+/// `enabled` has bit `n` set for each order `n` allowed; `swapped` counts the swap PTEs the
+/// scan accepted (they count as occupied for the PMD order only); `max_none(order)` is the
+/// number of empty PTEs a folio of that order may cover; `collapse(offset, order)` collapses
+/// `1 << order` entries starting at entry `offset`.
+///
+/// Returns [`Outcome::Succeed`] if anything was collapsed, else the allocation failure if
+/// there was one, else the last failure.
+pub(crate) fn collapse_planned(
+    occupied: &Occupied,
+    enabled: u64,
+    swapped: u32,
+    max_none: impl Fn(u32) -> u32,
+    mut collapse: impl FnMut(usize, u32) -> Outcome,
+) -> Outcome {
+    let mut last = Outcome::Fail;
+    let mut collapsed = false;
+    let mut alloc_failed = false;
+    let mut offset = 0usize;
+    let mut order = PMD_ORDER;
+    while offset < PTES_PER_PMD as usize {
+        let nr = 1usize << order;
+        let mut next = Next::SmallerOrder;
+        if enabled & (1 << order) != 0 {
+            let mut occupied_ptes = occupied.weight(offset, offset + nr);
+            if order == PMD_ORDER {
+                occupied_ptes += swapped;
+            }
+            if occupied_ptes as usize + max_none(order) as usize >= nr {
+                let outcome = collapse(offset, order);
+                next = next_after(outcome);
+                match outcome {
+                    Outcome::Succeed => collapsed = true,
+                    Outcome::PteMappedHugepage => {}
+                    Outcome::AllocHugePageFail => {
+                        alloc_failed = true;
+                        last = outcome;
+                    }
+                    other => last = other,
+                }
+            }
+        }
+        match next {
+            Next::Stop => break,
+            Next::SmallerOrder
+                if order > MIN_MTHP_ORDER && enabled & ((1u64 << order) - 1) != 0 =>
+            {
+                order -= 1;
+            }
+            Next::SmallerOrder | Next::Offset => {
+                offset += nr;
+                order = max_order_at(offset);
+            }
+        }
+    }
+    if collapsed {
+        Outcome::Succeed
+    } else if alloc_failed {
+        Outcome::AllocHugePageFail
+    } else {
+        last
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[kunit_tests(thp_collapse_plan)]
+mod tests {
+    use super::*;
+
+    const PMD_ONLY: u64 = 1 << PMD_ORDER;
+
+    fn filled(ranges: &[(usize, usize)]) -> Occupied {
+        let mut o = Occupied::default();
+        for &(from, to) in ranges {
+            for i in from..to {
+                o.set(i);
+            }
+        }
+        o
+    }
+
+    /// Runs a plan whose collapses always succeed; returns the (offset, order) tried.
+    fn tried(o: &Occupied, enabled: u64, max_none: impl Fn(u32) -> u32) -> KVec<(usize, u32)> {
+        let mut v = KVec::new();
+        let _ = collapse_planned(o, enabled, 0, max_none, |off, order| {
+            let _ = v.push((off, order), GFP_KERNEL);
+            Outcome::Succeed
+        });
+        v
+    }
+
+    #[test]
+    fn pmd_only_is_one_candidate() {
+        let o = filled(&[(0, 512)]);
+        assert_eq!(&tried(&o, PMD_ONLY, |_| 0)[..], &[(0, PMD_ORDER)]);
+        // Not enough PTEs for the PMD order, and no smaller order: nothing.
+        let half = filled(&[(0, 256)]);
+        assert_eq!(tried(&half, PMD_ONLY, |_| 0).len(), 0);
+        assert_eq!(&tried(&half, PMD_ONLY, |_| 256)[..], &[(0, PMD_ORDER)]);
+    }
+
+    #[test]
+    fn half_filled_table_collapses_its_full_half() {
+        // 64 KiB (order 4) enabled, the first 256 entries present, max_ptes_none 0.
+        let o = filled(&[(0, 256)]);
+        let enabled = PMD_ONLY | 1 << 4;
+        let v = tried(&o, enabled, |_| 0);
+        assert_eq!(v.len(), 16);
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, &(off, order))| off == i * 16 && order == 4));
+    }
+
+    #[test]
+    fn swap_counts_for_the_pmd_order_only() {
+        let o = filled(&[(0, 500)]);
+        let mut seen = KVec::new();
+        let r = collapse_planned(
+            &o,
+            PMD_ONLY | 1 << 2,
+            12,
+            |_| 0,
+            |off, order| {
+                let _ = seen.push((off, order), GFP_KERNEL);
+                Outcome::Succeed
+            },
+        );
+        assert_eq!(r, Outcome::Succeed);
+        assert_eq!(&seen[..], &[(0, PMD_ORDER)]);
+    }
+
+    #[test]
+    fn failures_fall_back_or_stop() {
+        let o = filled(&[(0, 512)]);
+        let enabled = PMD_ONLY | 1 << 8;
+        // The PMD order lacks references: both halves are tried at order 8.
+        let mut seen = KVec::new();
+        let r = collapse_planned(
+            &o,
+            enabled,
+            0,
+            |_| 0,
+            |off, order| {
+                let _ = seen.push((off, order), GFP_KERNEL);
+                if order == PMD_ORDER {
+                    Outcome::LackReferencedPage
+                } else {
+                    Outcome::Succeed
+                }
+            },
+        );
+        assert_eq!(r, Outcome::Succeed);
+        assert_eq!(&seen[..], &[(0, PMD_ORDER), (0, 8), (256, 8)]);
+        // A PMD mapping appeared: stop at once.
+        let mut calls = 0;
+        let r = collapse_planned(
+            &o,
+            enabled,
+            0,
+            |_| 0,
+            |_, _| {
+                calls += 1;
+                Outcome::PmdMapped
+            },
+        );
+        assert_eq!((r, calls), (Outcome::PmdMapped, 1));
+        // Allocation failures are reported over other failures.
+        let r = collapse_planned(
+            &o,
+            enabled,
+            0,
+            |_| 0,
+            |_, order| {
+                if order == PMD_ORDER {
+                    Outcome::AllocHugePageFail
+                } else {
+                    Outcome::PageLock
+                }
+            },
+        );
+        assert_eq!(r, Outcome::AllocHugePageFail);
+    }
+
+    #[test]
+    fn alignment_limits_the_next_order() {
+        assert_eq!(max_order_at(0), PMD_ORDER);
+        assert_eq!(max_order_at(4), 2);
+        assert_eq!(max_order_at(256), 8);
+        assert_eq!(max_order_at(384), 7);
+        assert_eq!(ALL_ANON_ORDERS, 0b11_1111_1100);
+    }
+}
