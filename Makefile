@@ -3,13 +3,16 @@
 # Front door. Every target sets up what it needs (packages, toolchain, kernel
 # source) on first use; see README.md.
 
-.PHONY: run test setup kernel kernel-release tests check clean distclean
+.PHONY: run test bench setup kernel kernel-release tests check clean distclean
 
 run:			## build the kernel, boot it, run the collapse demo
 	scripts/run-demo.sh
 
 test:			## the whole test suite; ends with "N passed, N failed"
 	scripts/run-tests.sh
+
+bench:			## release kernel: C vs Rust core timings, CSV and PNG
+	scripts/run-bench.sh
 
 setup:			## install packages and toolchain, fetch the kernel source
 	scripts/setup.sh

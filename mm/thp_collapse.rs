@@ -21,13 +21,13 @@
 //!
 //! # Status
 //!
-//! Implemented: the request and outcome model, the errno mapping and the MADV_COLLAPSE range
-//! loop with its continue/abort decisions and revalidation, eligibility, the PMD state check
-//! (already-huge ranges count as collapsed), the scan of a page table of anonymous memory, and
-//! allocating and charging the huge folio. Not yet: swap-in, isolating, copying and installing,
-//! and file/shmem collapse. Those end with
-//! [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as `EOPNOTSUPP` and the counters
-//! show under `not_implemented`.
+//! Implemented for private anonymous memory, for all three callers: the range loop and its
+//! errno, eligibility and revalidation, the scan, the mTHP order plan (khugepaged), allocation
+//! and memcg charge, swap-in, isolation, the machine-check-safe copy, the install, and rollback.
+//! File and shmem collapse end with [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as
+//! `EOPNOTSUPP` and the counters show under `not_implemented`.
+//!
+//! Every `unsafe` block is in `pmd.rs` (the mmap read side) or `detach.rs` (the write side).
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 

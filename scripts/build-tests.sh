@@ -23,7 +23,7 @@ for p in $progs; do
 	if [ -f "$SRC/tools/testing/selftests/mm/$p.c" ]; then
 		targets="$targets $T/$p"
 	elif [ -f "$SRC/tools/mm/$p.c" ]; then
-		gcc -static -O2 -Wall -Werror -isystem "$O/usr/include" \
+		gcc -static -O2 -Wall -Werror -pthread -isystem "$O/usr/include" \
 			-o "$T/$p" "$SRC/tools/mm/$p.c"
 	else
 		die "no source for test program '$p'"

@@ -2,13 +2,14 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Install everything the build and the QEMU harness need. Idempotent and quiet
-# when there is nothing to do.
+# when there is nothing to do. EXTRA_DEB_PKGS adds packages (the benchmark's
+# plot needs python3-matplotlib).
 
 . "$(dirname "$0")/lib.sh"
 
 DEB_PKGS="clang-19 lld-19 llvm-19 libclang-19-dev qemu-system-x86 busybox-static
 	  bc flex bison libelf-dev libssl-dev cpio xz-utils xfsprogs make gcc
-	  libc6-dev python3 zstd rsync liburing-dev"
+	  libc6-dev python3 zstd rsync liburing-dev ${EXTRA_DEB_PKGS:-}"
 BINDGEN_VERSION=0.72.1
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The collapse core's only contact with C: the mmap lock, VMAs, page-table entries.
+//! The read side of the collapse core's contact with C: the mmap lock for read, VMAs,
+//! page-table entries, the scan walk, swap-in, and the new folio.
 //!
-//! Every `unsafe` block of the crate lives here, next to the lock that makes it sound.
+//! With `detach.rs` (the write side), this is where every `unsafe` block of the crate lives,
+//! next to the lock that makes it sound.
 //!
 //! C headers: [`include/linux/huge_mm.h`](srctree/include/linux/huge_mm.h),
 //! [`include/linux/mm.h`](srctree/include/linux/mm.h),

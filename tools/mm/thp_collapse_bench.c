@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * thp_collapse_bench - time the C and the Rust THP collapse cores in one boot.
+ *
+ * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB]
+ *
+ * For each round, and for each core (the order alternates between rounds),
+ * it measures:
+ *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
+ *   half       the same with every other page never touched (none PTEs)
+ *   huge       MADV_COLLAPSE of the same range once it is PMD-mapped
+ *   remote     process_madvise(MADV_COLLAPSE) of another process's memory
+ *   khugepaged the daemon collapsing a K MiB region until it is all huge
+ *
+ * MADV_COLLAPSE is timed per 2 MiB call. While it runs, a second thread calls
+ * mincore() in a loop: mincore() needs the mmap lock for read, so its
+ * longest stall during a call is the time the collapse held the mmap lock
+ * for write. Every sample goes to stdout as a "CSV," line; a table of medians
+ * and rust/c ratios ends the output.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define PMD_SZ (2UL << 20)
+#define PAGE_SZ 4096UL
+#define THP "/sys/kernel/mm/transparent_hugepage/"
+#define MAX_SAMPLES 65536
+
+enum workload { FULL, HALF, HUGE, REMOTE, KHUGEPAGED, NR_WORKLOADS };
+static const char *const wname[] = { "full", "half", "huge", "remote", "khugepaged" };
+static const char *const cores[] = { "c", "rust" };
+
+struct series {
+	double ns[MAX_SAMPLES];
+	double stall[MAX_SAMPLES];
+	int n;
+};
+
+static struct series results[2][NR_WORKLOADS];
+
+static void die(const char *what)
+{
+	fprintf(stderr, "thp_collapse_bench: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+static double now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static void put(const char *path, const char *val)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f || fputs(val, f) == EOF || fclose(f) == EOF)
+		die(path);
+}
+
+/* @nr PMD-aligned PMDs of private anonymous memory, without THPs yet. */
+static char *map_pmds(size_t nr)
+{
+	size_t len = nr * PMD_SZ;
+	char *p = mmap(NULL, len + PMD_SZ, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *a;
+
+	if (p == MAP_FAILED)
+		die("mmap");
+	a = (char *)(((uintptr_t)p + PMD_SZ - 1) & ~(PMD_SZ - 1));
+	if (a > p)
+		munmap(p, a - p);
+	munmap(a + len, p + PMD_SZ - a);
+	if (madvise(a, len, MADV_NOHUGEPAGE))
+		die("madvise(MADV_NOHUGEPAGE)");
+	return a;
+}
+
+static void populate(char *p, size_t len, size_t stride)
+{
+	size_t off;
+
+	for (off = 0; off < len; off += stride)
+		p[off] = (char)(off >> 12);
+	if (madvise(p, len, MADV_HUGEPAGE))
+		die("madvise(MADV_HUGEPAGE)");
+}
+
+/* The mincore() loop that measures how long the mmap lock is unavailable. */
+static struct {
+	char *probe;
+	atomic_int stop;
+	atomic_llong max_stall;	/* ns */
+} stall;
+
+static void *stall_thread(void *arg)
+{
+	unsigned char vec;
+	long long d, cur;
+	double t0;
+
+	(void)arg;
+	while (!atomic_load(&stall.stop)) {
+		t0 = now_ns();
+		if (mincore(stall.probe, PAGE_SZ, &vec))
+			break;
+		d = (long long)(now_ns() - t0);
+		cur = atomic_load(&stall.max_stall);
+		while (d > cur && !atomic_compare_exchange_weak(&stall.max_stall, &cur, d))
+			;
+	}
+	return NULL;
+}
+
+static void record(int core, enum workload w, int round, int i, double ns, double st)
+{
+	struct series *s = &results[core][w];
+
+	if (s->n < MAX_SAMPLES) {
+		s->ns[s->n] = ns;
+		s->stall[s->n] = st;
+		s->n++;
+	}
+	printf("CSV,%d,%s,%s,%d,%.0f,%.0f\n", round, cores[core], wname[w], i, ns, st);
+}
+
+/* MADV_COLLAPSE of each PMD of [p, p + nr PMDs), one call each. */
+static void time_local(int core, enum workload w, int round, char *p, size_t nr)
+{
+	size_t i;
+	double t0, t1;
+
+	for (i = 0; i < nr; i++) {
+		atomic_store(&stall.max_stall, 0);
+		t0 = now_ns();
+		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
+			die("madvise(MADV_COLLAPSE)");
+		t1 = now_ns();
+		record(core, w, round, i, t1 - t0, atomic_load(&stall.max_stall));
+	}
+}
+
+static void time_remote(int core, int round, size_t nr)
+{
+	char *p = map_pmds(nr);
+	int fds[2], pidfd;
+	double t0, t1;
+	pid_t pid;
+	size_t i;
+	char c;
+
+	if (pipe(fds))
+		die("pipe");
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		populate(p, nr * PMD_SZ, PAGE_SZ);
+		if (write(fds[1], "x", 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	if (read(fds[0], &c, 1) != 1)
+		die("child setup");
+	pidfd = syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0)
+		die("pidfd_open");
+	for (i = 0; i < nr; i++) {
+		struct iovec iov = { .iov_base = p + i * PMD_SZ, .iov_len = PMD_SZ };
+
+		t0 = now_ns();
+		if (syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_COLLAPSE, 0) < 0)
+			die("process_madvise(MADV_COLLAPSE)");
+		t1 = now_ns();
+		record(core, REMOTE, round, i, t1 - t0, 0);
+	}
+	close(pidfd);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(fds[0]);
+	close(fds[1]);
+	munmap(p, nr * PMD_SZ);
+}
+
+/* kB of AnonHugePages in this process. */
+static long anon_huge_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+static void time_khugepaged(int core, int round, size_t nr)
+{
+	char *p = map_pmds(nr);
+	double t0, t1;
+	int polls = 0;
+
+	put(THP "enabled", "madvise");
+	populate(p, nr * PMD_SZ, PAGE_SZ);
+	t0 = now_ns();
+	while (anon_huge_kb() < (long)(nr * PMD_SZ / 1024)) {
+		if (++polls > 600000)
+			die("khugepaged did not finish");
+		usleep(1000);
+	}
+	t1 = now_ns();
+	put(THP "enabled", "never");
+	record(core, KHUGEPAGED, round, 0, (t1 - t0) / nr, 0);
+	munmap(p, nr * PMD_SZ);
+}
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, n, sizeof(*v), cmp);
+	return n ? (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2) : 0;
+}
+
+int main(int argc, char **argv)
+{
+	int rounds = 3, opt, round, k, w;
+	size_t mib = 256, kmib = 32, nr;
+	pthread_t th;
+
+	while ((opt = getopt(argc, argv, "r:m:k:")) != -1) {
+		switch (opt) {
+		case 'r':
+			rounds = atoi(optarg);
+			break;
+		case 'm':
+			mib = strtoul(optarg, NULL, 0);
+			break;
+		case 'k':
+			kmib = strtoul(optarg, NULL, 0);
+			break;
+		default:
+			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB]\n", argv[0]);
+			return 2;
+		}
+	}
+	nr = mib / 2;
+	if (!nr || rounds < 1)
+		return 2;
+
+	/* khugepaged only where this program asks for it, and at full speed. */
+	put(THP "enabled", "never");
+	put(THP "khugepaged/scan_sleep_millisecs", "0");
+	put(THP "khugepaged/alloc_sleep_millisecs", "0");
+	put(THP "khugepaged/pages_to_scan", "32768");
+
+	stall.probe = map_pmds(1);
+	stall.probe[0] = 1;
+	if (pthread_create(&th, NULL, stall_thread, NULL))
+		die("pthread_create");
+
+	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns\n");
+	for (round = 0; round < rounds; round++) {
+		for (k = 0; k < 2; k++) {
+			int core = (round + k) % 2;
+			char *p;
+
+			put("/sys/kernel/mm/transparent_hugepage/collapse/core", cores[core]);
+			p = map_pmds(nr);
+			populate(p, nr * PMD_SZ, PAGE_SZ);
+			time_local(core, FULL, round, p, nr);
+			time_local(core, HUGE, round, p, nr);
+			munmap(p, nr * PMD_SZ);
+
+			p = map_pmds(nr);
+			populate(p, nr * PMD_SZ, 2 * PAGE_SZ);
+			time_local(core, HALF, round, p, nr);
+			munmap(p, nr * PMD_SZ);
+
+			time_remote(core, round, nr);
+			time_khugepaged(core, round, kmib / 2);
+		}
+	}
+	atomic_store(&stall.stop, 1);
+	pthread_join(th, NULL);
+
+	printf("\n%-11s %10s %10s %10s %10s %10s %10s %7s %12s %12s\n", "workload",
+	       "c med us", "c min", "c max", "rust med", "rust min", "rust max",
+	       "rust/c", "c stall us", "rust stall");
+	for (w = 0; w < NR_WORKLOADS; w++) {
+		double med[2], lo[2], hi[2], st[2];
+
+		for (k = 0; k < 2; k++) {
+			struct series *s = &results[k][w];
+
+			med[k] = median(s->ns, s->n) / 1e3;
+			lo[k] = s->n ? s->ns[0] / 1e3 : 0;
+			hi[k] = s->n ? s->ns[s->n - 1] / 1e3 : 0;
+			st[k] = median(s->stall, s->n) / 1e3;
+		}
+		printf("%-11s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %12.1f %12.1f\n",
+		       wname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
+		       med[0] > 0 ? med[1] / med[0] : 0, st[0], st[1]);
+	}
+	printf("(times per 2 MiB; stall: median over calls of the longest\n"
+	       " mincore() wait during the call, the mmap lock write-hold time)\n");
+	return 0;
+}
