@@ -853,23 +853,11 @@ static void test_target_exits(void)
 
 int main(void)
 {
-	const char *core = collapse_core();
 	char orig[16], thp_enabled[32];
 	unsigned int c;
 	int l;
 
-	ksft_print_header();
-	if (!core)
-		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
-	snprintf(orig, sizeof(orig), "%s", core);
-	/*
-	 * Keep khugepaged away from the PMD-sized ranges under test: the
-	 * counters must show this program's collapses only. MADV_COLLAPSE
-	 * ignores this setting.
-	 */
-	if (sysfs_swap_str(THP_SYSFS "enabled", thp_enabled, sizeof(thp_enabled),
-			   "never"))
-		ksft_exit_fail_msg("cannot set " THP_SYSFS "enabled\n");
+	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
 	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 10);
 
 	for (c = 0; c < 2; c++)

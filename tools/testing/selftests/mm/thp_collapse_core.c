@@ -381,21 +381,9 @@ static void test_rust_khugepaged(void)
 
 int main(void)
 {
-	const char *core = collapse_core();
 	char orig[16], thp_enabled[32];
 
-	ksft_print_header();
-	if (!core)
-		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
-	snprintf(orig, sizeof(orig), "%s", core);
-	/*
-	 * Keep khugepaged away from the ranges under test, so that the
-	 * counters show this program's collapses only (MADV_COLLAPSE ignores
-	 * this setting); the khugepaged case turns it on for itself.
-	 */
-	if (sysfs_swap_str(THP_SYSFS "enabled", thp_enabled, sizeof(thp_enabled),
-			   "never"))
-		ksft_exit_fail_msg("cannot set " THP_SYSFS "enabled\n");
+	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
 	ksft_set_plan(17);
 
 	test_knob(orig);

@@ -144,6 +144,26 @@ static inline void set_str(const char *path, const char *val)
 	}
 }
 
+/*
+ * The common start of the collapse selftests: the TAP header, a skip without
+ * the core knob, and the active core saved in @orig. khugepaged is kept away
+ * from the ranges under test (THP "enabled" set to "never", the old mode
+ * saved in @enabled), so that the counters show the program's own collapses
+ * only; MADV_COLLAPSE ignores that setting.
+ */
+static inline void collapse_test_start(char *orig, size_t olen, char *enabled,
+				       size_t elen)
+{
+	const char *core = collapse_core();
+
+	ksft_print_header();
+	if (!core)
+		ksft_exit_skip("no " COLLAPSE_SYSFS "/core (CONFIG_THP_COLLAPSE_RUST=n)\n");
+	snprintf(orig, olen, "%s", core);
+	if (sysfs_swap_str(THP_SYSFS "enabled", enabled, elen, "never"))
+		ksft_exit_fail_msg("cannot set " THP_SYSFS "enabled\n");
+}
+
 #define PMD_SZ (2UL << 20)
 
 /* @nr_pmds PMD-aligned, PMD-sized, private anonymous ranges, or NULL. */
