@@ -42,7 +42,7 @@ mkfs.xfs -q -f "$disk"
 
 accel=tcg
 cpu=max
-if [ "${THP_ACCEL:-auto}" = kvm ] || { [ "${THP_ACCEL:-auto}" = auto ] && "$TOP/scripts/kvm-probe.sh" "$kernel"; }; then
+if [ "${THP_ACCEL:-auto}" = kvm ] || { [ "${THP_ACCEL:-auto}" = auto ] && "$TOP/scripts/kvm-probe.sh" "$kernel" 2>/dev/null; }; then
 	accel=kvm
 	cpu=host
 fi
