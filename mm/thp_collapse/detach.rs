@@ -17,7 +17,7 @@
 use super::{
     mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
-    pmd::{MmapLocked, NewFolio, PmdEntry},
+    pmd::{count_exceeded, MmapLocked, NewFolio, PmdEntry},
     request::Candidate,
     scan::ScanTally,
 };
@@ -258,6 +258,7 @@ impl<'g> DetachedTable<'g> {
         let outcome = (self.first..self.first + self.nr)
             .try_for_each(|i| self.isolate_one(i, order, &mut tally))
             .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
+        count_exceeded(order, outcome);
         // SAFETY: Taken above.
         unsafe { bindings::spin_unlock(self.ptl) };
         outcome

@@ -284,11 +284,7 @@ impl<'a> MmapRead<'a> {
                 // Reading pages in could make a later scan collapse a larger folio here.
                 // SAFETY: Mapped above and not handed to a fault.
                 unsafe { bindings::pte_unmap(base) };
-                count_collapse_event(
-                    c.order,
-                    bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
-                    bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SWAP,
-                );
+                count_exceeded(c.order, Outcome::ExceedSwapPte);
                 return SwapIn::Failed(Outcome::ExceedSwapPte);
             }
             // SAFETY: `vma` covers `addr` (the caller revalidated the range under this lock),
@@ -401,7 +397,10 @@ pub(crate) fn scan_anon_pmd(
         scanned += 1;
         match scan_one(vma_ptr, mm, pte, (addr, i), droppable, tally) {
             Ok(()) => {}
-            Err(outcome) => return (outcome, scanned),
+            Err(outcome) => {
+                count_exceeded(PMD_ORDER, outcome);
+                return (outcome, scanned);
+            }
         }
     }
     drop(table);
@@ -589,6 +588,28 @@ pub(crate) fn count_collapse_event(
         }
         bindings::count_mthp_stat(order as i32, mthp);
     }
+}
+
+/// Counts a scan or isolation of a range for a folio of `order` that stopped because a limit
+/// was exceeded (`thp_scan_exceed_*_pte` in `/proc/vmstat` for the PMD order, and the
+/// per-size `collapse_exceed_*` stats); other outcomes count nothing.
+pub(crate) fn count_exceeded(order: u32, outcome: Outcome) {
+    let (vm_event, mthp) = match outcome {
+        Outcome::ExceedNonePte => (
+            bindings::vm_event_item_THP_SCAN_EXCEED_NONE_PTE,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_NONE,
+        ),
+        Outcome::ExceedSwapPte => (
+            bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SWAP,
+        ),
+        Outcome::ExceedSharedPte => (
+            bindings::vm_event_item_THP_SCAN_EXCEED_SHARED_PTE,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SHARED,
+        ),
+        _ => return,
+    };
+    count_collapse_event(order, vm_event, mthp);
 }
 
 /// The khugepaged tunables, read now.

@@ -690,6 +690,57 @@ static void test_bad_thp_disabled(void)
 			 status);
 }
 
+static long vmstat(const char *name)
+{
+	char key[64];
+	long val, ret = -1;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	while (f && fscanf(f, "%63s %ld", key, &val) == 2)
+		if (!strcmp(key, name))
+			ret = val;
+	if (f)
+		fclose(f);
+	return ret;
+}
+
+/*
+ * A userfaultfd-registered range may not gain pages behind the monitor's
+ * back: one empty PTE stops the collapse with EBUSY, and the scan counts
+ * thp_scan_exceed_none_pte, on both cores.
+ */
+static void test_uffd_hole(void)
+{
+	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	struct uffdio_api api = { .api = UFFD_API };
+	char *p = small_pages(1);
+	long before, r_moved, c_moved;
+	int r, c;
+
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+		ksft_test_result_skip("userfaultfd hole: no userfaultfd\n");
+		munmap(p, PMD_SZ);
+		return;
+	}
+	memset(p, 1, PMD_SZ);
+	madvise(p + 5 * PAGE_SZ, PAGE_SZ, MADV_DONTNEED);
+	allow_thp(p, PMD_SZ);
+	if (uffd_register(uffd, p, PMD_SZ, true, false, false))
+		ksft_exit_fail_perror("uffd_register");
+	before = vmstat("thp_scan_exceed_none_pte");
+	r = collapse_errno("rust", p, PMD_SZ);
+	r_moved = vmstat("thp_scan_exceed_none_pte") - before;
+	before += r_moved;
+	c = collapse_errno("c", p, PMD_SZ);
+	c_moved = vmstat("thp_scan_exceed_none_pte") - before;
+	ksft_test_result(r == EBUSY && c == EBUSY && r_moved == 1 && c_moved == 1,
+			 "userfaultfd-registered range with a hole: EBUSY and thp_scan_exceed_none_pte +1 on both cores (rust %s +%ld, c %s +%ld)\n",
+			 strerror(r), r_moved, strerror(c), c_moved);
+	uffd_unregister(uffd, p, PMD_SZ);
+	close(uffd);
+	munmap(p, PMD_SZ);
+}
+
 /* mlock() does not stop a collapse: the huge page stays locked. */
 static void test_mlocked(void)
 {
@@ -858,7 +909,7 @@ int main(void)
 	int l;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 10);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 11);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -875,6 +926,7 @@ int main(void)
 	test_bad_special();
 	test_bad_thp_disabled();
 	test_mlocked();
+	test_uffd_hole();
 	test_bad_unprivileged();
 	test_target_exits();
 
