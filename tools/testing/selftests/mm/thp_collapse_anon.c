@@ -690,7 +690,7 @@ static void test_bad_thp_disabled(void)
 			 status);
 }
 
-static long vmstat(const char *name)
+static long vmstat_read(const char *name)
 {
 	char key[64];
 	long val, ret = -1;
@@ -727,12 +727,12 @@ static void test_uffd_hole(void)
 	allow_thp(p, PMD_SZ);
 	if (uffd_register(uffd, p, PMD_SZ, true, false, false))
 		ksft_exit_fail_perror("uffd_register");
-	before = vmstat("thp_scan_exceed_none_pte");
+	before = vmstat_read("thp_scan_exceed_none_pte");
 	r = collapse_errno("rust", p, PMD_SZ);
-	r_moved = vmstat("thp_scan_exceed_none_pte") - before;
+	r_moved = vmstat_read("thp_scan_exceed_none_pte") - before;
 	before += r_moved;
 	c = collapse_errno("c", p, PMD_SZ);
-	c_moved = vmstat("thp_scan_exceed_none_pte") - before;
+	c_moved = vmstat_read("thp_scan_exceed_none_pte") - before;
 	ksft_test_result(r == EBUSY && c == EBUSY && r_moved == 1 && c_moved == 1,
 			 "userfaultfd-registered range with a hole: EBUSY and thp_scan_exceed_none_pte +1 on both cores (rust %s +%ld, c %s +%ld)\n",
 			 strerror(r), r_moved, strerror(c), c_moved);
