@@ -100,7 +100,6 @@ def programs(tests, listing, t, passes):
             if len(l.split()) > 1 and l.split()[1] == "rust":
                 on_rust.add(l.split()[0])
     runs = {}
-    retried = []
     cur = None
     for line in tests:
         m = re.match(r"^# RUN (\S+)", line)
@@ -108,10 +107,6 @@ def programs(tests, listing, t, passes):
             cur = m.group(1)
             runs[cur] = {"results": [], "plan": None, "rc": None, "time": None,
                          "rust": None}
-            continue
-        m = re.match(r"^# RETRY (\S+) (.*)", line)
-        if m:
-            retried.append(f"RETRY {m.group(1)}: {m.group(2)}; only the second attempt counts")
             continue
         m = re.match(r"^# RUST_SUCCEED (\S+) (-?\d+)", line)
         if m and m.group(1) in runs:
@@ -134,7 +129,6 @@ def programs(tests, listing, t, passes):
         if m:
             desc = m.group(2) or (m.group(4) or "").strip()
             runs[cur]["results"].append((status_of(m), desc))
-    t.lines.extend(retried)
     for name in expected:
         r = runs.get(name)
         if r is None:
