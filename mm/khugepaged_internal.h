@@ -80,6 +80,44 @@ vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
 				    unsigned long addr, pmd_t *pmd, pte_t *pte,
 				    spinlock_t *ptl, pte_t orig_pte);
 
+/* Facts about one PTE of a collapse candidate (struct thp_collapse_pte). */
+enum thp_collapse_pte_flags {
+	THP_PTE_NONE_OR_ZERO	= 1 << 0,	/* pte_none_or_zero() */
+	THP_PTE_NONE		= 1 << 1,	/* pte_none() */
+	THP_PTE_NON_PRESENT	= 1 << 2,	/* a swap or other non-present entry */
+	THP_PTE_SWP_UFFD	= 1 << 3,	/* ... with a uffd-wp marker or bit */
+	THP_PTE_UFFD_WP		= 1 << 4,	/* present and uffd-wp */
+	THP_PTE_DIRTY		= 1 << 5,
+	THP_PTE_YOUNG		= 1 << 6,
+	THP_FOLIO_ANON		= 1 << 7,
+	THP_FOLIO_LAZYFREE	= 1 << 8,
+	THP_FOLIO_SHARED	= 1 << 9,	/* folio_maybe_mapped_shared() */
+	THP_FOLIO_LRU		= 1 << 10,
+	THP_FOLIO_LOCKED	= 1 << 11,
+	THP_FOLIO_EXTRA_REFS	= 1 << 12,	/* refcount != expected */
+	THP_FOLIO_LARGE		= 1 << 13,
+	THP_FOLIO_YOUNG		= 1 << 14,	/* young or referenced */
+};
+
+/**
+ * struct thp_collapse_pte - what one PTE of a collapse candidate maps.
+ * @pte: the PTE's value.
+ * @page: the normal page it maps (vm_normal_page(), not ZONE_DEVICE), or NULL.
+ * @folio: the folio of @page, or NULL.
+ * @nr_pages: folio_nr_pages(@folio), or 0.
+ * @flags: THP_PTE_* and THP_FOLIO_* facts; the THP_FOLIO_* ones only with @folio.
+ */
+struct thp_collapse_pte {
+	pte_t pte;
+	struct page *page;
+	struct folio *folio;
+	unsigned long nr_pages;
+	unsigned int flags;
+};
+
+void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
+			   pte_t *ptep, struct thp_collapse_pte *out);
+
 /**
  * struct collapse_tunables - khugepaged's sysfs knobs, as the Rust core reads them.
  * @max_ptes_none: max_ptes_none.

@@ -200,3 +200,73 @@ vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
 
 	return do_swap_page(&vmf);
 }
+
+/**
+ * thp_collapse_read_pte() - read one PTE of a collapse candidate, for Rust.
+ * @vma: the VMA; its mm's mmap lock is held.
+ * @addr: the address @ptep maps.
+ * @ptep: the PTE; its page table is locked or detached.
+ * @out: where the facts go.
+ *
+ * Only reads: the Rust core decides what the facts mean. The static inline
+ * predicates of one PTE and its folio come in one call instead of a dozen
+ * out-of-line rust_helper_* calls, which matters in the collapse loops that
+ * run 512 times per PMD.
+ */
+void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
+			   pte_t *ptep, struct thp_collapse_pte *out)
+{
+	pte_t pte = ptep_get(ptep);
+	unsigned int flags = 0;
+	struct folio *folio;
+	struct page *page;
+
+	out->pte = pte;
+	out->page = NULL;
+	out->folio = NULL;
+	out->nr_pages = 0;
+	if (pte_none(pte)) {
+		flags = THP_PTE_NONE_OR_ZERO | THP_PTE_NONE;
+		goto out;
+	}
+	if (!pte_present(pte)) {
+		flags = THP_PTE_NON_PRESENT |
+			(pte_swp_uffd_any(pte) ? THP_PTE_SWP_UFFD : 0);
+		goto out;
+	}
+	if (is_zero_pfn(pte_pfn(pte))) {
+		flags = THP_PTE_NONE_OR_ZERO;
+		goto out;
+	}
+	if (pte_uffd(pte))
+		flags |= THP_PTE_UFFD_WP;
+	if (pte_dirty(pte))
+		flags |= THP_PTE_DIRTY;
+	if (pte_young(pte))
+		flags |= THP_PTE_YOUNG;
+	page = vm_normal_page(vma, addr, pte);
+	if (!page || is_zone_device_page(page))
+		goto out;
+	folio = page_folio(page);
+	out->page = page;
+	out->folio = folio;
+	out->nr_pages = folio_nr_pages(folio);
+	if (folio_test_anon(folio))
+		flags |= THP_FOLIO_ANON;
+	if (folio_test_lazyfree(folio))
+		flags |= THP_FOLIO_LAZYFREE;
+	if (folio_maybe_mapped_shared(folio))
+		flags |= THP_FOLIO_SHARED;
+	if (folio_test_lru(folio))
+		flags |= THP_FOLIO_LRU;
+	if (folio_test_locked(folio))
+		flags |= THP_FOLIO_LOCKED;
+	if (folio_expected_ref_count(folio) != folio_ref_count(folio))
+		flags |= THP_FOLIO_EXTRA_REFS;
+	if (folio_test_large(folio))
+		flags |= THP_FOLIO_LARGE;
+	if (folio_test_young(folio) || folio_test_referenced(folio))
+		flags |= THP_FOLIO_YOUNG;
+out:
+	out->flags = flags;
+}

@@ -17,7 +17,7 @@
 use super::{
     mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
-    pmd::{count_exceeded, MmapLocked, NewFolio, PmdEntry},
+    pmd::{count_exceeded, MmapLocked, NewFolio, PmdEntry, PteFacts},
     request::Candidate,
     scan::ScanTally,
 };
@@ -128,6 +128,9 @@ impl Drop for AnonVmaWrite<'_> {
 ///   its lock, not held.
 /// - Every folio in `isolated` is locked by us, isolated from the LRU (with the reference that
 ///   gives) and counted in `NR_ISOLATED_*`; each appears once.
+/// - `slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and its
+///   folio, which is in `isolated`, or `None`; it is set for the candidate's PTEs once
+///   [`DetachedTable::isolate`] succeeded. `zero` marks the PTEs that map the zero page.
 pub(crate) struct DetachedTable<'g> {
     mm: *mut bindings::mm_struct,
     vma: *mut bindings::vm_area_struct,
@@ -139,20 +142,44 @@ pub(crate) struct DetachedTable<'g> {
     pte: *mut bindings::pte_t,
     ptl: *mut bindings::spinlock_t,
     isolated: KVec<NonNull<bindings::folio>>,
+    slots: KVec<Slot>,
+    zero: [u64; PTES_PER_PMD as usize / 64],
     _lock: PhantomData<&'g MmapWrite<'g>>,
 }
 
-/// Room for the isolated folios of one page table, allocated before any lock is taken.
-pub(crate) struct IsolationList(KVec<NonNull<bindings::folio>>);
+/// The page a PTE of the candidate maps, and its folio; `None` for none and zero-page PTEs.
+type Slot = Option<(NonNull<bindings::page>, NonNull<bindings::folio>)>;
+
+/// Room for the isolated folios of one page table and for what each PTE maps, allocated
+/// before any lock is taken.
+pub(crate) struct IsolationList {
+    folios: KVec<NonNull<bindings::folio>>,
+    slots: KVec<Slot>,
+}
 
 impl IsolationList {
-    /// Allocates room for one folio per PTE. May sleep.
+    /// Allocates room for one folio and one slot per PTE. May sleep.
     pub(crate) fn new() -> Result<Self, Outcome> {
-        KVec::with_capacity(PTES_PER_PMD as usize, GFP_KERNEL)
-            .map(Self)
-            .map_err(|_| Outcome::AllocHugePageFail)
+        let n = PTES_PER_PMD as usize;
+        let folios = KVec::with_capacity(n, GFP_KERNEL).map_err(|_| Outcome::AllocHugePageFail)?;
+        let mut slots =
+            KVec::with_capacity(n, GFP_KERNEL).map_err(|_| Outcome::AllocHugePageFail)?;
+        for _ in 0..n {
+            slots
+                .push_within_capacity(None)
+                .map_err(|_| Outcome::AllocHugePageFail)?;
+        }
+        Ok(Self { folios, slots })
     }
 }
+
+/// A run of PTEs mapping consecutive pages of one folio: `(first PTE, page, folio, count)`.
+type Run = (
+    usize,
+    NonNull<bindings::page>,
+    NonNull<bindings::folio>,
+    usize,
+);
 
 impl<'g> DetachedTable<'g> {
     /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
@@ -214,7 +241,10 @@ impl<'g> DetachedTable<'g> {
         }
         // SAFETY: `pte_offset_map_lock()` succeeded and took `ptl`; the table stays mapped.
         unsafe { bindings::spin_unlock(ptl) };
-        let IsolationList(mut isolated) = list;
+        let IsolationList {
+            folios: mut isolated,
+            slots,
+        } = list;
         isolated.clear();
         // INVARIANT: The PMD is none, `table` is its old value, `pte` is mapped with `ptl` not
         // held, and nothing is isolated yet.
@@ -229,19 +259,48 @@ impl<'g> DetachedTable<'g> {
             pte,
             ptl,
             isolated,
+            slots,
+            zero: [0; PTES_PER_PMD as usize / 64],
             _lock: PhantomData,
         })
     }
 
-    /// The value of entry `i` of the detached table.
-    fn entry(&self, i: usize) -> (*mut bindings::pte_t, bindings::pte_t) {
+    /// Pointer to entry `i` of the detached table.
+    fn ptep(&self, i: usize) -> *mut bindings::pte_t {
         let i = i.min(PTES_PER_PMD as usize - 1);
         // SAFETY: By the type invariants `pte` maps the `PTES_PER_PMD` entries of the table,
-        // and `i` is in range. The table is detached: nobody else changes it.
-        unsafe {
-            let ptep = self.pte.add(i);
-            (ptep, bindings::ptep_get(ptep))
-        }
+        // and `i` is in range.
+        unsafe { self.pte.add(i) }
+    }
+
+    /// The slot of PTE `i`.
+    fn slot(&self, i: usize) -> Slot {
+        self.slots.get(i).copied().flatten()
+    }
+
+    /// The runs of PTEs in the candidate that map consecutive pages of one folio, in order.
+    fn runs(&self) -> impl Iterator<Item = Run> + '_ {
+        let end = self.first + self.nr;
+        let mut i = self.first;
+        core::iter::from_fn(move || {
+            while i < end {
+                let start = i;
+                i += 1;
+                let Some((page, folio)) = self.slot(start) else {
+                    continue;
+                };
+                // The pages of a folio are consecutive `struct page`s (`folio_page()`).
+                while i < end
+                    && self.slot(i).is_some_and(|(p, f)| {
+                        f == folio && p.as_ptr() == page.as_ptr().wrapping_add(i - start)
+                    })
+                {
+                    i += 1;
+                }
+                return Some((start, page, folio, i - start));
+            }
+            None
+        })
     }
 
     /// Locks each folio mapped by the detached table, checks that nobody else holds a
@@ -265,54 +324,50 @@ impl<'g> DetachedTable<'g> {
     }
 
     /// Isolates the folio that entry `i` maps, if it was not isolated yet, for a collapse to
-    /// `order`.
+    /// `order`, and records what the entry maps.
     fn isolate_one(&mut self, i: usize, order: u32, tally: &mut ScanTally) -> Result<(), Outcome> {
-        let (_, pte) = self.entry(i);
         let addr = self.haddr + i * PAGE_SIZE;
-        // SAFETY: The PTE predicates only inspect the value.
-        if unsafe { bindings::pte_none_or_zero(pte) } {
+        // SAFETY: `vma` is valid under the mmap write lock; entry `i` is in the detached
+        // table, which nobody else can change, and the folio it maps stays valid while mapped.
+        let facts = unsafe { PteFacts::read(self.vma, addr, self.ptep(i)) };
+        if facts.none_or_zero() {
+            if facts.zero() {
+                self.zero[i / 64] |= 1 << (i % 64);
+            }
             return tally.none_or_zero();
         }
-        // SAFETY: As above.
-        if !unsafe { bindings::pte_present(pte) } {
+        if facts.non_present().is_some() {
             return Err(Outcome::PteNonPresent);
         }
-        // SAFETY: As above.
-        if unsafe { bindings::pte_uffd(pte) } {
+        if facts.uffd_wp() {
             return Err(Outcome::PteUffd);
         }
-        // SAFETY: `vma` is valid under the mmap write lock and `pte` maps `addr` in it.
-        let page = unsafe { bindings::vm_normal_page(self.vma, addr, pte) };
-        // SAFETY: `page`, when not NULL, is a valid page mapped by `pte`.
-        if page.is_null() || unsafe { bindings::is_zone_device_page(page) } {
+        let Some((page, folio)) = facts.page() else {
             return Err(Outcome::PageNull);
+        };
+        if !facts.anon() {
+            return Err(Outcome::PageAnon);
         }
-        // SAFETY: `page` is valid; the mapping (which nobody can remove: the table is
-        // detached) holds a reference to its folio.
-        let folio = unsafe { bindings::page_folio(page) };
-        // SAFETY: `folio` is valid (above); the predicates read flags and counts atomically,
-        // and the lock, refcount and LRU calls are the documented isolation protocol.
-        unsafe {
-            if !bindings::folio_test_anon(folio) {
-                return Err(Outcome::PageAnon);
-            }
-            if tally.skips_lazyfree()
-                && !bindings::vma_is_droppable(self.vma)
-                && bindings::folio_test_lazyfree(folio)
-                && !bindings::pte_dirty(pte)
-            {
-                return Err(Outcome::PageLazyfree);
-            }
-            if bindings::folio_maybe_mapped_shared(folio) {
-                tally.shared()?;
-            }
-            // A folio as large as the new one already: nothing to gain.
-            if order != PMD_ORDER && bindings::folio_nr_pages(folio) >= 1 << order {
-                return Err(Outcome::PteMappedHugepage);
-            }
-            let large = bindings::folio_test_large(folio);
-            let seen = large && self.isolated.iter().any(|f| f.as_ptr() == folio);
-            if !seen {
+        if tally.skips_lazyfree()
+            // SAFETY: `vma` is valid under the mmap write lock.
+            && !unsafe { bindings::vma_is_droppable(self.vma) }
+            && facts.clean_lazyfree()
+        {
+            return Err(Outcome::PageLazyfree);
+        }
+        if facts.shared() {
+            tally.shared()?;
+        }
+        // A folio as large as the new one already: nothing to gain.
+        if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
+            return Err(Outcome::PteMappedHugepage);
+        }
+        let seen = facts.large() && self.isolated.iter().any(|f| *f == folio);
+        if !seen {
+            let folio = folio.as_ptr();
+            // SAFETY: `folio` is valid (mapped by the detached table); the lock, refcount and
+            // LRU calls are the documented isolation protocol.
+            unsafe {
                 // The folio lock serializes against split_huge_page().
                 if !bindings::folio_trylock(folio) {
                     return Err(Outcome::PageLock);
@@ -327,7 +382,7 @@ impl<'g> DetachedTable<'g> {
                     bindings::folio_unlock(folio);
                     return Err(Outcome::DelPageLru);
                 }
-                bindings::node_stat_mod_isolated(folio, bindings::folio_nr_pages(folio));
+                bindings::node_stat_mod_isolated(folio, facts.folio_nr_pages() as isize);
                 // INVARIANT: Locked, isolated and counted. There is room for one folio per
                 // PTE (`IsolationList`), so the push cannot fail; if it did, the folio is
                 // released at once.
@@ -339,13 +394,13 @@ impl<'g> DetachedTable<'g> {
                     return Err(Outcome::Fail);
                 }
             }
-            let referenced = tally.wants_referenced()
-                && (bindings::folio_test_young(folio)
-                    || bindings::folio_test_referenced(folio)
-                    || bindings::pte_young(pte)
-                    || bindings::mmu_notifier_test_young(self.mm, addr));
-            tally.present(referenced);
         }
+        if let Some(slot) = self.slots.get_mut(i) {
+            // INVARIANT: The page this entry maps and its folio, which is isolated now.
+            *slot = Some((page, folio));
+        }
+        let referenced = tally.wants_referenced() && facts.referenced(self.mm, addr);
+        tally.present(referenced);
         Ok(())
     }
 
@@ -356,25 +411,24 @@ impl<'g> DetachedTable<'g> {
         if 1 << new.order() != self.nr {
             return Err(Outcome::Fail);
         }
-        for i in self.first..self.first + self.nr {
-            let (_, pte) = self.entry(i);
+        // SAFETY: `new` is a folio we own.
+        let dst0 = unsafe { bindings::folio_page(new.as_ptr(), 0) };
+        for k in 0..self.nr {
+            let i = self.first + k;
             let addr = self.haddr + i * PAGE_SIZE;
-            // SAFETY: `new` is a folio of `nr` pages we own (checked above), so page
-            // `i - first` exists and nobody else reads or writes it; a present PTE of the
-            // detached table maps a page we isolated and locked, which cannot be freed or
-            // changed under us.
+            // SAFETY: `new` has `nr` pages (checked above), consecutive `struct page`s
+            // (`folio_page()`), so page `k` exists; we own it and nobody else reads or writes
+            // it. A slot holds a page mapped by the detached table, of a folio we isolated and
+            // locked, which cannot be freed or changed under us.
             unsafe {
-                let dst = bindings::folio_page(new.as_ptr(), i - self.first);
-                if bindings::pte_none_or_zero(pte) {
-                    bindings::clear_user_highpage(dst, addr);
-                } else if bindings::copy_mc_user_highpage(
-                    dst,
-                    bindings::pte_page(pte),
-                    addr,
-                    self.vma,
-                ) > 0
-                {
-                    return Err(Outcome::CopyMc);
+                let dst = dst0.add(k);
+                match self.slot(i) {
+                    None => bindings::clear_user_highpage(dst, addr),
+                    Some((src, _)) => {
+                        if bindings::copy_mc_user_highpage(dst, src.as_ptr(), addr, self.vma) > 0 {
+                            return Err(Outcome::CopyMc);
+                        }
+                    }
                 }
             }
         }
@@ -389,42 +443,38 @@ impl<'g> DetachedTable<'g> {
     /// Upstream: `__collapse_huge_page_copy_succeeded()` and the end of `collapse_huge_page()`.
     pub(crate) fn install(mut self, new: NewFolio) {
         let mm = self.mm;
-        let end = self.first + self.nr;
-        let mut i = self.first;
-        while i < end {
-            let (ptep, pte) = self.entry(i);
-            let addr = self.haddr + i * PAGE_SIZE;
-            // SAFETY: The detached table is ours; `ptl` is its lock (mostly unneeded, but the
-            // rmap update needs preemption off for its per-CPU statistics). Every present PTE
-            // maps a page of a folio we isolated, which holds a reference for the mapping.
-            unsafe {
-                if bindings::pte_none_or_zero(pte) {
-                    // The new folio maps a page here now.
-                    bindings::add_mm_counter(mm, bindings::MM_ANONPAGES as i32, 1);
-                    i += 1;
-                    if bindings::pte_none(pte) {
-                        continue;
-                    }
-                    bindings::spin_lock(self.ptl);
-                    bindings::ptep_clear(mm, addr, ptep);
-                    bindings::spin_unlock(self.ptl);
-                    bindings::ksm_might_unmap_zero_page(mm, pte);
-                    continue;
+        let (first, end) = (self.first, self.first + self.nr);
+        // The new folio maps a page where there was none, or the zero page.
+        let filled = (first..end).filter(|&i| self.slot(i).is_none()).count();
+        // SAFETY: The detached table is ours; `ptl` is its lock, taken once for the whole
+        // range (nobody else can reach the table; the rmap update needs preemption off for
+        // its per-CPU statistics). Every slot holds a page of a folio we isolated, mapped by
+        // its PTE, which holds a reference for the mapping.
+        unsafe {
+            bindings::spin_lock(self.ptl);
+            for i in first..end {
+                if self.zero[i / 64] & (1 << (i % 64)) != 0 {
+                    bindings::ksm_might_unmap_zero_page(mm, bindings::ptep_get(self.ptep(i)));
                 }
-                let page = bindings::pte_page(pte);
-                let folio = bindings::page_folio(page);
-                let left = (end - i) as u32;
-                let nr = if bindings::folio_test_large(folio) {
-                    bindings::folio_pte_batch(folio, ptep, pte, left).max(1)
-                } else {
-                    1
-                };
-                bindings::spin_lock(self.ptl);
-                bindings::clear_ptes(mm, addr, ptep, nr);
-                bindings::folio_remove_rmap_ptes(folio, page, nr as i32, self.vma);
-                bindings::spin_unlock(self.ptl);
-                bindings::folio_put_refs(folio, nr as i32);
-                i += nr as usize;
+            }
+            bindings::clear_ptes(
+                mm,
+                self.haddr + first * PAGE_SIZE,
+                self.ptep(first),
+                self.nr as u32,
+            );
+            for (_, page, folio, nr) in self.runs() {
+                bindings::folio_remove_rmap_ptes(
+                    folio.as_ptr(),
+                    page.as_ptr(),
+                    nr as i32,
+                    self.vma,
+                );
+            }
+            bindings::spin_unlock(self.ptl);
+            bindings::add_mm_counter(mm, bindings::MM_ANONPAGES as i32, filled as isize);
+            for (_, _, folio, nr) in self.runs() {
+                bindings::folio_put_refs(folio.as_ptr(), nr as i32);
             }
         }
         for folio in self.isolated.drain_all() {

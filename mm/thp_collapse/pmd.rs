@@ -16,7 +16,7 @@ use super::{
     request::Candidate,
     scan::ScanTally,
 };
-use core::{marker::PhantomData, ptr, ptr::NonNull};
+use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
 use kernel::{
     bindings,
     mm::{virt::VmaRef, Mm},
@@ -350,14 +350,16 @@ pub(crate) struct PteTableLocked<'g> {
 }
 
 impl PteTableLocked<'_> {
-    /// The value of entry `i` (`i < PTES_PER_PMD`), or `None` past the end.
-    fn get(&self, i: usize) -> Option<bindings::pte_t> {
+    /// The facts of entry `i` (`i < PTES_PER_PMD`), which maps `addr` in `vma`, or `None` past
+    /// the end. `vma` must be the VMA the table was found in.
+    fn read(&self, vma: *mut bindings::vm_area_struct, addr: usize, i: usize) -> Option<PteFacts> {
         if i >= PTES_PER_PMD as usize {
             return None;
         }
         // SAFETY: By the type invariants `pte` points to `PTES_PER_PMD` mapped entries, and `i`
-        // is in range; the lock is held, so the read is stable.
-        Some(unsafe { bindings::ptep_get(self.pte.add(i)) })
+        // is in range; the lock is held, so the entry and what it maps are stable. `vma` is
+        // valid under the mmap lock the table was found under.
+        Some(unsafe { PteFacts::read(vma, addr, self.pte.add(i)) })
     }
 }
 
@@ -391,11 +393,11 @@ pub(crate) fn scan_anon_pmd(
     let droppable = unsafe { bindings::vma_is_droppable(vma_ptr) };
     let mut scanned = 0;
     for i in 0..PTES_PER_PMD as usize {
-        let Some(pte) = table.get(i) else {
+        let Some(facts) = table.read(vma_ptr, addr + i * PAGE_SIZE, i) else {
             break;
         };
         scanned += 1;
-        match scan_one(vma_ptr, mm, pte, (addr, i), droppable, tally) {
+        match scan_one(mm, &facts, (addr, i), droppable, tally) {
             Ok(()) => {}
             Err(outcome) => {
                 count_exceeded(PMD_ORDER, outcome);
@@ -407,75 +409,164 @@ pub(crate) fn scan_anon_pmd(
     (tally.finish(), scanned)
 }
 
-/// Accounts entry `i` of the page table at `haddr`, whose value is `pte`; `Err` stops the
+/// What one PTE of a collapse candidate maps, read in one call.
+///
+/// The predicates of a PTE and its folio are static inlines in C: read one by one, each would
+/// be an out-of-line `rust_helper_*` call, a dozen per PTE, 512 times per PMD. The C side only
+/// reads; what the facts mean is decided here.
+pub(crate) struct PteFacts(bindings::thp_collapse_pte);
+
+impl PteFacts {
+    /// Reads the PTE at `ptep`, which maps `addr` in `vma`.
+    ///
+    /// # Safety
+    ///
+    /// `vma` must be valid (its mm's mmap lock held) and `ptep` must point to a mapped entry
+    /// of one of its page tables that is locked, or detached by us, so that the folio it maps
+    /// stays valid while the facts are used.
+    pub(crate) unsafe fn read(
+        vma: *mut bindings::vm_area_struct,
+        addr: usize,
+        ptep: *mut bindings::pte_t,
+    ) -> Self {
+        let mut out = MaybeUninit::<bindings::thp_collapse_pte>::uninit();
+        // SAFETY: By the function's safety requirements; `out` is valid for writes, and the
+        // callee writes every field.
+        unsafe {
+            bindings::thp_collapse_read_pte(vma, addr, ptep, out.as_mut_ptr());
+            Self(out.assume_init())
+        }
+    }
+
+    fn has(&self, flag: bindings::thp_collapse_pte_flags) -> bool {
+        self.0.flags & flag != 0
+    }
+
+    /// No page, or the shared zero page.
+    pub(crate) fn none_or_zero(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO)
+    }
+
+    /// The shared zero page (present, but nothing to copy).
+    pub(crate) fn zero(&self) -> bool {
+        self.none_or_zero() && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE)
+    }
+
+    /// A swap entry or another non-present entry, and whether it carries a uffd-wp marker.
+    pub(crate) fn non_present(&self) -> Option<bool> {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT)
+            .then(|| self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD))
+    }
+
+    /// Present and userfaultfd write-protected.
+    pub(crate) fn uffd_wp(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP)
+    }
+
+    /// The normal page mapped and its folio, or `None` (special or ZONE_DEVICE mapping).
+    pub(crate) fn page(&self) -> Option<(NonNull<bindings::page>, NonNull<bindings::folio>)> {
+        Some((NonNull::new(self.0.page)?, NonNull::new(self.0.folio)?))
+    }
+
+    /// The number of pages of the folio mapped.
+    pub(crate) fn folio_nr_pages(&self) -> usize {
+        self.0.nr_pages as usize
+    }
+
+    /// Whether the folio is a lazily freed one (MADV_FREE) that the PTE has not dirtied since:
+    /// collapsing it would lose its freedom to be dropped.
+    pub(crate) fn clean_lazyfree(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE)
+            && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_DIRTY)
+    }
+
+    /// The folio is anonymous.
+    pub(crate) fn anon(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_ANON)
+    }
+
+    /// Part of the folio may be mapped by another process.
+    pub(crate) fn shared(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED)
+    }
+
+    /// The folio is on an LRU list.
+    pub(crate) fn lru(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LRU)
+    }
+
+    /// The folio was locked when read.
+    pub(crate) fn locked(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED)
+    }
+
+    /// The folio had more references than its mappings and swap cache explain (pins).
+    pub(crate) fn extra_refs(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS)
+    }
+
+    /// The folio has more than one page.
+    pub(crate) fn large(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE)
+    }
+
+    /// Whether the page was referenced recently: the folio's or the PTE's young bit, or a
+    /// secondary MMU's (asked only when the others say no).
+    pub(crate) fn referenced(&self, mm: *mut bindings::mm_struct, addr: usize) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_YOUNG)
+            || self.has(bindings::thp_collapse_pte_flags_THP_PTE_YOUNG)
+            // SAFETY: `mm` is the mm whose page table was read; the notifier only tests.
+            || unsafe { bindings::mmu_notifier_test_young(mm, addr) }
+    }
+}
+
+/// Accounts entry `i` of the page table at `haddr`, whose facts are `facts`; `Err` stops the
 /// scan with that outcome.
 fn scan_one(
-    vma: *mut bindings::vm_area_struct,
     mm: *mut bindings::mm_struct,
-    pte: bindings::pte_t,
+    facts: &PteFacts,
     (haddr, i): (usize, usize),
     droppable: bool,
     tally: &mut ScanTally,
 ) -> Result<(), Outcome> {
     let addr = haddr + i * PAGE_SIZE;
-    // SAFETY: The PTE predicates only inspect the value.
-    if unsafe { bindings::pte_none_or_zero(pte) } {
+    if facts.none_or_zero() {
         return tally.none_or_zero();
     }
-    // SAFETY: As above.
-    if !unsafe { bindings::pte_present(pte) } {
-        // SAFETY: As above.
-        return tally.not_present(unsafe { bindings::pte_swp_uffd_any(pte) });
+    if let Some(uffd) = facts.non_present() {
+        return tally.not_present(uffd);
     }
-    // SAFETY: As above.
-    if unsafe { bindings::pte_uffd(pte) } {
+    if facts.uffd_wp() {
         // Don't collapse over userfaultfd write protection: the huge PMD could raise faults
         // outside the registered range.
         return Err(Outcome::PteUffd);
     }
-    // SAFETY: `vma` is valid under the mmap lock and `pte` maps `addr` in it; the PTE lock is
-    // held by the caller, so the page cannot be unmapped under us.
-    let page = unsafe { bindings::vm_normal_page(vma, addr, pte) };
-    // SAFETY: `page`, when not NULL, is a valid page mapped by `pte`.
-    if page.is_null() || unsafe { bindings::is_zone_device_page(page) } {
+    if facts.page().is_none() {
         return Err(Outcome::PageNull);
     }
-    // SAFETY: `page` is valid; its folio stays valid while the PTE lock pins the mapping.
-    let folio = unsafe { bindings::page_folio(page) };
-    // SAFETY: `folio` is valid (above); the folio predicates read flags and counts atomically.
-    unsafe {
-        if tally.skips_lazyfree()
-            && !droppable
-            && bindings::folio_test_lazyfree(folio)
-            && !bindings::pte_dirty(pte)
-        {
-            return Err(Outcome::PageLazyfree);
-        }
-        if !bindings::folio_test_anon(folio) {
-            return Err(Outcome::PageAnon);
-        }
-        // A page counts as shared if any part of its folio is.
-        if bindings::folio_maybe_mapped_shared(folio) {
-            tally.shared()?;
-        }
-        if !bindings::folio_test_lru(folio) {
-            return Err(Outcome::PageLru);
-        }
-        if bindings::folio_test_locked(folio) {
-            return Err(Outcome::PageLock);
-        }
-        // Racy, like upstream: pins come and go, and the isolation step checks again.
-        if bindings::folio_expected_ref_count(folio) != bindings::folio_ref_count(folio) {
-            return Err(Outcome::PageCount);
-        }
-        let referenced = tally.wants_referenced()
-            && (bindings::folio_test_young(folio)
-                || bindings::folio_test_referenced(folio)
-                || bindings::pte_young(pte)
-                || bindings::mmu_notifier_test_young(mm, addr));
-        tally.occupy(i);
-        tally.present(referenced);
+    if tally.skips_lazyfree() && !droppable && facts.clean_lazyfree() {
+        return Err(Outcome::PageLazyfree);
     }
+    if !facts.anon() {
+        return Err(Outcome::PageAnon);
+    }
+    // A page counts as shared if any part of its folio is.
+    if facts.shared() {
+        tally.shared()?;
+    }
+    if !facts.lru() {
+        return Err(Outcome::PageLru);
+    }
+    if facts.locked() {
+        return Err(Outcome::PageLock);
+    }
+    // Racy, like upstream: pins come and go, and the isolation step checks again.
+    if facts.extra_refs() {
+        return Err(Outcome::PageCount);
+    }
+    let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
+    tally.occupy(i);
+    tally.present(referenced);
     Ok(())
 }
 
