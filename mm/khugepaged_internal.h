@@ -105,6 +105,7 @@ enum thp_collapse_pte_flags {
  * @page: the normal page it maps (vm_normal_page(), not ZONE_DEVICE), or NULL.
  * @folio: the folio of @page, or NULL.
  * @nr_pages: folio_nr_pages(@folio), or 0.
+ * @folio_pfn: folio_pfn(@folio), or -1 (for the tracepoints).
  * @flags: THP_PTE_* and THP_FOLIO_* facts; the THP_FOLIO_* ones only with @folio.
  */
 struct thp_collapse_pte {
@@ -112,11 +113,23 @@ struct thp_collapse_pte {
 	struct page *page;
 	struct folio *folio;
 	unsigned long nr_pages;
+	unsigned long folio_pfn;
 	unsigned int flags;
 };
 
 void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
 			   pte_t *ptep, struct thp_collapse_pte *out);
+
+/* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
+void thp_collapse_trace_scan_pmd(struct mm_struct *mm, unsigned long pfn,
+				 int referenced, int none_or_zero, int status,
+				 int unmapped);
+void thp_collapse_trace_collapse(struct mm_struct *mm, int isolated, int status,
+				 unsigned int order);
+void thp_collapse_trace_isolate(unsigned long pfn, int none_or_zero,
+				int referenced, int status, unsigned int order);
+void thp_collapse_trace_swapin(struct mm_struct *mm, int swapped_in,
+			       int referenced, int status, unsigned int order);
 
 /**
  * struct collapse_tunables - khugepaged's sysfs knobs, as the Rust core reads them.

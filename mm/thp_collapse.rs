@@ -55,6 +55,8 @@ mod request;
 mod scan;
 #[path = "thp_collapse/stats.rs"]
 mod stats;
+#[path = "thp_collapse/trace.rs"]
+mod trace;
 
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";

@@ -22,6 +22,7 @@
 #include <linux/sysfs.h>
 
 #include <asm/tlb.h>
+#include <trace/events/huge_memory.h>
 
 #include "internal.h"
 #include "khugepaged_internal.h"
@@ -225,6 +226,7 @@ void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
 	out->page = NULL;
 	out->folio = NULL;
 	out->nr_pages = 0;
+	out->folio_pfn = -1UL;
 	if (pte_none(pte)) {
 		flags = THP_PTE_NONE_OR_ZERO | THP_PTE_NONE;
 		goto out;
@@ -251,6 +253,7 @@ void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
 	out->page = page;
 	out->folio = folio;
 	out->nr_pages = folio_nr_pages(folio);
+	out->folio_pfn = folio_pfn(folio);
 	if (folio_test_anon(folio))
 		flags |= THP_FOLIO_ANON;
 	if (folio_test_lazyfree(folio))
@@ -269,4 +272,76 @@ void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
 		flags |= THP_FOLIO_YOUNG;
 out:
 	out->flags = flags;
+}
+
+/*
+ * The tracepoints of upstream's collapse, for the Rust core: the trace_*()
+ * functions are static inlines of include/trace/events/huge_memory.h, and
+ * the events themselves are created in mm/khugepaged.c. Each forwarder costs
+ * one call per PMD or candidate, and the static key inside keeps a disabled
+ * event as cheap as in C.
+ */
+
+/**
+ * thp_collapse_trace_scan_pmd() - mm_khugepaged_scan_pmd, at the end of a scan.
+ * @mm: the mm scanned.
+ * @pfn: the folio the scan stopped at, or -1.
+ * @referenced: recently referenced pages seen.
+ * @none_or_zero: none and zero-page PTEs seen.
+ * @status: the result (enum scan_result), after the collapse that followed.
+ * @unmapped: swap PTEs seen.
+ */
+void thp_collapse_trace_scan_pmd(struct mm_struct *mm, unsigned long pfn,
+				 int referenced, int none_or_zero, int status,
+				 int unmapped)
+{
+	trace_mm_khugepaged_scan_pmd(mm, pfn, referenced, none_or_zero, status,
+				     unmapped);
+}
+
+/**
+ * thp_collapse_trace_collapse() - mm_collapse_huge_page, at the end of a collapse.
+ * @mm: the mm.
+ * @isolated: whether it succeeded.
+ * @status: the result (enum scan_result).
+ * @order: the order of the new folio.
+ */
+void thp_collapse_trace_collapse(struct mm_struct *mm, int isolated, int status,
+				 unsigned int order)
+{
+	trace_mm_collapse_huge_page(mm, isolated, status, order);
+}
+
+/**
+ * thp_collapse_trace_isolate() - mm_collapse_huge_page_isolate.
+ * @pfn: the last folio looked at, or -1.
+ * @none_or_zero: none and zero-page PTEs seen.
+ * @referenced: recently referenced pages seen.
+ * @status: the result (enum scan_result).
+ * @order: the order of the new folio.
+ *
+ * The event records the folio's pfn; it is given here directly, as the folio
+ * may be gone by the time this runs.
+ */
+void thp_collapse_trace_isolate(unsigned long pfn, int none_or_zero,
+				int referenced, int status, unsigned int order)
+{
+	trace_mm_collapse_huge_page_isolate(pfn == -1UL ? NULL : pfn_folio(pfn),
+					    none_or_zero, referenced, status,
+					    order);
+}
+
+/**
+ * thp_collapse_trace_swapin() - mm_collapse_huge_page_swapin.
+ * @mm: the mm.
+ * @swapped_in: pages read back in.
+ * @referenced: recently referenced pages the scan saw.
+ * @status: the result (enum scan_result).
+ * @order: the order of the new folio.
+ */
+void thp_collapse_trace_swapin(struct mm_struct *mm, int swapped_in,
+			       int referenced, int status, unsigned int order)
+{
+	trace_mm_collapse_huge_page_swapin(mm, swapped_in, referenced, status,
+					   order);
 }

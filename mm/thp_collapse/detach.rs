@@ -20,6 +20,7 @@ use super::{
     pmd::{count_exceeded, MmapLocked, NewFolio, PmdEntry, PteFacts},
     request::Candidate,
     scan::ScanTally,
+    trace,
 };
 use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
 use kernel::{
@@ -131,6 +132,7 @@ impl Drop for AnonVmaWrite<'_> {
 /// - `slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and its
 ///   folio, which is in `isolated`, or `None`; it is set for the candidate's PTEs once
 ///   [`DetachedTable::isolate`] succeeded. `zero` marks the PTEs that map the zero page.
+///   `last_pfn` is the pfn of the last folio the isolation looked at (for the tracepoint).
 pub(crate) struct DetachedTable<'g> {
     mm: *mut bindings::mm_struct,
     vma: *mut bindings::vm_area_struct,
@@ -144,6 +146,7 @@ pub(crate) struct DetachedTable<'g> {
     isolated: KVec<NonNull<bindings::folio>>,
     slots: KVec<Slot>,
     zero: [u64; PTES_PER_PMD as usize / 64],
+    last_pfn: usize,
     _lock: PhantomData<&'g MmapWrite<'g>>,
 }
 
@@ -261,6 +264,7 @@ impl<'g> DetachedTable<'g> {
             isolated,
             slots,
             zero: [0; PTES_PER_PMD as usize / 64],
+            last_pfn: trace::NO_PFN,
             _lock: PhantomData,
         })
     }
@@ -320,6 +324,13 @@ impl<'g> DetachedTable<'g> {
         count_exceeded(order, outcome);
         // SAFETY: Taken above.
         unsafe { bindings::spin_unlock(self.ptl) };
+        trace::isolate(
+            self.last_pfn,
+            tally.none_or_zero_count(),
+            tally.referenced_count(),
+            outcome,
+            order,
+        );
         outcome
     }
 
@@ -345,6 +356,7 @@ impl<'g> DetachedTable<'g> {
         let Some((page, folio)) = facts.page() else {
             return Err(Outcome::PageNull);
         };
+        self.last_pfn = facts.folio_pfn();
         if !facts.anon() {
             return Err(Outcome::PageAnon);
         }

@@ -15,6 +15,7 @@ use super::{
     outcome::Outcome,
     request::Candidate,
     scan::ScanTally,
+    trace,
 };
 use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
 use kernel::{
@@ -217,9 +218,11 @@ impl<'a> MmapRead<'a> {
     ///
     /// May sleep for I/O. On failure the lock is released (a fault may have released it
     /// already); on success it is handed back.
-    pub(crate) fn swap_in(self, c: Candidate) -> Result<Self, Outcome> {
-        match self.swap_in_locked(c) {
-            SwapIn::Done(swapped_in) => {
+    pub(crate) fn swap_in(self, c: Candidate, referenced: u32) -> Result<Self, Outcome> {
+        let mm = self.mm;
+        let mut swapped_in = 0;
+        let result = match self.swap_in_locked(c, &mut swapped_in) {
+            SwapIn::Done => {
                 if swapped_in > 0 {
                     // SAFETY: Always safe from process context. Drops the LRU batch's extra
                     // reference on the pages just read in, which would fail isolation.
@@ -234,11 +237,14 @@ impl<'a> MmapRead<'a> {
                 // Most likely the folio lock could not be taken at once.
                 Err(Outcome::PageLock)
             }
-        }
+        };
+        let outcome = result.as_ref().err().copied().unwrap_or(Outcome::Succeed);
+        trace::swapin(mm, swapped_in, referenced, outcome, c.order);
+        result
     }
 
     /// The loop of [`MmapRead::swap_in`].
-    fn swap_in_locked(&self, c: Candidate) -> SwapIn {
+    fn swap_in_locked(&self, c: Candidate, swapped_in: &mut u32) -> SwapIn {
         let haddr = c.haddr;
         let Some(vma) = self.find_vma(haddr) else {
             return SwapIn::Failed(Outcome::VmaNull);
@@ -250,7 +256,6 @@ impl<'a> MmapRead<'a> {
         let mm = self.mm.as_raw();
         // A mapped run of the page table: the first entry, its index and its lock.
         let mut mapped: Option<(*mut bindings::pte_t, usize, *mut bindings::spinlock_t)> = None;
-        let mut swapped_in = 0;
         for i in c.first..(c.first + c.nr()).min(PTES_PER_PMD as usize) {
             let addr = haddr + i * PAGE_SIZE;
             let (base, first, ptl) = match mapped {
@@ -299,13 +304,13 @@ impl<'a> MmapRead<'a> {
             if ret & VM_FAULT_ERROR != 0 {
                 return SwapIn::Failed(Outcome::Fail);
             }
-            swapped_in += 1;
+            *swapped_in += 1;
         }
         if let Some((base, _, _)) = mapped {
             // SAFETY: Mapped above and not handed to a fault.
             unsafe { bindings::pte_unmap(base) };
         }
-        SwapIn::Done(swapped_in)
+        SwapIn::Done
     }
 }
 
@@ -319,8 +324,8 @@ const VM_FAULT_ERROR: bindings::vm_fault_t = bindings::vm_fault_reason_VM_FAULT_
 
 /// How a swap-in loop ended.
 enum SwapIn {
-    /// Every swapped-out page is back; this many were read in.
-    Done(u32),
+    /// Every swapped-out page is back.
+    Done,
     /// A fault failed, or the range changed; the mmap lock is still held.
     Failed(Outcome),
     /// A fault released the mmap lock.
@@ -376,16 +381,17 @@ impl Drop for PteTableLocked<'_> {
 
 /// Scans the page table under the PMD range at `addr` of the anonymous `vma`, feeding `tally`.
 ///
-/// Returns the outcome ([`Outcome::Succeed`] if the range is worth collapsing) and how many
-/// entries were looked at. Upstream: `collapse_scan_pmd()`.
+/// Returns the outcome ([`Outcome::Succeed`] if the range is worth collapsing), how many
+/// entries were looked at, and the pfn of the folio that stopped the scan (or
+/// [`trace::NO_PFN`]). Upstream: `collapse_scan_pmd()`.
 pub(crate) fn scan_anon_pmd(
     guard: &MmapRead<'_>,
     vma: &VmaRef,
     addr: usize,
     tally: &mut ScanTally,
-) -> (Outcome, u32) {
+) -> (Outcome, u32, usize) {
     let Some(table) = guard.pte_table_locked(addr) else {
-        return (Outcome::NoPteTable, 1);
+        return (Outcome::NoPteTable, 1, trace::NO_PFN);
     };
     let mm = guard.mm().as_raw();
     let vma_ptr = vma.as_ptr();
@@ -401,12 +407,12 @@ pub(crate) fn scan_anon_pmd(
             Ok(()) => {}
             Err(outcome) => {
                 count_exceeded(PMD_ORDER, outcome);
-                return (outcome, scanned);
+                return (outcome, scanned, facts.folio_pfn());
             }
         }
     }
     drop(table);
-    (tally.finish(), scanned)
+    (tally.finish(), scanned, trace::NO_PFN)
 }
 
 /// What one PTE of a collapse candidate maps, read in one call.
@@ -466,6 +472,11 @@ impl PteFacts {
     /// The normal page mapped and its folio, or `None` (special or ZONE_DEVICE mapping).
     pub(crate) fn page(&self) -> Option<(NonNull<bindings::page>, NonNull<bindings::folio>)> {
         Some((NonNull::new(self.0.page)?, NonNull::new(self.0.folio)?))
+    }
+
+    /// The pfn of the folio mapped, or [`trace::NO_PFN`].
+    pub(crate) fn folio_pfn(&self) -> usize {
+        self.0.folio_pfn
     }
 
     /// The number of pages of the folio mapped.

@@ -14,6 +14,7 @@ use super::{
     pmd::{self, MmapLocked, MmapRead, NewFolio, PmdState},
     scan::ScanTally,
     stats::STATS,
+    trace,
 };
 use kernel::{mm::virt::VmaRef, pr_notice_once, prelude::*, sync::aref::ARef};
 
@@ -102,13 +103,18 @@ impl Candidate {
 
 /// Reads the swapped-out pages of candidate `c` back in, under the mmap lock for read, after
 /// revalidating the range. Returns with no lock held.
-fn swap_in(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode) -> Result<(), Outcome> {
+fn swap_in(
+    mm: &kernel::mm::Mm,
+    c: Candidate,
+    mode: CollapseMode,
+    referenced: u32,
+) -> Result<(), Outcome> {
     let guard = MmapRead::lock(mm);
     let vma = revalidate(&guard, c.haddr, mode, c.order)?;
     if !pmd::vma_is_anonymous(vma) {
         return Err(Outcome::PageAnon);
     }
-    guard.swap_in(c).map(drop)
+    guard.swap_in(c, referenced).map(drop)
 }
 
 /// Replaces the PTEs of candidate `c` by a mapping of `new`, a folio of its order that the
@@ -168,25 +174,26 @@ fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: New
     Outcome::Succeed
 }
 
-/// Allocates, swaps in and collapses one candidate. Returns with no lock held.
+/// Allocates, swaps in and collapses one candidate, of a range whose scan `s` saw. Returns
+/// with no lock held. Upstream: `collapse_huge_page()`.
 fn collapse_candidate(
     mm: &kernel::mm::Mm,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    swapped: u32,
+    s: &Scanned,
 ) -> Outcome {
-    // The folio is allocated without the mmap lock: it may reclaim and compact.
-    let folio = match NewFolio::alloc_charge(mm, mode.alloc_policy(tunables), c.order) {
-        Ok(folio) => folio,
-        Err(outcome) => return outcome,
-    };
-    if swapped > 0 {
-        if let Err(outcome) = swap_in(mm, c, mode) {
-            return outcome;
+    let outcome = (|| {
+        // The folio is allocated without the mmap lock: it may reclaim and compact.
+        let folio = NewFolio::alloc_charge(mm, mode.alloc_policy(tunables), c.order)?;
+        if s.swapped > 0 {
+            swap_in(mm, c, mode, s.referenced)?;
         }
-    }
-    collapse_anon(mm, c, mode, folio)
+        Ok(collapse_anon(mm, c, mode, folio))
+    })()
+    .unwrap_or_else(|outcome| outcome);
+    trace::collapse(mm, outcome, c.order);
+    outcome
 }
 
 /// What a scan found, for the collapse that follows it.
@@ -194,30 +201,40 @@ struct Scanned {
     outcome: Outcome,
     scanned: u32,
     swapped: u32,
+    referenced: u32,
+    none_or_zero: u32,
+    /// The folio the scan stopped at, or [`trace::NO_PFN`].
+    failed_pfn: usize,
+    /// Whether the scan of the page table ran (and so upstream's tracepoint fires).
+    traced: bool,
     occupied: Occupied,
     enabled: u64,
 }
 
 /// Scans the PMD range at `addr` under `guard`.
 fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> Scanned {
-    let done = |outcome| Scanned {
+    let done = |outcome, traced| Scanned {
         outcome,
         scanned: 1,
         swapped: 0,
+        referenced: 0,
+        none_or_zero: 0,
+        failed_pfn: trace::NO_PFN,
+        traced,
         occupied: Occupied::EMPTY,
         enabled: 0,
     };
     let Some(vma) = guard.find_vma(addr) else {
-        return done(Outcome::VmaNull);
+        return done(Outcome::VmaNull, false);
     };
     // File and shmem collapse (page cache and page-table retraction) is not implemented in
     // Rust yet.
     if !pmd::vma_is_anonymous(vma) {
-        return done(Outcome::NotImplemented);
+        return done(Outcome::NotImplemented, false);
     }
     match guard.pmd_state(addr) {
-        PmdState::None => return done(Outcome::NoPteTable),
-        PmdState::Huge => return done(Outcome::PmdMapped),
+        PmdState::None => return done(Outcome::NoPteTable, true),
+        PmdState::Huge => return done(Outcome::PmdMapped, true),
         PmdState::Table => {}
     }
     // khugepaged also collapses anonymous memory into smaller (mTHP) folios where enabled.
@@ -231,11 +248,15 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         limits.max_none = PTES_PER_PMD - 1;
     }
     let mut tally = ScanTally::new(mode, limits);
-    let (outcome, scanned) = pmd::scan_anon_pmd(guard, vma, addr, &mut tally);
+    let (outcome, scanned, failed_pfn) = pmd::scan_anon_pmd(guard, vma, addr, &mut tally);
     Scanned {
         outcome,
         scanned,
         swapped: tally.swapped_count(),
+        referenced: tally.referenced_count(),
+        none_or_zero: tally.none_or_zero_count(),
+        failed_pfn,
+        traced: true,
         occupied: tally.occupied().clone(),
         enabled,
     }
@@ -253,9 +274,9 @@ pub(crate) fn collapse_pmd<'a>(
     let mode = caller.mode();
     let tunables = pmd::khugepaged_tunables();
     let s = scan(&guard, addr, mode, &tunables);
+    let mm = guard.mm();
     let (outcome, state) = match s.outcome {
         Outcome::Succeed => {
-            let mm = guard.mm();
             drop(guard);
             let outcome = plan::collapse_planned(
                 &s.occupied,
@@ -268,13 +289,23 @@ pub(crate) fn collapse_pmd<'a>(
                         first,
                         order,
                     };
-                    collapse_candidate(mm, c, mode, &tunables, s.swapped)
+                    collapse_candidate(mm, c, mode, &tunables, &s)
                 },
             );
             (outcome, Locked::Dropped)
         }
         failed => (failed, Locked::Held(guard)),
     };
+    if s.traced {
+        trace::scan_pmd(
+            mm,
+            s.failed_pfn,
+            s.referenced,
+            s.none_or_zero,
+            outcome,
+            s.swapped,
+        );
+    }
     if outcome == Outcome::NotImplemented {
         pr_notice_once!(
             "the Rust core does not implement this collapse yet ({:?}); select 'c' in \

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -911,6 +912,111 @@ static void test_target_exits(void)
 			 bad, rust_stat("process_madvise", "any_process") - any);
 }
 
+/* ---- Tracepoints ------------------------------------------------------- */
+
+#define TRACEFS "/sys/kernel/tracing/"
+
+static const char *const trace_events[] = {
+	"mm_khugepaged_scan_pmd", "mm_collapse_huge_page",
+	"mm_collapse_huge_page_isolate", "mm_collapse_huge_page_swapin",
+};
+
+/* Enables the collapse events for this process only, or disables them. */
+static int trace_collapse_events(bool on)
+{
+	char path[128], pid[32];
+	size_t i;
+
+	if (access(TRACEFS "trace", F_OK) &&
+	    mount("nodev", "/sys/kernel/tracing", "tracefs", 0, NULL))
+		return -1;
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	if (write_str(TRACEFS "set_event_pid", on ? pid : ""))
+		return -1;
+	for (i = 0; i < ARRAY_SIZE(trace_events); i++) {
+		snprintf(path, sizeof(path), TRACEFS "events/huge_memory/%s/enable",
+			 trace_events[i]);
+		if (write_str(path, on ? "1" : "0"))
+			return -1;
+	}
+	return write_str(TRACEFS "tracing_on", on ? "1" : "0");
+}
+
+/*
+ * Reads the trace buffer and empties it: one line per collapse event, from
+ * the event's name on, without the fields that differ between runs (the mm
+ * and the pfns).
+ */
+static void trace_take(char *out, size_t len)
+{
+	FILE *f = fopen(TRACEFS "trace", "r");
+	char line[512];
+	size_t used = 0;
+	int fd;
+
+	out[0] = 0;
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *ev = strstr(line, ": mm_"), *tok, *save;
+
+		if (!ev || line[0] == '#')
+			continue;
+		for (tok = strtok_r(ev + 2, " ,\n", &save); tok;
+		     tok = strtok_r(NULL, " ,\n", &save)) {
+			if (!strncmp(tok, "mm=", 3) || !strncmp(tok, "scan_pfn=", 9))
+				continue;
+			used += snprintf(out + used, len > used ? len - used : 0,
+					 "%s ", tok);
+		}
+		used += snprintf(out + used, len > used ? len - used : 0, "\n");
+	}
+	fclose(f);
+	fd = open(TRACEFS "trace", O_WRONLY | O_TRUNC);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Both cores fire upstream's events, in the same order, with the same fields. */
+static void test_tracepoints(void)
+{
+	static char got[2][4096];
+	long long ok = rust_stat("madvise", "succeed");
+	unsigned int c;
+	size_t pg;
+	int ret[2];
+
+	if (trace_collapse_events(true)) {
+		trace_collapse_events(false);
+		ksft_test_result_fail("tracepoints: cannot enable the huge_memory events\n");
+		return;
+	}
+	for (c = 0; c < 2; c++) {
+		char *p = small_pages(1);
+		static char shadow[PMD_SZ];
+
+		/* Every fourth page left empty: none_or_zero is 128. */
+		for (pg = 0; pg < PAGES_PER_PMD; pg++)
+			if (pg % 4)
+				fill_page(p, shadow, pg, 13);
+		allow_thp(p, PMD_SZ);
+		collapse_require_core(cores[c]);
+		trace_take(got[c], sizeof(got[c]));
+		ret[c] = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		trace_take(got[c], sizeof(got[c]));
+		munmap(p, PMD_SZ);
+	}
+	trace_collapse_events(false);
+	ksft_print_msg("rust events:\n%s", got[0]);
+	ksft_print_msg("c events:\n%s", got[1]);
+	ksft_test_result(!ret[0] && !ret[1] && rust_stat("madvise", "succeed") > ok &&
+			 strstr(got[0], "mm_collapse_huge_page: isolated=1 status=succeeded") &&
+			 strstr(got[0], "mm_collapse_huge_page_isolate: none_or_zero=128") &&
+			 strstr(got[0], "mm_khugepaged_scan_pmd: referenced=0 none_or_zero=128 status=succeeded") &&
+			 !strcmp(got[0], got[1]),
+			 "tracepoints: the Rust core fires upstream's collapse events with the same fields as C\n");
+}
+
 int main(void)
 {
 	char orig[16], thp_enabled[32];
@@ -918,7 +1024,7 @@ int main(void)
 	int l;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 11);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 12);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -938,6 +1044,7 @@ int main(void)
 	test_uffd_hole();
 	test_bad_unprivileged();
 	test_target_exits();
+	test_tracepoints();
 
 	collapse_set_core(orig);
 	set_str(THP_SYSFS "enabled", thp_enabled);

@@ -134,14 +134,22 @@ static inline int sysfs_swap_str(const char *path, char *old, size_t len,
 	return fclose(f) ? errno : 0;
 }
 
-static inline void set_str(const char *path, const char *val)
+/* Writes @val to the file at @path (truncating it); 0 or -1. */
+static inline int write_str(const char *path, const char *val)
 {
 	FILE *f = fopen(path, "w");
+	int ok;
 
-	if (f) {
-		fputs(val, f);
-		fclose(f);
-	}
+	if (!f)
+		return -1;
+	ok = fputs(val, f) != EOF;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* Writes @val to the file at @path, where failing does not matter. */
+static inline void set_str(const char *path, const char *val)
+{
+	write_str(path, val);
 }
 
 /*
