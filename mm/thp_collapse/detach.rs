@@ -374,7 +374,7 @@ impl<'g> DetachedTable<'g> {
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
             return Err(Outcome::PteMappedHugepage);
         }
-        let seen = facts.large() && self.isolated.iter().any(|f| *f == folio);
+        let seen = facts.large() && self.isolated.contains(&folio);
         if !seen {
             let folio = folio.as_ptr();
             // SAFETY: `folio` is valid (mapped by the detached table); the lock, refcount and

@@ -481,7 +481,7 @@ impl PteFacts {
 
     /// The number of pages of the folio mapped.
     pub(crate) fn folio_nr_pages(&self) -> usize {
-        self.0.nr_pages as usize
+        self.0.nr_pages
     }
 
     /// Whether the folio is a lazily freed one (MADV_FREE) that the PTE has not dirtied since:

@@ -980,6 +980,8 @@ static void trace_take(char *out, size_t len)
 /* Both cores fire upstream's events, in the same order, with the same fields. */
 static void test_tracepoints(void)
 {
+	static const char scan_ok[] =
+		"mm_khugepaged_scan_pmd: referenced=0 none_or_zero=128 status=succeeded";
 	static char got[2][4096];
 	long long ok = rust_stat("madvise", "succeed");
 	unsigned int c;
@@ -1012,7 +1014,7 @@ static void test_tracepoints(void)
 	ksft_test_result(!ret[0] && !ret[1] && rust_stat("madvise", "succeed") > ok &&
 			 strstr(got[0], "mm_collapse_huge_page: isolated=1 status=succeeded") &&
 			 strstr(got[0], "mm_collapse_huge_page_isolate: none_or_zero=128") &&
-			 strstr(got[0], "mm_khugepaged_scan_pmd: referenced=0 none_or_zero=128 status=succeeded") &&
+			 strstr(got[0], scan_ok) &&
 			 !strcmp(got[0], got[1]),
 			 "tracepoints: the Rust core fires upstream's collapse events with the same fields as C\n");
 }
