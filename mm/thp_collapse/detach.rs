@@ -17,7 +17,7 @@
 use super::{
     mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
-    pmd::{count_exceeded, MmapLocked, NewFolio, PmdEntry, PteFacts},
+    pmd::{count_exceeded, PteFacts},
     request::Candidate,
     scan::ScanTally,
     trace,
@@ -26,91 +26,18 @@ use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
 use kernel::{
     alloc::{flags::GFP_KERNEL, kvec::PushError, KVec},
     bindings,
-    mm::{virt::VmaRef, Mm},
+    mm::{
+        anon_vma::AnonVmaWriteGuard, folio::NewFolio, mmap_lock::MmapWriteLock, pgtable::PmdEntry,
+        virt::VmaRef,
+    },
     page::PAGE_SIZE,
-    types::NotThreadSafe,
 };
 
-/// Proof that this thread holds the mmap lock of an mm for write.
-///
-/// Dropping it releases the lock (and every per-VMA write lock taken under it).
-///
-/// # Invariants
-///
-/// The mmap lock of `mm` is held for write by the current thread while this exists.
-pub(crate) struct MmapWrite<'a> {
-    mm: &'a Mm,
-    _nts: NotThreadSafe,
-}
+/// The mmap lock held for write (`kernel::mm::mmap_lock`).
+pub(crate) type MmapWrite<'a> = MmapWriteLock<'a>;
 
-impl<'a> MmapWrite<'a> {
-    /// Takes the mmap lock of `mm` for write. May sleep.
-    pub(crate) fn lock(mm: &'a Mm) -> Self {
-        // SAFETY: `mm` is valid for `'a`.
-        unsafe { bindings::mmap_write_lock(mm.as_raw()) };
-        // INVARIANT: We just took the lock.
-        Self {
-            mm,
-            _nts: NotThreadSafe,
-        }
-    }
-
-    /// Excludes page faults that run under the per-VMA lock of `vma`, until this guard is
-    /// dropped. Upstream: `vma_start_write()`.
-    pub(crate) fn exclude_vma_faults(&self, vma: &VmaRef) {
-        // SAFETY: By the type invariants the mmap write lock is held, which `vma_start_write()`
-        // requires; `vma` is a VMA of this mm (found under the lock). The per-VMA write lock
-        // ends when the mmap write lock is released (`vma_end_write_all()`).
-        unsafe { bindings::vma_start_write(vma.as_ptr()) };
-    }
-}
-
-// SAFETY: By the type invariants the mmap lock of `mm` is held while an `MmapWrite` exists.
-unsafe impl MmapLocked for MmapWrite<'_> {
-    fn locked_mm(&self) -> &Mm {
-        self.mm
-    }
-}
-
-impl Drop for MmapWrite<'_> {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariants the lock is held for write by this thread.
-        unsafe { bindings::mmap_write_unlock(self.mm.as_raw()) };
-    }
-}
-
-/// The anon_vma of a VMA, its root locked for write: rmap walkers (reclaim, migration, folio
-/// split) cannot reach the VMA's pages while it is held.
-///
-/// # Invariants
-///
-/// `anon_vma` is valid, and its root's rwsem is held for write by this thread.
-pub(crate) struct AnonVmaWrite<'g> {
-    anon_vma: NonNull<bindings::anon_vma>,
-    _lock: PhantomData<&'g MmapWrite<'g>>,
-}
-
-impl<'g> AnonVmaWrite<'g> {
-    /// Write-locks the anon_vma of `vma`, or returns `None` if it has none. May sleep.
-    pub(crate) fn lock(_guard: &'g MmapWrite<'_>, vma: &'g VmaRef) -> Option<Self> {
-        // SAFETY: `vma` is valid; `anon_vma` does not change while the mmap write lock is held.
-        let anon_vma = NonNull::new(unsafe { (*vma.as_ptr()).anon_vma })?;
-        // SAFETY: The anon_vma of a live VMA is valid; the mmap write lock keeps it attached.
-        unsafe { bindings::thp_collapse_anon_vma_lock_write(anon_vma.as_ptr()) };
-        // INVARIANT: We just took the lock.
-        Some(Self {
-            anon_vma,
-            _lock: PhantomData,
-        })
-    }
-}
-
-impl Drop for AnonVmaWrite<'_> {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariants the lock is held by this thread.
-        unsafe { bindings::thp_collapse_anon_vma_unlock_write(self.anon_vma.as_ptr()) };
-    }
-}
+/// The anon_vma root lock held for write (`kernel::mm::anon_vma`).
+pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 
 /// A page table of PTEs taken out of its PMD, the candidate range of its entries being
 /// collapsed, and the folios of that range that were isolated so far.
@@ -198,7 +125,7 @@ impl<'g> DetachedTable<'g> {
         c: Candidate,
         list: IsolationList,
     ) -> Result<Self, Outcome> {
-        let mm = guard.mm.as_raw();
+        let mm = guard.mm().as_raw();
         let vma = vma.as_ptr();
         let pmdp = pmd.as_ptr();
         let haddr = c.haddr;
@@ -423,8 +350,7 @@ impl<'g> DetachedTable<'g> {
         if 1 << new.order() != self.nr {
             return Err(Outcome::Fail);
         }
-        // SAFETY: `new` is a folio we own.
-        let dst0 = unsafe { bindings::folio_page(new.as_ptr(), 0) };
+        let dst0 = new.first_page();
         for k in 0..self.nr {
             let i = self.first + k;
             let addr = self.haddr + i * PAGE_SIZE;

@@ -17,301 +17,170 @@ use super::{
     scan::ScanTally,
     trace,
 };
-use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
+use core::{mem::MaybeUninit, ptr, ptr::NonNull};
 use kernel::{
     bindings,
-    mm::{virt::VmaRef, Mm},
+    mm::{
+        folio::NewFolio,
+        mmap_lock::{MmapLocked, MmapReadLock},
+        pgtable::{PmdEntry, PteTableLocked, PTRS_PER_PTE},
+        virt::VmaRef,
+        Mm,
+    },
     page::PAGE_SIZE,
-    types::NotThreadSafe,
 };
 
-/// Proof that this thread holds the mmap lock of an mm for read.
-///
-/// Dropping it releases the lock. VMAs found through it cannot outlive it.
-///
-/// # Invariants
-///
-/// The mmap lock of `mm` is held for read by the current thread while this exists.
-pub(crate) struct MmapRead<'a> {
-    mm: &'a Mm,
-    _nts: NotThreadSafe,
-}
+pub(crate) use kernel::mm::pgtable::PmdState;
 
-impl<'a> MmapRead<'a> {
-    /// Takes over a read lock that the (C) caller acquired.
-    ///
-    /// # Safety
-    ///
-    /// The current thread must hold the mmap lock of `mm` for read, and must not release it
-    /// other than through the returned value.
-    pub(crate) unsafe fn adopt(mm: &'a Mm) -> Self {
-        // INVARIANT: The caller holds the lock and hands it over.
-        Self {
-            mm,
-            _nts: NotThreadSafe,
-        }
-    }
+/// The mmap lock held for read (`kernel::mm::mmap_lock`).
+pub(crate) type MmapRead<'a> = MmapReadLock<'a>;
 
-    /// Takes the mmap lock of `mm` for read. May sleep.
-    pub(crate) fn lock(mm: &'a Mm) -> Self {
-        // SAFETY: `mm` is valid for `'a` (an `&Mm` keeps the `mm_struct` from being freed).
-        unsafe { bindings::mmap_read_lock(mm.as_raw()) };
-        // INVARIANT: We just took the lock.
-        Self {
-            mm,
-            _nts: NotThreadSafe,
-        }
-    }
-
-    /// Hands the lock back to the C caller, which releases it.
-    pub(crate) fn keep(self) {
-        core::mem::forget(self);
-    }
-
-    /// The mm whose lock this is.
-    pub(crate) fn mm(&self) -> &'a Mm {
-        self.mm
-    }
-}
-
-// SAFETY: By the type invariants the mmap lock of `mm` is held while an `MmapRead` exists.
-unsafe impl MmapLocked for MmapRead<'_> {
-    fn locked_mm(&self) -> &Mm {
-        self.mm
-    }
-}
-
-/// A held mmap lock of an mm, for read or for write: what looking at VMAs and at the upper
-/// levels of the page tables needs.
-///
-/// # Safety
-///
-/// Implementors guarantee that the mmap lock of [`MmapLocked::locked_mm`] is held by the
-/// current thread, for read or for write, for as long as the value exists.
-pub(crate) unsafe trait MmapLocked {
-    /// The mm whose lock is held.
-    fn locked_mm(&self) -> &Mm;
-
-    /// The first VMA that ends after `addr`, like C's `find_vma()`.
-    fn find_vma(&self, addr: usize) -> Option<&VmaRef> {
-        // SAFETY: By the trait's safety requirements the mmap lock is held.
-        let vma = unsafe { bindings::find_vma(self.locked_mm().as_raw(), addr) };
-        if vma.is_null() {
-            None
-        } else {
-            // SAFETY: `vma` is a VMA of this mm; the borrow of `self` keeps the lock held for
-            // as long as the reference lives.
-            Some(unsafe { VmaRef::from_raw(vma) })
-        }
-    }
-
+/// What the collapse core asks of a held mmap lock, for read or for write, on top of
+/// [`MmapLocked`].
+pub(crate) trait CollapseLocked: MmapLocked {
     /// Whether the mm's last user is gone, or THP was disabled for the whole process
     /// (`prctl(PR_SET_THP_DISABLE)`). Upstream: `collapse_test_exit_or_disable()`.
     fn exiting_or_thp_disabled(&self) -> bool {
         let mm = self.locked_mm().as_raw();
-        // SAFETY: `mm` is valid; `mm_users` is an atomic and reading it is always allowed.
-        let users = unsafe { bindings::atomic_read(&raw const (*mm).__bindgen_anon_1.mm_users) };
         // SAFETY: `mm` is valid; testing a flag is an atomic bit test.
         let disabled =
             unsafe { bindings::mm_flags_test(bindings::MMF_DISABLE_THP_COMPLETELY as i32, mm) };
-        users == 0 || disabled
+        self.mm_exiting() || disabled
     }
 
     /// What the PMD covering `addr` holds, read without the page-table lock.
     ///
     /// Upstream: `find_pmd_or_thp_or_none()`.
     fn pmd_state(&self, addr: usize) -> PmdState {
-        find_pmd(self.locked_mm(), addr).0
+        PmdEntry::find(self, addr).map_or(PmdState::None, PmdEntry::state)
     }
 
     /// The PMD entry covering `addr`, if it points to a page table; otherwise the outcome that
     /// says why not. Upstream: `find_pmd_or_thp_or_none()`.
     fn pmd_table(&self, addr: usize) -> Result<PmdEntry<'_>, Outcome> {
-        match find_pmd(self.locked_mm(), addr) {
-            (PmdState::Table, Some(pmdp)) => Ok(PmdEntry {
-                pmdp,
-                _lock: PhantomData,
-            }),
-            (PmdState::Huge, _) => Err(Outcome::PmdMapped),
-            _ => Err(Outcome::NoPteTable),
+        let pmd = PmdEntry::find(self, addr).ok_or(Outcome::NoPteTable)?;
+        match pmd.state() {
+            PmdState::Table => Ok(pmd),
+            PmdState::Huge => Err(Outcome::PmdMapped),
+            PmdState::None => Err(Outcome::NoPteTable),
         }
     }
 }
 
-/// A PMD entry of a page table, valid while the mmap lock it was found under is held.
+impl<L: MmapLocked> CollapseLocked for L {}
+
+/// Maps and locks the page table of PTEs under the PMD covering `addr`, if there is one.
 ///
-/// # Invariants
-///
-/// `pmdp` points to a PMD entry of an mm whose mmap lock is held for `'g`.
-#[derive(Clone, Copy)]
-pub(crate) struct PmdEntry<'g> {
-    pmdp: NonNull<bindings::pmd_t>,
-    _lock: PhantomData<&'g ()>,
+/// Upstream: `mm_find_pmd()` + `pte_offset_map_lock()`.
+pub(crate) fn pte_table_locked<'g>(
+    guard: &'g MmapRead<'_>,
+    addr: usize,
+) -> Option<PteTableLocked<'g>> {
+    PmdEntry::find(guard, addr).and_then(|pmd| PteTableLocked::lock(pmd, addr))
 }
 
-impl PmdEntry<'_> {
-    /// The raw entry pointer.
-    pub(crate) fn as_ptr(self) -> *mut bindings::pmd_t {
-        self.pmdp.as_ptr()
-    }
-}
-
-/// Finds the PMD covering `addr` in `mm` and classifies it.
+/// Faults the swapped-out pages of candidate `c` back in, so that it can be collapsed, under
+/// `guard`; `referenced` is what the scan saw (for the tracepoint).
 ///
-/// The caller must hold `mm`'s mmap lock, which keeps the upper page-table levels alive.
-fn find_pmd(mm: &Mm, addr: usize) -> (PmdState, Option<NonNull<bindings::pmd_t>>) {
-    // SAFETY: The caller holds the mmap lock (every caller is a method of `MmapLocked`).
-    let Some(pmdp) = NonNull::new(unsafe { bindings::mm_find_pmd(mm.as_raw(), addr) }) else {
-        return (PmdState::None, None);
-    };
-    // SAFETY: `pmdp` points into a page table kept alive by the mmap lock.
-    let pmd = unsafe { bindings::pmdp_get_lockless(pmdp.as_ptr()) };
-    // SAFETY: The PMD predicates only inspect the value.
-    let state = unsafe {
-        if bindings::pmd_none(pmd) {
-            PmdState::None
-        } else if bindings::pmd_is_migration_entry(pmd) {
-            // Migration of a PMD-mapped folio ends with a PMD mapping again.
-            PmdState::Huge
-        } else if !bindings::pmd_present(pmd) {
-            PmdState::None
-        } else if bindings::pmd_trans_huge(pmd) {
-            PmdState::Huge
-        } else if bindings::pmd_bad(pmd) {
-            PmdState::None
-        } else {
-            PmdState::Table
+/// Returns the lock if it is still held, or why the range cannot be collapsed; a fault that
+/// had to release the lock gives [`Outcome::PageLock`]. Upstream:
+/// `__collapse_huge_page_swapin()`.
+pub(crate) fn swap_in<'a>(
+    guard: MmapRead<'a>,
+    c: Candidate,
+    referenced: u32,
+) -> Result<MmapRead<'a>, Outcome> {
+    let mm = guard.mm();
+    let mut swapped_in = 0;
+    let result = match swap_in_locked(&guard, c, &mut swapped_in) {
+        SwapIn::Done => {
+            if swapped_in > 0 {
+                // SAFETY: Always safe from process context. Drops the LRU batch's extra
+                // reference on the pages just read in, which would fail isolation.
+                unsafe { bindings::lru_add_drain() };
+            }
+            Ok(guard)
+        }
+        SwapIn::Failed(outcome) => Err(outcome),
+        SwapIn::LockReleased => {
+            // SAFETY: The fault released the mmap lock (`VM_FAULT_RETRY`).
+            unsafe { guard.released() };
+            // Most likely the folio lock could not be taken at once.
+            Err(Outcome::PageLock)
         }
     };
-    (state, Some(pmdp))
+    let outcome = result.as_ref().err().copied().unwrap_or(Outcome::Succeed);
+    trace::swapin(mm, swapped_in, referenced, outcome, c.order);
+    result
 }
 
-impl MmapRead<'_> {
-    /// Maps and locks the page table of PTEs under the PMD covering `addr`, if there is one.
-    ///
-    /// Upstream: `mm_find_pmd()` + `pte_offset_map_lock()`.
-    pub(crate) fn pte_table_locked(&self, addr: usize) -> Option<PteTableLocked<'_>> {
-        let mm = self.mm.as_raw();
-        let (_, pmdp) = find_pmd(self.mm, addr);
-        let pmdp = pmdp?;
-        let mut ptl = ptr::null_mut();
-        // SAFETY: `pmdp` is a PMD entry of `mm`, kept alive by the mmap lock; the function
-        // rechecks it and fails if it no longer points to a page table.
-        let pte = unsafe { bindings::pte_offset_map_lock(mm, pmdp.as_ptr(), addr, &mut ptl) };
-        if pte.is_null() {
-            return None;
-        }
-        // INVARIANT: `pte_offset_map_lock()` succeeded: the table is mapped (under RCU) and
-        // `ptl` is held.
-        Some(PteTableLocked {
-            pte,
-            ptl,
-            _guard: PhantomData,
-        })
-    }
-}
-
-impl<'a> MmapRead<'a> {
-    /// Faults the swapped-out pages of candidate `c` back in, so that it can be collapsed.
-    /// Smaller (mTHP) orders do not swap in: a swapped-out page fails them. Upstream:
-    /// `__collapse_huge_page_swapin()`.
-    ///
-    /// May sleep for I/O. On failure the lock is released (a fault may have released it
-    /// already); on success it is handed back.
-    pub(crate) fn swap_in(self, c: Candidate, referenced: u32) -> Result<Self, Outcome> {
-        let mm = self.mm;
-        let mut swapped_in = 0;
-        let result = match self.swap_in_locked(c, &mut swapped_in) {
-            SwapIn::Done => {
-                if swapped_in > 0 {
-                    // SAFETY: Always safe from process context. Drops the LRU batch's extra
-                    // reference on the pages just read in, which would fail isolation.
-                    unsafe { bindings::lru_add_drain() };
+/// The loop of [`swap_in`].
+fn swap_in_locked(guard: &MmapRead<'_>, c: Candidate, swapped_in: &mut u32) -> SwapIn {
+    let haddr = c.haddr;
+    let Some(vma) = guard.find_vma(haddr) else {
+        return SwapIn::Failed(Outcome::VmaNull);
+    };
+    let pmd = match guard.pmd_table(haddr) {
+        Ok(pmd) => pmd,
+        Err(outcome) => return SwapIn::Failed(outcome),
+    };
+    let mm = guard.mm().as_raw();
+    // A mapped run of the page table: the first entry, its index and its lock.
+    let mut mapped: Option<(*mut bindings::pte_t, usize, *mut bindings::spinlock_t)> = None;
+    for i in c.first..(c.first + c.nr()).min(PTES_PER_PMD as usize) {
+        let addr = haddr + i * PAGE_SIZE;
+        let (base, first, ptl) = match mapped {
+            Some(run) => run,
+            None => {
+                let mut ptl = ptr::null_mut();
+                // SAFETY: `pmd` is a PMD entry of `mm`, kept alive by the mmap lock; the
+                // function fails if it no longer points to a page table. The lock is only
+                // used by the fault to recheck the entry.
+                let pte =
+                    unsafe { bindings::pte_offset_map_ro_nolock(mm, pmd.as_ptr(), addr, &mut ptl) };
+                if pte.is_null() {
+                    return SwapIn::Failed(Outcome::NoPteTable);
                 }
-                Ok(self)
-            }
-            SwapIn::Failed(outcome) => Err(outcome),
-            SwapIn::LockReleased => {
-                // The fault released the mmap lock (`VM_FAULT_RETRY`).
-                core::mem::forget(self);
-                // Most likely the folio lock could not be taken at once.
-                Err(Outcome::PageLock)
+                mapped = Some((pte, i, ptl));
+                (pte, i, ptl)
             }
         };
-        let outcome = result.as_ref().err().copied().unwrap_or(Outcome::Succeed);
-        trace::swapin(mm, swapped_in, referenced, outcome, c.order);
-        result
-    }
-
-    /// The loop of [`MmapRead::swap_in`].
-    fn swap_in_locked(&self, c: Candidate, swapped_in: &mut u32) -> SwapIn {
-        let haddr = c.haddr;
-        let Some(vma) = self.find_vma(haddr) else {
-            return SwapIn::Failed(Outcome::VmaNull);
-        };
-        let pmd = match self.pmd_table(haddr) {
-            Ok(pmd) => pmd,
-            Err(outcome) => return SwapIn::Failed(outcome),
-        };
-        let mm = self.mm.as_raw();
-        // A mapped run of the page table: the first entry, its index and its lock.
-        let mut mapped: Option<(*mut bindings::pte_t, usize, *mut bindings::spinlock_t)> = None;
-        for i in c.first..(c.first + c.nr()).min(PTES_PER_PMD as usize) {
-            let addr = haddr + i * PAGE_SIZE;
-            let (base, first, ptl) = match mapped {
-                Some(run) => run,
-                None => {
-                    let mut ptl = ptr::null_mut();
-                    // SAFETY: `pmd` is a PMD entry of `mm`, kept alive by the mmap lock; the
-                    // function fails if it no longer points to a page table. The lock is only
-                    // used by the fault to recheck the entry.
-                    let pte = unsafe {
-                        bindings::pte_offset_map_ro_nolock(mm, pmd.as_ptr(), addr, &mut ptl)
-                    };
-                    if pte.is_null() {
-                        return SwapIn::Failed(Outcome::NoPteTable);
-                    }
-                    mapped = Some((pte, i, ptl));
-                    (pte, i, ptl)
-                }
-            };
-            // SAFETY: `base` maps entry `first` of the table; `i` is an entry of the same
-            // table, at or after `first`.
-            let ptep = unsafe { base.add(i - first) };
-            // SAFETY: `ptep` is mapped (above); the value may change under us, which the
-            // fault detects (`pte_same()` under the lock).
-            let pte = unsafe { bindings::ptep_get_lockless(ptep) };
-            // SAFETY: The PTE predicates only inspect the value.
-            if unsafe { bindings::pte_none(pte) || bindings::pte_present(pte) } {
-                continue;
-            }
-            if c.order != PMD_ORDER {
-                // Reading pages in could make a later scan collapse a larger folio here.
-                // SAFETY: Mapped above and not handed to a fault.
-                unsafe { bindings::pte_unmap(base) };
-                count_exceeded(c.order, Outcome::ExceedSwapPte);
-                return SwapIn::Failed(Outcome::ExceedSwapPte);
-            }
-            // SAFETY: `vma` covers `addr` (the caller revalidated the range under this lock),
-            // `ptep` is mapped and unmapped by the call, `pte` is a swap entry read from it.
-            let ret = unsafe {
-                bindings::thp_collapse_swap_in_pte(vma.as_ptr(), addr, pmd.as_ptr(), ptep, ptl, pte)
-            };
-            mapped = None;
-            if ret & bindings::vm_fault_reason_VM_FAULT_RETRY != 0 {
-                return SwapIn::LockReleased;
-            }
-            if ret & VM_FAULT_ERROR != 0 {
-                return SwapIn::Failed(Outcome::Fail);
-            }
-            *swapped_in += 1;
+        // SAFETY: `base` maps entry `first` of the table; `i` is an entry of the same
+        // table, at or after `first`.
+        let ptep = unsafe { base.add(i - first) };
+        // SAFETY: `ptep` is mapped (above); the value may change under us, which the
+        // fault detects (`pte_same()` under the lock).
+        let pte = unsafe { bindings::ptep_get_lockless(ptep) };
+        // SAFETY: The PTE predicates only inspect the value.
+        if unsafe { bindings::pte_none(pte) || bindings::pte_present(pte) } {
+            continue;
         }
-        if let Some((base, _, _)) = mapped {
+        if c.order != PMD_ORDER {
+            // Reading pages in could make a later scan collapse a larger folio here.
             // SAFETY: Mapped above and not handed to a fault.
             unsafe { bindings::pte_unmap(base) };
+            count_exceeded(c.order, Outcome::ExceedSwapPte);
+            return SwapIn::Failed(Outcome::ExceedSwapPte);
         }
-        SwapIn::Done
+        // SAFETY: `vma` covers `addr` (the caller revalidated the range under this lock),
+        // `ptep` is mapped and unmapped by the call, `pte` is a swap entry read from it.
+        let ret = unsafe {
+            bindings::thp_collapse_swap_in_pte(vma.as_ptr(), addr, pmd.as_ptr(), ptep, ptl, pte)
+        };
+        mapped = None;
+        if ret & bindings::vm_fault_reason_VM_FAULT_RETRY != 0 {
+            return SwapIn::LockReleased;
+        }
+        if ret & VM_FAULT_ERROR != 0 {
+            return SwapIn::Failed(Outcome::Fail);
+        }
+        *swapped_in += 1;
     }
+    if let Some((base, _, _)) = mapped {
+        // SAFETY: Mapped above and not handed to a fault.
+        unsafe { bindings::pte_unmap(base) };
+    }
+    SwapIn::Done
 }
 
 /// Faults that mean a page could not be brought in: C's `VM_FAULT_ERROR`.
@@ -332,51 +201,20 @@ enum SwapIn {
     LockReleased,
 }
 
-impl Drop for MmapRead<'_> {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariants the lock is held by this thread.
-        unsafe { bindings::mmap_read_unlock(self.mm.as_raw()) };
+/// The facts of entry `i` of `table`, which maps `addr` in `vma`, or `None` past the end.
+/// `vma` must be the VMA the table was found in.
+fn read_entry(
+    table: &PteTableLocked<'_>,
+    vma: *mut bindings::vm_area_struct,
+    addr: usize,
+    i: usize,
+) -> Option<PteFacts> {
+    if i >= PTRS_PER_PTE {
+        return None;
     }
-}
-
-/// A page table of PTEs, mapped and locked.
-///
-/// Holding it means holding the PTE lock (a spinlock) and the RCU read lock: nothing may sleep
-/// until it is dropped. It cannot outlive the mmap lock it was found under.
-///
-/// # Invariants
-///
-/// `pte` points to the `PTES_PER_PMD` entries of a page table mapped by
-/// `pte_offset_map_lock()`, and `ptl`, its lock, is held by this thread.
-pub(crate) struct PteTableLocked<'g> {
-    pte: *mut bindings::pte_t,
-    ptl: *mut bindings::spinlock_t,
-    _guard: PhantomData<&'g ()>,
-}
-
-impl PteTableLocked<'_> {
-    /// The facts of entry `i` (`i < PTES_PER_PMD`), which maps `addr` in `vma`, or `None` past
-    /// the end. `vma` must be the VMA the table was found in.
-    fn read(&self, vma: *mut bindings::vm_area_struct, addr: usize, i: usize) -> Option<PteFacts> {
-        if i >= PTES_PER_PMD as usize {
-            return None;
-        }
-        // SAFETY: By the type invariants `pte` points to `PTES_PER_PMD` mapped entries, and `i`
-        // is in range; the lock is held, so the entry and what it maps are stable. `vma` is
-        // valid under the mmap lock the table was found under.
-        Some(unsafe { PteFacts::read(vma, addr, self.pte.add(i)) })
-    }
-}
-
-impl Drop for PteTableLocked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariants `ptl` is held and `pte` mapped; `pte_unmap_unlock()`
-        // releases them in this order.
-        unsafe {
-            bindings::spin_unlock(self.ptl);
-            bindings::pte_unmap(self.pte);
-        }
-    }
+    // SAFETY: Entry `i` of `table` is mapped and locked, so it and what it maps are stable;
+    // `vma` is valid under the mmap lock the table was found under.
+    Some(unsafe { PteFacts::read(vma, addr, table.entry(i)) })
 }
 
 /// Scans the page table under the PMD range at `addr` of the anonymous `vma`, feeding `tally`.
@@ -390,7 +228,7 @@ pub(crate) fn scan_anon_pmd(
     addr: usize,
     tally: &mut ScanTally,
 ) -> (Outcome, u32, usize) {
-    let Some(table) = guard.pte_table_locked(addr) else {
+    let Some(table) = pte_table_locked(guard, addr) else {
         return (Outcome::NoPteTable, 1, trace::NO_PFN);
     };
     let mm = guard.mm().as_raw();
@@ -399,7 +237,7 @@ pub(crate) fn scan_anon_pmd(
     let droppable = unsafe { bindings::vma_is_droppable(vma_ptr) };
     let mut scanned = 0;
     for i in 0..PTES_PER_PMD as usize {
-        let Some(facts) = table.read(vma_ptr, addr + i * PAGE_SIZE, i) else {
+        let Some(facts) = read_entry(&table, vma_ptr, addr + i * PAGE_SIZE, i) else {
             break;
         };
         scanned += 1;
@@ -581,99 +419,48 @@ fn scan_one(
     Ok(())
 }
 
-/// A PMD-order folio allocated and charged for a collapse, not mapped anywhere yet.
+/// Allocates a folio of `order` (2 to the PMD order) for a collapse with `policy`, and
+/// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it.
 ///
-/// Dropping it frees it (and uncharges it).
-///
-/// # Invariants
-///
-/// `folio` is a folio of order `order` this value holds the only reference to, charged to a
-/// memory cgroup.
-pub(crate) struct NewFolio {
-    folio: NonNull<bindings::folio>,
-    order: u32,
-}
-
-impl NewFolio {
-    /// Allocates a folio of `order` (2 to the PMD order) for `policy` and charges it to
-    /// `mm`'s memory cgroup.
-    ///
-    /// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
-    /// sleep. Upstream: `alloc_charge_folio()`.
-    pub(crate) fn alloc_charge(mm: &Mm, policy: AllocPolicy, order: u32) -> Result<Self, Outcome> {
-        let order = order.min(PMD_ORDER);
-        let gfp = match policy {
-            AllocPolicy::Reclaim => bindings::GFP_TRANSHUGE,
-            AllocPolicy::Light => bindings::GFP_TRANSHUGE_LIGHT,
-        };
-        // SAFETY: Process context, no locks held (see above); a NULL nodemask allows every node.
-        let folio = unsafe {
-            bindings::__folio_alloc(gfp, order, bindings::numa_mem_id(), ptr::null_mut())
-        };
-        let Some(folio) = NonNull::new(folio) else {
-            count_collapse_event(
-                order,
-                bindings::vm_event_item_THP_COLLAPSE_ALLOC_FAILED,
-                bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC_FAILED,
-            );
-            return Err(Outcome::AllocHugePageFail);
-        };
+/// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
+/// sleep. Upstream: `alloc_charge_folio()`.
+pub(crate) fn alloc_charge(mm: &Mm, policy: AllocPolicy, order: u32) -> Result<NewFolio, Outcome> {
+    let order = order.min(PMD_ORDER);
+    let gfp = match policy {
+        AllocPolicy::Reclaim => bindings::GFP_TRANSHUGE,
+        AllocPolicy::Light => bindings::GFP_TRANSHUGE_LIGHT,
+    };
+    let Ok(folio) = NewFolio::alloc(gfp, order, None) else {
         count_collapse_event(
             order,
-            bindings::vm_event_item_THP_COLLAPSE_ALLOC,
-            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC,
+            bindings::vm_event_item_THP_COLLAPSE_ALLOC_FAILED,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC_FAILED,
         );
-        // SAFETY: `folio` was just allocated and is not shared; `mm` is valid.
-        if unsafe { bindings::mem_cgroup_charge(folio.as_ptr(), mm.as_raw(), gfp) } != 0 {
-            // SAFETY: We hold the only reference.
-            unsafe { bindings::folio_put(folio.as_ptr()) };
-            return Err(Outcome::CgroupChargeFail);
-        }
-        if order == PMD_ORDER {
-            // SAFETY: `folio` is a charged, PMD-order folio.
-            unsafe {
-                bindings::count_memcg_folio_events(
-                    folio.as_ptr(),
-                    bindings::vm_event_item_THP_COLLAPSE_ALLOC,
-                    1,
-                )
-            };
-        }
-        // INVARIANT: We hold the only reference to a charged folio of `order`.
-        let new = Self { folio, order };
-        // SAFETY: `folio` is valid (type invariants).
-        if unsafe { bindings::folio_memcg_alloc_deferred(new.folio.as_ptr()) } != 0 {
-            return Err(Outcome::AllocHugePageFail);
-        }
-        Ok(new)
+        return Err(Outcome::AllocHugePageFail);
+    };
+    count_collapse_event(
+        order,
+        bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+        bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC,
+    );
+    if folio.charge(mm, gfp).is_err() {
+        return Err(Outcome::CgroupChargeFail);
     }
-}
-
-impl NewFolio {
-    /// The folio.
-    pub(crate) fn as_ptr(&self) -> *mut bindings::folio {
-        self.folio.as_ptr()
+    if order == PMD_ORDER {
+        // SAFETY: `folio` is a charged, PMD-order folio.
+        unsafe {
+            bindings::count_memcg_folio_events(
+                folio.as_ptr(),
+                bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+                1,
+            )
+        };
     }
-
-    /// Its order.
-    pub(crate) fn order(&self) -> u32 {
-        self.order
+    // SAFETY: `folio` is valid and ours.
+    if unsafe { bindings::folio_memcg_alloc_deferred(folio.as_ptr()) } != 0 {
+        return Err(Outcome::AllocHugePageFail);
     }
-
-    /// Gives up ownership: the caller takes over the reference (to map the folio).
-    pub(crate) fn into_raw(self) -> *mut bindings::folio {
-        let folio = self.folio.as_ptr();
-        core::mem::forget(self);
-        folio
-    }
-}
-
-impl Drop for NewFolio {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariants we hold the only reference; dropping it frees and
-        // uncharges the folio.
-        unsafe { bindings::folio_put(self.folio.as_ptr()) };
-    }
+    Ok(folio)
 }
 
 /// Counts a collapse event for a folio of `order`: in `/proc/vmstat` for the PMD order, and
@@ -736,17 +523,6 @@ pub(crate) fn khugepaged_tunables() -> Tunables {
 pub(crate) fn userfaultfd_armed(vma: &VmaRef) -> bool {
     // SAFETY: `vma` is valid and its lock is held (type invariant of `VmaRef`).
     unsafe { bindings::userfaultfd_armed(vma.as_ptr()) }
-}
-
-/// What a PMD entry holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PmdState {
-    /// No page table (none, bad or non-present entry).
-    None,
-    /// A PMD mapping of a huge folio, or a migration entry for one.
-    Huge,
-    /// A page table of PTEs: something to collapse.
-    Table,
 }
 
 /// The mm a VMA belongs to.

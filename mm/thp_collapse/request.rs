@@ -11,12 +11,17 @@ use super::{
     mode::{Caller, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
     outcome::{Outcome, RangeTally},
     plan::{self, Occupied, ALL_ANON_ORDERS},
-    pmd::{self, MmapLocked, MmapRead, NewFolio, PmdState},
+    pmd::{self, CollapseLocked, MmapRead, PmdState},
     scan::ScanTally,
     stats::STATS,
     trace,
 };
-use kernel::{mm::virt::VmaRef, pr_notice_once, prelude::*, sync::aref::ARef};
+use kernel::{
+    mm::{folio::NewFolio, mmap_lock::MmapLocked, virt::VmaRef},
+    pr_notice_once,
+    prelude::*,
+    sync::aref::ARef,
+};
 
 /// Size of the range one PMD maps.
 pub(crate) const PMD_SIZE: usize = 1 << (PMD_ORDER + kernel::page::PAGE_SHIFT as u32);
@@ -61,7 +66,7 @@ pub(crate) fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
 /// collapsed into a folio of `order`, and returns its VMA.
 ///
 /// Upstream: `hugepage_vma_revalidate()`.
-fn revalidate<'g, G: MmapLocked>(
+fn revalidate<'g, G: CollapseLocked>(
     guard: &'g G,
     addr: usize,
     mode: CollapseMode,
@@ -114,7 +119,7 @@ fn swap_in(
     if !pmd::vma_is_anonymous(vma) {
         return Err(Outcome::PageAnon);
     }
-    guard.swap_in(c, referenced).map(drop)
+    pmd::swap_in(guard, c, referenced).map(drop)
 }
 
 /// Replaces the PTEs of candidate `c` by a mapping of `new`, a folio of its order that the
@@ -139,7 +144,9 @@ fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: New
     if !pmd::vma_is_anonymous(vma) {
         return Outcome::PageAnon;
     }
-    guard.exclude_vma_faults(vma);
+    if guard.exclude_vma_faults(vma).is_err() {
+        return Outcome::VmaCheck;
+    }
     let pmd = match guard.pmd_table(c.haddr) {
         Ok(pmd) => pmd,
         Err(outcome) => return outcome,
@@ -185,7 +192,7 @@ fn collapse_candidate(
 ) -> Outcome {
     let outcome = (|| {
         // The folio is allocated without the mmap lock: it may reclaim and compact.
-        let folio = NewFolio::alloc_charge(mm, mode.alloc_policy(tunables), c.order)?;
+        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), c.order)?;
         if s.swapped > 0 {
             swap_in(mm, c, mode, s.referenced)?;
         }

@@ -101,7 +101,6 @@ impl ScanTally {
     }
 
     /// Empty or zero-page PTEs seen.
-    #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
     pub(crate) fn none_or_zero_count(&self) -> u32 {
         self.none_or_zero
     }
@@ -112,7 +111,6 @@ impl ScanTally {
     }
 
     /// Referenced pages seen.
-    #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
     pub(crate) fn referenced_count(&self) -> u32 {
         self.referenced
     }

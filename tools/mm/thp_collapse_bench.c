@@ -4,13 +4,17 @@
  *
  * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB]
  *
- * For each round, and for each core (the order alternates between rounds),
- * it measures:
+ * For each round it measures, on both cores:
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
  *   half       the same with every other page never touched (none PTEs)
  *   huge       MADV_COLLAPSE of the same range once it is PMD-mapped
  *   remote     process_madvise(MADV_COLLAPSE) of another process's memory
  *   khugepaged the daemon collapsing a K MiB region until it is all huge
+ *
+ * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
+ * C, ...), each on its own copy of the workload, so that a slow phase of
+ * the host (TCG) hits both alike; khugepaged, which cannot be split, takes
+ * turns by round.
  *
  * MADV_COLLAPSE is timed per 2 MiB call. While it runs, a second thread calls
  * mincore() in a loop: mincore() needs the mmap lock for read, so its
@@ -42,6 +46,8 @@
 #define PAGE_SZ 4096UL
 #define THP "/sys/kernel/mm/transparent_hugepage/"
 #define MAX_SAMPLES 65536
+/* PMDs one core collapses before the other takes its turn. */
+#define BLOCK 8
 
 enum workload { FULL, HALF, HUGE, REMOTE, KHUGEPAGED, NR_WORKLOADS };
 static const char *const wname[] = { "full", "half", "huge", "remote", "khugepaged" };
@@ -160,13 +166,19 @@ static void record(int core, enum workload w, int round, int i, double ns, doubl
 	printf("CSV,%d,%s,%s,%d,%.0f,%.0f\n", round, cores[core], wname[w], i, ns, st);
 }
 
-/* MADV_COLLAPSE of each PMD of [p, p + nr PMDs), one call each. */
-static void time_local(int core, enum workload w, int round, char *p, size_t nr)
+static void set_core(int core)
+{
+	put(THP "collapse/core", cores[core]);
+}
+
+/* MADV_COLLAPSE of PMDs [from, to) of @p, one call each. */
+static void time_local(int core, enum workload w, int round, char *p, size_t from,
+		       size_t to)
 {
 	size_t i;
 	double t0, t1;
 
-	for (i = 0; i < nr; i++) {
+	for (i = from; i < to; i++) {
 		atomic_store(&stall.max_stall, 0);
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
@@ -176,22 +188,26 @@ static void time_local(int core, enum workload w, int round, char *p, size_t nr)
 	}
 }
 
-static void time_remote(int core, int round, size_t nr)
-{
-	char *p = map_pmds(nr);
-	int fds[2], pidfd;
-	double t0, t1;
+/* A process whose memory process_madvise() collapses. */
+struct target {
+	char *p;
 	pid_t pid;
-	size_t i;
+	int pidfd;
+};
+
+static void target_start(struct target *t, size_t nr)
+{
+	int fds[2];
 	char c;
 
+	t->p = map_pmds(nr);
 	if (pipe(fds))
 		die("pipe");
-	pid = fork();
-	if (pid < 0)
+	t->pid = fork();
+	if (t->pid < 0)
 		die("fork");
-	if (pid == 0) {
-		populate(p, nr * PMD_SZ, PAGE_SZ);
+	if (t->pid == 0) {
+		populate(t->p, nr * PMD_SZ, PAGE_SZ);
 		if (write(fds[1], "x", 1) != 1)
 			_exit(1);
 		pause();
@@ -199,24 +215,36 @@ static void time_remote(int core, int round, size_t nr)
 	}
 	if (read(fds[0], &c, 1) != 1)
 		die("child setup");
-	pidfd = syscall(SYS_pidfd_open, pid, 0);
-	if (pidfd < 0)
+	close(fds[0]);
+	close(fds[1]);
+	t->pidfd = syscall(SYS_pidfd_open, t->pid, 0);
+	if (t->pidfd < 0)
 		die("pidfd_open");
-	for (i = 0; i < nr; i++) {
-		struct iovec iov = { .iov_base = p + i * PMD_SZ, .iov_len = PMD_SZ };
+}
+
+static void target_stop(struct target *t, size_t nr)
+{
+	close(t->pidfd);
+	kill(t->pid, SIGKILL);
+	waitpid(t->pid, NULL, 0);
+	munmap(t->p, nr * PMD_SZ);
+}
+
+/* process_madvise(MADV_COLLAPSE) of PMDs [from, to) of @t, one call each. */
+static void time_remote(int core, int round, struct target *t, size_t from, size_t to)
+{
+	double t0, t1;
+	size_t i;
+
+	for (i = from; i < to; i++) {
+		struct iovec iov = { .iov_base = t->p + i * PMD_SZ, .iov_len = PMD_SZ };
 
 		t0 = now_ns();
-		if (syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_COLLAPSE, 0) < 0)
+		if (syscall(SYS_process_madvise, t->pidfd, &iov, 1, MADV_COLLAPSE, 0) < 0)
 			die("process_madvise(MADV_COLLAPSE)");
 		t1 = now_ns();
 		record(core, REMOTE, round, i, t1 - t0, 0);
 	}
-	close(pidfd);
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	close(fds[0]);
-	close(fds[1]);
-	munmap(p, nr * PMD_SZ);
 }
 
 /* kB of AnonHugePages in this process. */
@@ -240,6 +268,7 @@ static void time_khugepaged(int core, int round, size_t nr)
 	double t0, t1;
 	int polls = 0;
 
+	set_core(core);
 	put(THP "enabled", "madvise");
 	populate(p, nr * PMD_SZ, PAGE_SZ);
 	t0 = now_ns();
@@ -267,9 +296,23 @@ static double median(double *v, int n)
 	return n ? (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2) : 0;
 }
 
+static size_t min(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
+/*
+ * The two turns of block @b (in PMDs) of @round: @core is 0 (C) then 1
+ * (Rust), or the other way round, alternating block by block and round by
+ * round.
+ */
+#define for_each_turn(k, core, b, round)					\
+	for (k = 0, core = ((b) / BLOCK + (round)) % 2; k < 2;			\
+	     k++, core = !core)
+
 int main(int argc, char **argv)
 {
-	int rounds = 3, opt, round, k, w;
+	int rounds = 3, opt, round, k, w, core;
 	size_t mib = 256, kmib = 32, nr;
 	pthread_t th;
 
@@ -306,25 +349,47 @@ int main(int argc, char **argv)
 
 	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns\n");
 	for (round = 0; round < rounds; round++) {
+		char *full[2], *half[2];
+		struct target t[2];
+		size_t b;
+
 		for (k = 0; k < 2; k++) {
-			int core = (round + k) % 2;
-			char *p;
-
-			put("/sys/kernel/mm/transparent_hugepage/collapse/core", cores[core]);
-			p = map_pmds(nr);
-			populate(p, nr * PMD_SZ, PAGE_SZ);
-			time_local(core, FULL, round, p, nr);
-			time_local(core, HUGE, round, p, nr);
-			munmap(p, nr * PMD_SZ);
-
-			p = map_pmds(nr);
-			populate(p, nr * PMD_SZ, 2 * PAGE_SZ);
-			time_local(core, HALF, round, p, nr);
-			munmap(p, nr * PMD_SZ);
-
-			time_remote(core, round, nr);
-			time_khugepaged(core, round, kmib / 2);
+			full[k] = map_pmds(nr);
+			populate(full[k], nr * PMD_SZ, PAGE_SZ);
 		}
+		for (b = 0; b < nr; b += BLOCK)
+			for_each_turn(k, core, b, round) {
+				set_core(core);
+				time_local(core, FULL, round, full[core], b, min(b + BLOCK, nr));
+			}
+		for (b = 0; b < nr; b += BLOCK)
+			for_each_turn(k, core, b, round) {
+				set_core(core);
+				time_local(core, HUGE, round, full[core], b, min(b + BLOCK, nr));
+			}
+		for (k = 0; k < 2; k++) {
+			munmap(full[k], nr * PMD_SZ);
+			half[k] = map_pmds(nr);
+			populate(half[k], nr * PMD_SZ, 2 * PAGE_SZ);
+		}
+		for (b = 0; b < nr; b += BLOCK)
+			for_each_turn(k, core, b, round) {
+				set_core(core);
+				time_local(core, HALF, round, half[core], b, min(b + BLOCK, nr));
+			}
+		for (k = 0; k < 2; k++) {
+			munmap(half[k], nr * PMD_SZ);
+			target_start(&t[k], nr);
+		}
+		for (b = 0; b < nr; b += BLOCK)
+			for_each_turn(k, core, b, round) {
+				set_core(core);
+				time_remote(core, round, &t[core], b, min(b + BLOCK, nr));
+			}
+		for (k = 0; k < 2; k++)
+			target_stop(&t[k], nr);
+		for (k = 0; k < 2; k++)
+			time_khugepaged((round + k) % 2, round, kmib / 2);
 	}
 	atomic_store(&stall.stop, 1);
 	pthread_join(th, NULL);
