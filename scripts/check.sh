@@ -19,8 +19,14 @@ for f in $rs; do
 done
 
 log "clippy"
-objs=$(for f in $rs; do case "$f" in mm/thp_collapse.rs) echo mm/thp_collapse.o ;; esac; done)
-touch "$SRC/mm/thp_collapse.rs"
+# The collapse crate, and the kernel crate when we add to it (rust/kernel/mm/).
+objs=$(for f in $rs; do
+	case "$f" in
+	mm/thp_collapse.rs) echo mm/thp_collapse.o ;;
+	rust/kernel/*) echo rust/kernel.o ;;
+	esac
+done | sort -u)
+touch "$SRC/mm/thp_collapse.rs" "$SRC/rust/kernel/lib.rs"
 out=$(make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX CLIPPY=1 $objs 2>&1) || fail=1
 if [ -n "$out" ]; then
 	echo "$out"

@@ -302,13 +302,14 @@ static size_t min(size_t a, size_t b)
 }
 
 /*
- * The two turns of block @b (in PMDs) of @round: @core is 0 (C) then 1
- * (Rust), or the other way round, alternating block by block and round by
+ * Which core takes turn @k (0 or 1) of block @b (in PMDs) in @round: C then
+ * Rust, or the other way round, alternating block by block and round by
  * round.
  */
-#define for_each_turn(k, core, b, round)					\
-	for (k = 0, core = ((b) / BLOCK + (round)) % 2; k < 2;			\
-	     k++, core = !core)
+static int turn_core(size_t b, int round, int k)
+{
+	return (int)((b / BLOCK + round + k) % 2);
+}
 
 int main(int argc, char **argv)
 {
@@ -358,12 +359,14 @@ int main(int argc, char **argv)
 			populate(full[k], nr * PMD_SZ, PAGE_SZ);
 		}
 		for (b = 0; b < nr; b += BLOCK)
-			for_each_turn(k, core, b, round) {
+			for (k = 0; k < 2; k++) {
+				core = turn_core(b, round, k);
 				set_core(core);
 				time_local(core, FULL, round, full[core], b, min(b + BLOCK, nr));
 			}
 		for (b = 0; b < nr; b += BLOCK)
-			for_each_turn(k, core, b, round) {
+			for (k = 0; k < 2; k++) {
+				core = turn_core(b, round, k);
 				set_core(core);
 				time_local(core, HUGE, round, full[core], b, min(b + BLOCK, nr));
 			}
@@ -373,7 +376,8 @@ int main(int argc, char **argv)
 			populate(half[k], nr * PMD_SZ, 2 * PAGE_SZ);
 		}
 		for (b = 0; b < nr; b += BLOCK)
-			for_each_turn(k, core, b, round) {
+			for (k = 0; k < 2; k++) {
+				core = turn_core(b, round, k);
 				set_core(core);
 				time_local(core, HALF, round, half[core], b, min(b + BLOCK, nr));
 			}
@@ -382,7 +386,8 @@ int main(int argc, char **argv)
 			target_start(&t[k], nr);
 		}
 		for (b = 0; b < nr; b += BLOCK)
-			for_each_turn(k, core, b, round) {
+			for (k = 0; k < 2; k++) {
+				core = turn_core(b, round, k);
 				set_core(core);
 				time_remote(core, round, &t[core], b, min(b + BLOCK, nr));
 			}
