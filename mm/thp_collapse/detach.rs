@@ -54,8 +54,9 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 /// - `*pmdp` is none; `table` is the value it held, a PMD entry pointing to a page table.
 /// - `pte` maps that page table (`pte_offset_map()`: the RCU read lock is held), and `ptl` is
 ///   its lock, not held.
-/// - Every folio in `isolated` is locked by us, isolated from the LRU (with the reference that
-///   gives) and counted in `NR_ISOLATED_*`; each appears once.
+/// - Every `(folio, nr)` in `isolated` is a folio of `nr` pages, locked by us, isolated from
+///   the LRU (with the reference that gives) and counted in `NR_ISOLATED_*`; each appears
+///   once.
 /// - `slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and its
 ///   folio, which is in `isolated`, or `None`; it is set for the candidate's PTEs once
 ///   [`DetachedTable::isolate`] succeeded. `zero` marks the PTEs that map the zero page.
@@ -70,7 +71,7 @@ pub(crate) struct DetachedTable<'g> {
     nr: usize,
     pte: *mut bindings::pte_t,
     ptl: *mut bindings::spinlock_t,
-    isolated: KVec<NonNull<bindings::folio>>,
+    isolated: KVec<(NonNull<bindings::folio>, usize)>,
     slots: KVec<Slot>,
     zero: [u64; PTES_PER_PMD as usize / 64],
     last_pfn: usize,
@@ -83,7 +84,7 @@ type Slot = Option<(NonNull<bindings::page>, NonNull<bindings::folio>)>;
 /// Room for the isolated folios of one page table and for what each PTE maps, allocated
 /// before any lock is taken.
 pub(crate) struct IsolationList {
-    folios: KVec<NonNull<bindings::folio>>,
+    folios: KVec<(NonNull<bindings::folio>, usize)>,
     slots: KVec<Slot>,
 }
 
@@ -288,9 +289,9 @@ impl<'g> DetachedTable<'g> {
             return Err(Outcome::PageAnon);
         }
         if tally.skips_lazyfree()
+            && facts.clean_lazyfree()
             // SAFETY: `vma` is valid under the mmap write lock.
             && !unsafe { bindings::vma_is_droppable(self.vma) }
-            && facts.clean_lazyfree()
         {
             return Err(Outcome::PageLazyfree);
         }
@@ -301,7 +302,7 @@ impl<'g> DetachedTable<'g> {
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
             return Err(Outcome::PteMappedHugepage);
         }
-        let seen = facts.large() && self.isolated.contains(&folio);
+        let seen = facts.large() && self.isolated.iter().any(|&(f, _)| f == folio);
         if !seen {
             let folio = folio.as_ptr();
             // SAFETY: `folio` is valid (mapped by the detached table); the lock, refcount and
@@ -313,7 +314,7 @@ impl<'g> DetachedTable<'g> {
                 }
                 // No GUP pins or other references: the table is detached, so this process
                 // cannot take new ones.
-                if bindings::folio_expected_ref_count(folio) != bindings::folio_ref_count(folio) {
+                if bindings::folio_has_unexpected_refs(folio) {
                     bindings::folio_unlock(folio);
                     return Err(Outcome::PageCount);
                 }
@@ -325,11 +326,11 @@ impl<'g> DetachedTable<'g> {
                 // INVARIANT: Locked, isolated and counted. There is room for one folio per
                 // PTE (`IsolationList`), so the push cannot fail; if it did, the folio is
                 // released at once.
-                if let Err(PushError(f)) = self
+                if let Err(PushError((f, nr))) = self
                     .isolated
-                    .push_within_capacity(NonNull::new_unchecked(folio))
+                    .push_within_capacity((NonNull::new_unchecked(folio), facts.folio_nr_pages()))
                 {
-                    release_folio(f.as_ptr(), false);
+                    release_folio(f.as_ptr(), nr, false);
                     return Err(Outcome::Fail);
                 }
             }
@@ -415,10 +416,10 @@ impl<'g> DetachedTable<'g> {
                 bindings::folio_put_refs(folio.as_ptr(), nr as i32);
             }
         }
-        for folio in self.isolated.drain_all() {
-            // SAFETY: By the type invariants we isolated and locked the folio; it is no longer
-            // mapped here, so its swap cache entry can go.
-            unsafe { release_folio(folio.as_ptr(), true) };
+        for (folio, nr) in self.isolated.drain_all() {
+            // SAFETY: By the type invariants we isolated and locked the folio, of `nr` pages;
+            // it is no longer mapped here, so its swap cache entry can go.
+            unsafe { release_folio(folio.as_ptr(), nr, true) };
         }
         let pmd_order = new.order() == PMD_ORDER;
         let folio = new.into_raw();
@@ -466,9 +467,9 @@ impl Drop for DetachedTable<'_> {
         // it back comes before releasing the folios, which are still isolated and locked, so
         // no rmap walker can look at the range in between.
         unsafe { restore_pmd(self.mm, self.pmdp, self.table) };
-        for folio in self.isolated.drain_all() {
-            // SAFETY: By the type invariants we isolated and locked the folio.
-            unsafe { release_folio(folio.as_ptr(), false) };
+        for (folio, nr) in self.isolated.drain_all() {
+            // SAFETY: By the type invariants we isolated and locked the folio, of `nr` pages.
+            unsafe { release_folio(folio.as_ptr(), nr, false) };
         }
         // SAFETY: By the type invariants `pte` is mapped.
         unsafe { bindings::pte_unmap(self.pte) };
@@ -501,11 +502,12 @@ unsafe fn restore_pmd(
 ///
 /// # Safety
 ///
-/// `folio` must be locked by us, isolated from the LRU and counted in `NR_ISOLATED_*`.
-unsafe fn release_folio(folio: *mut bindings::folio, free_swap: bool) {
+/// `folio` must be a folio of `nr` pages, locked by us, isolated from the LRU and counted in
+/// `NR_ISOLATED_*`.
+unsafe fn release_folio(folio: *mut bindings::folio, nr: usize, free_swap: bool) {
     // SAFETY: By the function's safety requirements.
     unsafe {
-        bindings::node_stat_mod_isolated(folio, -bindings::folio_nr_pages(folio));
+        bindings::node_stat_mod_isolated(folio, -(nr as isize));
         bindings::folio_unlock(folio);
         if free_swap {
             bindings::free_swap_cache(folio);

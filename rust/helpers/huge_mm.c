@@ -180,14 +180,10 @@ __rust_helper bool rust_helper_folio_maybe_mapped_shared(struct folio *folio)
 	return folio_maybe_mapped_shared(folio);
 }
 
-__rust_helper int rust_helper_folio_expected_ref_count(const struct folio *folio)
+/* One call for what C reads as two inlines, in a loop that runs per PTE. */
+__rust_helper bool rust_helper_folio_has_unexpected_refs(const struct folio *folio)
 {
-	return folio_expected_ref_count(folio);
-}
-
-__rust_helper int rust_helper_folio_ref_count(const struct folio *folio)
-{
-	return folio_ref_count(folio);
+	return folio_expected_ref_count(folio) != folio_ref_count(folio);
 }
 
 __rust_helper bool rust_helper_folio_test_young(const struct folio *folio)

@@ -399,25 +399,29 @@ int main(int argc, char **argv)
 	atomic_store(&stall.stop, 1);
 	pthread_join(th, NULL);
 
-	printf("\n%-11s %10s %10s %10s %10s %10s %10s %7s %12s %12s\n", "workload",
+	printf("\n%-11s %10s %10s %10s %10s %10s %10s %7s %8s %12s %12s\n", "workload",
 	       "c med us", "c min", "c max", "rust med", "rust min", "rust max",
-	       "rust/c", "c stall us", "rust stall");
+	       "rust/c", "r/c p10", "c stall us", "rust stall");
 	for (w = 0; w < NR_WORKLOADS; w++) {
-		double med[2], lo[2], hi[2], st[2];
+		double med[2], lo[2], hi[2], p10[2], st[2];
 
 		for (k = 0; k < 2; k++) {
 			struct series *s = &results[k][w];
 
+			/* median() sorts the samples. */
 			med[k] = median(s->ns, s->n) / 1e3;
 			lo[k] = s->n ? s->ns[0] / 1e3 : 0;
 			hi[k] = s->n ? s->ns[s->n - 1] / 1e3 : 0;
+			p10[k] = s->n ? s->ns[s->n / 10] / 1e3 : 0;
 			st[k] = median(s->stall, s->n) / 1e3;
 		}
-		printf("%-11s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %12.1f %12.1f\n",
+		printf("%-11s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n",
 		       wname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
-		       med[0] > 0 ? med[1] / med[0] : 0, st[0], st[1]);
+		       med[0] > 0 ? med[1] / med[0] : 0,
+		       p10[0] > 0 ? p10[1] / p10[0] : 0, st[0], st[1]);
 	}
-	printf("(times per 2 MiB; stall: median over calls of the longest\n"
-	       " mincore() wait during the call, the mmap lock write-hold time)\n");
+	printf("(times per 2 MiB; r/c p10: the ratio of the 10th percentiles;\n"
+	       " stall: median over calls of the longest mincore() wait during\n"
+	       " the call, the mmap lock write-hold time)\n");
 	return 0;
 }
