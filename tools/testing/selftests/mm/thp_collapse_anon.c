@@ -120,15 +120,34 @@ enum layout {
 	SHARED,		/* every page written, then shared with a child */
 	SOME_HUGE,	/* the first PMD already huge, the others small */
 	MTHP,		/* every page written, in 64 KiB mTHP folios */
+	LAZYFREE,	/* every page written, half of them then MADV_FREE'd */
 	NR_LAYOUTS,
 };
 
 static const char *const layout_name[] = {
 	"full", "sparse", "zero page", "partly swapped", "shared after fork",
-	"partly huge already", "64KiB mTHP folios",
+	"partly huge already", "64KiB mTHP folios", "lazily freed",
 };
 
 #define INTEGRITY_PMDS 4
+
+/* The number of 64 KiB (order 4) folios mapping [p, p + len), or -1. */
+static int mthp_folios(char *p, size_t len)
+{
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	int kpageflags = open("/proc/kpageflags", O_RDONLY);
+	int orders[10] = { 0 };
+	int ret = -1;
+
+	if (pagemap >= 0 && kpageflags >= 0 &&
+	    !gather_folio_orders(p, len, pagemap, kpageflags, orders, 10))
+		ret = orders[4];
+	if (pagemap >= 0)
+		close(pagemap);
+	if (kpageflags >= 0)
+		close(kpageflags);
+	return ret;
+}
 
 /*
  * Lay the memory out; returns false (with a skip reported) if the machine
@@ -147,6 +166,18 @@ static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
 	case SWAPPED:
 		for (i = 0; i < nr; i++)
 			fill_page(p, shadow, i, seed);
+		break;
+	case LAZYFREE:
+		for (i = 0; i < nr; i++)
+			fill_page(p, shadow, i, seed);
+		/*
+		 * Clean lazyfree pages keep their contents until reclaim drops
+		 * them (nothing here makes it run); MADV_COLLAPSE copies them,
+		 * and the huge page that replaces them is not lazyfree.
+		 */
+		for (i = 0; i < nr; i += 64)
+			if (madvise(p + i * PAGE_SZ, 32 * PAGE_SZ, MADV_FREE))
+				ksft_exit_fail_perror("madvise(MADV_FREE)");
 		break;
 	case SPARSE:
 		for (i = 0; i < nr; i += 3)
@@ -186,6 +217,14 @@ static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
 			fill_page(p, shadow, i, seed);
 		set_str(THP_SYSFS "hugepages-64kB/enabled", old64);
 		set_str(THP_SYSFS "hugepages-2048kB/enabled", old2m);
+		/* The faults must really have made 64 KiB folios. */
+		if (mthp_folios(p, INTEGRITY_PMDS * PMD_SZ) < nr / 16 / 2) {
+			ksft_test_result_fail("%s: the faults made %d of %zu 64 KiB folios\n",
+					      layout_name[l],
+					      mthp_folios(p, INTEGRITY_PMDS * PMD_SZ),
+					      nr / 16);
+			return false;
+		}
 		break;
 	default:
 		break;
