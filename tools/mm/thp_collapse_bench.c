@@ -311,9 +311,36 @@ static int turn_core(size_t b, int round, int k)
 	return (int)((b / BLOCK + round + k) % 2);
 }
 
+/*
+ * Workload @w of @round on PMDs [0, @nr), the cores taking turns block by
+ * block: on mem[core] (MADV_COLLAPSE) or on t[core] (process_madvise).
+ */
+static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
+		       struct target t[2])
+{
+	size_t b, end;
+	int k, core;
+
+	for (b = 0; b < nr; b += BLOCK) {
+		end = min(b + BLOCK, nr);
+		for (k = 0; k < 2; k++) {
+			core = turn_core(b, round, k);
+			set_core(core);
+			if (w == REMOTE)
+				time_remote(core, round, &t[core], b, end);
+			else
+				time_local(core, w, round, mem[core], b, end);
+		}
+	}
+}
+
+/* One row of the closing table. */
+static const char table_row[] =
+	"%-11s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n";
+
 int main(int argc, char **argv)
 {
-	int rounds = 3, opt, round, k, w, core;
+	int rounds = 3, opt, round, k, w;
 	size_t mib = 256, kmib = 32, nr;
 	pthread_t th;
 
@@ -352,45 +379,24 @@ int main(int argc, char **argv)
 	for (round = 0; round < rounds; round++) {
 		char *full[2], *half[2];
 		struct target t[2];
-		size_t b;
 
 		for (k = 0; k < 2; k++) {
 			full[k] = map_pmds(nr);
 			populate(full[k], nr * PMD_SZ, PAGE_SZ);
 		}
-		for (b = 0; b < nr; b += BLOCK)
-			for (k = 0; k < 2; k++) {
-				core = turn_core(b, round, k);
-				set_core(core);
-				time_local(core, FULL, round, full[core], b, min(b + BLOCK, nr));
-			}
-		for (b = 0; b < nr; b += BLOCK)
-			for (k = 0; k < 2; k++) {
-				core = turn_core(b, round, k);
-				set_core(core);
-				time_local(core, HUGE, round, full[core], b, min(b + BLOCK, nr));
-			}
+		take_turns(FULL, round, nr, full, NULL);
+		take_turns(HUGE, round, nr, full, NULL);
 		for (k = 0; k < 2; k++) {
 			munmap(full[k], nr * PMD_SZ);
 			half[k] = map_pmds(nr);
 			populate(half[k], nr * PMD_SZ, 2 * PAGE_SZ);
 		}
-		for (b = 0; b < nr; b += BLOCK)
-			for (k = 0; k < 2; k++) {
-				core = turn_core(b, round, k);
-				set_core(core);
-				time_local(core, HALF, round, half[core], b, min(b + BLOCK, nr));
-			}
+		take_turns(HALF, round, nr, half, NULL);
 		for (k = 0; k < 2; k++) {
 			munmap(half[k], nr * PMD_SZ);
 			target_start(&t[k], nr);
 		}
-		for (b = 0; b < nr; b += BLOCK)
-			for (k = 0; k < 2; k++) {
-				core = turn_core(b, round, k);
-				set_core(core);
-				time_remote(core, round, &t[core], b, min(b + BLOCK, nr));
-			}
+		take_turns(REMOTE, round, nr, NULL, t);
 		for (k = 0; k < 2; k++)
 			target_stop(&t[k], nr);
 		for (k = 0; k < 2; k++)
@@ -415,8 +421,7 @@ int main(int argc, char **argv)
 			p10[k] = s->n ? s->ns[s->n / 10] / 1e3 : 0;
 			st[k] = median(s->stall, s->n) / 1e3;
 		}
-		printf("%-11s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n",
-		       wname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
+		printf(table_row, wname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
 		       med[0] > 0 ? med[1] / med[0] : 0,
 		       p10[0] > 0 ? p10[1] / p10[0] : 0, st[0], st[1]);
 	}
