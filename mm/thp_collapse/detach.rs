@@ -456,8 +456,14 @@ impl<'g> DetachedTable<'g> {
             bindings::spin_unlock(pmd_ptl);
             bindings::pte_unmap(self.pte);
         }
-        // The table is in use again; `isolated` is empty, so forgetting `self` leaks nothing.
+        // The table is in use again: nothing may roll back now. Only the memory of the two
+        // lists (`isolated` is empty) is left to free, after `self` is forgotten.
+        let lists = (
+            core::mem::take(&mut self.isolated),
+            core::mem::take(&mut self.slots),
+        );
         core::mem::forget(self);
+        drop(lists);
     }
 }
 

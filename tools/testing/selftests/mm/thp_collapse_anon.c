@@ -10,8 +10,10 @@
  * errno on both cores.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
@@ -951,6 +953,101 @@ static void test_target_exits(void)
 			 bad, rust_stat("process_madvise", "any_process") - any);
 }
 
+/* ---- Memory ------------------------------------------------------------ */
+
+/* A field of /proc/meminfo, in kB, or -1. */
+static long meminfo_kb(const char *field)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	size_t n = strlen(field);
+	char line[128];
+	long kb = -1;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, field, n) && line[n] == ':') {
+			kb = atol(line + n + 1);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/*
+ * Shrinks every slab cache: frees its empty slabs and, under KASAN, the
+ * objects it keeps in quarantine (freed, but not yet reusable), so that
+ * SUnreclaim counts what is still allocated.
+ */
+static void shrink_slabs(void)
+{
+	DIR *d = opendir("/sys/kernel/slab");
+	struct dirent *e;
+	char path[300];
+
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/kernel/slab/%s/shrink", e->d_name);
+		set_str(path, "1");
+	}
+	if (d)
+		closedir(d);
+}
+
+#define LEAK_ROUNDS 200
+
+/*
+ * Growth of the kernel's unreclaimable slab memory (kB) over LEAK_ROUNDS
+ * collapses of one PMD on @core, each after a MADV_DONTNEED of one page
+ * split its PMD mapping; LONG_MIN if a collapse failed.
+ */
+static long slab_growth(const char *core)
+{
+	char *p = small_pages(1);
+	long before;
+	size_t pg;
+	int n;
+
+	for (pg = 0; pg < PAGES_PER_PMD; pg++)
+		p[pg * PAGE_SZ] = 1;
+	allow_thp(p, PMD_SZ);
+	collapse_require_core(core);
+	/* Warm up the caches the path uses before counting. */
+	if (madvise(p, PMD_SZ, MADV_COLLAPSE)) {
+		munmap(p, PMD_SZ);
+		return LONG_MIN;
+	}
+	shrink_slabs();
+	before = meminfo_kb("SUnreclaim");
+	for (n = 0; n < LEAK_ROUNDS; n++) {
+		madvise(p + PMD_SZ - PAGE_SZ, PAGE_SZ, MADV_DONTNEED);
+		if (madvise(p, PMD_SZ, MADV_COLLAPSE)) {
+			munmap(p, PMD_SZ);
+			return LONG_MIN;
+		}
+	}
+	munmap(p, PMD_SZ);
+	shrink_slabs();
+	return meminfo_kb("SUnreclaim") - before;
+}
+
+/*
+ * Collapses leave no kernel memory behind: a leak of even one 4 KiB
+ * allocation per collapse would grow the slab by 800 kB here.
+ */
+static void test_no_leak(void)
+{
+	long c = slab_growth("c");
+	long long ok = rust_stat("madvise", "succeed");
+	long rust = slab_growth("rust");
+	long long moved = rust_stat("madvise", "succeed") - ok;
+
+	ksft_test_result(rust != LONG_MIN && c != LONG_MIN && rust < 400 &&
+			 moved == LEAK_ROUNDS + 1,
+			 "memory: %d collapses leave no slab memory behind (growth: rust %ld kB, c %ld kB; succeed +%lld)\n",
+			 LEAK_ROUNDS, rust, c, moved);
+}
+
 /* ---- Tracepoints ------------------------------------------------------- */
 
 #define TRACEFS "/sys/kernel/tracing/"
@@ -1065,7 +1162,7 @@ int main(void)
 	int l;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 12);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 13);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -1086,6 +1183,7 @@ int main(void)
 	test_bad_unprivileged();
 	test_target_exits();
 	test_tracepoints();
+	test_no_leak();
 
 	collapse_set_core(orig);
 	set_str(THP_SYSFS "enabled", thp_enabled);
