@@ -24,10 +24,13 @@ use super::{
 };
 use core::{marker::PhantomData, mem::MaybeUninit, ptr, ptr::NonNull};
 use kernel::{
-    alloc::{flags::GFP_KERNEL, kvec::PushError, KVec},
+    alloc::{flags::GFP_KERNEL, KVec},
     bindings,
     mm::{
-        anon_vma::AnonVmaWriteGuard, folio::NewFolio, mmap_lock::MmapWriteLock, pgtable::PmdEntry,
+        anon_vma::AnonVmaWriteGuard,
+        folio::{IsolateError, IsolatedFolio, NewFolio},
+        mmap_lock::MmapWriteLock,
+        pgtable::PmdEntry,
         virt::VmaRef,
     },
     page::PAGE_SIZE,
@@ -54,9 +57,7 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 /// - `*pmdp` is none; `table` is the value it held, a PMD entry pointing to a page table.
 /// - `pte` maps that page table (`pte_offset_map()`: the RCU read lock is held), and `ptl` is
 ///   its lock, not held.
-/// - Every `(folio, nr)` in `isolated` is a folio of `nr` pages, locked by us, isolated from
-///   the LRU (with the reference that gives) and counted in `NR_ISOLATED_*`; each appears
-///   once.
+/// - Each folio appears once in `isolated`.
 /// - `slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and its
 ///   folio, which is in `isolated`, or `None`; it is set for the candidate's PTEs once
 ///   [`DetachedTable::isolate`] succeeded. `zero` marks the PTEs that map the zero page.
@@ -71,7 +72,7 @@ pub(crate) struct DetachedTable<'g> {
     nr: usize,
     pte: *mut bindings::pte_t,
     ptl: *mut bindings::spinlock_t,
-    isolated: KVec<(NonNull<bindings::folio>, usize)>,
+    isolated: KVec<IsolatedFolio>,
     slots: KVec<Slot>,
     zero: [u64; PTES_PER_PMD as usize / 64],
     last_pfn: usize,
@@ -84,7 +85,7 @@ type Slot = Option<(NonNull<bindings::page>, NonNull<bindings::folio>)>;
 /// Room for the isolated folios of one page table and for what each PTE maps, allocated
 /// before any lock is taken.
 pub(crate) struct IsolationList {
-    folios: KVec<(NonNull<bindings::folio>, usize)>,
+    folios: KVec<IsolatedFolio>,
     slots: KVec<Slot>,
 }
 
@@ -302,37 +303,20 @@ impl<'g> DetachedTable<'g> {
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
             return Err(Outcome::PteMappedHugepage);
         }
-        let seen = facts.large() && self.isolated.iter().any(|&(f, _)| f == folio);
+        let seen = facts.large() && self.isolated.iter().any(|f| f.as_ptr() == folio);
         if !seen {
-            let folio = folio.as_ptr();
-            // SAFETY: `folio` is valid (mapped by the detached table); the lock, refcount and
-            // LRU calls are the documented isolation protocol.
-            unsafe {
-                // The folio lock serializes against split_huge_page().
-                if !bindings::folio_trylock(folio) {
-                    return Err(Outcome::PageLock);
-                }
-                // No GUP pins or other references: the table is detached, so this process
-                // cannot take new ones.
-                if bindings::folio_has_unexpected_refs(folio) {
-                    bindings::folio_unlock(folio);
-                    return Err(Outcome::PageCount);
-                }
-                if !bindings::folio_isolate_lru(folio) {
-                    bindings::folio_unlock(folio);
-                    return Err(Outcome::DelPageLru);
-                }
-                bindings::node_stat_mod_isolated(folio, facts.folio_nr_pages() as isize);
-                // INVARIANT: Locked, isolated and counted. There is room for one folio per
-                // PTE (`IsolationList`), so the push cannot fail; if it did, the folio is
-                // released at once.
-                if let Err(PushError((f, nr))) = self
-                    .isolated
-                    .push_within_capacity((NonNull::new_unchecked(folio), facts.folio_nr_pages()))
-                {
-                    release_folio(f.as_ptr(), nr, false);
-                    return Err(Outcome::Fail);
-                }
+            // SAFETY: `folio` is mapped by the detached table, which only we can change, so
+            // it stays valid.
+            let isolated = unsafe { IsolatedFolio::isolate(folio, facts.folio_nr_pages()) }
+                .map_err(|e| match e {
+                    IsolateError::Locked => Outcome::PageLock,
+                    IsolateError::Referenced => Outcome::PageCount,
+                    IsolateError::NotOnLru => Outcome::DelPageLru,
+                })?;
+            // There is room for one folio per PTE (`IsolationList`), so the push cannot
+            // fail; if it did, dropping the folio puts it back at once.
+            if self.isolated.push_within_capacity(isolated).is_err() {
+                return Err(Outcome::Fail);
             }
         }
         if let Some(slot) = self.slots.get_mut(i) {
@@ -416,10 +400,9 @@ impl<'g> DetachedTable<'g> {
                 bindings::folio_put_refs(folio.as_ptr(), nr as i32);
             }
         }
-        for (folio, nr) in self.isolated.drain_all() {
-            // SAFETY: By the type invariants we isolated and locked the folio, of `nr` pages;
-            // it is no longer mapped here, so its swap cache entry can go.
-            unsafe { release_folio(folio.as_ptr(), nr, true) };
+        for folio in self.isolated.drain_all() {
+            // No longer mapped here: its swap cache entry can go.
+            folio.putback_free_swap();
         }
         let pmd_order = new.order() == PMD_ORDER;
         let folio = new.into_raw();
@@ -473,10 +456,8 @@ impl Drop for DetachedTable<'_> {
         // it back comes before releasing the folios, which are still isolated and locked, so
         // no rmap walker can look at the range in between.
         unsafe { restore_pmd(self.mm, self.pmdp, self.table) };
-        for (folio, nr) in self.isolated.drain_all() {
-            // SAFETY: By the type invariants we isolated and locked the folio, of `nr` pages.
-            unsafe { release_folio(folio.as_ptr(), nr, false) };
-        }
+        // Puts every isolated folio back.
+        self.isolated.clear();
         // SAFETY: By the type invariants `pte` is mapped.
         unsafe { bindings::pte_unmap(self.pte) };
     }
@@ -499,25 +480,5 @@ unsafe fn restore_pmd(
         let pmd_ptl = bindings::pmd_lock(mm, pmdp);
         bindings::pmd_populate_table(mm, pmdp, table);
         bindings::spin_unlock(pmd_ptl);
-    }
-}
-
-/// Ends the isolation of `folio`: uncounts it, unlocks it and puts it back on the LRU (which
-/// drops the isolation reference). With `free_swap`, drops its swap cache entry if it is no
-/// longer mapped. Upstream: `release_pte_folio()`.
-///
-/// # Safety
-///
-/// `folio` must be a folio of `nr` pages, locked by us, isolated from the LRU and counted in
-/// `NR_ISOLATED_*`.
-unsafe fn release_folio(folio: *mut bindings::folio, nr: usize, free_swap: bool) {
-    // SAFETY: By the function's safety requirements.
-    unsafe {
-        bindings::node_stat_mod_isolated(folio, -(nr as isize));
-        bindings::folio_unlock(folio);
-        if free_swap {
-            bindings::free_swap_cache(folio);
-        }
-        bindings::folio_putback_lru(folio);
     }
 }

@@ -96,3 +96,126 @@ impl Drop for NewFolio {
         unsafe { bindings::folio_put(self.folio.as_ptr()) };
     }
 }
+
+/// Why [`IsolatedFolio::isolate`] could not isolate a folio.
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsolateError {
+    /// Someone else holds the folio lock.
+    Locked,
+    /// There are references beyond the folio's mappings and swap cache (a GUP pin, say).
+    Referenced,
+    /// The folio is not on an LRU list (someone else isolated it).
+    NotOnLru,
+}
+
+/// A folio this thread has locked and taken off its LRU list: reclaim, migration and
+/// compaction leave it alone until it is put back, which dropping the value does.
+///
+/// # Invariants
+///
+/// `folio` is a folio of `nr` pages, locked by this thread, isolated from its LRU list (with
+/// the reference that holds) and counted in the node's `NR_ISOLATED_*`.
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use kernel::{bindings, mm::folio::IsolatedFolio};
+///
+/// /// Whether `folio` (of `nr` pages) could be taken off the LRU for a moment.
+/// ///
+/// /// # Safety
+/// ///
+/// /// `folio` must stay valid during the call.
+/// unsafe fn can_isolate(folio: NonNull<bindings::folio>, nr: usize) -> bool {
+///     // SAFETY: By the function's safety requirements. Dropping the result puts the folio
+///     // back at once.
+///     unsafe { IsolatedFolio::isolate(folio, nr) }.is_ok()
+/// }
+/// ```
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+pub struct IsolatedFolio {
+    folio: NonNull<bindings::folio>,
+    nr: usize,
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl IsolatedFolio {
+    /// Locks `folio` without waiting, checks that nobody holds a reference to it beyond its
+    /// mappings and swap cache, and takes it off its LRU list, in that order.
+    ///
+    /// # Safety
+    ///
+    /// `folio` must point to a folio of `nr` pages that stays valid during the call (mapped by
+    /// a page table the caller has locked or detached, for instance).
+    pub unsafe fn isolate(
+        folio: NonNull<bindings::folio>,
+        nr: usize,
+    ) -> Result<Self, IsolateError> {
+        let f = folio.as_ptr();
+        // SAFETY: `folio` is valid (safety requirements); this is the isolation protocol:
+        // lock, check the references under the lock, then isolate.
+        unsafe {
+            // The folio lock serializes against split_huge_page().
+            if !bindings::folio_trylock(f) {
+                return Err(IsolateError::Locked);
+            }
+            if bindings::folio_has_unexpected_refs(f) {
+                bindings::folio_unlock(f);
+                return Err(IsolateError::Referenced);
+            }
+            if !bindings::folio_isolate_lru(f) {
+                bindings::folio_unlock(f);
+                return Err(IsolateError::NotOnLru);
+            }
+            bindings::node_stat_mod_isolated(f, nr as isize);
+        }
+        // INVARIANT: Locked, isolated and counted above.
+        Ok(Self { folio, nr })
+    }
+
+    /// The folio.
+    pub fn as_ptr(&self) -> NonNull<bindings::folio> {
+        self.folio
+    }
+
+    /// Its number of pages.
+    pub fn nr_pages(&self) -> usize {
+        self.nr
+    }
+
+    /// Puts the folio back, first dropping its swap cache entry if nothing maps it any more.
+    pub fn putback_free_swap(self) {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the release runs once.
+        unsafe { this.release(true) };
+    }
+
+    /// Uncounts, unlocks and puts back the folio, dropping the isolation reference; with
+    /// `free_swap`, drops its swap cache entry in between if nothing maps it any more.
+    ///
+    /// # Safety
+    ///
+    /// Called once, after which the value must be forgotten.
+    unsafe fn release(&self, free_swap: bool) {
+        let f = self.folio.as_ptr();
+        // SAFETY: By the type invariants the folio is locked by us, isolated and counted.
+        unsafe {
+            bindings::node_stat_mod_isolated(f, -(self.nr as isize));
+            bindings::folio_unlock(f);
+            if free_swap {
+                bindings::free_swap_cache(f);
+            }
+            bindings::folio_putback_lru(f);
+        }
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl Drop for IsolatedFolio {
+    fn drop(&mut self) {
+        // SAFETY: Drop runs once; nothing uses the value afterwards.
+        unsafe { self.release(false) };
+    }
+}
