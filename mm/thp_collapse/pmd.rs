@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The read side of the collapse core's contact with C: the mmap lock for read, VMAs,
-//! page-table entries, the scan walk, swap-in, and the new folio.
+//! The read side of the collapse core's contact with C: what the collapse asks of a held
+//! mmap lock, the facts of a PTE, the scan walk, swap-in, and the allocation and charge of the
+//! new folio with its vmstat events. The locks and the folio themselves are guards of
+//! `kernel::mm` (`mmap_lock`, `pgtable`, `folio`).
 //!
-//! With `detach.rs` (the write side), this is where every `unsafe` block of the crate lives,
-//! next to the lock that makes it sound.
+//! With `detach.rs` (the write side), `trace.rs` (the tracepoint forwarders) and the crate
+//! root (the entry points from C), this is where the crate's `unsafe` blocks live, next to
+//! the lock that makes each sound.
 //!
 //! C headers: [`include/linux/huge_mm.h`](srctree/include/linux/huge_mm.h),
 //! [`include/linux/mm.h`](srctree/include/linux/mm.h),
