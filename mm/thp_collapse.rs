@@ -27,7 +27,9 @@
 //! File and shmem collapse end with [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as
 //! `EOPNOTSUPP` and the counters show under `not_implemented`.
 //!
-//! Every `unsafe` block is in `pmd.rs` (the mmap read side) or `detach.rs` (the write side).
+//! The locks, page tables and folios are guards of `kernel::mm`; the few raw calls into C that
+//! only the collapse needs are in `ffi.rs`, the crate's only user of `bindings` apart from the
+//! signatures of the entry points below.
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 
@@ -41,6 +43,8 @@ use kernel::{
 
 #[path = "thp_collapse/detach.rs"]
 mod detach;
+#[path = "thp_collapse/ffi.rs"]
+mod ffi;
 #[path = "thp_collapse/mode.rs"]
 mod mode;
 #[path = "thp_collapse/outcome.rs"]
@@ -55,50 +59,16 @@ mod request;
 mod scan;
 #[path = "thp_collapse/stats.rs"]
 mod stats;
-#[path = "thp_collapse/trace.rs"]
-mod trace;
 
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
+use ffi::to_scan_result;
 use mode::Caller;
 use outcome::Outcome;
 use pmd::MmapRead;
 use request::{LockHistory, Locked};
 use stats::STATS;
-
-// The Rust outcomes mirror the C `enum scan_result` one to one.
-const _: () = {
-    assert!(Outcome::Fail as u32 == bindings::scan_result_SCAN_FAIL);
-    assert!(Outcome::Succeed as u32 == bindings::scan_result_SCAN_SUCCEED);
-    assert!(Outcome::PmdMapped as u32 == bindings::scan_result_SCAN_PMD_MAPPED);
-    assert!(Outcome::ExceedNonePte as u32 == bindings::scan_result_SCAN_EXCEED_NONE_PTE);
-    assert!(Outcome::PteMappedHugepage as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
-    assert!(Outcome::PageCount as u32 == bindings::scan_result_SCAN_PAGE_COUNT);
-    assert!(Outcome::AnyProcess as u32 == bindings::scan_result_SCAN_ANY_PROCESS);
-    assert!(Outcome::AllocHugePageFail as u32 == bindings::scan_result_SCAN_ALLOC_HUGE_PAGE_FAIL);
-    assert!(Outcome::CopyMc as u32 == bindings::scan_result_SCAN_COPY_MC);
-    assert!(
-        Outcome::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
-    );
-    assert!(Outcome::NR_SCAN_RESULTS == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
-    assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
-    assert!(
-        Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
-    );
-    assert!(Caller::Khugepaged as u32 == bindings::collapse_caller_COLLAPSE_CALLER_KHUGEPAGED);
-    assert!(Caller::COUNT as u32 == bindings::collapse_caller_NR_COLLAPSE_CALLERS);
-};
-
-/// Converts an outcome to the C `enum scan_result`.
-///
-/// [`Outcome::NotImplemented`] has no C counterpart and becomes `SCAN_FAIL`.
-fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
-    match outcome {
-        Outcome::NotImplemented => bindings::scan_result_SCAN_FAIL,
-        o => o as bindings::scan_result,
-    }
-}
 
 /// MADV_COLLAPSE of `[start, end)` inside `vma`, for `madvise_collapse()`.
 ///
@@ -130,7 +100,7 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
     }
     // SAFETY: The caller holds the mmap lock of the VMA's mm for read and expects it held on
     // return; `request::madvise` hands it back.
-    let guard = unsafe { MmapRead::adopt(pmd::vma_mm(vma)) };
+    let guard = unsafe { MmapRead::adopt(vma.mm()) };
     let done = request::madvise(guard, start, end, caller);
     done.guard.keep();
     if done.history == LockHistory::Retaken {
@@ -213,23 +183,5 @@ pub unsafe extern "C" fn thp_collapse_rust_stat(
     match (Caller::from_u32(caller), Outcome::from_u32(outcome)) {
         (Some(c), Some(o)) => STATS.get(c, o),
         _ => 0,
-    }
-}
-
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
-#[kunit_tests(thp_collapse_boundary)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scan_results_round_trip() {
-        for o in Outcome::ALL {
-            let raw = to_scan_result(o);
-            if o == Outcome::NotImplemented {
-                assert_eq!(raw, bindings::scan_result_SCAN_FAIL);
-            } else {
-                assert_eq!(Outcome::from_u32(raw), Some(o));
-            }
-        }
     }
 }

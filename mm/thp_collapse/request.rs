@@ -8,13 +8,13 @@
 
 use super::{
     detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite},
+    ffi::{self, trace},
     mode::{Caller, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
     outcome::{Outcome, RangeTally},
     plan::{self, Occupied, ALL_ANON_ORDERS},
     pmd::{self, CollapseLocked, MmapRead, PmdState},
     scan::ScanTally,
     stats::STATS,
-    trace,
 };
 use kernel::{
     mm::{folio::NewFolio, mmap_lock::MmapLocked, virt::VmaRef},
@@ -78,7 +78,7 @@ fn revalidate<'g, G: CollapseLocked>(
     let vma = guard.find_vma(addr).ok_or(Outcome::VmaNull)?;
     // The whole PMD range must be inside the VMA, whatever the order: another VMA sharing the
     // page table could race with us.
-    if !pmd::pmd_suitable(vma, addr) {
+    if !vma.thp_suitable_order(addr, PMD_ORDER) {
         return Err(Outcome::AddressRange);
     }
     if pmd::allowed_orders(vma, mode, 1 << order) == 0 {
@@ -116,7 +116,7 @@ fn swap_in(
 ) -> Result<(), Outcome> {
     let guard = MmapRead::lock(mm);
     let vma = revalidate(&guard, c.haddr, mode, c.order)?;
-    if !pmd::vma_is_anonymous(vma) {
+    if !vma.is_anonymous() {
         return Err(Outcome::PageAnon);
     }
     pmd::swap_in(guard, c, referenced).map(drop)
@@ -129,7 +129,12 @@ fn swap_in(
 /// Takes the mmap lock for write (revalidating the range), the anon_vma lock, detaches and
 /// isolates, copies, and installs; any failure on the way puts everything back. Returns with
 /// no lock held. Upstream: `collapse_huge_page()` after `alloc_charge_folio()`.
-fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: NewFolio) -> Outcome {
+fn collapse_anon(
+    mm: &kernel::mm::Mm,
+    c: Candidate,
+    mode: CollapseMode,
+    mut new: NewFolio,
+) -> Outcome {
     // Sleeping allocations come before the locks.
     let list = match IsolationList::new() {
         Ok(list) => list,
@@ -141,7 +146,7 @@ fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: New
         Err(outcome) => return outcome,
     };
     // The range may have been unmapped and mapped again as a file while unlocked.
-    if !pmd::vma_is_anonymous(vma) {
+    if !vma.is_anonymous() {
         return Outcome::PageAnon;
     }
     if guard.exclude_vma_faults(vma).is_err() {
@@ -159,9 +164,9 @@ fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: New
         Err(outcome) => return outcome,
     };
     let limits = mode.limits(
-        &pmd::khugepaged_tunables(),
+        &ffi::khugepaged_tunables(),
         c.order,
-        pmd::userfaultfd_armed(vma),
+        vma.userfaultfd_armed(),
     );
     let outcome = table.isolate(mode, limits);
     if outcome != Outcome::Succeed {
@@ -174,11 +179,10 @@ fn collapse_anon(mm: &kernel::mm::Mm, c: Candidate, mode: CollapseMode, new: New
         // look for while the table is detached, so the lock stays until the end.
         drop(anon);
     }
-    if let Err(outcome) = table.copy(&new) {
+    if let Err(outcome) = table.copy(&mut new) {
         return outcome;
     }
-    table.install(new);
-    Outcome::Succeed
+    table.install(new)
 }
 
 /// Allocates, swaps in and collapses one candidate, of a range whose scan `s` saw. Returns
@@ -236,7 +240,7 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
     };
     // File and shmem collapse (page cache and page-table retraction) is not implemented in
     // Rust yet.
-    if !pmd::vma_is_anonymous(vma) {
+    if !vma.is_anonymous() {
         return done(Outcome::NotImplemented, false);
     }
     match guard.pmd_state(addr) {
@@ -249,7 +253,7 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         CollapseMode::Khugepaged => pmd::allowed_orders(vma, mode, ALL_ANON_ORDERS),
         CollapseMode::Madvise => 1 << PMD_ORDER,
     };
-    let mut limits = mode.limits(t, PMD_ORDER, pmd::userfaultfd_armed(vma));
+    let mut limits = mode.limits(t, PMD_ORDER, vma.userfaultfd_armed());
     if enabled != 1 << PMD_ORDER {
         // Look at every PTE: the plan decides per order how many may be empty.
         limits.max_none = PTES_PER_PMD - 1;
@@ -279,7 +283,7 @@ pub(crate) fn collapse_pmd<'a>(
     caller: Caller,
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
-    let tunables = pmd::khugepaged_tunables();
+    let tunables = ffi::khugepaged_tunables();
     let s = scan(&guard, addr, mode, &tunables);
     let mm = guard.mm();
     let (outcome, state) = match s.outcome {
@@ -355,7 +359,7 @@ pub(crate) fn madvise<'a>(
     let mm = guard.mm();
     // Keep the mm_struct itself alive across lock drops, as upstream does.
     let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
-    pmd::lru_add_drain_all();
+    ffi::lru_add_drain_all();
 
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
@@ -366,7 +370,7 @@ pub(crate) fn madvise<'a>(
         let guard = match state {
             Locked::Held(guard) => guard,
             Locked::Dropped => {
-                pmd::cond_resched();
+                ffi::cond_resched();
                 let guard = MmapRead::lock(mm);
                 history = LockHistory::Retaken;
                 match revalidate(&guard, addr, mode, PMD_ORDER) {

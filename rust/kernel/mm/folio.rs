@@ -9,6 +9,11 @@ use crate::{
     error::{code::ENOMEM, Error, Result},
     mm::Mm,
 };
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+use crate::{
+    error::code::{EHWPOISON, EINVAL},
+    mm::virt::VmaRef,
+};
 use core::ptr::{self, NonNull};
 
 /// A folio of `1 << order` pages that this value holds the only reference to.
@@ -66,6 +71,7 @@ impl NewFolio {
     }
 
     /// The folio, for C functions that fill it in (it stays owned by this value).
+    #[inline]
     pub fn as_ptr(&self) -> *mut bindings::folio {
         self.folio.as_ptr()
     }
@@ -78,6 +84,7 @@ impl NewFolio {
     }
 
     /// Its order.
+    #[inline]
     pub fn order(&self) -> u32 {
         self.order
     }
@@ -87,6 +94,51 @@ impl NewFolio {
         let folio = self.folio.as_ptr();
         core::mem::forget(self);
         folio
+    }
+
+    /// Page `n` of the folio, if it has one.
+    #[cfg(CONFIG_THP_COLLAPSE_RUST)]
+    #[inline]
+    fn page(&self, n: usize) -> Option<*mut bindings::page> {
+        // The `struct page`s of a folio are consecutive (`folio_page()`).
+        (n < 1 << self.order).then(|| self.first_page().wrapping_add(n))
+    }
+
+    /// Fills page `n` with zeroes, for user address `addr` (which matters on machines with
+    /// virtually indexed caches). Does nothing past the last page. C: `clear_user_highpage()`.
+    #[cfg(CONFIG_THP_COLLAPSE_RUST)]
+    #[inline]
+    pub fn clear_user_page(&mut self, n: usize, addr: usize) {
+        if let Some(page) = self.page(n) {
+            // SAFETY: `page` is a page of the folio, which only this value can reach.
+            unsafe { bindings::clear_user_highpage(page, addr) };
+        }
+    }
+
+    /// Copies the user page `src`, mapped at `addr` in `vma`, into page `n`, safely against
+    /// machine checks: a poisoned source fails the copy with `EHWPOISON` instead of crashing
+    /// the kernel. Fails with `EINVAL` past the last page. C: `copy_mc_user_highpage()`.
+    ///
+    /// # Safety
+    ///
+    /// `src` must be a page that stays valid, and is not written, during the call (locked, or
+    /// only mapped by a page table the caller has detached).
+    #[cfg(CONFIG_THP_COLLAPSE_RUST)]
+    #[inline]
+    pub unsafe fn copy_mc_user_page(
+        &mut self,
+        n: usize,
+        src: NonNull<bindings::page>,
+        addr: usize,
+        vma: &VmaRef,
+    ) -> Result {
+        let dst = self.page(n).ok_or(EINVAL)?;
+        // SAFETY: `dst` is a page of the folio, which only this value can reach; `src` is valid
+        // by the function's safety requirements, and `vma` by the type invariants of `VmaRef`.
+        if unsafe { bindings::copy_mc_user_highpage(dst, src.as_ptr(), addr, vma.as_ptr()) } > 0 {
+            return Err(EHWPOISON);
+        }
+        Ok(())
     }
 }
 
@@ -149,6 +201,7 @@ impl IsolatedFolio {
     ///
     /// `folio` must point to a folio of `nr` pages that stays valid during the call (mapped by
     /// a page table the caller has locked or detached, for instance).
+    #[inline]
     pub unsafe fn isolate(
         folio: NonNull<bindings::folio>,
         nr: usize,
@@ -176,16 +229,19 @@ impl IsolatedFolio {
     }
 
     /// The folio.
+    #[inline]
     pub fn as_ptr(&self) -> NonNull<bindings::folio> {
         self.folio
     }
 
     /// Its number of pages.
+    #[inline]
     pub fn nr_pages(&self) -> usize {
         self.nr
     }
 
     /// Puts the folio back, first dropping its swap cache entry if nothing maps it any more.
+    #[inline]
     pub fn putback_free_swap(self) {
         let this = core::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped, so the release runs once.
@@ -218,4 +274,40 @@ impl Drop for IsolatedFolio {
         // SAFETY: Drop runs once; nothing uses the value afterwards.
         unsafe { self.release(false) };
     }
+}
+
+/// Removes the rmap of `nr` pages of `folio` from `page` on, which `nr` PTEs of `vma` mapped
+/// and no longer do. The references those mappings held are the caller's to drop
+/// ([`put_refs`]). C: `folio_remove_rmap_ptes()`.
+///
+/// # Safety
+///
+/// The caller must have cleared the `nr` PTEs (under their page-table lock, which it still
+/// holds); they mapped consecutive pages of `folio` from `page` on, in `vma`, and `folio`
+/// must stay valid until the call returns.
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+#[inline]
+pub unsafe fn remove_rmap_ptes(
+    folio: NonNull<bindings::folio>,
+    page: NonNull<bindings::page>,
+    nr: usize,
+    vma: &VmaRef,
+) {
+    // SAFETY: By the function's safety requirements.
+    unsafe {
+        bindings::folio_remove_rmap_ptes(folio.as_ptr(), page.as_ptr(), nr as i32, vma.as_ptr())
+    };
+}
+
+/// Drops `nr` references to `folio`, which the caller holds (the mappings of PTEs it removed
+/// with [`remove_rmap_ptes`], for instance). C: `folio_put_refs()`.
+///
+/// # Safety
+///
+/// The caller must own `nr` references to `folio` and not use them afterwards.
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+#[inline]
+pub unsafe fn put_refs(folio: NonNull<bindings::folio>, nr: usize) {
+    // SAFETY: By the function's safety requirements.
+    unsafe { bindings::folio_put_refs(folio.as_ptr(), nr as i32) };
 }

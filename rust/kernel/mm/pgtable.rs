@@ -3,15 +3,27 @@
 //! PMD entries and page tables of PTEs, under the locks that keep them alive.
 //!
 //! A [`PmdEntry`] is found under the mmap lock ([`MmapLocked`]) and cannot outlive it; a
-//! [`PteTableLocked`] is a page table of PTEs mapped and locked (its PTE spinlock held), which
-//! cannot outlive the [`PmdEntry`] it was found through.
+//! [`PteTableLocked`] is a page table of PTEs mapped and locked (its PTE spinlock held), and a
+//! [`PteTableMapped`] one mapped without its lock; neither can outlive the [`PmdEntry`] it was
+//! found through. A [`DetachedPteTable`] is a page table taken out of its PMD entry under the
+//! mmap write lock, to be put back or replaced by a huge mapping.
 //!
 //! C headers: [`include/linux/pgtable.h`](srctree/include/linux/pgtable.h),
 //! [`include/linux/mm.h`](srctree/include/linux/mm.h)
 
-use crate::{bindings, mm::mmap_lock::MmapLocked};
+use crate::{
+    bindings,
+    mm::{
+        anon_vma::AnonVmaWriteGuard,
+        folio::NewFolio,
+        mmap_lock::{MmapLocked, MmapWriteLock},
+        virt::VmaRef,
+    },
+    page::PAGE_SIZE,
+};
 use core::{
     marker::PhantomData,
+    mem::MaybeUninit,
     ptr::{self, NonNull},
 };
 
@@ -98,6 +110,7 @@ impl<'a> PmdEntry<'a> {
     }
 
     /// The raw entry pointer, for C functions that need it while the mmap lock is held.
+    #[inline]
     pub fn as_ptr(self) -> *mut bindings::pmd_t {
         self.pmdp.as_ptr()
     }
@@ -161,6 +174,7 @@ impl<'a> PteTableLocked<'a> {
     }
 
     /// Pointer to entry `i`, clamped to the last entry; stable while the lock is held.
+    #[inline]
     pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
         // SAFETY: By the type invariants `pte` maps `PTRS_PER_PTE` entries; `i` is clamped.
         unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
@@ -180,5 +194,501 @@ impl Drop for PteTableLocked<'_> {
             bindings::spin_unlock(self.ptl);
             bindings::pte_unmap(self.pte);
         }
+    }
+}
+
+/// How a fault that read a swapped-out page back in ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapInFault {
+    /// The page is back and mapped; the mmap lock is still held.
+    Done,
+    /// The fault released the mmap lock (`VM_FAULT_RETRY`), most likely because the folio
+    /// lock could not be taken at once.
+    LockReleased,
+    /// The page could not be brought in (out of memory, I/O error, poison); the mmap lock is
+    /// still held.
+    Failed,
+}
+
+/// Faults that mean a page could not be brought in: C's `VM_FAULT_ERROR`.
+const VM_FAULT_ERROR: bindings::vm_fault_t = bindings::vm_fault_reason_VM_FAULT_OOM
+    | bindings::vm_fault_reason_VM_FAULT_SIGBUS
+    | bindings::vm_fault_reason_VM_FAULT_SIGSEGV
+    | bindings::vm_fault_reason_VM_FAULT_HWPOISON
+    | bindings::vm_fault_reason_VM_FAULT_HWPOISON_LARGE
+    | bindings::vm_fault_reason_VM_FAULT_FALLBACK;
+
+/// A page table of PTEs mapped without its lock, to read entries locklessly: they may change at
+/// any time, which the fault handlers detect by rechecking under the lock.
+///
+/// # Invariants
+///
+/// `pte` points to the [`PTRS_PER_PTE`] entries of the page table that `pmd`, the entry covering
+/// `[start, start + PMD_SIZE)`, pointed to when it was mapped by `pte_offset_map_ro_nolock()`
+/// (the RCU read lock is held); `ptl` is its lock, not held.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::mm::{
+///     mmap_lock::MmapReadLock,
+///     pgtable::{PmdEntry, PteTableMapped, PTRS_PER_PTE},
+///     Mm,
+/// };
+///
+/// /// How many pages of the PMD range at `addr` are swapped out, roughly.
+/// fn swapped(mm: &Mm, addr: usize) -> usize {
+///     let lock = MmapReadLock::lock(mm);
+///     let pmd = PmdEntry::find(&lock, addr);
+///     let Some(table) = pmd.and_then(|pmd| PteTableMapped::map(pmd, addr)) else {
+///         return 0;
+///     };
+///     (0..PTRS_PER_PTE).filter(|&i| table.is_swap(i)).count()
+/// }
+/// ```
+pub struct PteTableMapped<'a> {
+    pmd: PmdEntry<'a>,
+    start: usize,
+    pte: *mut bindings::pte_t,
+    ptl: *mut bindings::spinlock_t,
+}
+
+impl<'a> PteTableMapped<'a> {
+    /// Maps the page table that `pmd`, the entry covering `addr`, points to, if it still points
+    /// to one. C: `pte_offset_map_ro_nolock()`.
+    pub fn map(pmd: PmdEntry<'a>, addr: usize) -> Option<Self> {
+        let start = addr & !(PMD_SIZE - 1);
+        let mut ptl = ptr::null_mut();
+        // SAFETY: By the type invariants of `PmdEntry` the entry is alive; the function rechecks
+        // it and fails if it does not point to a page table.
+        let pte = unsafe {
+            bindings::pte_offset_map_ro_nolock(pmd.mm.as_ptr(), pmd.as_ptr(), start, &mut ptl)
+        };
+        if pte.is_null() {
+            return None;
+        }
+        // INVARIANT: The table is mapped (under RCU) from its first entry.
+        Some(Self {
+            pmd,
+            start,
+            pte,
+            ptl,
+        })
+    }
+
+    /// Pointer to entry `i`, clamped to the last entry.
+    #[inline]
+    fn entry(&self, i: usize) -> *mut bindings::pte_t {
+        // SAFETY: By the type invariants `pte` maps `PTRS_PER_PTE` entries; `i` is clamped.
+        unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
+    }
+
+    /// Whether entry `i` holds a swap entry or another non-present one, read locklessly.
+    #[inline]
+    pub fn is_swap(&self, i: usize) -> bool {
+        // SAFETY: The entry is mapped (type invariants); a lockless read may see a stale value,
+        // which only the fault acts on, after rechecking it under the lock.
+        unsafe {
+            let pte = bindings::ptep_get_lockless(self.entry(i));
+            !bindings::pte_none(pte) && !bindings::pte_present(pte)
+        }
+    }
+
+    /// Faults the page of entry `i`, a swap entry (see [`Self::is_swap`]), back in, for `vma`,
+    /// which covers it. The fault may sleep for I/O and may release the mmap lock, which the
+    /// result says. C: `do_swap_page()`.
+    ///
+    /// Fails, without faulting, with [`SwapInFault::Failed`] if `vma` is not a VMA of this
+    /// page table's mm that covers entry `i`.
+    pub fn swap_in(self, vma: &VmaRef, i: usize) -> SwapInFault {
+        let addr = self.start + i.min(PTRS_PER_PTE - 1) * PAGE_SIZE;
+        if !ptr::eq(vma.mm().as_raw(), self.pmd.mm.as_ptr())
+            || addr < vma.start()
+            || addr >= vma.end()
+        {
+            return SwapInFault::Failed;
+        }
+        let this = core::mem::ManuallyDrop::new(self);
+        let ptep = this.entry(i);
+        // SAFETY: The entry is mapped (type invariants).
+        let orig = unsafe { bindings::ptep_get_lockless(ptep) };
+        // SAFETY: `vma` is a VMA of the mm whose mmap lock `pmd` was found under, and covers
+        // `addr` (checked above); `ptep` is mapped and the fault unmaps it, so `this` is not
+        // dropped; `ptl` is the table's lock, not held; `orig` was read from `ptep`, which the
+        // fault rechecks under the lock.
+        let ret = unsafe {
+            bindings::thp_collapse_swap_in_pte(
+                vma.as_ptr(),
+                addr,
+                this.pmd.as_ptr(),
+                ptep,
+                this.ptl,
+                orig,
+            )
+        };
+        if ret & bindings::vm_fault_reason_VM_FAULT_RETRY != 0 {
+            SwapInFault::LockReleased
+        } else if ret & VM_FAULT_ERROR != 0 {
+            SwapInFault::Failed
+        } else {
+            SwapInFault::Done
+        }
+    }
+}
+
+impl Drop for PteTableMapped<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants `pte` is mapped.
+        unsafe { bindings::pte_unmap(self.pte) };
+    }
+}
+
+/// A page table of PTEs taken out of its PMD entry, under the mmap lock for write and the
+/// anon_vma lock: no page fault, GUP-fast walk or rmap walk can reach its entries until it is
+/// put back.
+///
+/// [`DetachedPteTable::install_pmd`] maps a huge folio with the PMD instead, depositing the
+/// table; [`DetachedPteTable::install_ptes`] puts it back with some entries mapping a new
+/// folio; dropping it puts it back as it is.
+///
+/// # Invariants
+///
+/// - The mmap lock of `mm` is held for write for `'a`; `vma` is a VMA of `mm` that covers
+///   `[haddr, haddr + PMD_SIZE)`.
+/// - `*pmdp` is none; `table` is the value it held, which points to a page table of PTEs.
+/// - `pte` maps the entries of that table (`pte_offset_map()`: the RCU read lock is held), and
+///   `ptl` is its lock, not held by this value.
+/// - Entries `cleared.0 .. cleared.1` were cleared by [`DetachedPteLock::clear`] (an empty
+///   range if none were).
+///
+/// # Examples
+///
+/// ```
+/// use kernel::mm::{
+///     anon_vma::AnonVmaWriteGuard,
+///     mmap_lock::{MmapLocked, MmapWriteLock},
+///     pgtable::{DetachedPteTable, PmdEntry, PmdState},
+///     Mm,
+/// };
+///
+/// /// Counts the entries in use in the page table at `addr`, which nothing can change or even
+/// /// look at meanwhile, and puts the table back.
+/// fn count_quietly(mm: &Mm, addr: usize) -> Option<usize> {
+///     let lock = MmapWriteLock::lock(mm);
+///     let vma = lock.find_vma(addr)?;
+///     let anon = AnonVmaWriteGuard::lock(&lock, vma)?;
+///     let pmd = PmdEntry::find(&lock, addr).filter(|p| p.state() == PmdState::Table)?;
+///     let mut table = DetachedPteTable::detach(&lock, &anon, vma, pmd, addr, addr + 4096)?;
+///     let locked = table.lock();
+///     Some((0..kernel::mm::pgtable::PTRS_PER_PTE).filter(|&i| !locked.is_none(i)).count())
+/// }
+/// ```
+pub struct DetachedPteTable<'a> {
+    mm: NonNull<bindings::mm_struct>,
+    vma: &'a VmaRef,
+    pmdp: NonNull<bindings::pmd_t>,
+    table: bindings::pmd_t,
+    haddr: usize,
+    pte: *mut bindings::pte_t,
+    ptl: *mut bindings::spinlock_t,
+    cleared: (usize, usize),
+}
+
+/// An mmu notifier range of the clear kind, started; dropping it ends it.
+struct MmuNotifierClear(MaybeUninit<bindings::mmu_notifier_range>);
+
+impl MmuNotifierClear {
+    /// Starts the invalidation of `[start, end)` of `mm` for secondary MMUs. May sleep.
+    ///
+    /// # Safety
+    ///
+    /// `mm` must be valid while the value lives.
+    unsafe fn start(mm: *mut bindings::mm_struct, start: usize, end: usize) -> Self {
+        let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
+        // SAFETY: `range` is valid for writes and zeroed (a valid value of the C struct); `mm`
+        // is valid by the function's safety requirements.
+        unsafe {
+            bindings::mmu_notifier_range_init(
+                range.as_mut_ptr(),
+                bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+                0,
+                mm,
+                start,
+                end,
+            );
+            bindings::mmu_notifier_invalidate_range_start(range.as_mut_ptr());
+        }
+        Self(range)
+    }
+}
+
+impl Drop for MmuNotifierClear {
+    fn drop(&mut self) {
+        // SAFETY: The range was initialized and started in `start`.
+        unsafe { bindings::mmu_notifier_invalidate_range_end(self.0.as_mut_ptr()) };
+    }
+}
+
+impl<'a> DetachedPteTable<'a> {
+    /// Clears `pmd`, an entry of the mm that `lock` holds the mmap lock of, pointing to a page
+    /// table of PTEs, and flushes the TLB; waits for lockless page-table walkers; and maps the
+    /// detached table. `vma` must cover the whole PMD range, `[start, end)` is the part of it
+    /// whose entries are about to change, for secondary MMUs. `anon` shows that anonymous rmap
+    /// walkers are kept out.
+    ///
+    /// Returns `None`, changing nothing, if the arguments do not match (another mm, a range
+    /// outside the VMA or the PMD range) or the entry no longer points to a page table.
+    /// May sleep. C: `pmdp_collapse_flush()` in `collapse_huge_page()`.
+    pub fn detach(
+        lock: &'a MmapWriteLock<'_>,
+        _anon: &AnonVmaWriteGuard<'_>,
+        vma: &'a VmaRef,
+        pmd: PmdEntry<'a>,
+        start: usize,
+        end: usize,
+    ) -> Option<Self> {
+        let mm = pmd.mm;
+        let haddr = start & !(PMD_SIZE - 1);
+        if !ptr::eq(lock.mm().as_raw(), mm.as_ptr())
+            || !ptr::eq(vma.mm().as_raw(), mm.as_ptr())
+            || start >= end
+            || end - haddr > PMD_SIZE
+            || haddr < vma.start()
+            || haddr + PMD_SIZE > vma.end()
+            || pmd.state() != PmdState::Table
+        {
+            return None;
+        }
+        let pmdp = pmd.pmdp;
+        // SAFETY: The mmap write lock of `mm` is held for `'a`.
+        let notifier = unsafe { MmuNotifierClear::start(mm.as_ptr(), start, end) };
+        // SAFETY: The mmap write lock and the anon_vma lock are held, as
+        // `pmdp_collapse_flush()` requires; `pmdp` points to an entry of `mm` that points to a
+        // page table (checked above; only the mmap write lock holder may change that).
+        let table = unsafe {
+            let pmd_ptl = bindings::pmd_lock(mm.as_ptr(), pmdp.as_ptr());
+            // Removes the PMD and flushes the TLB for the range; GUP-fast sees the change and
+            // backs off.
+            let table = bindings::pmdp_collapse_flush(vma.as_ptr(), haddr, pmdp.as_ptr());
+            bindings::spin_unlock(pmd_ptl);
+            table
+        };
+        drop(notifier);
+        // SAFETY: Always safe from process context.
+        unsafe { bindings::thp_collapse_tlb_remove_table_sync_one() };
+        let mut ptl = ptr::null_mut();
+        let mut copy = table;
+        // SAFETY: `copy` holds the detached PMD value; `pte_offset_map_lock()` reads it only
+        // during the call. The page table it points to stays allocated: only we can free it.
+        let pte = unsafe { bindings::pte_offset_map_lock(mm.as_ptr(), &mut copy, haddr, &mut ptl) };
+        if pte.is_null() {
+            // SAFETY: `pmdp` is none and `table` is what it held: put it back.
+            unsafe { populate(mm.as_ptr(), pmdp.as_ptr(), table) };
+            return None;
+        }
+        // SAFETY: `pte_offset_map_lock()` succeeded and took `ptl`; the table stays mapped.
+        unsafe { bindings::spin_unlock(ptl) };
+        // INVARIANT: The PMD is none, `table` is its old value, `pte` is mapped with `ptl` not
+        // held, and no entry was cleared.
+        Some(Self {
+            mm,
+            vma,
+            pmdp,
+            table,
+            haddr,
+            pte,
+            ptl,
+            cleared: (0, 0),
+        })
+    }
+
+    /// Pointer to entry `i`, clamped to the last entry. Only this value can change the entry.
+    #[inline]
+    pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
+        // SAFETY: By the type invariants `pte` maps `PTRS_PER_PTE` entries; `i` is clamped.
+        unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
+    }
+
+    /// Takes the table's lock, which what the entries map may need (rmap updates of their
+    /// folios, for instance).
+    #[inline]
+    pub fn lock(&mut self) -> DetachedPteLock<'_, 'a> {
+        // SAFETY: By the type invariants `ptl` is the table's lock, not held.
+        unsafe { bindings::spin_lock(self.ptl) };
+        // INVARIANT: Taken above.
+        DetachedPteLock { table: self }
+    }
+
+    /// Maps `folio`, a huge folio of the PMD order, with the PMD entry, and deposits the table,
+    /// every entry of which [`DetachedPteLock::clear`] cleared, for a later split. The folio
+    /// must hold the data the entries mapped; the mapping takes over its reference.
+    ///
+    /// Gives the folio back, and puts the table back as it is, if it is not of the PMD order or
+    /// some entries were not cleared. C: `pgtable_trans_huge_deposit()` and
+    /// `map_anon_folio_pmd_nopf()`.
+    pub fn install_pmd(self, folio: NewFolio) -> Result<(), NewFolio> {
+        if PTRS_PER_PTE != 1 << folio.order() || self.cleared != (0, PTRS_PER_PTE) {
+            return Err(folio);
+        }
+        let this = core::mem::ManuallyDrop::new(self);
+        let mm = this.mm.as_ptr();
+        let pmdp = this.pmdp.as_ptr();
+        let folio = folio.into_raw();
+        // SAFETY: `folio` is ours, fully written; marking it uptodate orders the writes before
+        // the page-table store. The PMD is none and `table` the empty, detached table (type
+        // invariants, checked above), under the mmap write lock; the PMD lock is taken for the
+        // deposit and the mapping, which takes over our reference.
+        unsafe {
+            bindings::__folio_mark_uptodate(folio);
+            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+            bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
+            bindings::map_anon_folio_pmd_nopf(folio, pmdp, this.vma.as_ptr(), this.haddr);
+            bindings::spin_unlock(pmd_ptl);
+            bindings::pte_unmap(this.pte);
+        }
+        Ok(())
+    }
+
+    /// Puts the table back with the entries that [`DetachedPteLock::clear`] cleared mapping
+    /// `folio`, whose size they must match. The folio must hold the data they mapped; the
+    /// mapping takes over its reference.
+    ///
+    /// Gives the folio back, and puts the table back as it is, if the sizes do not match.
+    /// C: `pmd_populate()` and `map_anon_folio_pte_nopf()`.
+    pub fn install_ptes(self, folio: NewFolio) -> Result<(), NewFolio> {
+        let (first, end) = self.cleared;
+        if end - first != 1 << folio.order() || end == first {
+            return Err(folio);
+        }
+        let this = core::mem::ManuallyDrop::new(self);
+        let mm = this.mm.as_ptr();
+        let pmdp = this.pmdp.as_ptr();
+        let folio = folio.into_raw();
+        // SAFETY: `folio` is ours, fully written; marking it uptodate orders the writes before
+        // the page-table stores. The PMD is none and `table` the detached table (type
+        // invariants), under the mmap write lock: it goes back under the PMD lock, and the
+        // cleared entries, none now, map the folio under the PTE lock nested in it (unless it
+        // is the same lock). The mapping takes over our reference.
+        unsafe {
+            bindings::__folio_mark_uptodate(folio);
+            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+            let nested = this.ptl != pmd_ptl;
+            if nested {
+                bindings::spin_lock_nested(this.ptl, bindings::SINGLE_DEPTH_NESTING as i32);
+            }
+            bindings::pmd_populate_table(mm, pmdp, this.table);
+            bindings::map_anon_folio_pte_nopf(
+                folio,
+                this.entry(first),
+                this.vma.as_ptr(),
+                this.haddr + first * PAGE_SIZE,
+                false,
+            );
+            if nested {
+                bindings::spin_unlock(this.ptl);
+            }
+            bindings::spin_unlock(pmd_ptl);
+            bindings::pte_unmap(this.pte);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DetachedPteTable<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the PMD is none and `table` is its old value, under the
+        // mmap write lock; `pte` is mapped.
+        unsafe {
+            populate(self.mm.as_ptr(), self.pmdp.as_ptr(), self.table);
+            bindings::pte_unmap(self.pte);
+        }
+    }
+}
+
+/// Points the none PMD entry `pmdp` back at the page table that `table` describes.
+///
+/// # Safety
+///
+/// The mmap lock of `mm` must be held for write; `*pmdp` must be none and `table` the value it
+/// held before, pointing to a page table.
+unsafe fn populate(
+    mm: *mut bindings::mm_struct,
+    pmdp: *mut bindings::pmd_t,
+    table: bindings::pmd_t,
+) {
+    // SAFETY: By the function's safety requirements. A page table is installed with
+    // `pmd_populate()`, never `set_pmd_at()`.
+    unsafe {
+        let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+        bindings::pmd_populate_table(mm, pmdp, table);
+        bindings::spin_unlock(pmd_ptl);
+    }
+}
+
+/// The lock of a [`DetachedPteTable`], held.
+///
+/// # Invariants
+///
+/// The table's `ptl` is held by this thread.
+pub struct DetachedPteLock<'t, 'a> {
+    table: &'t mut DetachedPteTable<'a>,
+}
+
+impl DetachedPteLock<'_, '_> {
+    /// Pointer to entry `i`, clamped to the last entry.
+    #[inline]
+    pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
+        self.table.entry(i)
+    }
+
+    /// Whether entry `i` is none (maps nothing, not even a swap entry).
+    #[inline]
+    pub fn is_none(&self, i: usize) -> bool {
+        // SAFETY: The entry is mapped and only we can change it; the predicate only inspects
+        // the value.
+        unsafe { bindings::pte_none(bindings::ptep_get(self.entry(i))) }
+    }
+
+    /// Lets KSM uncount entry `i` if it maps a zero page KSM placed, before it is cleared.
+    /// C: `ksm_might_unmap_zero_page()`.
+    #[inline]
+    pub fn ksm_unmap_zero_page(&self, i: usize) {
+        // SAFETY: The entry is mapped and locked; `mm` is valid (type invariants).
+        unsafe {
+            bindings::ksm_might_unmap_zero_page(
+                self.table.mm.as_ptr(),
+                bindings::ptep_get(self.entry(i)),
+            )
+        };
+    }
+
+    /// Clears `nr` entries from entry `first` (within the table), which the caller has accounted
+    /// for: the rmap and references of the pages they map are the caller's to drop. Only one
+    /// range can be cleared; later calls do nothing and return `false`. C: `clear_ptes()`.
+    pub fn clear(&mut self, first: usize, nr: usize) -> bool {
+        let t = &mut *self.table;
+        if t.cleared.0 != t.cleared.1 || nr == 0 || first + nr > PTRS_PER_PTE {
+            return false;
+        }
+        // SAFETY: The entries are in the table, locked (type invariants), and only we can reach
+        // them; nothing maps through them once the TLB was flushed by the detach.
+        unsafe {
+            bindings::clear_ptes(
+                t.mm.as_ptr(),
+                t.haddr + first * PAGE_SIZE,
+                t.entry(first),
+                nr as u32,
+            )
+        };
+        // INVARIANT: Entries `first .. first + nr` are cleared.
+        t.cleared = (first, first + nr);
+        true
+    }
+}
+
+impl Drop for DetachedPteLock<'_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the lock is held.
+        unsafe { bindings::spin_unlock(self.table.ptl) };
     }
 }

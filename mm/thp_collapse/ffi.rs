@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The crate's only raw calls into C: what `kernel::mm` has no abstraction for because only
+//! the collapse needs it.
+//!
+//! - [`PteFacts`]: one PTE of a candidate and the folio it maps, read in one call
+//!   (`thp_collapse_read_pte()` in `mm/thp_collapse_glue.c`);
+//! - [`trace`]: upstream's collapse tracepoints, through the glue's forwarders;
+//! - vmstat and memcg events, the khugepaged tunables, LRU drains and rescheduling;
+//! - the mapping between [`Outcome`] and C's `enum scan_result`.
+//!
+//! The rest of the crate works through the guards of `kernel::mm` (`mmap_lock`, `anon_vma`,
+//! `folio`, `pgtable`, `thp`) and these functions.
+//!
+//! C headers: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h),
+//! [`include/linux/vm_event_item.h`](srctree/include/linux/vm_event_item.h)
+
+use super::{
+    mode::{AllocPolicy, Caller, Tunables, PMD_ORDER},
+    outcome::Outcome,
+};
+use core::{mem::MaybeUninit, ptr::NonNull};
+use kernel::{
+    bindings,
+    mm::{folio::NewFolio, virt::VmaRef, Mm},
+};
+
+// The Rust outcomes and callers mirror the C enums one to one.
+const _: () = {
+    assert!(Outcome::Fail as u32 == bindings::scan_result_SCAN_FAIL);
+    assert!(Outcome::Succeed as u32 == bindings::scan_result_SCAN_SUCCEED);
+    assert!(Outcome::PmdMapped as u32 == bindings::scan_result_SCAN_PMD_MAPPED);
+    assert!(Outcome::ExceedNonePte as u32 == bindings::scan_result_SCAN_EXCEED_NONE_PTE);
+    assert!(Outcome::PteMappedHugepage as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
+    assert!(Outcome::PageCount as u32 == bindings::scan_result_SCAN_PAGE_COUNT);
+    assert!(Outcome::AnyProcess as u32 == bindings::scan_result_SCAN_ANY_PROCESS);
+    assert!(Outcome::AllocHugePageFail as u32 == bindings::scan_result_SCAN_ALLOC_HUGE_PAGE_FAIL);
+    assert!(Outcome::CopyMc as u32 == bindings::scan_result_SCAN_COPY_MC);
+    assert!(
+        Outcome::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
+    );
+    assert!(Outcome::NR_SCAN_RESULTS == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
+    assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
+    assert!(
+        Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
+    );
+    assert!(Caller::Khugepaged as u32 == bindings::collapse_caller_COLLAPSE_CALLER_KHUGEPAGED);
+    assert!(Caller::COUNT as u32 == bindings::collapse_caller_NR_COLLAPSE_CALLERS);
+};
+
+/// Converts an outcome to the C `enum scan_result`.
+///
+/// [`Outcome::NotImplemented`] has no C counterpart and becomes `SCAN_FAIL`.
+pub(crate) fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
+    match outcome {
+        Outcome::NotImplemented => bindings::scan_result_SCAN_FAIL,
+        o => o as bindings::scan_result,
+    }
+}
+
+/// What one PTE of a collapse candidate maps, read in one call.
+///
+/// The predicates of a PTE and its folio are static inlines in C: read one by one, each would
+/// be an out-of-line `rust_helper_*` call, a dozen per PTE, 512 times per PMD. The C side only
+/// reads; what the facts mean is decided by the caller.
+pub(crate) struct PteFacts(bindings::thp_collapse_pte);
+
+impl PteFacts {
+    /// Reads the PTE at `ptep`, which maps `addr` in `vma`.
+    ///
+    /// # Safety
+    ///
+    /// `ptep` must point to a mapped entry of a page table of `vma` that is locked, or detached
+    /// by us, so that the folio it maps stays valid while the facts are used.
+    #[inline]
+    pub(crate) unsafe fn read(vma: &VmaRef, addr: usize, ptep: *mut bindings::pte_t) -> Self {
+        let mut out = MaybeUninit::<bindings::thp_collapse_pte>::uninit();
+        // SAFETY: By the function's safety requirements; `vma` is valid (type invariants of
+        // `VmaRef`); `out` is valid for writes, and the callee writes every field.
+        unsafe {
+            bindings::thp_collapse_read_pte(vma.as_ptr(), addr, ptep, out.as_mut_ptr());
+            Self(out.assume_init())
+        }
+    }
+
+    #[inline]
+    fn has(&self, flag: bindings::thp_collapse_pte_flags) -> bool {
+        self.0.flags & flag != 0
+    }
+
+    /// No page, or the shared zero page.
+    #[inline]
+    pub(crate) fn none_or_zero(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO)
+    }
+
+    /// The shared zero page (present, but nothing to copy).
+    #[inline]
+    pub(crate) fn zero(&self) -> bool {
+        self.none_or_zero() && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE)
+    }
+
+    /// A swap entry or another non-present entry, and whether it carries a uffd-wp marker.
+    #[inline]
+    pub(crate) fn non_present(&self) -> Option<bool> {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT)
+            .then(|| self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD))
+    }
+
+    /// Present and userfaultfd write-protected.
+    #[inline]
+    pub(crate) fn uffd_wp(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP)
+    }
+
+    /// The normal page mapped and its folio, or `None` (special or ZONE_DEVICE mapping).
+    #[inline]
+    pub(crate) fn page(&self) -> Option<(NonNull<bindings::page>, NonNull<bindings::folio>)> {
+        Some((NonNull::new(self.0.page)?, NonNull::new(self.0.folio)?))
+    }
+
+    /// The pfn of the folio mapped, or [`trace::NO_PFN`].
+    #[inline]
+    pub(crate) fn folio_pfn(&self) -> usize {
+        self.0.folio_pfn
+    }
+
+    /// The number of pages of the folio mapped.
+    #[inline]
+    pub(crate) fn folio_nr_pages(&self) -> usize {
+        self.0.nr_pages
+    }
+
+    /// Whether the folio is a lazily freed one (MADV_FREE) that the PTE has not dirtied since:
+    /// collapsing it would lose its freedom to be dropped.
+    #[inline]
+    pub(crate) fn clean_lazyfree(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE)
+            && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_DIRTY)
+    }
+
+    /// The folio is anonymous.
+    #[inline]
+    pub(crate) fn anon(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_ANON)
+    }
+
+    /// Part of the folio may be mapped by another process.
+    #[inline]
+    pub(crate) fn shared(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED)
+    }
+
+    /// The folio is on an LRU list.
+    #[inline]
+    pub(crate) fn lru(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LRU)
+    }
+
+    /// The folio was locked when read.
+    #[inline]
+    pub(crate) fn locked(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED)
+    }
+
+    /// The folio had more references than its mappings and swap cache explain (pins).
+    #[inline]
+    pub(crate) fn extra_refs(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS)
+    }
+
+    /// The folio has more than one page.
+    #[inline]
+    pub(crate) fn large(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE)
+    }
+
+    /// Whether the page was referenced recently: the folio's or the PTE's young bit, or a
+    /// secondary MMU's (asked only when the others say no).
+    #[inline]
+    pub(crate) fn referenced(&self, mm: &Mm, addr: usize) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_YOUNG)
+            || self.has(bindings::thp_collapse_pte_flags_THP_PTE_YOUNG)
+            // SAFETY: `mm` is the valid mm whose page table was read; the notifier only tests.
+            || unsafe { bindings::mmu_notifier_test_young(mm.as_raw(), addr) }
+    }
+}
+
+/// The allocation flags of a collapse with `policy`: reclaim and compaction allowed, or only
+/// the light kind. C: `GFP_TRANSHUGE` and `GFP_TRANSHUGE_LIGHT`.
+pub(crate) fn collapse_gfp(policy: AllocPolicy) -> bindings::gfp_t {
+    match policy {
+        AllocPolicy::Reclaim => bindings::GFP_TRANSHUGE,
+        AllocPolicy::Light => bindings::GFP_TRANSHUGE_LIGHT,
+    }
+}
+
+/// Counts the allocation of `folio`, a new PMD-order folio charged to a memory cgroup, in the
+/// cgroup's `thp_collapse_alloc`, and gives it the memcg state its size needs; `false` if that
+/// failed.
+pub(crate) fn memcg_account_collapse_alloc(folio: &NewFolio) -> bool {
+    if folio.order() == PMD_ORDER {
+        // SAFETY: `folio` is a charged, PMD-order folio that we own.
+        unsafe {
+            bindings::count_memcg_folio_events(
+                folio.as_ptr(),
+                bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+                1,
+            )
+        };
+    }
+    // SAFETY: `folio` is valid and ours.
+    unsafe { bindings::folio_memcg_alloc_deferred(folio.as_ptr()) == 0 }
+}
+
+/// A collapse event, counted in `/proc/vmstat` for the PMD order and in the per-size THP stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CollapseEvent {
+    /// A folio was allocated for a collapse (`thp_collapse_alloc`).
+    Alloc,
+    /// The allocation failed (`thp_collapse_alloc_failed`).
+    AllocFailed,
+}
+
+/// Counts `event` for a folio of `order`.
+pub(crate) fn count_collapse_event(order: u32, event: CollapseEvent) {
+    let (vm_event, mthp) = match event {
+        CollapseEvent::Alloc => (
+            bindings::vm_event_item_THP_COLLAPSE_ALLOC,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC,
+        ),
+        CollapseEvent::AllocFailed => (
+            bindings::vm_event_item_THP_COLLAPSE_ALLOC_FAILED,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_ALLOC_FAILED,
+        ),
+    };
+    count_events(order, vm_event, mthp);
+}
+
+/// Counts a vmstat event (for the PMD order) and a per-size THP stat for a folio of `order`.
+fn count_events(order: u32, vm_event: bindings::vm_event_item, mthp: bindings::mthp_stat_item) {
+    // SAFETY: Per-CPU event counters; safe from any context.
+    unsafe {
+        if order == PMD_ORDER {
+            bindings::count_vm_event(vm_event);
+        }
+        bindings::count_mthp_stat(order as i32, mthp);
+    }
+}
+
+/// Counts a scan or isolation of a range for a folio of `order` that stopped because a limit
+/// was exceeded (`thp_scan_exceed_*_pte` in `/proc/vmstat` for the PMD order, and the
+/// per-size `collapse_exceed_*` stats); other outcomes count nothing.
+pub(crate) fn count_exceeded(order: u32, outcome: Outcome) {
+    let (vm_event, mthp) = match outcome {
+        Outcome::ExceedNonePte => (
+            bindings::vm_event_item_THP_SCAN_EXCEED_NONE_PTE,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_NONE,
+        ),
+        Outcome::ExceedSwapPte => (
+            bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SWAP,
+        ),
+        Outcome::ExceedSharedPte => (
+            bindings::vm_event_item_THP_SCAN_EXCEED_SHARED_PTE,
+            bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SHARED,
+        ),
+        _ => return,
+    };
+    count_events(order, vm_event, mthp);
+}
+
+/// Adds `n` pages to the anonymous RSS of `mm` (`MM_ANONPAGES`).
+pub(crate) fn add_anon_rss(mm: &Mm, n: usize) {
+    // SAFETY: `mm` is valid; the counter is per-CPU and safe to update from any context.
+    unsafe { bindings::add_mm_counter(mm.as_raw(), bindings::MM_ANONPAGES as i32, n as isize) };
+}
+
+/// The khugepaged tunables, read now.
+pub(crate) fn khugepaged_tunables() -> Tunables {
+    let mut t = bindings::collapse_tunables {
+        max_ptes_none: 0,
+        max_ptes_swap: 0,
+        max_ptes_shared: 0,
+        defrag: false,
+    };
+    // SAFETY: `t` is valid for writes.
+    unsafe { bindings::khugepaged_collapse_tunables(&mut t) };
+    Tunables {
+        max_ptes_none: t.max_ptes_none,
+        max_ptes_swap: t.max_ptes_swap,
+        max_ptes_shared: t.max_ptes_shared,
+        defrag: t.defrag,
+    }
+}
+
+/// Drains this CPU's LRU add batch, which holds an extra reference on pages just read in.
+pub(crate) fn lru_add_drain() {
+    // SAFETY: Always safe from process context.
+    unsafe { bindings::lru_add_drain() };
+}
+
+/// Drains every CPU's LRU add batches, so that freshly faulted pages can be isolated.
+///
+/// May sleep.
+pub(crate) fn lru_add_drain_all() {
+    // SAFETY: Always safe to call from process context.
+    unsafe { bindings::lru_add_drain_all() };
+}
+
+/// Gives the scheduler a chance to run something else. May sleep.
+pub(crate) fn cond_resched() {
+    // SAFETY: Called without spinlocks held, from process context.
+    unsafe { bindings::cond_resched() };
+}
+
+/// Upstream's collapse tracepoints (`huge_memory` events), fired where upstream fires them,
+/// with the same fields, so that tools reading them see no difference between the cores.
+///
+/// The events are defined in C (`include/trace/events/huge_memory.h`, created in
+/// `mm/khugepaged.c`); the forwarders are in `mm/thp_collapse_glue.c`. A disabled event costs
+/// one call and a static-key test.
+pub(crate) mod trace {
+    use super::super::outcome::Outcome;
+    use kernel::{bindings, mm::Mm};
+
+    /// The pfn the events record when there is no folio.
+    pub(crate) const NO_PFN: usize = usize::MAX;
+
+    fn status(outcome: Outcome) -> i32 {
+        outcome as i32
+    }
+
+    fn count(n: u32) -> i32 {
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+
+    /// `mm_khugepaged_scan_pmd`: the end of the scan of a PMD range, with the final result
+    /// (that of the collapse, if one followed). `pfn` is the folio the scan stopped at, or
+    /// [`NO_PFN`].
+    pub(crate) fn scan_pmd(
+        mm: &Mm,
+        pfn: usize,
+        referenced: u32,
+        none_or_zero: u32,
+        outcome: Outcome,
+        unmapped: u32,
+    ) {
+        // SAFETY: `mm` is valid; the event only records its address and the values.
+        unsafe {
+            bindings::thp_collapse_trace_scan_pmd(
+                mm.as_raw(),
+                pfn,
+                count(referenced),
+                count(none_or_zero),
+                status(outcome),
+                count(unmapped),
+            )
+        }
+    }
+
+    /// `mm_collapse_huge_page`: the end of the collapse of one candidate into a folio of
+    /// `order`.
+    pub(crate) fn collapse(mm: &Mm, outcome: Outcome, order: u32) {
+        // SAFETY: As above.
+        unsafe {
+            bindings::thp_collapse_trace_collapse(
+                mm.as_raw(),
+                (outcome == Outcome::Succeed).into(),
+                status(outcome),
+                order,
+            )
+        }
+    }
+
+    /// `mm_collapse_huge_page_isolate`: the end of the isolation step. `pfn` is the last folio
+    /// looked at, or [`NO_PFN`].
+    pub(crate) fn isolate(
+        pfn: usize,
+        none_or_zero: u32,
+        referenced: u32,
+        outcome: Outcome,
+        order: u32,
+    ) {
+        // SAFETY: The forwarder only records the values.
+        unsafe {
+            bindings::thp_collapse_trace_isolate(
+                pfn,
+                count(none_or_zero),
+                count(referenced),
+                status(outcome),
+                order,
+            )
+        }
+    }
+
+    /// `mm_collapse_huge_page_swapin`: the end of the swap-in step.
+    pub(crate) fn swapin(mm: &Mm, swapped_in: u32, referenced: u32, outcome: Outcome, order: u32) {
+        // SAFETY: `mm` is valid; the event only records its address and the values.
+        unsafe {
+            bindings::thp_collapse_trace_swapin(
+                mm.as_raw(),
+                count(swapped_in),
+                count(referenced),
+                status(outcome),
+                order,
+            )
+        }
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[kernel::prelude::kunit_tests(thp_collapse_boundary)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_results_round_trip() {
+        for o in Outcome::ALL {
+            let raw = to_scan_result(o);
+            if o == Outcome::NotImplemented {
+                assert_eq!(raw, bindings::scan_result_SCAN_FAIL);
+            } else {
+                assert_eq!(Outcome::from_u32(raw), Some(o));
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What the transparent hugepage code asks of a VMA and of an mm: the kind of memory it maps,
+//! and whether flags, `prctl()` and sysfs allow huge folios in it.
+//!
+//! C headers: [`include/linux/huge_mm.h`](srctree/include/linux/huge_mm.h),
+//! [`include/linux/mm.h`](srctree/include/linux/mm.h),
+//! [`include/linux/userfaultfd_k.h`](srctree/include/linux/userfaultfd_k.h)
+
+use crate::{
+    bindings,
+    mm::{virt::VmaRef, Mm},
+};
+
+/// Who asks whether huge folios are allowed in a VMA; the answer differs. C: `enum tva_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TvaType {
+    /// khugepaged, collapsing in the background.
+    Khugepaged,
+    /// `MADV_COLLAPSE`, asked for by user space: sysfs `never` does not stop it.
+    ForcedCollapse,
+}
+
+impl TvaType {
+    fn to_raw(self) -> bindings::tva_type {
+        match self {
+            Self::Khugepaged => bindings::tva_type_TVA_KHUGEPAGED,
+            Self::ForcedCollapse => bindings::tva_type_TVA_FORCED_COLLAPSE,
+        }
+    }
+}
+
+/// VMA properties the THP code asks about.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::mm::{thp::TvaType, virt::VmaRef};
+///
+/// /// Whether khugepaged may collapse the PMD range at `addr` of `vma` into one huge folio.
+/// fn khugepaged_may_collapse(vma: &VmaRef, addr: usize) -> bool {
+///     let pmd_order = kernel::mm::thp::PMD_ORDER;
+///     vma.is_anonymous()
+///         && !vma.userfaultfd_armed()
+///         && vma.thp_suitable_order(addr, pmd_order)
+///         && vma.thp_allowable_orders(TvaType::Khugepaged, 1 << pmd_order) != 0
+/// }
+/// ```
+impl VmaRef {
+    /// Whether the VMA maps private anonymous memory. C: `vma_is_anonymous()`.
+    #[inline]
+    pub fn is_anonymous(&self) -> bool {
+        // SAFETY: By the type invariants of `VmaRef` the VMA is valid and its lock is held.
+        unsafe { bindings::vma_is_anonymous(self.as_ptr()) }
+    }
+
+    /// Whether the VMA is registered with userfaultfd (missing, minor or write-protect
+    /// faults). C: `userfaultfd_armed()`.
+    #[inline]
+    pub fn userfaultfd_armed(&self) -> bool {
+        // SAFETY: As above.
+        unsafe { bindings::userfaultfd_armed(self.as_ptr()) }
+    }
+
+    /// Whether the VMA's memory may be dropped under memory pressure (`MAP_DROPPABLE`).
+    /// C: `vma_is_droppable()`.
+    #[inline]
+    pub fn is_droppable(&self) -> bool {
+        // SAFETY: As above.
+        unsafe { bindings::vma_is_droppable(self.as_ptr()) }
+    }
+
+    /// Which of `orders` (bit `n` for order `n`) flags, `prctl()` and sysfs allow huge folios
+    /// of in this VMA, when `who` asks. C: `thp_vma_allowable_orders()`.
+    #[inline]
+    pub fn thp_allowable_orders(&self, who: TvaType, orders: u64) -> u64 {
+        // SAFETY: As above.
+        let allowed = unsafe {
+            bindings::thp_vma_allowable_orders(
+                self.as_ptr(),
+                self.flags(),
+                who.to_raw(),
+                orders as usize,
+            )
+        };
+        allowed as u64
+    }
+
+    /// Whether the naturally aligned range of a folio of `order` around `addr` lies inside the
+    /// VMA, with file offsets that suit it too. C: `thp_vma_suitable_order()`.
+    #[inline]
+    pub fn thp_suitable_order(&self, addr: usize, order: u32) -> bool {
+        let Ok(order) = i32::try_from(order) else {
+            return false;
+        };
+        // SAFETY: As above.
+        unsafe { bindings::thp_vma_suitable_order(self.as_ptr(), addr, order) }
+    }
+}
+
+/// The order of a PMD-mapped folio.
+pub const PMD_ORDER: u32 = bindings::PMD_SHIFT - crate::page::PAGE_SHIFT as u32;
+
+impl Mm {
+    /// Whether THP was disabled for the whole process (`prctl(PR_SET_THP_DISABLE)` without
+    /// flags). C: `mm_flags_test(MMF_DISABLE_THP_COMPLETELY, mm)`.
+    #[inline]
+    pub fn thp_disabled_completely(&self) -> bool {
+        // SAFETY: The mm is valid (type invariants of `Mm`); testing a flag is an atomic test.
+        unsafe {
+            bindings::mm_flags_test(bindings::MMF_DISABLE_THP_COMPLETELY as i32, self.as_raw())
+        }
+    }
+}
