@@ -76,6 +76,15 @@ void thp_collapse_anon_vma_lock_write(struct anon_vma *anon_vma);
 void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma);
 /* Forwarder to tlb_remove_table_sync_one() of <asm/tlb.h>. */
 void thp_collapse_tlb_remove_table_sync_one(void);
+/* What a PMD entry holds (thp_collapse_pmd_state()). */
+enum thp_collapse_pmd_state {
+	THP_PMD_NONE,	/* none, bad or non-present: no page table */
+	THP_PMD_HUGE,	/* a huge mapping, or a migration entry for one */
+	THP_PMD_TABLE,	/* a page table of PTEs */
+};
+
+enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp);
+bool thp_collapse_free_isolated_folio(struct folio *folio, int refs);
 vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
 				    unsigned long addr, pmd_t *pmd, pte_t *pte,
 				    spinlock_t *ptl, pte_t orig_pte);

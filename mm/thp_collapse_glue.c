@@ -171,6 +171,62 @@ void thp_collapse_tlb_remove_table_sync_one(void)
 }
 
 /**
+ * thp_collapse_pmd_state() - what a PMD entry holds, read locklessly, for Rust.
+ * @pmdp: the entry; the mmap lock keeps its page table alive.
+ *
+ * The PMD predicates are static inlines: one call instead of five helpers.
+ *
+ * Return: THP_PMD_NONE, THP_PMD_HUGE or THP_PMD_TABLE, as find_pmd_or_thp_or_none()
+ * in mm/khugepaged.c classifies the entry.
+ */
+enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp)
+{
+	pmd_t pmd = pmdp_get_lockless(pmdp);
+
+	if (pmd_none(pmd))
+		return THP_PMD_NONE;
+	if (pmd_is_migration_entry(pmd))
+		return THP_PMD_HUGE;
+	if (!pmd_present(pmd))
+		return THP_PMD_NONE;
+	if (pmd_trans_huge(pmd))
+		return THP_PMD_HUGE;
+	if (pmd_bad(pmd))
+		return THP_PMD_NONE;
+	return THP_PMD_TABLE;
+}
+
+/**
+ * thp_collapse_free_isolated_folio() - free an isolated, unmapped small folio
+ * without going back through the LRU, for Rust.
+ * @folio: a small folio taken off the LRU (and uncounted from NR_ISOLATED_*)
+ *         by the caller, unlocked, that no page table maps any more.
+ * @refs: the references of the mappings the caller removed, which it hands
+ *        over together with the isolation's.
+ *
+ * Putting such a folio back on the LRU only for the last reference to take it
+ * off again costs two trips through the lruvec lock. If the caller's
+ * references are the only ones, and the folio is neither in the swap cache nor
+ * mlocked or unevictable, nothing can reach it but speculative pfn walkers,
+ * which back off from a folio that is not on the LRU: drop the LRU state
+ * isolation left behind and free it at once.
+ *
+ * Return: true if the references were dropped; false, with nothing done, if
+ * the folio must be put back on the LRU (folio_putback_lru()) instead.
+ */
+bool thp_collapse_free_isolated_folio(struct folio *folio, int refs)
+{
+	if (folio_test_large(folio) || folio_test_lru(folio) ||
+	    folio_test_swapcache(folio) || folio_test_mlocked(folio) ||
+	    folio_test_unevictable(folio) ||
+	    folio_ref_count(folio) != refs + 1)
+		return false;
+	folio_clear_active(folio);
+	folio_put_refs(folio, refs + 1);
+	return true;
+}
+
+/**
  * thp_collapse_swap_in_pte() - do_swap_page() on one PTE, for Rust.
  * @vma: the anonymous VMA; its mm's mmap lock is held for read.
  * @addr: the address the PTE maps.

@@ -16,16 +16,14 @@
 //! `__collapse_huge_page_copy_failed()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
-    ffi::{self, trace, PteFacts},
+    ffi::{self, trace, FolioPtr, PagePtr, PteFacts},
     mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
     request::Candidate,
     scan::ScanTally,
 };
-use core::ptr::NonNull;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
-    bindings,
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::{self, IsolateError, IsolatedFolio, NewFolio},
@@ -78,12 +76,14 @@ struct Isolation {
     slots: KVec<Slot>,
     /// The PTEs that map the zero page, one bit each.
     zero: [u64; PTES_PER_PMD as usize / 64],
+    /// The PTEs that map a page of a large folio, one bit each.
+    large: [u64; PTES_PER_PMD as usize / 64],
     /// The pfn of the last folio looked at (for the tracepoint).
     last_pfn: usize,
 }
 
 /// The page a PTE of the candidate maps, and its folio; `None` for none and zero-page PTEs.
-type Slot = Option<(NonNull<bindings::page>, NonNull<bindings::folio>)>;
+type Slot = Option<(PagePtr, FolioPtr)>;
 
 /// Room for the isolated folios of one page table and for what each PTE maps, allocated
 /// before any lock is taken.
@@ -108,8 +108,8 @@ impl IsolationList {
     }
 }
 
-/// A run of PTEs mapping consecutive pages of one folio: `(page, folio, count)`.
-type Run = (NonNull<bindings::page>, NonNull<bindings::folio>, usize);
+/// A run of PTEs mapping consecutive pages of one folio: `(first PTE, page, folio, count)`.
+type Run = (usize, PagePtr, FolioPtr, usize);
 
 impl Isolation {
     /// The slot of PTE `i`.
@@ -136,7 +136,7 @@ impl Isolation {
                 {
                     i += 1;
                 }
-                return Some((page, folio, i - start));
+                return Some((start, page, folio, i - start));
             }
             None
         })
@@ -146,6 +146,12 @@ impl Isolation {
     #[inline]
     fn is_zero(&self, i: usize) -> bool {
         self.zero[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Whether PTE `i` maps a page of a large folio.
+    #[inline]
+    fn is_large(&self, i: usize) -> bool {
+        self.large[i / 64] & (1 << (i % 64)) != 0
     }
 }
 
@@ -181,6 +187,7 @@ impl<'g> DetachedTable<'g> {
                 isolated,
                 slots,
                 zero: [0; PTES_PER_PMD as usize / 64],
+                large: [0; PTES_PER_PMD as usize / 64],
                 last_pfn: trace::NO_PFN,
             },
             mm: guard.mm(),
@@ -281,7 +288,7 @@ impl<'g> DetachedTable<'g> {
                 locked.ksm_unmap_zero_page(i);
             }
             locked.clear(first, nr);
-            for (page, folio, n) in iso.runs(first, end) {
+            for (_, page, folio, n) in iso.runs(first, end) {
                 // SAFETY: The `n` PTEs were cleared above, under their lock, and mapped `n`
                 // consecutive pages of `folio` from `page` on in `vma`; the folio is isolated
                 // and locked.
@@ -289,14 +296,20 @@ impl<'g> DetachedTable<'g> {
             }
         }
         ffi::add_anon_rss(mm, filled);
-        for (_, folio, n) in iso.runs(first, end) {
+        for (_, _, folio, n) in iso.runs(first, end).filter(|run| iso.is_large(run.0)) {
             // SAFETY: The `n` mappings removed above each held a reference, now ours; the
             // isolation holds another one until the folio is put back below.
             unsafe { folio::put_refs(folio, n) };
         }
         for folio in iso.isolated.drain_all() {
-            // No longer mapped here: its swap cache entry can go.
-            folio.putback_free_swap();
+            if folio.nr_pages() == 1 {
+                // SAFETY: A small folio of the candidate was mapped by one of its PTEs, whose
+                // mapping, removed above, held one reference, now ours, which goes with it.
+                unsafe { folio.free_unmapped(1) };
+            } else {
+                // No longer mapped here: its swap cache entry can go.
+                folio.putback_free_swap();
+            }
         }
         let installed = if new.order() == PMD_ORDER {
             table.install_pmd(new)
@@ -372,6 +385,9 @@ impl Isolation {
         if let Some(slot) = self.slots.get_mut(i) {
             // INVARIANT: The page this entry maps and its folio, which is isolated now.
             *slot = Some((page, folio));
+        }
+        if facts.large() {
+            self.large[i / 64] |= 1 << (i % 64);
         }
         let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
         tally.present(referenced);

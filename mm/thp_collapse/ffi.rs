@@ -48,6 +48,13 @@ const _: () = {
     assert!(Caller::COUNT as u32 == bindings::collapse_caller_NR_COLLAPSE_CALLERS);
 };
 
+/// A `struct page` of the memory map (always valid: the memory map is never freed while the
+/// page can be reached; what it describes is only stable under the locks its user holds).
+pub(crate) type PagePtr = NonNull<bindings::page>;
+
+/// A `struct folio`, with the same caveat as [`PagePtr`].
+pub(crate) type FolioPtr = NonNull<bindings::folio>;
+
 /// Converts an outcome to the C `enum scan_result`.
 ///
 /// [`Outcome::NotImplemented`] has no C counterpart and becomes `SCAN_FAIL`.
@@ -115,7 +122,7 @@ impl PteFacts {
 
     /// The normal page mapped and its folio, or `None` (special or ZONE_DEVICE mapping).
     #[inline]
-    pub(crate) fn page(&self) -> Option<(NonNull<bindings::page>, NonNull<bindings::folio>)> {
+    pub(crate) fn page(&self) -> Option<(PagePtr, FolioPtr)> {
         Some((NonNull::new(self.0.page)?, NonNull::new(self.0.folio)?))
     }
 

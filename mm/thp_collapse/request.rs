@@ -23,6 +23,15 @@ use kernel::{
     sync::aref::ARef,
 };
 
+/// The tunables that `mode` honours: khugepaged's sysfs knobs, read now, for khugepaged;
+/// MADV_COLLAPSE ignores them (and does not pay for reading them on every PMD).
+fn tunables_for(mode: CollapseMode) -> Tunables {
+    match mode {
+        CollapseMode::Khugepaged => ffi::khugepaged_tunables(),
+        CollapseMode::Madvise => Tunables::DEFAULTS,
+    }
+}
+
 /// Size of the range one PMD maps.
 pub(crate) const PMD_SIZE: usize = 1 << (PMD_ORDER + kernel::page::PAGE_SHIFT as u32);
 
@@ -163,11 +172,7 @@ fn collapse_anon(
         Ok(table) => table,
         Err(outcome) => return outcome,
     };
-    let limits = mode.limits(
-        &ffi::khugepaged_tunables(),
-        c.order,
-        vma.userfaultfd_armed(),
-    );
+    let limits = mode.limits(&tunables_for(mode), c.order, vma.userfaultfd_armed());
     let outcome = table.isolate(mode, limits);
     if outcome != Outcome::Succeed {
         // Dropping `table` restores the page table and releases the isolated folios.
@@ -283,7 +288,7 @@ pub(crate) fn collapse_pmd<'a>(
     caller: Caller,
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
-    let tunables = ffi::khugepaged_tunables();
+    let tunables = tunables_for(mode);
     let s = scan(&guard, addr, mode, &tunables);
     let mm = guard.mm();
     let (outcome, state) = match s.outcome {

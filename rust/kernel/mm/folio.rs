@@ -248,6 +248,36 @@ impl IsolatedFolio {
         unsafe { this.release(true) };
     }
 
+    /// Frees the folio, which no page table maps any more, taking over `refs` references of the
+    /// mappings the caller removed: drops its swap cache entry and, if nothing else holds the
+    /// folio, frees it at once, without a round trip through the LRU; otherwise puts it back on
+    /// the LRU, from where the last reference frees it.
+    ///
+    /// # Safety
+    ///
+    /// The caller must own `refs` references to the folio, from mappings it removed (page-table
+    /// entries and rmap), and must not use them afterwards.
+    #[inline]
+    pub unsafe fn free_unmapped(self, refs: usize) {
+        let this = core::mem::ManuallyDrop::new(self);
+        let f = this.folio.as_ptr();
+        let refs = refs as i32;
+        // SAFETY: By the type invariants the folio is locked by us, isolated and counted; it is
+        // uncounted and unlocked before its swap cache entry goes (which needs the lock). The
+        // glue frees it only if our references are the only ones; otherwise it is put back,
+        // which drops the isolation's reference, and we drop the mappings' ones. `this` is
+        // never dropped, so this runs once.
+        unsafe {
+            bindings::node_stat_mod_isolated(f, -(this.nr as isize));
+            bindings::folio_unlock(f);
+            bindings::free_swap_cache(f);
+            if !bindings::thp_collapse_free_isolated_folio(f, refs) {
+                bindings::folio_putback_lru(f);
+                bindings::folio_put_refs(f, refs);
+            }
+        }
+    }
+
     /// Uncounts, unlocks and puts back the folio, dropping the isolation reference; with
     /// `free_swap`, drops its swap cache entry in between if nothing maps it any more.
     ///

@@ -89,23 +89,12 @@ impl<'a> PmdEntry<'a> {
     /// except to free the page table, which needs the mmap write lock or RCU.
     pub fn state(self) -> PmdState {
         // SAFETY: By the type invariants `pmdp` points into a page table kept alive by the mmap
-        // lock.
-        let pmd = unsafe { bindings::pmdp_get_lockless(self.pmdp.as_ptr()) };
-        // SAFETY: The PMD predicates only inspect the value.
-        unsafe {
-            if bindings::pmd_none(pmd) {
-                PmdState::None
-            } else if bindings::pmd_is_migration_entry(pmd) {
-                PmdState::Huge
-            } else if !bindings::pmd_present(pmd) {
-                PmdState::None
-            } else if bindings::pmd_trans_huge(pmd) {
-                PmdState::Huge
-            } else if bindings::pmd_bad(pmd) {
-                PmdState::None
-            } else {
-                PmdState::Table
-            }
+        // lock; the glue reads the entry locklessly and classifies it in one call, as the
+        // static inline predicates would.
+        match unsafe { bindings::thp_collapse_pmd_state(self.pmdp.as_ptr()) } {
+            bindings::thp_collapse_pmd_state_THP_PMD_HUGE => PmdState::Huge,
+            bindings::thp_collapse_pmd_state_THP_PMD_TABLE => PmdState::Table,
+            _ => PmdState::None,
         }
     }
 
