@@ -76,8 +76,8 @@ pub(crate) struct Tunables {
 }
 
 impl Tunables {
-    /// The values khugepaged boots with (`khugepaged_init()`), for tests.
-    #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+    /// The values khugepaged boots with (`khugepaged_init()`); what MADV_COLLAPSE, which
+    /// ignores the tunables, passes around instead of reading them.
     pub(crate) const DEFAULTS: Tunables = Tunables {
         max_ptes_none: MAX_PTES_LIMIT,
         max_ptes_swap: PTES_PER_PMD / 8,
