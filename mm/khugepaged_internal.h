@@ -84,7 +84,17 @@ enum thp_collapse_pmd_state {
 };
 
 enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp);
-bool thp_collapse_free_isolated_folio(struct folio *folio, int refs);
+/* The folio isolation protocol (mm/thp_collapse_glue.c). */
+enum thp_collapse_isolate {
+	THP_ISOLATE_OK,
+	THP_ISOLATE_LOCKED,	/* someone else holds the folio lock */
+	THP_ISOLATE_REFERENCED,	/* references beyond mappings and swap cache */
+	THP_ISOLATE_NOT_ON_LRU,	/* someone else isolated it */
+};
+
+enum thp_collapse_isolate thp_collapse_folio_isolate(struct folio *folio);
+void thp_collapse_folio_putback(struct folio *folio, bool free_swap);
+bool thp_collapse_folio_release_unmapped(struct folio *folio, int refs);
 vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
 				    unsigned long addr, pmd_t *pmd, pte_t *pte,
 				    spinlock_t *ptl, pte_t orig_pte);

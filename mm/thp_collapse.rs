@@ -101,6 +101,8 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
     // SAFETY: The caller holds the mmap lock of the VMA's mm for read and expects it held on
     // return; `request::madvise` hands it back.
     let guard = unsafe { MmapRead::adopt(vma.mm()) };
+    // SAFETY: `vma` is a VMA of that mm, which the caller found under the lock.
+    unsafe { guard.remember_vma(vma.as_ptr()) };
     let done = request::madvise(guard, start, end, caller);
     done.guard.keep();
     if done.history == LockHistory::Retaken {
@@ -125,7 +127,7 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
 #[export]
 pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     mm: *mut bindings::mm_struct,
-    _vma: *mut bindings::vm_area_struct,
+    vma: *mut bindings::vm_area_struct,
     addr: kernel::ffi::c_ulong,
     lock_dropped: *mut bool,
     progress: *mut kernel::ffi::c_uint,
@@ -133,7 +135,10 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     // SAFETY: The caller holds `mm`'s mmap lock for read (so the `mm_struct` is alive) and
     // hands it over for the duration of the call.
     let guard = unsafe { MmapRead::adopt(Mm::from_raw(mm)) };
-    let (outcome, scanned, state) = request::collapse_pmd(guard, addr, Caller::Khugepaged);
+    // SAFETY: The caller found `vma`, a VMA of `mm`, under the lock it hands over.
+    unsafe { guard.remember_vma(vma) };
+    let (outcome, scanned, state) =
+        request::collapse_pmd(guard, addr, Caller::Khugepaged, &mut None);
     match state {
         Locked::Held(guard) => guard.keep(),
         // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.

@@ -17,8 +17,10 @@
 #include <linux/jump_label.h>
 #include <linux/kobject.h>
 #include <linux/mm.h>
+#include <linux/mm_inline.h>
 #include <linux/pagemap.h>
 #include <linux/string.h>
+#include <linux/swap.h>
 #include <linux/sysfs.h>
 
 #include <asm/tlb.h>
@@ -196,33 +198,94 @@ enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp)
 	return THP_PMD_TABLE;
 }
 
-/**
- * thp_collapse_free_isolated_folio() - free an isolated, unmapped small folio
- * without going back through the LRU, for Rust.
- * @folio: a small folio taken off the LRU (and uncounted from NR_ISOLATED_*)
- *         by the caller, unlocked, that no page table maps any more.
- * @refs: the references of the mappings the caller removed, which it hands
- *        over together with the isolation's.
- *
- * Putting such a folio back on the LRU only for the last reference to take it
- * off again costs two trips through the lruvec lock. If the caller's
- * references are the only ones, and the folio is neither in the swap cache nor
- * mlocked or unevictable, nothing can reach it but speculative pfn walkers,
- * which back off from a folio that is not on the LRU: drop the LRU state
- * isolation left behind and free it at once.
- *
- * Return: true if the references were dropped; false, with nothing done, if
- * the folio must be put back on the LRU (folio_putback_lru()) instead.
+/*
+ * The folio isolation protocol, for Rust (kernel::mm::folio::IsolatedFolio).
+ * Every step is a static inline or a call into mm/; from Rust each inline
+ * would be an out-of-line rust_helper_* call, several per PTE of a collapse.
+ * These only run the fixed sequence; what a failure means is up to the caller.
  */
-bool thp_collapse_free_isolated_folio(struct folio *folio, int refs)
+
+/**
+ * thp_collapse_folio_isolate() - lock a folio and take it off its LRU list.
+ * @folio: a folio that stays valid during the call.
+ *
+ * Locks @folio without waiting, checks under the lock that nobody holds a
+ * reference beyond its mappings and swap cache (a GUP pin, say), then
+ * isolates it from the LRU and counts it in NR_ISOLATED_*.
+ *
+ * Return: THP_ISOLATE_OK, with the folio locked, isolated and counted; or
+ * THP_ISOLATE_LOCKED, THP_ISOLATE_REFERENCED or THP_ISOLATE_NOT_ON_LRU, with
+ * nothing changed.
+ */
+enum thp_collapse_isolate thp_collapse_folio_isolate(struct folio *folio)
 {
+	if (!folio_trylock(folio))
+		return THP_ISOLATE_LOCKED;
+	if (folio_expected_ref_count(folio) != folio_ref_count(folio)) {
+		folio_unlock(folio);
+		return THP_ISOLATE_REFERENCED;
+	}
+	if (!folio_isolate_lru(folio)) {
+		folio_unlock(folio);
+		return THP_ISOLATE_NOT_ON_LRU;
+	}
+	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
+			    folio_nr_pages(folio));
+	return THP_ISOLATE_OK;
+}
+
+/**
+ * thp_collapse_folio_putback() - undo thp_collapse_folio_isolate().
+ * @folio: a folio isolated by thp_collapse_folio_isolate().
+ * @free_swap: drop its swap cache entry first, if nothing maps it any more.
+ *
+ * Uncounts and unlocks @folio and puts it back on the LRU, which drops the
+ * isolation's reference.
+ */
+void thp_collapse_folio_putback(struct folio *folio, bool free_swap)
+{
+	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
+			    -folio_nr_pages(folio));
+	folio_unlock(folio);
+	if (free_swap)
+		free_swap_cache(folio);
+	folio_putback_lru(folio);
+}
+
+/**
+ * thp_collapse_folio_release_unmapped() - release an isolated folio that no
+ * page table maps any more.
+ * @folio: a small folio isolated by thp_collapse_folio_isolate().
+ * @refs: the references of the mappings the caller removed, handed over.
+ *
+ * Uncounts and unlocks @folio and drops its swap cache entry. Putting it back
+ * on the LRU only for the last reference to take it off again would cost two
+ * trips through the lruvec lock: if the caller's references (@refs and the
+ * isolation's) are the only ones, and the folio is neither in the swap cache
+ * nor mlocked or unevictable, nothing can reach it but speculative pfn
+ * walkers, which back off from a folio that is not on the LRU. Then this
+ * clears the LRU state isolation left behind and leaves the references to the
+ * caller, to free the folio with folios_put_refs(). Otherwise it puts the
+ * folio back on the LRU and drops the references itself.
+ *
+ * Return: true if the caller now owns @refs + 1 references, and dropping them
+ * frees the folio; false if nothing is left to the caller.
+ */
+bool thp_collapse_folio_release_unmapped(struct folio *folio, int refs)
+{
+	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
+			    -folio_nr_pages(folio));
+	folio_unlock(folio);
+	free_swap_cache(folio);
 	if (folio_test_large(folio) || folio_test_lru(folio) ||
 	    folio_test_swapcache(folio) || folio_test_mlocked(folio) ||
 	    folio_test_unevictable(folio) ||
-	    folio_ref_count(folio) != refs + 1)
+	    folio_ref_count(folio) != refs + 1) {
+		folio_putback_lru(folio);
+		folio_put_refs(folio, refs);
 		return false;
+	}
 	folio_clear_active(folio);
-	folio_put_refs(folio, refs + 1);
 	return true;
 }
 

@@ -26,7 +26,7 @@ use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
     mm::{
         anon_vma::AnonVmaWriteGuard,
-        folio::{self, IsolateError, IsolatedFolio, NewFolio},
+        folio::{self, IsolateError, IsolatedFolio, NewFolio, UnmappedFolios},
         mmap_lock::MmapWriteLock,
         pgtable::{DetachedPteTable, PmdEntry},
         virt::VmaRef,
@@ -54,13 +54,14 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 ///
 /// - `table` is the page table of the PMD range at `haddr` of `vma`, an anonymous VMA of `mm`;
 ///   `first + nr <= PTES_PER_PMD`.
-/// - Each folio appears once in `iso.isolated`.
-/// - `iso.slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and its
-///   folio, which is in `iso.isolated`, or `None`; it is set for the candidate's PTEs once
-///   [`DetachedTable::isolate`] succeeded. `iso.zero` marks the PTEs that map the zero page.
-pub(crate) struct DetachedTable<'g> {
+/// - Each folio appears once in `iso.list.folios`.
+/// - `iso.list.slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and
+///   its folio, which is in `iso.list.folios`, or `None`; it is set for the candidate's PTEs
+///   once [`DetachedTable::isolate`] succeeded. `iso.zero` marks the PTEs that map the zero
+///   page.
+pub(crate) struct DetachedTable<'g, 'l> {
     table: DetachedPteTable<'g>,
-    iso: Isolation,
+    iso: Isolation<'l>,
     mm: &'g Mm,
     vma: &'g VmaRef,
     haddr: usize,
@@ -68,12 +69,10 @@ pub(crate) struct DetachedTable<'g> {
     nr: usize,
 }
 
-/// What the isolation found and holds.
-struct Isolation {
-    /// The isolated folios, each once.
-    isolated: KVec<IsolatedFolio>,
-    /// What each PTE of the table maps.
-    slots: KVec<Slot>,
+/// What the isolation found and holds; dropping it releases the isolated folios.
+struct Isolation<'l> {
+    /// The isolated folios, each once, and what each PTE of the table maps.
+    list: &'l mut IsolationList,
     /// The PTEs that map the zero page, one bit each.
     zero: [u64; PTES_PER_PMD as usize / 64],
     /// The PTEs that map a page of a large folio, one bit each.
@@ -82,11 +81,18 @@ struct Isolation {
     last_pfn: usize,
 }
 
+impl Drop for Isolation<'_> {
+    fn drop(&mut self) {
+        // Puts every folio still isolated back; the list's memory stays for the next collapse.
+        self.list.folios.clear();
+    }
+}
+
 /// The page a PTE of the candidate maps, and its folio; `None` for none and zero-page PTEs.
 type Slot = Option<(PagePtr, FolioPtr)>;
 
 /// Room for the isolated folios of one page table and for what each PTE maps, allocated
-/// before any lock is taken.
+/// before any lock is taken, once per request: collapses of successive PMDs reuse it.
 pub(crate) struct IsolationList {
     folios: KVec<IsolatedFolio>,
     slots: KVec<Slot>,
@@ -111,11 +117,21 @@ impl IsolationList {
 /// A run of PTEs mapping consecutive pages of one folio: `(first PTE, page, folio, count)`.
 type Run = (usize, PagePtr, FolioPtr, usize);
 
-impl Isolation {
+impl IsolationList {
+    /// The list of `cache`, allocated on first use. May sleep.
+    pub(crate) fn get(cache: &mut Option<IsolationList>) -> Result<&mut IsolationList, Outcome> {
+        if cache.is_none() {
+            *cache = Some(Self::new()?);
+        }
+        cache.as_mut().ok_or(Outcome::AllocHugePageFail)
+    }
+}
+
+impl Isolation<'_> {
     /// The slot of PTE `i`.
     #[inline]
     fn slot(&self, i: usize) -> Slot {
-        self.slots.get(i).copied().flatten()
+        self.list.slots.get(i).copied().flatten()
     }
 
     /// The runs of PTEs in `[first, end)` that map consecutive pages of one folio, in order.
@@ -155,7 +171,7 @@ impl Isolation {
     }
 }
 
-impl<'g> DetachedTable<'g> {
+impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
     /// the TLB, waits for lockless page-table walkers, and maps the detached table.
     ///
@@ -167,7 +183,7 @@ impl<'g> DetachedTable<'g> {
         vma: &'g VmaRef,
         pmd: PmdEntry<'g>,
         c: Candidate,
-        list: IsolationList,
+        list: &'l mut IsolationList,
     ) -> Result<Self, Outcome> {
         let haddr = c.haddr;
         let nr = c.nr().min(PTES_PER_PMD as usize);
@@ -175,17 +191,16 @@ impl<'g> DetachedTable<'g> {
         let start = haddr + first * PAGE_SIZE;
         let table = DetachedPteTable::detach(guard, anon, vma, pmd, start, start + nr * PAGE_SIZE)
             .ok_or(Outcome::NoPteTable)?;
-        let IsolationList {
-            folios: mut isolated,
-            slots,
-        } = list;
-        isolated.clear();
-        // INVARIANT: Nothing is isolated yet; `list` has one slot per PTE.
+        // Left over from a collapse that went through: empty, and no slot set.
+        list.folios.clear();
+        for slot in list.slots.iter_mut() {
+            *slot = None;
+        }
+        // INVARIANT: Nothing is isolated yet; the list has one slot per PTE, none set.
         Ok(Self {
             table,
             iso: Isolation {
-                isolated,
-                slots,
+                list,
                 zero: [0; PTES_PER_PMD as usize / 64],
                 large: [0; PTES_PER_PMD as usize / 64],
                 last_pfn: trace::NO_PFN,
@@ -270,7 +285,7 @@ impl<'g> DetachedTable<'g> {
         }
         let Self {
             mut table,
-            mut iso,
+            iso,
             mm,
             vma,
             first,
@@ -301,16 +316,19 @@ impl<'g> DetachedTable<'g> {
             // isolation holds another one until the folio is put back below.
             unsafe { folio::put_refs(folio, n) };
         }
-        for folio in iso.isolated.drain_all() {
+        let mut unmapped = UnmappedFolios::new();
+        for folio in iso.list.folios.drain_all() {
             if folio.nr_pages() == 1 {
                 // SAFETY: A small folio of the candidate was mapped by one of its PTEs, whose
                 // mapping, removed above, held one reference, now ours, which goes with it.
-                unsafe { folio.free_unmapped(1) };
+                unsafe { unmapped.add(folio, 1) };
             } else {
                 // No longer mapped here: its swap cache entry can go.
                 folio.putback_free_swap();
             }
         }
+        // Frees the last batch.
+        drop(unmapped);
         let installed = if new.order() == PMD_ORDER {
             table.install_pmd(new)
         } else {
@@ -326,7 +344,7 @@ impl<'g> DetachedTable<'g> {
     }
 }
 
-impl Isolation {
+impl Isolation<'_> {
     /// Isolates the folio that a PTE maps, if it was not isolated yet, for a collapse to a
     /// folio of `order`, and records what the entry maps. `facts` are those of entry `i`,
     /// which maps `addr` in `vma` of `mm`.
@@ -366,7 +384,7 @@ impl Isolation {
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
             return Err(Outcome::PteMappedHugepage);
         }
-        let seen = facts.large() && self.isolated.iter().any(|f| f.as_ptr() == folio);
+        let seen = facts.large() && self.list.folios.iter().any(|f| f.as_ptr() == folio);
         if !seen {
             // SAFETY: `folio` is mapped by the detached table, which only we can change, so
             // it stays valid.
@@ -378,11 +396,11 @@ impl Isolation {
                 })?;
             // There is room for one folio per PTE (`IsolationList`), so the push cannot
             // fail; if it did, dropping the folio puts it back at once.
-            if self.isolated.push_within_capacity(isolated).is_err() {
+            if self.list.folios.push_within_capacity(isolated).is_err() {
                 return Err(Outcome::Fail);
             }
         }
-        if let Some(slot) = self.slots.get_mut(i) {
+        if let Some(slot) = self.list.slots.get_mut(i) {
             // INVARIANT: The page this entry maps and its folio, which is isolated now.
             *slot = Some((page, folio));
         }

@@ -143,9 +143,10 @@ fn collapse_anon(
     c: Candidate,
     mode: CollapseMode,
     mut new: NewFolio,
+    lists: &mut Option<IsolationList>,
 ) -> Outcome {
     // Sleeping allocations come before the locks.
-    let list = match IsolationList::new() {
+    let list = match IsolationList::get(lists) {
         Ok(list) => list,
         Err(outcome) => return outcome,
     };
@@ -198,6 +199,7 @@ fn collapse_candidate(
     mode: CollapseMode,
     tunables: &Tunables,
     s: &Scanned,
+    lists: &mut Option<IsolationList>,
 ) -> Outcome {
     let outcome = (|| {
         // The folio is allocated without the mmap lock: it may reclaim and compact.
@@ -205,7 +207,7 @@ fn collapse_candidate(
         if s.swapped > 0 {
             swap_in(mm, c, mode, s.referenced)?;
         }
-        Ok(collapse_anon(mm, c, mode, folio))
+        Ok(collapse_anon(mm, c, mode, folio, lists))
     })()
     .unwrap_or_else(|outcome| outcome);
     trace::collapse(mm, outcome, c.order);
@@ -281,11 +283,13 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
 /// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`.
 ///
 /// Returns the outcome, the number of page-table entries looked at (khugepaged's scan budget),
-/// and the state of the lock.
+/// and the state of the lock. `lists` is the isolation list of the request, allocated at its
+/// first collapse.
 pub(crate) fn collapse_pmd<'a>(
     guard: MmapRead<'a>,
     addr: usize,
     caller: Caller,
+    lists: &mut Option<IsolationList>,
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
     let tunables = tunables_for(mode);
@@ -305,7 +309,7 @@ pub(crate) fn collapse_pmd<'a>(
                         first,
                         order,
                     };
-                    collapse_candidate(mm, c, mode, &tunables, &s)
+                    collapse_candidate(mm, c, mode, &tunables, &s, lists)
                 },
             );
             (outcome, Locked::Dropped)
@@ -366,6 +370,8 @@ pub(crate) fn madvise<'a>(
     let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
     ffi::lru_add_drain_all();
 
+    // Allocated at the first collapse, and reused by the next ones.
+    let mut lists = None;
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
     let mut state = Locked::Held(guard);
@@ -394,7 +400,7 @@ pub(crate) fn madvise<'a>(
                 guard
             }
         };
-        let (outcome, _, next) = collapse_pmd(guard, addr, caller);
+        let (outcome, _, next) = collapse_pmd(guard, addr, caller, &mut lists);
         state = next;
         if !tally.record(outcome) {
             break;

@@ -4,7 +4,8 @@
  * which collapse core (Rust or C) did the work, with AnonHugePages and the
  * Rust core's counters before and after.
  *
- * Usage: thp_collapse_demo [MiB]   (default 8; rounded up to 2 MiB)
+ * Usage: thp_collapse_demo [MiB [rust|c]]
+ *   MiB: default 8, rounded up to 2 MiB; with a core, only that core runs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -142,8 +143,14 @@ int main(int argc, char **argv)
 		printf("active collapse core at boot: %s", orig);
 	fclose(f);
 
-	collapse_with("rust", len);
-	collapse_with("c", len);
+	if (argc > 2 && strcmp(argv[2], "rust") && strcmp(argv[2], "c")) {
+		printf("unknown core '%s' (rust or c)\n", argv[2]);
+		return 1;
+	}
+	if (argc <= 2 || !strcmp(argv[2], "rust"))
+		collapse_with("rust", len);
+	if (argc <= 2 || !strcmp(argv[2], "c"))
+		collapse_with("c", len);
 
 	/* Leave the knob as it was. */
 	set_core(strstr(orig, "[rust]") ? "rust" : "c");

@@ -206,23 +206,17 @@ impl IsolatedFolio {
         folio: NonNull<bindings::folio>,
         nr: usize,
     ) -> Result<Self, IsolateError> {
-        let f = folio.as_ptr();
-        // SAFETY: `folio` is valid (safety requirements); this is the isolation protocol:
-        // lock, check the references under the lock, then isolate.
-        unsafe {
-            // The folio lock serializes against split_huge_page().
-            if !bindings::folio_trylock(f) {
-                return Err(IsolateError::Locked);
+        // SAFETY: `folio` is valid (safety requirements). The glue runs the isolation
+        // protocol: lock without waiting, check the references under the lock (the folio lock
+        // serializes against split_huge_page()), isolate, count; on failure nothing changed.
+        let ret = unsafe { bindings::thp_collapse_folio_isolate(folio.as_ptr()) };
+        match ret {
+            bindings::thp_collapse_isolate_THP_ISOLATE_OK => {}
+            bindings::thp_collapse_isolate_THP_ISOLATE_LOCKED => return Err(IsolateError::Locked),
+            bindings::thp_collapse_isolate_THP_ISOLATE_REFERENCED => {
+                return Err(IsolateError::Referenced)
             }
-            if bindings::folio_has_unexpected_refs(f) {
-                bindings::folio_unlock(f);
-                return Err(IsolateError::Referenced);
-            }
-            if !bindings::folio_isolate_lru(f) {
-                bindings::folio_unlock(f);
-                return Err(IsolateError::NotOnLru);
-            }
-            bindings::node_stat_mod_isolated(f, nr as isize);
+            _ => return Err(IsolateError::NotOnLru),
         }
         // INVARIANT: Locked, isolated and counted above.
         Ok(Self { folio, nr })
@@ -248,36 +242,6 @@ impl IsolatedFolio {
         unsafe { this.release(true) };
     }
 
-    /// Frees the folio, which no page table maps any more, taking over `refs` references of the
-    /// mappings the caller removed: drops its swap cache entry and, if nothing else holds the
-    /// folio, frees it at once, without a round trip through the LRU; otherwise puts it back on
-    /// the LRU, from where the last reference frees it.
-    ///
-    /// # Safety
-    ///
-    /// The caller must own `refs` references to the folio, from mappings it removed (page-table
-    /// entries and rmap), and must not use them afterwards.
-    #[inline]
-    pub unsafe fn free_unmapped(self, refs: usize) {
-        let this = core::mem::ManuallyDrop::new(self);
-        let f = this.folio.as_ptr();
-        let refs = refs as i32;
-        // SAFETY: By the type invariants the folio is locked by us, isolated and counted; it is
-        // uncounted and unlocked before its swap cache entry goes (which needs the lock). The
-        // glue frees it only if our references are the only ones; otherwise it is put back,
-        // which drops the isolation's reference, and we drop the mappings' ones. `this` is
-        // never dropped, so this runs once.
-        unsafe {
-            bindings::node_stat_mod_isolated(f, -(this.nr as isize));
-            bindings::folio_unlock(f);
-            bindings::free_swap_cache(f);
-            if !bindings::thp_collapse_free_isolated_folio(f, refs) {
-                bindings::folio_putback_lru(f);
-                bindings::folio_put_refs(f, refs);
-            }
-        }
-    }
-
     /// Uncounts, unlocks and puts back the folio, dropping the isolation reference; with
     /// `free_swap`, drops its swap cache entry in between if nothing maps it any more.
     ///
@@ -285,16 +249,8 @@ impl IsolatedFolio {
     ///
     /// Called once, after which the value must be forgotten.
     unsafe fn release(&self, free_swap: bool) {
-        let f = self.folio.as_ptr();
         // SAFETY: By the type invariants the folio is locked by us, isolated and counted.
-        unsafe {
-            bindings::node_stat_mod_isolated(f, -(self.nr as isize));
-            bindings::folio_unlock(f);
-            if free_swap {
-                bindings::free_swap_cache(f);
-            }
-            bindings::folio_putback_lru(f);
-        }
+        unsafe { bindings::thp_collapse_folio_putback(self.folio.as_ptr(), free_swap) };
     }
 }
 
@@ -340,4 +296,117 @@ pub unsafe fn remove_rmap_ptes(
 pub unsafe fn put_refs(folio: NonNull<bindings::folio>, nr: usize) {
     // SAFETY: By the function's safety requirements.
     unsafe { bindings::folio_put_refs(folio.as_ptr(), nr as i32) };
+}
+
+/// Folios a caller isolated and then unmapped everywhere, on their way back to the page
+/// allocator.
+///
+/// Each one nothing else holds is freed without going back to the LRU (where its last reference
+/// would only take it off again), in batches, as the LRU's own batches are: one memory cgroup
+/// uncharge and one trip to the per-CPU free lists per batch. Others are put back on the LRU.
+/// Dropping the value frees what is left. C: `folios_put_refs()`.
+///
+/// # Invariants
+///
+/// The first `batch.nr` entries of `batch.folios` are folios nothing maps, not on the LRU,
+/// whose `refs` references (same index) we own; `batch.nr < FOLIO_BATCH_SIZE` between calls.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::mm::folio::{IsolatedFolio, UnmappedFolios};
+///
+/// /// Frees folios whose one mapping each the caller has just removed.
+/// ///
+/// /// # Safety
+/// ///
+/// /// The caller owns the reference of each folio's removed mapping.
+/// unsafe fn free_all(folios: impl Iterator<Item = IsolatedFolio>) {
+///     let mut batch = UnmappedFolios::new();
+///     for folio in folios {
+///         // SAFETY: By the function's safety requirements.
+///         unsafe { batch.add(folio, 1) };
+///     }
+/// }
+/// ```
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+pub struct UnmappedFolios {
+    batch: bindings::folio_batch,
+    refs: [u32; FOLIO_BATCH_SIZE],
+}
+
+/// Folios in a C `struct folio_batch`.
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+const FOLIO_BATCH_SIZE: usize = bindings::FOLIO_BATCH_SIZE as usize;
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl UnmappedFolios {
+    /// An empty batch.
+    #[inline]
+    pub fn new() -> Self {
+        // INVARIANT: Empty.
+        Self {
+            batch: bindings::folio_batch::default(),
+            refs: [0; FOLIO_BATCH_SIZE],
+        }
+    }
+
+    /// Takes over `folio`, which no page table maps any more, with `refs` references of the
+    /// mappings the caller removed: uncounts and unlocks it, drops its swap cache entry, and
+    /// frees it (with the next batch) if nothing else holds it; otherwise puts it back on the
+    /// LRU, from where its last reference frees it.
+    ///
+    /// # Safety
+    ///
+    /// The caller must own `refs` references to the folio, from mappings it removed
+    /// (page-table entries and rmap), and must not use them afterwards.
+    #[inline]
+    pub unsafe fn add(&mut self, folio: IsolatedFolio, refs: usize) {
+        let folio = core::mem::ManuallyDrop::new(folio);
+        let f = folio.folio.as_ptr();
+        let refs = refs as u32;
+        // SAFETY: By the type invariants of `IsolatedFolio` the folio is locked by us, isolated
+        // and counted, and nothing maps it; the mappings' references are ours (the function's
+        // safety requirements) and go with it. `folio` is never dropped, so this runs once.
+        if !unsafe { bindings::thp_collapse_folio_release_unmapped(f, refs as i32) } {
+            // Put back on the LRU, with the references dropped.
+            return;
+        }
+        let n = usize::from(self.batch.nr).min(FOLIO_BATCH_SIZE - 1);
+        self.batch.folios[n] = f;
+        // The mappings' references and the isolation's.
+        self.refs[n] = refs + 1;
+        // INVARIANT: A folio nothing maps, off the LRU, with the references we own.
+        self.batch.nr = (n + 1) as u8;
+        if n + 1 == FOLIO_BATCH_SIZE {
+            self.flush();
+        }
+    }
+
+    /// Drops the references of the batch, freeing its folios.
+    fn flush(&mut self) {
+        if self.batch.nr == 0 {
+            return;
+        }
+        // SAFETY: By the type invariants the batch holds `nr` folios with the references in
+        // `refs`, ours to drop.
+        unsafe { bindings::folios_put_refs(&mut self.batch, self.refs.as_mut_ptr()) };
+        // INVARIANT: Empty again (as `folios_put_refs()` leaves it).
+        self.batch.nr = 0;
+        self.batch.i = 0;
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl Default for UnmappedFolios {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl Drop for UnmappedFolios {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }

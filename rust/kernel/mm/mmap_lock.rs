@@ -16,6 +16,7 @@ use crate::{
     mm::{virt::VmaRef, Mm},
     types::NotThreadSafe,
 };
+use core::{cell::Cell, ptr::NonNull};
 
 /// A held mmap lock, for read or for write.
 ///
@@ -81,6 +82,9 @@ pub unsafe trait MmapLocked {
 /// ```
 pub struct MmapReadLock<'a> {
     mm: &'a Mm,
+    /// The VMA the last lookup found, if any: while the lock is held the VMA tree cannot
+    /// change, so it stays valid, and a lookup inside it needs no tree walk.
+    last: Cell<Option<NonNull<bindings::vm_area_struct>>>,
     _nts: NotThreadSafe,
 }
 
@@ -92,6 +96,7 @@ impl<'a> MmapReadLock<'a> {
         // INVARIANT: We just took the lock.
         Self {
             mm,
+            last: Cell::new(None),
             _nts: NotThreadSafe,
         }
     }
@@ -106,8 +111,18 @@ impl<'a> MmapReadLock<'a> {
         // INVARIANT: The caller holds the lock and hands it over.
         Self {
             mm,
+            last: Cell::new(None),
             _nts: NotThreadSafe,
         }
+    }
+
+    /// Lets the next lookups start from `vma`, which the (C) caller found under this lock.
+    ///
+    /// # Safety
+    ///
+    /// `vma` must be a VMA of this lock's mm, found while the lock was held, as it is since.
+    pub unsafe fn remember_vma(&self, vma: *mut bindings::vm_area_struct) {
+        self.last.set(NonNull::new(vma));
     }
 
     /// Gives the lock back to the (C) caller, which releases it.
@@ -135,6 +150,25 @@ impl<'a> MmapReadLock<'a> {
 unsafe impl MmapLocked for MmapReadLock<'_> {
     fn locked_mm(&self) -> &Mm {
         self.mm
+    }
+
+    /// The first VMA that ends after `addr`, like C's `find_vma()`; a lookup inside the VMA the
+    /// last one found (MADV_COLLAPSE's walk over the PMDs of one VMA, say) needs no tree walk.
+    fn find_vma(&self, addr: usize) -> Option<&VmaRef> {
+        if let Some(last) = self.last.get() {
+            // SAFETY: `last` is a VMA of this mm found under this lock, which has been held
+            // since, so the VMA tree has not changed and it is alive (see `last`).
+            let vma = unsafe { VmaRef::from_raw(last.as_ptr()) };
+            if vma.start() <= addr && addr < vma.end() {
+                return Some(vma);
+            }
+        }
+        // SAFETY: By the type invariants the mmap lock is held.
+        let vma = NonNull::new(unsafe { bindings::find_vma(self.mm.as_raw(), addr) })?;
+        self.last.set(Some(vma));
+        // SAFETY: `vma` is a VMA of this mm; the borrow of `self` keeps the lock held for as
+        // long as the reference lives.
+        Some(unsafe { VmaRef::from_raw(vma.as_ptr()) })
     }
 }
 

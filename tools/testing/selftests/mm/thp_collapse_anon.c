@@ -573,6 +573,7 @@ struct mover {
 	atomic_int stop;
 	atomic_long moves;
 	atomic_int at_b;
+	atomic_int err;		/* errno of the mremap() that stopped the mover */
 };
 
 /* Moves one PMD of memory back and forth between two places. */
@@ -585,8 +586,10 @@ static void *mremap_racer(void *arg)
 		char *to = from == m->a ? m->b : m->a;
 
 		if (mremap(from, PMD_SZ, PMD_SZ, MREMAP_MAYMOVE | MREMAP_FIXED,
-			   to) == MAP_FAILED)
+			   to) == MAP_FAILED) {
+			atomic_store(&m->err, errno);
 			break;
+		}
 		atomic_store(&m->at_b, to == m->b);
 		atomic_fetch_add(&m->moves, 1);
 		usleep(500);
@@ -600,7 +603,7 @@ static void test_race_mremap(void)
 	static struct mover m;
 	char *shadow = malloc(PMD_SZ);
 	long long ok = rust_stat("madvise", "succeed");
-	int n, bad = 0, done = 0;
+	int n, bad = 0, done = 0, last_err = 0;
 	pthread_t th;
 	size_t pg;
 	char *cur;
@@ -619,10 +622,12 @@ static void test_race_mremap(void)
 	for (n = 0; n < 4 * RACE_ROUNDS; n++) {
 		cur = atomic_load(&m.at_b) ? m.b : m.a;
 		/* The range may have moved away since: ENOMEM then. */
-		if (madvise(cur, PMD_SZ, MADV_COLLAPSE))
+		if (madvise(cur, PMD_SZ, MADV_COLLAPSE)) {
+			last_err = errno;
 			bad += errno != ENOMEM && errno != EAGAIN && errno != EINVAL;
-		else
+		} else {
 			done++;
+		}
 	}
 	atomic_store(&m.stop, 1);
 	pthread_join(th, NULL);
@@ -630,8 +635,9 @@ static void test_race_mremap(void)
 	ksft_test_result(!bad && done > 0 && atomic_load(&m.moves) > 0 &&
 			 !memcmp(cur, shadow, PMD_SZ) &&
 			 rust_stat("madvise", "succeed") > ok,
-			 "rust: collapse racing with mremap keeps every byte (%d/%d calls succeeded, %ld moves)\n",
-			 done, 4 * RACE_ROUNDS, atomic_load(&m.moves));
+			 "rust: collapse racing with mremap keeps every byte (%d/%d calls succeeded, last error %s; %ld moves, mover stopped by %s)\n",
+			 done, 4 * RACE_ROUNDS, strerror(last_err),
+			 atomic_load(&m.moves), strerror(atomic_load(&m.err)));
 	munmap(m.a, PMD_SZ);
 	munmap(m.b, PMD_SZ);
 	free(shadow);
