@@ -105,6 +105,30 @@ impl<'a> PmdEntry<'a> {
     }
 }
 
+/// One of the `pte_offset_map*()` functions: maps (and may lock) the page table a PMD entry
+/// points to, if it still points to one.
+type MapFn = unsafe extern "C" fn(
+    *mut bindings::mm_struct,
+    *mut bindings::pmd_t,
+    crate::ffi::c_ulong,
+    *mut *mut bindings::spinlock_t,
+) -> *mut bindings::pte_t;
+
+/// Maps with `map` the page table that `pmd`, the entry covering `addr`, points to, from the
+/// first entry of the PMD range: returns the range's start, the entries and the table's lock.
+fn map_table(
+    pmd: PmdEntry<'_>,
+    addr: usize,
+    map: MapFn,
+) -> Option<(usize, *mut bindings::pte_t, *mut bindings::spinlock_t)> {
+    let start = addr & !(PMD_SIZE - 1);
+    let mut ptl = ptr::null_mut();
+    // SAFETY: By the type invariants of `PmdEntry` the entry is alive; `map` rechecks it and
+    // fails if it does not point to a page table.
+    let pte = unsafe { map(pmd.mm.as_ptr(), pmd.as_ptr(), start, &mut ptl) };
+    (!pte.is_null()).then_some((start, pte, ptl))
+}
+
 /// A page table of PTEs, mapped and locked.
 ///
 /// Holding it means holding the PTE lock (a spinlock) and the RCU read lock: nothing may sleep
@@ -144,16 +168,7 @@ impl<'a> PteTableLocked<'a> {
     /// Maps and locks the page table that `pmd`, the entry covering `addr`, points to, if it
     /// still points to one. C: `pte_offset_map_lock()`.
     pub fn lock(pmd: PmdEntry<'a>, addr: usize) -> Option<Self> {
-        let start = addr & !(PMD_SIZE - 1);
-        let mut ptl = ptr::null_mut();
-        // SAFETY: By the type invariants of `PmdEntry` the entry is alive; the function rechecks
-        // it and fails if it does not point to a page table.
-        let pte = unsafe {
-            bindings::pte_offset_map_lock(pmd.mm.as_ptr(), pmd.as_ptr(), start, &mut ptl)
-        };
-        if pte.is_null() {
-            return None;
-        }
+        let (_, pte, ptl) = map_table(pmd, addr, bindings::pte_offset_map_lock)?;
         // INVARIANT: The table is mapped (under RCU) from its first entry, and `ptl` is held.
         Some(Self {
             pte,
@@ -246,16 +261,7 @@ impl<'a> PteTableMapped<'a> {
     /// Maps the page table that `pmd`, the entry covering `addr`, points to, if it still points
     /// to one. C: `pte_offset_map_ro_nolock()`.
     pub fn map(pmd: PmdEntry<'a>, addr: usize) -> Option<Self> {
-        let start = addr & !(PMD_SIZE - 1);
-        let mut ptl = ptr::null_mut();
-        // SAFETY: By the type invariants of `PmdEntry` the entry is alive; the function rechecks
-        // it and fails if it does not point to a page table.
-        let pte = unsafe {
-            bindings::pte_offset_map_ro_nolock(pmd.mm.as_ptr(), pmd.as_ptr(), start, &mut ptl)
-        };
-        if pte.is_null() {
-            return None;
-        }
+        let (start, pte, ptl) = map_table(pmd, addr, bindings::pte_offset_map_ro_nolock)?;
         // INVARIANT: The table is mapped (under RCU) from its first entry.
         Some(Self {
             pmd,
