@@ -136,8 +136,9 @@ struct thp_collapse_pte {
 	unsigned int flags;
 };
 
-void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
-			   pte_t *ptep, struct thp_collapse_pte *out);
+void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
+			    pte_t *ptep, unsigned int nr,
+			    struct thp_collapse_pte *out);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 void thp_collapse_trace_scan_pmd(struct mm_struct *mm, unsigned long pfn,

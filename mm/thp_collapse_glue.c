@@ -321,20 +321,12 @@ vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
 	return do_swap_page(&vmf);
 }
 
-/**
- * thp_collapse_read_pte() - read one PTE of a collapse candidate, for Rust.
- * @vma: the VMA; its mm's mmap lock is held.
- * @addr: the address @ptep maps.
- * @ptep: the PTE; its page table is locked or detached.
- * @out: where the facts go.
- *
- * Only reads: the Rust core decides what the facts mean. The static inline
- * predicates of one PTE and its folio come in one call instead of a dozen
- * out-of-line rust_helper_* calls, which matters in the collapse loops that
- * run 512 times per PMD.
+/*
+ * Reads one PTE of a collapse candidate: what it maps, and the predicates of
+ * the PTE and its folio. Only reads: the Rust core decides what they mean.
  */
-void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
-			   pte_t *ptep, struct thp_collapse_pte *out)
+static void read_pte(struct vm_area_struct *vma, unsigned long addr,
+		     pte_t *ptep, struct thp_collapse_pte *out)
 {
 	pte_t pte = ptep_get(ptep);
 	unsigned int flags = 0;
@@ -391,6 +383,30 @@ void thp_collapse_read_pte(struct vm_area_struct *vma, unsigned long addr,
 		flags |= THP_FOLIO_YOUNG;
 out:
 	out->flags = flags;
+}
+
+/**
+ * thp_collapse_read_ptes() - read consecutive PTEs of a collapse candidate,
+ * for Rust.
+ * @vma: the VMA; its mm's mmap lock is held.
+ * @addr: the address @ptep maps.
+ * @ptep: the first PTE; its page table is locked or detached.
+ * @nr: how many PTEs to read, from @ptep on, in the same page table.
+ * @out: where the facts go, @nr of them.
+ *
+ * Only reads: the Rust core decides what the facts mean. The static inline
+ * predicates of a PTE and its folio would each be an out-of-line rust_helper_*
+ * call, a dozen per PTE, and even one call per PTE costs 512 per PMD and
+ * phase: the core reads its PTEs a batch at a time.
+ */
+void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
+			    pte_t *ptep, unsigned int nr,
+			    struct thp_collapse_pte *out)
+{
+	unsigned int i;
+
+	for (i = 0; i < nr; i++)
+		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, out + i);
 }
 
 /*

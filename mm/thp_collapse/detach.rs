@@ -226,15 +226,16 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let (mm, vma) = (self.mm, self.vma);
         let iso = &mut self.iso;
         let locked = self.table.lock();
-        let outcome = (first..first + nr)
-            .try_for_each(|i| {
-                let addr = haddr + i * PAGE_SIZE;
-                // SAFETY: Entry `i` is in the detached table of `vma`, which only we can change,
-                // and its lock is held.
-                let facts = unsafe { PteFacts::read(vma, addr, locked.entry(i)) };
-                iso.isolate_one(&facts, (mm, vma, addr), (i, order), &mut tally)
+        let start = haddr + first * PAGE_SIZE;
+        // SAFETY: Entries `first .. first + nr` are in the detached table of `vma`, which only
+        // we can change, and its lock is held.
+        let outcome = unsafe {
+            ffi::for_each_pte(vma, start, locked.entry(first), nr, |k, facts| {
+                let (i, addr) = (first + k, start + k * PAGE_SIZE);
+                iso.isolate_one(facts, (mm, vma, addr), (i, order), &mut tally)
             })
-            .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
+        }
+        .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
         ffi::count_exceeded(order, outcome);
         drop(locked);
         trace::isolate(

@@ -4,7 +4,7 @@
 //! the collapse needs it.
 //!
 //! - [`PteFacts`]: one PTE of a candidate and the folio it maps, read in one call
-//!   (`thp_collapse_read_pte()` in `mm/thp_collapse_glue.c`);
+//!   (`thp_collapse_read_ptes()` in `mm/thp_collapse_glue.c`, a batch at a time);
 //! - [`trace`]: upstream's collapse tracepoints, through the glue's forwarders;
 //! - vmstat and memcg events, the khugepaged tunables, LRU drains and rescheduling;
 //! - the mapping between [`Outcome`] and C's `enum scan_result`.
@@ -23,6 +23,7 @@ use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
     bindings,
     mm::{folio::NewFolio, virt::VmaRef, Mm},
+    page::PAGE_SIZE,
 };
 
 // The Rust outcomes and callers mirror the C enums one to one.
@@ -65,31 +66,60 @@ pub(crate) fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
     }
 }
 
-/// What one PTE of a collapse candidate maps, read in one call.
+/// What one PTE of a collapse candidate maps, as [`for_each_pte`] reads it.
 ///
 /// The predicates of a PTE and its folio are static inlines in C: read one by one, each would
 /// be an out-of-line `rust_helper_*` call, a dozen per PTE, 512 times per PMD. The C side only
 /// reads; what the facts mean is decided by the caller.
+#[repr(transparent)]
 pub(crate) struct PteFacts(bindings::thp_collapse_pte);
 
-impl PteFacts {
-    /// Reads the PTE at `ptep`, which maps `addr` in `vma`.
-    ///
-    /// # Safety
-    ///
-    /// `ptep` must point to a mapped entry of a page table of `vma` that is locked, or detached
-    /// by us, so that the folio it maps stays valid while the facts are used.
-    #[inline]
-    pub(crate) unsafe fn read(vma: &VmaRef, addr: usize, ptep: *mut bindings::pte_t) -> Self {
-        let mut out = MaybeUninit::<bindings::thp_collapse_pte>::uninit();
-        // SAFETY: By the function's safety requirements; `vma` is valid (type invariants of
-        // `VmaRef`); `out` is valid for writes, and the callee writes every field.
-        unsafe {
-            bindings::thp_collapse_read_pte(vma.as_ptr(), addr, ptep, out.as_mut_ptr());
-            Self(out.assume_init())
-        }
-    }
+/// PTEs read per call into C by [`for_each_pte`].
+const PTE_BATCH: usize = 16;
 
+/// Reads the facts of the `n` consecutive PTEs from `ptep` on, which map `addr` on in `vma`,
+/// a batch at a time (one call into C per [`PTE_BATCH`] entries), and hands each to `f` with
+/// its index from 0, until `f` fails; returns that failure.
+///
+/// # Safety
+///
+/// `ptep` must point to `n` mapped, consecutive entries of one page table of `vma` that is
+/// locked, or detached by us, while this runs, so that the folios they map stay valid.
+#[inline]
+pub(crate) unsafe fn for_each_pte<E>(
+    vma: &VmaRef,
+    addr: usize,
+    ptep: *mut bindings::pte_t,
+    n: usize,
+    mut f: impl FnMut(usize, &PteFacts) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = [const { MaybeUninit::<bindings::thp_collapse_pte>::uninit() }; PTE_BATCH];
+    let mut k = 0;
+    while k < n {
+        let m = (n - k).min(PTE_BATCH);
+        // SAFETY: By the function's safety requirements entries `k .. k + m` are mapped and
+        // stable; `vma` is valid (type invariants of `VmaRef`); `buf` has room for `m` facts,
+        // and the callee writes every field of each.
+        unsafe {
+            bindings::thp_collapse_read_ptes(
+                vma.as_ptr(),
+                addr + k * PAGE_SIZE,
+                ptep.add(k),
+                m as u32,
+                buf.as_mut_ptr().cast(),
+            )
+        };
+        for (j, slot) in buf.iter().take(m).enumerate() {
+            // SAFETY: Written by the call above; `PteFacts` is a transparent wrapper.
+            let facts = unsafe { &*slot.as_ptr().cast::<PteFacts>() };
+            f(k + j, facts)?;
+        }
+        k += m;
+    }
+    Ok(())
+}
+
+impl PteFacts {
     #[inline]
     fn has(&self, flag: bindings::thp_collapse_pte_flags) -> bool {
         self.0.flags & flag != 0

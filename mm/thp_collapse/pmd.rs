@@ -19,7 +19,7 @@ use kernel::{
     mm::{
         folio::NewFolio,
         mmap_lock::{MmapLocked, MmapReadLock},
-        pgtable::{PmdEntry, PteTableLocked, PteTableMapped, SwapInFault, PTRS_PER_PTE},
+        pgtable::{PmdEntry, PteTableLocked, PteTableMapped, SwapInFault},
         thp::TvaType,
         virt::VmaRef,
         Mm,
@@ -155,17 +155,6 @@ enum SwapIn {
     LockReleased,
 }
 
-/// The facts of entry `i` of `table`, which maps `addr` in `vma`, or `None` past the end.
-/// `vma` must be the VMA the table was found in.
-fn read_entry(table: &PteTableLocked<'_>, vma: &VmaRef, addr: usize, i: usize) -> Option<PteFacts> {
-    if i >= PTRS_PER_PTE {
-        return None;
-    }
-    // SAFETY: Entry `i` of `table` is mapped and locked, so it and what it maps are stable;
-    // `vma` is valid under the mmap lock the table was found under.
-    Some(unsafe { PteFacts::read(vma, addr, table.entry(i)) })
-}
-
 /// Scans the page table under the PMD range at `addr` of the anonymous `vma`, feeding `tally`.
 ///
 /// Returns the outcome ([`Outcome::Succeed`] if the range is worth collapsing), how many
@@ -183,21 +172,31 @@ pub(crate) fn scan_anon_pmd(
     let mm = guard.mm();
     let droppable = vma.is_droppable();
     let mut scanned = 0;
-    for i in 0..PTES_PER_PMD as usize {
-        let Some(facts) = read_entry(&table, vma, addr + i * PAGE_SIZE, i) else {
-            break;
-        };
-        scanned += 1;
-        match scan_one(mm, &facts, (addr, i), droppable, tally) {
-            Ok(()) => {}
-            Err(outcome) => {
-                ffi::count_exceeded(PMD_ORDER, outcome);
-                return (outcome, scanned, facts.folio_pfn());
-            }
+    let mut failed_pfn = trace::NO_PFN;
+    // SAFETY: The `PTES_PER_PMD` entries of `table` are mapped and locked, so they and what
+    // they map are stable; `vma` is the VMA the table was found in.
+    let result = unsafe {
+        ffi::for_each_pte(
+            vma,
+            addr,
+            table.entry(0),
+            PTES_PER_PMD as usize,
+            |i, facts| {
+                scanned += 1;
+                scan_one(mm, facts, (addr, i), droppable, tally).inspect_err(|_| {
+                    failed_pfn = facts.folio_pfn();
+                })
+            },
+        )
+    };
+    drop(table);
+    match result {
+        Ok(()) => (tally.finish(), scanned, trace::NO_PFN),
+        Err(outcome) => {
+            ffi::count_exceeded(PMD_ORDER, outcome);
+            (outcome, scanned, failed_pfn)
         }
     }
-    drop(table);
-    (tally.finish(), scanned, trace::NO_PFN)
 }
 
 /// Accounts entry `i` of the page table at `haddr`, whose facts are `facts`; `Err` stops the
