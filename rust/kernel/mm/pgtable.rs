@@ -525,22 +525,15 @@ impl<'a> DetachedPteTable<'a> {
         if PTRS_PER_PTE != 1 << folio.order() || self.cleared != (0, PTRS_PER_PTE) {
             return Err(folio);
         }
-        let this = core::mem::ManuallyDrop::new(self);
-        let mm = this.mm.as_ptr();
-        let pmdp = this.pmdp.as_ptr();
-        let folio = folio.into_raw();
-        // SAFETY: `folio` is ours, fully written; marking it uptodate orders the writes before
-        // the page-table store. The PMD is none and `table` the empty, detached table (type
-        // invariants, checked above), under the mmap write lock; the PMD lock is taken for the
-        // deposit and the mapping, which takes over our reference.
+        // SAFETY: The PMD is none and `table` the empty, detached table (type invariants,
+        // checked above), under the mmap write lock and the PMD lock: it is deposited, and the
+        // PMD maps `folio`.
         unsafe {
-            bindings::__folio_mark_uptodate(folio);
-            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
-            bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
-            bindings::map_anon_folio_pmd_nopf(folio, pmdp, this.vma.as_ptr(), this.haddr);
-            bindings::spin_unlock(pmd_ptl);
-            bindings::pte_unmap(this.pte);
-        }
+            self.install(folio, |this, folio, mm, pmdp, _| {
+                bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
+                bindings::map_anon_folio_pmd_nopf(folio, pmdp, this.vma.as_ptr(), this.haddr);
+            })
+        };
         Ok(())
     }
 
@@ -555,37 +548,63 @@ impl<'a> DetachedPteTable<'a> {
         if end - first != 1 << folio.order() || end == first {
             return Err(folio);
         }
+        // SAFETY: The PMD is none and `table` the detached table (type invariants), under the
+        // mmap write lock and the PMD lock: it goes back, and the cleared entries, none now,
+        // map `folio` under the PTE lock nested in the PMD lock (unless it is the same lock).
+        unsafe {
+            self.install(folio, |this, folio, mm, pmdp, pmd_ptl| {
+                let nested = this.ptl != pmd_ptl;
+                if nested {
+                    bindings::spin_lock_nested(this.ptl, bindings::SINGLE_DEPTH_NESTING as i32);
+                }
+                bindings::pmd_populate_table(mm, pmdp, this.table);
+                bindings::map_anon_folio_pte_nopf(
+                    folio,
+                    this.entry(first),
+                    this.vma.as_ptr(),
+                    this.haddr + first * PAGE_SIZE,
+                    false,
+                );
+                if nested {
+                    bindings::spin_unlock(this.ptl);
+                }
+            })
+        };
+        Ok(())
+    }
+
+    /// Gives up the table to `map`, which maps `folio` (marked uptodate first, which orders the
+    /// writes to it before the page-table stores) under the PMD lock, and unmaps the table.
+    /// `map` gets the table, the folio, the mm, the PMD entry and the PMD lock.
+    ///
+    /// # Safety
+    ///
+    /// `map` must put the PMD entry in order (a huge mapping or the table back) and take over
+    /// the folio's reference with the mapping: the table is not put back on drop any more.
+    unsafe fn install(
+        self,
+        folio: NewFolio,
+        map: impl FnOnce(
+            &Self,
+            *mut bindings::folio,
+            *mut bindings::mm_struct,
+            *mut bindings::pmd_t,
+            *mut bindings::spinlock_t,
+        ),
+    ) {
         let this = core::mem::ManuallyDrop::new(self);
-        let mm = this.mm.as_ptr();
-        let pmdp = this.pmdp.as_ptr();
+        let (mm, pmdp) = (this.mm.as_ptr(), this.pmdp.as_ptr());
         let folio = folio.into_raw();
-        // SAFETY: `folio` is ours, fully written; marking it uptodate orders the writes before
-        // the page-table stores. The PMD is none and `table` the detached table (type
-        // invariants), under the mmap write lock: it goes back under the PMD lock, and the
-        // cleared entries, none now, map the folio under the PTE lock nested in it (unless it
-        // is the same lock). The mapping takes over our reference.
+        // SAFETY: `folio` is ours and fully written; the PMD lock of `mm`'s entry `pmdp` is
+        // taken around `map`, under the mmap write lock (type invariants); `pte` is mapped and
+        // not used after `map`, since `this` is never dropped.
         unsafe {
             bindings::__folio_mark_uptodate(folio);
             let pmd_ptl = bindings::pmd_lock(mm, pmdp);
-            let nested = this.ptl != pmd_ptl;
-            if nested {
-                bindings::spin_lock_nested(this.ptl, bindings::SINGLE_DEPTH_NESTING as i32);
-            }
-            bindings::pmd_populate_table(mm, pmdp, this.table);
-            bindings::map_anon_folio_pte_nopf(
-                folio,
-                this.entry(first),
-                this.vma.as_ptr(),
-                this.haddr + first * PAGE_SIZE,
-                false,
-            );
-            if nested {
-                bindings::spin_unlock(this.ptl);
-            }
+            map(&this, folio, mm, pmdp, pmd_ptl);
             bindings::spin_unlock(pmd_ptl);
             bindings::pte_unmap(this.pte);
         }
-        Ok(())
     }
 }
 
