@@ -29,6 +29,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kselftest.h"
@@ -597,6 +598,8 @@ static void *mremap_racer(void *arg)
 	return NULL;
 }
 
+#define MREMAP_MIN_MOVES 20
+
 /* mremap moves the range while collapses run on it. */
 static void test_race_mremap(void)
 {
@@ -604,6 +607,7 @@ static void test_race_mremap(void)
 	char *shadow = malloc(PMD_SZ);
 	long long ok = rust_stat("madvise", "succeed");
 	int n, bad = 0, done = 0, last_err = 0;
+	time_t deadline;
 	pthread_t th;
 	size_t pg;
 	char *cur;
@@ -619,7 +623,15 @@ static void test_race_mremap(void)
 	collapse_require_core("rust");
 	if (pthread_create(&th, NULL, mremap_racer, &m))
 		ksft_exit_fail_perror("pthread_create");
-	for (n = 0; n < 4 * RACE_ROUNDS; n++) {
+	/*
+	 * At least 4 * RACE_ROUNDS calls, and on until the mover has moved the
+	 * range MREMAP_MIN_MOVES times (within 30 s): calls on a range already
+	 * huge are quick, and would otherwise be over after a move or two.
+	 */
+	deadline = time(NULL) + 30;
+	for (n = 0; n < 4 * RACE_ROUNDS ||
+	     (atomic_load(&m.moves) < MREMAP_MIN_MOVES && time(NULL) < deadline);
+	     n++) {
 		cur = atomic_load(&m.at_b) ? m.b : m.a;
 		/* The range may have moved away since: ENOMEM then. */
 		if (madvise(cur, PMD_SZ, MADV_COLLAPSE)) {
@@ -632,11 +644,11 @@ static void test_race_mremap(void)
 	atomic_store(&m.stop, 1);
 	pthread_join(th, NULL);
 	cur = atomic_load(&m.at_b) ? m.b : m.a;
-	ksft_test_result(!bad && done > 0 && atomic_load(&m.moves) > 0 &&
+	ksft_test_result(!bad && done > 0 && atomic_load(&m.moves) >= MREMAP_MIN_MOVES &&
 			 !memcmp(cur, shadow, PMD_SZ) &&
 			 rust_stat("madvise", "succeed") > ok,
 			 "rust: collapse racing with mremap keeps every byte (%d/%d calls succeeded, last error %s; %ld moves, mover stopped by %s)\n",
-			 done, 4 * RACE_ROUNDS, strerror(last_err),
+			 done, n, strerror(last_err),
 			 atomic_load(&m.moves), strerror(atomic_load(&m.err)));
 	munmap(m.a, PMD_SZ);
 	munmap(m.b, PMD_SZ);
