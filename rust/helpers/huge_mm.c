@@ -59,36 +59,6 @@ __rust_helper void rust_helper_cond_resched(void)
 	cond_resched();
 }
 
-__rust_helper pmd_t rust_helper_pmdp_get_lockless(pmd_t *pmdp)
-{
-	return pmdp_get_lockless(pmdp);
-}
-
-__rust_helper bool rust_helper_pmd_none(pmd_t pmd)
-{
-	return pmd_none(pmd);
-}
-
-__rust_helper bool rust_helper_pmd_present(pmd_t pmd)
-{
-	return pmd_present(pmd);
-}
-
-__rust_helper bool rust_helper_pmd_bad(pmd_t pmd)
-{
-	return pmd_bad(pmd);
-}
-
-__rust_helper bool rust_helper_pmd_trans_huge(pmd_t pmd)
-{
-	return pmd_trans_huge(pmd);
-}
-
-__rust_helper bool rust_helper_pmd_is_migration_entry(pmd_t pmd)
-{
-	return pmd_is_migration_entry(pmd);
-}
-
 __rust_helper bool rust_helper_userfaultfd_armed(struct vm_area_struct *vma)
 {
 	return userfaultfd_armed(vma);
@@ -119,83 +89,7 @@ __rust_helper bool rust_helper_pte_present(pte_t pte)
 	return pte_present(pte);
 }
 
-__rust_helper bool rust_helper_pte_none_or_zero(pte_t pte)
-{
-	return pte_none(pte) ||
-	       (pte_present(pte) && is_zero_pfn(pte_pfn(pte)));
-}
-
-__rust_helper bool rust_helper_pte_uffd(pte_t pte)
-{
-	return pte_uffd(pte);
-}
-
-__rust_helper bool rust_helper_pte_swp_uffd_any(pte_t pte)
-{
-	return pte_swp_uffd_any(pte);
-}
-
-__rust_helper bool rust_helper_pte_dirty(pte_t pte)
-{
-	return pte_dirty(pte);
-}
-
-__rust_helper bool rust_helper_pte_young(pte_t pte)
-{
-	return pte_young(pte);
-}
-
-__rust_helper bool rust_helper_is_zone_device_page(const struct page *page)
-{
-	return is_zone_device_page(page);
-}
-
-__rust_helper struct folio *rust_helper_page_folio(struct page *page)
-{
-	return page_folio(page);
-}
-
-__rust_helper bool rust_helper_folio_test_lazyfree(const struct folio *folio)
-{
-	return folio_test_lazyfree(folio);
-}
-
-__rust_helper bool rust_helper_folio_test_anon(const struct folio *folio)
-{
-	return folio_test_anon(folio);
-}
-
-__rust_helper bool rust_helper_folio_test_lru(const struct folio *folio)
-{
-	return folio_test_lru(folio);
-}
-
-__rust_helper bool rust_helper_folio_test_locked(const struct folio *folio)
-{
-	return folio_test_locked(folio);
-}
-
-__rust_helper bool rust_helper_folio_maybe_mapped_shared(struct folio *folio)
-{
-	return folio_maybe_mapped_shared(folio);
-}
-
 /* One call for what C reads as two inlines, in a loop that runs per PTE. */
-__rust_helper bool rust_helper_folio_has_unexpected_refs(const struct folio *folio)
-{
-	return folio_expected_ref_count(folio) != folio_ref_count(folio);
-}
-
-__rust_helper bool rust_helper_folio_test_young(const struct folio *folio)
-{
-	return folio_test_young(folio);
-}
-
-__rust_helper bool rust_helper_folio_test_referenced(const struct folio *folio)
-{
-	return folio_test_referenced(folio);
-}
-
 __rust_helper bool rust_helper_mmu_notifier_test_young(struct mm_struct *mm,
 						       unsigned long address)
 {
@@ -305,37 +199,10 @@ __rust_helper void rust_helper_pgtable_trans_huge_deposit_table(struct mm_struct
 	pgtable_trans_huge_deposit(mm, pmdp, pmd_pgtable(table));
 }
 
-__rust_helper bool rust_helper_folio_trylock(struct folio *folio)
-{
-	return folio_trylock(folio);
-}
-
-__rust_helper bool rust_helper_folio_test_large(const struct folio *folio)
-{
-	return folio_test_large(folio);
-}
-
-__rust_helper long rust_helper_folio_nr_pages(const struct folio *folio)
-{
-	return folio_nr_pages(folio);
-}
-
-__rust_helper void rust_helper_node_stat_mod_isolated(struct folio *folio,
-						      long nr)
-{
-	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
-			    nr);
-}
-
 __rust_helper struct page *rust_helper_folio_page(struct folio *folio,
 						  unsigned long n)
 {
 	return folio_page(folio, n);
-}
-
-__rust_helper struct page *rust_helper_pte_page(pte_t pte)
-{
-	return pte_page(pte);
 }
 
 __rust_helper void rust_helper_clear_user_highpage(struct page *page,
@@ -356,12 +223,6 @@ __rust_helper void rust_helper_add_mm_counter(struct mm_struct *mm, int member,
 					      long value)
 {
 	add_mm_counter(mm, member, value);
-}
-
-__rust_helper void rust_helper_ptep_clear(struct mm_struct *mm,
-					  unsigned long addr, pte_t *ptep)
-{
-	ptep_clear(mm, addr, ptep);
 }
 
 __rust_helper void rust_helper_ksm_might_unmap_zero_page(struct mm_struct *mm,
