@@ -111,6 +111,7 @@ enum thp_collapse_pte_flags {
 	THP_FOLIO_ANON		= 1 << 7,
 	THP_FOLIO_LAZYFREE	= 1 << 8,
 	THP_FOLIO_SHARED	= 1 << 9,	/* folio_maybe_mapped_shared() */
+	/* These three are read for the scan only (thp_collapse_read_ptes()). */
 	THP_FOLIO_LRU		= 1 << 10,
 	THP_FOLIO_LOCKED	= 1 << 11,
 	THP_FOLIO_EXTRA_REFS	= 1 << 12,	/* refcount != expected */
@@ -137,7 +138,7 @@ struct thp_collapse_pte {
 };
 
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
-			    pte_t *ptep, unsigned int nr,
+			    pte_t *ptep, unsigned int nr, bool scan,
 			    struct thp_collapse_pte *out);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */

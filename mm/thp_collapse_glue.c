@@ -326,7 +326,7 @@ vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
  * the PTE and its folio. Only reads: the Rust core decides what they mean.
  */
 static void read_pte(struct vm_area_struct *vma, unsigned long addr,
-		     pte_t *ptep, struct thp_collapse_pte *out)
+		     pte_t *ptep, bool scan, struct thp_collapse_pte *out)
 {
 	pte_t pte = ptep_get(ptep);
 	unsigned int flags = 0;
@@ -371,11 +371,11 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 		flags |= THP_FOLIO_LAZYFREE;
 	if (folio_maybe_mapped_shared(folio))
 		flags |= THP_FOLIO_SHARED;
-	if (folio_test_lru(folio))
+	if (scan && folio_test_lru(folio))
 		flags |= THP_FOLIO_LRU;
-	if (folio_test_locked(folio))
+	if (scan && folio_test_locked(folio))
 		flags |= THP_FOLIO_LOCKED;
-	if (folio_expected_ref_count(folio) != folio_ref_count(folio))
+	if (scan && folio_expected_ref_count(folio) != folio_ref_count(folio))
 		flags |= THP_FOLIO_EXTRA_REFS;
 	if (folio_test_large(folio))
 		flags |= THP_FOLIO_LARGE;
@@ -392,6 +392,10 @@ out:
  * @addr: the address @ptep maps.
  * @ptep: the first PTE; its page table is locked or detached.
  * @nr: how many PTEs to read, from @ptep on, in the same page table.
+ * @scan: also read THP_FOLIO_LRU, THP_FOLIO_LOCKED and THP_FOLIO_EXTRA_REFS,
+ *	which only the scan needs: the isolation gets the same answers from
+ *	folio_trylock(), the reference check under the lock and
+ *	folio_isolate_lru() (thp_collapse_folio_isolate()).
  * @out: where the facts go, @nr of them.
  *
  * Only reads: the Rust core decides what the facts mean. The static inline
@@ -400,13 +404,13 @@ out:
  * phase: the core reads its PTEs a batch at a time.
  */
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
-			    pte_t *ptep, unsigned int nr,
+			    pte_t *ptep, unsigned int nr, bool scan,
 			    struct thp_collapse_pte *out)
 {
 	unsigned int i;
 
 	for (i = 0; i < nr; i++)
-		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, out + i);
+		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, scan, out + i);
 }
 
 /*

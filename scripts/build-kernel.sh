@@ -3,7 +3,8 @@
 #
 # Build a kernel flavour out of tree: scripts/build-kernel.sh debug|release
 # Config = x86_64 tinyconfig + configs/base.config + configs/<flavour>.config,
-# merged with the kernel's scripts/kconfig/merge_config.sh.
+# merged with the kernel's scripts/kconfig/merge_config.sh. A fragment whose
+# second line is "# base: <other>" is merged on top of configs/<other>.config.
 
 . "$(dirname "$0")/lib.sh"
 
@@ -20,7 +21,10 @@ kmake() { make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX "$@"; }
 cfg=$BUILD/.config-$flavour
 rm -rf "$cfg" && mkdir -p "$cfg"
 make -s -C "$SRC" O="$cfg" LLVM=$LLVM_SUFFIX tinyconfig >/dev/null
-frags=("$TOP/configs/base.config" "$TOP/configs/$flavour.config")
+frags=("$TOP/configs/base.config")
+base=$(sed -n '2s/^# base: *//p' "$TOP/configs/$flavour.config")
+[ -z "$base" ] || frags+=("$TOP/configs/$base.config")
+frags+=("$TOP/configs/$flavour.config")
 (cd "$cfg" && "$SRC/scripts/kconfig/merge_config.sh" -m -O "$cfg" "$cfg/.config" "${frags[@]}" >/dev/null)
 make -s -C "$SRC" O="$cfg" LLVM=$LLVM_SUFFIX olddefconfig >/dev/null
 

@@ -6,6 +6,8 @@
 #   scripts/qemu.sh <flavour> <list> <run-name> [extra kernel args]
 # Logs: build/logs/<run-name>.console.log (kernel console, ttyS0) and
 #       build/logs/<run-name>.tests.log   (program output, ttyS1).
+# THP_QEMU_ARGS adds QEMU options (e.g. "-icount shift=0,sleep=off" to make
+# the guest's clock count instructions, for the benchmark).
 
 . "$(dirname "$0")/lib.sh"
 
@@ -59,7 +61,7 @@ boot() {
 		-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 nokaslr $extra_args" \
 		-drive "file=$disk,if=virtio,format=raw" \
 		-display none -monitor none -no-reboot \
-		-serial "file:$console" -serial "file:$tests" </dev/null &
+		-serial "file:$console" -serial "file:$tests" ${THP_QEMU_ARGS:-} </dev/null &
 	qpid=$!
 	tail -n +1 -F "$tests" 2>/dev/null --pid=$qpid | sed -u 's/\r$//' &
 	tpid=$!

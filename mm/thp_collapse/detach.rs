@@ -16,7 +16,7 @@
 //! `__collapse_huge_page_copy_failed()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
-    ffi::{self, trace, FolioPtr, PagePtr, PteFacts},
+    ffi::{self, trace, FolioPtr, PagePtr, PteFacts, PteRead},
     mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
     request::Candidate,
@@ -169,6 +169,12 @@ impl Isolation<'_> {
     fn is_large(&self, i: usize) -> bool {
         self.large[i / 64] & (1 << (i % 64)) != 0
     }
+
+    /// Whether any PTE maps a page of a large folio.
+    #[inline]
+    fn any_large(&self) -> bool {
+        self.large.iter().any(|&w| w != 0)
+    }
 }
 
 impl<'g, 'l> DetachedTable<'g, 'l> {
@@ -230,7 +236,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         // SAFETY: Entries `first .. first + nr` are in the detached table of `vma`, which only
         // we can change, and its lock is held.
         let outcome = unsafe {
-            ffi::for_each_pte(vma, start, locked.entry(first), nr, |k, facts| {
+            ffi::for_each_pte(vma, start, locked.entry(first), nr, PteRead::Isolate, |k, facts| {
                 let (i, addr) = (first + k, start + k * PAGE_SIZE);
                 iso.isolate_one(facts, (mm, vma, addr), (i, order), &mut tally)
             })
@@ -312,10 +318,13 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             }
         }
         ffi::add_anon_rss(mm, filled);
-        for (_, _, folio, n) in iso.runs(first, end).filter(|run| iso.is_large(run.0)) {
-            // SAFETY: The `n` mappings removed above each held a reference, now ours; the
-            // isolation holds another one until the folio is put back below.
-            unsafe { folio::put_refs(folio, n) };
+        // Most candidates map small folios only: then there is no run to walk again.
+        if iso.any_large() {
+            for (_, _, folio, n) in iso.runs(first, end).filter(|run| iso.is_large(run.0)) {
+                // SAFETY: The `n` mappings removed above each held a reference, now ours; the
+                // isolation holds another one until the folio is put back below.
+                unsafe { folio::put_refs(folio, n) };
+            }
         }
         let mut unmapped = UnmappedFolios::new();
         for folio in iso.list.folios.drain_all() {

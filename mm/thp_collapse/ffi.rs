@@ -77,9 +77,20 @@ pub(crate) struct PteFacts(bindings::thp_collapse_pte);
 /// PTEs read per call into C by [`for_each_pte`].
 const PTE_BATCH: usize = 16;
 
+/// Which step reads the PTEs, and so which facts [`for_each_pte`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PteRead {
+    /// The scan: every fact, including the folio's LRU, lock and reference state
+    /// ([`PteFacts::lru`], [`PteFacts::locked`], [`PteFacts::extra_refs`]).
+    Scan,
+    /// The isolation, which learns those three from the isolation protocol itself
+    /// (`kernel::mm::folio::IsolatedFolio::isolate`): they read as `false`.
+    Isolate,
+}
+
 /// Reads the facts of the `n` consecutive PTEs from `ptep` on, which map `addr` on in `vma`,
-/// a batch at a time (one call into C per [`PTE_BATCH`] entries), and hands each to `f` with
-/// its index from 0, until `f` fails; returns that failure.
+/// for the step `read`, a batch at a time (one call into C per [`PTE_BATCH`] entries), and
+/// hands each to `f` with its index from 0, until `f` fails; returns that failure.
 ///
 /// # Safety
 ///
@@ -91,6 +102,7 @@ pub(crate) unsafe fn for_each_pte<E>(
     addr: usize,
     ptep: *mut bindings::pte_t,
     n: usize,
+    read: PteRead,
     mut f: impl FnMut(usize, &PteFacts) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut buf = [const { MaybeUninit::<bindings::thp_collapse_pte>::uninit() }; PTE_BATCH];
@@ -106,6 +118,7 @@ pub(crate) unsafe fn for_each_pte<E>(
                 addr + k * PAGE_SIZE,
                 ptep.add(k),
                 m as u32,
+                read == PteRead::Scan,
                 buf.as_mut_ptr().cast(),
             )
         };
@@ -188,19 +201,20 @@ impl PteFacts {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED)
     }
 
-    /// The folio is on an LRU list.
+    /// The folio is on an LRU list ([`PteRead::Scan`] only).
     #[inline]
     pub(crate) fn lru(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LRU)
     }
 
-    /// The folio was locked when read.
+    /// The folio was locked when read ([`PteRead::Scan`] only).
     #[inline]
     pub(crate) fn locked(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED)
     }
 
-    /// The folio had more references than its mappings and swap cache explain (pins).
+    /// The folio had more references than its mappings and swap cache explain (pins;
+    /// [`PteRead::Scan`] only).
     #[inline]
     pub(crate) fn extra_refs(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS)

@@ -9,7 +9,7 @@
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c)
 
 use super::{
-    ffi::{self, trace, CollapseEvent, PteFacts},
+    ffi::{self, trace, CollapseEvent, PteFacts, PteRead},
     mode::{AllocPolicy, CollapseMode, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
     request::Candidate,
@@ -181,6 +181,7 @@ pub(crate) fn scan_anon_pmd(
             addr,
             table.entry(0),
             PTES_PER_PMD as usize,
+            PteRead::Scan,
             |i, facts| {
                 scanned += 1;
                 scan_one(mm, facts, (addr, i), droppable, tally).inspect_err(|_| {

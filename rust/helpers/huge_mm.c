@@ -199,12 +199,6 @@ __rust_helper void rust_helper_pgtable_trans_huge_deposit_table(struct mm_struct
 	pgtable_trans_huge_deposit(mm, pmdp, pmd_pgtable(table));
 }
 
-__rust_helper struct page *rust_helper_folio_page(struct folio *folio,
-						  unsigned long n)
-{
-	return folio_page(folio, n);
-}
-
 __rust_helper void rust_helper_clear_user_highpage(struct page *page,
 						   unsigned long vaddr)
 {

@@ -2,7 +2,7 @@
 /*
  * thp_collapse_bench - time the C and the Rust THP collapse cores in one boot.
  *
- * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB]
+ * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB] [-a CORE] [-f] [-p USEC]
  *
  * For each round it measures, on both cores:
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
@@ -12,9 +12,26 @@
  *   khugepaged the daemon collapsing a K MiB region until it is all huge
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
- * C, ...), each on its own copy of the workload, so that a slow phase of
- * the host (TCG) hits both alike; khugepaged, which cannot be split, takes
- * turns by round.
+ * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
+ * which cannot be split, takes turns by round. There are two copies of each
+ * workload, populated one after the other, and the cores swap copies block
+ * by block too: each core collapses half of each copy, so that where the
+ * copies' pages happen to lie in memory weighs on both alike.
+ *
+ * -a CORE runs both turns on CORE (an A/A calibration: the ratio then shows
+ * what the method itself gives when both sides run the same code); -f keeps
+ * each core on one copy of the workload (how the benchmark ran before it
+ * swapped copies), to measure what the copy alone does to the ratio.
+ *
+ * -S runs no mincore() thread (no stall figures): with the guest's clock
+ * counting instructions (QEMU -icount), a call's time is then the work of
+ * the core alone, not that of the other CPU too.
+ *
+ * -p USEC samples the kernel's instruction pointer every USEC microseconds of
+ * the calling thread's CPU time during each MADV_COLLAPSE call (a task-clock
+ * perf event per core, so no PMU is needed), and ends with the kernel
+ * functions the samples fell in, per core ("PROF," lines): where the time of
+ * each core goes. A kernel with high-resolution timers gives fine samples.
  *
  * MADV_COLLAPSE is timed per 2 MiB call. While it runs, a second thread calls
  * mincore() in a loop: mincore() needs the mmap lock for read, so its
@@ -24,6 +41,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/perf_event.h>
+#include <sys/ioctl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -52,6 +71,10 @@
 enum workload { FULL, HALF, HUGE, REMOTE, KHUGEPAGED, NR_WORKLOADS };
 static const char *const wname[] = { "full", "half", "huge", "remote", "khugepaged" };
 static const char *const cores[] = { "c", "rust" };
+/* The core each side runs (-a: the same one on both). */
+static int side_core[2] = { 0, 1 };
+/* -f: each side stays on one copy of the workload. */
+static int fixed_copies;
 
 struct series {
 	double ns[MAX_SAMPLES];
@@ -149,9 +172,247 @@ static double settled_stall(void)
 {
 	long it = atomic_load(&stall.iterations);
 
+	if (atomic_load(&stall.stop))
+		return 0;
 	while (atomic_load(&stall.iterations) < it + 2)
 		sched_yield();
 	return atomic_load(&stall.max_stall);
+}
+
+/*
+ * The -p profile: one task-clock sampling event per core, enabled only
+ * around that core's calls, and the kernel's symbols to name the samples.
+ */
+#define PROF_PAGES 64		/* ring buffer data pages, a power of two */
+#define MAX_SYMS (1 << 18)
+
+struct ksym {
+	unsigned long addr;
+	char name[80];
+	unsigned long samples[2];
+	/* samples in a spin_unlock that this function called */
+	unsigned long unlocks[2];
+};
+
+static struct {
+	int fd[2];
+	struct perf_event_mmap_page *ring[2];
+	struct ksym *syms;
+	int nsyms;
+	unsigned long other[2];	/* samples outside every known symbol */
+	uint64_t *ips[2];	/* every sample's instruction pointer */
+	size_t nips[2];
+} prof = { .fd = { -1, -1 } };
+
+#define MAX_IPS (1 << 22)
+
+static int ksym_cmp(const void *a, const void *b)
+{
+	const struct ksym *x = a, *y = b;
+
+	return (x->addr > y->addr) - (x->addr < y->addr);
+}
+
+/* Reads the kernel's text symbols, sorted by address. */
+static void prof_load_syms(void)
+{
+	char line[256], type, name[80];
+	unsigned long addr;
+	FILE *f = fopen("/proc/kallsyms", "r");
+
+	if (!f)
+		die("/proc/kallsyms");
+	prof.syms = calloc(MAX_SYMS, sizeof(*prof.syms));
+	if (!prof.syms)
+		die("calloc");
+	while (fgets(line, sizeof(line), f) && prof.nsyms < MAX_SYMS) {
+		if (sscanf(line, "%lx %c %79s", &addr, &type, name) != 3 || !addr)
+			continue;
+		if (type != 't' && type != 'T')
+			continue;
+		prof.syms[prof.nsyms].addr = addr;
+		strcpy(prof.syms[prof.nsyms].name, name);
+		prof.nsyms++;
+	}
+	fclose(f);
+	if (!prof.nsyms) {
+		errno = ENOENT;
+		die("no kernel symbols (kptr_restrict?)");
+	}
+	qsort(prof.syms, prof.nsyms, sizeof(*prof.syms), ksym_cmp);
+}
+
+static void prof_open(unsigned long period_us)
+{
+	struct perf_event_attr attr = {
+		.type = PERF_TYPE_SOFTWARE,
+		.size = sizeof(attr),
+		.config = PERF_COUNT_SW_TASK_CLOCK,
+		.sample_period = period_us * 1000,
+		.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_CALLCHAIN,
+		.disabled = 1,
+		.exclude_user = 1,
+		.exclude_hv = 1,
+	};
+	size_t len = (PROF_PAGES + 1) * PAGE_SZ;
+	int k;
+
+	prof_load_syms();
+	for (k = 0; k < 2; k++) {
+		prof.ips[k] = calloc(MAX_IPS, sizeof(uint64_t));
+		if (!prof.ips[k])
+			die("calloc");
+		prof.fd[k] = syscall(SYS_perf_event_open, &attr, 0, -1, -1, 0);
+		if (prof.fd[k] < 0)
+			die("perf_event_open");
+		prof.ring[k] = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    prof.fd[k], 0);
+		if (prof.ring[k] == MAP_FAILED)
+			die("mmap(perf ring)");
+	}
+}
+
+/* The symbol that @ip falls in, or NULL. */
+static struct ksym *prof_find(unsigned long ip)
+{
+	int lo = 0, hi = prof.nsyms - 1, mid;
+
+	if (ip < prof.syms[0].addr)
+		return NULL;
+	while (lo < hi) {
+		mid = (lo + hi + 1) / 2;
+		if (prof.syms[mid].addr <= ip)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return &prof.syms[lo];
+}
+
+/* Moves the samples of @core's ring buffer into the histogram. */
+static void prof_drain(int core)
+{
+	struct perf_event_mmap_page *m = prof.ring[core];
+	char *data = (char *)m + PAGE_SZ;
+	uint64_t head = __atomic_load_n(&m->data_head, __ATOMIC_ACQUIRE);
+	uint64_t tail = m->data_tail, size = PROF_PAGES * PAGE_SZ;
+
+	while (tail < head) {
+		struct perf_event_header *h = (void *)(data + tail % size);
+
+		if (h->type == PERF_RECORD_SAMPLE) {
+			uint64_t *rec = (uint64_t *)(h + 1);
+			uint64_t ip = rec[0], nr = rec[1], j;
+			struct ksym *s = prof_find(ip), *caller;
+
+			if (s)
+				s->samples[core]++;
+			else
+				prof.other[core]++;
+			/*
+			 * An interrupt that came while interrupts were off is
+			 * taken when they are turned back on: such a sample
+			 * lands in a spin_unlock_irq*(); count it for the
+			 * function that called the unlock.
+			 */
+			for (j = 0; s && !strncmp(s->name, "_raw_spin_unlock", 16) &&
+			     j < nr && (void *)(rec + 2 + j) < (void *)((char *)h + h->size); j++) {
+				if (rec[2 + j] >= (uint64_t)PERF_CONTEXT_MAX)
+					continue;
+				caller = prof_find(rec[2 + j]);
+				if (caller && caller != s) {
+					caller->unlocks[core]++;
+					break;
+				}
+			}
+			if (prof.nips[core] < MAX_IPS)
+				prof.ips[core][prof.nips[core]++] = ip;
+		}
+		tail += h->size;
+	}
+	__atomic_store_n(&m->data_tail, tail, __ATOMIC_RELEASE);
+}
+
+static void prof_enable(int core, int on)
+{
+	if (prof.fd[core] < 0)
+		return;
+	if (ioctl(prof.fd[core], on ? PERF_EVENT_IOC_ENABLE : PERF_EVENT_IOC_DISABLE, 0))
+		die("perf ioctl");
+	if (!on)
+		prof_drain(core);
+}
+
+/* The functions with at least @min samples on either core, most first. */
+static int prof_cmp(const void *a, const void *b)
+{
+	const struct ksym *x = a, *y = b;
+	unsigned long nx = x->samples[0] + x->samples[1];
+	unsigned long ny = y->samples[0] + y->samples[1];
+
+	return (ny > nx) - (ny < nx);
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Instruction pointers with at least 3 samples on a core, in address order. */
+static void prof_report_ips(void)
+{
+	size_t i[2] = { 0, 0 }, n[2];
+	uint64_t ip;
+	int k;
+
+	for (k = 0; k < 2; k++)
+		qsort(prof.ips[k], prof.nips[k], sizeof(uint64_t), u64_cmp);
+	printf("PROFIP,ip,c_samples,rust_samples\n");
+	while (i[0] < prof.nips[0] || i[1] < prof.nips[1]) {
+		if (i[1] >= prof.nips[1] ||
+		    (i[0] < prof.nips[0] && prof.ips[0][i[0]] < prof.ips[1][i[1]]))
+			ip = prof.ips[0][i[0]];
+		else
+			ip = prof.ips[1][i[1]];
+		for (k = 0; k < 2; k++)
+			for (n[k] = 0; i[k] < prof.nips[k] && prof.ips[k][i[k]] == ip; i[k]++)
+				n[k]++;
+		if (n[0] >= 3 || n[1] >= 3)
+			printf("PROFIP,%llx,%zu,%zu\n", (unsigned long long)ip, n[0], n[1]);
+	}
+}
+
+static void prof_report(void)
+{
+	unsigned long total[2] = { prof.other[0], prof.other[1] };
+	int i, k;
+
+	if (prof.fd[0] < 0)
+		return;
+	for (i = 0; i < prof.nsyms; i++)
+		for (k = 0; k < 2; k++)
+			total[k] += prof.syms[i].samples[k];
+	qsort(prof.syms, prof.nsyms, sizeof(*prof.syms), prof_cmp);
+	printf("\nkernel samples during MADV_COLLAPSE: c %lu, rust %lu\n", total[0], total[1]);
+	printf("PROF,function,c_samples,rust_samples\n");
+	for (i = 0; i < prof.nsyms; i++) {
+		struct ksym *s = &prof.syms[i];
+
+		if (s->samples[0] + s->samples[1] < 5)
+			break;
+		printf("PROF,%s,%lu,%lu\n", s->name, s->samples[0], s->samples[1]);
+	}
+	printf("PROF,(unknown),%lu,%lu\n", prof.other[0], prof.other[1]);
+	printf("PROFUNLOCK,caller,c_samples,rust_samples\n");
+	for (i = 0; i < prof.nsyms; i++) {
+		struct ksym *s = &prof.syms[i];
+
+		if (s->unlocks[0] + s->unlocks[1] >= 3)
+			printf("PROFUNLOCK,%s,%lu,%lu\n", s->name, s->unlocks[0], s->unlocks[1]);
+	}
+	prof_report_ips();
 }
 
 static void record(int core, enum workload w, int round, int i, double ns, double st)
@@ -166,9 +427,10 @@ static void record(int core, enum workload w, int round, int i, double ns, doubl
 	printf("CSV,%d,%s,%s,%d,%.0f,%.0f\n", round, cores[core], wname[w], i, ns, st);
 }
 
-static void set_core(int core)
+/* Selects the core that side @side runs. */
+static void set_core(int side)
 {
-	put(THP "collapse/core", cores[core]);
+	put(THP "collapse/core", cores[side_core[side]]);
 }
 
 /* MADV_COLLAPSE of PMDs [from, to) of @p, one call each. */
@@ -180,10 +442,12 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 
 	for (i = from; i < to; i++) {
 		atomic_store(&stall.max_stall, 0);
+		prof_enable(core, 1);
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
 			die("madvise(MADV_COLLAPSE)");
 		t1 = now_ns();
+		prof_enable(core, 0);
 		record(core, w, round, i, t1 - t0, settled_stall());
 	}
 }
@@ -311,25 +575,33 @@ static int turn_core(size_t b, int round, int k)
 	return (int)((b / BLOCK + round + k) % 2);
 }
 
+/* The copy of the workload that @core collapses in block @b (in PMDs). */
+static int turn_copy(size_t b, int core)
+{
+	return fixed_copies ? core : (int)((b / BLOCK + core) % 2);
+}
+
 /*
  * Workload @w of @round on PMDs [0, @nr), the cores taking turns block by
- * block: on mem[core] (MADV_COLLAPSE) or on t[core] (process_madvise).
+ * block, each on its copy of the workload for that block: mem[] for
+ * MADV_COLLAPSE, t[] for process_madvise.
  */
 static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
 		       struct target t[2])
 {
 	size_t b, end;
-	int k, core;
+	int k, core, copy;
 
 	for (b = 0; b < nr; b += BLOCK) {
 		end = min(b + BLOCK, nr);
 		for (k = 0; k < 2; k++) {
 			core = turn_core(b, round, k);
+			copy = turn_copy(b, core);
 			set_core(core);
 			if (w == REMOTE)
-				time_remote(core, round, &t[core], b, end);
+				time_remote(core, round, &t[copy], b, end);
 			else
-				time_local(core, w, round, mem[core], b, end);
+				time_local(core, w, round, mem[copy], b, end);
 		}
 	}
 }
@@ -344,7 +616,11 @@ int main(int argc, char **argv)
 	size_t mib = 256, kmib = 32, nr;
 	pthread_t th;
 
-	while ((opt = getopt(argc, argv, "r:m:k:")) != -1) {
+	unsigned long prof_us = 0;
+
+	int no_stall = 0;
+
+	while ((opt = getopt(argc, argv, "r:m:k:a:fp:S")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -355,14 +631,29 @@ int main(int argc, char **argv)
 		case 'k':
 			kmib = strtoul(optarg, NULL, 0);
 			break;
+		case 'a':
+			side_core[0] = side_core[1] = strcmp(optarg, "rust") == 0;
+			break;
+		case 'f':
+			fixed_copies = 1;
+			break;
+		case 'p':
+			prof_us = strtoul(optarg, NULL, 0);
+			break;
+		case 'S':
+			no_stall = 1;
+			break;
 		default:
-			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] [-a c|rust] [-f] [-p usec] [-S]\n",
+				argv[0]);
 			return 2;
 		}
 	}
 	nr = mib / 2;
 	if (!nr || rounds < 1)
 		return 2;
+	if (prof_us)
+		prof_open(prof_us);
 
 	/* khugepaged only where this program asks for it, and at full speed. */
 	put(THP "enabled", "never");
@@ -372,9 +663,16 @@ int main(int argc, char **argv)
 
 	stall.probe = map_pmds(1);
 	stall.probe[0] = 1;
-	if (pthread_create(&th, NULL, stall_thread, NULL))
+	if (no_stall)
+		stall.stop = 1;
+	else if (pthread_create(&th, NULL, stall_thread, NULL))
 		die("pthread_create");
 
+	if (side_core[0] == side_core[1])
+		printf("# A/A calibration: both sides run the %s core; below, \"c\" is the side that goes first in block 0, \"rust\" the other\n",
+		       cores[side_core[0]]);
+	if (fixed_copies)
+		printf("# each side keeps one copy of the workload (-f)\n");
 	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns\n");
 	for (round = 0; round < rounds; round++) {
 		char *full[2], *half[2];
@@ -403,7 +701,8 @@ int main(int argc, char **argv)
 			time_khugepaged((round + k) % 2, round, kmib / 2);
 	}
 	atomic_store(&stall.stop, 1);
-	pthread_join(th, NULL);
+	if (!no_stall)
+		pthread_join(th, NULL);
 
 	printf("\n%-11s %10s %10s %10s %10s %10s %10s %7s %8s %12s %12s\n", "workload",
 	       "c med us", "c min", "c max", "rust med", "rust min", "rust max",
@@ -428,5 +727,6 @@ int main(int argc, char **argv)
 	printf("(times per 2 MiB; r/c p10: the ratio of the 10th percentiles;\n"
 	       " stall: median over calls of the longest mincore() wait during\n"
 	       " the call, the mmap lock write-hold time)\n");
+	prof_report();
 	return 0;
 }

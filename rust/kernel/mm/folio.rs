@@ -77,10 +77,12 @@ impl NewFolio {
     }
 
     /// The `struct page`s of the folio, consecutive: page `n` is `first_page().add(n)` for
-    /// `n < 1 << order`. C: `folio_page()`.
+    /// `n < 1 << order`. C: `folio_page()`, which is `&folio->page + n`.
+    #[inline]
     pub fn first_page(&self) -> *mut bindings::page {
-        // SAFETY: By the type invariants the folio is valid.
-        unsafe { bindings::folio_page(self.folio.as_ptr(), 0) }
+        // SAFETY: By the type invariants the folio is valid; this only computes the address of
+        // the `struct page` it starts with, without reading it.
+        unsafe { &raw mut (*self.folio.as_ptr()).__bindgen_anon_1.page }
     }
 
     /// Its order.
