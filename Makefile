@@ -3,7 +3,7 @@
 # Front door. Every target sets up what it needs (packages, toolchain, kernel
 # source) on first use; see README.md.
 
-.PHONY: run test bench setup kernel kernel-release tests check clean distclean
+.PHONY: run test bench bench-icount profile setup kernel kernel-release tests check clean distclean
 
 run:			## build the kernel, boot it, run the collapse demo
 	scripts/run-demo.sh
@@ -12,7 +12,13 @@ test:			## the whole test suite; ends with "N passed, N failed"
 	scripts/run-tests.sh
 
 bench:			## release kernel: C vs Rust core timings, CSV and PNG
-	scripts/run-bench.sh
+	scripts/run-bench.sh time
+
+bench-icount:		## the same under QEMU -icount: instructions per 2 MiB
+	scripts/run-bench.sh icount
+
+profile:		## profile kernel under -icount: where each core's instructions go
+	scripts/run-bench.sh profile
 
 setup:			## install packages and toolchain, fetch the kernel source
 	scripts/setup.sh

@@ -306,8 +306,10 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             // Taken once for the whole range: nobody else can reach the table, and the rmap
             // update needs preemption off for its per-CPU statistics.
             let mut locked = table.lock();
-            for i in (first..end).filter(|&i| iso.is_zero(i)) {
-                locked.ksm_unmap_zero_page(i);
+            if iso.zero.iter().any(|&w| w != 0) {
+                for i in (first..end).filter(|&i| iso.is_zero(i)) {
+                    locked.ksm_unmap_zero_page(i);
+                }
             }
             locked.clear(first, nr);
             for (_, page, folio, n) in iso.runs(first, end) {

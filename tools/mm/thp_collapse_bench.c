@@ -2,7 +2,8 @@
 /*
  * thp_collapse_bench - time the C and the Rust THP collapse cores in one boot.
  *
- * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB] [-a CORE] [-f] [-p USEC]
+ * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB] [-a CORE] [-f] [-S]
+ *                           [-p USEC [-C]]
  *
  * For each round it measures, on both cores:
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
@@ -10,6 +11,7 @@
  *   huge       MADV_COLLAPSE of the same range once it is PMD-mapped
  *   remote     process_madvise(MADV_COLLAPSE) of another process's memory
  *   khugepaged the daemon collapsing a K MiB region until it is all huge
+ *              (-k 0: not measured)
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
  * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
@@ -32,6 +34,10 @@
  * perf event per core, so no PMU is needed), and ends with the kernel
  * functions the samples fell in, per core ("PROF," lines): where the time of
  * each core goes. A kernel with high-resolution timers gives fine samples.
+ * With -C the samples carry call chains too, and a sample taken as
+ * interrupts came back on (in a spin_unlock_irq*()) is also counted for the
+ * function that called the unlock ("PROFUNLOCK," lines); call chains cost
+ * time in the sampled thread, so the totals grow with them.
  *
  * MADV_COLLAPSE is timed per 2 MiB call. While it runs, a second thread calls
  * mincore() in a loop: mincore() needs the mmap lock for read, so its
@@ -200,6 +206,7 @@ static struct {
 	struct ksym *syms;
 	int nsyms;
 	unsigned long other[2];	/* samples outside every known symbol */
+	int callers;		/* -C: record call chains too */
 	uint64_t *ips[2];	/* every sample's instruction pointer */
 	size_t nips[2];
 } prof = { .fd = { -1, -1 } };
@@ -249,7 +256,7 @@ static void prof_open(unsigned long period_us)
 		.size = sizeof(attr),
 		.config = PERF_COUNT_SW_TASK_CLOCK,
 		.sample_period = period_us * 1000,
-		.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_CALLCHAIN,
+		.sample_type = PERF_SAMPLE_IP | (prof.callers ? PERF_SAMPLE_CALLCHAIN : 0),
 		.disabled = 1,
 		.exclude_user = 1,
 		.exclude_hv = 1,
@@ -302,7 +309,7 @@ static void prof_drain(int core)
 
 		if (h->type == PERF_RECORD_SAMPLE) {
 			uint64_t *rec = (uint64_t *)(h + 1);
-			uint64_t ip = rec[0], nr = rec[1], j;
+			uint64_t ip = rec[0], nr = prof.callers ? rec[1] : 0, j;
 			struct ksym *s = prof_find(ip), *caller;
 
 			if (s)
@@ -315,7 +322,7 @@ static void prof_drain(int core)
 			 * lands in a spin_unlock_irq*(); count it for the
 			 * function that called the unlock.
 			 */
-			for (j = 0; s && !strncmp(s->name, "_raw_spin_unlock", 16) &&
+			for (j = 0; s && !strcmp(s->name, "_raw_spin_unlock_irqrestore") &&
 			     j < nr && (void *)(rec + 2 + j) < (void *)((char *)h + h->size); j++) {
 				if (rec[2 + j] >= (uint64_t)PERF_CONTEXT_MAX)
 					continue;
@@ -620,7 +627,7 @@ int main(int argc, char **argv)
 
 	int no_stall = 0;
 
-	while ((opt = getopt(argc, argv, "r:m:k:a:fp:S")) != -1) {
+	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CS")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -643,8 +650,11 @@ int main(int argc, char **argv)
 		case 'S':
 			no_stall = 1;
 			break;
+		case 'C':
+			prof.callers = 1;
+			break;
 		default:
-			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] [-a c|rust] [-f] [-p usec] [-S]\n",
+			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] [-a c|rust] [-f] [-p usec] [-C] [-S]\n",
 				argv[0]);
 			return 2;
 		}
@@ -697,7 +707,7 @@ int main(int argc, char **argv)
 		take_turns(REMOTE, round, nr, NULL, t);
 		for (k = 0; k < 2; k++)
 			target_stop(&t[k], nr);
-		for (k = 0; k < 2; k++)
+		for (k = 0; kmib / 2 && k < 2; k++)
 			time_khugepaged((round + k) % 2, round, kmib / 2);
 	}
 	atomic_store(&stall.stop, 1);
