@@ -236,10 +236,17 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         // SAFETY: Entries `first .. first + nr` are in the detached table of `vma`, which only
         // we can change, and its lock is held.
         let outcome = unsafe {
-            ffi::for_each_pte(vma, start, locked.entry(first), nr, PteRead::Isolate, |k, facts| {
-                let (i, addr) = (first + k, start + k * PAGE_SIZE);
-                iso.isolate_one(facts, (mm, vma, addr), (i, order), &mut tally)
-            })
+            ffi::for_each_pte(
+                vma,
+                start,
+                locked.entry(first),
+                nr,
+                PteRead::Isolate,
+                |k, facts| {
+                    let (i, addr) = (first + k, start + k * PAGE_SIZE);
+                    iso.isolate_one(facts, (mm, vma, addr), (i, order), &mut tally)
+                },
+            )
         }
         .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
         ffi::count_exceeded(order, outcome);
