@@ -190,7 +190,7 @@ static double settled_stall(void)
  * around that core's calls, and the kernel's symbols to name the samples.
  */
 #define PROF_PAGES 64		/* ring buffer data pages, a power of two */
-#define MAX_SYMS (1 << 18)
+#define MAX_SYMS 262144
 
 struct ksym {
 	unsigned long addr;
@@ -211,7 +211,7 @@ static struct {
 	size_t nips[2];
 } prof = { .fd = { -1, -1 } };
 
-#define MAX_IPS (1 << 22)
+#define MAX_IPS 4194304
 
 static int ksym_cmp(const void *a, const void *b)
 {
@@ -639,7 +639,8 @@ int main(int argc, char **argv)
 			kmib = strtoul(optarg, NULL, 0);
 			break;
 		case 'a':
-			side_core[0] = side_core[1] = strcmp(optarg, "rust") == 0;
+			side_core[0] = strcmp(optarg, "rust") == 0;
+			side_core[1] = side_core[0];
 			break;
 		case 'f':
 			fixed_copies = 1;
@@ -654,8 +655,8 @@ int main(int argc, char **argv)
 			prof.callers = 1;
 			break;
 		default:
-			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] [-a c|rust] [-f] [-p usec] [-C] [-S]\n",
-				argv[0]);
+			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] %s\n", argv[0],
+				"[-a c|rust] [-f] [-S] [-p usec [-C]]");
 			return 2;
 		}
 	}
@@ -679,8 +680,8 @@ int main(int argc, char **argv)
 		die("pthread_create");
 
 	if (side_core[0] == side_core[1])
-		printf("# A/A calibration: both sides run the %s core; below, \"c\" is the side that goes first in block 0, \"rust\" the other\n",
-		       cores[side_core[0]]);
+		printf("# A/A calibration: both sides run the %s core (%s)\n",
+		       cores[side_core[0]], "\"c\" goes first in block 0, \"rust\" second");
 	if (fixed_copies)
 		printf("# each side keeps one copy of the workload (-f)\n");
 	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns\n");
