@@ -106,17 +106,25 @@ enum thp_collapse_pte_flags {
 	THP_PTE_NON_PRESENT	= 1 << 2,	/* a swap or other non-present entry */
 	THP_PTE_SWP_UFFD	= 1 << 3,	/* ... with a uffd-wp marker or bit */
 	THP_PTE_UFFD_WP		= 1 << 4,	/* present and uffd-wp */
-	THP_PTE_DIRTY		= 1 << 5,
-	THP_PTE_YOUNG		= 1 << 6,
+	THP_PTE_DIRTY		= 1 << 5,	/* THP_READ_HEURISTICS only */
+	THP_PTE_YOUNG		= 1 << 6,	/* THP_READ_HEURISTICS only */
 	THP_FOLIO_ANON		= 1 << 7,
-	THP_FOLIO_LAZYFREE	= 1 << 8,
+	THP_FOLIO_LAZYFREE	= 1 << 8,	/* THP_READ_HEURISTICS only */
 	THP_FOLIO_SHARED	= 1 << 9,	/* folio_maybe_mapped_shared() */
-	/* These three are read for the scan only (thp_collapse_read_ptes()). */
+	/* These three with THP_READ_FOLIO_STATE only. */
 	THP_FOLIO_LRU		= 1 << 10,
 	THP_FOLIO_LOCKED	= 1 << 11,
 	THP_FOLIO_EXTRA_REFS	= 1 << 12,	/* refcount != expected */
 	THP_FOLIO_LARGE		= 1 << 13,
-	THP_FOLIO_YOUNG		= 1 << 14,	/* young or referenced */
+	THP_FOLIO_YOUNG		= 1 << 14,	/* young or referenced; THP_READ_HEURISTICS */
+};
+
+/* What thp_collapse_read_ptes() reads beyond what every step needs. */
+enum thp_collapse_read {
+	/* The folio's LRU, lock and reference state (the scan). */
+	THP_READ_FOLIO_STATE	= 1 << 0,
+	/* Young and referenced bits, lazyfree and dirty (khugepaged's heuristics). */
+	THP_READ_HEURISTICS	= 1 << 1,
 };
 
 /**
@@ -138,7 +146,7 @@ struct thp_collapse_pte {
 };
 
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
-			    pte_t *ptep, unsigned int nr, bool scan,
+			    pte_t *ptep, unsigned int nr, unsigned int what,
 			    struct thp_collapse_pte *out);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */

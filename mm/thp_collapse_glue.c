@@ -326,8 +326,10 @@ vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
  * the PTE and its folio. Only reads: the Rust core decides what they mean.
  */
 static void read_pte(struct vm_area_struct *vma, unsigned long addr,
-		     pte_t *ptep, bool scan, struct thp_collapse_pte *out)
+		     pte_t *ptep, unsigned int what, struct thp_collapse_pte *out)
 {
+	bool state = what & THP_READ_FOLIO_STATE;
+	bool heuristics = what & THP_READ_HEURISTICS;
 	pte_t pte = ptep_get(ptep);
 	unsigned int flags = 0;
 	struct folio *folio;
@@ -353,9 +355,9 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	}
 	if (pte_uffd(pte))
 		flags |= THP_PTE_UFFD_WP;
-	if (pte_dirty(pte))
+	if (heuristics && pte_dirty(pte))
 		flags |= THP_PTE_DIRTY;
-	if (pte_young(pte))
+	if (heuristics && pte_young(pte))
 		flags |= THP_PTE_YOUNG;
 	page = vm_normal_page(vma, addr, pte);
 	if (!page || is_zone_device_page(page))
@@ -367,19 +369,19 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	out->folio_pfn = folio_pfn(folio);
 	if (folio_test_anon(folio))
 		flags |= THP_FOLIO_ANON;
-	if (folio_test_lazyfree(folio))
+	if (heuristics && folio_test_lazyfree(folio))
 		flags |= THP_FOLIO_LAZYFREE;
 	if (folio_maybe_mapped_shared(folio))
 		flags |= THP_FOLIO_SHARED;
-	if (scan && folio_test_lru(folio))
+	if (state && folio_test_lru(folio))
 		flags |= THP_FOLIO_LRU;
-	if (scan && folio_test_locked(folio))
+	if (state && folio_test_locked(folio))
 		flags |= THP_FOLIO_LOCKED;
-	if (scan && folio_expected_ref_count(folio) != folio_ref_count(folio))
+	if (state && folio_expected_ref_count(folio) != folio_ref_count(folio))
 		flags |= THP_FOLIO_EXTRA_REFS;
 	if (folio_test_large(folio))
 		flags |= THP_FOLIO_LARGE;
-	if (folio_test_young(folio) || folio_test_referenced(folio))
+	if (heuristics && (folio_test_young(folio) || folio_test_referenced(folio)))
 		flags |= THP_FOLIO_YOUNG;
 out:
 	out->flags = flags;
@@ -392,10 +394,13 @@ out:
  * @addr: the address @ptep maps.
  * @ptep: the first PTE; its page table is locked or detached.
  * @nr: how many PTEs to read, from @ptep on, in the same page table.
- * @scan: also read THP_FOLIO_LRU, THP_FOLIO_LOCKED and THP_FOLIO_EXTRA_REFS,
- *	which only the scan needs: the isolation gets the same answers from
- *	folio_trylock(), the reference check under the lock and
- *	folio_isolate_lru() (thp_collapse_folio_isolate()).
+ * @what: THP_READ_* flags. THP_READ_FOLIO_STATE reads THP_FOLIO_LRU,
+ *	THP_FOLIO_LOCKED and THP_FOLIO_EXTRA_REFS, which only the scan needs:
+ *	the isolation gets the same answers from folio_trylock(), the reference
+ *	check under the lock and folio_isolate_lru()
+ *	(thp_collapse_folio_isolate()). THP_READ_HEURISTICS reads the young,
+ *	referenced, lazyfree and dirty facts that only khugepaged's heuristics
+ *	look at (MADV_COLLAPSE ignores them).
  * @out: where the facts go, @nr of them.
  *
  * Only reads: the Rust core decides what the facts mean. The static inline
@@ -404,13 +409,13 @@ out:
  * phase: the core reads its PTEs a batch at a time.
  */
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
-			    pte_t *ptep, unsigned int nr, bool scan,
+			    pte_t *ptep, unsigned int nr, unsigned int what,
 			    struct thp_collapse_pte *out)
 {
 	unsigned int i;
 
 	for (i = 0; i < nr; i++)
-		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, scan, out + i);
+		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, out + i);
 }
 
 /*

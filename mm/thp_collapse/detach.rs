@@ -241,7 +241,10 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 start,
                 locked.entry(first),
                 nr,
-                PteRead::Isolate,
+                PteRead {
+                    folio_state: false,
+                    heuristics: tally.uses_heuristics(),
+                },
                 |k, facts| {
                     let (i, addr) = (first + k, start + k * PAGE_SIZE);
                     iso.isolate_one(facts, (mm, vma, addr), (i, order), &mut tally)

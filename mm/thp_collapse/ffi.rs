@@ -77,15 +77,17 @@ pub(crate) struct PteFacts(bindings::thp_collapse_pte);
 /// PTEs read per call into C by [`for_each_pte`].
 const PTE_BATCH: usize = 16;
 
-/// Which step reads the PTEs, and so which facts [`for_each_pte`] reads.
+/// Which facts [`for_each_pte`] reads beyond those every step needs; the others read as
+/// `false`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PteRead {
-    /// The scan: every fact, including the folio's LRU, lock and reference state
-    /// ([`PteFacts::lru`], [`PteFacts::locked`], [`PteFacts::extra_refs`]).
-    Scan,
-    /// The isolation, which learns those three from the isolation protocol itself
-    /// (`kernel::mm::folio::IsolatedFolio::isolate`): they read as `false`.
-    Isolate,
+pub(crate) struct PteRead {
+    /// The folio's LRU, lock and reference state ([`PteFacts::lru`], [`PteFacts::locked`],
+    /// [`PteFacts::extra_refs`]): the scan needs them, the isolation learns them from the
+    /// isolation protocol itself (`kernel::mm::folio::IsolatedFolio::isolate`).
+    pub(crate) folio_state: bool,
+    /// What khugepaged's heuristics look at ([`PteFacts::referenced`],
+    /// [`PteFacts::clean_lazyfree`]), which MADV_COLLAPSE ignores.
+    pub(crate) heuristics: bool,
 }
 
 /// Reads the facts of the `n` consecutive PTEs from `ptep` on, which map `addr` on in `vma`,
@@ -118,7 +120,8 @@ pub(crate) unsafe fn for_each_pte<E>(
                 addr + k * PAGE_SIZE,
                 ptep.add(k),
                 m as u32,
-                read == PteRead::Scan,
+                u32::from(read.folio_state) * bindings::thp_collapse_read_THP_READ_FOLIO_STATE
+                    | u32::from(read.heuristics) * bindings::thp_collapse_read_THP_READ_HEURISTICS,
                 buf.as_mut_ptr().cast(),
             )
         };
@@ -182,7 +185,7 @@ impl PteFacts {
     }
 
     /// Whether the folio is a lazily freed one (MADV_FREE) that the PTE has not dirtied since:
-    /// collapsing it would lose its freedom to be dropped.
+    /// collapsing it would lose its freedom to be dropped (with [`PteRead::heuristics`]).
     #[inline]
     pub(crate) fn clean_lazyfree(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE)
@@ -201,20 +204,20 @@ impl PteFacts {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED)
     }
 
-    /// The folio is on an LRU list ([`PteRead::Scan`] only).
+    /// The folio is on an LRU list (with [`PteRead::folio_state`]).
     #[inline]
     pub(crate) fn lru(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LRU)
     }
 
-    /// The folio was locked when read ([`PteRead::Scan`] only).
+    /// The folio was locked when read (with [`PteRead::folio_state`]).
     #[inline]
     pub(crate) fn locked(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED)
     }
 
-    /// The folio had more references than its mappings and swap cache explain (pins;
-    /// [`PteRead::Scan`] only).
+    /// The folio had more references than its mappings and swap cache explain (pins; with
+    /// [`PteRead::folio_state`]).
     #[inline]
     pub(crate) fn extra_refs(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS)
@@ -226,8 +229,8 @@ impl PteFacts {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE)
     }
 
-    /// Whether the page was referenced recently: the folio's or the PTE's young bit, or a
-    /// secondary MMU's (asked only when the others say no).
+    /// Whether the page was referenced recently: the folio's or the PTE's young bit (with
+    /// [`PteRead::heuristics`]), or a secondary MMU's (asked only when the others say no).
     #[inline]
     pub(crate) fn referenced(&self, mm: &Mm, addr: usize) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_YOUNG)

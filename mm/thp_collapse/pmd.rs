@@ -181,7 +181,10 @@ pub(crate) fn scan_anon_pmd(
             addr,
             table.entry(0),
             PTES_PER_PMD as usize,
-            PteRead::Scan,
+            PteRead {
+                folio_state: true,
+                heuristics: tally.uses_heuristics(),
+            },
             |i, facts| {
                 scanned += 1;
                 scan_one(mm, facts, (addr, i), droppable, tally).inspect_err(|_| {

@@ -100,6 +100,11 @@ impl ScanTally {
         self.mode.skips_lazyfree()
     }
 
+    /// Whether this mode looks at the referenced or lazily-freed state of pages at all.
+    pub(crate) fn uses_heuristics(&self) -> bool {
+        self.wants_referenced() || self.skips_lazyfree()
+    }
+
     /// Empty or zero-page PTEs seen.
     pub(crate) fn none_or_zero_count(&self) -> u32 {
         self.none_or_zero
@@ -178,6 +183,13 @@ mod tests {
         }
         assert!(!s.wants_referenced());
         assert_eq!(s.finish(), Outcome::Succeed);
+    }
+
+    #[test]
+    fn only_khugepaged_reads_the_heuristic_facts() {
+        let t = &Tunables::DEFAULTS;
+        assert!(!tally(CollapseMode::Madvise, t).uses_heuristics());
+        assert!(tally(CollapseMode::Khugepaged, t).uses_heuristics());
     }
 
     #[test]
