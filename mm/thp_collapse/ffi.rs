@@ -90,6 +90,20 @@ pub(crate) struct PteRead {
     pub(crate) heuristics: bool,
 }
 
+impl PteRead {
+    /// The `THP_READ_*` flags of `thp_collapse_read_ptes()`.
+    fn flags(self) -> u32 {
+        let mut flags = 0;
+        if self.folio_state {
+            flags |= bindings::thp_collapse_read_THP_READ_FOLIO_STATE;
+        }
+        if self.heuristics {
+            flags |= bindings::thp_collapse_read_THP_READ_HEURISTICS;
+        }
+        flags
+    }
+}
+
 /// Reads the facts of the `n` consecutive PTEs from `ptep` on, which map `addr` on in `vma`,
 /// for the step `read`, a batch at a time (one call into C per [`PTE_BATCH`] entries), and
 /// hands each to `f` with its index from 0, until `f` fails; returns that failure.
@@ -120,8 +134,7 @@ pub(crate) unsafe fn for_each_pte<E>(
                 addr + k * PAGE_SIZE,
                 ptep.add(k),
                 m as u32,
-                u32::from(read.folio_state) * bindings::thp_collapse_read_THP_READ_FOLIO_STATE
-                    | u32::from(read.heuristics) * bindings::thp_collapse_read_THP_READ_HEURISTICS,
+                read.flags(),
                 buf.as_mut_ptr().cast(),
             )
         };
