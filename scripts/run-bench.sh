@@ -67,7 +67,7 @@ profile)
 		echo "accelerator: $accel with $icount; profile kernel; samples every 40 us of"
 		echo "task clock (40000 instructions) during MADV_COLLAPSE; functions with >= 5 samples"
 		grep '^kernel samples' "$log"
-		grep '^PROF,' "$log" | awk -F, '{ printf "%-60.60s %10s %12s\n", $2, $3, $4 }'
+		grep '^PROF,' "$log" | awk -F, '{ printf "%-79.79s %10s %12s\n", $2, $3, $4 }'
 	} >"$out/profile.txt"
 	head -n 60 "$out/profile.txt"
 	echo "(whole profile: build/bench/profile.txt; per instruction: PROFIP lines of $log)"
