@@ -175,6 +175,12 @@ impl Isolation<'_> {
     fn any_large(&self) -> bool {
         self.large.iter().any(|&w| w != 0)
     }
+
+    /// Whether any PTE maps the zero page.
+    #[inline]
+    fn any_zero(&self) -> bool {
+        self.zero.iter().any(|&w| w != 0)
+    }
 }
 
 impl<'g, 'l> DetachedTable<'g, 'l> {
@@ -316,7 +322,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             // Taken once for the whole range: nobody else can reach the table, and the rmap
             // update needs preemption off for its per-CPU statistics.
             let mut locked = table.lock();
-            if iso.zero.iter().any(|&w| w != 0) {
+            if iso.any_zero() {
                 for i in (first..end).filter(|&i| iso.is_zero(i)) {
                     locked.ksm_unmap_zero_page(i);
                 }
