@@ -14,6 +14,7 @@
 #include <linux/mm.h>
 #include <linux/swap.h>
 #include <linux/jump_label.h>
+#include <linux/xarray.h>
 
 struct kobject;
 struct mm_struct;
@@ -175,6 +176,123 @@ struct collapse_tunables {
 };
 
 void khugepaged_collapse_tunables(struct collapse_tunables *t);
+
+/*
+ * File and shmem collapse (mm/thp_collapse_file_glue.c): the page cache and
+ * rmap calls of the Rust core's collapse in the page cache, one fixed
+ * sequence each; every decision is the Rust core's.
+ */
+
+/* What a page cache entry holds (thp_collapse_xas_load()). */
+enum thp_collapse_slot {
+	THP_SLOT_EMPTY,		/* nothing */
+	THP_SLOT_VALUE,		/* a swap or shadow entry */
+	THP_SLOT_RETRY,		/* XA_RETRY_ENTRY: a hole being collapsed */
+	THP_SLOT_FOLIO,		/* a folio */
+};
+
+/* Facts about a folio of the page cache (thp_collapse_pc_folio_facts()). */
+enum thp_collapse_pc_flags {
+	THP_PC_UPTODATE		= 1 << 0,
+	THP_PC_DIRTY		= 1 << 1,
+	THP_PC_WRITEBACK	= 1 << 2,
+	THP_PC_PMD_ORDER	= 1 << 3,	/* a folio of the PMD order */
+	THP_PC_OTHER_MAPPING	= 1 << 4,	/* folio_mapping() is not the mapping */
+	THP_PC_LRU		= 1 << 5,
+	THP_PC_MAPPED		= 1 << 6,
+	THP_PC_VALUE		= 1 << 7,	/* a swap or shadow entry, no folio */
+};
+
+/**
+ * struct thp_collapse_pc_entry - one entry of the page cache, as the file scan
+ * reads it.
+ * @index: its first index.
+ * @nr: the pages it covers.
+ * @pfn: the folio's first pfn, or -1 for a value entry.
+ * @refs: folio_ref_count() - folio_expected_ref_count(), our reference
+ *	included; 0 for a value entry.
+ * @nid: the folio's node, or NUMA_NO_NODE.
+ * @flags: THP_PC_* facts.
+ */
+struct thp_collapse_pc_entry {
+	pgoff_t index;
+	unsigned long nr;
+	unsigned long pfn;
+	long refs;
+	int nid;
+	unsigned int flags;
+};
+
+unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
+					  pgoff_t *index, pgoff_t last,
+					  struct thp_collapse_pc_entry *out,
+					  unsigned int nr);
+void thp_collapse_xas_init(struct xa_state *xas, struct address_space *mapping,
+			   pgoff_t index);
+int thp_collapse_xas_create_locked(struct xa_state *xas, unsigned int order);
+void thp_collapse_xas_lock_irq(struct xa_state *xas);
+void thp_collapse_xas_unlock_irq(struct xa_state *xas);
+enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
+					     pgoff_t index,
+					     struct folio **folio);
+bool thp_collapse_xas_any_entry(struct xa_state *xas, pgoff_t last);
+int thp_collapse_xas_store_retry(struct xa_state *xas);
+void thp_collapse_xas_store_null(struct xa_state *xas);
+int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
+				 struct folio *folio);
+unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
+					 struct address_space *mapping,
+					 long *refs);
+pgoff_t thp_collapse_folio_index(struct folio *folio);
+bool thp_collapse_folio_trylock_get(struct folio *folio);
+struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,
+					    pgoff_t index);
+struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
+					    pgoff_t end);
+struct folio *thp_collapse_filemap_lock_folio(struct address_space *mapping,
+					      pgoff_t index);
+void thp_collapse_file_flush_unless_writers(struct address_space *mapping);
+enum thp_collapse_pc_isolate {
+	THP_PC_ISOLATE_OK,
+	THP_PC_ISOLATE_NOT_ON_LRU,	/* folio_isolate_lru() failed */
+	THP_PC_ISOLATE_PRIVATE,		/* filemap_release_folio() failed */
+};
+
+enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio);
+void thp_collapse_pc_folio_putback(struct folio *folio);
+void thp_collapse_try_to_unmap_flush(void);
+bool thp_collapse_shmem_charge(struct address_space *mapping, long nr);
+void thp_collapse_shmem_uncharge(struct address_space *mapping, long nr);
+void thp_collapse_mapping_nrpages_sub(struct address_space *mapping, long nr);
+void thp_collapse_pc_prepare_new(struct folio *folio,
+				 struct address_space *mapping, pgoff_t index,
+				 bool shmem);
+void thp_collapse_pc_abandon_new(struct folio *folio);
+void thp_collapse_pc_account_new(struct folio *folio, bool shmem);
+void thp_collapse_pc_free_old(struct folio *folio, bool shmem);
+void thp_collapse_i_mmap_lock_read(struct address_space *mapping);
+void thp_collapse_i_mmap_unlock_read(struct address_space *mapping);
+bool thp_collapse_uffd_missing_in(struct address_space *mapping, pgoff_t first,
+				  pgoff_t last);
+bool thp_collapse_vma_retractable(struct vm_area_struct *vma);
+bool thp_collapse_vma_uffd_protected(struct vm_area_struct *vma);
+pmd_t *thp_collapse_find_pmd_unlocked(struct mm_struct *mm, unsigned long addr);
+void thp_collapse_free_detached_table(struct mm_struct *mm, unsigned long addr,
+				      pmd_t table);
+bool thp_collapse_mm_exiting(struct mm_struct *mm);
+bool thp_collapse_shmem_file(struct file *file);
+bool thp_collapse_mapping_can_writeback(struct address_space *mapping);
+int thp_collapse_write_and_wait(struct address_space *mapping, pgoff_t index,
+				unsigned int nr);
+int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
+			      pmd_t *pmdp, struct folio *folio);
+void thp_collapse_trace_scan_file(struct mm_struct *mm, unsigned long pfn,
+				  struct file *file, int present, int swap,
+				  int result);
+void thp_collapse_trace_collapse_file(struct mm_struct *mm,
+				      unsigned long new_pfn, pgoff_t index,
+				      unsigned long addr, bool shmem,
+				      struct file *file, int result);
 
 DECLARE_STATIC_KEY_TRUE(thp_collapse_rust_key);
 

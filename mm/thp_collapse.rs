@@ -45,6 +45,8 @@ use kernel::{
 mod detach;
 #[path = "thp_collapse/ffi.rs"]
 mod ffi;
+#[path = "thp_collapse/file.rs"]
+mod file;
 #[path = "thp_collapse/mode.rs"]
 mod mode;
 #[path = "thp_collapse/outcome.rs"]

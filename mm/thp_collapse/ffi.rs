@@ -337,6 +337,57 @@ pub(crate) fn count_exceeded(order: u32, outcome: Outcome) {
     count_events(order, vm_event, mthp);
 }
 
+/// Counts a file scan that stopped at a limit (`thp_scan_exceed_*_pte` in `/proc/vmstat`
+/// only: the per-size stats are for anonymous memory); other outcomes count nothing.
+pub(crate) fn count_file_exceeded(outcome: Outcome) {
+    let vm_event = match outcome {
+        Outcome::ExceedNonePte => bindings::vm_event_item_THP_SCAN_EXCEED_NONE_PTE,
+        Outcome::ExceedSwapPte => bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
+        _ => return,
+    };
+    // SAFETY: Per-CPU counter, safe from any context.
+    unsafe { bindings::count_vm_event(vm_event) };
+}
+
+/// Whether the page tables of file VMA `vma` may be removed after a collapse: not with an
+/// anon_vma (CoW copies), uffd-wp or guard regions. Checked again under the PTE lock.
+///
+/// # Safety
+///
+/// `vma` must be valid (the caller holds its file's i_mmap lock).
+pub(crate) unsafe fn vma_retractable(vma: *mut bindings::vm_area_struct) -> bool {
+    // SAFETY: By the function's safety requirements.
+    unsafe { bindings::thp_collapse_vma_retractable(vma) }
+}
+
+/// Whether the mm has no users left.
+///
+/// # Safety
+///
+/// `mm` must be valid (an mm of a VMA the caller reached under the i_mmap lock).
+pub(crate) unsafe fn mm_exiting(mm: *mut bindings::mm_struct) -> bool {
+    // SAFETY: By the function's safety requirements.
+    unsafe { bindings::thp_collapse_mm_exiting(mm) }
+}
+
+/// Maps `folio`, a PMD-order page cache folio locked by the caller, with the PMD entry `pmd`
+/// (or one it allocates, if `None`) at `haddr` of `vma`; the mapping takes a reference.
+/// Fails if the entry is no longer none or a level could not be allocated.
+/// Upstream: `set_huge_pmd()`.
+pub(crate) fn set_huge_pmd(
+    vma: &VmaRef,
+    haddr: usize,
+    pmd: Option<kernel::mm::pgtable::PmdEntry<'_>>,
+    folio: &kernel::mm::page_cache::LockedFolio,
+) -> bool {
+    let pmdp = pmd.map_or(core::ptr::null_mut(), |p| p.as_ptr());
+    // SAFETY: The VMA is valid under the mmap lock the `PmdEntry` (or the caller) holds; the
+    // folio is locked and referenced.
+    unsafe {
+        bindings::thp_collapse_set_huge_pmd(vma.as_ptr(), haddr, pmdp, folio.as_ptr().as_ptr()) == 0
+    }
+}
+
 /// Adds `n` pages to the anonymous RSS of `mm` (`MM_ANONPAGES`).
 pub(crate) fn add_anon_rss(mm: &Mm, n: usize) {
     // SAFETY: `mm` is valid; the counter is per-CPU and safe to update from any context.
@@ -457,6 +508,54 @@ pub(crate) mod trace {
                 count(referenced),
                 status(outcome),
                 order,
+            )
+        }
+    }
+
+    /// `mm_khugepaged_scan_file`: the end of the scan of a page cache range, with the final
+    /// result (that of the collapse, if one followed).
+    pub(crate) fn scan_file(
+        mm: &Mm,
+        pfn: usize,
+        file: &kernel::fs::File,
+        present: u32,
+        swap: u32,
+        outcome: Outcome,
+    ) {
+        // SAFETY: `mm` and `file` are valid; the event only records them and the values.
+        unsafe {
+            bindings::thp_collapse_trace_scan_file(
+                mm.as_raw(),
+                pfn,
+                file.as_ptr(),
+                count(present),
+                count(swap),
+                status(outcome),
+            )
+        }
+    }
+
+    /// `mm_khugepaged_collapse_file`: the end of a collapse in the page cache. `index` is
+    /// where it stopped.
+    pub(crate) fn collapse_file(
+        mm: &Mm,
+        new_pfn: usize,
+        index: usize,
+        addr: usize,
+        shmem: bool,
+        file: &kernel::fs::File,
+        outcome: Outcome,
+    ) {
+        // SAFETY: As above.
+        unsafe {
+            bindings::thp_collapse_trace_collapse_file(
+                mm.as_raw(),
+                new_pfn,
+                index,
+                addr,
+                shmem,
+                file.as_ptr(),
+                status(outcome),
             )
         }
     }

@@ -9,6 +9,7 @@
 use super::{
     detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite},
     ffi::{self, trace},
+    file,
     mode::{Caller, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
     outcome::{Outcome, RangeTally},
     plan::{self, Occupied, ALL_ANON_ORDERS},
@@ -245,10 +246,9 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
     let Some(vma) = guard.find_vma(addr) else {
         return done(Outcome::VmaNull, false);
     };
-    // File and shmem collapse (page cache and page-table retraction) is not implemented in
-    // Rust yet.
+    // File and shmem memory take another path (`file::collapse_pmd()`).
     if !vma.is_anonymous() {
-        return done(Outcome::NotImplemented, false);
+        return done(Outcome::VmaCheck, false);
     }
     match guard.pmd_state(addr) {
         PmdState::None => return done(Outcome::NoPteTable, true),
@@ -293,6 +293,16 @@ pub(crate) fn collapse_pmd<'a>(
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
     let tunables = tunables_for(mode);
+    let file = guard
+        .find_vma(addr)
+        .filter(|vma| vma.start() <= addr && !vma.is_anonymous())
+        .and_then(|vma| Some((ARef::from(vma.file()?), vma.linear_page_index(addr))));
+    if let Some((file, pgoff)) = file {
+        let (outcome, scanned, state) =
+            file::collapse_pmd(guard, file, addr, pgoff, mode, &tunables);
+        STATS.count(caller, outcome);
+        return (outcome, scanned, state);
+    }
     let s = scan(&guard, addr, mode, &tunables);
     let mm = guard.mm();
     let (outcome, state) = match s.outcome {

@@ -213,6 +213,53 @@ __rust_helper int rust_helper_copy_mc_user_highpage(struct page *to,
 	return copy_mc_user_highpage(to, from, vaddr, vma);
 }
 
+__rust_helper void rust_helper_clear_highpage(struct page *page)
+{
+	clear_highpage(page);
+}
+
+__rust_helper int rust_helper_copy_mc_highpage(struct page *to,
+					       struct page *from)
+{
+	return copy_mc_highpage(to, from);
+}
+
+__rust_helper pmd_t rust_helper_pmdp_get_lockless(pmd_t *pmdp)
+{
+	return pmdp_get_lockless(pmdp);
+}
+
+__rust_helper void rust_helper_pmdp_get_lockless_sync(void)
+{
+	pmdp_get_lockless_sync();
+}
+
+__rust_helper spinlock_t *rust_helper_pte_lockptr(struct mm_struct *mm,
+						  pmd_t *pmd)
+{
+	return pte_lockptr(mm, pmd);
+}
+
+__rust_helper long rust_helper_folio_nr_pages(const struct folio *folio)
+{
+	return folio_nr_pages(folio);
+}
+
+__rust_helper unsigned long rust_helper_folio_pfn(const struct folio *folio)
+{
+	return folio_pfn(folio);
+}
+
+__rust_helper void rust_helper_folio_ref_sub(struct folio *folio, int nr)
+{
+	folio_ref_sub(folio, nr);
+}
+
+__rust_helper int rust_helper_mm_counter_file(struct folio *folio)
+{
+	return mm_counter_file(folio);
+}
+
 __rust_helper void rust_helper_add_mm_counter(struct mm_struct *mm, int member,
 					      long value)
 {

@@ -144,6 +144,37 @@ impl NewFolio {
     }
 }
 
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl NewFolio {
+    /// Fills page `n` with zeroes (a page of the page cache, not mapped by user space yet).
+    /// Does nothing past the last page. C: `clear_highpage()`.
+    #[inline]
+    pub fn clear_page(&mut self, n: usize) {
+        if let Some(page) = self.page(n) {
+            // SAFETY: `page` is a page of the folio, which only this value can reach.
+            unsafe { bindings::clear_highpage(page) };
+        }
+    }
+
+    /// Copies `src` into page `n`, safely against machine checks: a poisoned source fails the
+    /// copy with `EHWPOISON`. Fails with `EINVAL` past the last page. C: `copy_mc_highpage()`.
+    ///
+    /// # Safety
+    ///
+    /// `src` must be a page that stays valid, and is not written, during the call (of a locked
+    /// folio that nothing maps, for instance).
+    #[inline]
+    pub unsafe fn copy_mc_page(&mut self, n: usize, src: NonNull<bindings::page>) -> Result {
+        let dst = self.page(n).ok_or(EINVAL)?;
+        // SAFETY: `dst` is a page of the folio, which only this value can reach; `src` is valid
+        // by the function's safety requirements.
+        if unsafe { bindings::copy_mc_highpage(dst, src.as_ptr()) } > 0 {
+            return Err(EHWPOISON);
+        }
+        Ok(())
+    }
+}
+
 impl Drop for NewFolio {
     fn drop(&mut self) {
         // SAFETY: By the type invariants we hold the only reference; dropping it frees the folio.

@@ -706,3 +706,231 @@ impl Drop for DetachedPteLock<'_, '_> {
         unsafe { bindings::spin_unlock(self.table.ptl) };
     }
 }
+
+/// Frees a page table taken out of its PMD entry (RCU-deferred: lockless walkers that still
+/// see it stay safe).
+///
+/// # Safety
+///
+/// `table` must be the old value of a PMD entry of `mm` for the range at `addr`, cleared and
+/// flushed by the caller, pointing to a page table with no entries in use that nothing else
+/// can reach any more.
+unsafe fn free_detached(mm: *mut bindings::mm_struct, addr: usize, table: bindings::pmd_t) {
+    // SAFETY: By the function's safety requirements.
+    unsafe { bindings::thp_collapse_free_detached_table(mm, addr, table) };
+}
+
+/// Removes the empty page table of the PMD range at `addr` of `vma`, a file VMA, after a
+/// collapse in the page cache, if `retractable` still holds under the page-table locks.
+/// Returns whether it did. Page faults will map the range with a PMD. May sleep (mmu
+/// notifiers). C: the body of `retract_page_tables()`.
+///
+/// # Safety
+///
+/// - `vma` must be a VMA whose page tables stay allocated during the call (the caller holds
+///   the i_mmap lock of its file for read, or its mm's mmap lock), and whose mm is alive.
+/// - `addr` must be PMD-aligned, with the PMD range inside the VMA.
+/// - The page table must stay empty: the caller holds the lock of the folio of the page cache
+///   that every fault in the range maps, and `retractable` rules out what inserts entries
+///   without it (an anon_vma for CoW copies, uffd-wp markers, guard regions).
+pub unsafe fn retract_empty_table(
+    vma: *mut bindings::vm_area_struct,
+    addr: usize,
+    retractable: impl Fn() -> bool,
+) -> bool {
+    // SAFETY: `vma` is valid (safety requirements).
+    let mm = unsafe { (*vma).vm_mm };
+    // SAFETY: The page tables stay allocated (safety requirements).
+    let pmdp = unsafe { bindings::thp_collapse_find_pmd_unlocked(mm, addr) };
+    if pmdp.is_null()
+        // SAFETY: `pmdp` is an entry of those page tables.
+        || unsafe { bindings::thp_collapse_pmd_state(pmdp) } != bindings::thp_collapse_pmd_state_THP_PMD_TABLE
+    {
+        return false;
+    }
+    // SAFETY: `mm` is alive (safety requirements).
+    let notifier = unsafe { MmuNotifierClear::start(mm, addr, addr + PMD_SIZE) };
+    let mut table = None;
+    // SAFETY: `pmdp` is an entry of `mm`'s page tables, kept allocated. Under its lock the
+    // entry is checked again to point to a table (the old empty table may have been freed and
+    // replaced by another, empty as well: either can go); the PTE lock, nested, serializes
+    // against what installs entries or guard markers, and `retractable` is checked again
+    // under it. `pmdp_collapse_flush()` clears the entry and flushes the TLB.
+    unsafe {
+        let pml = bindings::pmd_lock(mm, pmdp);
+        if bindings::thp_collapse_pmd_state(pmdp) == bindings::thp_collapse_pmd_state_THP_PMD_TABLE
+        {
+            let ptl = bindings::pte_lockptr(mm, pmdp);
+            if ptl != pml {
+                bindings::spin_lock_nested(ptl, bindings::SINGLE_DEPTH_NESTING as i32);
+            }
+            if retractable() {
+                table = Some(bindings::pmdp_collapse_flush(vma, addr, pmdp));
+                bindings::pmdp_get_lockless_sync();
+            }
+            if ptl != pml {
+                bindings::spin_unlock(ptl);
+            }
+        }
+        bindings::spin_unlock(pml);
+    }
+    drop(notifier);
+    match table {
+        Some(t) => {
+            // SAFETY: The entry held `t`, an empty table (safety requirements), cleared and
+            // flushed above.
+            unsafe { free_detached(mm, addr, t) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// The PMD entry of a PMD range and the page table of PTEs it points to, both locked (the PTE
+/// lock nested in the PMD lock, unless they are one lock), under the mmap lock: the entries can
+/// be cleared and then the table removed. Dropping it unlocks both.
+///
+/// # Invariants
+///
+/// - The mmap lock of `mm` is held for `'a`; `*pmdp` points to the table, mapped at `pte`
+///   (`pte_offset_map_rw_nolock()`, with the RCU read lock), of the range at `haddr`.
+/// - `pml` (the PMD lock) and `ptl` (the table's lock) are held, once if they are the same.
+pub struct PmdTableLocked<'a> {
+    mm: NonNull<bindings::mm_struct>,
+    pmdp: NonNull<bindings::pmd_t>,
+    haddr: usize,
+    pte: *mut bindings::pte_t,
+    pml: *mut bindings::spinlock_t,
+    ptl: *mut bindings::spinlock_t,
+    _pmd: PhantomData<PmdEntry<'a>>,
+}
+
+impl<'a> PmdTableLocked<'a> {
+    /// Locks `pmd`, the entry of the PMD range at `haddr`, and the page table it points to;
+    /// `None` if it no longer points to one. C: `pmd_lock()`, `pte_offset_map_rw_nolock()`.
+    pub fn lock(pmd: PmdEntry<'a>, haddr: usize) -> Option<Self> {
+        let haddr = haddr & !(PMD_SIZE - 1);
+        let (mm, pmdp) = (pmd.mm.as_ptr(), pmd.pmdp.as_ptr());
+        let mut pgt_pmd = bindings::pmd_t::default();
+        let mut ptl = ptr::null_mut();
+        // SAFETY: By the type invariants of `PmdEntry` the entry is alive under the mmap lock.
+        // Under the PMD lock the table it points to cannot be removed; it is mapped, its lock
+        // nested, and the entry checked to be unchanged since it was read.
+        unsafe {
+            let pml = bindings::pmd_lock(mm, pmdp);
+            let pte = bindings::pte_offset_map_rw_nolock(mm, pmdp, haddr, &mut pgt_pmd, &mut ptl);
+            if pte.is_null() {
+                bindings::spin_unlock(pml);
+                return None;
+            }
+            if ptl != pml {
+                bindings::spin_lock_nested(ptl, bindings::SINGLE_DEPTH_NESTING as i32);
+            }
+            if bindings::pmdp_get_lockless(pmdp).pmd != pgt_pmd.pmd {
+                if ptl != pml {
+                    bindings::spin_unlock(ptl);
+                }
+                bindings::spin_unlock(pml);
+                bindings::pte_unmap(pte);
+                return None;
+            }
+            // INVARIANT: Both locks held, the table mapped, under the mmap lock of `pmd`.
+            Some(Self {
+                mm: pmd.mm,
+                pmdp: pmd.pmdp,
+                haddr,
+                pte,
+                pml,
+                ptl,
+                _pmd: PhantomData,
+            })
+        }
+    }
+
+    /// The value of entry `i` (clamped to the last entry); stable while the locks are held.
+    #[inline]
+    pub fn get(&self, i: usize) -> bindings::pte_t {
+        // SAFETY: By the type invariants the table is mapped and locked.
+        unsafe { bindings::ptep_get(self.pte.add(i.min(PTRS_PER_PTE - 1))) }
+    }
+
+    /// Clears `nr` entries from entry `first` (within the table); the rmap and references of
+    /// what they mapped are the caller's to drop, and the TLB flush is left to
+    /// [`PmdTableLocked::remove`] (or the caller). C: `clear_ptes()`.
+    pub fn clear(&mut self, first: usize, nr: usize) {
+        if nr == 0 || first + nr > PTRS_PER_PTE {
+            return;
+        }
+        // SAFETY: The entries are in the table, which is locked (type invariants).
+        unsafe {
+            bindings::clear_ptes(
+                self.mm.as_ptr(),
+                self.haddr + first * PAGE_SIZE,
+                self.pte.add(first),
+                nr as u32,
+            )
+        };
+    }
+
+    /// Removes the table, all of whose entries the caller cleared, from the PMD entry
+    /// (flushing the TLB for the range), unlocks, and frees it. C: `pmdp_collapse_flush()`,
+    /// `pte_free_defer()`.
+    pub fn remove(self, vma: &VmaRef) {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: Both locks are held over the entry and its table (type invariants), whose
+        // entries are all clear (function's requirements); `vma` covers the range. The table
+        // goes from the entry, the locks are released once (`this` is never dropped), and the
+        // table is freed after lockless walkers could see the change.
+        unsafe {
+            let table = bindings::pmdp_collapse_flush(vma.as_ptr(), this.haddr, this.pmdp.as_ptr());
+            bindings::pmdp_get_lockless_sync();
+            this.unlock();
+            free_detached(this.mm.as_ptr(), this.haddr, table);
+        }
+    }
+
+    /// Releases both locks and unmaps the table.
+    ///
+    /// # Safety
+    ///
+    /// Called once, after which the value must be forgotten.
+    unsafe fn unlock(&self) {
+        // SAFETY: By the type invariants both locks are held and the table mapped.
+        unsafe {
+            if self.ptl != self.pml {
+                bindings::spin_unlock(self.ptl);
+            }
+            bindings::spin_unlock(self.pml);
+            bindings::pte_unmap(self.pte);
+        }
+    }
+}
+
+impl Drop for PmdTableLocked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: Drop runs once.
+        unsafe { self.unlock() };
+    }
+}
+
+/// An mmu notifier range (clear) over a PMD range, started under the mmap lock it cannot
+/// outlive: secondary MMUs drop their mappings of the range. Dropping it ends the range.
+pub struct PmdClearNotifier<'a> {
+    _range: MmuNotifierClear,
+    _lock: PhantomData<&'a ()>,
+}
+
+impl<'a> PmdClearNotifier<'a> {
+    /// Starts the range over the PMD range at `haddr` of the mm that `lock` holds. May sleep.
+    pub fn start<L: MmapLocked + ?Sized>(lock: &'a L, haddr: usize) -> Self {
+        let haddr = haddr & !(PMD_SIZE - 1);
+        // SAFETY: The mmap lock is held (trait guarantee), so the mm stays valid for `'a`,
+        // which bounds the value.
+        let range =
+            unsafe { MmuNotifierClear::start(lock.locked_mm().as_raw(), haddr, haddr + PMD_SIZE) };
+        Self {
+            _range: range,
+            _lock: PhantomData,
+        }
+    }
+}

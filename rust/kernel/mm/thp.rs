@@ -98,6 +98,35 @@ impl VmaRef {
     }
 }
 
+/// What the collapse of file and shmem memory asks of a VMA.
+impl VmaRef {
+    /// The file it maps, if any.
+    #[inline]
+    pub fn file(&self) -> Option<&crate::fs::File> {
+        // SAFETY: The VMA is valid (type invariants of `VmaRef`); `vm_file` does not change
+        // while it lives, and holds a reference to the file.
+        let file = unsafe { (*self.as_ptr()).vm_file };
+        // SAFETY: A VMA's file is a valid `struct file` for as long as the VMA.
+        (!file.is_null()).then(|| unsafe { crate::fs::File::from_raw_file(file) })
+    }
+
+    /// The index in its file of the page it maps at `addr`. C: `linear_page_index()`.
+    #[inline]
+    pub fn linear_page_index(&self, addr: usize) -> usize {
+        // SAFETY: As above; `vm_pgoff` is stable under the VMA's lock.
+        let pgoff = unsafe { (*self.as_ptr()).vm_pgoff };
+        (addr.wrapping_sub(self.start()) >> crate::page::PAGE_SHIFT).wrapping_add(pgoff)
+    }
+
+    /// Whether it is registered for uffd-wp (or RWP), which keeps per-PTE state in its page
+    /// tables. C: `userfaultfd_protected()`.
+    #[inline]
+    pub fn userfaultfd_protected(&self) -> bool {
+        // SAFETY: As above.
+        unsafe { bindings::thp_collapse_vma_uffd_protected(self.as_ptr()) }
+    }
+}
+
 /// The order of a PMD-mapped folio.
 pub const PMD_ORDER: u32 = bindings::PMD_SHIFT - crate::page::PAGE_SHIFT as u32;
 

@@ -1,0 +1,601 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! File and shmem collapse: the scan of a page cache range, the collapse in the page cache
+//! (the small folios of the range replaced by one PMD-sized folio), the retraction of the page
+//! tables that mapped them, and the PMD mapping of a PMD-sized folio that page tables map.
+//!
+//! None of it holds the mmap lock but the last step: the page cache is the file's, and every
+//! mm that maps it is reached through the i_mmap lock. The folio locks keep truncation, page
+//! faults and new mappings of the range out while the folios are replaced; the xarray lock is
+//! dropped around everything that sleeps.
+//!
+//! Upstream reference: `collapse_scan_file()`, `collapse_file()`, `retract_page_tables()`,
+//! `try_collapse_pte_mapped_thp()` and the file half of `collapse_single_pmd()` in
+//! [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
+
+use super::{
+    ffi::{self, trace},
+    mode::{CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
+    outcome::Outcome,
+    pmd::{self, CollapseLocked, MmapRead},
+    request::{Locked, PMD_SIZE},
+};
+use kernel::{
+    bindings,
+    fs::File,
+    mm::mmap_lock::MmapLocked,
+    mm::{
+        page_cache::{
+            self, flush_batched_unmaps, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
+            Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked, ShmemCharge,
+            Slot,
+        },
+        pgtable::{self, PmdClearNotifier, PmdEntry, PmdState, PmdTableLocked, PTRS_PER_PTE},
+        virt::VmaRef,
+        Mm,
+    },
+    page::PAGE_SHIFT,
+    prelude::*,
+    sync::aref::ARef,
+};
+
+/// Pages of a PMD-sized folio.
+const NR: usize = PTES_PER_PMD as usize;
+
+/// Page cache entries read per call into C by the scan.
+const ENTRY_BATCH: usize = 16;
+
+/// Collapses the PMD range at `addr`, index `pgoff` of `file`, which a file or shmem VMA that
+/// `guard` found maps, for `mode`. Releases the mmap lock (the page cache work runs without it) and, after a collapse
+/// for MADV_COLLAPSE, takes it again for read to map the new folio with the PMD.
+///
+/// Returns the outcome, the page-table entries accounted to khugepaged's scan budget, and the
+/// lock's state (always released). Upstream: the file half of `collapse_single_pmd()`.
+pub(crate) fn collapse_pmd<'a>(
+    guard: MmapRead<'a>,
+    file: ARef<File>,
+    addr: usize,
+    pgoff: usize,
+    mode: CollapseMode,
+    tunables: &Tunables,
+) -> (Outcome, u32, Locked<'a>) {
+    let mm = guard.mm();
+    drop(guard);
+
+    let Some(mapping) = Mapping::of(&file) else {
+        return (Outcome::Fail, 1, Locked::Dropped);
+    };
+    let mut wrote_back = false;
+    let (mut outcome, scanned) = loop {
+        let (outcome, scanned) = scan_file(mm, addr, &file, pgoff, mode, tunables);
+        // MADV_COLLAPSE writes dirty pages back, and tries once more.
+        if mode == CollapseMode::Madvise
+            && outcome == Outcome::PageDirtyOrWriteback
+            && !wrote_back
+            && mapping.can_writeback()
+        {
+            // A failed writeback shows as dirty pages in the second scan.
+            let _ = mapping.write_and_wait(pgoff, PTES_PER_PMD);
+            wrote_back = true;
+            continue;
+        }
+        break (outcome, scanned);
+    };
+    drop(file);
+
+    if outcome == Outcome::PteMappedHugepage {
+        let guard = MmapRead::lock(mm);
+        outcome = if guard.exiting_or_thp_disabled() {
+            Outcome::AnyProcess
+        } else {
+            collapse_pte_mapped(&guard, addr, mode == CollapseMode::Madvise)
+        };
+        if outcome == Outcome::PmdMapped {
+            outcome = Outcome::Succeed;
+        }
+    }
+    (outcome, scanned, Locked::Dropped)
+}
+
+/// Scans the page cache range of `file` from index `start`, which `addr` maps, and collapses
+/// it if the scan allows. Returns the outcome and the entries accounted to the scan budget.
+/// Upstream: `collapse_scan_file()`.
+fn scan_file(
+    mm: &Mm,
+    addr: usize,
+    file: &File,
+    start: usize,
+    mode: CollapseMode,
+    tunables: &Tunables,
+) -> (Outcome, u32) {
+    let limits = mode.limits(tunables, PMD_ORDER, false);
+    let Some(mapping) = Mapping::of(file) else {
+        return (Outcome::Fail, PTES_PER_PMD);
+    };
+    let last = start + NR - 1;
+    let mut entries = [PageCacheEntry::default(); ENTRY_BATCH];
+    let mut index = start;
+    let (mut present, mut swap) = (0u32, 0u32);
+    let mut failed_pfn = trace::NO_PFN;
+    let mut outcome = Outcome::Succeed;
+    'walk: loop {
+        let n = mapping.read_entries(&mut index, last, &mut entries);
+        for e in &entries[..n] {
+            let nr = u32::try_from(e.nr_pages()).unwrap_or(u32::MAX);
+            if e.is_value() {
+                swap = swap.saturating_add(nr);
+                if swap > limits.max_swap {
+                    outcome = Outcome::ExceedSwapPte;
+                    break 'walk;
+                }
+                continue;
+            }
+            let facts = e.facts();
+            outcome = if facts.pmd_order() {
+                // Only the page tables can still be collapsed.
+                Outcome::PteMappedHugepage
+            } else if !facts.lru() {
+                Outcome::PageLru
+            } else if facts.refs_beyond_expected() != 1 {
+                // Someone else holds a reference (a GUP pin, say): the collapse would fail.
+                Outcome::PageCount
+            } else {
+                present = present.saturating_add(nr);
+                continue;
+            };
+            failed_pfn = e.pfn();
+            break 'walk;
+        }
+        if n < ENTRY_BATCH {
+            break;
+        }
+        ffi::cond_resched();
+    }
+    let scanned = if outcome == Outcome::PteMappedHugepage {
+        1
+    } else {
+        PTES_PER_PMD
+    };
+    if outcome == Outcome::Succeed {
+        outcome = if present < PTES_PER_PMD - limits.max_none.min(PTES_PER_PMD) {
+            Outcome::ExceedNonePte
+        } else {
+            collapse_file(mm, addr, file, mapping, start, mode, tunables)
+        };
+    }
+    ffi::count_file_exceeded(outcome);
+    trace::scan_file(mm, failed_pfn, file, present, swap, outcome);
+    (outcome, scanned)
+}
+
+/// How the collapse got the folio at an index of the range.
+enum Got<'a> {
+    /// A hole (shmem): the xarray stays locked.
+    Hole(PageCacheLocked<'a>),
+    /// The folio, locked by us, with the xarray unlocked.
+    Folio(LockedFolio, PageCacheCursor<'a>),
+}
+
+/// Gets the folio at `index` of the range `[start, end)` locked, swapping it in (shmem) or
+/// reading it (other files) if need be: the xarray is locked on entry, and unlocked for
+/// anything that sleeps. Upstream: the first half of the loop of `collapse_file()`.
+fn lock_old<'a>(
+    mut xa: PageCacheLocked<'a>,
+    file: &File,
+    mapping: Mapping<'_>,
+    shmem: bool,
+    (start, index, end): (usize, usize, usize),
+) -> Result<Got<'a>, Outcome> {
+    let slot = xa.load(index);
+    match slot {
+        // Another collapse marks holes only within one hold of the xarray lock.
+        Slot::Retry => Err(Outcome::Fail),
+        Slot::Empty if shmem => {
+            // Truncated or hole-punched, and now completely empty: nothing to collapse.
+            if index == start && !xa.any_entry_until(end - 1) {
+                return Err(Outcome::Truncated);
+            }
+            Ok(Got::Hole(xa))
+        }
+        Slot::Value if shmem => {
+            let cursor = xa.unlock();
+            let folio = LockedFolio::shmem_get(mapping, index).ok_or(Outcome::Fail)?;
+            Ok(Got::Folio(folio, cursor))
+        }
+        Slot::Empty | Slot::Value => {
+            let cursor = xa.unlock();
+            let folio = LockedFolio::read(file, index, end).ok_or(Outcome::Fail)?;
+            Ok(Got::Folio(folio, cursor))
+        }
+        Slot::Folio(folio) => {
+            let facts = xa.facts_of(folio, mapping);
+            if shmem && !facts.uptodate() {
+                // Fallocated and never written: shmem instantiates it.
+                let cursor = xa.unlock();
+                let folio = LockedFolio::shmem_get(mapping, index).ok_or(Outcome::Fail)?;
+                return Ok(Got::Folio(folio, cursor));
+            }
+            if !shmem && facts.dirty() {
+                // Not written back since it was first written: start writeback of a file
+                // nobody writes, for the next try (a writable file could be dirtied at any
+                // time, and a flush would only cause writeback system-wide).
+                drop(xa);
+                mapping.flush_unless_writers();
+                return Err(Outcome::PageDirtyOrWriteback);
+            }
+            if !shmem && facts.writeback() {
+                return Err(Outcome::PageDirtyOrWriteback);
+            }
+            let folio = LockedFolio::trylock(folio, &xa).ok_or(Outcome::PageLock)?;
+            Ok(Got::Folio(folio, xa.unlock()))
+        }
+    }
+}
+
+/// Checks the folio the collapse locked at an index, isolates it and unmaps it everywhere;
+/// returns it with the xarray locked again. Upstream: the second half of the loop of
+/// `collapse_file()`.
+fn isolate_old<'a>(
+    folio: LockedFolio,
+    cursor: PageCacheCursor<'a>,
+    mapping: Mapping<'_>,
+    shmem: bool,
+) -> Result<(IsolatedFolio, PageCacheLocked<'a>), Outcome> {
+    let facts = folio.facts(mapping);
+    if !facts.uptodate() {
+        return Err(Outcome::Fail);
+    }
+    // Truncated and extended, or hole-punched and refilled, before we locked it: a THP may be
+    // there already.
+    if facts.pmd_order() {
+        return Err(Outcome::PteMappedHugepage);
+    }
+    if facts.other_mapping() {
+        return Err(Outcome::Truncated);
+    }
+    // Only clean file folios are collapsed (shmem ones are always dirty).
+    if !shmem && facts.dirty_or_writeback() {
+        return Err(Outcome::PageDirtyOrWriteback);
+    }
+    let folio = folio.isolate().map_err(|(_, e)| match e {
+        IsolateError::NotOnLru => Outcome::DelPageLru,
+        IsolateError::Private => Outcome::PageHasPrivate,
+    })?;
+    let xa = cursor.lock();
+    let facts = folio.facts(mapping);
+    // Ours and the isolation's must be the only references beyond the page cache's: any new
+    // user of the folio has to find it in the page cache, and lock it, and waits.
+    if facts.refs_beyond_expected() != 2 {
+        drop(xa);
+        return Err(Outcome::PageCount);
+    }
+    // Unmapping moved a dirty PTE's bit to the folio: it must not go into a clean folio.
+    if !shmem && facts.dirty() {
+        drop(xa);
+        return Err(Outcome::PageDirtyOrWriteback);
+    }
+    Ok((folio, xa))
+}
+
+/// Collapses the page cache range `[start, start + 512)` of `file` into one new folio, for the
+/// scan at `addr` of `mm`, and retracts the page tables that mapped the range. For MADV_COLLAPSE
+/// the outcome of a success is [`Outcome::PteMappedHugepage`]: the caller maps the new folio.
+/// Upstream: `collapse_file()`.
+fn collapse_file(
+    mm: &Mm,
+    addr: usize,
+    file: &File,
+    mapping: Mapping<'_>,
+    start: usize,
+    mode: CollapseMode,
+    tunables: &Tunables,
+) -> Outcome {
+    let shmem = page_cache::is_shmem(file);
+    let end = start + NR;
+    let mut new_pfn = trace::NO_PFN;
+    let mut reached = start;
+    let outcome = (|| -> Result<Outcome, Outcome> {
+        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), PMD_ORDER)?;
+        let mut new = PageCacheFolio::prepare(folio, mapping, start, shmem);
+        new_pfn = new.pfn();
+        // Dropped in reverse order on failure: the charge, the old folios, the new one.
+        let mut old: KVec<IsolatedFolio> =
+            KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Outcome::Fail)?;
+        let mut xa = PageCacheCursor::new(mapping, start)
+            .create_range(PMD_ORDER)
+            .map_err(|_| Outcome::Fail)?;
+
+        let mut nr_none = 0;
+        let mut index = start;
+        while index < end {
+            reached = index;
+            match lock_old(xa, file, mapping, shmem, (start, index, end))? {
+                Got::Hole(locked) => {
+                    xa = locked;
+                    nr_none += 1;
+                    index += 1;
+                }
+                Got::Folio(folio, cursor) => {
+                    let (folio, locked) = isolate_old(folio, cursor, mapping, shmem)?;
+                    xa = locked;
+                    index = folio.index() + folio.nr_pages();
+                    old.push(folio, GFP_NOWAIT).map_err(|_| Outcome::Fail)?;
+                }
+            }
+        }
+        reached = end;
+        let cursor = xa.unlock();
+        // The copy must not race with writes through TLB entries of the unmapped PTEs.
+        flush_batched_unmaps();
+        let charge = match nr_none {
+            0 => None,
+            n => Some(ShmemCharge::charge(mapping, n).ok_or(Outcome::Fail)?),
+        };
+
+        // The old folios are locked and unmapped: their data cannot change any more.
+        let mut dst = 0;
+        for folio in old.iter() {
+            while start + dst < folio.index() {
+                new.folio().clear_page(dst);
+                dst += 1;
+            }
+            for i in 0..folio.nr_pages() {
+                // SAFETY: The old folio is locked and unmapped: its pages stay valid and
+                // nobody writes them.
+                unsafe { new.folio().copy_mc_page(dst, folio.page(i)) }
+                    .map_err(|_| Outcome::CopyMc)?;
+                dst += 1;
+            }
+        }
+        while dst < NR {
+            new.folio().clear_page(dst);
+            dst += 1;
+        }
+
+        let mut xa = if nr_none > 0 {
+            fill_holes(cursor, mapping, (start, end), nr_none)?
+        } else {
+            cursor.lock()
+        };
+        // SAFETY: The old folios of the range are locked by us, its holes marked, and the new
+        // folio holds their data.
+        let inserted = unsafe { new.insert(&mut xa) };
+        drop(xa);
+        if let Some(charge) = charge {
+            charge.keep();
+        }
+        // Page faults map the new folio with a PMD once the page tables are gone.
+        retract_page_tables(mapping, start);
+        drop(inserted);
+        for folio in old.drain_all() {
+            // SAFETY: The new folio replaced it in the page cache.
+            unsafe { folio.release_replaced(shmem) };
+        }
+        Ok(match mode {
+            CollapseMode::Madvise => Outcome::PteMappedHugepage,
+            CollapseMode::Khugepaged => Outcome::Succeed,
+        })
+    })()
+    .unwrap_or_else(|outcome| outcome);
+    trace::collapse_file(mm, new_pfn, reached, addr, shmem, file, outcome);
+    outcome
+}
+
+/// Marks the `nr_none` holes of the range `[start, end)` as being filled, under the i_mmap and
+/// xarray locks, and returns with the xarray locked; fails, with the marks removed, if a hole
+/// was filled meanwhile or a VMA of the range expects userfaultfd missing faults (whose
+/// user space saw the hole, and must get its fault). Upstream: the `nr_none` block of
+/// `collapse_file()`.
+fn fill_holes<'a>(
+    cursor: PageCacheCursor<'a>,
+    mapping: Mapping<'_>,
+    (start, end): (usize, usize),
+    nr_none: usize,
+) -> Result<PageCacheLocked<'a>, Outcome> {
+    let immap = IMmapRead::lock(mapping);
+    let mut xa = cursor.lock();
+    let marked = (|| {
+        let mut marked = 0;
+        for index in start..end {
+            if xa.load(index) == Slot::Empty {
+                xa.store_retry().map_err(|_| Outcome::StoreFailed)?;
+                marked += 1;
+            }
+        }
+        if marked != nr_none {
+            return Err(Outcome::PageFilled);
+        }
+        // Userfaultfds registered from now on cannot see the holes: they are marked.
+        if immap.userfaultfd_missing_in(start, end) {
+            return Err(Outcome::ExceedNonePte);
+        }
+        Ok(())
+    })();
+    drop(immap);
+    if let Err(outcome) = marked {
+        for index in start..end {
+            if xa.load(index) == Slot::Retry {
+                xa.store_empty();
+            }
+        }
+        return Err(outcome);
+    }
+    Ok(xa)
+}
+
+/// Removes the page tables of the PMD range at index `pgoff` of `mapping` in every VMA that
+/// maps it whole and may lose them, in every mm; page faults map the new folio with the PMD.
+/// The caller holds the lock of the new folio, which keeps faults from filling the tables.
+/// Upstream: `retract_page_tables()`.
+fn retract_page_tables(mapping: Mapping<'_>, pgoff: usize) {
+    let immap = IMmapRead::lock(mapping);
+    immap.for_each_vma(pgoff, pgoff, |v| {
+        let addr = v.address_of(pgoff);
+        if addr & (PMD_SIZE - 1) != 0 || v.end < addr + PMD_SIZE {
+            return;
+        }
+        let vma = v.vma.as_ptr();
+        // SAFETY: The VMA's mm is valid while the VMA is (the i_mmap lock keeps it).
+        if unsafe { ffi::mm_exiting(v.mm) } {
+            return;
+        }
+        // SAFETY: The i_mmap lock keeps `vma` valid.
+        if !unsafe { ffi::vma_retractable(vma) } {
+            return;
+        }
+        let retractable = || {
+            // SAFETY: As above.
+            unsafe { ffi::vma_retractable(vma) }
+        };
+        // SAFETY: The i_mmap lock keeps the VMA and its page tables; `addr` is PMD-aligned and
+        // the range inside the VMA (checked above); the caller holds the new folio's lock, and
+        // `retractable` (checked again under the PTE lock) rules out the rest.
+        unsafe { pgtable::retract_empty_table(vma, addr, retractable) };
+    });
+}
+
+/// Maps the PMD-sized folio of the page cache at the PMD range at `addr` with the PMD, in
+/// place of the page table whose entries map its pages (or none); with `install` false, only
+/// removes the page table. Runs under the mmap lock (read). Upstream:
+/// `try_collapse_pte_mapped_thp()`.
+pub(crate) fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, install: bool) -> Outcome {
+    let haddr = addr & !(PMD_SIZE - 1);
+    let Some(vma) = guard.find_vma(haddr) else {
+        return Outcome::VmaCheck;
+    };
+    if vma.start() > haddr || vma.end() < haddr + PMD_SIZE {
+        return Outcome::VmaCheck;
+    }
+    let Some(file) = vma.file() else {
+        return Outcome::VmaCheck;
+    };
+    if guard.pmd_state(haddr) == PmdState::Huge {
+        return Outcome::PmdMapped;
+    }
+    // The page cache holds a huge folio: a fault would map it with the PMD whatever sysfs says,
+    // so the settings are bypassed here too.
+    if !pmd::pmd_collapse_allowed(vma, CollapseMode::Madvise) {
+        return Outcome::VmaCheck;
+    }
+    // uffd-wp keeps per-PTE state: the page table stays.
+    if vma.userfaultfd_protected() {
+        return Outcome::PteUffd;
+    }
+    let Some(mapping) = Mapping::of(file) else {
+        return Outcome::VmaCheck;
+    };
+    let Some(folio) = LockedFolio::lock(mapping, vma.linear_page_index(haddr)) else {
+        return Outcome::PageNull;
+    };
+    if folio.nr_pages() != NR {
+        return Outcome::PageCompound;
+    }
+    let pmd = PmdEntry::find(guard, haddr);
+    match pmd.map_or(PmdState::None, |p| p.state()) {
+        PmdState::Huge => return Outcome::PmdMapped,
+        // All the entries were removed, and the table with them.
+        PmdState::None => return install_pmd(vma, haddr, pmd, &folio, install),
+        PmdState::Table => {}
+    }
+    let Some(pmd) = pmd else {
+        return Outcome::Fail;
+    };
+    let outcome = unmap_ptes(guard, vma, pmd, haddr, &folio);
+    if outcome != Outcome::Succeed {
+        return outcome;
+    }
+    install_pmd(vma, haddr, PmdEntry::find(guard, haddr), &folio, install)
+}
+
+/// Maps `folio` at `haddr` of `vma` with the PMD if `install`. Upstream: `set_huge_pmd()`.
+fn install_pmd(
+    vma: &VmaRef,
+    haddr: usize,
+    pmd: Option<PmdEntry<'_>>,
+    folio: &LockedFolio,
+    install: bool,
+) -> Outcome {
+    if !install {
+        return Outcome::Succeed;
+    }
+    if ffi::set_huge_pmd(vma, haddr, pmd, folio) {
+        Outcome::Succeed
+    } else {
+        Outcome::Fail
+    }
+}
+
+/// Clears the entries of the page table of `pmd` at `haddr`, each of which must be none or
+/// map the page of `folio` at its offset, drops their rmap, references and RSS, and removes
+/// the table. Changes nothing if an entry maps anything else (a CoW copy, say) or is not
+/// present. Upstream: steps 1 to 4 of `try_collapse_pte_mapped_thp()`, in one pass under the
+/// PMD and PTE locks (upstream drops the PTE lock between checking and clearing, so it has to
+/// recheck, and may leave half the entries cleared when the recheck fails).
+fn unmap_ptes(
+    guard: &MmapRead<'_>,
+    vma: &VmaRef,
+    pmd: PmdEntry<'_>,
+    haddr: usize,
+    folio: &LockedFolio,
+) -> Outcome {
+    let notifier = PmdClearNotifier::start(guard, haddr);
+    let Some(mut table) = PmdTableLocked::lock(pmd, haddr) else {
+        return Outcome::Fail;
+    };
+    // Step 1: every entry is none or maps the folio's page at its offset.
+    for i in 0..PTRS_PER_PTE {
+        let pte = table.get(i);
+        // SAFETY: The predicates only inspect the value.
+        if unsafe { bindings::pte_none(pte) } {
+            continue;
+        }
+        // SAFETY: As above.
+        if !unsafe { bindings::pte_present(pte) } {
+            return Outcome::PteNonPresent;
+        }
+        // SAFETY: The table is locked, `vma` maps it; the page found is only compared.
+        let page =
+            unsafe { bindings::vm_normal_page(vma.as_ptr(), haddr + (i << PAGE_SHIFT), pte) };
+        if page != folio.page(i).as_ptr() {
+            return Outcome::Fail;
+        }
+    }
+    // Step 2: clear them, run by run, and drop the rmap of each run.
+    let mut mapped = 0;
+    let mut i = 0;
+    while i < PTRS_PER_PTE {
+        // SAFETY: As above.
+        if unsafe { bindings::pte_none(table.get(i)) } {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        // SAFETY: As above.
+        while i < PTRS_PER_PTE && !unsafe { bindings::pte_none(table.get(i)) } {
+            i += 1;
+        }
+        let nr = i - first;
+        table.clear(first, nr);
+        // SAFETY: The `nr` entries mapped consecutive pages of the folio from `first` on in
+        // `vma` (checked above) and were just cleared under the PTE lock, still held.
+        unsafe { kernel::mm::folio::remove_rmap_ptes(folio.as_ptr(), folio.page(first), nr, vma) };
+        mapped += nr;
+    }
+    // Step 4: the table goes, and the TLB is flushed.
+    table.remove(vma);
+    drop(notifier);
+    // Step 3: the references and RSS of the mappings.
+    if mapped > 0 {
+        // SAFETY: The cleared mappings held `mapped` references to the folio, ours to drop;
+        // it stays alive through ours and the page cache's.
+        unsafe {
+            bindings::folio_ref_sub(folio.as_ptr().as_ptr(), mapped as i32);
+            bindings::add_mm_counter(
+                guard.mm().as_raw(),
+                bindings::mm_counter_file(folio.as_ptr().as_ptr()),
+                -(mapped as isize),
+            );
+        }
+    }
+    Outcome::Succeed
+}

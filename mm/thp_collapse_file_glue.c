@@ -1,0 +1,767 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C glue of the Rust THP collapse core for file and shmem memory: the page
+ * cache, xarray, shmem and rmap calls of a collapse in the page cache and of
+ * the retraction of page tables, most of them static inlines or declared in
+ * headers bindgen does not read. Each function runs one fixed sequence; what
+ * happens next, and what a failure means, is decided in Rust
+ * (mm/thp_collapse/file.rs), as upstream's collapse_file(),
+ * collapse_scan_file(), retract_page_tables() and
+ * try_collapse_pte_mapped_thp() in mm/khugepaged.c decide it in C.
+ */
+#define pr_fmt(fmt) "thp_collapse: " fmt
+
+#include <linux/mm.h>
+#include <linux/backing-dev.h>
+#include <linux/dax.h>
+#include <linux/fs.h>
+#include <linux/mm_inline.h>
+#include <linux/pagemap.h>
+#include <linux/page_table_check.h>
+#include <linux/rmap.h>
+#include <linux/shmem_fs.h>
+#include <linux/swap.h>
+#include <linux/userfaultfd_k.h>
+#include <linux/xarray.h>
+
+#include <trace/events/huge_memory.h>
+
+#include "internal.h"
+#include "khugepaged_internal.h"
+
+/**
+ * thp_collapse_read_page_cache() - read the entries of a page cache range.
+ * @mapping: the mapping, kept alive by the caller (a file reference).
+ * @index: the first index to read; on return, the index to read next.
+ * @last: the last index of the range.
+ * @out: filled with up to @nr entries.
+ * @nr: room in @out.
+ *
+ * Walks the xarray under RCU, taking a speculative reference on each folio
+ * for as long as it reads the folio's facts. Only reads: the Rust core's file
+ * scan decides what the entries mean.
+ *
+ * Return: the number of entries filled; fewer than @nr when the range ends.
+ */
+unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
+					  pgoff_t *index, pgoff_t last,
+					  struct thp_collapse_pc_entry *out,
+					  unsigned int nr)
+{
+	XA_STATE(xas, &mapping->i_pages, *index);
+	unsigned int n = 0;
+	struct folio *folio;
+
+	if (!nr || *index > last)
+		return 0;
+	rcu_read_lock();
+	xas_for_each(&xas, folio, last) {
+		struct thp_collapse_pc_entry *e = &out[n];
+
+		if (xas_retry(&xas, folio))
+			continue;
+		if (xa_is_value(folio)) {
+			e->index = xas.xa_index;
+			e->nr = 1UL << xas_get_order(&xas);
+			e->pfn = -1UL;
+			e->refs = 0;
+			e->nid = NUMA_NO_NODE;
+			e->flags = THP_PC_VALUE;
+		} else {
+			if (!folio_try_get(folio)) {
+				xas_reset(&xas);
+				continue;
+			}
+			if (unlikely(folio != xas_reload(&xas))) {
+				folio_put(folio);
+				xas_reset(&xas);
+				continue;
+			}
+			e->index = folio->index;
+			e->nr = folio_nr_pages(folio);
+			e->pfn = folio_pfn(folio);
+			e->nid = folio_nid(folio);
+			e->flags = thp_collapse_pc_folio_facts(folio, mapping,
+							       &e->refs);
+			folio_put(folio);
+		}
+		if (++n == nr) {
+			*index = e->index + e->nr;
+			rcu_read_unlock();
+			return n;
+		}
+	}
+	rcu_read_unlock();
+	*index = last + 1;
+	return n;
+}
+
+/**
+ * thp_collapse_xas_init() - XA_STATE() on a mapping's page cache.
+ * @xas: the state to initialize.
+ * @mapping: the mapping.
+ * @index: the first index.
+ *
+ * Also sets the workingset callbacks page cache stores need
+ * (mapping_set_update()).
+ */
+void thp_collapse_xas_init(struct xa_state *xas, struct address_space *mapping,
+			   pgoff_t index)
+{
+	XA_STATE(init, &mapping->i_pages, index);
+
+	*xas = init;
+	mapping_set_update(xas, mapping);
+}
+
+/**
+ * thp_collapse_xas_create_locked() - make room for a range of the given order.
+ * @xas: at the range's first index.
+ * @order: the order of the range.
+ *
+ * Allocates the xarray nodes for every index of the range, as a store of each
+ * would, sleeping for memory with the lock dropped.
+ *
+ * Return: 0 with the xarray locked (xas_lock_irq()), or -ENOMEM unlocked.
+ */
+int thp_collapse_xas_create_locked(struct xa_state *xas, unsigned int order)
+{
+	pgoff_t index = xas->xa_index;
+
+	for (;;) {
+		xas_set_order(xas, index, order);
+		xas_lock_irq(xas);
+		xas_create_range(xas);
+		if (!xas_error(xas))
+			return 0;
+		xas_unlock_irq(xas);
+		if (!xas_nomem(xas, GFP_KERNEL))
+			return -ENOMEM;
+	}
+}
+
+/**
+ * thp_collapse_xas_lock_irq() - xas_lock_irq().
+ * @xas: the state.
+ */
+void thp_collapse_xas_lock_irq(struct xa_state *xas)
+{
+	xas_lock_irq(xas);
+}
+
+/**
+ * thp_collapse_xas_unlock_irq() - xas_unlock_irq().
+ * @xas: the state.
+ */
+void thp_collapse_xas_unlock_irq(struct xa_state *xas)
+{
+	xas_unlock_irq(xas);
+}
+
+static enum thp_collapse_slot classify(void *entry, struct folio **folio)
+{
+	*folio = NULL;
+	if (!entry)
+		return THP_SLOT_EMPTY;
+	if (entry == XA_RETRY_ENTRY)
+		return THP_SLOT_RETRY;
+	if (xa_is_value(entry))
+		return THP_SLOT_VALUE;
+	*folio = entry;
+	return THP_SLOT_FOLIO;
+}
+
+/**
+ * thp_collapse_xas_load() - what the page cache holds at an index.
+ * @xas: the state; the xarray is locked.
+ * @index: the index.
+ * @folio: set to the folio, for THP_SLOT_FOLIO.
+ *
+ * Return: what the entry is.
+ */
+enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
+					     pgoff_t index,
+					     struct folio **folio)
+{
+	xas_set(xas, index);
+	return classify(xas_load(xas), folio);
+}
+
+/**
+ * thp_collapse_xas_any_entry() - whether an entry follows, up to an index.
+ * @xas: the state; the xarray is locked.
+ * @last: the last index to look at.
+ *
+ * Return: true if some index after the current one, up to @last, holds an
+ * entry.
+ */
+bool thp_collapse_xas_any_entry(struct xa_state *xas, pgoff_t last)
+{
+	return xas_next_entry(xas, last) != NULL;
+}
+
+/**
+ * thp_collapse_xas_store_retry() - mark the current index XA_RETRY_ENTRY.
+ * @xas: the state; the xarray is locked.
+ *
+ * Return: 0 or the xarray's error.
+ */
+int thp_collapse_xas_store_retry(struct xa_state *xas)
+{
+	xas_store(xas, XA_RETRY_ENTRY);
+	return xas_error(xas);
+}
+
+/**
+ * thp_collapse_xas_store_null() - empty the current index again.
+ * @xas: the state; the xarray is locked.
+ */
+void thp_collapse_xas_store_null(struct xa_state *xas)
+{
+	xas_store(xas, NULL);
+}
+
+/**
+ * thp_collapse_xas_store_folio() - store one multi-index entry for a folio.
+ * @xas: the state; the xarray is locked.
+ * @index: the folio's first index, aligned to its order.
+ * @folio: the folio.
+ *
+ * Return: 0 or the xarray's error (there is none after
+ * thp_collapse_xas_create_locked() made room).
+ */
+int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
+				 struct folio *folio)
+{
+	xas_set_order(xas, index, folio_order(folio));
+	xas_store(xas, folio);
+	return xas_error(xas);
+}
+
+/**
+ * thp_collapse_pc_folio_facts() - what a collapse needs to know of a folio
+ * of the page cache.
+ * @folio: the folio, referenced by the caller.
+ * @mapping: the mapping it should belong to.
+ * @refs: set to folio_ref_count() - folio_expected_ref_count().
+ *
+ * Return: THP_PC_* flags.
+ */
+unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
+					 struct address_space *mapping,
+					 long *refs)
+{
+	unsigned int flags = 0;
+
+	if (folio_test_uptodate(folio))
+		flags |= THP_PC_UPTODATE;
+	if (folio_test_dirty(folio))
+		flags |= THP_PC_DIRTY;
+	if (folio_test_writeback(folio))
+		flags |= THP_PC_WRITEBACK;
+	if (is_pmd_order(folio_order(folio)))
+		flags |= THP_PC_PMD_ORDER;
+	if (folio_mapping(folio) != mapping)
+		flags |= THP_PC_OTHER_MAPPING;
+	if (folio_test_lru(folio))
+		flags |= THP_PC_LRU;
+	if (folio_mapped(folio))
+		flags |= THP_PC_MAPPED;
+	*refs = folio_ref_count(folio) - folio_expected_ref_count(folio);
+	return flags;
+}
+
+/**
+ * thp_collapse_folio_index() - a page cache folio's first index.
+ * @folio: the folio, locked or found under the xarray lock.
+ *
+ * Return: folio->index.
+ */
+pgoff_t thp_collapse_folio_index(struct folio *folio)
+{
+	return folio->index;
+}
+
+/**
+ * thp_collapse_folio_trylock_get() - lock a folio without waiting and take a
+ * reference.
+ * @folio: a folio the caller found under the xarray lock.
+ *
+ * Return: true if it is now locked and referenced; false if someone else
+ * holds the lock, with nothing changed.
+ */
+bool thp_collapse_folio_trylock_get(struct folio *folio)
+{
+	if (!folio_trylock(folio))
+		return false;
+	folio_get(folio);
+	return true;
+}
+
+/**
+ * thp_collapse_shmem_get_locked() - the shmem folio at an index, swapped in
+ * or instantiated if need be, locked and referenced.
+ * @mapping: the shmem mapping.
+ * @index: the index.
+ *
+ * May sleep. Then drains this CPU's LRU batches, so that the folio can be
+ * isolated.
+ *
+ * Return: the folio, or NULL if there is none (SGP_NOALLOC) or it failed.
+ */
+struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,
+					    pgoff_t index)
+{
+	struct folio *folio;
+
+	if (shmem_get_folio(mapping->host, index, 0, &folio, SGP_NOALLOC))
+		return NULL;
+	lru_add_drain();
+	return folio;
+}
+
+/**
+ * thp_collapse_file_read_locked() - read a file's folio at an index, locked
+ * and referenced.
+ * @file: the file.
+ * @index: the index.
+ * @end: the end of the range the collapse reads ahead to.
+ *
+ * Reads ahead synchronously, drains this CPU's LRU batches and locks the
+ * folio. May sleep.
+ *
+ * Return: the folio, or NULL.
+ */
+struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
+					    pgoff_t end)
+{
+	struct address_space *mapping = file->f_mapping;
+	struct folio *folio;
+
+	page_cache_sync_readahead(mapping, &file->f_ra, file, index,
+				  end - index);
+	lru_add_drain();
+	folio = filemap_lock_folio(mapping, index);
+	return IS_ERR(folio) ? NULL : folio;
+}
+
+/**
+ * thp_collapse_filemap_lock_folio() - filemap_lock_folio().
+ * @mapping: the mapping.
+ * @index: the index.
+ *
+ * May sleep.
+ *
+ * Return: the folio at @index, locked and referenced, or NULL.
+ */
+struct folio *thp_collapse_filemap_lock_folio(struct address_space *mapping,
+					      pgoff_t index)
+{
+	struct folio *folio = filemap_lock_folio(mapping, index);
+
+	return IS_ERR(folio) ? NULL : folio;
+}
+
+/**
+ * thp_collapse_file_flush_unless_writers() - start writeback of a file that
+ * nobody has open for writing.
+ * @mapping: the file's mapping.
+ *
+ * Writable files can have their folios dirtied at any time: flushing them
+ * would only cause system-wide writeback.
+ */
+void thp_collapse_file_flush_unless_writers(struct address_space *mapping)
+{
+	if (!inode_is_open_for_write(mapping->host))
+		filemap_flush(mapping);
+}
+
+/**
+ * thp_collapse_pc_folio_isolate() - take a locked page cache folio off the
+ * LRU, release its private data, and unmap it everywhere.
+ * @folio: the folio, locked and referenced by the caller.
+ *
+ * The unmap batches its TLB flush (thp_collapse_try_to_unmap_flush()).
+ * May sleep.
+ *
+ * Return: THP_PC_ISOLATE_OK; or, with nothing changed, THP_PC_ISOLATE_NOT_ON_LRU
+ * or THP_PC_ISOLATE_PRIVATE.
+ */
+enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio)
+{
+	if (!folio_isolate_lru(folio))
+		return THP_PC_ISOLATE_NOT_ON_LRU;
+	if (!filemap_release_folio(folio, GFP_KERNEL)) {
+		folio_putback_lru(folio);
+		return THP_PC_ISOLATE_PRIVATE;
+	}
+	if (folio_mapped(folio))
+		try_to_unmap(folio, TTU_IGNORE_MLOCK | TTU_BATCH_FLUSH);
+	return THP_PC_ISOLATE_OK;
+}
+
+/**
+ * thp_collapse_pc_folio_putback() - folio_putback_lru().
+ * @folio: a folio thp_collapse_pc_folio_isolate() isolated.
+ */
+void thp_collapse_pc_folio_putback(struct folio *folio)
+{
+	folio_putback_lru(folio);
+}
+
+/**
+ * thp_collapse_try_to_unmap_flush() - flush the TLB entries that unmaps with
+ * TTU_BATCH_FLUSH left.
+ */
+void thp_collapse_try_to_unmap_flush(void)
+{
+	try_to_unmap_flush();
+}
+
+/**
+ * thp_collapse_shmem_charge() - shmem_charge() of a mapping's inode.
+ * @mapping: a shmem mapping.
+ * @nr: pages that become part of the file.
+ *
+ * Return: true if charged.
+ */
+bool thp_collapse_shmem_charge(struct address_space *mapping, long nr)
+{
+	return shmem_charge(mapping->host, nr);
+}
+
+/**
+ * thp_collapse_shmem_uncharge() - shmem_uncharge() of a mapping's inode.
+ * @mapping: a shmem mapping.
+ * @nr: pages that thp_collapse_shmem_charge() charged.
+ */
+void thp_collapse_shmem_uncharge(struct address_space *mapping, long nr)
+{
+	shmem_uncharge(mapping->host, nr);
+}
+
+/**
+ * thp_collapse_mapping_nrpages_sub() - uncount pages of a mapping.
+ * @mapping: the mapping.
+ * @nr: pages shmem_charge() counted that the collapse does not add.
+ */
+void thp_collapse_mapping_nrpages_sub(struct address_space *mapping, long nr)
+{
+	xa_lock_irq(&mapping->i_pages);
+	mapping->nrpages -= nr;
+	xa_unlock_irq(&mapping->i_pages);
+}
+
+/**
+ * thp_collapse_pc_prepare_new() - make a new folio ready to enter a mapping.
+ * @folio: the new folio, ours alone.
+ * @mapping: the mapping.
+ * @index: its index there.
+ * @shmem: whether the mapping is shmem (the folio is swap-backed).
+ *
+ * Locks it (nobody else can see it yet) and sets its index and mapping.
+ */
+void thp_collapse_pc_prepare_new(struct folio *folio,
+				 struct address_space *mapping, pgoff_t index,
+				 bool shmem)
+{
+	__folio_set_locked(folio);
+	if (shmem)
+		__folio_set_swapbacked(folio);
+	folio->index = index;
+	folio->mapping = mapping;
+}
+
+/**
+ * thp_collapse_pc_abandon_new() - undo thp_collapse_pc_prepare_new().
+ * @folio: a new folio that never entered the page cache.
+ */
+void thp_collapse_pc_abandon_new(struct folio *folio)
+{
+	folio->mapping = NULL;
+	folio_unlock(folio);
+}
+
+/**
+ * thp_collapse_pc_account_new() - count a new folio into the page cache.
+ * @folio: the new folio, locked, about to be stored in the page cache.
+ * @shmem: whether the mapping is shmem.
+ *
+ * Moves the vmstat counters, marks it uptodate (before it is visible, so that
+ * it is not taken for a fallocated, unwritten folio), takes the page cache's
+ * references and puts it on the LRU. Dirty for shmem, which has no other
+ * copy.
+ */
+void thp_collapse_pc_account_new(struct folio *folio, bool shmem)
+{
+	long nr = folio_nr_pages(folio);
+
+	if (shmem) {
+		lruvec_stat_mod_folio(folio, NR_SHMEM, nr);
+		lruvec_stat_mod_folio(folio, NR_SHMEM_THPS, nr);
+	} else {
+		lruvec_stat_mod_folio(folio, NR_FILE_THPS, nr);
+	}
+	lruvec_stat_mod_folio(folio, NR_FILE_PAGES, nr);
+	folio_mark_uptodate(folio);
+	folio_ref_add(folio, nr - 1);
+	if (shmem)
+		folio_mark_dirty(folio);
+	folio_add_lru(folio);
+}
+
+/**
+ * thp_collapse_pc_free_old() - release an old folio that a collapse replaced
+ * in the page cache.
+ * @folio: locked, isolated, unmapped, and no longer in the page cache.
+ * @shmem: whether the mapping is shmem.
+ *
+ * Uncounts it, unlocks it and drops the references of the page cache, of the
+ * isolation and of the caller.
+ */
+void thp_collapse_pc_free_old(struct folio *folio, bool shmem)
+{
+	long nr = folio_nr_pages(folio);
+
+	lruvec_stat_mod_folio(folio, NR_FILE_PAGES, -nr);
+	if (shmem)
+		lruvec_stat_mod_folio(folio, NR_SHMEM, -nr);
+	folio->mapping = NULL;
+	folio_clear_active(folio);
+	folio_clear_unevictable(folio);
+	folio_unlock(folio);
+	folio_put_refs(folio, 2 + nr);
+}
+
+/**
+ * thp_collapse_i_mmap_lock_read() - i_mmap_lock_read().
+ * @mapping: the mapping.
+ */
+void thp_collapse_i_mmap_lock_read(struct address_space *mapping)
+{
+	i_mmap_lock_read(mapping);
+}
+
+/**
+ * thp_collapse_i_mmap_unlock_read() - i_mmap_unlock_read().
+ * @mapping: the mapping.
+ */
+void thp_collapse_i_mmap_unlock_read(struct address_space *mapping)
+{
+	i_mmap_unlock_read(mapping);
+}
+
+/**
+ * thp_collapse_uffd_missing_in() - whether a VMA mapping part of a range of
+ * the file is registered for userfaultfd missing faults.
+ * @mapping: the mapping; the caller holds its i_mmap lock.
+ * @first: the first index of the range.
+ * @last: its last index.
+ *
+ * Return: true if one is.
+ */
+bool thp_collapse_uffd_missing_in(struct address_space *mapping, pgoff_t first,
+				  pgoff_t last)
+{
+	struct vm_area_struct *vma;
+
+	i_mmap_assert_locked(mapping);
+	mapping_rmap_tree_foreach(vma, mapping, first, last)
+		if (userfaultfd_missing(vma))
+			return true;
+	return false;
+}
+
+/**
+ * thp_collapse_vma_retractable() - whether a file VMA's page tables may be
+ * removed after a collapse.
+ * @vma: the VMA, kept alive by the i_mmap lock.
+ *
+ * Not if it has an anon_vma (a MAP_PRIVATE mapping that was written: a PMD
+ * mapping would likely be split again), is registered for uffd-wp (its page
+ * tables may hold markers), or may hold guard regions. The last flag is set
+ * under the PTE lock: check again under it to exclude races.
+ *
+ * Return: true if it may.
+ */
+bool thp_collapse_vma_retractable(struct vm_area_struct *vma)
+{
+	if (READ_ONCE(vma->anon_vma))
+		return false;
+	if (userfaultfd_protected(vma))
+		return false;
+	if (vma_test_atomic_flag(vma, VMA_MAYBE_GUARD_BIT))
+		return false;
+	return true;
+}
+
+/**
+ * thp_collapse_vma_uffd_protected() - userfaultfd_protected().
+ * @vma: the VMA.
+ *
+ * Return: whether it is registered for uffd-wp (or RWP).
+ */
+bool thp_collapse_vma_uffd_protected(struct vm_area_struct *vma)
+{
+	return userfaultfd_protected(vma);
+}
+
+/**
+ * thp_collapse_find_pmd_unlocked() - mm_find_pmd() in another mm.
+ * @mm: an mm whose VMA the caller reached through the i_mmap lock, which
+ *	keeps the VMA's page tables from being freed.
+ * @addr: the address.
+ *
+ * Return: the PMD entry, or NULL if the upper levels are missing.
+ */
+pmd_t *thp_collapse_find_pmd_unlocked(struct mm_struct *mm, unsigned long addr)
+{
+	return mm_find_pmd(mm, addr);
+}
+
+/**
+ * thp_collapse_free_detached_table() - free a page table that a collapse
+ * took out of its PMD entry.
+ * @mm: its mm.
+ * @addr: the start of the range it mapped.
+ * @table: the PMD entry's old value.
+ *
+ * The free is RCU-deferred, so lockless page-table walkers stay safe.
+ */
+void thp_collapse_free_detached_table(struct mm_struct *mm, unsigned long addr,
+				      pmd_t table)
+{
+	mm_dec_nr_ptes(mm);
+	page_table_check_pte_clear_range(mm, addr, table);
+	pte_free_defer(mm, pmd_pgtable(table));
+}
+
+/**
+ * thp_collapse_mm_exiting() - whether an mm has no users left.
+ * @mm: the mm.
+ *
+ * Return: true if it is exiting.
+ */
+bool thp_collapse_mm_exiting(struct mm_struct *mm)
+{
+	return atomic_read(&mm->mm_users) == 0;
+}
+
+/**
+ * thp_collapse_shmem_file() - shmem_file().
+ * @file: the file.
+ *
+ * Return: whether it is a shmem (tmpfs, memfd) file.
+ */
+bool thp_collapse_shmem_file(struct file *file)
+{
+	return shmem_file(file);
+}
+
+/**
+ * thp_collapse_mapping_can_writeback() - mapping_can_writeback().
+ * @mapping: the mapping.
+ *
+ * Return: whether its dirty folios are written back.
+ */
+bool thp_collapse_mapping_can_writeback(struct address_space *mapping)
+{
+	return mapping_can_writeback(mapping);
+}
+
+/**
+ * thp_collapse_write_and_wait() - write back a range of a file and wait.
+ * @mapping: the mapping.
+ * @index: the first index.
+ * @nr: the number of pages.
+ *
+ * Return: 0 or the error of the writeback.
+ */
+int thp_collapse_write_and_wait(struct address_space *mapping, pgoff_t index,
+				unsigned int nr)
+{
+	loff_t start = (loff_t)index << PAGE_SHIFT;
+
+	return filemap_write_and_wait_range(mapping, start,
+					    start + ((loff_t)nr << PAGE_SHIFT) - 1);
+}
+
+/**
+ * thp_collapse_set_huge_pmd() - map a PMD-order page cache folio with a PMD.
+ * @vma: the file VMA; its mm's mmap lock is held.
+ * @addr: the PMD-aligned address.
+ * @pmdp: the PMD entry, or NULL to allocate the upper levels.
+ * @folio: the folio, locked and referenced.
+ *
+ * do_set_pmd() takes the PMD lock, adds the rmap and counts the mapping; the
+ * mapping gets a reference of its own.
+ *
+ * Return: 0, or -ENOMEM if a level could not be allocated or the PMD entry is
+ * no longer none.
+ */
+int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
+			      pmd_t *pmdp, struct folio *folio)
+{
+	struct vm_fault vmf = {
+		.vma = vma,
+		.address = addr,
+		.flags = 0,
+	};
+	struct mm_struct *mm = vma->vm_mm;
+
+	mmap_assert_locked(mm);
+	if (!pmdp) {
+		pgd_t *pgdp = pgd_offset(mm, addr);
+		p4d_t *p4dp = p4d_alloc(mm, pgdp, addr);
+		pud_t *pudp;
+
+		if (!p4dp)
+			return -ENOMEM;
+		pudp = pud_alloc(mm, p4dp, addr);
+		if (!pudp)
+			return -ENOMEM;
+		pmdp = pmd_alloc(mm, pudp, addr);
+		if (!pmdp)
+			return -ENOMEM;
+	}
+	vmf.pmd = pmdp;
+	if (do_set_pmd(&vmf, folio, &folio->page))
+		return -ENOMEM;
+	folio_get(folio);
+	return 0;
+}
+
+/**
+ * thp_collapse_trace_scan_file() - mm_khugepaged_scan_file.
+ * @mm: the mm.
+ * @pfn: the folio the scan stopped at, or -1.
+ * @file: the file.
+ * @present: pages present.
+ * @swap: swap entries.
+ * @result: enum scan_result.
+ */
+void thp_collapse_trace_scan_file(struct mm_struct *mm, unsigned long pfn,
+				  struct file *file, int present, int swap,
+				  int result)
+{
+	trace_mm_khugepaged_scan_file(mm, pfn, file, present, swap, result);
+}
+
+/**
+ * thp_collapse_trace_collapse_file() - mm_khugepaged_collapse_file.
+ * @mm: the mm.
+ * @new_pfn: the new folio's pfn, or -1.
+ * @index: where the collapse stopped.
+ * @addr: the address of the range.
+ * @shmem: whether the file is shmem.
+ * @file: the file.
+ * @result: enum scan_result.
+ */
+void thp_collapse_trace_collapse_file(struct mm_struct *mm,
+				      unsigned long new_pfn, pgoff_t index,
+				      unsigned long addr, bool shmem,
+				      struct file *file, int result)
+{
+	trace_mm_khugepaged_collapse_file(mm, new_pfn, index, addr, shmem, file,
+					  HPAGE_PMD_NR, result);
+}

@@ -1,0 +1,793 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A file's page cache, as a collapse in it needs it: the entries of a range, read without
+//! locks; a cursor over the range and its lock (the xarray lock, with interrupts disabled); the
+//! folios of the range, locked, then isolated and unmapped; the new folio that replaces them.
+//!
+//! The lock order is: folio lock, then i_mmap lock (read), then the xarray lock. Nothing here
+//! sleeps while the xarray lock is held: [`PageCacheLocked`] is given up (back to a
+//! [`PageCacheCursor`]) around every call that may sleep.
+//!
+//! C headers: [`include/linux/pagemap.h`](srctree/include/linux/pagemap.h),
+//! [`include/linux/xarray.h`](srctree/include/linux/xarray.h),
+//! [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
+
+use crate::{
+    bindings,
+    error::{code::ENOMEM, Error, Result},
+    fs::File,
+    mm::folio::NewFolio,
+};
+use core::{marker::PhantomData, mem::ManuallyDrop, ptr::NonNull};
+
+/// The page cache of a file (`struct address_space`), borrowed for `'a`.
+///
+/// # Invariants
+///
+/// `ptr` points to a mapping that stays valid for `'a`.
+#[derive(Clone, Copy)]
+pub struct Mapping<'a> {
+    ptr: NonNull<bindings::address_space>,
+    _file: PhantomData<&'a File>,
+}
+
+impl<'a> Mapping<'a> {
+    /// The page cache of `file` (every open file has one).
+    #[inline]
+    pub fn of(file: &'a File) -> Option<Self> {
+        // SAFETY: `file` is a valid file; `f_mapping` is set at open and never changes.
+        let ptr = unsafe { (*file.as_ptr()).f_mapping };
+        // INVARIANT: The file's reference keeps its mapping alive for `'a`.
+        NonNull::new(ptr).map(|ptr| Self {
+            ptr,
+            _file: PhantomData,
+        })
+    }
+
+    /// The raw mapping.
+    #[inline]
+    pub fn as_ptr(self) -> *mut bindings::address_space {
+        self.ptr.as_ptr()
+    }
+
+    /// Whether its dirty folios are written back (not shmem). C: `mapping_can_writeback()`.
+    #[inline]
+    pub fn can_writeback(self) -> bool {
+        // SAFETY: The mapping is valid (type invariants).
+        unsafe { bindings::thp_collapse_mapping_can_writeback(self.as_ptr()) }
+    }
+
+    /// Writes back `nr` pages from `index` on and waits for the writeback. May sleep.
+    /// C: `filemap_write_and_wait_range()`.
+    pub fn write_and_wait(self, index: usize, nr: u32) -> Result {
+        // SAFETY: The mapping is valid (type invariants).
+        let ret = unsafe { bindings::thp_collapse_write_and_wait(self.as_ptr(), index, nr) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_errno(ret))
+        }
+    }
+
+    /// Starts the writeback of the whole file unless someone has it open for writing.
+    /// C: `filemap_flush()`, if not `inode_is_open_for_write()`.
+    pub fn flush_unless_writers(self) {
+        // SAFETY: The mapping is valid (type invariants).
+        unsafe { bindings::thp_collapse_file_flush_unless_writers(self.as_ptr()) };
+    }
+
+    /// Reads the entries from `*index` to `last`, at most `out.len()` of them, without locks;
+    /// advances `*index` past the last one read, or past `last` if the range ended. Returns
+    /// the number read (fewer than `out.len()` only when the range ended).
+    pub fn read_entries(self, index: &mut usize, last: usize, out: &mut [PageCacheEntry]) -> usize {
+        let nr = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        // SAFETY: The mapping is valid (type invariants); `out` has room for `nr` entries, and
+        // `PageCacheEntry` is a transparent wrapper of the C struct.
+        let n = unsafe {
+            bindings::thp_collapse_read_page_cache(
+                self.as_ptr(),
+                index,
+                last,
+                out.as_mut_ptr().cast(),
+                nr,
+            )
+        };
+        n as usize
+    }
+}
+
+/// One entry of the page cache as [`Mapping::read_entries`] read it, a moment ago.
+#[repr(transparent)]
+#[derive(Clone, Copy, Default)]
+pub struct PageCacheEntry(bindings::thp_collapse_pc_entry);
+
+impl PageCacheEntry {
+    /// Its first index.
+    #[inline]
+    pub fn index(&self) -> usize {
+        self.0.index
+    }
+
+    /// The pages it covers.
+    #[inline]
+    pub fn nr_pages(&self) -> usize {
+        self.0.nr
+    }
+
+    /// Whether it is a swap (or shadow) entry, not a folio.
+    #[inline]
+    pub fn is_value(&self) -> bool {
+        self.0.flags & bindings::thp_collapse_pc_flags_THP_PC_VALUE != 0
+    }
+
+    /// The facts of its folio (meaningless for a value entry).
+    #[inline]
+    pub fn facts(&self) -> FolioFacts {
+        FolioFacts {
+            flags: self.0.flags,
+            refs: self.0.refs,
+        }
+    }
+
+    /// The folio's first pfn, or `usize::MAX` for a value entry.
+    #[inline]
+    pub fn pfn(&self) -> usize {
+        self.0.pfn
+    }
+
+    /// The folio's node, or `None`.
+    #[inline]
+    pub fn nid(&self) -> Option<usize> {
+        usize::try_from(self.0.nid).ok()
+    }
+}
+
+/// What a collapse needs to know about a folio of the page cache, read at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct FolioFacts {
+    flags: u32,
+    refs: isize,
+}
+
+impl FolioFacts {
+    fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Its contents are valid. C: `folio_test_uptodate()`.
+    pub fn uptodate(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_UPTODATE)
+    }
+
+    /// It is dirty or under writeback.
+    pub fn dirty_or_writeback(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_DIRTY)
+            || self.has(bindings::thp_collapse_pc_flags_THP_PC_WRITEBACK)
+    }
+
+    /// It is dirty. C: `folio_test_dirty()`.
+    pub fn dirty(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_DIRTY)
+    }
+
+    /// It is under writeback. C: `folio_test_writeback()`.
+    pub fn writeback(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_WRITEBACK)
+    }
+
+    /// It is a folio of the PMD order.
+    pub fn pmd_order(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_PMD_ORDER)
+    }
+
+    /// It belongs to another mapping now (it was truncated). C: `folio_mapping()`.
+    pub fn other_mapping(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_OTHER_MAPPING)
+    }
+
+    /// It is on an LRU list. C: `folio_test_lru()`.
+    pub fn lru(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_LRU)
+    }
+
+    /// References beyond the page cache's, its mappings' and the reader's:
+    /// `folio_ref_count() - folio_expected_ref_count()`, the reader's reference included.
+    pub fn refs_beyond_expected(&self) -> isize {
+        self.refs
+    }
+}
+
+/// What a page cache index holds, read under the xarray lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Nothing: a hole.
+    Empty,
+    /// A swap or shadow entry.
+    Value,
+    /// A hole a collapse is filling (`XA_RETRY_ENTRY`).
+    Retry,
+    /// A folio; valid while the xarray lock is held.
+    Folio(NonNull<bindings::folio>),
+}
+
+/// Converts what the glue classified.
+fn slot(kind: bindings::thp_collapse_slot, folio: *mut bindings::folio) -> Slot {
+    match kind {
+        bindings::thp_collapse_slot_THP_SLOT_VALUE => Slot::Value,
+        bindings::thp_collapse_slot_THP_SLOT_RETRY => Slot::Retry,
+        bindings::thp_collapse_slot_THP_SLOT_FOLIO => {
+            NonNull::new(folio).map_or(Slot::Empty, Slot::Folio)
+        }
+        _ => Slot::Empty,
+    }
+}
+
+/// A position in the page cache of a mapping, with the xarray unlocked.
+///
+/// # Invariants
+///
+/// `xas` is an xarray state on the page cache of a mapping that stays valid for `'a`.
+pub struct PageCacheCursor<'a> {
+    xas: bindings::xa_state,
+    _mapping: PhantomData<Mapping<'a>>,
+}
+
+impl<'a> PageCacheCursor<'a> {
+    /// A cursor at `index` of `mapping`.
+    pub fn new(mapping: Mapping<'a>, index: usize) -> Self {
+        let mut xas = bindings::xa_state::default();
+        // SAFETY: `xas` is valid for writes; the mapping is valid for `'a`.
+        unsafe { bindings::thp_collapse_xas_init(&mut xas, mapping.as_ptr(), index) };
+        // INVARIANT: Initialized on the mapping's page cache above.
+        Self {
+            xas,
+            _mapping: PhantomData,
+        }
+    }
+
+    /// Takes the xarray lock. C: `xas_lock_irq()`.
+    pub fn lock(mut self) -> PageCacheLocked<'a> {
+        // SAFETY: By the type invariants `xas` is on a valid xarray.
+        unsafe { bindings::thp_collapse_xas_lock_irq(&mut self.xas) };
+        // INVARIANT: Locked above.
+        PageCacheLocked {
+            cursor: ManuallyDrop::new(self),
+        }
+    }
+
+    /// Makes room in the xarray for every index of the naturally aligned range of `order` that
+    /// starts at the cursor (allocating, with the lock dropped, as needed), and returns with
+    /// the xarray locked. May sleep. Fails with `ENOMEM`, unlocked.
+    /// C: `xas_create_range()` and `xas_nomem()`.
+    pub fn create_range(mut self, order: u32) -> Result<PageCacheLocked<'a>, Self> {
+        // SAFETY: By the type invariants `xas` is on a valid xarray.
+        if unsafe { bindings::thp_collapse_xas_create_locked(&mut self.xas, order) } != 0 {
+            return Err(self);
+        }
+        // INVARIANT: The glue returns locked on success.
+        Ok(PageCacheLocked {
+            cursor: ManuallyDrop::new(self),
+        })
+    }
+}
+
+/// A [`PageCacheCursor`] with the xarray lock held (interrupts disabled). Nothing may sleep
+/// while it exists; dropping it, or [`PageCacheLocked::unlock`], releases the lock.
+///
+/// # Invariants
+///
+/// The xarray lock of `cursor`'s xarray is held by this thread.
+pub struct PageCacheLocked<'a> {
+    cursor: ManuallyDrop<PageCacheCursor<'a>>,
+}
+
+impl<'a> PageCacheLocked<'a> {
+    fn xas(&mut self) -> *mut bindings::xa_state {
+        &mut self.cursor.xas
+    }
+
+    /// Releases the lock, keeping the position. C: `xas_unlock_irq()`.
+    pub fn unlock(self) -> PageCacheCursor<'a> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: The lock is held (type invariants); `this` is never dropped, so it is
+        // released once; the cursor is moved out once.
+        unsafe {
+            bindings::thp_collapse_xas_unlock_irq(this.xas());
+            ManuallyDrop::take(&mut this.cursor)
+        }
+    }
+
+    /// What index `index` holds; moves the cursor there. C: `xas_set()`, `xas_load()`.
+    pub fn load(&mut self, index: usize) -> Slot {
+        let mut folio = core::ptr::null_mut();
+        // SAFETY: The lock is held (type invariants); `folio` is valid for writes.
+        let kind = unsafe { bindings::thp_collapse_xas_load(self.xas(), index, &mut folio) };
+        slot(kind, folio)
+    }
+
+    /// Whether any index after the cursor, up to `last`, holds an entry.
+    /// C: `xas_next_entry()`.
+    pub fn any_entry_until(&mut self, last: usize) -> bool {
+        // SAFETY: As above.
+        unsafe { bindings::thp_collapse_xas_any_entry(self.xas(), last) }
+    }
+
+    /// Marks the (empty) index at the cursor as being filled by a collapse
+    /// (`XA_RETRY_ENTRY`): lockless readers retry, and nobody else fills it. Fails with
+    /// `ENOMEM` if the xarray could not store it.
+    pub fn store_retry(&mut self) -> Result {
+        // SAFETY: As above.
+        match unsafe { bindings::thp_collapse_xas_store_retry(self.xas()) } {
+            0 => Ok(()),
+            _ => Err(ENOMEM),
+        }
+    }
+
+    /// Empties the index at the cursor again (after [`PageCacheLocked::store_retry`]).
+    pub fn store_empty(&mut self) {
+        // SAFETY: As above.
+        unsafe { bindings::thp_collapse_xas_store_null(self.xas()) };
+    }
+
+    /// The facts of `folio`, which this lock's xarray holds (so it stays valid).
+    pub fn facts_of(&self, folio: NonNull<bindings::folio>, mapping: Mapping<'_>) -> FolioFacts {
+        let mut refs = 0;
+        // SAFETY: The folio is in the page cache, whose lock is held; the mapping is valid.
+        let flags = unsafe {
+            bindings::thp_collapse_pc_folio_facts(folio.as_ptr(), mapping.as_ptr(), &mut refs)
+        };
+        FolioFacts { flags, refs }
+    }
+}
+
+impl Drop for PageCacheLocked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: The lock is held (type invariants) and released once, here.
+        unsafe { bindings::thp_collapse_xas_unlock_irq(self.xas()) };
+    }
+}
+
+/// A folio of the page cache, locked by this thread, with a reference of ours: truncation and
+/// new mappings of it wait until it is unlocked. Dropping it unlocks it and drops the
+/// reference.
+///
+/// # Invariants
+///
+/// `folio` is locked by this thread and we own one reference to it.
+pub struct LockedFolio {
+    folio: NonNull<bindings::folio>,
+}
+
+impl LockedFolio {
+    /// Wraps a folio the caller locked and referenced.
+    ///
+    /// # Safety
+    ///
+    /// `folio` must be locked by this thread, with a reference the caller hands over.
+    unsafe fn adopt(folio: *mut bindings::folio) -> Option<Self> {
+        // INVARIANT: By the function's safety requirements.
+        NonNull::new(folio).map(|folio| Self { folio })
+    }
+
+    /// Locks `folio`, which `locked` found, without waiting, and takes a reference; `None` if
+    /// someone else holds its lock. C: `folio_trylock()`, `folio_get()`.
+    pub fn trylock(folio: NonNull<bindings::folio>, _locked: &PageCacheLocked<'_>) -> Option<Self> {
+        // SAFETY: The folio is in the page cache, whose lock is held: it stays valid.
+        if unsafe { bindings::thp_collapse_folio_trylock_get(folio.as_ptr()) } {
+            // INVARIANT: Locked and referenced above.
+            Some(Self { folio })
+        } else {
+            None
+        }
+    }
+
+    /// The shmem folio at `index` of `mapping`, swapped in (or instantiated, if fallocated)
+    /// if need be, locked; `None` if there is none. May sleep. C: `shmem_get_folio()`.
+    pub fn shmem_get(mapping: Mapping<'_>, index: usize) -> Option<Self> {
+        // SAFETY: The mapping is valid; the glue returns a locked, referenced folio or NULL.
+        unsafe {
+            Self::adopt(bindings::thp_collapse_shmem_get_locked(
+                mapping.as_ptr(),
+                index,
+            ))
+        }
+    }
+
+    /// The folio at `index` of `file`, read (ahead up to `end`) if need be, locked; `None` if
+    /// it could not be read. May sleep. C: `page_cache_sync_readahead()`,
+    /// `filemap_lock_folio()`.
+    pub fn read(file: &File, index: usize, end: usize) -> Option<Self> {
+        // SAFETY: The file is valid; the glue returns a locked, referenced folio or NULL.
+        unsafe {
+            Self::adopt(bindings::thp_collapse_file_read_locked(
+                file.as_ptr(),
+                index,
+                end,
+            ))
+        }
+    }
+
+    /// The folio at `index` of `mapping`, locked; `None` if there is none. May sleep.
+    /// C: `filemap_lock_folio()`.
+    pub fn lock(mapping: Mapping<'_>, index: usize) -> Option<Self> {
+        // SAFETY: As above.
+        unsafe {
+            Self::adopt(bindings::thp_collapse_filemap_lock_folio(
+                mapping.as_ptr(),
+                index,
+            ))
+        }
+    }
+
+    /// The folio.
+    #[inline]
+    pub fn as_ptr(&self) -> NonNull<bindings::folio> {
+        self.folio
+    }
+
+    /// Its facts now (stable ones, under its lock: it cannot leave the mapping or change size).
+    pub fn facts(&self, mapping: Mapping<'_>) -> FolioFacts {
+        let mut refs = 0;
+        // SAFETY: The folio is referenced (type invariants), the mapping valid.
+        let flags = unsafe {
+            bindings::thp_collapse_pc_folio_facts(self.folio.as_ptr(), mapping.as_ptr(), &mut refs)
+        };
+        FolioFacts { flags, refs }
+    }
+
+    /// Its first index in its mapping.
+    #[inline]
+    pub fn index(&self) -> usize {
+        // SAFETY: The folio is locked (type invariants): its index does not change.
+        unsafe { bindings::thp_collapse_folio_index(self.folio.as_ptr()) }
+    }
+
+    /// Its number of pages.
+    #[inline]
+    pub fn nr_pages(&self) -> usize {
+        // SAFETY: The folio is referenced and locked: it cannot be split.
+        unsafe { bindings::folio_nr_pages(self.folio.as_ptr()) as usize }
+    }
+
+    /// Its page `n` (`n` below [`LockedFolio::nr_pages`]). C: `folio_page()`.
+    #[inline]
+    pub fn page(&self, n: usize) -> NonNull<bindings::page> {
+        folio_page(self.folio, n)
+    }
+
+    /// Takes it off its LRU list, releases its private (buffer) data, and unmaps it from every
+    /// page table, batching the TLB flush ([`flush_batched_unmaps`]). Gives it back, with
+    /// nothing changed, if that fails. May sleep.
+    pub fn isolate(self) -> Result<IsolatedFolio, (Self, IsolateError)> {
+        // SAFETY: Locked and referenced (type invariants), as the glue requires.
+        match unsafe { bindings::thp_collapse_pc_folio_isolate(self.folio.as_ptr()) } {
+            bindings::thp_collapse_pc_isolate_THP_PC_ISOLATE_OK => {
+                let this = ManuallyDrop::new(self);
+                // INVARIANT: Still locked and referenced, now isolated.
+                Ok(IsolatedFolio { folio: this.folio })
+            }
+            bindings::thp_collapse_pc_isolate_THP_PC_ISOLATE_PRIVATE => {
+                Err((self, IsolateError::Private))
+            }
+            _ => Err((self, IsolateError::NotOnLru)),
+        }
+    }
+}
+
+impl Drop for LockedFolio {
+    fn drop(&mut self) {
+        // SAFETY: Locked and referenced by us (type invariants); released once, here.
+        unsafe {
+            bindings::folio_unlock(self.folio.as_ptr());
+            bindings::folio_put(self.folio.as_ptr());
+        }
+    }
+}
+
+/// Page `n` of `folio`: the `struct page`s of a folio are consecutive. C: `folio_page()`.
+fn folio_page(folio: NonNull<bindings::folio>, n: usize) -> NonNull<bindings::page> {
+    // SAFETY: This only computes the address of the `struct page` the folio starts with,
+    // without reading it.
+    let first = unsafe { &raw mut (*folio.as_ptr()).__bindgen_anon_1.page };
+    // SAFETY: `first` is the non-null address of a `struct page` of the memory map, and so is
+    // every later page of the folio (for `n` within it, which callers keep to).
+    unsafe { NonNull::new_unchecked(first.wrapping_add(n)) }
+}
+
+/// Why [`LockedFolio::isolate`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsolateError {
+    /// It is not on an LRU list (someone else isolated it).
+    NotOnLru,
+    /// Its private data could not be released.
+    Private,
+}
+
+/// Flushes the TLB entries left by the unmaps of [`LockedFolio::isolate`].
+/// C: `try_to_unmap_flush()`.
+pub fn flush_batched_unmaps() {
+    // SAFETY: Always safe to call.
+    unsafe { bindings::thp_collapse_try_to_unmap_flush() };
+}
+
+/// A folio of the page cache, locked by us, isolated from the LRU and unmapped: nothing can
+/// reach its data but the page cache, whose new users wait for its lock. Dropping it puts it
+/// back (on the LRU, unlocked, our reference dropped).
+///
+/// # Invariants
+///
+/// `folio` is locked by this thread, isolated from its LRU list (with the reference that
+/// holds), and we own one more reference.
+pub struct IsolatedFolio {
+    folio: NonNull<bindings::folio>,
+}
+
+impl IsolatedFolio {
+    /// Its facts now.
+    pub fn facts(&self, mapping: Mapping<'_>) -> FolioFacts {
+        let mut refs = 0;
+        // SAFETY: The folio is referenced (type invariants), the mapping valid.
+        let flags = unsafe {
+            bindings::thp_collapse_pc_folio_facts(self.folio.as_ptr(), mapping.as_ptr(), &mut refs)
+        };
+        FolioFacts { flags, refs }
+    }
+
+    /// Its number of pages.
+    #[inline]
+    pub fn nr_pages(&self) -> usize {
+        // SAFETY: Locked and referenced: it cannot be split.
+        unsafe { bindings::folio_nr_pages(self.folio.as_ptr()) as usize }
+    }
+
+    /// Its first index.
+    #[inline]
+    pub fn index(&self) -> usize {
+        // SAFETY: Locked (type invariants): the index does not change.
+        unsafe { bindings::thp_collapse_folio_index(self.folio.as_ptr()) }
+    }
+
+    /// Its page `n`. C: `folio_page()`.
+    #[inline]
+    pub fn page(&self, n: usize) -> NonNull<bindings::page> {
+        folio_page(self.folio, n)
+    }
+
+    /// Releases it after a new folio replaced it in the page cache: uncounts it from the
+    /// page cache (`shmem`: and from shmem), unlocks it and drops the page cache's, the
+    /// isolation's and our references, which frees it.
+    ///
+    /// # Safety
+    ///
+    /// The page cache must no longer hold the folio (the caller stored the new folio over its
+    /// indices), but its references.
+    pub unsafe fn release_replaced(self, shmem: bool) {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: By the type invariants and the function's safety requirements.
+        unsafe { bindings::thp_collapse_pc_free_old(this.folio.as_ptr(), shmem) };
+    }
+}
+
+impl Drop for IsolatedFolio {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants: unlocked, put back (dropping the isolation's
+        // reference) and our reference dropped, once.
+        unsafe {
+            bindings::folio_unlock(self.folio.as_ptr());
+            bindings::thp_collapse_pc_folio_putback(self.folio.as_ptr());
+            bindings::folio_put(self.folio.as_ptr());
+        }
+    }
+}
+
+/// A new folio on its way into the page cache at `index`: locked (nobody can see it yet),
+/// with its mapping and index set. Dropping it before [`PageCacheFolio::insert`] frees it.
+pub struct PageCacheFolio {
+    folio: ManuallyDrop<NewFolio>,
+    shmem: bool,
+}
+
+impl PageCacheFolio {
+    /// Prepares `folio` to enter `mapping` at `index` (`shmem`: a swap-backed folio).
+    pub fn prepare(folio: NewFolio, mapping: Mapping<'_>, index: usize, shmem: bool) -> Self {
+        // SAFETY: The folio is ours alone (type invariants of `NewFolio`), the mapping valid.
+        unsafe {
+            bindings::thp_collapse_pc_prepare_new(folio.as_ptr(), mapping.as_ptr(), index, shmem)
+        };
+        Self {
+            folio: ManuallyDrop::new(folio),
+            shmem,
+        }
+    }
+
+    /// The folio, to copy the data into.
+    #[inline]
+    pub fn folio(&mut self) -> &mut NewFolio {
+        &mut self.folio
+    }
+
+    /// Its first pfn.
+    #[inline]
+    pub fn pfn(&self) -> usize {
+        // SAFETY: The folio is valid (ours).
+        unsafe { bindings::folio_pfn(self.folio.as_ptr()) }
+    }
+
+    /// Counts it into the page cache (vmstat), marks it uptodate, gives the page cache its
+    /// references, puts it on the LRU, and stores it over the indices of its range, which
+    /// [`PageCacheCursor::create_range`] made room for; returns it, still locked.
+    ///
+    /// # Safety
+    ///
+    /// The caller must hold the locks of the folios the range held (or have marked the range's
+    /// holes with [`PageCacheLocked::store_retry`]), and the folio must hold their data.
+    pub unsafe fn insert(self, locked: &mut PageCacheLocked<'_>) -> InsertedFolio {
+        let mut this = ManuallyDrop::new(self);
+        let shmem = this.shmem;
+        // SAFETY: Taken once; `this` is never dropped.
+        let folio = unsafe { ManuallyDrop::take(&mut this.folio) }.into_raw();
+        // SAFETY: The folio is locked and ours, the xarray locked; by the function's safety
+        // requirements the range is ours to replace.
+        let ret = unsafe {
+            bindings::thp_collapse_pc_account_new(folio, shmem);
+            let index = bindings::thp_collapse_folio_index(folio);
+            bindings::thp_collapse_xas_store_folio(locked.xas(), index, folio)
+        };
+        // `create_range()` made room: the store cannot fail.
+        crate::warn_on!(ret != 0);
+        // INVARIANT: In the page cache, with its references, and locked by us.
+        InsertedFolio {
+            // SAFETY: It came from a `NewFolio`, which is never NULL.
+            folio: unsafe { NonNull::new_unchecked(folio) },
+        }
+    }
+}
+
+impl Drop for PageCacheFolio {
+    fn drop(&mut self) {
+        // SAFETY: The folio never entered the page cache: undo `prepare()`, then free it.
+        unsafe {
+            bindings::thp_collapse_pc_abandon_new(self.folio.as_ptr());
+            ManuallyDrop::drop(&mut self.folio);
+        }
+    }
+}
+
+/// A new folio that entered the page cache, still locked by us: page faults on its range wait.
+/// Dropping it unlocks it.
+///
+/// # Invariants
+///
+/// `folio` is in the page cache (which holds its references) and locked by this thread.
+pub struct InsertedFolio {
+    folio: NonNull<bindings::folio>,
+}
+
+impl Drop for InsertedFolio {
+    fn drop(&mut self) {
+        // SAFETY: Locked by us (type invariants), unlocked once.
+        unsafe { bindings::folio_unlock(self.folio.as_ptr()) };
+    }
+}
+
+/// The i_mmap lock of a mapping, held for read: the VMAs that map the file, in every mm, stay
+/// in its tree, and their page tables stay allocated. Dropping it releases the lock.
+///
+/// # Invariants
+///
+/// The i_mmap lock of `mapping` is held for read by this thread.
+pub struct IMmapRead<'a> {
+    mapping: Mapping<'a>,
+}
+
+impl<'a> IMmapRead<'a> {
+    /// Takes the lock. May sleep. C: `i_mmap_lock_read()`.
+    pub fn lock(mapping: Mapping<'a>) -> Self {
+        // SAFETY: The mapping is valid (type invariants of `Mapping`).
+        unsafe { bindings::thp_collapse_i_mmap_lock_read(mapping.as_ptr()) };
+        // INVARIANT: Taken above.
+        Self { mapping }
+    }
+
+    /// Whether a VMA that maps a page of `[first, last]` is registered for userfaultfd missing
+    /// faults. C: `userfaultfd_missing()` over `mapping_rmap_tree_foreach()`.
+    pub fn userfaultfd_missing_in(&self, first: usize, last: usize) -> bool {
+        // SAFETY: The lock is held (type invariants).
+        unsafe { bindings::thp_collapse_uffd_missing_in(self.mapping.as_ptr(), first, last) }
+    }
+
+    /// Calls `f` with each VMA, of any mm, that maps a page of `[first, last]`. The VMAs are
+    /// valid during the call (their mms may be exiting). C: `mapping_rmap_tree_foreach()`.
+    pub fn for_each_vma(&self, first: usize, last: usize, mut f: impl FnMut(FileVma)) {
+        // SAFETY: The lock is held (type invariants), which keeps the tree and its VMAs.
+        let mut vma =
+            unsafe { bindings::mapping_rmap_tree_iter_first(self.mapping.as_ptr(), first, last) };
+        while let Some(v) = NonNull::new(vma) {
+            // SAFETY: `v` is in the tree: valid, and its range and offset are only changed
+            // under the i_mmap lock for write.
+            let file_vma = unsafe {
+                let r = &*v.as_ptr();
+                FileVma {
+                    vma: v,
+                    start: r.__bindgen_anon_1.__bindgen_anon_1.vm_start,
+                    end: r.__bindgen_anon_1.__bindgen_anon_1.vm_end,
+                    pgoff: r.vm_pgoff,
+                    mm: r.vm_mm,
+                }
+            };
+            f(file_vma);
+            // SAFETY: As above; `vma` is in the tree.
+            vma = unsafe { bindings::mapping_rmap_tree_iter_next(vma, first, last) };
+        }
+    }
+}
+
+/// A VMA that maps a file, as the file's i_mmap lock shows it (its mm's mmap lock is not
+/// held): valid while [`IMmapRead`] is.
+#[derive(Clone, Copy)]
+pub struct FileVma {
+    /// The VMA.
+    pub vma: NonNull<bindings::vm_area_struct>,
+    /// Its first address.
+    pub start: usize,
+    /// The address after its last.
+    pub end: usize,
+    /// The file index it maps at `start`.
+    pub pgoff: usize,
+    /// Its mm.
+    pub mm: *mut bindings::mm_struct,
+}
+
+impl FileVma {
+    /// The address at which it maps file index `pgoff` (if it maps it).
+    pub fn address_of(&self, pgoff: usize) -> usize {
+        self.start
+            .wrapping_add(pgoff.wrapping_sub(self.pgoff) << crate::page::PAGE_SHIFT)
+    }
+}
+
+impl Drop for IMmapRead<'_> {
+    fn drop(&mut self) {
+        // SAFETY: Held (type invariants), released once.
+        unsafe { bindings::thp_collapse_i_mmap_unlock_read(self.mapping.as_ptr()) };
+    }
+}
+
+/// Pages a shmem collapse added to the file's count for its holes: dropping the value takes
+/// them back (the collapse failed); [`ShmemCharge::keep`] keeps them.
+pub struct ShmemCharge<'a> {
+    mapping: Mapping<'a>,
+    nr: usize,
+}
+
+impl<'a> ShmemCharge<'a> {
+    /// Charges `nr` pages to the shmem file of `mapping` (its blocks and the mapping's page
+    /// count); `None` if the file has no room. C: `shmem_charge()`.
+    pub fn charge(mapping: Mapping<'a>, nr: usize) -> Option<Self> {
+        // SAFETY: The mapping is valid (type invariants of `Mapping`).
+        unsafe { bindings::thp_collapse_shmem_charge(mapping.as_ptr(), nr as isize) }
+            .then_some(Self { mapping, nr })
+    }
+
+    /// Keeps the charge: the pages are part of the file now.
+    pub fn keep(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl Drop for ShmemCharge<'_> {
+    fn drop(&mut self) {
+        let m = self.mapping.as_ptr();
+        // SAFETY: The mapping is valid; `nr` pages were charged by `charge()`.
+        unsafe {
+            bindings::thp_collapse_mapping_nrpages_sub(m, self.nr as isize);
+            bindings::thp_collapse_shmem_uncharge(m, self.nr as isize);
+        }
+    }
+}
+
+/// Whether `file` is a shmem file (tmpfs, memfd, shared anonymous memory). C: `shmem_file()`.
+pub fn is_shmem(file: &File) -> bool {
+    // SAFETY: The file is valid.
+    unsafe { bindings::thp_collapse_shmem_file(file.as_ptr()) }
+}
