@@ -274,7 +274,7 @@ void thp_collapse_i_mmap_lock_read(struct address_space *mapping);
 void thp_collapse_i_mmap_unlock_read(struct address_space *mapping);
 bool thp_collapse_uffd_missing_in(struct address_space *mapping, pgoff_t first,
 				  pgoff_t last);
-bool thp_collapse_vma_retractable(struct vm_area_struct *vma);
+bool thp_collapse_vma_retractable(struct vm_area_struct *vma, bool anon_vma_ok);
 bool thp_collapse_vma_uffd_protected(struct vm_area_struct *vma);
 pmd_t *thp_collapse_find_pmd_unlocked(struct mm_struct *mm, unsigned long addr);
 void thp_collapse_free_detached_table(struct mm_struct *mm, unsigned long addr,

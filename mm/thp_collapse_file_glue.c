@@ -576,17 +576,19 @@ bool thp_collapse_uffd_missing_in(struct address_space *mapping, pgoff_t first,
  * thp_collapse_vma_retractable() - whether a file VMA's page tables may be
  * removed after a collapse.
  * @vma: the VMA, kept alive by the i_mmap lock.
+ * @anon_vma_ok: the caller holds the VMA's mm's mmap lock and its anon_vma
+ *	lock, and checks the page table is empty: a VMA with an anon_vma will do.
  *
- * Not if it has an anon_vma (a MAP_PRIVATE mapping that was written: a PMD
- * mapping would likely be split again), is registered for uffd-wp (its page
- * tables may hold markers), or may hold guard regions. The last flag is set
- * under the PTE lock: check again under it to exclude races.
+ * Not if it has an anon_vma (a MAP_PRIVATE mapping that was written: its
+ * page tables may hold CoW copies) unless @anon_vma_ok, is registered for
+ * uffd-wp (its page tables may hold markers), or may hold guard regions. The
+ * last flag is set under the PTE lock: check again under it to exclude races.
  *
  * Return: true if it may.
  */
-bool thp_collapse_vma_retractable(struct vm_area_struct *vma)
+bool thp_collapse_vma_retractable(struct vm_area_struct *vma, bool anon_vma_ok)
 {
-	if (READ_ONCE(vma->anon_vma))
+	if (!anon_vma_ok && READ_ONCE(vma->anon_vma))
 		return false;
 	if (userfaultfd_protected(vma))
 		return false;

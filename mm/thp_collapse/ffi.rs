@@ -349,15 +349,20 @@ pub(crate) fn count_file_exceeded(outcome: Outcome) {
     unsafe { bindings::count_vm_event(vm_event) };
 }
 
-/// Whether the page tables of file VMA `vma` may be removed after a collapse: not with an
-/// anon_vma (CoW copies), uffd-wp or guard regions. Checked again under the PTE lock.
+/// Whether the page tables of file VMA `vma` may be removed after a collapse: not with
+/// uffd-wp or guard regions, nor with an anon_vma (CoW copies) unless `anon_vma_ok`. Checked
+/// again under the PTE lock.
 ///
 /// # Safety
 ///
-/// `vma` must be valid (the caller holds its file's i_mmap lock).
-pub(crate) unsafe fn vma_retractable(vma: *mut bindings::vm_area_struct) -> bool {
+/// `vma` must be valid (the caller holds its file's i_mmap lock). With `anon_vma_ok`, the
+/// caller must hold its mm's mmap lock and anon_vma lock, and check the table is empty.
+pub(crate) unsafe fn vma_retractable(
+    vma: *mut bindings::vm_area_struct,
+    anon_vma_ok: bool,
+) -> bool {
     // SAFETY: By the function's safety requirements.
-    unsafe { bindings::thp_collapse_vma_retractable(vma) }
+    unsafe { bindings::thp_collapse_vma_retractable(vma, anon_vma_ok) }
 }
 
 /// Whether the mm has no users left.

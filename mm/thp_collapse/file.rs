@@ -25,6 +25,7 @@ use kernel::{
     fs::File,
     mm::mmap_lock::MmapLocked,
     mm::{
+        anon_vma::AnonVmaWriteGuard,
         page_cache::{
             self, flush_batched_unmaps, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
             Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked, ShmemCharge,
@@ -440,18 +441,62 @@ fn retract_page_tables(mapping: Mapping<'_>, pgoff: usize) {
             return;
         }
         // SAFETY: The i_mmap lock keeps `vma` valid.
-        if !unsafe { ffi::vma_retractable(vma) } {
+        if !unsafe { ffi::vma_retractable(vma, false) } {
+            // SAFETY: As above.
+            if unsafe { ffi::vma_retractable(vma, true) } {
+                retract_private(v, addr);
+            }
             return;
         }
         let retractable = || {
             // SAFETY: As above.
-            unsafe { ffi::vma_retractable(vma) }
+            unsafe { ffi::vma_retractable(vma, false) }
         };
         // SAFETY: The i_mmap lock keeps the VMA and its page tables; `addr` is PMD-aligned and
         // the range inside the VMA (checked above); the caller holds the new folio's lock, and
         // `retractable` (checked again under the PTE lock) rules out the rest.
         unsafe { pgtable::retract_empty_table(vma, addr, retractable) };
     });
+}
+
+/// Removes the page table at `addr` of `v`, a MAP_PRIVATE VMA with an anon_vma (written to
+/// somewhere, perhaps in another extent), if no entry of the table is in use: an extent that
+/// holds CoW copies keeps its table; the others get their PMD mapping back, which upstream
+/// gives up on for the whole VMA. Takes the mmap lock (only if free: the new folio's lock,
+/// which we hold, comes after it) to keep the anon_vma, and the anon_vma lock to keep anon
+/// rmap walks (of CoW copies of this extent elsewhere) away while the table goes.
+fn retract_private(v: page_cache::FileVma, addr: usize) {
+    // SAFETY: The mm of a VMA in the i_mmap tree is valid while the VMA is.
+    let mm = unsafe { Mm::from_raw(v.mm) };
+    let Some(lock) = MmapRead::try_lock(mm) else {
+        return;
+    };
+    let Some(vma) = lock
+        .find_vma(addr)
+        .filter(|vma| core::ptr::eq(vma.as_ptr(), v.vma.as_ptr()))
+    else {
+        return;
+    };
+    let Some(_anon) = AnonVmaWriteGuard::lock(&lock, vma) else {
+        return;
+    };
+    let Some(pmd) = PmdEntry::find(&lock, addr).filter(|p| p.state() == PmdState::Table) else {
+        return;
+    };
+    let _notifier = PmdClearNotifier::start(&lock, addr);
+    let Some(table) = PmdTableLocked::lock(pmd, addr) else {
+        return;
+    };
+    // SAFETY: The predicate only inspects the value.
+    if (0..PTRS_PER_PTE).any(|i| !unsafe { bindings::pte_none(table.get(i)) }) {
+        return;
+    }
+    // SAFETY: The VMA is valid under the mmap lock; both locks the check asks for are held,
+    // and the table was found empty above. Checked under the PTE lock (guard regions).
+    if !unsafe { ffi::vma_retractable(vma.as_ptr(), true) } {
+        return;
+    }
+    table.remove(vma);
 }
 
 /// Maps the PMD-sized folio of the page cache at the PMD range at `addr` with the PMD, in
@@ -500,7 +545,11 @@ pub(crate) fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, install: bo
     let Some(pmd) = pmd else {
         return Outcome::Fail;
     };
+    // No anonymous page is touched (any entry mapping one aborts), but CoW copies of this
+    // extent elsewhere may send anon rmap walks here: keep them away while the table goes.
+    let anon = AnonVmaWriteGuard::lock(guard, vma);
     let outcome = unmap_ptes(guard, vma, pmd, haddr, &folio);
+    drop(anon);
     if outcome != Outcome::Succeed {
         return outcome;
     }

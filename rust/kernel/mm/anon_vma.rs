@@ -9,7 +9,7 @@
 
 use crate::{
     bindings,
-    mm::{mmap_lock::MmapWriteLock, virt::VmaRef},
+    mm::{mmap_lock::MmapLocked, virt::VmaRef},
 };
 use core::{marker::PhantomData, ptr::NonNull};
 
@@ -40,20 +40,22 @@ use core::{marker::PhantomData, ptr::NonNull};
 /// ```
 pub struct AnonVmaWriteGuard<'a> {
     anon_vma: NonNull<bindings::anon_vma>,
-    _lock: PhantomData<&'a MmapWriteLock<'a>>,
+    _lock: PhantomData<&'a ()>,
 }
 
 impl<'a> AnonVmaWriteGuard<'a> {
-    /// Write-locks the anon_vma of `vma`, a VMA of the mm whose lock `mmap` is, or returns `None`
-    /// if it has none (or is not a VMA of that mm). May sleep.
-    pub fn lock(mmap: &'a MmapWriteLock<'_>, vma: &'a VmaRef) -> Option<Self> {
-        if !core::ptr::eq(vma.mm().as_raw(), mmap.mm().as_raw()) {
+    /// Write-locks the anon_vma of `vma`, a VMA of the mm whose lock `mmap` is (for read or
+    /// write), or returns `None` if it has none (or is not a VMA of that mm). May sleep.
+    pub fn lock<L: MmapLocked + ?Sized>(mmap: &'a L, vma: &'a VmaRef) -> Option<Self> {
+        if !core::ptr::eq(vma.mm().as_raw(), mmap.locked_mm().as_raw()) {
             return None;
         }
-        // SAFETY: `vma` is valid; its `anon_vma` does not change while the mmap write lock is
-        // held.
-        let anon_vma = NonNull::new(unsafe { (*vma.as_ptr()).anon_vma })?;
-        // SAFETY: The anon_vma of a live VMA is valid; the mmap write lock keeps it attached.
+        // SAFETY: `vma` is valid. Its `anon_vma` is only set once (a page fault may set it
+        // under the read lock, hence the volatile read) and only cleared when the VMA goes,
+        // which needs the mmap write lock.
+        let anon_vma =
+            NonNull::new(unsafe { core::ptr::read_volatile(&raw const (*vma.as_ptr()).anon_vma) })?;
+        // SAFETY: The anon_vma of a live VMA is valid; the mmap lock keeps it attached.
         unsafe { bindings::thp_collapse_anon_vma_lock_write(anon_vma.as_ptr()) };
         // INVARIANT: We just took the lock.
         Some(Self {

@@ -101,6 +101,19 @@ impl<'a> MmapReadLock<'a> {
         }
     }
 
+    /// Takes the mmap lock of `mm` for read if nobody holds it for write; never sleeps (for
+    /// callers that hold locks ordered after it, such as a folio lock).
+    pub fn try_lock(mm: &'a Mm) -> Option<Self> {
+        // SAFETY: `mm` is valid for `'a`.
+        let locked = unsafe { bindings::mmap_read_trylock(mm.as_raw()) };
+        // INVARIANT: Taken if the trylock succeeded.
+        locked.then(|| Self {
+            mm,
+            last: Cell::new(None),
+            _nts: NotThreadSafe,
+        })
+    }
+
     /// Takes over a read lock that the (C) caller acquired.
     ///
     /// # Safety

@@ -1,0 +1,651 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * MADV_COLLAPSE of shmem and file memory through the Rust and the C collapse
+ * cores: data integrity (through the mapping and through read(2)), races with
+ * truncation, hole punching, write(2), munmap of another mapping of the file
+ * and a private CoW mapping, userfaultfd minor faults, and bad input.
+ *
+ *   thp_collapse_file [dir]
+ *
+ * Shmem cases use memfds. File cases use a file in @dir, which must be on a
+ * filesystem with PMD-sized large folios (XFS); without @dir they are
+ * skipped. Cases on the Rust core check that its counters moved, so a pass
+ * cannot come from the C core.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kselftest.h"
+#include "vm_util.h"
+#include "thp_collapse_util.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+#define PAGE_SZ 4096UL
+#define PAGES_PER_PMD (PMD_SZ / PAGE_SZ)
+#define NR_PMDS 2
+#define LEN (NR_PMDS * PMD_SZ)
+#define RACE_ROUNDS 30
+
+static const char *const cores[] = { "rust", "c" };
+static const char *dir;
+
+/* The word at offset @w of page @pg, for generation @gen. */
+static uint64_t pattern(uint64_t gen, size_t pg, size_t w)
+{
+	return (gen << 48) ^ ((uint64_t)pg << 12) ^ w ^ 0xa5a5a5a500000000ULL;
+}
+
+static void fill_buf(char *buf, size_t pg, uint64_t gen)
+{
+	uint64_t *a = (uint64_t *)buf;
+	size_t w;
+
+	for (w = 0; w < PAGE_SZ / 8; w++)
+		a[w] = pattern(gen, pg, w);
+}
+
+/* Page @pg of the expected contents: @gen[pg] written, or zeroes for 0. */
+static bool page_ok(const char *p, size_t pg, uint64_t gen)
+{
+	const uint64_t *a = (const uint64_t *)p;
+	size_t w;
+
+	for (w = 0; w < PAGE_SZ / 8; w++)
+		if (a[w] != (gen ? pattern(gen, pg, w) : 0))
+			return false;
+	return true;
+}
+
+/* Writes generation @gen of page @pg with pwrite(). */
+static int write_page(int fd, size_t pg, uint64_t gen)
+{
+	char buf[PAGE_SZ];
+
+	fill_buf(buf, pg, gen);
+	return pwrite(fd, buf, PAGE_SZ, pg * PAGE_SZ) == PAGE_SZ ? 0 : -1;
+}
+
+/* Pages whose contents differ from @gen, through the mapping and read(2). */
+static size_t bad_pages(int fd, const char *p, const uint64_t *gen, size_t nr)
+{
+	char buf[PAGE_SZ];
+	size_t pg, bad = 0;
+
+	for (pg = 0; pg < nr; pg++) {
+		if (!page_ok(p + pg * PAGE_SZ, pg, gen[pg]))
+			bad++;
+		else if (pread(fd, buf, PAGE_SZ, pg * PAGE_SZ) != PAGE_SZ ||
+			 !page_ok(buf, pg, gen[pg]))
+			bad++;
+	}
+	return bad;
+}
+
+/* A PMD-aligned mapping of @len bytes of @fd, or NULL. */
+static char *map_aligned(int fd, size_t len, int prot, int flags)
+{
+	char *area = mmap(NULL, len + PMD_SZ, PROT_NONE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *p;
+
+	if (area == MAP_FAILED)
+		return NULL;
+	p = (char *)(((unsigned long)area + PMD_SZ - 1) & ~(PMD_SZ - 1));
+	if (mmap(p, len, prot, flags | MAP_FIXED, fd, 0) == MAP_FAILED)
+		return NULL;
+	if (p > area)
+		munmap(area, p - area);
+	munmap(p + len, area + PMD_SZ - p);
+	madvise(p, len, MADV_HUGEPAGE);
+	return p;
+}
+
+static int shmem_fd(size_t len)
+{
+	int fd = memfd_create("thp_collapse_file", 0);
+
+	if (fd < 0 || ftruncate(fd, len))
+		ksft_exit_fail_perror("memfd");
+	return fd;
+}
+
+/* A new file of @len bytes in @dir, opened read-write and already unlinked. */
+static int dir_fd(size_t len)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/thp_collapse_file.XXXXXX", dir);
+	fd = mkstemp(path);
+	if (fd < 0 || ftruncate(fd, len))
+		ksft_exit_fail_perror("file");
+	unlink(path);
+	return fd;
+}
+
+/* Whether every PMD of [@p, @p + @len) is PMD-mapped (smaps). */
+static bool pmd_mapped(char *p, size_t len, bool shmem)
+{
+	int nr = len / PMD_SZ;
+
+	return shmem ? check_huge_shmem(p, len, nr, PMD_SZ) :
+		       check_huge_file(p, len, nr, PMD_SZ);
+}
+
+/* Every fourth page of the second half of each PMD left as a hole. */
+static bool is_hole(size_t pg)
+{
+	return pg % PAGES_PER_PMD >= PAGES_PER_PMD / 2 && pg % 4 == 0;
+}
+
+enum layout { FULL, SPARSE, SWAPPED, DIRTY, NR_LAYOUTS };
+static const char *const layout_name[] = {
+	"fully populated", "with holes", "partly swapped out",
+	"dirty through the mapping",
+};
+
+/*
+ * Fills a file (shmem or @dir), maps it, collapses it and compares every
+ * byte through the mapping and through read(2), then writes through the
+ * huge mapping and checks read(2) sees it.
+ */
+static void test_integrity(const char *core, bool shmem, enum layout l)
+{
+	uint64_t gen[NR_PMDS * PAGES_PER_PMD] = { 0 };
+	long long ok = rust_stat("madvise", "succeed");
+	int fd = shmem ? shmem_fd(LEN) : dir_fd(LEN);
+	bool rw = shmem || l == DIRTY;
+	size_t pg, bad;
+	bool huge;
+	char *p;
+	int ret;
+
+	for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++) {
+		if (l == SPARSE && is_hole(pg))
+			continue;
+		gen[pg] = 1 + (core[0] == 'r');
+		if (l != DIRTY && write_page(fd, pg, gen[pg]))
+			ksft_exit_fail_perror("pwrite");
+	}
+	/* Clean file pages, as for text; DIRTY leaves them to writeback. */
+	if (!shmem && l != DIRTY)
+		fsync(fd);
+	p = map_aligned(fd, LEN, rw ? PROT_READ | PROT_WRITE : PROT_READ,
+			MAP_SHARED);
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	if (l == DIRTY) {
+		for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++)
+			fill_buf(p + pg * PAGE_SZ, pg, gen[pg]);
+	} else {
+		for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++)
+			if (gen[pg])
+				force_read_pages(p + pg * PAGE_SZ, 1, PAGE_SZ);
+	}
+	if (l == SWAPPED)
+		madvise(p + PMD_SZ / 2, PMD_SZ, MADV_PAGEOUT);
+
+	collapse_require_core(core);
+	ret = madvise(p, LEN, MADV_COLLAPSE);
+	if (ret && errno == EAGAIN)
+		ret = madvise(p, LEN, MADV_COLLAPSE);
+	huge = pmd_mapped(p, LEN, shmem);
+	bad = bad_pages(fd, p, gen, NR_PMDS * PAGES_PER_PMD);
+	if (!bad && rw) {
+		/* The new folio is the page cache: writes go through to read(2). */
+		for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg += 7) {
+			gen[pg] = 9;
+			fill_buf(p + pg * PAGE_SZ, pg, gen[pg]);
+		}
+		bad = bad_pages(fd, p, gen, NR_PMDS * PAGES_PER_PMD);
+	}
+	ksft_test_result(!ret && huge && !bad &&
+			 (core[0] == 'c' || rust_stat("madvise", "succeed") >= ok + NR_PMDS),
+			 "%s: %s %s: madvise %d (%s), PMD-mapped %d, %zu pages differ\n",
+			 core, shmem ? "shmem" : "file", layout_name[l], ret,
+			 ret ? strerror(errno) : "ok", huge, bad);
+	munmap(p, LEN);
+	close(fd);
+}
+
+struct race {
+	int fd;
+	char *p;
+	atomic_int stop;
+	atomic_long ops;
+	uint64_t gen[NR_PMDS * PAGES_PER_PMD];
+};
+
+/* Truncates the second PMD away and writes it back. */
+static void *truncate_racer(void *arg)
+{
+	struct race *r = arg;
+	size_t pg;
+
+	while (!atomic_load(&r->stop)) {
+		if (ftruncate(r->fd, PMD_SZ) || ftruncate(r->fd, LEN))
+			break;
+		for (pg = PAGES_PER_PMD; pg < 2 * PAGES_PER_PMD; pg++)
+			if (write_page(r->fd, pg, r->gen[pg]))
+				return NULL;
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+/* Punches holes in the second PMD and writes them back. */
+static void *punch_racer(void *arg)
+{
+	struct race *r = arg;
+	size_t pg = PAGES_PER_PMD;
+
+	while (!atomic_load(&r->stop)) {
+		if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      pg * PAGE_SZ, 16 * PAGE_SZ))
+			break;
+		for (size_t i = pg; i < pg + 16; i++)
+			if (write_page(r->fd, i, r->gen[i]))
+				return NULL;
+		pg = pg + 16 >= 2 * PAGES_PER_PMD ? PAGES_PER_PMD : pg + 16;
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+/* Rewrites pages of both PMDs with write(2), new generations each time. */
+static void *write_racer(void *arg)
+{
+	struct race *r = arg;
+	size_t pg = 3;
+
+	while (!atomic_load(&r->stop)) {
+		uint64_t g = r->gen[pg] + 1;
+
+		if (write_page(r->fd, pg, g))
+			break;
+		r->gen[pg] = g;
+		pg = (pg + 37) % (NR_PMDS * PAGES_PER_PMD);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+/* Maps, touches and unmaps a second mapping of the same file. */
+static void *munmap_racer(void *arg)
+{
+	struct race *r = arg;
+
+	while (!atomic_load(&r->stop)) {
+		char *q = map_aligned(r->fd, LEN, PROT_READ, MAP_SHARED);
+
+		if (!q)
+			break;
+		force_read_pages(q, NR_PMDS * PAGES_PER_PMD, PAGE_SZ);
+		munmap(q, LEN);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+enum racer { TRUNCATE, PUNCH, WRITE, MUNMAP, NR_RACERS };
+static const char *const racer_name[] = {
+	"ftruncate", "fallocate(PUNCH_HOLE)", "write(2)",
+	"munmap of another mapping",
+};
+
+/*
+ * MADV_COLLAPSE of a shmem mapping in a loop while a racer changes the file.
+ * Failures must be the transient ones (or, with truncation, the file being
+ * shorter than the range); at the end every page holds its last write.
+ */
+static void test_race(enum racer k)
+{
+	static struct race r;
+	long long ok = rust_stat("madvise", "succeed");
+	void *(*fn)(void *) = k == TRUNCATE ? truncate_racer :
+			      k == PUNCH ? punch_racer :
+			      k == WRITE ? write_racer : munmap_racer;
+	int n, bad = 0, done = 0;
+	pthread_t th;
+	size_t pg, lost;
+
+	memset(&r, 0, sizeof(r));
+	r.fd = shmem_fd(LEN);
+	for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++) {
+		r.gen[pg] = 1;
+		if (write_page(r.fd, pg, 1))
+			ksft_exit_fail_perror("pwrite");
+	}
+	r.p = map_aligned(r.fd, LEN, PROT_READ | PROT_WRITE, MAP_SHARED);
+	if (!r.p)
+		ksft_exit_fail_perror("mmap");
+	collapse_require_core("rust");
+	if (pthread_create(&th, NULL, fn, &r))
+		ksft_exit_fail_perror("pthread_create");
+	for (n = 0; n < RACE_ROUNDS; n++) {
+		long long before = rust_stat("madvise", "succeed");
+
+		/*
+		 * Transient page state gives EAGAIN or EBUSY; a page that went
+		 * away under the collapse (truncated, or punched out between
+		 * the look-up and the swap-in) fails it as upstream does, with
+		 * EINVAL.
+		 */
+		if (madvise(r.p, LEN, MADV_COLLAPSE) && errno != EAGAIN &&
+		    errno != EBUSY &&
+		    !((k == TRUNCATE || k == PUNCH) && errno == EINVAL)) {
+			ksft_print_msg("round %d: %s\n", n, strerror(errno));
+			bad++;
+		}
+		done += rust_stat("madvise", "succeed") > before;
+		/* Split the PMD mappings again for the next round. */
+		madvise(r.p, LEN, MADV_DONTNEED);
+		usleep(1000);
+	}
+	atomic_store(&r.stop, 1);
+	pthread_join(th, NULL);
+	lost = bad_pages(r.fd, r.p, r.gen, NR_PMDS * PAGES_PER_PMD);
+	ksft_test_result(!bad && !lost && done > 0 && atomic_load(&r.ops) > 0 &&
+			 rust_stat("madvise", "succeed") > ok,
+			 "rust: shmem collapse racing with %s: %d/%d rounds collapsed, %d unexpected errors, %zu pages differ, %ld racer ops\n",
+			 racer_name[k], done, RACE_ROUNDS, bad, lost,
+			 atomic_load(&r.ops));
+	munmap(r.p, LEN);
+	close(r.fd);
+}
+
+/* The ShmemPmdMapped of the VMA at @p, in kB, or -1. */
+static long shmem_pmd_kb(char *p)
+{
+	unsigned long start, end;
+	char line[256];
+	long kb = -1;
+	bool in = false;
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
+			in = start == (unsigned long)p;
+		else if (in && sscanf(line, "ShmemPmdMapped: %ld kB", &kb) == 1)
+			break;
+	}
+	fclose(f);
+	return kb;
+}
+
+/*
+ * A MAP_PRIVATE mapping of the file written in its first PMD (a CoW copy:
+ * the VMA has an anon_vma) and read in its second. A collapse through a
+ * shared mapping of the same file retracts the private mapping's second page
+ * table too (upstream skips every VMA with an anon_vma); the first keeps its
+ * table and its CoW copy. Then MADV_COLLAPSE of the private mapping itself:
+ * the first PMD cannot be collapsed (EINVAL), the second is PMD-mapped.
+ * Every view keeps its contents.
+ */
+static void test_private_cow(const char *core)
+{
+	uint64_t gen[NR_PMDS * PAGES_PER_PMD], mine[NR_PMDS * PAGES_PER_PMD];
+	long long ok = rust_stat("madvise", "succeed");
+	int fd = shmem_fd(LEN), ret_shared, ret_priv, err_priv = 0;
+	char *priv, *shared;
+	size_t pg, bad;
+	long kb_after_shared, kb_after_priv;
+
+	for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++) {
+		gen[pg] = mine[pg] = 3;
+		if (write_page(fd, pg, 3))
+			ksft_exit_fail_perror("pwrite");
+	}
+	priv = map_aligned(fd, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	shared = map_aligned(fd, LEN, PROT_READ, MAP_SHARED);
+	if (!priv || !shared)
+		ksft_exit_fail_perror("mmap");
+	force_read_pages(priv, NR_PMDS * PAGES_PER_PMD, PAGE_SZ);
+	mine[5] = 4;
+	fill_buf(priv + 5 * PAGE_SZ, 5, 4);
+
+	collapse_require_core(core);
+	ret_shared = madvise(shared, LEN, MADV_COLLAPSE);
+	/* Fault the private mapping back in: a PMD where the table went. */
+	force_read_pages(priv, NR_PMDS * PAGES_PER_PMD, PAGE_SZ);
+	kb_after_shared = shmem_pmd_kb(priv);
+	ret_priv = madvise(priv, LEN, MADV_COLLAPSE);
+	if (ret_priv)
+		err_priv = errno;
+	kb_after_priv = shmem_pmd_kb(priv);
+
+	bad = bad_pages(fd, shared, gen, NR_PMDS * PAGES_PER_PMD);
+	for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++)
+		if (!page_ok(priv + pg * PAGE_SZ, pg, mine[pg]))
+			bad++;
+	if (core[0] == 'r')
+		ksft_test_result(!ret_shared && kb_after_shared == 2048 &&
+				 ret_priv && err_priv == EINVAL &&
+				 kb_after_priv == 2048 && !bad &&
+				 pmd_mapped(shared, LEN, true) &&
+				 rust_stat("madvise", "succeed") >= ok + NR_PMDS,
+				 "rust: private CoW mapping of shmem: shared collapse %d, private PMD-mapped %ld kB after it; private collapse %s, %ld kB; %zu pages differ\n",
+				 ret_shared, kb_after_shared,
+				 ret_priv ? strerror(err_priv) : "ok",
+				 kb_after_priv, bad);
+	else
+		/*
+		 * Upstream keeps the tables of a VMA with an anon_vma, and stops
+		 * at the first PMD: the private mapping stays PTE-mapped.
+		 */
+		ksft_test_result(!ret_shared && ret_priv && err_priv == EINVAL && !bad,
+				 "c: private CoW mapping of shmem: shared collapse %d, private PMD-mapped %ld kB after it; private collapse %s, %ld kB; %zu pages differ\n",
+				 ret_shared, kb_after_shared,
+				 ret_priv ? strerror(err_priv) : "ok",
+				 kb_after_priv, bad);
+	munmap(priv, LEN);
+	munmap(shared, LEN);
+	close(fd);
+}
+
+/*
+ * The live-migration pattern: the guest's mapping of shmem is registered
+ * for userfaultfd minor faults while a second mapping fills the memory;
+ * each 2 MiB is collapsed as soon as it is filled, and the guest mapping
+ * then reads it PMD-mapped, with no minor fault.
+ */
+static void test_uffd_minor(void)
+{
+	uint64_t gen[NR_PMDS * PAGES_PER_PMD];
+	long long ok = rust_stat("madvise", "succeed");
+	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	struct uffdio_api api = {
+		.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM,
+	};
+	int fd = shmem_fd(LEN), i, fails = 0;
+	char *guest, *filler;
+	struct uffd_msg msg;
+	size_t pg, bad;
+	bool huge;
+
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) ||
+	    !(api.features & UFFD_FEATURE_MINOR_SHMEM)) {
+		ksft_test_result_skip("rust: uffd minor faults on shmem: not supported by this kernel\n");
+		if (uffd >= 0)
+			close(uffd);
+		close(fd);
+		return;
+	}
+	guest = map_aligned(fd, LEN, PROT_READ | PROT_WRITE, MAP_SHARED);
+	filler = map_aligned(fd, LEN, PROT_READ | PROT_WRITE, MAP_SHARED);
+	if (!guest || !filler)
+		ksft_exit_fail_perror("mmap");
+	if (uffd_register(uffd, guest, LEN, false, false, true))
+		ksft_exit_fail_perror("UFFDIO_REGISTER minor");
+	collapse_require_core("rust");
+	for (i = 0; i < NR_PMDS; i++) {
+		for (pg = i * PAGES_PER_PMD; pg < (i + 1) * PAGES_PER_PMD; pg++) {
+			gen[pg] = 5;
+			fill_buf(filler + pg * PAGE_SZ, pg, 5);
+		}
+		fails += !!madvise(guest + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE);
+	}
+	huge = pmd_mapped(guest, LEN, true);
+	bad = bad_pages(fd, guest, gen, NR_PMDS * PAGES_PER_PMD);
+	/* Reads through a PMD mapping raise no minor fault. */
+	ksft_test_result(!fails && huge && !bad &&
+			 read(uffd, &msg, sizeof(msg)) < 0 && errno == EAGAIN &&
+			 rust_stat("madvise", "succeed") >= ok + NR_PMDS,
+			 "rust: uffd minor faults on shmem: %d failed collapses, PMD-mapped %d, %zu pages differ\n",
+			 fails, huge, bad);
+	munmap(guest, LEN);
+	munmap(filler, LEN);
+	close(uffd);
+	close(fd);
+}
+
+/* A range past the end of the file: nothing to collapse (EINVAL). */
+static void test_bad_past_eof(void)
+{
+	long long trunc = rust_stat("madvise", "truncated");
+	int fd = shmem_fd(LEN);
+	char *p = map_aligned(fd, LEN, PROT_READ | PROT_WRITE, MAP_SHARED);
+	int ret, err;
+
+	if (!p || ftruncate(fd, PMD_SZ))
+		ksft_exit_fail_perror("setup");
+	memset(p, 1, PMD_SZ);
+	collapse_require_core("rust");
+	ret = madvise(p + PMD_SZ, PMD_SZ, MADV_COLLAPSE);
+	err = errno;
+	ksft_test_result(ret && err == EINVAL &&
+			 rust_stat("madvise", "truncated") > trunc,
+			 "rust: shmem range past the end of the file: %s\n",
+			 ret ? strerror(err) : "collapsed");
+	munmap(p, LEN);
+	close(fd);
+}
+
+/* shmem_enabled "deny" forbids even MADV_COLLAPSE (EINVAL). */
+static void test_bad_shmem_deny(void)
+{
+	char old[128];
+	int fd = shmem_fd(PMD_SZ), ret, err;
+	char *p = map_aligned(fd, PMD_SZ, PROT_READ | PROT_WRITE, MAP_SHARED);
+
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	memset(p, 1, PMD_SZ);
+	if (sysfs_swap_str(THP_SYSFS "shmem_enabled", old, sizeof(old), "deny")) {
+		ksft_test_result_skip("rust: shmem_enabled=deny: cannot set it\n");
+		goto out;
+	}
+	collapse_require_core("rust");
+	ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+	err = errno;
+	set_str(THP_SYSFS "shmem_enabled", old);
+	ksft_test_result(ret && err == EINVAL && !pmd_mapped(p, PMD_SZ, true),
+			 "rust: shmem with shmem_enabled=deny: %s\n",
+			 ret ? strerror(err) : "collapsed");
+out:
+	munmap(p, PMD_SZ);
+	close(fd);
+}
+
+/*
+ * uffd-wp keeps per-PTE state: the page cache is collapsed but the PMD is
+ * not installed (EINVAL), and every byte stays.
+ */
+static void test_bad_uffd_wp(void)
+{
+	uint64_t gen[PAGES_PER_PMD];
+	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	struct uffdio_api api = {
+		.api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+	};
+	long long uffd_stat = rust_stat("madvise", "pte_uffd");
+	int fd = shmem_fd(PMD_SZ), ret, err;
+	char *p = map_aligned(fd, PMD_SZ, PROT_READ | PROT_WRITE, MAP_SHARED);
+	size_t pg, bad;
+
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		gen[pg] = 6;
+		fill_buf(p + pg * PAGE_SZ, pg, 6);
+	}
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) ||
+	    !(api.features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) ||
+	    uffd_register(uffd, p, PMD_SZ, false, true, false)) {
+		ksft_test_result_skip("rust: uffd-wp on shmem: not supported by this kernel\n");
+		goto out;
+	}
+	collapse_require_core("rust");
+	ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+	err = errno;
+	bad = bad_pages(fd, p, gen, PAGES_PER_PMD);
+	ksft_test_result(ret && err == EINVAL && !bad &&
+			 rust_stat("madvise", "pte_uffd") > uffd_stat,
+			 "rust: uffd-wp registered shmem: %s, %zu pages differ\n",
+			 ret ? strerror(err) : "collapsed", bad);
+out:
+	if (uffd >= 0)
+		close(uffd);
+	munmap(p, PMD_SZ);
+	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	char orig[16], thp_enabled[32];
+	unsigned int c;
+	int l;
+
+	dir = argc > 1 ? argv[1] : NULL;
+	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
+	ksft_set_plan(2 * 3 + 2 * 2 + NR_RACERS + 2 + 1 + 3);
+
+	for (c = 0; c < 2; c++) {
+		test_integrity(cores[c], true, FULL);
+		test_integrity(cores[c], true, SPARSE);
+		test_integrity(cores[c], true, SWAPPED);
+	}
+	for (c = 0; c < 2; c++) {
+		if (!dir) {
+			ksft_test_result_skip("%s: file cases: no directory given\n", cores[c]);
+			ksft_test_result_skip("%s: file cases: no directory given\n", cores[c]);
+			continue;
+		}
+		test_integrity(cores[c], false, FULL);
+		test_integrity(cores[c], false, DIRTY);
+	}
+	for (l = 0; l < NR_RACERS; l++)
+		test_race(l);
+	for (c = 0; c < 2; c++)
+		test_private_cow(cores[c]);
+	test_uffd_minor();
+	test_bad_past_eof();
+	test_bad_shmem_deny();
+	test_bad_uffd_wp();
+
+	collapse_set_core(orig);
+	set_str(THP_SYSFS "enabled", thp_enabled);
+	ksft_finished();
+}
