@@ -20,7 +20,8 @@ def main():
             key = (row["workload"], row["core"])
             samples.setdefault(key, []).append(float(row["ns_per_2MiB"]) / 1e3)
     workloads = sorted({w for w, _ in samples}, key=["full", "half", "huge",
-                                                     "remote", "khugepaged"].index)
+                                                     "remote", "shmem", "file",
+                                                     "khugepaged"].index)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.38
     for i, core in enumerate(("c", "rust")):

@@ -3,13 +3,17 @@
  * thp_collapse_bench - time the C and the Rust THP collapse cores in one boot.
  *
  * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB] [-a CORE] [-f] [-S]
- *                           [-p USEC [-C]]
+ *                           [-p USEC [-C]] [-d DIR [-F MIB]]
  *
  * For each round it measures, on both cores:
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
  *   half       the same with every other page never touched (none PTEs)
  *   huge       MADV_COLLAPSE of the same range once it is PMD-mapped
  *   remote     process_madvise(MADV_COLLAPSE) of another process's memory
+ *   shmem      MADV_COLLAPSE of MIB MiB of a memfd, every page written
+ *   file       MADV_COLLAPSE of a clean F MiB file in DIR (-d; on a
+ *              filesystem with PMD-sized folios, XFS), every page read
+ *              through a read-only shared mapping (default 64 MiB)
  *   khugepaged the daemon collapsing a K MiB region until it is all huge
  *              (-k 0: not measured)
  *
@@ -74,8 +78,10 @@
 /* PMDs one core collapses before the other takes its turn. */
 #define BLOCK 8
 
-enum workload { FULL, HALF, HUGE, REMOTE, KHUGEPAGED, NR_WORKLOADS };
-static const char *const wname[] = { "full", "half", "huge", "remote", "khugepaged" };
+enum workload { FULL, HALF, HUGE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED, NR_WORKLOADS };
+static const char *const wname[] = {
+	"full", "half", "huge", "remote", "shmem", "file", "khugepaged",
+};
 static const char *const cores[] = { "c", "rust" };
 /* The core each side runs (-a: the same one on both). */
 static int side_core[2] = { 0, 1 };
@@ -139,6 +145,72 @@ static void populate(char *p, size_t len, size_t stride)
 		p[off] = (char)(off >> 12);
 	if (madvise(p, len, MADV_HUGEPAGE))
 		die("madvise(MADV_HUGEPAGE)");
+}
+
+/* A PMD-aligned shared mapping of @nr PMDs of @fd, with @prot. */
+static char *map_fd(int fd, size_t nr, int prot)
+{
+	size_t len = nr * PMD_SZ;
+	char *p = mmap(NULL, len + PMD_SZ, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *a;
+
+	if (p == MAP_FAILED)
+		die("mmap");
+	a = (char *)(((uintptr_t)p + PMD_SZ - 1) & ~(PMD_SZ - 1));
+	if (mmap(a, len, prot, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
+		die("mmap(fd)");
+	if (a > p)
+		munmap(p, a - p);
+	munmap(a + len, p + PMD_SZ - a);
+	return a;
+}
+
+/* @nr PMDs of a new memfd, every page written (small folios: shmem_enabled never). */
+static char *map_shmem(size_t nr)
+{
+	int fd = memfd_create("thp_collapse_bench", 0);
+	char *p;
+
+	if (fd < 0 || ftruncate(fd, nr * PMD_SZ))
+		die("memfd");
+	p = map_fd(fd, nr, PROT_READ | PROT_WRITE);
+	close(fd);
+	populate(p, nr * PMD_SZ, PAGE_SZ);
+	return p;
+}
+
+/*
+ * @nr PMDs of a new, clean file in @dir written a page at a time (so in small
+ * folios), mapped read-only and every page read.
+ */
+static char *map_file(const char *dir, size_t nr)
+{
+	char path[4096], page[PAGE_SZ];
+	volatile char sink;
+	size_t off;
+	char *p;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/thp_collapse_bench.XXXXXX", dir);
+	fd = mkstemp(path);
+	if (fd < 0)
+		die("mkstemp");
+	unlink(path);
+	for (off = 0; off < nr * PMD_SZ; off += PAGE_SZ) {
+		memset(page, (int)(off >> 12), sizeof(page));
+		if (pwrite(fd, page, PAGE_SZ, off) != PAGE_SZ)
+			die("pwrite");
+	}
+	if (fsync(fd))
+		die("fsync");
+	p = map_fd(fd, nr, PROT_READ);
+	close(fd);
+	for (off = 0; off < nr * PMD_SZ; off += PAGE_SZ)
+		sink = p[off];
+	(void)sink;
+	if (madvise(p, nr * PMD_SZ, MADV_HUGEPAGE))
+		die("madvise(MADV_HUGEPAGE)");
+	return p;
 }
 
 /* The mincore() loop that measures how long the mmap lock is unavailable. */
@@ -626,8 +698,10 @@ int main(int argc, char **argv)
 	unsigned long prof_us = 0;
 
 	int no_stall = 0;
+	const char *dir = NULL;
+	size_t fmib = 64, fnr;
 
-	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CS")) != -1) {
+	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CSd:F:")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -654,13 +728,20 @@ int main(int argc, char **argv)
 		case 'C':
 			prof.callers = 1;
 			break;
+		case 'd':
+			dir = optarg;
+			break;
+		case 'F':
+			fmib = strtoul(optarg, NULL, 0);
+			break;
 		default:
 			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] %s\n", argv[0],
-				"[-a c|rust] [-f] [-S] [-p usec [-C]]");
+				"[-a c|rust] [-f] [-S] [-p usec [-C]] [-d dir [-F MiB]]");
 			return 2;
 		}
 	}
 	nr = mib / 2;
+	fnr = fmib / 2;
 	if (!nr || rounds < 1)
 		return 2;
 	if (prof_us)
@@ -706,8 +787,20 @@ int main(int argc, char **argv)
 			target_start(&t[k], nr);
 		}
 		take_turns(REMOTE, round, nr, NULL, t);
-		for (k = 0; k < 2; k++)
+		for (k = 0; k < 2; k++) {
 			target_stop(&t[k], nr);
+			full[k] = map_shmem(nr);
+		}
+		take_turns(SHMEM, round, nr, full, NULL);
+		for (k = 0; k < 2; k++)
+			munmap(full[k], nr * PMD_SZ);
+		for (k = 0; dir && fnr && k < 2; k++)
+			full[k] = map_file(dir, fnr);
+		if (dir && fnr) {
+			take_turns(FILEMAP, round, fnr, full, NULL);
+			for (k = 0; k < 2; k++)
+				munmap(full[k], fnr * PMD_SZ);
+		}
 		for (k = 0; kmib / 2 && k < 2; k++)
 			time_khugepaged((round + k) % 2, round, kmib / 2);
 	}
