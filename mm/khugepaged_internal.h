@@ -199,8 +199,13 @@ enum thp_collapse_pc_flags {
 	THP_PC_PMD_ORDER	= 1 << 3,	/* a folio of the PMD order */
 	THP_PC_OTHER_MAPPING	= 1 << 4,	/* folio_mapping() is not the mapping */
 	THP_PC_LRU		= 1 << 5,
-	THP_PC_MAPPED		= 1 << 6,
-	THP_PC_VALUE		= 1 << 7,	/* a swap or shadow entry, no folio */
+	THP_PC_VALUE		= 1 << 6,	/* a swap or shadow entry, no folio */
+};
+
+/* What thp_collapse_pc_folio_facts() reads beyond the page flags. */
+enum thp_collapse_pc_read {
+	THP_PC_READ_MAPPING	= 1 << 0,	/* THP_PC_OTHER_MAPPING */
+	THP_PC_READ_REFS	= 1 << 1,	/* the reference count */
 };
 
 /**
@@ -242,7 +247,7 @@ int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
 				 struct folio *folio);
 unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 					 struct address_space *mapping,
-					 long *refs);
+					 unsigned int what, long *refs);
 pgoff_t thp_collapse_folio_index(struct folio *folio);
 bool thp_collapse_folio_trylock_get(struct folio *folio);
 struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,

@@ -82,6 +82,7 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 			e->pfn = folio_pfn(folio);
 			e->nid = folio_nid(folio);
 			e->flags = thp_collapse_pc_folio_facts(folio, mapping,
+							       THP_PC_READ_REFS,
 							       &e->refs);
 			folio_put(folio);
 		}
@@ -241,15 +242,17 @@ int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
 /**
  * thp_collapse_pc_folio_facts() - what a collapse needs to know of a folio
  * of the page cache.
- * @folio: the folio, referenced by the caller.
+ * @folio: the folio, referenced by the caller or found under the xarray lock.
  * @mapping: the mapping it should belong to.
- * @refs: set to folio_ref_count() - folio_expected_ref_count().
+ * @what: THP_PC_READ_* facts to read beyond the page flags.
+ * @refs: set to folio_ref_count() - folio_expected_ref_count() with
+ *	THP_PC_READ_REFS, else to 0.
  *
- * Return: THP_PC_* flags.
+ * Return: THP_PC_* flags; THP_PC_OTHER_MAPPING only with THP_PC_READ_MAPPING.
  */
 unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 					 struct address_space *mapping,
-					 long *refs)
+					 unsigned int what, long *refs)
 {
 	unsigned int flags = 0;
 
@@ -261,13 +264,13 @@ unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 		flags |= THP_PC_WRITEBACK;
 	if (is_pmd_order(folio_order(folio)))
 		flags |= THP_PC_PMD_ORDER;
-	if (folio_mapping(folio) != mapping)
-		flags |= THP_PC_OTHER_MAPPING;
 	if (folio_test_lru(folio))
 		flags |= THP_PC_LRU;
-	if (folio_mapped(folio))
-		flags |= THP_PC_MAPPED;
-	*refs = folio_ref_count(folio) - folio_expected_ref_count(folio);
+	if ((what & THP_PC_READ_MAPPING) && folio_mapping(folio) != mapping)
+		flags |= THP_PC_OTHER_MAPPING;
+	*refs = 0;
+	if (what & THP_PC_READ_REFS)
+		*refs = folio_ref_count(folio) - folio_expected_ref_count(folio);
 	return flags;
 }
 

@@ -19,6 +19,7 @@ use super::{
     outcome::Outcome,
     pmd::{self, CollapseLocked, MmapRead},
     request::{Locked, PMD_SIZE},
+    scan::{FileEntry, FileTally},
 };
 use kernel::{
     bindings,
@@ -116,36 +117,31 @@ fn scan_file(
     let last = start + NR - 1;
     let mut entries = [PageCacheEntry::default(); ENTRY_BATCH];
     let mut index = start;
-    let (mut present, mut swap) = (0u32, 0u32);
+    let mut tally = FileTally::new(limits);
     let mut failed_pfn = trace::NO_PFN;
     let mut outcome = Outcome::Succeed;
     'walk: loop {
         let n = mapping.read_entries(&mut index, last, &mut entries);
         for e in &entries[..n] {
             let nr = u32::try_from(e.nr_pages()).unwrap_or(u32::MAX);
-            if e.is_value() {
-                swap = swap.saturating_add(nr);
-                if swap > limits.max_swap {
-                    outcome = Outcome::ExceedSwapPte;
-                    break 'walk;
-                }
-                continue;
-            }
-            let facts = e.facts();
-            outcome = if facts.pmd_order() {
-                // Only the page tables can still be collapsed.
-                Outcome::PteMappedHugepage
-            } else if !facts.lru() {
-                Outcome::PageLru
-            } else if facts.refs_beyond_expected() != 1 {
-                // Someone else holds a reference (a GUP pin, say): the collapse would fail.
-                Outcome::PageCount
+            let entry = if e.is_value() {
+                FileEntry::Value { nr }
             } else {
-                present = present.saturating_add(nr);
-                continue;
+                let facts = e.facts();
+                FileEntry::Folio {
+                    nr,
+                    pmd_order: facts.pmd_order(),
+                    lru: facts.lru(),
+                    refs_beyond_expected: facts.refs_beyond_expected(),
+                }
             };
-            failed_pfn = e.pfn();
-            break 'walk;
+            if let Err(stop) = tally.add(entry) {
+                outcome = stop;
+                if !e.is_value() {
+                    failed_pfn = e.pfn();
+                }
+                break 'walk;
+            }
         }
         if n < ENTRY_BATCH {
             break;
@@ -158,14 +154,13 @@ fn scan_file(
         PTES_PER_PMD
     };
     if outcome == Outcome::Succeed {
-        outcome = if present < PTES_PER_PMD - limits.max_none.min(PTES_PER_PMD) {
-            Outcome::ExceedNonePte
-        } else {
-            collapse_file(mm, addr, file, mapping, start, mode, tunables)
+        outcome = match tally.finish() {
+            Outcome::Succeed => collapse_file(mm, addr, file, mapping, start, mode, tunables),
+            stop => stop,
         };
     }
     ffi::count_file_exceeded(outcome);
-    trace::scan_file(mm, failed_pfn, file, present, swap, outcome);
+    trace::scan_file(mm, failed_pfn, file, tally.present(), tally.swap(), outcome);
     (outcome, scanned)
 }
 
@@ -209,7 +204,8 @@ fn lock_old<'a>(
             Ok(Got::Folio(folio, cursor))
         }
         Slot::Folio(folio) => {
-            let facts = xa.facts_of(folio, mapping);
+            // Under the xarray lock (interrupts off): the page flags only.
+            let facts = xa.facts_of(folio, mapping, page_cache::Read::FLAGS);
             if shmem && !facts.uptodate() {
                 // Fallocated and never written: shmem instantiates it.
                 let cursor = xa.unlock();
@@ -242,7 +238,13 @@ fn isolate_old<'a>(
     mapping: Mapping<'_>,
     shmem: bool,
 ) -> Result<(IsolatedFolio, PageCacheLocked<'a>), Outcome> {
-    let facts = folio.facts(mapping);
+    let facts = folio.facts(
+        mapping,
+        page_cache::Read {
+            mapping: true,
+            refs: false,
+        },
+    );
     if !facts.uptodate() {
         return Err(Outcome::Fail);
     }
@@ -263,7 +265,13 @@ fn isolate_old<'a>(
         IsolateError::Private => Outcome::PageHasPrivate,
     })?;
     let xa = cursor.lock();
-    let facts = folio.facts(mapping);
+    let facts = folio.facts(
+        mapping,
+        page_cache::Read {
+            mapping: false,
+            refs: true,
+        },
+    );
     // Ours and the isolation's must be the only references beyond the page cache's: any new
     // user of the folio has to find it in the page cache, and lock it, and waits.
     if facts.refs_beyond_expected() != 2 {

@@ -9,7 +9,7 @@
 //! Upstream reference: `collapse_scan_pmd()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
-    mode::{CollapseMode, Limits},
+    mode::{CollapseMode, Limits, PTES_PER_PMD},
     outcome::Outcome,
     plan::Occupied,
 };
@@ -142,6 +142,96 @@ impl ScanTally {
         } else {
             Outcome::Succeed
         }
+    }
+}
+
+/// One entry of a page cache range, as the file scan sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FileEntry {
+    /// A swap (or shadow) entry covering `nr` pages.
+    Value { nr: u32 },
+    /// A folio of `nr` pages.
+    Folio {
+        /// Its pages.
+        nr: u32,
+        /// Whether it is of the PMD order already.
+        pmd_order: bool,
+        /// Whether it is on an LRU list.
+        lru: bool,
+        /// References beyond those of the page cache and its mappings, the scan's included.
+        refs_beyond_expected: isize,
+    },
+}
+
+/// The running account of a scan of one page cache range (`collapse_scan_file()`).
+#[derive(Debug)]
+pub(crate) struct FileTally {
+    limits: Limits,
+    present: u32,
+    swap: u32,
+}
+
+impl FileTally {
+    /// Starts the scan of a range within `limits` (those of the PMD order: the file scan knows
+    /// no VMA, so no userfaultfd rule applies).
+    pub(crate) const fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            present: 0,
+            swap: 0,
+        }
+    }
+
+    /// Accounts `e`; fails with the outcome that stops the scan.
+    pub(crate) fn add(&mut self, e: FileEntry) -> Result<(), Outcome> {
+        match e {
+            FileEntry::Value { nr } => {
+                self.swap = self.swap.saturating_add(nr);
+                if self.swap > self.limits.max_swap {
+                    return Err(Outcome::ExceedSwapPte);
+                }
+            }
+            FileEntry::Folio {
+                nr,
+                pmd_order,
+                lru,
+                refs_beyond_expected,
+            } => {
+                // A huge folio already: only the page tables are left to collapse.
+                if pmd_order {
+                    return Err(Outcome::PteMappedHugepage);
+                }
+                if !lru {
+                    return Err(Outcome::PageLru);
+                }
+                // Someone else holds a reference (a GUP pin, say): the collapse would fail.
+                if refs_beyond_expected != 1 {
+                    return Err(Outcome::PageCount);
+                }
+                self.present = self.present.saturating_add(nr);
+            }
+        }
+        Ok(())
+    }
+
+    /// The outcome of a scan that went through the whole range: whether enough is present.
+    pub(crate) fn finish(&self) -> Outcome {
+        let none = PTES_PER_PMD.saturating_sub(self.present);
+        if none > self.limits.max_none {
+            Outcome::ExceedNonePte
+        } else {
+            Outcome::Succeed
+        }
+    }
+
+    /// Pages present so far.
+    pub(crate) fn present(&self) -> u32 {
+        self.present
+    }
+
+    /// Swap entries so far.
+    pub(crate) fn swap(&self) -> u32 {
+        self.swap
     }
 }
 
@@ -296,5 +386,66 @@ mod tests {
         assert_eq!(k.none_or_zero(), Ok(()));
         assert_eq!(k.none_or_zero(), Ok(()));
         assert_eq!(k.none_or_zero(), Err(Outcome::ExceedNonePte));
+    }
+    fn folio(nr: u32) -> FileEntry {
+        FileEntry::Folio {
+            nr,
+            pmd_order: false,
+            lru: true,
+            refs_beyond_expected: 1,
+        }
+    }
+
+    #[test]
+    fn file_madvise_collapses_one_page_and_any_swap() {
+        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, false);
+        let mut t = FileTally::new(l);
+        assert_eq!(t.add(folio(1)), Ok(()));
+        for _ in 0..511 {
+            assert_eq!(t.add(FileEntry::Value { nr: 1 }), Ok(()));
+        }
+        assert_eq!(t.finish(), Outcome::Succeed);
+        assert_eq!((t.present(), t.swap()), (1, 511));
+    }
+
+    #[test]
+    fn file_khugepaged_limits_are_exact() {
+        let tun = Tunables {
+            max_ptes_none: 8,
+            max_ptes_swap: 4,
+            ..Tunables::DEFAULTS
+        };
+        let l = CollapseMode::Khugepaged.limits(&tun, PMD_ORDER, false);
+        let mut t = FileTally::new(l);
+        // Large folios count all their pages; swap entries all the pages they cover.
+        assert_eq!(t.add(folio(4)), Ok(()));
+        assert_eq!(t.add(FileEntry::Value { nr: 4 }), Ok(()));
+        assert_eq!(
+            t.add(FileEntry::Value { nr: 1 }),
+            Err(Outcome::ExceedSwapPte)
+        );
+        let mut t = FileTally::new(l);
+        assert_eq!(t.add(folio(504)), Ok(()));
+        assert_eq!(t.finish(), Outcome::Succeed);
+        let mut t = FileTally::new(l);
+        assert_eq!(t.add(folio(503)), Ok(()));
+        assert_eq!(t.finish(), Outcome::ExceedNonePte);
+    }
+
+    #[test]
+    fn file_folio_state_stops_the_scan() {
+        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, false);
+        let stop = |pmd_order, lru, refs_beyond_expected| {
+            FileTally::new(l).add(FileEntry::Folio {
+                nr: 512,
+                pmd_order,
+                lru,
+                refs_beyond_expected,
+            })
+        };
+        assert_eq!(stop(true, true, 1), Err(Outcome::PteMappedHugepage));
+        assert_eq!(stop(false, false, 1), Err(Outcome::PageLru));
+        assert_eq!(stop(false, true, 2), Err(Outcome::PageCount));
+        assert_eq!(stop(false, true, 1), Ok(()));
     }
 }

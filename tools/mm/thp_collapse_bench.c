@@ -394,7 +394,7 @@ static void prof_drain(int core)
 			 * lands in a spin_unlock_irq*(); count it for the
 			 * function that called the unlock.
 			 */
-			for (j = 0; s && !strcmp(s->name, "_raw_spin_unlock_irqrestore") &&
+			for (j = 0; s && !strncmp(s->name, "_raw_spin_unlock_irq", 20) &&
 			     j < nr && (void *)(rec + 2 + j) < (void *)((char *)h + h->size); j++) {
 				if (rec[2 + j] >= (uint64_t)PERF_CONTEXT_MAX)
 					continue;

@@ -142,6 +142,57 @@ impl PageCacheEntry {
     }
 }
 
+/// Which facts [`FolioFacts`] reads beyond the page flags (the others read as "no").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// Whether it still belongs to the mapping ([`FolioFacts::other_mapping`]).
+    pub mapping: bool,
+    /// Its reference count ([`FolioFacts::refs_beyond_expected`]).
+    pub refs: bool,
+}
+
+impl Read {
+    /// The page flags only.
+    pub const FLAGS: Read = Read {
+        mapping: false,
+        refs: false,
+    };
+
+    fn bits(self) -> u32 {
+        let mut what = 0;
+        if self.mapping {
+            what |= bindings::thp_collapse_pc_read_THP_PC_READ_MAPPING;
+        }
+        if self.refs {
+            what |= bindings::thp_collapse_pc_read_THP_PC_READ_REFS;
+        }
+        what
+    }
+}
+
+/// Reads the facts `read` asks for of `folio`.
+///
+/// # Safety
+///
+/// `folio` must stay valid during the call (referenced, or under the xarray lock).
+unsafe fn read_facts(
+    folio: NonNull<bindings::folio>,
+    mapping: Mapping<'_>,
+    read: Read,
+) -> FolioFacts {
+    let mut refs = 0;
+    // SAFETY: By the function's safety requirements; the mapping is valid.
+    let flags = unsafe {
+        bindings::thp_collapse_pc_folio_facts(
+            folio.as_ptr(),
+            mapping.as_ptr(),
+            read.bits(),
+            &mut refs,
+        )
+    };
+    FolioFacts { flags, refs }
+}
+
 /// What a collapse needs to know about a folio of the page cache, read at one moment.
 #[derive(Clone, Copy, Debug)]
 pub struct FolioFacts {
@@ -330,13 +381,14 @@ impl<'a> PageCacheLocked<'a> {
     }
 
     /// The facts of `folio`, which this lock's xarray holds (so it stays valid).
-    pub fn facts_of(&self, folio: NonNull<bindings::folio>, mapping: Mapping<'_>) -> FolioFacts {
-        let mut refs = 0;
-        // SAFETY: The folio is in the page cache, whose lock is held; the mapping is valid.
-        let flags = unsafe {
-            bindings::thp_collapse_pc_folio_facts(folio.as_ptr(), mapping.as_ptr(), &mut refs)
-        };
-        FolioFacts { flags, refs }
+    pub fn facts_of(
+        &self,
+        folio: NonNull<bindings::folio>,
+        mapping: Mapping<'_>,
+        read: Read,
+    ) -> FolioFacts {
+        // SAFETY: The folio is in the page cache, whose lock is held.
+        unsafe { read_facts(folio, mapping, read) }
     }
 }
 
@@ -426,13 +478,9 @@ impl LockedFolio {
     }
 
     /// Its facts now (stable ones, under its lock: it cannot leave the mapping or change size).
-    pub fn facts(&self, mapping: Mapping<'_>) -> FolioFacts {
-        let mut refs = 0;
-        // SAFETY: The folio is referenced (type invariants), the mapping valid.
-        let flags = unsafe {
-            bindings::thp_collapse_pc_folio_facts(self.folio.as_ptr(), mapping.as_ptr(), &mut refs)
-        };
-        FolioFacts { flags, refs }
+    pub fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
+        // SAFETY: The folio is referenced (type invariants).
+        unsafe { read_facts(self.folio, mapping, read) }
     }
 
     /// Its first index in its mapping.
@@ -524,13 +572,9 @@ pub struct IsolatedFolio {
 
 impl IsolatedFolio {
     /// Its facts now.
-    pub fn facts(&self, mapping: Mapping<'_>) -> FolioFacts {
-        let mut refs = 0;
-        // SAFETY: The folio is referenced (type invariants), the mapping valid.
-        let flags = unsafe {
-            bindings::thp_collapse_pc_folio_facts(self.folio.as_ptr(), mapping.as_ptr(), &mut refs)
-        };
-        FolioFacts { flags, refs }
+    pub fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
+        // SAFETY: The folio is referenced (type invariants).
+        unsafe { read_facts(self.folio, mapping, read) }
     }
 
     /// Its number of pages.
