@@ -11,9 +11,14 @@
 //!
 //! To avoid deadlocks, locks are taken in the order:
 //!  1. mmap lock (read to scan, write to isolate and install),
-//!  2. anon_vma lock (write) or i_mmap lock (write),
+//!  2. anon_vma lock (write) or i_mmap lock (read, for a file: every VMA that maps it),
 //!  3. PMD page-table lock,
 //!  4. PTE page-table lock (nested).
+//!
+//! A collapse in the page cache (shmem and files) holds no mmap lock: there the order is the
+//! folio locks, then the i_mmap lock (read), then the anon_vma lock, the xarray lock (with
+//! interrupts off) and the page-table locks. It only ever *tries* the mmap lock of another VMA
+//! (to retract the page table of a CoWed private mapping), since that lock comes first.
 //!
 //! The huge folio is allocated and charged to the memory cgroup before the mmap write lock is
 //! taken. mmu notifier range start/end brackets the PMD clear. Every function that can drop the
@@ -21,11 +26,13 @@
 //!
 //! # Status
 //!
-//! Implemented for private anonymous memory, for all three callers: the range loop and its
-//! errno, eligibility and revalidation, the scan, the mTHP order plan (khugepaged), allocation
-//! and memcg charge, swap-in, isolation, the machine-check-safe copy, the install, and rollback.
-//! File and shmem collapse end with [`Outcome::NotImplemented`], which MADV_COLLAPSE reports as
-//! `EOPNOTSUPP` and the counters show under `not_implemented`.
+//! Implemented for private anonymous memory, shmem and files, for all three callers: the range
+//! loop and its errno, eligibility and revalidation, the scan, the mTHP order plan
+//! (khugepaged), allocation and memcg charge, swap-in, isolation, the machine-check-safe copy,
+//! the install, and rollback; for shmem and files (`file.rs`), the page cache scan, the
+//! collapse in the page cache, the retraction of page tables in every VMA that maps the range,
+//! and the PMD mapping of the new folio. [`Outcome::NotImplemented`] (`EOPNOTSUPP`) is kept for
+//! kinds of collapse not implemented; none is today.
 //!
 //! The locks, page tables and folios are guards of `kernel::mm`; the few raw calls into C that
 //! only the collapse needs are in `ffi.rs`, the crate's only user of `bindings` apart from the

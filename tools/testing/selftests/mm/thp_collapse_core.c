@@ -4,10 +4,10 @@
  * Rust core's per-caller counters.
  *
  * The Rust core decides eligibility, the MADV_COLLAPSE range loop and its
- * errno like the C core, and collapses private anonymous memory itself. Where
- * it does not implement a collapse yet (file and shmem), it must say so
- * (EOPNOTSUPP, counted as not_implemented) rather than pretend, and the C
- * core must keep working when selected.
+ * errno like the C core, and collapses private anonymous memory, shmem and
+ * files itself; its counters show it did. The C core must keep working when
+ * selected, and a failed huge page allocation leaves memory as it was on
+ * both.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -212,28 +212,37 @@ static void test_rust_already_huge(void)
 	munmap(p, NR_PMDS * PMD_SZ);
 }
 
+/* @nr PMDs of a memfd mapped PMD-aligned and written (0xa5), or NULL. */
+static char *shmem_populated(int *fd, size_t nr)
+{
+	char *p, *a;
+
+	*fd = memfd_create("thp_collapse_core", 0);
+	if (*fd < 0 || ftruncate(*fd, nr * PMD_SZ))
+		ksft_exit_fail_perror("memfd");
+	/* PMD-aligned in the address space and in the file. */
+	a = mmap_pmd_aligned(nr, PROT_NONE);
+	p = a ? mmap(a, nr * PMD_SZ, PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_FIXED, *fd, 0) : MAP_FAILED;
+	if (p == MAP_FAILED)
+		ksft_exit_fail_perror("mmap(memfd)");
+	memset(p, 0xa5, nr * PMD_SZ);
+	return p;
+}
+
 static void test_rust_shmem(void)
 {
 	long long ni = rust_stat("madvise", "not_implemented");
-	int fd = memfd_create("thp_collapse_core", 0);
-	char *p, *a;
-	int err;
+	long long ok = rust_stat("madvise", "succeed");
+	int fd, err;
+	char *p = shmem_populated(&fd, 2);
 
-	if (fd < 0 || ftruncate(fd, 2 * PMD_SZ))
-		ksft_exit_fail_perror("memfd");
-	/* PMD-aligned in the address space and in the file. */
-	a = mmap_pmd_aligned(2, PROT_NONE);
-	p = a ? mmap(a, 2 * PMD_SZ, PROT_READ | PROT_WRITE,
-		     MAP_SHARED | MAP_FIXED, fd, 0) : MAP_FAILED;
-	if (p == MAP_FAILED)
-		ksft_exit_fail_perror("mmap(memfd)");
-
-	memset(p, 1, 2 * PMD_SZ);
 	err = collapse_on("rust", p, 2 * PMD_SZ);
-	ksft_test_result(err == EOPNOTSUPP &&
-			 rust_stat("madvise", "not_implemented") == ni + 1 &&
-			 a[0] == 1,
-			 "rust: shmem collapse says EOPNOTSUPP (not implemented yet) (%s)\n",
+	ksft_test_result(!err && rust_stat("madvise", "succeed") == ok + 2 &&
+			 rust_stat("madvise", "not_implemented") == ni &&
+			 check_huge_shmem(p, 2 * PMD_SZ, 2, PMD_SZ) &&
+			 p[0] == (char)0xa5 && p[2 * PMD_SZ - 1] == (char)0xa5,
+			 "rust: shmem collapse is done by the Rust core (%s)\n",
 			 strerror(err));
 	munmap(p, 2 * PMD_SZ);
 	close(fd);
@@ -286,6 +295,32 @@ static void test_alloc_failure(void)
 			 "rust: failed huge page allocation gives ENOMEM like C, memory unchanged (rust %s, c %s)\n",
 			 strerror(rust_err), strerror(c_err));
 	munmap(p, PMD_SZ);
+}
+
+/* The same for shmem: the page cache keeps its small folios and their data. */
+static void test_shmem_alloc_failure(void)
+{
+	long long fails = rust_stat("madvise", "alloc_huge_page_fail");
+	int fd, rust_err, c_err;
+	char *p = shmem_populated(&fd, 1);
+
+	if (fail_thp_allocs(true)) {
+		fail_thp_allocs(false);
+		ksft_test_result_skip("shmem allocation failure: no fail_page_alloc\n");
+		goto out;
+	}
+	rust_err = collapse_on("rust", p, PMD_SZ);
+	c_err = collapse_on("c", p, PMD_SZ);
+	fail_thp_allocs(false);
+	ksft_test_result(rust_err == ENOMEM && c_err == ENOMEM &&
+			 rust_stat("madvise", "alloc_huge_page_fail") == fails + 1 &&
+			 check_huge_shmem(p, PMD_SZ, 0, PMD_SZ) &&
+			 p[0] == (char)0xa5 && p[PMD_SZ - 1] == (char)0xa5,
+			 "rust: failed huge page allocation for shmem gives ENOMEM like C, memory unchanged (rust %s, c %s)\n",
+			 strerror(rust_err), strerror(c_err));
+out:
+	munmap(p, PMD_SZ);
+	close(fd);
 }
 
 #define CG_ROOT "/sys/fs/cgroup"
@@ -378,7 +413,7 @@ int main(void)
 	char orig[16], thp_enabled[32];
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(17);
+	ksft_set_plan(18);
 
 	test_knob(orig);
 	test_rust_madvise();
@@ -390,6 +425,7 @@ int main(void)
 	test_rust_already_huge();
 	test_rust_shmem();
 	test_alloc_failure();
+	test_shmem_alloc_failure();
 	test_memcg_limit();
 	test_c_core();
 	test_rust_khugepaged();
