@@ -198,7 +198,7 @@ enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
  */
 bool thp_collapse_xas_any_entry(struct xa_state *xas, pgoff_t last)
 {
-	return xas_next_entry(xas, last) != NULL;
+	return !!xas_next_entry(xas, last);
 }
 
 /**

@@ -414,7 +414,8 @@ static void test_private_cow(const char *core)
 	long kb_after_shared, kb_after_priv;
 
 	for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++) {
-		gen[pg] = mine[pg] = 3;
+		gen[pg] = 3;
+		mine[pg] = 3;
 		if (write_page(fd, pg, 3))
 			ksft_exit_fail_perror("pwrite");
 	}
@@ -487,7 +488,8 @@ static void test_uffd_minor(void)
 
 	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) ||
 	    !(api.features & UFFD_FEATURE_MINOR_SHMEM)) {
-		ksft_test_result_skip("rust: uffd minor faults on shmem: not supported by this kernel\n");
+		ksft_test_result_skip("rust: uffd minor faults on shmem: %s\n",
+				      "not supported by this kernel");
 		if (uffd >= 0)
 			close(uffd);
 		close(fd);

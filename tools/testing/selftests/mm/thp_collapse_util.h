@@ -125,8 +125,11 @@ static inline int sysfs_swap_str(const char *path, char *old, size_t len,
 		char *s = strchr(old, '[') + 1;
 
 		memmove(old, s, strlen(s) + 1);
-		if (!strchr(old, ']'))
-			return ENOBUFS;
+		if (!strchr(old, ']')) {
+			/* @old too short for the whole line. */
+			errno = ENOBUFS;
+			return errno;
+		}
 		*strchr(old, ']') = '\0';
 	}
 	f = fopen(path, "w");
