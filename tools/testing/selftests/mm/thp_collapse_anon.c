@@ -36,16 +36,6 @@
 #include "vm_util.h"
 #include "thp_collapse_util.h"
 
-#ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE 25
-#endif
-#ifndef MADV_PAGEOUT
-#define MADV_PAGEOUT 21
-#endif
-
-#define PAGE_SZ 4096UL
-#define PAGES_PER_PMD (PMD_SZ / PAGE_SZ)
-
 static const char *const cores[] = { "rust", "c" };
 
 /* The word at offset @w of page @pg, for a test seeded with @seed. */

@@ -24,10 +24,6 @@
 #include "vm_util.h"
 #include "thp_collapse_util.h"
 
-#ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE 25
-#endif
-
 #define KHUGEPAGED_SYSFS "/sys/kernel/mm/transparent_hugepage/khugepaged/"
 #define NR_PMDS 2
 
@@ -273,16 +269,20 @@ static int fail_thp_allocs(bool on)
 	return write_str("/proc/self/make-it-fail", on ? "1" : "0");
 }
 
-static void test_alloc_failure(void)
+/*
+ * MADV_COLLAPSE of @p (one PMD, written 0xa5) on both cores with every
+ * PMD-order allocation failing: ENOMEM, and memory unchanged (@huge tells
+ * whether it is PMD-mapped).
+ */
+static void check_alloc_failure(const char *what, char *p,
+				bool (*huge)(void *, size_t, int, uint64_t))
 {
 	long long fails = rust_stat("madvise", "alloc_huge_page_fail");
-	char *p = populated(1);
 	int rust_err, c_err;
 
 	if (fail_thp_allocs(true)) {
 		fail_thp_allocs(false);
-		ksft_test_result_skip("allocation failure: no fail_page_alloc\n");
-		munmap(p, PMD_SZ);
+		ksft_test_result_skip("%s allocation failure: no fail_page_alloc\n", what);
 		return;
 	}
 	rust_err = collapse_on("rust", p, PMD_SZ);
@@ -290,35 +290,27 @@ static void test_alloc_failure(void)
 	fail_thp_allocs(false);
 	ksft_test_result(rust_err == ENOMEM && c_err == ENOMEM &&
 			 rust_stat("madvise", "alloc_huge_page_fail") == fails + 1 &&
-			 check_huge_anon(p, PMD_SZ, 0, PMD_SZ) &&
+			 huge(p, PMD_SZ, 0, PMD_SZ) &&
 			 p[0] == (char)0xa5 && p[PMD_SZ - 1] == (char)0xa5,
-			 "rust: failed huge page allocation gives ENOMEM like C, memory unchanged (rust %s, c %s)\n",
-			 strerror(rust_err), strerror(c_err));
+			 "rust: failed huge page allocation (%s) gives ENOMEM like C, memory unchanged (rust %s, c %s)\n",
+			 what, strerror(rust_err), strerror(c_err));
+}
+
+static void test_alloc_failure(void)
+{
+	char *p = populated(1);
+
+	check_alloc_failure("anon", p, check_huge_anon);
 	munmap(p, PMD_SZ);
 }
 
 /* The same for shmem: the page cache keeps its small folios and their data. */
 static void test_shmem_alloc_failure(void)
 {
-	long long fails = rust_stat("madvise", "alloc_huge_page_fail");
-	int fd, rust_err, c_err;
+	int fd;
 	char *p = shmem_populated(&fd, 1);
 
-	if (fail_thp_allocs(true)) {
-		fail_thp_allocs(false);
-		ksft_test_result_skip("shmem allocation failure: no fail_page_alloc\n");
-		goto out;
-	}
-	rust_err = collapse_on("rust", p, PMD_SZ);
-	c_err = collapse_on("c", p, PMD_SZ);
-	fail_thp_allocs(false);
-	ksft_test_result(rust_err == ENOMEM && c_err == ENOMEM &&
-			 rust_stat("madvise", "alloc_huge_page_fail") == fails + 1 &&
-			 check_huge_shmem(p, PMD_SZ, 0, PMD_SZ) &&
-			 p[0] == (char)0xa5 && p[PMD_SZ - 1] == (char)0xa5,
-			 "rust: failed huge page allocation for shmem gives ENOMEM like C, memory unchanged (rust %s, c %s)\n",
-			 strerror(rust_err), strerror(c_err));
-out:
+	check_alloc_failure("shmem", p, check_huge_shmem);
 	munmap(p, PMD_SZ);
 	close(fd);
 }

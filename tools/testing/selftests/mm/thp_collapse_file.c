@@ -33,15 +33,6 @@
 #include "vm_util.h"
 #include "thp_collapse_util.h"
 
-#ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE 25
-#endif
-#ifndef MADV_PAGEOUT
-#define MADV_PAGEOUT 21
-#endif
-
-#define PAGE_SZ 4096UL
-#define PAGES_PER_PMD (PMD_SZ / PAGE_SZ)
 #define NR_PMDS 2
 #define LEN (NR_PMDS * PMD_SZ)
 #define RACE_ROUNDS 30

@@ -177,7 +177,16 @@ static inline void collapse_test_start(char *orig, size_t olen, char *enabled,
 		ksft_exit_fail_msg("cannot set " THP_SYSFS "enabled\n");
 }
 
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
 #define PMD_SZ (2UL << 20)
+#define PAGE_SZ 4096UL
+#define PAGES_PER_PMD (PMD_SZ / PAGE_SZ)
 
 /* @nr_pmds PMD-aligned, PMD-sized, private anonymous ranges, or NULL. */
 static inline char *mmap_pmd_aligned(size_t nr_pmds, int prot)
