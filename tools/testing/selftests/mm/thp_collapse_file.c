@@ -393,14 +393,17 @@ static long shmem_pmd_kb(char *p)
  * table too (upstream skips every VMA with an anon_vma); the first keeps its
  * table and its CoW copy. Then MADV_COLLAPSE of the private mapping itself:
  * the first PMD cannot be collapsed (EINVAL), the second is PMD-mapped.
- * Every view keeps its contents.
+ * A forked child with a CoW copy of its own in the second PMD keeps its page
+ * table there. Every view, the child's too, keeps its contents.
  */
 static void test_private_cow(const char *core)
 {
 	uint64_t gen[NR_PMDS * PAGES_PER_PMD], mine[NR_PMDS * PAGES_PER_PMD];
 	long long ok = rust_stat("madvise", "succeed");
-	int fd = shmem_fd(LEN), ret_shared, ret_priv, err_priv = 0;
-	char *priv, *shared;
+	int fd = shmem_fd(LEN), ret_shared, ret_priv, err_priv = 0, status = 0;
+	int to_child[2], to_parent[2];
+	char *priv, *shared, go = 0;
+	pid_t child;
 	size_t pg, bad;
 	long kb_after_shared, kb_after_priv;
 
@@ -417,6 +420,26 @@ static void test_private_cow(const char *core)
 	force_read_pages(priv, NR_PMDS * PAGES_PER_PMD, PAGE_SZ);
 	mine[5] = 4;
 	fill_buf(priv + 5 * PAGE_SZ, 5, 4);
+	/* A child with its own CoW copy in the second PMD, checked after. */
+	if (pipe(to_child) || pipe(to_parent))
+		ksft_exit_fail_perror("pipe");
+	child = fork();
+	if (child < 0)
+		ksft_exit_fail_perror("fork");
+	if (!child) {
+		char c = 0;
+
+		mine[PAGES_PER_PMD + 7] = 8;
+		fill_buf(priv + (PAGES_PER_PMD + 7) * PAGE_SZ, PAGES_PER_PMD + 7, 8);
+		if (write(to_parent[1], &c, 1) != 1 || read(to_child[0], &c, 1) != 1)
+			_exit(2);
+		for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++)
+			if (!page_ok(priv + pg * PAGE_SZ, pg, mine[pg]))
+				_exit(1);
+		_exit(0);
+	}
+	if (read(to_parent[0], &go, 1) != 1)
+		ksft_exit_fail_perror("read(pipe)");
 
 	collapse_require_core(core);
 	ret_shared = madvise(shared, LEN, MADV_COLLAPSE);
@@ -427,8 +450,11 @@ static void test_private_cow(const char *core)
 	if (ret_priv)
 		err_priv = errno;
 	kb_after_priv = shmem_pmd_kb(priv);
-
-	bad = bad_pages(fd, shared, gen, NR_PMDS * PAGES_PER_PMD);
+	if (write(to_child[1], &go, 1) != 1 || waitpid(child, &status, 0) != child)
+		ksft_exit_fail_perror("child");
+	/* The child's view counts as one bad page if it differs. */
+	bad = bad_pages(fd, shared, gen, NR_PMDS * PAGES_PER_PMD) +
+	      (!WIFEXITED(status) || WEXITSTATUS(status));
 	for (pg = 0; pg < NR_PMDS * PAGES_PER_PMD; pg++)
 		if (!page_ok(priv + pg * PAGE_SZ, pg, mine[pg]))
 			bad++;
@@ -438,7 +464,7 @@ static void test_private_cow(const char *core)
 				 kb_after_priv == 2048 && !bad &&
 				 pmd_mapped(shared, LEN, true) &&
 				 rust_stat("madvise", "succeed") >= ok + NR_PMDS,
-				 "rust: private CoW mapping of shmem: shared collapse %d, private PMD-mapped %ld kB after it; private collapse %s, %ld kB; %zu pages differ\n",
+				 "rust: private CoW mapping of shmem, and a forked child: shared collapse %d, private PMD-mapped %ld kB after it; private collapse %s, %ld kB; %zu pages differ\n",
 				 ret_shared, kb_after_shared,
 				 ret_priv ? strerror(err_priv) : "ok",
 				 kb_after_priv, bad);
@@ -448,10 +474,14 @@ static void test_private_cow(const char *core)
 		 * at the first PMD: the private mapping stays PTE-mapped.
 		 */
 		ksft_test_result(!ret_shared && ret_priv && err_priv == EINVAL && !bad,
-				 "c: private CoW mapping of shmem: shared collapse %d, private PMD-mapped %ld kB after it; private collapse %s, %ld kB; %zu pages differ\n",
+				 "c: private CoW mapping of shmem, and a forked child: shared collapse %d, private PMD-mapped %ld kB after it; private collapse %s, %ld kB; %zu pages differ\n",
 				 ret_shared, kb_after_shared,
 				 ret_priv ? strerror(err_priv) : "ok",
 				 kb_after_priv, bad);
+	close(to_child[0]);
+	close(to_child[1]);
+	close(to_parent[0]);
+	close(to_parent[1]);
 	munmap(priv, LEN);
 	munmap(shared, LEN);
 	close(fd);
@@ -511,6 +541,51 @@ static void test_uffd_minor(void)
 	munmap(guest, LEN);
 	munmap(filler, LEN);
 	close(uffd);
+	close(fd);
+}
+
+#define KHUGEPAGED_SYSFS THP_SYSFS "khugepaged/"
+
+/*
+ * khugepaged collapses a shmem VM_HUGEPAGE range (shmem_enabled "advise")
+ * through the Rust core: its page cache becomes one huge folio and the page
+ * table goes, so the next fault maps it with a PMD.
+ */
+static void test_khugepaged_shmem(void)
+{
+	unsigned long sleep_ms = read_num(KHUGEPAGED_SYSFS "scan_sleep_millisecs");
+	long long ok = rust_stat("khugepaged", "succeed");
+	uint64_t gen[PAGES_PER_PMD];
+	char old[128];
+	int fd = shmem_fd(PMD_SZ), i;
+	char *p;
+	size_t pg, bad;
+	bool huge = false;
+
+	if (sysfs_swap_str(THP_SYSFS "shmem_enabled", old, sizeof(old), "advise"))
+		ksft_exit_fail_msg("cannot set shmem_enabled\n");
+	collapse_require_core("rust");
+	write_num(KHUGEPAGED_SYSFS "scan_sleep_millisecs", 10);
+	p = map_aligned(fd, PMD_SZ, PROT_READ | PROT_WRITE, MAP_SHARED);
+	if (!p)
+		ksft_exit_fail_perror("mmap");
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		gen[pg] = 7;
+		fill_buf(p + pg * PAGE_SZ, pg, 7);
+	}
+	for (i = 0; i < 200 && !huge; i++) {
+		usleep(100000);
+		force_read_pages(p, PAGES_PER_PMD, PAGE_SZ);
+		huge = rust_stat("khugepaged", "succeed") > ok &&
+		       pmd_mapped(p, PMD_SZ, true);
+	}
+	bad = bad_pages(fd, p, gen, PAGES_PER_PMD);
+	write_num(KHUGEPAGED_SYSFS "scan_sleep_millisecs", sleep_ms);
+	set_str(THP_SYSFS "shmem_enabled", old);
+	ksft_test_result(huge && !bad,
+			 "rust: khugepaged collapses shmem through the Rust core (%lld new succeed, PMD-mapped %d, %zu pages differ)\n",
+			 rust_stat("khugepaged", "succeed") - ok, huge, bad);
+	munmap(p, PMD_SZ);
 	close(fd);
 }
 
@@ -613,7 +688,7 @@ int main(int argc, char **argv)
 
 	dir = argc > 1 ? argv[1] : NULL;
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 * 3 + 2 * 2 + NR_RACERS + 2 + 1 + 3);
+	ksft_set_plan(2 * 3 + 2 * 2 + NR_RACERS + 2 + 2 + 3);
 
 	for (c = 0; c < 2; c++) {
 		test_integrity(cores[c], true, FULL);
@@ -634,6 +709,7 @@ int main(int argc, char **argv)
 	for (c = 0; c < 2; c++)
 		test_private_cow(cores[c]);
 	test_uffd_minor();
+	test_khugepaged_shmem();
 	test_bad_past_eof();
 	test_bad_shmem_deny();
 	test_bad_uffd_wp();
