@@ -3,7 +3,7 @@
  * thp_collapse_bench - time the C and the Rust THP collapse cores in one boot.
  *
  * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB] [-a CORE] [-f] [-S]
- *                           [-p USEC [-C]] [-d DIR [-F MIB]]
+ *                           [-p USEC [-C]] [-d DIR [-F MIB]] [-W WORKLOAD]
  *
  * For each round it measures, on both cores:
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
@@ -42,6 +42,9 @@
  * interrupts came back on (in a spin_unlock_irq*()) is also counted for the
  * function that called the unlock ("PROFUNLOCK," lines); call chains cost
  * time in the sampled thread, so the totals grow with them.
+ *
+ * -W WORKLOAD times (and profiles) that workload only ("shmem", say); the
+ * others are still set up, untimed.
  *
  * MADV_COLLAPSE is timed per 2 MiB call. While it runs, a second thread calls
  * mincore() in a loop: mincore() needs the mmap lock for read, so its
@@ -91,6 +94,8 @@ static const char *const cores[] = { "c", "rust" };
 static int side_core[2] = { 0, 1 };
 /* -f: each side stays on one copy of the workload. */
 static int fixed_copies;
+/* The only workload timed (-W), or -1 for all. */
+static int only_workload = -1;
 
 struct series {
 	double ns[MAX_SAMPLES];
@@ -674,6 +679,8 @@ static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
 	size_t b, end;
 	int k, core, copy;
 
+	if (only_workload >= 0 && (int)w != only_workload)
+		return;
 	for (b = 0; b < nr; b += BLOCK) {
 		end = min(b + BLOCK, nr);
 		for (k = 0; k < 2; k++) {
@@ -704,7 +711,7 @@ int main(int argc, char **argv)
 	const char *dir = NULL;
 	size_t fmib = 64, fnr;
 
-	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CSd:F:")) != -1) {
+	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CSd:F:W:")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -737,9 +744,16 @@ int main(int argc, char **argv)
 		case 'F':
 			fmib = strtoul(optarg, NULL, 0);
 			break;
+		case 'W':
+			for (w = 0; w < NR_WORKLOADS; w++)
+				if (!strcmp(optarg, wname[w]))
+					only_workload = w;
+			if (only_workload < 0)
+				die("-W: no such workload");
+			break;
 		default:
 			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] %s\n", argv[0],
-				"[-a c|rust] [-f] [-S] [-p usec [-C]] [-d dir [-F MiB]]");
+				"[-a c|rust] [-f] [-S] [-p usec [-C]] [-d dir [-F MiB]] [-W workload]");
 			return 2;
 		}
 	}
