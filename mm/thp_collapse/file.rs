@@ -48,8 +48,9 @@ const NR: usize = PTES_PER_PMD as usize;
 const ENTRY_BATCH: usize = 16;
 
 /// Collapses the PMD range at `addr`, index `pgoff` of `file`, which a file or shmem VMA that
-/// `guard` found maps, for `mode`. Releases the mmap lock (the page cache work runs without it) and, after a collapse
-/// for MADV_COLLAPSE, takes it again for read to map the new folio with the PMD.
+/// `guard` found maps, for `mode`. Releases the mmap lock (the page cache work runs without
+/// it) and, after a collapse in the page cache, takes it again for read to map the new folio
+/// with the PMD (MADV_COLLAPSE) or only remove the page table left (khugepaged).
 ///
 /// Returns the outcome, the page-table entries accounted to khugepaged's scan budget, and the
 /// lock's state (always released). Upstream: the file half of `collapse_single_pmd()`.

@@ -742,10 +742,9 @@ pub unsafe fn retract_empty_table(
     let mm = unsafe { (*vma).vm_mm };
     // SAFETY: The page tables stay allocated (safety requirements).
     let pmdp = unsafe { bindings::thp_collapse_find_pmd_unlocked(mm, addr) };
-    if pmdp.is_null()
-        // SAFETY: `pmdp` is an entry of those page tables.
-        || unsafe { bindings::thp_collapse_pmd_state(pmdp) } != bindings::thp_collapse_pmd_state_THP_PMD_TABLE
-    {
+    let table_state = bindings::thp_collapse_pmd_state_THP_PMD_TABLE;
+    // SAFETY: `pmdp`, when not NULL, is an entry of those page tables.
+    if pmdp.is_null() || unsafe { bindings::thp_collapse_pmd_state(pmdp) } != table_state {
         return false;
     }
     // SAFETY: `mm` is alive (safety requirements).
