@@ -29,8 +29,8 @@ use kernel::{
         anon_vma::AnonVmaWriteGuard,
         page_cache::{
             self, flush_batched_unmaps, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
-            Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked, ShmemCharge,
-            Slot,
+            Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
+            PageCacheState, ShmemCharge, Slot,
         },
         pgtable::{self, PmdClearNotifier, PmdEntry, PmdState, PmdTableLocked, PTRS_PER_PTE},
         virt::VmaRef,
@@ -311,7 +311,9 @@ fn collapse_file(
         // Dropped in reverse order on failure: the charge, the old folios, the new one.
         let mut old: KVec<IsolatedFolio> =
             KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Outcome::Fail)?;
-        let mut xa = PageCacheCursor::new(mapping, start)
+        let mut state = PageCacheState::new(mapping, start);
+        let mut xa = state
+            .cursor()
             .create_range(PMD_ORDER)
             .map_err(|_| Outcome::Fail)?;
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A file's page cache, as a collapse in it needs it: the entries of a range, read without
-//! locks; a cursor over the range and its lock (the xarray lock, with interrupts disabled); the
+//! locks; a walk of the range ([`PageCacheState`]) and its cursor, unlocked or locked (the
+//! xarray lock, with interrupts disabled); the
 //! folios of the range, locked, then isolated and unmapped; the new folio that replaces them.
 //!
 //! The lock order is: folio lock, then i_mmap lock (read), then the xarray lock. Nothing here
@@ -273,21 +274,23 @@ fn slot(kind: bindings::thp_collapse_slot, folio: *mut bindings::folio) -> Slot 
     }
 }
 
-/// A position in the page cache of a mapping, with the xarray unlocked.
+/// The state of a walk of the page cache of a mapping (C's `struct xa_state`): where it is,
+/// and the nodes it found. It stays in place while [`PageCacheCursor`] and [`PageCacheLocked`]
+/// (one pointer each) hand it from the unlocked to the locked state and back.
 ///
 /// # Invariants
 ///
-/// `xas` is an xarray state on the page cache of a mapping that stays valid for `'a`.
-pub struct PageCacheCursor<'a> {
+/// `xas` is an xarray state on the page cache of a mapping that stays valid for `'m`.
+pub struct PageCacheState<'m> {
     xas: bindings::xa_state,
-    _mapping: PhantomData<Mapping<'a>>,
+    _mapping: PhantomData<Mapping<'m>>,
 }
 
-impl<'a> PageCacheCursor<'a> {
-    /// A cursor at `index` of `mapping`.
-    pub fn new(mapping: Mapping<'a>, index: usize) -> Self {
+impl<'m> PageCacheState<'m> {
+    /// A state at `index` of `mapping`.
+    pub fn new(mapping: Mapping<'m>, index: usize) -> Self {
         let mut xas = bindings::xa_state::default();
-        // SAFETY: `xas` is valid for writes; the mapping is valid for `'a`.
+        // SAFETY: `xas` is valid for writes; the mapping is valid for `'m`.
         unsafe { bindings::thp_collapse_xas_init(&mut xas, mapping.as_ptr(), index) };
         // INVARIANT: Initialized on the mapping's page cache above.
         Self {
@@ -296,10 +299,26 @@ impl<'a> PageCacheCursor<'a> {
         }
     }
 
+    /// The cursor of the walk, with the xarray unlocked.
+    pub fn cursor(&mut self) -> PageCacheCursor<'_> {
+        PageCacheCursor { xas: &mut self.xas }
+    }
+}
+
+/// A position in the page cache of a mapping, with the xarray unlocked.
+///
+/// # Invariants
+///
+/// `xas` is the state of a [`PageCacheState`], on a valid xarray.
+pub struct PageCacheCursor<'a> {
+    xas: &'a mut bindings::xa_state,
+}
+
+impl<'a> PageCacheCursor<'a> {
     /// Takes the xarray lock. C: `xas_lock_irq()`.
-    pub fn lock(mut self) -> PageCacheLocked<'a> {
+    pub fn lock(self) -> PageCacheLocked<'a> {
         // SAFETY: By the type invariants `xas` is on a valid xarray.
-        unsafe { bindings::thp_collapse_xas_lock_irq(&mut self.xas) };
+        unsafe { bindings::thp_collapse_xas_lock_irq(self.xas) };
         // INVARIANT: Locked above.
         PageCacheLocked {
             cursor: ManuallyDrop::new(self),
@@ -310,9 +329,9 @@ impl<'a> PageCacheCursor<'a> {
     /// starts at the cursor (allocating, with the lock dropped, as needed), and returns with
     /// the xarray locked. May sleep. Fails with `ENOMEM`, unlocked.
     /// C: `xas_create_range()` and `xas_nomem()`.
-    pub fn create_range(mut self, order: u32) -> Result<PageCacheLocked<'a>, Self> {
+    pub fn create_range(self, order: u32) -> Result<PageCacheLocked<'a>, Self> {
         // SAFETY: By the type invariants `xas` is on a valid xarray.
-        if unsafe { bindings::thp_collapse_xas_create_locked(&mut self.xas, order) } != 0 {
+        if unsafe { bindings::thp_collapse_xas_create_locked(self.xas, order) } != 0 {
             return Err(self);
         }
         // INVARIANT: The glue returns locked on success.
@@ -334,7 +353,7 @@ pub struct PageCacheLocked<'a> {
 
 impl<'a> PageCacheLocked<'a> {
     fn xas(&mut self) -> *mut bindings::xa_state {
-        &mut self.cursor.xas
+        &raw mut *self.cursor.xas
     }
 
     /// Releases the lock, keeping the position. C: `xas_unlock_irq()`.
