@@ -239,7 +239,8 @@ void thp_collapse_xas_lock_irq(struct xa_state *xas);
 void thp_collapse_xas_unlock_irq(struct xa_state *xas);
 enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
 					     pgoff_t index,
-					     struct folio **folio);
+					     struct folio **folio,
+					     unsigned int *flags);
 bool thp_collapse_xas_any_entry(struct xa_state *xas, pgoff_t last);
 int thp_collapse_xas_store_retry(struct xa_state *xas);
 void thp_collapse_xas_store_null(struct xa_state *xas);

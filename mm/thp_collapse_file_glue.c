@@ -177,15 +177,24 @@ static enum thp_collapse_slot classify(void *entry, struct folio **folio)
  * @xas: the state; the xarray is locked.
  * @index: the index.
  * @folio: set to the folio, for THP_SLOT_FOLIO.
+ * @flags: set, for THP_SLOT_FOLIO, to the folio's THP_PC_* page-flag facts
+ *	(what thp_collapse_pc_folio_facts() reads with no THP_PC_READ_*).
  *
  * Return: what the entry is.
  */
 enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
 					     pgoff_t index,
-					     struct folio **folio)
+					     struct folio **folio,
+					     unsigned int *flags)
 {
+	enum thp_collapse_slot kind;
+	long refs;
+
 	xas_set(xas, index);
-	return classify(xas_load(xas), folio);
+	kind = classify(xas_load(xas), folio);
+	if (kind == THP_SLOT_FOLIO)
+		*flags = thp_collapse_pc_folio_facts(*folio, NULL, 0, &refs);
+	return kind;
 }
 
 /**

@@ -204,9 +204,8 @@ fn lock_old<'a>(
             let folio = LockedFolio::read(file, index, end).ok_or(Outcome::Fail)?;
             Ok(Got::Folio(folio, cursor))
         }
-        Slot::Folio(folio) => {
-            // Under the xarray lock (interrupts off): the page flags only.
-            let facts = xa.facts_of(folio, mapping, page_cache::Read::FLAGS);
+        // Read with the entry, under the xarray lock (interrupts off): the page flags only.
+        Slot::Folio(folio, facts) => {
             if shmem && !facts.uptodate() {
                 // Fallocated and never written: shmem instantiates it.
                 let cursor = xa.unlock();

@@ -126,7 +126,7 @@ impl PageCacheEntry {
     pub fn facts(&self) -> FolioFacts {
         FolioFacts {
             flags: self.0.flags,
-            refs: self.0.refs,
+            refs: clamp_refs(self.0.refs),
         }
     }
 
@@ -191,14 +191,22 @@ unsafe fn read_facts(
             &mut refs,
         )
     };
-    FolioFacts { flags, refs }
+    FolioFacts {
+        flags,
+        refs: clamp_refs(refs),
+    }
+}
+
+/// A reference count difference as the facts keep it (reference counts are C `int`s).
+fn clamp_refs(refs: isize) -> i32 {
+    i32::try_from(refs).unwrap_or(i32::MAX)
 }
 
 /// What a collapse needs to know about a folio of the page cache, read at one moment.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FolioFacts {
     flags: u32,
-    refs: isize,
+    refs: i32,
 }
 
 impl FolioFacts {
@@ -245,7 +253,7 @@ impl FolioFacts {
     /// References beyond the page cache's, its mappings' and the reader's:
     /// `folio_ref_count() - folio_expected_ref_count()`, the reader's reference included.
     pub fn refs_beyond_expected(&self) -> isize {
-        self.refs
+        self.refs as isize
     }
 }
 
@@ -258,18 +266,20 @@ pub enum Slot {
     Value,
     /// A hole a collapse is filling (`XA_RETRY_ENTRY`).
     Retry,
-    /// A folio; valid while the xarray lock is held.
-    Folio(NonNull<bindings::folio>),
+    /// A folio, valid while the xarray lock is held, and its page-flag facts
+    /// ([`Read::FLAGS`]), read with it.
+    Folio(NonNull<bindings::folio>, FolioFacts),
 }
 
 /// Converts what the glue classified.
-fn slot(kind: bindings::thp_collapse_slot, folio: *mut bindings::folio) -> Slot {
+fn slot(kind: bindings::thp_collapse_slot, folio: *mut bindings::folio, flags: u32) -> Slot {
     match kind {
         bindings::thp_collapse_slot_THP_SLOT_VALUE => Slot::Value,
         bindings::thp_collapse_slot_THP_SLOT_RETRY => Slot::Retry,
-        bindings::thp_collapse_slot_THP_SLOT_FOLIO => {
-            NonNull::new(folio).map_or(Slot::Empty, Slot::Folio)
-        }
+        bindings::thp_collapse_slot_THP_SLOT_FOLIO => NonNull::new(folio)
+            .map_or(Slot::Empty, |f| {
+                Slot::Folio(f, FolioFacts { flags, refs: 0 })
+            }),
         _ => Slot::Empty,
     }
 }
@@ -367,12 +377,15 @@ impl<'a> PageCacheLocked<'a> {
         }
     }
 
-    /// What index `index` holds; moves the cursor there. C: `xas_set()`, `xas_load()`.
+    /// What index `index` holds (with a folio's page flags, read in the same call); moves the
+    /// cursor there. C: `xas_set()`, `xas_load()`.
     pub fn load(&mut self, index: usize) -> Slot {
         let mut folio = core::ptr::null_mut();
-        // SAFETY: The lock is held (type invariants); `folio` is valid for writes.
-        let kind = unsafe { bindings::thp_collapse_xas_load(self.xas(), index, &mut folio) };
-        slot(kind, folio)
+        let mut flags = 0;
+        // SAFETY: The lock is held (type invariants); `folio` and `flags` are valid for writes.
+        let kind =
+            unsafe { bindings::thp_collapse_xas_load(self.xas(), index, &mut folio, &mut flags) };
+        slot(kind, folio, flags)
     }
 
     /// Whether any index after the cursor, up to `last`, holds an entry.
@@ -397,17 +410,6 @@ impl<'a> PageCacheLocked<'a> {
     pub fn store_empty(&mut self) {
         // SAFETY: As above.
         unsafe { bindings::thp_collapse_xas_store_null(self.xas()) };
-    }
-
-    /// The facts of `folio`, which this lock's xarray holds (so it stays valid).
-    pub fn facts_of(
-        &self,
-        folio: NonNull<bindings::folio>,
-        mapping: Mapping<'_>,
-        read: Read,
-    ) -> FolioFacts {
-        // SAFETY: The folio is in the page cache, whose lock is held.
-        unsafe { read_facts(folio, mapping, read) }
     }
 }
 
