@@ -216,7 +216,6 @@ enum thp_collapse_pc_read {
  * @pfn: the folio's first pfn, or -1 for a value entry.
  * @refs: folio_ref_count() - folio_expected_ref_count(), our reference
  *	included; 0 for a value entry.
- * @nid: the folio's node, or NUMA_NO_NODE.
  * @flags: THP_PC_* facts.
  */
 struct thp_collapse_pc_entry {
@@ -224,7 +223,6 @@ struct thp_collapse_pc_entry {
 	unsigned long nr;
 	unsigned long pfn;
 	long refs;
-	int nid;
 	unsigned int flags;
 };
 

@@ -65,7 +65,6 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 			e->nr = 1UL << xas_get_order(&xas);
 			e->pfn = -1UL;
 			e->refs = 0;
-			e->nid = NUMA_NO_NODE;
 			e->flags = THP_PC_VALUE;
 		} else {
 			if (!folio_try_get(folio)) {
@@ -80,7 +79,6 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 			e->index = folio->index;
 			e->nr = folio_nr_pages(folio);
 			e->pfn = folio_pfn(folio);
-			e->nid = folio_nid(folio);
 			e->flags = thp_collapse_pc_folio_facts(folio, mapping,
 							       THP_PC_READ_REFS,
 							       &e->refs);

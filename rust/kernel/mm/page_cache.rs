@@ -103,12 +103,6 @@ impl<'a> Mapping<'a> {
 pub struct PageCacheEntry(bindings::thp_collapse_pc_entry);
 
 impl PageCacheEntry {
-    /// Its first index.
-    #[inline]
-    pub fn index(&self) -> usize {
-        self.0.index
-    }
-
     /// The pages it covers.
     #[inline]
     pub fn nr_pages(&self) -> usize {
@@ -135,12 +129,6 @@ impl PageCacheEntry {
     pub fn pfn(&self) -> usize {
         self.0.pfn
     }
-
-    /// The folio's node, or `None`.
-    #[inline]
-    pub fn nid(&self) -> Option<usize> {
-        usize::try_from(self.0.nid).ok()
-    }
 }
 
 /// Which facts [`FolioFacts`] reads beyond the page flags (the others read as "no").
@@ -153,12 +141,6 @@ pub struct Read {
 }
 
 impl Read {
-    /// The page flags only.
-    pub const FLAGS: Read = Read {
-        mapping: false,
-        refs: false,
-    };
-
     fn bits(self) -> u32 {
         let mut what = 0;
         if self.mapping {
@@ -266,8 +248,8 @@ pub enum Slot {
     Value,
     /// A hole a collapse is filling (`XA_RETRY_ENTRY`).
     Retry,
-    /// A folio, valid while the xarray lock is held, and its page-flag facts
-    /// ([`Read::FLAGS`]), read with it.
+    /// A folio, valid while the xarray lock is held, and its page-flag facts (no [`Read`]
+    /// extras), read with it.
     Folio(NonNull<bindings::folio>, FolioFacts),
 }
 
@@ -502,13 +484,6 @@ impl LockedFolio {
     pub fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
         // SAFETY: The folio is referenced (type invariants).
         unsafe { read_facts(self.folio, mapping, read) }
-    }
-
-    /// Its first index in its mapping.
-    #[inline]
-    pub fn index(&self) -> usize {
-        // SAFETY: The folio is locked (type invariants): its index does not change.
-        unsafe { bindings::thp_collapse_folio_index(self.folio.as_ptr()) }
     }
 
     /// Its number of pages.
