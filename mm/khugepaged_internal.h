@@ -93,9 +93,13 @@ enum thp_collapse_isolate {
 	THP_ISOLATE_NOT_ON_LRU,	/* someone else isolated it */
 };
 
-enum thp_collapse_isolate thp_collapse_folio_isolate(struct folio *folio);
+struct folio_batch;
+unsigned int thp_collapse_folios_isolate(struct folio **folios,
+					 unsigned int nr,
+					 enum thp_collapse_isolate *why);
 void thp_collapse_folio_putback(struct folio *folio, bool free_swap);
-bool thp_collapse_folio_release_unmapped(struct folio *folio, int refs);
+void thp_collapse_folios_release_unmapped(struct folio_batch *fbatch,
+					  unsigned int *refs);
 vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
 				    unsigned long addr, pmd_t *pmd, pte_t *pte,
 				    spinlock_t *ptl, pte_t orig_pte);

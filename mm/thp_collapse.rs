@@ -72,6 +72,7 @@ mod stats;
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
+use detach::RequestList;
 use ffi::to_scan_result;
 use mode::Caller;
 use outcome::Outcome;
@@ -147,7 +148,7 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     // SAFETY: The caller found `vma`, a VMA of `mm`, under the lock it hands over.
     unsafe { guard.remember_vma(vma) };
     let (outcome, scanned, state) =
-        request::collapse_pmd(guard, addr, Caller::Khugepaged, &mut None);
+        request::collapse_pmd(guard, addr, Caller::Khugepaged, &mut RequestList::new());
     match state {
         Locked::Held(guard) => guard.keep(),
         // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.

@@ -205,38 +205,107 @@ enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp)
  * These only run the fixed sequence; what a failure means is up to the caller.
  */
 
-/**
- * thp_collapse_folio_isolate() - lock a folio and take it off its LRU list.
- * @folio: a folio that stays valid during the call.
- *
- * Locks @folio without waiting, checks under the lock that nobody holds a
- * reference beyond its mappings and swap cache (a GUP pin, say), then
- * isolates it from the LRU and counts it in NR_ISOLATED_*.
- *
- * Return: THP_ISOLATE_OK, with the folio locked, isolated and counted; or
- * THP_ISOLATE_LOCKED, THP_ISOLATE_REFERENCED or THP_ISOLATE_NOT_ON_LRU, with
- * nothing changed.
+/*
+ * Adds @nr pages to the NR_ISOLATED_* item of @folio's node, through @acc:
+ * successive folios of one node and LRU type (the common case) make one
+ * update of the node's counter, done by flush_isolated().
  */
-enum thp_collapse_isolate thp_collapse_folio_isolate(struct folio *folio)
+struct isolated_acc {
+	struct pglist_data *pgdat;
+	enum node_stat_item item;
+	long nr;
+};
+
+static void flush_isolated(struct isolated_acc *acc)
 {
-	if (!folio_trylock(folio))
-		return THP_ISOLATE_LOCKED;
-	if (folio_expected_ref_count(folio) != folio_ref_count(folio)) {
-		folio_unlock(folio);
-		return THP_ISOLATE_REFERENCED;
-	}
-	if (!folio_isolate_lru(folio)) {
-		folio_unlock(folio);
-		return THP_ISOLATE_NOT_ON_LRU;
-	}
-	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
-			    folio_nr_pages(folio));
-	return THP_ISOLATE_OK;
+	if (acc->nr)
+		mod_node_page_state(acc->pgdat, acc->item, acc->nr);
+	acc->nr = 0;
+}
+
+static void count_isolated(struct isolated_acc *acc, struct folio *folio,
+			   long nr)
+{
+	struct pglist_data *pgdat = folio_pgdat(folio);
+	enum node_stat_item item = NR_ISOLATED_ANON + folio_is_file_lru(folio);
+
+	if (acc->nr && (acc->pgdat != pgdat || acc->item != item))
+		flush_isolated(acc);
+	acc->pgdat = pgdat;
+	acc->item = item;
+	acc->nr += nr;
 }
 
 /**
- * thp_collapse_folio_putback() - undo thp_collapse_folio_isolate().
- * @folio: a folio isolated by thp_collapse_folio_isolate().
+ * thp_collapse_folios_isolate() - lock folios and take them off their LRU
+ * lists.
+ * @folios: @nr distinct folios that stay valid during the call.
+ * @nr: how many.
+ * @why: where the reason goes if not all of them could be isolated.
+ *
+ * For each folio, in order: lock it without waiting, check under the lock
+ * that nobody holds a reference beyond its mappings and swap cache (a GUP
+ * pin, say), isolate it from the LRU (folio_isolate_lru()) and count it in
+ * NR_ISOLATED_*; stop at the first folio for which a step fails. The result
+ * is that of these steps run folio after folio, but the lruvec lock is taken
+ * once for a run of folios of one lruvec instead of once per folio, and the
+ * node's counter is updated once per run of one node.
+ *
+ * Return: how many folios, from the first on, are now locked, isolated and
+ * counted. If fewer than @nr, *@why says why the next one could not be
+ * (THP_ISOLATE_LOCKED, THP_ISOLATE_REFERENCED or THP_ISOLATE_NOT_ON_LRU);
+ * it and those after it are left as they were.
+ */
+unsigned int thp_collapse_folios_isolate(struct folio **folios,
+					 unsigned int nr,
+					 enum thp_collapse_isolate *why)
+{
+	struct isolated_acc acc = { .nr = 0 };
+	struct lruvec *lruvec = NULL;
+	unsigned int locked, i;
+
+	*why = THP_ISOLATE_OK;
+	for (locked = 0; locked < nr; locked++) {
+		struct folio *folio = folios[locked];
+
+		if (!folio_trylock(folio)) {
+			*why = THP_ISOLATE_LOCKED;
+			break;
+		}
+		if (folio_expected_ref_count(folio) != folio_ref_count(folio)) {
+			folio_unlock(folio);
+			*why = THP_ISOLATE_REFERENCED;
+			break;
+		}
+	}
+	for (i = 0; i < locked; i++) {
+		struct folio *folio = folios[i];
+
+		/* folio_isolate_lru(), with the lock kept across folios. */
+		if (!folio_test_clear_lru(folio)) {
+			*why = THP_ISOLATE_NOT_ON_LRU;
+			break;
+		}
+		folio_get(folio);
+		lruvec = folio_lruvec_relock_irq(folio, lruvec);
+		lruvec_del_folio(lruvec, folio);
+	}
+	if (lruvec)
+		lruvec_unlock_irq(lruvec);
+	nr = i;
+	for (i = 0; i < nr; i++)
+		count_isolated(&acc, folios[i], folio_nr_pages(folios[i]));
+	flush_isolated(&acc);
+	/* Locked, but not isolated: as they were. */
+	for (i = nr; i < locked; i++)
+		folio_unlock(folios[i]);
+	return nr;
+}
+
+/**
+ * thp_collapse_folio_putback() - undo thp_collapse_folios_isolate() for one
+ * folio.
+ * @folio: a folio isolated by thp_collapse_folios_isolate().
  * @free_swap: drop its swap cache entry first, if nothing maps it any more.
  *
  * Uncounts and unlocks @folio and puts it back on the LRU, which drops the
@@ -253,40 +322,54 @@ void thp_collapse_folio_putback(struct folio *folio, bool free_swap)
 }
 
 /**
- * thp_collapse_folio_release_unmapped() - release an isolated folio that no
- * page table maps any more.
- * @folio: a small folio isolated by thp_collapse_folio_isolate().
- * @refs: the references of the mappings the caller removed, handed over.
+ * thp_collapse_folios_release_unmapped() - release isolated folios that no
+ * page table maps any more, and free them.
+ * @fbatch: small folios isolated by thp_collapse_folios_isolate(); emptied.
+ * @refs: for each folio of @fbatch, the references of the mappings the
+ *	caller removed, handed over.
  *
- * Uncounts and unlocks @folio and drops its swap cache entry. Putting it back
- * on the LRU only for the last reference to take it off again would cost two
- * trips through the lruvec lock: if the caller's references (@refs and the
- * isolation's) are the only ones, and the folio is neither in the swap cache
- * nor mlocked or unevictable, nothing can reach it but speculative pfn
- * walkers, which back off from a folio that is not on the LRU. Then this
- * clears the LRU state isolation left behind and leaves the references to the
- * caller, to free the folio with folios_put_refs(). Otherwise it puts the
- * folio back on the LRU and drops the references itself.
- *
- * Return: true if the caller now owns @refs + 1 references, and dropping them
- * frees the folio; false if nothing is left to the caller.
+ * Uncounts and unlocks each folio and drops its swap cache entry. Putting a
+ * folio back on the LRU only for its last reference to take it off again
+ * would cost two trips through the lruvec lock: if the caller's references
+ * (@refs and the isolation's) are the only ones, and the folio is neither in
+ * the swap cache nor mlocked or unevictable, nothing can reach it but
+ * speculative pfn walkers, which back off from a folio that is not on the
+ * LRU. Such folios have the LRU state isolation left behind cleared and are
+ * freed together with folios_put_refs(); the others are put back on the LRU
+ * with the references dropped, and their last reference frees them. The
+ * node's NR_ISOLATED_* counter is updated once per run of one node.
  */
-bool thp_collapse_folio_release_unmapped(struct folio *folio, int refs)
+void thp_collapse_folios_release_unmapped(struct folio_batch *fbatch,
+					  unsigned int *refs)
 {
-	node_stat_mod_folio(folio, NR_ISOLATED_ANON + folio_is_file_lru(folio),
-			    -folio_nr_pages(folio));
-	folio_unlock(folio);
-	free_swap_cache(folio);
-	if (folio_test_large(folio) || folio_test_lru(folio) ||
-	    folio_test_swapcache(folio) || folio_test_mlocked(folio) ||
-	    folio_test_unevictable(folio) ||
-	    folio_ref_count(folio) != refs + 1) {
-		folio_putback_lru(folio);
-		folio_put_refs(folio, refs);
-		return false;
+	struct isolated_acc acc = { .nr = 0 };
+	unsigned int i, kept = 0;
+
+	for (i = 0; i < folio_batch_count(fbatch); i++) {
+		struct folio *folio = fbatch->folios[i];
+
+		count_isolated(&acc, folio, -folio_nr_pages(folio));
+		folio_unlock(folio);
+		free_swap_cache(folio);
+		if (folio_test_large(folio) || folio_test_lru(folio) ||
+		    folio_test_swapcache(folio) || folio_test_mlocked(folio) ||
+		    folio_test_unevictable(folio) ||
+		    folio_ref_count(folio) != refs[i] + 1) {
+			folio_putback_lru(folio);
+			folio_put_refs(folio, refs[i]);
+			continue;
+		}
+		folio_clear_active(folio);
+		fbatch->folios[kept] = folio;
+		refs[kept] = refs[i] + 1;
+		kept++;
 	}
-	folio_clear_active(folio);
-	return true;
+	flush_isolated(&acc);
+	fbatch->nr = kept;
+	if (kept)
+		folios_put_refs(fbatch, refs);
+	else
+		folio_batch_reinit(fbatch);
 }
 
 /**

@@ -20,19 +20,20 @@ use super::{
     mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
     request::Candidate,
-    scan::ScanTally,
+    scan::{Checkpoint, ScanTally},
 };
 use kernel::{
-    alloc::{flags::GFP_KERNEL, KVec},
+    alloc::{flags::GFP_KERNEL, KBox, KVec},
     mm::{
         anon_vma::AnonVmaWriteGuard,
-        folio::{self, IsolateError, IsolatedFolio, NewFolio, UnmappedFolios},
+        folio::{self, IsolateError, IsolatedFolio, IsolationQueue, NewFolio, UnmappedFolios},
         mmap_lock::MmapWriteLock,
         pgtable::{DetachedPteTable, PmdEntry},
         virt::VmaRef,
         Mm,
     },
     page::PAGE_SIZE,
+    sync::atomic::{Acquire, Atomic, Release},
 };
 
 /// The mmap lock held for write (`kernel::mm::mmap_lock`).
@@ -117,13 +118,50 @@ impl IsolationList {
 /// A run of PTEs mapping consecutive pages of one folio: `(first PTE, page, folio, count)`.
 type Run = (usize, PagePtr, FolioPtr, usize);
 
-impl IsolationList {
-    /// The list of `cache`, allocated on first use. May sleep.
-    pub(crate) fn get(cache: &mut Option<IsolationList>) -> Result<&mut IsolationList, Outcome> {
-        if cache.is_none() {
-            *cache = Some(Self::new()?);
+/// The isolation list of one request (an MADV_COLLAPSE call, or one khugepaged step):
+/// taken at its first collapse, and given back when it ends. One list is kept between requests
+/// ([`SPARE`]), so that most requests allocate nothing: allocating and freeing its 16 KiB per
+/// call churns the slab and page allocator, whose per-CPU lists then flush to the zone more
+/// often, with interrupts off.
+pub(crate) struct RequestList(Option<KBox<IsolationList>>);
+
+/// The list kept between requests, or null; owned by whoever takes it out.
+static SPARE: Atomic<*mut IsolationList> = Atomic::new(core::ptr::null_mut());
+
+impl RequestList {
+    /// No list yet.
+    pub(crate) const fn new() -> Self {
+        Self(None)
+    }
+
+    /// The request's list: the spare one if it is free, else a new one. May sleep.
+    pub(crate) fn get(&mut self) -> Result<&mut IsolationList, Outcome> {
+        if self.0.is_none() {
+            let spare = SPARE.xchg(core::ptr::null_mut(), Acquire);
+            self.0 = Some(if spare.is_null() {
+                KBox::new(IsolationList::new()?, GFP_KERNEL)
+                    .map_err(|_| Outcome::AllocHugePageFail)?
+            } else {
+                // SAFETY: A non-null `SPARE` is a list that `RequestList::drop` leaked from a
+                // `KBox`; the exchange above made it ours alone.
+                unsafe { KBox::from_raw(spare) }
+            });
         }
-        cache.as_mut().ok_or(Outcome::AllocHugePageFail)
+        self.0.as_deref_mut().ok_or(Outcome::AllocHugePageFail)
+    }
+}
+
+impl Drop for RequestList {
+    fn drop(&mut self) {
+        let Some(list) = self.0.take() else {
+            return;
+        };
+        let raw = KBox::into_raw(list);
+        if SPARE.cmpxchg(core::ptr::null_mut(), raw, Release).is_err() {
+            // Another request gave its list back first: this one goes.
+            // SAFETY: `raw` came from `KBox::into_raw` above and was not shared.
+            drop(unsafe { KBox::from_raw(raw) });
+        }
     }
 }
 
@@ -233,6 +271,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Upstream: `__collapse_huge_page_isolate()`.
     pub(crate) fn isolate(&mut self, mode: CollapseMode, limits: Limits) -> Outcome {
         let mut tally = ScanTally::new(mode, limits);
+        let mut queued = Queued::new();
         let order = self.nr.trailing_zeros();
         let (haddr, first, nr) = (self.haddr, self.first, self.nr);
         let (mm, vma) = (self.mm, self.vma);
@@ -253,10 +292,24 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 },
                 |k, facts| {
                     let (i, addr) = (first + k, start + k * PAGE_SIZE);
-                    iso.isolate_one(facts, (mm, vma, addr), (i, order), &mut tally)
+                    match iso.isolate_one(
+                        facts,
+                        (mm, vma, addr),
+                        (i, order),
+                        &mut tally,
+                        &mut queued,
+                    ) {
+                        Ok(()) => Ok(()),
+                        // The folios queued before this entry come first, and so would their
+                        // failures.
+                        Err(outcome) => iso
+                            .isolate_queued(&mut queued, &mut tally)
+                            .and(Err(outcome)),
+                    }
                 },
             )
         }
+        .and_then(|()| iso.isolate_queued(&mut queued, &mut tally))
         .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
         ffi::count_exceeded(order, outcome);
         drop(locked);
@@ -372,16 +425,62 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     }
 }
 
+/// Small folios queued for isolation by [`DetachedTable::isolate`], isolated a batch at a
+/// time, and for each what a failure to isolate it reports.
+struct Queued {
+    queue: IsolationQueue,
+    /// For each queued folio: its pfn, and the tally before its entry was counted.
+    failure: [(usize, Checkpoint); IsolationQueue::CAPACITY],
+}
+
+impl Queued {
+    fn new() -> Self {
+        Self {
+            queue: IsolationQueue::new(),
+            failure: [(trace::NO_PFN, Checkpoint::default()); IsolationQueue::CAPACITY],
+        }
+    }
+}
+
 impl Isolation<'_> {
-    /// Isolates the folio that a PTE maps, if it was not isolated yet, for a collapse to a
-    /// folio of `order`, and records what the entry maps. `facts` are those of entry `i`,
-    /// which maps `addr` in `vma` of `mm`.
+    /// Isolates the folios of `queued`, in order, and adds them to the list; on a failure
+    /// the tally and the last pfn go back to what the entry of the failed folio saw.
+    fn isolate_queued(
+        &mut self,
+        queued: &mut Queued,
+        tally: &mut ScanTally,
+    ) -> Result<(), Outcome> {
+        let folios = &mut self.list.folios;
+        let mut no_room = false;
+        let result = queued.queue.isolate(|folio| {
+            // There is room for one folio per PTE (`IsolationList`), so the push cannot fail;
+            // if it did, dropping the folio puts it back at once.
+            no_room |= folios.push_within_capacity(folio).is_err();
+        });
+        if no_room {
+            return Err(Outcome::Fail);
+        }
+        let Err((failed, why)) = result else {
+            return Ok(());
+        };
+        if let Some(&(pfn, cp)) = queued.failure.get(failed) {
+            self.last_pfn = pfn;
+            tally.rewind(cp);
+        }
+        Err(isolate_outcome(why))
+    }
+
+    /// Checks the folio that a PTE maps, for a collapse to a folio of `order`, and queues it
+    /// for isolation (`queued`), or isolates it at once if it is large and not isolated yet;
+    /// records what the entry maps. `facts` are those of entry `i`, which maps `addr` in `vma`
+    /// of `mm`.
     fn isolate_one(
         &mut self,
         facts: &PteFacts,
         (mm, vma, addr): (&Mm, &VmaRef, usize),
         (i, order): (usize, u32),
         tally: &mut ScanTally,
+        queued: &mut Queued,
     ) -> Result<(), Outcome> {
         if facts.none_or_zero() {
             if facts.zero() {
@@ -412,31 +511,46 @@ impl Isolation<'_> {
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
             return Err(Outcome::PteMappedHugepage);
         }
-        let seen = facts.large() && self.list.folios.iter().any(|f| f.as_ptr() == folio);
-        if !seen {
-            // SAFETY: `folio` is mapped by the detached table, which only we can change, so
-            // it stays valid.
-            let isolated = unsafe { IsolatedFolio::isolate(folio, facts.folio_nr_pages()) }
-                .map_err(|e| match e {
-                    IsolateError::Locked => Outcome::PageLock,
-                    IsolateError::Referenced => Outcome::PageCount,
-                    IsolateError::NotOnLru => Outcome::DelPageLru,
-                })?;
-            // There is room for one folio per PTE (`IsolationList`), so the push cannot
-            // fail; if it did, dropping the folio puts it back at once.
-            if self.list.folios.push_within_capacity(isolated).is_err() {
-                return Err(Outcome::Fail);
+        if facts.large() {
+            // In order: the small folios queued before this one first.
+            self.isolate_queued(queued, tally)?;
+            if !self.list.folios.iter().any(|f| f.as_ptr() == folio) {
+                // SAFETY: `folio` is mapped by the detached table, which only we can change, so
+                // it stays valid.
+                let isolated = unsafe { IsolatedFolio::isolate(folio, facts.folio_nr_pages()) }
+                    .map_err(isolate_outcome)?;
+                if self.list.folios.push_within_capacity(isolated).is_err() {
+                    return Err(Outcome::Fail);
+                }
             }
+            self.large[i / 64] |= 1 << (i % 64);
+        } else {
+            if queued.queue.is_full() {
+                self.isolate_queued(queued, tally)?;
+            }
+            if let Some(failure) = queued.failure.get_mut(queued.queue.len()) {
+                *failure = (self.last_pfn, tally.checkpoint());
+            }
+            // SAFETY: `folio` is mapped by the detached table, which only we can change, so it
+            // stays valid; a small folio is mapped by this entry only, so it is queued once.
+            unsafe { queued.queue.push(folio, 1) };
         }
         if let Some(slot) = self.list.slots.get_mut(i) {
-            // INVARIANT: The page this entry maps and its folio, which is isolated now.
+            // INVARIANT: The page this entry maps and its folio, isolated by the time
+            // `DetachedTable::isolate` returns success.
             *slot = Some((page, folio));
-        }
-        if facts.large() {
-            self.large[i / 64] |= 1 << (i % 64);
         }
         let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
         tally.present(referenced);
         Ok(())
+    }
+}
+
+/// The outcome of a folio that could not be isolated.
+fn isolate_outcome(why: IsolateError) -> Outcome {
+    match why {
+        IsolateError::Locked => Outcome::PageLock,
+        IsolateError::Referenced => Outcome::PageCount,
+        IsolateError::NotOnLru => Outcome::DelPageLru,
     }
 }

@@ -22,7 +22,6 @@ use super::{
     scan::{FileEntry, FileTally},
 };
 use kernel::{
-    bindings,
     fs::File,
     mm::mmap_lock::MmapLocked,
     mm::{
@@ -36,7 +35,6 @@ use kernel::{
         virt::VmaRef,
         Mm,
     },
-    page::PAGE_SHIFT,
     prelude::*,
     sync::aref::ARef,
 };
@@ -497,8 +495,7 @@ fn retract_private(v: page_cache::FileVma, addr: usize) {
     let Some(table) = PmdTableLocked::lock(pmd, addr) else {
         return;
     };
-    // SAFETY: The predicate only inspects the value.
-    if (0..PTRS_PER_PTE).any(|i| !unsafe { bindings::pte_none(table.get(i)) }) {
+    if (0..PTRS_PER_PTE).any(|i| !table.is_none(i)) {
         return;
     }
     // SAFETY: The VMA is valid under the mmap lock; both locks the check asks for are held,
@@ -506,6 +503,7 @@ fn retract_private(v: page_cache::FileVma, addr: usize) {
     if !unsafe { ffi::vma_retractable(vma.as_ptr(), true) } {
         return;
     }
+    // Empty (checked above), so it goes.
     table.remove(vma);
 }
 
@@ -603,34 +601,26 @@ fn unmap_ptes(
     };
     // Step 1: every entry is none or maps the folio's page at its offset.
     for i in 0..PTRS_PER_PTE {
-        let pte = table.get(i);
-        // SAFETY: The predicates only inspect the value.
-        if unsafe { bindings::pte_none(pte) } {
+        if table.is_none(i) {
             continue;
         }
-        // SAFETY: As above.
-        if !unsafe { bindings::pte_present(pte) } {
-            return Outcome::PteNonPresent;
-        }
-        // SAFETY: The table is locked, `vma` maps it; the page found is only compared.
-        let page =
-            unsafe { bindings::vm_normal_page(vma.as_ptr(), haddr + (i << PAGE_SHIFT), pte) };
-        if page != folio.page(i).as_ptr() {
-            return Outcome::Fail;
+        match table.normal_page(vma, i) {
+            Some(page) if page == folio.page(i) => {}
+            Some(_) => return Outcome::Fail,
+            // A swap or migration entry, or a special mapping.
+            None => return Outcome::PteNonPresent,
         }
     }
     // Step 2: clear them, run by run, and drop the rmap of each run.
     let mut mapped = 0;
     let mut i = 0;
     while i < PTRS_PER_PTE {
-        // SAFETY: As above.
-        if unsafe { bindings::pte_none(table.get(i)) } {
+        if table.is_none(i) {
             i += 1;
             continue;
         }
         let first = i;
-        // SAFETY: As above.
-        while i < PTRS_PER_PTE && !unsafe { bindings::pte_none(table.get(i)) } {
+        while i < PTRS_PER_PTE && !table.is_none(i) {
             i += 1;
         }
         let nr = i - first;
@@ -640,21 +630,14 @@ fn unmap_ptes(
         unsafe { kernel::mm::folio::remove_rmap_ptes(folio.as_ptr(), folio.page(first), nr, vma) };
         mapped += nr;
     }
-    // Step 4: the table goes, and the TLB is flushed.
-    table.remove(vma);
+    // Step 4: the table goes, and the TLB is flushed. Every entry was cleared above.
+    if !table.remove(vma) {
+        return Outcome::Fail;
+    }
     drop(notifier);
     // Step 3: the references and RSS of the mappings.
-    if mapped > 0 {
-        // SAFETY: The cleared mappings held `mapped` references to the folio, ours to drop;
-        // it stays alive through ours and the page cache's.
-        unsafe {
-            bindings::folio_ref_sub(folio.as_ptr().as_ptr(), mapped as i32);
-            bindings::add_mm_counter(
-                guard.mm().as_raw(),
-                bindings::mm_counter_file(folio.as_ptr().as_ptr()),
-                -(mapped as isize),
-            );
-        }
-    }
+    // SAFETY: The cleared mappings, in `guard`'s mm, held `mapped` references to the folio,
+    // ours to drop.
+    unsafe { folio.drop_mappings(guard.mm(), mapped) };
     Outcome::Succeed
 }

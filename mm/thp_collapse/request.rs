@@ -7,7 +7,7 @@
 //! `hugepage_vma_revalidate()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
-    detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite},
+    detach::{AnonVmaWrite, DetachedTable, MmapWrite, RequestList},
     ffi::{self, trace},
     file,
     mode::{Caller, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
@@ -144,10 +144,10 @@ fn collapse_anon(
     c: Candidate,
     mode: CollapseMode,
     mut new: NewFolio,
-    lists: &mut Option<IsolationList>,
+    lists: &mut RequestList,
 ) -> Outcome {
     // Sleeping allocations come before the locks.
-    let list = match IsolationList::get(lists) {
+    let list = match lists.get() {
         Ok(list) => list,
         Err(outcome) => return outcome,
     };
@@ -200,7 +200,7 @@ fn collapse_candidate(
     mode: CollapseMode,
     tunables: &Tunables,
     s: &Scanned,
-    lists: &mut Option<IsolationList>,
+    lists: &mut RequestList,
 ) -> Outcome {
     let outcome = (|| {
         // The folio is allocated without the mmap lock: it may reclaim and compact.
@@ -289,7 +289,7 @@ pub(crate) fn collapse_pmd<'a>(
     guard: MmapRead<'a>,
     addr: usize,
     caller: Caller,
-    lists: &mut Option<IsolationList>,
+    lists: &mut RequestList,
 ) -> (Outcome, u32, Locked<'a>) {
     let mode = caller.mode();
     let tunables = tunables_for(mode);
@@ -381,7 +381,7 @@ pub(crate) fn madvise<'a>(
     ffi::lru_add_drain_all();
 
     // Allocated at the first collapse, and reused by the next ones.
-    let mut lists = None;
+    let mut lists = RequestList::new();
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
     let mut state = Locked::Held(guard);

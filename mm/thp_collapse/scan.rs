@@ -120,6 +120,23 @@ impl ScanTally {
         self.referenced
     }
 
+    /// The counts that a failure of the entry seen next would report; see
+    /// [`ScanTally::rewind`].
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            none_or_zero: self.none_or_zero,
+            referenced: self.referenced,
+        }
+    }
+
+    /// Goes back to the counts of `cp`, for an entry whose failure is only known after later
+    /// entries were counted (the isolation of its folio, done a batch at a time): the
+    /// tracepoint reports what upstream's entry-by-entry isolation would have seen.
+    pub(crate) fn rewind(&mut self, cp: Checkpoint) {
+        self.none_or_zero = cp.none_or_zero;
+        self.referenced = cp.referenced;
+    }
+
     /// The verdict once every PTE was seen: [`Outcome::Succeed`] if the range is worth
     /// collapsing.
     pub(crate) fn finish(&self) -> Outcome {
@@ -143,6 +160,13 @@ impl ScanTally {
             Outcome::Succeed
         }
     }
+}
+
+/// The counts of a [`ScanTally`] that its tracepoint reports, at one point of the scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    none_or_zero: u32,
+    referenced: u32,
 }
 
 /// One entry of a page cache range, as the file scan sees it.

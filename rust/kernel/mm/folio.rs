@@ -239,20 +239,15 @@ impl IsolatedFolio {
         folio: NonNull<bindings::folio>,
         nr: usize,
     ) -> Result<Self, IsolateError> {
-        // SAFETY: `folio` is valid (safety requirements). The glue runs the isolation
-        // protocol: lock without waiting, check the references under the lock (the folio lock
-        // serializes against split_huge_page()), isolate, count; on failure nothing changed.
-        let ret = unsafe { bindings::thp_collapse_folio_isolate(folio.as_ptr()) };
-        match ret {
-            bindings::thp_collapse_isolate_THP_ISOLATE_OK => {}
-            bindings::thp_collapse_isolate_THP_ISOLATE_LOCKED => return Err(IsolateError::Locked),
-            bindings::thp_collapse_isolate_THP_ISOLATE_REFERENCED => {
-                return Err(IsolateError::Referenced)
-            }
-            _ => return Err(IsolateError::NotOnLru),
-        }
-        // INVARIANT: Locked, isolated and counted above.
-        Ok(Self { folio, nr })
+        let mut queue = IsolationQueue::new();
+        // SAFETY: `folio` is a folio of `nr` pages that stays valid during the call (safety
+        // requirements), queued once, and isolated before this returns.
+        unsafe { queue.push(folio, nr) };
+        let mut isolated = None;
+        queue
+            .isolate(|f| isolated = Some(f))
+            .map_err(|(_, why)| why)?;
+        isolated.ok_or(IsolateError::NotOnLru)
     }
 
     /// The folio.
@@ -295,6 +290,121 @@ impl Drop for IsolatedFolio {
     }
 }
 
+/// Folios queued to be isolated together, as [`IsolatedFolio::isolate`] would one after the
+/// other, but with one call into C for the lot: the lruvec lock is taken once per run of folios
+/// of one lruvec, and the node's `NR_ISOLATED_*` counter updated once per run of one node,
+/// instead of once per folio.
+///
+/// # Invariants
+///
+/// The first `len` entries of `folios` (with their sizes in `nr`) are distinct folios that
+/// stay valid until the queue is isolated or dropped (by the safety requirements of
+/// [`IsolationQueue::push`]); `len <= IsolationQueue::CAPACITY`.
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+pub struct IsolationQueue {
+    folios: [*mut bindings::folio; IsolationQueue::CAPACITY],
+    nr: [usize; IsolationQueue::CAPACITY],
+    len: usize,
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl IsolationQueue {
+    /// How many folios the queue holds at most.
+    pub const CAPACITY: usize = 16;
+
+    /// An empty queue.
+    #[inline]
+    pub const fn new() -> Self {
+        // INVARIANT: Empty.
+        Self {
+            folios: [ptr::null_mut(); Self::CAPACITY],
+            nr: [0; Self::CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// The number of folios queued.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no folio is queued.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the queue is full: [`IsolationQueue::isolate`] must run before the next push.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.len == Self::CAPACITY
+    }
+
+    /// Queues `folio`, of `nr` pages, to be isolated; ignored if the queue is full.
+    ///
+    /// # Safety
+    ///
+    /// `folio` must stay valid until the queue is isolated or dropped (mapped by a page table
+    /// the caller has locked or detached, for instance), and must not be queued already.
+    #[inline]
+    pub unsafe fn push(&mut self, folio: NonNull<bindings::folio>, nr: usize) {
+        if let (Some(f), Some(n)) = (self.folios.get_mut(self.len), self.nr.get_mut(self.len)) {
+            *f = folio.as_ptr();
+            *n = nr;
+            // INVARIANT: A valid folio, not queued before (safety requirements).
+            self.len += 1;
+        }
+    }
+
+    /// Locks each queued folio without waiting, checks that nobody holds a reference to it
+    /// beyond its mappings and swap cache, and takes it off its LRU list, in queue order,
+    /// handing each isolated folio to `f`; stops at the first folio that fails, and returns
+    /// its index in the queue and why; it and those after it are left as they were. Empties
+    /// the queue.
+    pub fn isolate(
+        &mut self,
+        mut f: impl FnMut(IsolatedFolio),
+    ) -> core::result::Result<(), (usize, IsolateError)> {
+        let len = core::mem::take(&mut self.len);
+        if len == 0 {
+            return Ok(());
+        }
+        let mut why = bindings::thp_collapse_isolate_THP_ISOLATE_OK;
+        // SAFETY: The first `len` entries are distinct folios that stay valid during the call
+        // (type invariants). The glue runs the isolation protocol on each in order: lock
+        // without waiting, check the references under the lock (the folio lock serializes
+        // against split_huge_page()), isolate, count; it stops at the first failure, leaving
+        // that folio and those after it as they were.
+        let done = unsafe {
+            bindings::thp_collapse_folios_isolate(self.folios.as_mut_ptr(), len as u32, &mut why)
+        } as usize;
+        let done = done.min(len);
+        for (folio, &nr) in self.folios.iter().zip(self.nr.iter()).take(done) {
+            if let Some(folio) = NonNull::new(*folio) {
+                // INVARIANT: Locked, isolated and counted by the call above.
+                f(IsolatedFolio { folio, nr });
+            }
+        }
+        if done == len {
+            return Ok(());
+        }
+        let why = match why {
+            bindings::thp_collapse_isolate_THP_ISOLATE_LOCKED => IsolateError::Locked,
+            bindings::thp_collapse_isolate_THP_ISOLATE_REFERENCED => IsolateError::Referenced,
+            _ => IsolateError::NotOnLru,
+        };
+        Err((done, why))
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST)]
+impl Default for IsolationQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Removes the rmap of `nr` pages of `folio` from `page` on, which `nr` PTEs of `vma` mapped
 /// and no longer do. The references those mappings held are the caller's to drop
 /// ([`put_refs`]). C: `folio_remove_rmap_ptes()`.
@@ -332,17 +442,20 @@ pub unsafe fn put_refs(folio: NonNull<bindings::folio>, nr: usize) {
 }
 
 /// Folios a caller isolated and then unmapped everywhere, on their way back to the page
-/// allocator.
+/// allocator, released a batch at a time (one call into C per batch).
 ///
 /// Each one nothing else holds is freed without going back to the LRU (where its last reference
-/// would only take it off again), in batches, as the LRU's own batches are: one memory cgroup
-/// uncharge and one trip to the per-CPU free lists per batch. Others are put back on the LRU.
-/// Dropping the value frees what is left. C: `folios_put_refs()`.
+/// would only take it off again), as the LRU's own batches are: one memory cgroup uncharge, one
+/// trip to the per-CPU free lists and one update of the node's `NR_ISOLATED_*` counter per
+/// batch. Others are put back on the LRU. Dropping the value releases what is left.
+/// C: `folios_put_refs()`.
 ///
 /// # Invariants
 ///
-/// The first `batch.nr` entries of `batch.folios` are folios nothing maps, not on the LRU,
-/// whose `refs` references (same index) we own; `batch.nr < FOLIO_BATCH_SIZE` between calls.
+/// The first `batch.nr` entries of `batch.folios` are small folios locked by this thread,
+/// isolated and counted (as [`IsolatedFolio`]s are), that nothing maps, whose `refs`
+/// references (same index) from their removed mappings we own, besides the isolation's;
+/// `batch.nr < FOLIO_BATCH_SIZE` between calls.
 ///
 /// # Examples
 ///
@@ -384,10 +497,11 @@ impl UnmappedFolios {
         }
     }
 
-    /// Takes over `folio`, which no page table maps any more, with `refs` references of the
-    /// mappings the caller removed: uncounts and unlocks it, drops its swap cache entry, and
-    /// frees it (with the next batch) if nothing else holds it; otherwise puts it back on the
-    /// LRU, from where its last reference frees it.
+    /// Takes over `folio`, a small folio which no page table maps any more, with `refs`
+    /// references of the mappings the caller removed. With its batch it is uncounted and
+    /// unlocked, its swap cache entry dropped, and it is freed if nothing else holds it;
+    /// otherwise it goes back on the LRU, from where its last reference frees it. A large
+    /// folio is put back at once ([`IsolatedFolio::putback_free_swap`]) and `refs` dropped.
     ///
     /// # Safety
     ///
@@ -395,36 +509,38 @@ impl UnmappedFolios {
     /// (page-table entries and rmap), and must not use them afterwards.
     #[inline]
     pub unsafe fn add(&mut self, folio: IsolatedFolio, refs: usize) {
-        let folio = core::mem::ManuallyDrop::new(folio);
-        let f = folio.folio.as_ptr();
-        let refs = refs as u32;
-        // SAFETY: By the type invariants of `IsolatedFolio` the folio is locked by us, isolated
-        // and counted, and nothing maps it; the mappings' references are ours (the function's
-        // safety requirements) and go with it. `folio` is never dropped, so this runs once.
-        if !unsafe { bindings::thp_collapse_folio_release_unmapped(f, refs as i32) } {
-            // Put back on the LRU, with the references dropped.
+        if folio.nr_pages() != 1 {
+            let f = folio.as_ptr();
+            folio.putback_free_swap();
+            // SAFETY: The caller's references (safety requirements); the page cache, swap
+            // cache or LRU may hold it still, or this frees it.
+            unsafe { put_refs(f, refs) };
             return;
         }
+        let folio = core::mem::ManuallyDrop::new(folio);
         let n = usize::from(self.batch.nr).min(FOLIO_BATCH_SIZE - 1);
-        self.batch.folios[n] = f;
-        // The mappings' references and the isolation's.
-        self.refs[n] = refs + 1;
-        // INVARIANT: A folio nothing maps, off the LRU, with the references we own.
+        self.batch.folios[n] = folio.folio.as_ptr();
+        self.refs[n] = refs as u32;
+        // INVARIANT: A small isolated folio nothing maps, with the references we own; `folio`
+        // is never dropped, so the batch releases it, once.
         self.batch.nr = (n + 1) as u8;
         if n + 1 == FOLIO_BATCH_SIZE {
             self.flush();
         }
     }
 
-    /// Drops the references of the batch, freeing its folios.
+    /// Releases the batch, freeing the folios nothing else holds.
     fn flush(&mut self) {
         if self.batch.nr == 0 {
             return;
         }
-        // SAFETY: By the type invariants the batch holds `nr` folios with the references in
-        // `refs`, ours to drop.
-        unsafe { bindings::folios_put_refs(&mut self.batch, self.refs.as_mut_ptr()) };
-        // INVARIANT: Empty again (as `folios_put_refs()` leaves it).
+        // SAFETY: By the type invariants the batch holds `nr` small folios, isolated and locked
+        // by us, nothing maps, with the references in `refs`, ours to drop; the call empties
+        // the batch.
+        unsafe {
+            bindings::thp_collapse_folios_release_unmapped(&mut self.batch, self.refs.as_mut_ptr())
+        };
+        // INVARIANT: Empty again (as the call leaves it).
         self.batch.nr = 0;
         self.batch.i = 0;
     }

@@ -17,7 +17,7 @@ use crate::{
     bindings,
     error::{code::ENOMEM, Error, Result},
     fs::File,
-    mm::folio::NewFolio,
+    mm::{folio::NewFolio, Mm},
 };
 use core::{marker::PhantomData, mem::ManuallyDrop, ptr::NonNull};
 
@@ -497,6 +497,30 @@ impl LockedFolio {
     #[inline]
     pub fn page(&self, n: usize) -> NonNull<bindings::page> {
         folio_page(self.folio, n)
+    }
+
+    /// Drops the references and the RSS count (in `mm`) of `nr` mappings of the folio's pages
+    /// that the caller removed (PTEs cleared, rmap removed). The folio stays alive: the page
+    /// cache and this value hold it. C: `folio_ref_sub()`, `add_mm_counter()`.
+    ///
+    /// # Safety
+    ///
+    /// The caller must own the references of the `nr` removed mappings, which were in `mm`,
+    /// and not use them afterwards.
+    pub unsafe fn drop_mappings(&self, mm: &Mm, nr: usize) {
+        if nr == 0 {
+            return;
+        }
+        // SAFETY: The folio is referenced by us beyond the `nr` references handed over, so
+        // dropping those cannot free it; `mm` is valid and the counter per-CPU.
+        unsafe {
+            bindings::folio_ref_sub(self.folio.as_ptr(), nr as i32);
+            bindings::add_mm_counter(
+                mm.as_raw(),
+                bindings::mm_counter_file(self.folio.as_ptr()),
+                -(nr as isize),
+            );
+        }
     }
 
     /// Takes it off its LRU list, releases its private (buffer) data, and unmaps it from every

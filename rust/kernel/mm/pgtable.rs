@@ -853,6 +853,31 @@ impl<'a> PmdTableLocked<'a> {
         unsafe { bindings::ptep_get(self.pte.add(i.min(PTRS_PER_PTE - 1))) }
     }
 
+    /// Whether entry `i` (clamped to the last entry) is none: maps nothing, not even a swap
+    /// entry. C: `pte_none()`.
+    #[inline]
+    pub fn is_none(&self, i: usize) -> bool {
+        // SAFETY: The predicate only inspects the value.
+        unsafe { bindings::pte_none(self.get(i)) }
+    }
+
+    /// The normal page that entry `i` (clamped to the last entry) of the table maps in `vma`,
+    /// or `None` for a none, non-present or special entry. The page is stable while the locks
+    /// are held. C: `pte_present()`, `vm_normal_page()`.
+    pub fn normal_page(&self, vma: &VmaRef, i: usize) -> Option<NonNull<bindings::page>> {
+        let i = i.min(PTRS_PER_PTE - 1);
+        let pte = self.get(i);
+        // SAFETY: The predicate only inspects the value.
+        if !unsafe { bindings::pte_present(pte) } {
+            return None;
+        }
+        // SAFETY: The table is locked and maps the range at `haddr`, which `vma` covers (the
+        // caller found the table through it); the page is only returned.
+        NonNull::new(unsafe {
+            bindings::vm_normal_page(vma.as_ptr(), self.haddr + i * PAGE_SIZE, pte)
+        })
+    }
+
     /// Clears `nr` entries from entry `first` (within the table); the rmap and references of
     /// what they mapped are the caller's to drop, and the TLB flush is left to
     /// [`PmdTableLocked::remove`] (or the caller). C: `clear_ptes()`.
@@ -871,13 +896,17 @@ impl<'a> PmdTableLocked<'a> {
         };
     }
 
-    /// Removes the table, all of whose entries the caller cleared, from the PMD entry
-    /// (flushing the TLB for the range), unlocks, and frees it. C: `pmdp_collapse_flush()`,
+    /// Removes the table from the PMD entry (flushing the TLB for the range), unlocks, and
+    /// frees it, if every entry is none (cleared by the caller, say). Otherwise changes
+    /// nothing but the locks, released, and returns `false`. C: `pmdp_collapse_flush()`,
     /// `pte_free_defer()`.
-    pub fn remove(self, vma: &VmaRef) {
+    pub fn remove(self, vma: &VmaRef) -> bool {
+        if (0..PTRS_PER_PTE).any(|i| !self.is_none(i)) {
+            return false;
+        }
         let this = core::mem::ManuallyDrop::new(self);
         // SAFETY: Both locks are held over the entry and its table (type invariants), whose
-        // entries are all clear (function's requirements); `vma` covers the range. The table
+        // entries are all none (checked above); `vma` covers the range. The table
         // goes from the entry, the locks are released once (`this` is never dropped), and the
         // table is freed after lockless walkers could see the change.
         unsafe {
@@ -886,6 +915,7 @@ impl<'a> PmdTableLocked<'a> {
             this.unlock();
             free_detached(this.mm.as_ptr(), this.haddr, table);
         }
+        true
     }
 
     /// Releases both locks and unmaps the table.
