@@ -134,20 +134,16 @@ enum thp_collapse_read {
 
 /**
  * struct thp_collapse_pte - what one PTE of a collapse candidate maps.
- * @pte: the PTE's value.
  * @page: the normal page it maps (vm_normal_page(), not ZONE_DEVICE), or NULL.
  * @folio: the folio of @page, or NULL.
- * @nr_pages: folio_nr_pages(@folio), or 0.
- * @folio_pfn: folio_pfn(@folio), or -1 (for the tracepoints).
  * @flags: THP_PTE_* and THP_FOLIO_* facts; the THP_FOLIO_* ones only with @folio.
+ * @order: folio_order(@folio), or 0.
  */
 struct thp_collapse_pte {
-	pte_t pte;
 	struct page *page;
 	struct folio *folio;
-	unsigned long nr_pages;
-	unsigned long folio_pfn;
 	unsigned int flags;
+	unsigned int order;
 };
 
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,

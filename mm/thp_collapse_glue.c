@@ -418,11 +418,9 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	struct folio *folio;
 	struct page *page;
 
-	out->pte = pte;
 	out->page = NULL;
 	out->folio = NULL;
-	out->nr_pages = 0;
-	out->folio_pfn = -1UL;
+	out->order = 0;
 	if (pte_none(pte)) {
 		flags = THP_PTE_NONE_OR_ZERO | THP_PTE_NONE;
 		goto out;
@@ -448,8 +446,7 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	folio = page_folio(page);
 	out->page = page;
 	out->folio = folio;
-	out->nr_pages = folio_nr_pages(folio);
-	out->folio_pfn = folio_pfn(folio);
+	out->order = folio_order(folio);
 	if (folio_test_anon(folio))
 		flags |= THP_FOLIO_ANON;
 	if (heuristics && folio_test_lazyfree(folio))

@@ -78,8 +78,10 @@ struct Isolation<'l> {
     zero: [u64; PTES_PER_PMD as usize / 64],
     /// The PTEs that map a page of a large folio, one bit each.
     large: [u64; PTES_PER_PMD as usize / 64],
-    /// The pfn of the last folio looked at (for the tracepoint).
-    last_pfn: usize,
+    /// The last folio looked at (for the tracepoint).
+    last_folio: Option<FolioPtr>,
+    /// The candidate's PTEs that map no page or the zero page: the new folio fills them.
+    filled: usize,
 }
 
 impl Drop for Isolation<'_> {
@@ -241,19 +243,18 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let start = haddr + first * PAGE_SIZE;
         let table = DetachedPteTable::detach(guard, anon, vma, pmd, start, start + nr * PAGE_SIZE)
             .ok_or(Outcome::NoPteTable)?;
-        // Left over from a collapse that went through: empty, and no slot set.
+        // Left over from a collapse that went through. The slots of the candidate are all
+        // written by the isolation.
         list.folios.clear();
-        for slot in list.slots.iter_mut() {
-            *slot = None;
-        }
-        // INVARIANT: Nothing is isolated yet; the list has one slot per PTE, none set.
+        // INVARIANT: Nothing is isolated yet; the list has one slot per PTE.
         Ok(Self {
             table,
             iso: Isolation {
                 list,
                 zero: [0; PTES_PER_PMD as usize / 64],
                 large: [0; PTES_PER_PMD as usize / 64],
-                last_pfn: trace::NO_PFN,
+                last_folio: None,
+                filled: 0,
             },
             mm: guard.mm(),
             vma,
@@ -313,8 +314,9 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
         ffi::count_exceeded(order, outcome);
         drop(locked);
+        iso.filled = tally.none_or_zero_count() as usize;
         trace::isolate(
-            self.iso.last_pfn,
+            ffi::folio_pfn(iso.last_folio),
             tally.none_or_zero_count(),
             tally.referenced_count(),
             outcome,
@@ -370,7 +372,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         } = self;
         let end = first + nr;
         // The new folio maps a page where there was none, or the zero page.
-        let filled = (first..end).filter(|&i| iso.slot(i).is_none()).count();
+        let filled = iso.filled;
         {
             // Taken once for the whole range: nobody else can reach the table, and the rmap
             // update needs preemption off for its per-CPU statistics.
@@ -381,11 +383,19 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 }
             }
             locked.clear(first, nr);
-            for (_, page, folio, n) in iso.runs(first, end) {
-                // SAFETY: The `n` PTEs were cleared above, under their lock, and mapped `n`
-                // consecutive pages of `folio` from `page` on in `vma`; the folio is isolated
-                // and locked.
-                unsafe { folio::remove_rmap_ptes(folio, page, n, vma) };
+            if iso.any_large() {
+                for (_, page, folio, n) in iso.runs(first, end) {
+                    // SAFETY: The `n` PTEs were cleared above, under their lock, and mapped `n`
+                    // consecutive pages of `folio` from `page` on in `vma`; the folio is
+                    // isolated and locked.
+                    unsafe { folio::remove_rmap_ptes(folio, page, n, vma) };
+                }
+            } else {
+                // Small folios only: each is a run of one.
+                for (page, folio) in (first..end).filter_map(|i| iso.slot(i)) {
+                    // SAFETY: As above, for one PTE.
+                    unsafe { folio::remove_rmap_ptes(folio, page, 1, vma) };
+                }
             }
         }
         ffi::add_anon_rss(mm, filled);
@@ -429,15 +439,15 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
 /// time, and for each what a failure to isolate it reports.
 struct Queued {
     queue: IsolationQueue,
-    /// For each queued folio: its pfn, and the tally before its entry was counted.
-    failure: [(usize, Checkpoint); IsolationQueue::CAPACITY],
+    /// For each queued folio: the folio, and the tally before its entry was counted.
+    failure: [(Option<FolioPtr>, Checkpoint); IsolationQueue::CAPACITY],
 }
 
 impl Queued {
     fn new() -> Self {
         Self {
             queue: IsolationQueue::new(),
-            failure: [(trace::NO_PFN, Checkpoint::default()); IsolationQueue::CAPACITY],
+            failure: [(None, Checkpoint::default()); IsolationQueue::CAPACITY],
         }
     }
 }
@@ -463,8 +473,8 @@ impl Isolation<'_> {
         let Err((failed, why)) = result else {
             return Ok(());
         };
-        if let Some(&(pfn, cp)) = queued.failure.get(failed) {
-            self.last_pfn = pfn;
+        if let Some(&(folio, cp)) = queued.failure.get(failed) {
+            self.last_folio = folio;
             tally.rewind(cp);
         }
         Err(isolate_outcome(why))
@@ -482,9 +492,61 @@ impl Isolation<'_> {
         tally: &mut ScanTally,
         queued: &mut Queued,
     ) -> Result<(), Outcome> {
+        let Some((page, folio)) = facts.page().filter(|_| facts.plain_small_for_isolation()) else {
+            return self.isolate_one_slow(facts, (mm, vma, addr), (i, order), tally, queued);
+        };
+        // Every check of the slow path would pass.
+        self.last_folio = Some(folio);
+        self.queue_small(folio, page, i, tally, queued)?;
+        let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
+        tally.present(referenced);
+        Ok(())
+    }
+
+    /// Queues the small folio `folio`, which entry `i` maps (at `page`), for isolation, and
+    /// records what the entry maps; the queue is isolated first if it is full.
+    #[inline]
+    fn queue_small(
+        &mut self,
+        folio: FolioPtr,
+        page: PagePtr,
+        i: usize,
+        tally: &mut ScanTally,
+        queued: &mut Queued,
+    ) -> Result<(), Outcome> {
+        if queued.queue.is_full() {
+            self.isolate_queued(queued, tally)?;
+        }
+        if let Some(failure) = queued.failure.get_mut(queued.queue.len()) {
+            *failure = (Some(folio), tally.checkpoint());
+        }
+        // SAFETY: `folio` is mapped by the detached table, which only we can change, so it
+        // stays valid; a small folio is mapped by this entry only, so it is queued once.
+        unsafe { queued.queue.push(folio, 1) };
+        if let Some(slot) = self.list.slots.get_mut(i) {
+            // INVARIANT: The page this entry maps and its folio, isolated by the time
+            // `DetachedTable::isolate` returns success.
+            *slot = Some((page, folio));
+        }
+        Ok(())
+    }
+
+    /// [`Isolation::isolate_one`] for an entry that is not a plain one: each check in turn, in
+    /// upstream's order.
+    fn isolate_one_slow(
+        &mut self,
+        facts: &PteFacts,
+        (mm, vma, addr): (&Mm, &VmaRef, usize),
+        (i, order): (usize, u32),
+        tally: &mut ScanTally,
+        queued: &mut Queued,
+    ) -> Result<(), Outcome> {
         if facts.none_or_zero() {
             if facts.zero() {
                 self.zero[i / 64] |= 1 << (i % 64);
+            }
+            if let Some(slot) = self.list.slots.get_mut(i) {
+                *slot = None;
             }
             return tally.none_or_zero();
         }
@@ -497,7 +559,7 @@ impl Isolation<'_> {
         let Some((page, folio)) = facts.page() else {
             return Err(Outcome::PageNull);
         };
-        self.last_pfn = facts.folio_pfn();
+        self.last_folio = Some(folio);
         if !facts.anon() {
             return Err(Outcome::PageAnon);
         }
@@ -524,21 +586,12 @@ impl Isolation<'_> {
                 }
             }
             self.large[i / 64] |= 1 << (i % 64);
+            if let Some(slot) = self.list.slots.get_mut(i) {
+                // INVARIANT: The page this entry maps and its folio, isolated above.
+                *slot = Some((page, folio));
+            }
         } else {
-            if queued.queue.is_full() {
-                self.isolate_queued(queued, tally)?;
-            }
-            if let Some(failure) = queued.failure.get_mut(queued.queue.len()) {
-                *failure = (self.last_pfn, tally.checkpoint());
-            }
-            // SAFETY: `folio` is mapped by the detached table, which only we can change, so it
-            // stays valid; a small folio is mapped by this entry only, so it is queued once.
-            unsafe { queued.queue.push(folio, 1) };
-        }
-        if let Some(slot) = self.list.slots.get_mut(i) {
-            // INVARIANT: The page this entry maps and its folio, isolated by the time
-            // `DetachedTable::isolate` returns success.
-            *slot = Some((page, folio));
+            self.queue_small(folio, page, i, tally, queued)?;
         }
         let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
         tally.present(referenced);

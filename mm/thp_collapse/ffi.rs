@@ -185,16 +185,50 @@ impl PteFacts {
         Some((NonNull::new(self.0.page)?, NonNull::new(self.0.folio)?))
     }
 
-    /// The pfn of the folio mapped, or [`trace::NO_PFN`].
-    #[inline]
+    /// The pfn of the folio mapped, or [`trace::NO_PFN`] (for the tracepoints; a call into C).
     pub(crate) fn folio_pfn(&self) -> usize {
-        self.0.folio_pfn
+        folio_pfn(self.page().map(|(_, folio)| folio))
     }
 
-    /// The number of pages of the folio mapped.
+    /// The number of pages of the folio mapped (1 without a folio).
     #[inline]
     pub(crate) fn folio_nr_pages(&self) -> usize {
-        self.0.nr_pages
+        1 << self.0.order.min(usize::BITS - 1)
+    }
+
+    /// Whether the scan can take the entry as it is, without looking at each fact in turn:
+    /// a present, anonymous page that nobody else may map, on the LRU, unlocked, without
+    /// extra references, neither userfaultfd write-protected nor lazily freed. The same as
+    /// all of the scan's checks passing, one flag test instead of a dozen.
+    #[inline]
+    pub(crate) fn plain_for_scan(&self) -> bool {
+        const LOOK: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO
+            | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
+            | bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_LRU
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS;
+        const WANT: u32 = bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_LRU;
+        self.0.flags & LOOK == WANT
+    }
+
+    /// Whether the isolation can take the entry as it is: a present page of a small
+    /// anonymous folio that nobody else may map, neither userfaultfd write-protected nor
+    /// lazily freed. The same as all of the isolation's checks before the folio's own passing.
+    #[inline]
+    pub(crate) fn plain_small_for_isolation(&self) -> bool {
+        const LOOK: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO
+            | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
+            | bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;
+        self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
     }
 
     /// Whether the folio is a lazily freed one (MADV_FREE) that the PTE has not dirtied since:
@@ -251,6 +285,15 @@ impl PteFacts {
             // SAFETY: `mm` is the valid mm whose page table was read; the notifier only tests.
             || unsafe { bindings::mmu_notifier_test_young(mm.as_raw(), addr) }
     }
+}
+
+/// The pfn of `folio`, or [`trace::NO_PFN`] for none (for the tracepoints).
+pub(crate) fn folio_pfn(folio: Option<FolioPtr>) -> usize {
+    // SAFETY: A folio the caller holds valid (mapped by a table it locked or detached); the
+    // pfn is only computed from its address.
+    folio.map_or(trace::NO_PFN, |f| unsafe {
+        bindings::folio_pfn(f.as_ptr())
+    })
 }
 
 /// The allocation flags of a collapse with `policy`: reclaim and compaction allowed, or only

@@ -44,9 +44,19 @@ impl Occupied {
 
     /// How many of the entries in `[from, to)` are occupied.
     pub(crate) fn weight(&self, from: usize, to: usize) -> u32 {
-        (from..to.min(PTES_PER_PMD as usize))
-            .filter(|&i| self.0[i / 64] & (1 << (i % 64)) != 0)
-            .count() as u32
+        let to = to.min(PTES_PER_PMD as usize);
+        let mut n = 0;
+        let mut i = from;
+        while i < to {
+            // The bits `i .. end` of word `i / 64`.
+            let end = (i - i % 64 + 64).min(to);
+            let bits = self.0[i / 64] >> (i % 64);
+            let len = end - i;
+            let mask = if len == 64 { u64::MAX } else { (1 << len) - 1 };
+            n += (bits & mask).count_ones();
+            i = end;
+        }
+        n
     }
 }
 
@@ -271,6 +281,20 @@ mod tests {
             },
         );
         assert_eq!(r, Outcome::AllocHugePageFail);
+    }
+
+    #[test]
+    fn weight_counts_the_range_only() {
+        let o = filled(&[(3, 70), (100, 101), (500, 512)]);
+        assert_eq!(o.weight(0, 512), 67 + 1 + 12);
+        assert_eq!(o.weight(64, 128), 6 + 1);
+        assert_eq!(o.weight(0, 3), 0);
+        assert_eq!(o.weight(69, 70), 1);
+        assert_eq!(o.weight(70, 100), 0);
+        assert_eq!(o.weight(448, 1000), 12);
+        assert_eq!(o.weight(10, 10), 0);
+        assert_eq!(Occupied::EMPTY.weight(0, 512), 0);
+        assert_eq!(filled(&[(0, 512)]).weight(0, 512), 512);
     }
 
     #[test]
