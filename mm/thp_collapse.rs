@@ -66,13 +66,15 @@ mod pmd;
 mod request;
 #[path = "thp_collapse/scan.rs"]
 mod scan;
+#[path = "thp_collapse/spare.rs"]
+mod spare;
 #[path = "thp_collapse/stats.rs"]
 mod stats;
 
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
-use detach::RequestList;
+use detach::{RequestList, SPARE_LIST};
 use ffi::to_scan_result;
 use mode::Caller;
 use outcome::Outcome;
@@ -147,8 +149,12 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     let guard = unsafe { MmapRead::adopt(Mm::from_raw(mm)) };
     // SAFETY: The caller found `vma`, a VMA of `mm`, under the lock it hands over.
     unsafe { guard.remember_vma(vma) };
-    let (outcome, scanned, state) =
-        request::collapse_pmd(guard, addr, Caller::Khugepaged, &mut RequestList::new());
+    let (outcome, scanned, state) = request::collapse_pmd(
+        guard,
+        addr,
+        Caller::Khugepaged,
+        &mut RequestList::new(&SPARE_LIST),
+    );
     match state {
         Locked::Held(guard) => guard.keep(),
         // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.

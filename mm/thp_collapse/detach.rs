@@ -21,9 +21,10 @@ use super::{
     outcome::Outcome,
     request::Candidate,
     scan::{Checkpoint, ScanTally},
+    spare::{self, Reset, Spare},
 };
 use kernel::{
-    alloc::{flags::GFP_KERNEL, KBox, KVec},
+    alloc::{flags::GFP_KERNEL, KVec},
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::{self, IsolateError, IsolatedFolio, IsolationQueue, NewFolio, UnmappedFolios},
@@ -33,7 +34,7 @@ use kernel::{
         Mm,
     },
     page::PAGE_SIZE,
-    sync::atomic::{Acquire, Atomic, Release},
+    sync::atomic::Atomic,
 };
 
 /// The mmap lock held for write (`kernel::mm::mmap_lock`).
@@ -120,50 +121,17 @@ impl IsolationList {
 /// A run of PTEs mapping consecutive pages of one folio: `(first PTE, page, folio, count)`.
 type Run = (usize, PagePtr, FolioPtr, usize);
 
-/// The isolation list of one request (an MADV_COLLAPSE call, or one khugepaged step):
-/// taken at its first collapse, and given back when it ends. One list is kept between requests
-/// ([`SPARE`]), so that most requests allocate nothing: allocating and freeing its 16 KiB per
-/// call churns the slab and page allocator, whose per-CPU lists then flush to the zone more
-/// often, with interrupts off.
-pub(crate) struct RequestList(Option<KBox<IsolationList>>);
+/// The isolation list of one request (an MADV_COLLAPSE call, or one khugepaged step): taken
+/// at its first collapse, and given back when it ends (see `spare.rs`).
+pub(crate) type RequestList = Spare<IsolationList>;
 
-/// The list kept between requests, or null; owned by whoever takes it out.
-static SPARE: Atomic<*mut IsolationList> = Atomic::new(core::ptr::null_mut());
+/// The isolation list kept between requests.
+pub(crate) static SPARE_LIST: spare::Slot<IsolationList> = Atomic::new(core::ptr::null_mut());
 
-impl RequestList {
-    /// No list yet.
-    pub(crate) const fn new() -> Self {
-        Self(None)
-    }
-
-    /// The request's list: the spare one if it is free, else a new one. May sleep.
-    pub(crate) fn get(&mut self) -> Result<&mut IsolationList, Outcome> {
-        if self.0.is_none() {
-            let spare = SPARE.xchg(core::ptr::null_mut(), Acquire);
-            self.0 = Some(if spare.is_null() {
-                KBox::new(IsolationList::new()?, GFP_KERNEL)
-                    .map_err(|_| Outcome::AllocHugePageFail)?
-            } else {
-                // SAFETY: A non-null `SPARE` is a list that `RequestList::drop` leaked from a
-                // `KBox`; the exchange above made it ours alone.
-                unsafe { KBox::from_raw(spare) }
-            });
-        }
-        self.0.as_deref_mut().ok_or(Outcome::AllocHugePageFail)
-    }
-}
-
-impl Drop for RequestList {
-    fn drop(&mut self) {
-        let Some(list) = self.0.take() else {
-            return;
-        };
-        let raw = KBox::into_raw(list);
-        if SPARE.cmpxchg(core::ptr::null_mut(), raw, Release).is_err() {
-            // Another request gave its list back first: this one goes.
-            // SAFETY: `raw` came from `KBox::into_raw` above and was not shared.
-            drop(unsafe { KBox::from_raw(raw) });
-        }
+impl Reset for IsolationList {
+    fn reset(&mut self) {
+        // Puts back any folio still isolated; the slots are written by each isolation.
+        self.folios.clear();
     }
 }
 

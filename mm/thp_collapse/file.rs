@@ -20,6 +20,7 @@ use super::{
     pmd::{self, CollapseLocked, MmapRead},
     request::{Locked, PMD_SIZE},
     scan::{FileEntry, FileTally},
+    spare::{self, Reset, Spare},
 };
 use kernel::{
     fs::File,
@@ -36,7 +37,7 @@ use kernel::{
         Mm,
     },
     prelude::*,
-    sync::aref::ARef,
+    sync::{aref::ARef, atomic::Atomic},
 };
 
 /// Pages of a PMD-sized folio.
@@ -284,6 +285,16 @@ fn isolate_old<'a>(
     Ok((folio, xa))
 }
 
+/// The list of old folios of a page cache collapse kept between collapses (see `spare.rs`).
+static SPARE_OLD: spare::Slot<KVec<IsolatedFolio>> = Atomic::new(core::ptr::null_mut());
+
+impl Reset for KVec<IsolatedFolio> {
+    fn reset(&mut self) {
+        // Puts back any old folio a failed collapse still holds.
+        self.clear();
+    }
+}
+
 /// Collapses the page cache range `[start, start + 512)` of `file` into one new folio, for the
 /// scan at `addr` of `mm`, and retracts the page tables that mapped the range. For MADV_COLLAPSE
 /// the outcome of a success is [`Outcome::PteMappedHugepage`]: the caller maps the new folio.
@@ -306,8 +317,9 @@ fn collapse_file(
         let mut new = PageCacheFolio::prepare(folio, mapping, start, shmem);
         new_pfn = new.pfn();
         // Dropped in reverse order on failure: the charge, the old folios, the new one.
-        let mut old: KVec<IsolatedFolio> =
-            KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Outcome::Fail)?;
+        let mut old_list = Spare::new(&SPARE_OLD);
+        let old =
+            old_list.get(|| KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Outcome::Fail))?;
         let mut state = PageCacheState::new(mapping, start);
         let mut xa = state
             .cursor()

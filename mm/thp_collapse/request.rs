@@ -7,7 +7,7 @@
 //! `hugepage_vma_revalidate()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use super::{
-    detach::{AnonVmaWrite, DetachedTable, MmapWrite, RequestList},
+    detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite, RequestList, SPARE_LIST},
     ffi::{self, trace},
     file,
     mode::{Caller, CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
@@ -147,7 +147,7 @@ fn collapse_anon(
     lists: &mut RequestList,
 ) -> Outcome {
     // Sleeping allocations come before the locks.
-    let list = match lists.get() {
+    let list = match lists.get(IsolationList::new) {
         Ok(list) => list,
         Err(outcome) => return outcome,
     };
@@ -381,7 +381,7 @@ pub(crate) fn madvise<'a>(
     ffi::lru_add_drain_all();
 
     // Allocated at the first collapse, and reused by the next ones.
-    let mut lists = RequestList::new();
+    let mut lists = RequestList::new(&SPARE_LIST);
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
     let mut state = Locked::Held(guard);
