@@ -74,6 +74,18 @@ pub(crate) fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
 #[repr(transparent)]
 pub(crate) struct PteFacts(bindings::thp_collapse_pte);
 
+/// The facts a plain PTE ([`PteFacts::plain_for_scan`]) has only [`THP_FOLIO_ANON`] of: a
+/// present page of an anonymous folio, neither userfaultfd write-protected, lazily freed, nor
+/// maybe mapped by another process.
+///
+/// [`THP_FOLIO_ANON`]: bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+const PLAIN_PAGE_FLAGS: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO
+    | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
+    | bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP
+    | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+    | bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE
+    | bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED;
+
 /// PTEs read per call into C by [`for_each_pte`].
 const PTE_BATCH: usize = 16;
 
@@ -202,12 +214,7 @@ impl PteFacts {
     /// all of the scan's checks passing, one flag test instead of a dozen.
     #[inline]
     pub(crate) fn plain_for_scan(&self) -> bool {
-        const LOOK: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO
-            | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
-            | bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED
+        const LOOK: u32 = PLAIN_PAGE_FLAGS
             | bindings::thp_collapse_pte_flags_THP_FOLIO_LRU
             | bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED
             | bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS;
@@ -221,13 +228,7 @@ impl PteFacts {
     /// lazily freed. The same as all of the isolation's checks before the folio's own passing.
     #[inline]
     pub(crate) fn plain_small_for_isolation(&self) -> bool {
-        const LOOK: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO
-            | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
-            | bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED
-            | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;
+        const LOOK: u32 = PLAIN_PAGE_FLAGS | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;
         self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
     }
 
