@@ -19,9 +19,11 @@ def main():
         for row in csv.DictReader(f):
             key = (row["workload"], row["core"])
             samples.setdefault(key, []).append(float(row["ns_per_2MiB"]) / 1e3)
-    workloads = sorted({w for w, _ in samples}, key=["full", "half", "huge",
-                                                     "remote", "shmem", "file",
-                                                     "khugepaged"].index)
+    order = ["full", "half", "huge", "remote", "shmem", "file", "khugepaged",
+             "khugepaged-cpu"]
+    # Workloads this script does not know yet go last, in name order.
+    workloads = sorted({w for w, _ in samples},
+                       key=lambda w: (order.index(w) if w in order else len(order), w))
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.38
     for i, core in enumerate(("c", "rust")):
@@ -30,7 +32,7 @@ def main():
         hi = [max(samples.get((w, core), [0])) - m for w, m in zip(workloads, meds)]
         xs = [x + (i - 0.5) * width for x in range(len(workloads))]
         ax.bar(xs, meds, width, yerr=[lo, hi], capsize=3, label=f"{core} core")
-    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_xticks(range(len(workloads)), workloads, rotation=15)
     ax.set_yscale("log")
     ax.set_ylabel("time per 2 MiB (us, median, min-max)")
     ax.set_title(f"THP collapse: C vs Rust core, same boot ({accel})")

@@ -16,6 +16,11 @@
  *              through a read-only shared mapping (default 64 MiB)
  *   khugepaged the daemon collapsing a K MiB region until it is all huge
  *              (-k 0: not measured)
+ *   khugepaged-cpu  the same run, khugepaged's own CPU time (its
+ *              /proc/PID/schedstat, with CONFIG_SCHED_INFO): without the
+ *              waits for the daemon to wake up and this program's polling,
+ *              which the guest's one CPU also runs; under -icount, its
+ *              instructions
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
  * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
@@ -84,9 +89,13 @@
 /* PMDs one core collapses before the other takes its turn. */
 #define BLOCK 8
 
-enum workload { FULL, HALF, HUGE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED, NR_WORKLOADS };
+enum workload {
+	FULL, HALF, HUGE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED, KHUGEPAGED_CPU,
+	NR_WORKLOADS
+};
 static const char *const wname[] = {
 	"full", "half", "huge", "remote", "shmem", "file", "khugepaged",
+	"khugepaged-cpu",
 };
 
 static const char *const cores[] = { "c", "rust" };
@@ -613,15 +622,54 @@ static long anon_huge_kb(void)
 	return kb;
 }
 
+/* The pid of the khugepaged thread, or 0. */
+static int khugepaged_pid(void)
+{
+	char path[64], comm[32];
+	int pid, found = 0;
+	FILE *f;
+
+	for (pid = 2; pid < 1000 && !found; pid++) {
+		snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, "khugepaged\n"))
+			found = pid;
+		fclose(f);
+	}
+	return found;
+}
+
+/* ns that task @pid has run on a CPU (/proc/PID/schedstat), or -1. */
+static double task_cpu_ns(int pid)
+{
+	char path[64];
+	double ns = -1;
+	unsigned long long v;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/schedstat", pid);
+	f = fopen(path, "r");
+	if (f && fscanf(f, "%llu", &v) == 1)
+		ns = v;
+	if (f)
+		fclose(f);
+	return ns;
+}
+
 static void time_khugepaged(int core, int round, size_t nr)
 {
 	char *p = map_pmds(nr);
-	double t0, t1;
-	int polls = 0;
+	double t0, t1, c0, c1;
+	int polls = 0, pid;
 
 	set_core(core);
+	/* Starts the thread, which "never" stopped. */
 	put(THP "enabled", "madvise");
+	pid = khugepaged_pid();
 	populate(p, nr * PMD_SZ, PAGE_SZ);
+	c0 = pid ? task_cpu_ns(pid) : -1;
 	t0 = now_ns();
 	while (anon_huge_kb() < (long)(nr * PMD_SZ / 1024)) {
 		if (++polls > 600000)
@@ -629,8 +677,11 @@ static void time_khugepaged(int core, int round, size_t nr)
 		usleep(1000);
 	}
 	t1 = now_ns();
+	c1 = pid ? task_cpu_ns(pid) : -1;
 	put(THP "enabled", "never");
 	record(core, KHUGEPAGED, round, 0, (t1 - t0) / nr, 0);
+	if (c0 >= 0 && c1 >= c0)
+		record(core, KHUGEPAGED_CPU, round, 0, (c1 - c0) / nr, 0);
 	munmap(p, nr * PMD_SZ);
 }
 
@@ -697,7 +748,7 @@ static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
 
 /* One row of the closing table. */
 static const char table_row[] =
-	"%-11s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n";
+	"%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n";
 
 int main(int argc, char **argv)
 {
@@ -825,7 +876,7 @@ int main(int argc, char **argv)
 	if (!no_stall)
 		pthread_join(th, NULL);
 
-	printf("\n%-11s %10s %10s %10s %10s %10s %10s %7s %8s %12s %12s\n", "workload",
+	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %8s %12s %12s\n", "workload",
 	       "c med us", "c min", "c max", "rust med", "rust min", "rust max",
 	       "rust/c", "r/c p10", "c stall us", "rust stall");
 	for (w = 0; w < NR_WORKLOADS; w++) {
