@@ -647,6 +647,72 @@ static void test_race_mremap(void)
 
 /* ---- Bad input --------------------------------------------------------- */
 
+#define KHUGEPAGED_ROUNDS 12
+
+/*
+ * khugepaged collapsing while two threads write every page but the last of
+ * each PMD (writer()): each round waits for both PMDs to be PMD-mapped, then
+ * splits them again by dropping the last page of each, so that the next
+ * round collapses PTE-mapped THPs (large folios) as well as base pages. No
+ * write may get lost, and the Rust core's khugepaged counter must move.
+ */
+static void test_race_khugepaged(void)
+{
+	static struct race r;
+	char enabled[32], sleep_ms[32];
+	long long ok = rust_stat("khugepaged", "succeed");
+	int i, n, t, done = 0;
+	size_t pg, lost = 0;
+	pthread_t th[2];
+
+	memset(&r, 0, sizeof(r));
+	r.len = RACE_PMDS * PMD_SZ;
+	r.p = small_pages(RACE_PMDS);
+	for (pg = 0; pg < RACE_PMDS * PAGES_PER_PMD; pg++)
+		r.p[pg * PAGE_SZ] = 1;
+	collapse_require_core("rust");
+	if (sysfs_swap_str(THP_SYSFS "khugepaged/scan_sleep_millisecs", sleep_ms,
+			   sizeof(sleep_ms), "10") ||
+	    sysfs_swap_str(THP_SYSFS "enabled", enabled, sizeof(enabled), "madvise"))
+		ksft_exit_fail_msg("cannot set up khugepaged\n");
+	for (i = 0; i < 2; i++) {
+		r.id = i;
+		if (pthread_create(&th[i], NULL, writer, &r))
+			ksft_exit_fail_perror("pthread_create");
+		/* Let the thread read its id. */
+		while (atomic_load(&r.ops) == 0 && i == 0)
+			usleep(1000);
+	}
+	allow_thp(r.p, r.len);
+	for (n = 0; n < KHUGEPAGED_ROUNDS; n++) {
+		/* Up to 10 s a round. */
+		for (t = 0; t < 1000 && !check_huge_anon(r.p, r.len, RACE_PMDS, PMD_SZ); t++)
+			usleep(10000);
+		if (t == 1000)
+			break;
+		done++;
+		for (i = 0; i < RACE_PMDS; i++)
+			madvise(r.p + i * PMD_SZ + (PAGES_PER_PMD - 1) * PAGE_SZ,
+				PAGE_SZ, MADV_DONTNEED);
+	}
+	atomic_store(&r.stop, 1);
+	for (i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	set_str(THP_SYSFS "enabled", enabled);
+	set_str(THP_SYSFS "khugepaged/scan_sleep_millisecs", sleep_ms);
+
+	for (pg = 0; pg < RACE_PMDS * PAGES_PER_PMD; pg++)
+		if (pg % PAGES_PER_PMD != PAGES_PER_PMD - 1 &&
+		    *(uint64_t *)(r.p + pg * PAGE_SZ) != r.last[pg])
+			lost++;
+	ksft_test_result(!lost && done == KHUGEPAGED_ROUNDS &&
+			 rust_stat("khugepaged", "succeed") - ok >= RACE_PMDS * KHUGEPAGED_ROUNDS,
+			 "rust: khugepaged collapsing under writers: %d/%d rounds collapsed, %lld khugepaged succeed, %zu pages lost, %ld writer passes\n",
+			 done, KHUGEPAGED_ROUNDS, rust_stat("khugepaged", "succeed") - ok,
+			 lost, atomic_load(&r.ops));
+	munmap(r.p, r.len);
+}
+
 static int collapse_errno(const char *core, void *p, size_t len)
 {
 	collapse_require_core(core);
@@ -1220,7 +1286,7 @@ int main(void)
 	int l;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 1 + 14);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 2 + 14);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -1231,6 +1297,7 @@ int main(void)
 	for (l = 0; l < NR_RACERS; l++)
 		test_race(l);
 	test_race_mremap();
+	test_race_khugepaged();
 
 	test_bad_ranges();
 	test_bad_hugetlb();
