@@ -93,6 +93,7 @@ enum workload {
 	FULL, HALF, HUGE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED, KHUGEPAGED_CPU,
 	NR_WORKLOADS
 };
+
 static const char *const wname[] = {
 	"full", "half", "huge", "remote", "shmem", "file", "khugepaged",
 	"khugepaged-cpu",
