@@ -128,7 +128,9 @@ pub(crate) type RequestList = Spare<IsolationList>;
 /// The isolation list kept between requests.
 pub(crate) static SPARE_LIST: spare::Slot<IsolationList> = Atomic::new(core::ptr::null_mut());
 
-impl Reset for IsolationList {
+// SAFETY: Reset, the list holds no folio (the isolated ones are put back), and its slots are
+// plain addresses that the next isolation writes before anything reads them.
+unsafe impl Reset for IsolationList {
     fn reset(&mut self) {
         // Puts back any folio still isolated; the slots are written by each isolation.
         self.folios.clear();

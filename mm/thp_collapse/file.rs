@@ -288,7 +288,8 @@ fn isolate_old<'a>(
 /// The list of old folios of a page cache collapse kept between collapses (see `spare.rs`).
 static SPARE_OLD: spare::Slot<KVec<IsolatedFolio>> = Atomic::new(core::ptr::null_mut());
 
-impl Reset for KVec<IsolatedFolio> {
+// SAFETY: Reset, the list is empty: every old folio was put back or freed.
+unsafe impl Reset for KVec<IsolatedFolio> {
     fn reset(&mut self) {
         // Puts back any old folio a failed collapse still holds.
         self.clear();

@@ -15,8 +15,14 @@ use kernel::{
     sync::atomic::{Acquire, Atomic, Release},
 };
 
-/// Working memory that can be handed from one request to the next.
-pub(crate) trait Reset {
+/// Working memory that can be handed from one request to the next, on any thread.
+///
+/// # Safety
+///
+/// Once [`Reset::reset`] returned, the value must own nothing tied to the thread that used it
+/// (no lock held, no folio), so that another thread may take it over: the slot of a [`Spare`]
+/// hands it to whichever request takes it next.
+pub(crate) unsafe trait Reset {
     /// Puts the value back in its initial state (an empty list, say), releasing whatever it
     /// holds, so that the next request finds nothing of this one.
     fn reset(&mut self);
