@@ -324,7 +324,7 @@ void thp_collapse_folio_putback(struct folio *folio, bool free_swap)
 /**
  * thp_collapse_folios_release_unmapped() - release isolated folios that no
  * page table maps any more, and free them.
- * @fbatch: small folios isolated by thp_collapse_folios_isolate(); emptied.
+ * @fbatch: folios isolated by thp_collapse_folios_isolate(); emptied.
  * @refs: for each folio of @fbatch, the references of the mappings the
  *	caller removed, handed over.
  *

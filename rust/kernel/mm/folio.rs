@@ -452,7 +452,7 @@ pub unsafe fn put_refs(folio: NonNull<bindings::folio>, nr: usize) {
 ///
 /// # Invariants
 ///
-/// The first `batch.nr` entries of `batch.folios` are small folios locked by this thread,
+/// The first `batch.nr` entries of `batch.folios` are folios locked by this thread,
 /// isolated and counted (as [`IsolatedFolio`]s are), that nothing maps, whose `refs`
 /// references (same index) from their removed mappings we own, besides the isolation's;
 /// `batch.nr < FOLIO_BATCH_SIZE` between calls.
@@ -497,11 +497,10 @@ impl UnmappedFolios {
         }
     }
 
-    /// Takes over `folio`, a small folio which no page table maps any more, with `refs`
-    /// references of the mappings the caller removed. With its batch it is uncounted and
-    /// unlocked, its swap cache entry dropped, and it is freed if nothing else holds it;
-    /// otherwise it goes back on the LRU, from where its last reference frees it. A large
-    /// folio is put back at once ([`IsolatedFolio::putback_free_swap`]) and `refs` dropped.
+    /// Takes over `folio`, which no page table maps any more, with `refs` references of the
+    /// mappings the caller removed. With its batch it is uncounted and unlocked, its swap cache
+    /// entry dropped, and it is freed if nothing else holds it; otherwise (a large folio, say)
+    /// it goes back on the LRU, from where its last reference frees it.
     ///
     /// # Safety
     ///
@@ -509,20 +508,12 @@ impl UnmappedFolios {
     /// (page-table entries and rmap), and must not use them afterwards.
     #[inline]
     pub unsafe fn add(&mut self, folio: IsolatedFolio, refs: usize) {
-        if folio.nr_pages() != 1 {
-            let f = folio.as_ptr();
-            folio.putback_free_swap();
-            // SAFETY: The caller's references (safety requirements); the page cache, swap
-            // cache or LRU may hold it still, or this frees it.
-            unsafe { put_refs(f, refs) };
-            return;
-        }
         let folio = core::mem::ManuallyDrop::new(folio);
         let n = usize::from(self.batch.nr).min(FOLIO_BATCH_SIZE - 1);
         self.batch.folios[n] = folio.folio.as_ptr();
         self.refs[n] = refs as u32;
-        // INVARIANT: A small isolated folio nothing maps, with the references we own; `folio`
-        // is never dropped, so the batch releases it, once.
+        // INVARIANT: An isolated folio nothing maps, with the references we own; `folio` is
+        // never dropped, so the batch releases it, once.
         self.batch.nr = (n + 1) as u8;
         if n + 1 == FOLIO_BATCH_SIZE {
             self.flush();
@@ -534,7 +525,7 @@ impl UnmappedFolios {
         if self.batch.nr == 0 {
             return;
         }
-        // SAFETY: By the type invariants the batch holds `nr` small folios, isolated and locked
+        // SAFETY: By the type invariants the batch holds `nr` folios, isolated and locked
         // by us, nothing maps, with the references in `refs`, ours to drop; the call empties
         // the batch.
         unsafe {
