@@ -255,7 +255,11 @@ int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
  * @refs: set to folio_ref_count() - folio_expected_ref_count() with
  *	THP_PC_READ_REFS, else to 0.
  *
- * Return: THP_PC_* flags; THP_PC_OTHER_MAPPING only with THP_PC_READ_MAPPING.
+ * folio_expected_ref_count() counts the mappings' references, so THP_PC_MAPPED
+ * tells a folio that page tables still map from one that nobody maps.
+ *
+ * Return: THP_PC_* flags; THP_PC_OTHER_MAPPING only with THP_PC_READ_MAPPING,
+ * THP_PC_MAPPED only with THP_PC_READ_REFS.
  */
 unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 					 struct address_space *mapping,
@@ -276,8 +280,11 @@ unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 	if ((what & THP_PC_READ_MAPPING) && folio_mapping(folio) != mapping)
 		flags |= THP_PC_OTHER_MAPPING;
 	*refs = 0;
-	if (what & THP_PC_READ_REFS)
+	if (what & THP_PC_READ_REFS) {
 		*refs = folio_ref_count(folio) - folio_expected_ref_count(folio);
+		if (folio_mapped(folio))
+			flags |= THP_PC_MAPPED;
+	}
 	return flags;
 }
 

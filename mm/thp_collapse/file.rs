@@ -272,8 +272,10 @@ fn isolate_old<'a>(
         },
     );
     // Ours and the isolation's must be the only references beyond the page cache's: any new
-    // user of the folio has to find it in the page cache, and lock it, and waits.
-    if facts.refs_beyond_expected() != 2 {
+    // user of the folio has to find it in the page cache, and lock it, and waits. A mapping
+    // the unmap left (its reference is among the expected ones) fails too, as upstream's
+    // `folio_ref_count() != 2 + folio_nr_pages()` does.
+    if facts.refs_beyond_expected() != 2 || facts.mapped() {
         drop(xa);
         return Err(Outcome::PageCount);
     }

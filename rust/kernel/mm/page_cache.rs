@@ -136,7 +136,8 @@ impl PageCacheEntry {
 pub struct Read {
     /// Whether it still belongs to the mapping ([`FolioFacts::other_mapping`]).
     pub mapping: bool,
-    /// Its reference count ([`FolioFacts::refs_beyond_expected`]).
+    /// Its reference count ([`FolioFacts::refs_beyond_expected`]) and whether page tables map
+    /// it ([`FolioFacts::mapped`]).
     pub refs: bool,
 }
 
@@ -230,6 +231,11 @@ impl FolioFacts {
     /// It is on an LRU list. C: `folio_test_lru()`.
     pub fn lru(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_LRU)
+    }
+
+    /// Page tables map it; read with [`Read::refs`], else "no". C: `folio_mapped()`.
+    pub fn mapped(&self) -> bool {
+        self.has(bindings::thp_collapse_pc_flags_THP_PC_MAPPED)
     }
 
     /// References beyond the page cache's, its mappings' and the reader's:
