@@ -200,13 +200,14 @@ enum thp_collapse_pc_flags {
 	THP_PC_OTHER_MAPPING	= 1 << 4,	/* folio_mapping() is not the mapping */
 	THP_PC_LRU		= 1 << 5,
 	THP_PC_VALUE		= 1 << 6,	/* a swap or shadow entry, no folio */
-	THP_PC_MAPPED		= 1 << 7,	/* page tables map it (THP_PC_READ_REFS) */
+	THP_PC_MAPPED		= 1 << 7,	/* page tables map it */
 };
 
 /* What thp_collapse_pc_folio_facts() reads beyond the page flags. */
 enum thp_collapse_pc_read {
 	THP_PC_READ_MAPPING	= 1 << 0,	/* THP_PC_OTHER_MAPPING */
-	THP_PC_READ_REFS	= 1 << 1,	/* the reference count, THP_PC_MAPPED */
+	THP_PC_READ_REFS	= 1 << 1,	/* the reference count */
+	THP_PC_READ_MAPPED	= 1 << 2,	/* THP_PC_MAPPED */
 };
 
 /**

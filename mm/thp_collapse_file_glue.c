@@ -259,7 +259,7 @@ int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
  * tells a folio that page tables still map from one that nobody maps.
  *
  * Return: THP_PC_* flags; THP_PC_OTHER_MAPPING only with THP_PC_READ_MAPPING,
- * THP_PC_MAPPED only with THP_PC_READ_REFS.
+ * THP_PC_MAPPED only with THP_PC_READ_MAPPED.
  */
 unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 					 struct address_space *mapping,
@@ -279,12 +279,11 @@ unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 		flags |= THP_PC_LRU;
 	if ((what & THP_PC_READ_MAPPING) && folio_mapping(folio) != mapping)
 		flags |= THP_PC_OTHER_MAPPING;
+	if ((what & THP_PC_READ_MAPPED) && folio_mapped(folio))
+		flags |= THP_PC_MAPPED;
 	*refs = 0;
-	if (what & THP_PC_READ_REFS) {
+	if (what & THP_PC_READ_REFS)
 		*refs = folio_ref_count(folio) - folio_expected_ref_count(folio);
-		if (folio_mapped(folio))
-			flags |= THP_PC_MAPPED;
-	}
 	return flags;
 }
 

@@ -242,6 +242,7 @@ fn isolate_old<'a>(
         page_cache::Read {
             mapping: true,
             refs: false,
+            mapped: false,
         },
     );
     if !facts.uptodate() {
@@ -269,6 +270,7 @@ fn isolate_old<'a>(
         page_cache::Read {
             mapping: false,
             refs: true,
+            mapped: true,
         },
     );
     // Ours and the isolation's must be the only references beyond the page cache's: any new

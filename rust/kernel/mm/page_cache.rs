@@ -136,9 +136,10 @@ impl PageCacheEntry {
 pub struct Read {
     /// Whether it still belongs to the mapping ([`FolioFacts::other_mapping`]).
     pub mapping: bool,
-    /// Its reference count ([`FolioFacts::refs_beyond_expected`]) and whether page tables map
-    /// it ([`FolioFacts::mapped`]).
+    /// Its reference count ([`FolioFacts::refs_beyond_expected`]).
     pub refs: bool,
+    /// Whether page tables map it ([`FolioFacts::mapped`]).
+    pub mapped: bool,
 }
 
 impl Read {
@@ -149,6 +150,9 @@ impl Read {
         }
         if self.refs {
             what |= bindings::thp_collapse_pc_read_THP_PC_READ_REFS;
+        }
+        if self.mapped {
+            what |= bindings::thp_collapse_pc_read_THP_PC_READ_MAPPED;
         }
         what
     }
@@ -233,7 +237,7 @@ impl FolioFacts {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_LRU)
     }
 
-    /// Page tables map it; read with [`Read::refs`], else "no". C: `folio_mapped()`.
+    /// Page tables map it; read with [`Read::mapped`], else "no". C: `folio_mapped()`.
     pub fn mapped(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_MAPPED)
     }
