@@ -3,13 +3,16 @@
 # Front door. Every target sets up what it needs (packages, toolchain, kernel
 # source) on first use; see README.md.
 
-.PHONY: run test bench bench-icount profile setup kernel kernel-release tests check clean distclean
+.PHONY: run test soak bench bench-icount profile setup kernel kernel-release tests check clean distclean
 
 run:			## build the kernel, boot it, run the collapse demo
 	scripts/run-demo.sh
 
 test:			## the whole test suite; ends with "N passed, N failed"
 	scripts/run-tests.sh
+
+soak:			## the random-operation stress for SOAK_S seconds per core (SOAK_SEED= reruns)
+	scripts/run-soak.sh
 
 bench:			## release kernel: C vs Rust core timings, CSV and PNG
 	scripts/run-bench.sh time

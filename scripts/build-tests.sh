@@ -25,7 +25,7 @@ mkdir -p "$T"
 make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX headers_install >/dev/null
 
 # Every program named by the lists (first word of the command, "./x").
-progs=$(for l in "$@"; do awk '!/^#/ && NF >= 4 { sub("^\\./", "", $4); print $4 }' "$l"; done | sort -u)
+progs=$(for l in "$@"; do list_programs "$l"; done | sort -u)
 targets=""
 for p in $progs; do
 	if [ -f "$SRC/tools/testing/selftests/mm/$p.c" ]; then

@@ -28,9 +28,10 @@ rm -rf "$root"
 mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,tests}
 cp /bin/busybox "$root/bin/busybox"
 cp "$TOP/scripts/guest/init" "$root/init"
-chmod +x "$root/init"
+cp "$TOP/scripts/guest/khugepaged-busy" "$root/bin/"
+chmod +x "$root/init" "$root/bin/khugepaged-busy"
 grep -v '^#' "$list" >"$root/tests/list"
-for p in $(awk 'NF >= 4 { sub("^\\./", "", $4); print $4 }' "$root/tests/list" | sort -u); do
+for p in $(list_programs "$root/tests/list"); do
 	cp "$BUILD/tests/$p" "$root/tests/"
 done
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$BUILD/initramfs-$run.cpio.gz"

@@ -1,32 +1,50 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# The whole test suite: set up, build the debug kernel and the selftests,
-# boot once under QEMU, count KUnit and selftest TAP, judge the console.
-# Ends with "N passed, N failed[, N skipped]".
-#   scripts/run-tests.sh [list]      (default: scripts/lists/tests.list)
+# The whole test suite: set up, build the debug and the KCSAN kernels and the
+# selftests, boot each once under QEMU, count KUnit and selftest TAP, judge
+# the consoles. Ends with "N passed, N failed[, N skipped]".
+#   scripts/run-tests.sh          the suite: scripts/lists/tests.list on the
+#                                 debug kernel, scripts/lists/kcsan.list on
+#                                 the KCSAN kernel
+#   scripts/run-tests.sh LIST     one list, on the debug kernel only
 
 . "$(dirname "$0")/lib.sh"
 
-list=${1:-$TOP/scripts/lists/tests.list}
-run=$(basename "$list" .list)
 start=$(date +%s)
+if [ $# -gt 0 ]; then
+	lists=("$1")
+	flavours=(debug)
+else
+	lists=("$TOP/scripts/lists/tests.list" "$TOP/scripts/lists/kcsan.list")
+	flavours=(debug kcsan)
+fi
 
-"$TOP/scripts/build-kernel.sh" debug
-"$TOP/scripts/build-tests.sh" debug "$list"
+for f in "${flavours[@]}"; do
+	"$TOP/scripts/build-kernel.sh" "$f"
+done
+"$TOP/scripts/build-tests.sh" debug "${lists[@]}"
 
-# Our KUnit suites (every #[kunit_tests(name)] in the overlay) must all run,
-# and so must the kernel crate's doctests (rust/kernel/mm/ has ours). The
-# debug config builds no other KUnit test, so nothing is filtered out.
+# Our KUnit suites (every #[kunit_tests(name)] in the overlay) must all run
+# in the debug boot, and so must the kernel crate's doctests (rust/kernel/mm/
+# has ours). The debug config builds no other KUnit test, so nothing is
+# filtered out.
 suites=$( (grep -rhoE 'kunit_tests\([a-z0-9_]+\)' "$TOP/mm" "$TOP/rust" 2>/dev/null || true) |
 	sed 's/kunit_tests(\(.*\))/\1/' | sort -u)
-kargs=(--kunit rust_doctests_kernel)
-for s in $suites; do kargs+=(--kunit "$s"); done
+args=(--src "$SRC" --kunit rust_doctests_kernel)
+for s in $suites; do args+=(--kunit "$s"); done
 
-"$TOP/scripts/qemu.sh" debug "$list" "$run" hugepages=64
+accels=""
+for i in "${!flavours[@]}"; do
+	f=${flavours[$i]} list=${lists[$i]}
+	run=$(basename "$list" .list)
+	"$TOP/scripts/qemu.sh" "$f" "$list" "$run" hugepages=64
+	label=$([ "$f" = debug ] && echo "" || echo "$f")
+	args+=(--boot "$label" "$BUILD/logs/$run.console.log" "$BUILD/logs/$run.tests.log" "$list")
+	accels="$accels $f:$(cat "$BUILD/logs/$run.accel")"
+done
 
 echo
-echo "== results ($(cat "$BUILD/logs/$run.accel"), $(( $(date +%s) - start ))s in all;" \
-	"console log: build/logs/$run.console.log, program output: build/logs/$run.tests.log)"
-exec "$TOP/scripts/tap-summary.py" --console "$BUILD/logs/$run.console.log" \
-	--tests "$BUILD/logs/$run.tests.log" --list "$list" "${kargs[@]}"
+echo "== results (${accels# }, $(( $(date +%s) - start ))s in all; consoles and program" \
+	"output in build/logs/<list>.console.log and <list>.tests.log)"
+exec "$TOP/scripts/tap-summary.py" "${args[@]}"

@@ -1,23 +1,43 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0
-"""Count the results of one harness boot and judge the kernel console.
+"""Count the results of the harness boots and judge their kernel consoles.
 
-Usage: tap-summary.py --console LOG --tests LOG --list LIST [--kunit SUITE]...
+Usage:
+  tap-summary.py --boot LABEL CONSOLE TESTS LIST [--boot ...]
+                 [--kunit SUITE]... [--src KERNEL_TREE] [--ours DIR]
 
-Reads the KUnit KTAP from the console log, the kselftest TAP of every program in
-the run list from the tests log, and fails the run on any kernel warning,
-lockdep report, KASAN report, BUG, Oops, panic, hung task or timeout, whatever
-the TAP says. Prints one line per failure or skip, then
-"N passed, N failed, N skipped". Exit status 1 when anything failed.
+Each --boot is one QEMU boot: its kernel console, its programs' output and its
+run list. The first boot also carries the KUnit KTAP (our suites and the
+kernel crate's doctests). The verdict, and what it cannot be talked out of:
+
+- A program that skips as a whole (a "1..0 # SKIP" plan, or exit status 4
+  with no result) fails unless its list line says "may-skip: <why>".
+- Our own programs (their source is in --ours) may not skip anything, and a
+  "Bail out!" line in their output (a forked child giving up) fails them.
+- A program on the Rust core must show that the Rust core did the work: its
+  succeed counters moved ("rust: any": any Rust counter moved, for programs
+  whose collapses are meant to be refused; "rust: none <why>" exempts). This
+  is a condition of the program's list entry, not a result of its own.
+- Kernel doctests that only define items (a function, a type) are
+  documentation: they compile, but they are not counted as tests.
+- Any kernel warning, lockdep, KASAN, UBSAN, BUG, Oops, panic, hung task or
+  timeout in a console fails the run; a KCSAN report or a kmemleak leak fails
+  it when a frame of its stack is in the collapse (thp_collapse, khugepaged,
+  the kernel crate's mm guards), and is listed otherwise.
+
+Prints the runs, every failure and every skip with its reason, one line per
+source (upstream selftests, ours, KUnit, doctests, kernel consoles), then
+"N passed, N failed[, N skipped]". Exit status 1 when anything failed.
 """
 
 import argparse
+import os
 import re
 import sys
 
 TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 RESULT = re.compile(r"^(not )?ok \d+\b ?-? ?(.*?)(?:\s*#\s*(SKIP|XFAIL|TODO)\b(.*))?$", re.I)
-PLAN = re.compile(r"^1\.\.(\d+)")
+PLAN = re.compile(r"^1\.\.(\d+)(?:\s*#\s*SKIP\b\s*(.*))?", re.I)
 SPLATS = [
     r"WARNING:", r"BUG:", r"Oops", r"Kernel panic", r"KASAN", r"UBSAN",
     r"possible circular locking", r"possible recursive locking",
@@ -30,23 +50,33 @@ SPLATS = [
     r"segfault at", r"refcount_t:", r"page_table_check",
 ]
 SPLAT = re.compile("|".join(SPLATS))
+# A stack frame in the collapse: the Rust core and its glue, upstream's
+# collapse (khugepaged.c, madvise_collapse), the kernel crate's mm guards.
+COLLAPSE_FRAME = re.compile(r"thp_collapse|khugepaged|collapse_|_collapse\b|"
+                            r"6kernel2mm")
+KCSAN_START = re.compile(r"BUG: KCSAN: (.*)")
+KCSAN_END = re.compile(r"^={20,}")
+SOURCES = ["upstream selftests", "ours", "KUnit", "doctests", "kernel consoles"]
 
 
 class Tally:
-    def __init__(self):
-        self.passed = self.failed = self.skipped = 0
-        self.lines = []
-        self.skips = []
+    """Results per source, the failure lines and the skip lines."""
 
-    def add(self, status, what):
-        if status == "pass":
-            self.passed += 1
+    def __init__(self):
+        self.count = {s: {"pass": 0, "fail": 0, "skip": 0} for s in SOURCES}
+        self.fails = []
+        self.skips = []
+        self.notes = []
+
+    def add(self, source, status, what, why=""):
+        self.count[source][status] += 1
+        if status == "fail":
+            self.fails.append(f"FAIL  {what}" + (f" ({why})" if why else ""))
         elif status == "skip":
-            self.skipped += 1
-            self.skips.append(what)
-        else:
-            self.failed += 1
-            self.lines.append(f"FAIL  {what}")
+            self.skips.append(f"SKIP  {what}: {why or 'no reason given'}")
+
+    def total(self, status):
+        return sum(c[status] for c in self.count.values())
 
 
 def read(path):
@@ -60,57 +90,116 @@ def read(path):
 def status_of(m):
     if m.group(1):
         return "fail"
-    directive = (m.group(3) or "").upper()
-    if directive == "SKIP":
-        return "skip"
-    return "pass"
+    return "skip" if (m.group(3) or "").upper() == "SKIP" else "pass"
 
 
-def kunit(console, suites, t):
+def doc_only(src, path, line):
+    """Whether the doctest at @path:@line defines items only (no statement)."""
+    lines = read(os.path.join(src, path)) if src else []
+    if not lines or line < 1 or line > len(lines):
+        return False
+    body = []
+    i = line - 1
+    # The doctest's first line may be the fence or the first line of code.
+    if lines[i].strip().lstrip("/!").strip().startswith("```"):
+        i += 1
+    while i < len(lines):
+        text = re.sub(r"^\s*//[/!]\s?", "", lines[i])
+        if text.strip().startswith("```"):
+            break
+        # Hidden lines ("# ...") are compiled and run like the others.
+        body.append("" if text.strip() == "#" else re.sub(r"^# ", "", text))
+        i += 1
+    depth = 0
+    item = re.compile(r"^\s*(pub(\(\w+\))?\s+)?(unsafe\s+)?(const\s+)?(async\s+)?"
+                      r"(fn|struct|enum|impl|trait|type|mod|use|static|const|"
+                      r"extern|macro_rules!)\b|^\s*#\[|^\s*//|^\s*$|^\s*\}")
+    for text in body:
+        if depth == 0 and not item.match(text):
+            return False
+        depth += text.count("{") - text.count("}")
+    return True
+
+
+def kunit(console, suites, src, t):
+    """KTAP of our KUnit suites and of the kernel crate's doctests."""
     seen = set()
     suite = None
+    where = {}
+    docs = []
     for raw in console:
         line = TIMESTAMP.sub("", raw)
         m = re.match(r"^\s{4}# Subtest: (\S+)", line)
         if m:
             suite = m.group(1)
             continue
+        m = re.match(r"^\s+# (\S+)\.location: (\S+):(\d+)", line)
+        if m:
+            where[m.group(1)] = (m.group(2), int(m.group(3)))
+            continue
         m = re.match(r"^\s{4}((?:not )?ok \d+.*)$", line)
         if m and suite and not line.startswith(" " * 8):
             r = RESULT.match(m.group(1))
             if r:
                 seen.add(suite)
-                t.add(status_of(r), f"kunit {suite}.{r.group(2)}")
+                name = r.group(2)
+                status = status_of(r)
+                if suite == "rust_doctests_kernel":
+                    path, ln = where.get(name, ("", 0))
+                    if status == "pass" and doc_only(src, path, ln):
+                        docs.append(name)
+                        continue
+                    t.add("doctests", status, f"doctest {name} ({path}:{ln})",
+                          (r.group(4) or "").strip())
+                else:
+                    t.add("KUnit", status, f"kunit {suite}.{name}",
+                          (r.group(4) or "").strip())
             continue
         m = re.match(r"^((?:not )?ok \d+ (\S+).*)$", line)
         if m and m.group(2) == suite:
             suite = None
     for s in suites:
         if s not in seen:
-            t.add("fail", f"kunit suite {s} did not run")
+            t.add("doctests" if s == "rust_doctests_kernel" else "KUnit", "fail",
+                  f"kunit suite {s} did not run")
+    if docs:
+        t.notes.append(f"NOTE  {len(docs)} kernel doctests only define items (a function, "
+                       f"a type): documentation, compiled and run but not counted")
 
 
-def programs(tests, listing, t, passes):
-    expected = []
-    on_rust = set()
+def entries(listing):
+    """The run list: name -> (core, program, annotations)."""
+    out = {}
     for l in listing:
         l = l.strip()
-        if l and not l.startswith("#"):
-            expected.append(l.split()[0])
-            if len(l.split()) > 1 and l.split()[1] == "rust":
-                on_rust.add(l.split()[0])
+        if not l or l.startswith("#"):
+            continue
+        cmd, _, notes = l.partition(" # ")
+        f = cmd.split()
+        ann = {}
+        for part in notes.split(" ; ") if notes else []:
+            k, _, v = part.partition(":")
+            ann[k.strip()] = v.strip()
+        prog = next((w[2:] for w in f[3:] if w.startswith("./")), "")
+        out[f[0]] = (f[1] if len(f) > 1 else "-", prog, ann)
+    return out
+
+
+def programs(label, tests, listing, ours_dir, t, runs_out):
+    expected = entries(listing)
     runs = {}
     cur = None
     for line in tests:
         m = re.match(r"^# RUN (\S+)", line)
         if m:
             cur = m.group(1)
-            runs[cur] = {"results": [], "plan": None, "rc": None, "time": None,
-                         "rust": None}
+            runs[cur] = {"results": [], "plan": None, "plan_skip": None, "rc": None,
+                         "time": None, "rust": None, "rust_all": None, "bail": []}
             continue
-        m = re.match(r"^# RUST_SUCCEED (\S+) (-?\d+)", line)
-        if m and m.group(1) in runs:
-            runs[m.group(1)]["rust"] = int(m.group(2))
+        m = re.match(r"^# RUST_(SUCCEED|TOTAL) (\S+) (-?\d+)", line)
+        if m and m.group(2) in runs:
+            runs[m.group(2)]["rust" if m.group(1) == "SUCCEED" else "rust_all"] = \
+                int(m.group(3))
             continue
         m = re.match(r"^# EXIT (\S+) rc=(\d+) start=([\d.]+) end=([\d.]+)", line)
         if m and m.group(1) in runs:
@@ -121,85 +210,202 @@ def programs(tests, listing, t, passes):
             continue
         if cur is None:
             continue
+        if "Bail out!" in line:
+            runs[cur]["bail"].append(line.strip())
         m = PLAN.match(line)
         if m and runs[cur]["plan"] is None:
             runs[cur]["plan"] = int(m.group(1))
+            if m.group(2) is not None:
+                runs[cur]["plan_skip"] = m.group(2).strip() or "no reason given"
             continue
         m = RESULT.match(line)
         if m:
             desc = m.group(2) or (m.group(4) or "").strip()
-            runs[cur]["results"].append((status_of(m), desc))
-    for name in expected:
+            why = (m.group(4) or "").strip()
+            runs[cur]["results"].append((status_of(m), desc, why))
+    for name, (core, prog, ann) in expected.items():
+        ours = bool(prog) and os.path.exists(os.path.join(ours_dir, prog + ".c"))
+        src = "ours" if ours else "upstream selftests"
+        tag = f"{label}/{name}" if label else name
         r = runs.get(name)
         if r is None:
-            t.add("fail", f"{name}: did not run")
+            t.add(src, "fail", f"{tag}: did not run")
             continue
-        for status, desc in r["results"]:
-            t.add(status, f"{name}: {desc}")
-        nskip = sum(1 for s, _ in r["results"] if s == "skip")
-        if nskip:
-            t.lines.append(f"SKIP  {name}: {nskip} skipped, e.g. "
-                           f"{next(d for s, d in r['results'] if s == 'skip')}")
+        for status, desc, why in r["results"]:
+            if status == "skip" and ours:
+                t.add(src, "fail", f"{tag}: {desc}",
+                      f"skipped ({why or 'no reason'}); our programs may not skip")
+            else:
+                t.add(src, status, f"{tag}: {desc}", why)
         done = len(r["results"])
+        whole_skip = done == 0 and (r["plan_skip"] is not None or r["rc"] == 4)
+        if whole_skip:
+            why = r["plan_skip"] or "exit status 4 (KSFT_SKIP) with no result"
+            if "may-skip" in ann and not ours:
+                t.add(src, "skip", f"{tag}: the whole program",
+                      f"{why}; allowed: {ann['may-skip']}")
+            else:
+                t.add(src, "fail", f"{tag}: skipped as a whole ({why})",
+                      "our programs may not skip" if ours else
+                      "its list line does not say it may skip")
         if r["plan"] is not None and done < r["plan"]:
             for _ in range(r["plan"] - done):
-                t.add("fail", f"{name}: planned test did not report (crash or timeout)")
+                t.add(src, "fail", f"{tag}: a planned test did not report (crash or timeout)")
         if r["rc"] is None:
-            t.add("fail", f"{name}: never finished")
+            t.add(src, "fail", f"{tag}: never finished")
         elif r["rc"] in (124, 143):
-            t.add("fail", f"{name}: timed out")
-        elif r["rc"] not in (0, 4) and not any(s == "fail" for s, _ in r["results"]):
-            t.add("fail", f"{name}: exited with status {r['rc']}")
-        elif done == 0 and r["rc"] == 0:
-            t.add("fail", f"{name}: printed no TAP result")
-        # A run on the Rust core must show that the Rust core collapsed.
-        if name in on_rust:
-            if r["rust"] is None or r["rust"] <= 0:
-                t.add("fail", f"{name}: ran on the rust core but its succeed "
-                              f"counters did not move ({r['rust']})")
+            t.add(src, "fail", f"{tag}: timed out")
+        elif r["rc"] not in (0, 4) and not any(s == "fail" for s, _, _ in r["results"]):
+            t.add(src, "fail", f"{tag}: exited with status {r['rc']}")
+        elif done == 0 and r["rc"] == 0 and r["plan_skip"] is None:
+            t.add(src, "fail", f"{tag}: printed no TAP result")
+        if r["bail"]:
+            if ours:
+                t.add(src, "fail", f"{tag}: {r['bail'][0]}",
+                      f"{len(r['bail'])} 'Bail out!' line(s): a child gave up")
             else:
-                t.add("pass", f"{name}: the Rust core collapsed {r['rust']} PMD ranges")
+                t.notes.append(f"NOTE  {tag}: upstream printed {len(r['bail'])} "
+                               f"'Bail out!' line(s), e.g. {r['bail'][0]!r}; "
+                               f"upstream's own verdict stands")
+        # The Rust core must have done the work; a condition, not a result.
+        want = ann.get("rust", "succeed").split()[0] if core != "c" else "none"
+        if want == "succeed" and not whole_skip and (r["rust"] or 0) <= 0:
+            t.add(src, "fail", f"{tag}: the Rust core's succeed counters did not move "
+                               f"({r['rust']})")
+        elif want == "any" and not whole_skip and (r["rust_all"] or 0) <= 0:
+            t.add(src, "fail", f"{tag}: no Rust core counter moved ({r['rust_all']})")
         if r["time"] is not None:
-            rust = f", rust succeed +{r['rust']}" if r["rust"] is not None else ""
-            passes.append(f"      {name}: {len(r['results'])} results, rc={r['rc']}, "
-                          f"{r['time']:.1f}s{rust}")
+            runs_out.append(f"      {tag}: {done} results, rc={r['rc']}, {r['time']:.1f}s, "
+                            f"rust succeed +{r['rust']}, all outcomes +{r['rust_all']}")
+
+
+def kcsan_reports(console):
+    """Each KCSAN report: (title, whether a frame is in the collapse)."""
+    out = []
+    cur = None
+    for raw in console:
+        line = TIMESTAMP.sub("", raw)
+        m = KCSAN_START.search(line)
+        if m:
+            cur = [m.group(1).strip(), False]
+            continue
+        if cur is not None:
+            if KCSAN_END.match(line.strip()):
+                out.append(tuple(cur))
+                cur = None
+            elif COLLAPSE_FRAME.search(line):
+                cur[1] = True
+    if cur is not None:
+        out.append(tuple(cur))
+    return out
+
+
+def kmemleak(tests):
+    """Each kmemleak report: (first line, frames, whether one is in the collapse)."""
+    out = []
+    inside = False
+    cur = None
+    for line in tests:
+        if line.startswith("# KMEMLEAK BEGIN"):
+            inside = True
+            continue
+        if line.startswith("# KMEMLEAK END"):
+            inside = False
+            continue
+        if not inside:
+            continue
+        if line.startswith("unreferenced object"):
+            cur = [line.strip(), [], False]
+            out.append(cur)
+        elif cur is not None and re.match(r"^\s+\[<[0-9a-f]+>\]|^\s+\S+\+0x", line):
+            cur[1].append(line.strip())
+            if COLLAPSE_FRAME.search(line):
+                cur[2] = True
+    return out
+
+
+def consoles(label, console, tests, t):
+    if not console:
+        t.add("kernel consoles", "fail", f"{label}: no console log")
+        return
+    for title, ours in kcsan_reports(console):
+        if ours:
+            t.add("kernel consoles", "fail", f"{label} console: KCSAN: {title}",
+                  "a frame is in the collapse")
+        else:
+            t.notes.append(f"NOTE  {label} console: KCSAN: {title} (no collapse frame)")
+    in_kcsan = False
+    splats = []
+    for raw in console:
+        line = TIMESTAMP.sub("", raw)
+        if KCSAN_START.search(line):
+            in_kcsan = True
+        if in_kcsan:
+            if KCSAN_END.match(line.strip()):
+                in_kcsan = False
+            continue
+        if SPLAT.search(line):
+            splats.append(line.strip())
+    for s in splats[:20]:
+        t.add("kernel consoles", "fail", f"{label} console: {s}")
+    if len(splats) > 20:
+        t.add("kernel consoles", "fail", f"{label} console: ... and {len(splats) - 20} more lines")
+    for first, frames, ours in kmemleak(tests):
+        inner = [f for f in frames
+                 if not re.search(r"kmemleak|kmalloc|kmem_cache|slab_|__alloc|alloc_pages", f)]
+        top = next((f for f in frames if COLLAPSE_FRAME.search(f)),
+                   (inner or frames or [""])[0])
+        if ours:
+            t.add("kernel consoles", "fail", f"{label} kmemleak: {first}", f"at {top}")
+        else:
+            t.notes.append(f"NOTE  {label} kmemleak: {first} (no collapse frame; {top})")
+    if not any(l.startswith("# HARNESS DONE") for l in tests):
+        why = "timed out" if any("HARNESS TIMEOUT" in l for l in tests) else \
+            "did not reach the end of the run list"
+        t.add("kernel consoles", "fail", f"{label} harness: the guest {why}")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--console", required=True)
-    ap.add_argument("--tests", required=True)
-    ap.add_argument("--list", required=True)
+    ap.add_argument("--boot", nargs=4, action="append", default=[],
+                    metavar=("LABEL", "CONSOLE", "TESTS", "LIST"))
+    ap.add_argument("--console")
+    ap.add_argument("--tests")
+    ap.add_argument("--list")
     ap.add_argument("--kunit", action="append", default=[])
+    ap.add_argument("--src", default="")
+    ap.add_argument("--ours", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "..", "tools", "testing", "selftests", "mm"))
     a = ap.parse_args()
+    boots = list(a.boot)
+    if a.console:
+        boots.insert(0, ["", a.console, a.tests, a.list])
+    if not boots:
+        ap.error("no boot given")
 
-    console = read(a.console)
-    tests = read(a.tests)
     t = Tally()
-    timing = []
-    if a.kunit:
-        kunit(console, a.kunit, t)
-    programs(tests, read(a.list), t, timing)
+    runs = []
+    for i, (label, console_path, tests_path, list_path) in enumerate(boots):
+        console = read(console_path)
+        tests = read(tests_path)
+        if i == 0 and a.kunit:
+            kunit(console, a.kunit, a.src, t)
+        programs(label, tests, read(list_path), a.ours, t, runs)
+        consoles(label or "debug", console, tests, t)
 
-    splats = [TIMESTAMP.sub("", l) for l in console if SPLAT.search(l)]
-    for s in splats[:20]:
-        t.add("fail", f"console: {s.strip()}")
-    if len(splats) > 20:
-        t.add("fail", f"console: ... and {len(splats) - 20} more lines")
-    if not any(l.startswith("# HARNESS DONE") for l in tests):
-        why = "timed out" if any("HARNESS TIMEOUT" in l for l in tests) else \
-            "did not reach the end of the run list"
-        t.add("fail", f"harness: the guest {why} (console log: {a.console})")
-
-    for l in timing:
+    for l in runs + t.notes + t.skips + t.fails:
         print(l)
-    for l in t.lines:
-        print(l)
-    summary = f"{t.passed} passed, {t.failed} failed"
-    if t.skipped:
-        summary += f", {t.skipped} skipped"
+    for s in SOURCES:
+        c = t.count[s]
+        line = f"  {s}: {c['pass']} passed, {c['fail']} failed"
+        if c["skip"]:
+            line += f", {c['skip']} skipped"
+        print(line)
+    summary = f"{t.total('pass')} passed, {t.total('fail')} failed"
+    if t.total("skip"):
+        summary += f", {t.total('skip')} skipped"
     print(summary)
-    return 1 if t.failed or not t.passed else 0
+    return 1 if t.total("fail") or not t.total("pass") else 0
 
 
 if __name__ == "__main__":
