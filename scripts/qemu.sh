@@ -49,10 +49,12 @@ log "booting $flavour kernel under QEMU ($accel), run '$run'"
 timeout_s=${THP_QEMU_TIMEOUT:-3600}
 
 # A NUMA kernel gets two nodes of 2 GiB, one CPU each (ACPI SRAT), so that
-# the collapse's node choice meets more than one node.
-mem=(-m 4G)
+# the collapse's node choice meets more than one node. Each CPU is a socket
+# of its own: CPUs of one socket share a cache, which the scheduler refuses
+# (with a warning) across nodes.
+mem=(-smp 2 -m 4G)
 if grep -q '^CONFIG_NUMA=y' "$O/.config" 2>/dev/null; then
-	mem=(-m 4G -object memory-backend-ram,size=2G,id=m0
+	mem=(-smp 2,sockets=2,cores=1,threads=1 -m 4G -object memory-backend-ram,size=2G,id=m0
 		-object memory-backend-ram,size=2G,id=m1
 		-numa node,nodeid=0,cpus=0,memdev=m0
 		-numa node,nodeid=1,cpus=1,memdev=m1)
@@ -67,7 +69,7 @@ boot() {
 	mkfs.xfs -q -f "$disk"
 	set +e
 	timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
-		-accel "$accel" -cpu "$cpu" -smp 2 "${mem[@]}" \
+		-accel "$accel" -cpu "$cpu" "${mem[@]}" \
 		-kernel "$kernel" -initrd "$BUILD/initramfs-$run.cpio.gz" \
 		-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 nokaslr $extra_args" \
 		-drive "file=$disk,if=virtio,format=raw" \
