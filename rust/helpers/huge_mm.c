@@ -303,3 +303,55 @@ __rust_helper void rust_helper_spin_lock_nested(spinlock_t *lock, int subclass)
 {
 	spin_lock_nested(lock, subclass);
 }
+
+/* Facts the KUnit cases of rust/kernel/mm/ assert on, and what they set up. */
+
+__rust_helper struct folio *rust_helper_page_folio(struct page *page)
+{
+	return page_folio(page);
+}
+
+__rust_helper int rust_helper_folio_ref_count(const struct folio *folio)
+{
+	return folio_ref_count(folio);
+}
+
+__rust_helper void rust_helper_folio_get(struct folio *folio)
+{
+	folio_get(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_lru(const struct folio *folio)
+{
+	return folio_test_lru(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_locked(const struct folio *folio)
+{
+	return folio_test_locked(folio);
+}
+
+__rust_helper int rust_helper_folio_mapcount(const struct folio *folio)
+{
+	return folio_mapcount(folio);
+}
+
+__rust_helper bool rust_helper_folio_memcg_charged(struct folio *folio)
+{
+	return folio_memcg_charged(folio);
+}
+
+__rust_helper int rust_helper_rwsem_is_locked(struct rw_semaphore *sem)
+{
+	return rwsem_is_locked(sem);
+}
+
+__rust_helper void rust_helper_mm_flags_set(int flag, struct mm_struct *mm)
+{
+	mm_flags_set(flag, mm);
+}
+
+__rust_helper void rust_helper_mm_flags_clear(int flag, struct mm_struct *mm)
+{
+	mm_flags_clear(flag, mm);
+}

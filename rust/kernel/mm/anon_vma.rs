@@ -71,3 +71,82 @@ impl Drop for AnonVmaWriteGuard<'_> {
         unsafe { bindings::thp_collapse_anon_vma_unlock_write(self.anon_vma.as_ptr()) };
     }
 }
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[macros::kunit_tests(rust_mm_anon_vma)]
+mod tests {
+    use super::*;
+    use crate::{
+        mm::{
+            mmap_lock::{MmapReadLock, MmapWriteLock},
+            test_mm::{held_locks, OtherMm, TestMm, PAGE},
+        },
+        prelude::*,
+    };
+
+    /// There is no anon_vma to lock before the first anonymous fault, and one after; the guard
+    /// holds one lock more (its root's rwsem, as lockdep counts it) until it is dropped.
+    #[test]
+    fn none_before_first_fault_some_after() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(4 * PAGE)?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let before = AnonVmaWriteGuard::lock(&lock, vma).is_some();
+        drop(lock);
+
+        t.write(a + PAGE, b"first anonymous fault")?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let depth = held_locks();
+        let guard = AnonVmaWriteGuard::lock(&lock, vma);
+        let after = guard.is_some();
+        let depth_held = held_locks();
+        drop(guard);
+        let depth_after = held_locks();
+        drop(lock);
+
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let under_read_lock = AnonVmaWriteGuard::lock(&lock, vma).is_some();
+        drop(lock);
+
+        assert!(!before);
+        assert!(after);
+        assert_eq!(depth_held, depth.map(|d| d + 1));
+        assert_eq!(depth_after, depth);
+        assert!(under_read_lock);
+        Ok(())
+    }
+
+    /// A VMA of another mm, anon_vma and all, is refused.
+    #[test]
+    fn refuses_vma_of_other_mm() -> Result {
+        let t = TestMm::attach()?;
+        let other = OtherMm::new(&t)?;
+        let b = other.with(&t, || -> Result<usize> {
+            let b = t.map_anon(PAGE)?;
+            t.write(b, b"anon_vma")?;
+            Ok(b)
+        })?;
+        let lock = MmapWriteLock::lock(t.mm());
+        // A trylock: the two mmap locks are of one lock class, which lockdep would not nest.
+        let other_lock = MmapReadLock::try_lock(other.mm());
+        let vma = other_lock.as_ref().and_then(|o| o.find_vma(b));
+        // SAFETY: The VMA is valid under `other_lock`.
+        let has_anon_vma = vma.is_some_and(|v| unsafe { !(*v.as_ptr()).anon_vma.is_null() });
+        let refused = vma.map(|v| AnonVmaWriteGuard::lock(&lock, v).is_none());
+        let own = other_lock
+            .as_ref()
+            .zip(vma)
+            .map(|(o, v)| AnonVmaWriteGuard::lock(o, v).is_some());
+        drop(other_lock);
+        drop(lock);
+        assert!(has_anon_vma);
+        assert_eq!(refused, Some(true));
+        assert_eq!(own, Some(true));
+        Ok(())
+    }
+}

@@ -550,3 +550,383 @@ impl Drop for UnmappedFolios {
         self.flush();
     }
 }
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[macros::kunit_tests(rust_mm_folio)]
+mod tests {
+    use super::*;
+    use crate::{
+        error::code::EINVAL,
+        mm::{
+            mmap_lock::{MmapLocked, MmapReadLock, MmapWriteLock},
+            pgtable::{PmdEntry, PmdTableLocked},
+            test_mm::{
+                drain_lru, facts, page_folio, read_page, write_page, Facts, TestMm, UserPage, PAGE,
+            },
+        },
+    };
+
+    /// The index, in its page table, of the entry that maps `addr`.
+    fn idx(addr: usize) -> usize {
+        (addr & (crate::mm::pgtable::PMD_SIZE - 1)) / PAGE
+    }
+
+    /// The facts of the folio mapped at `addr` of `t`'s mm, read under the page-table locks.
+    fn facts_at(t: &TestMm, addr: usize) -> Option<Facts> {
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(addr)?;
+        let table = PmdTableLocked::lock(PmdEntry::find(&lock, addr)?, addr)?;
+        // SAFETY: The page is mapped by the locked table, which keeps its folio.
+        table
+            .normal_page(vma, idx(addr))
+            .map(|page| unsafe { facts(page_folio(page)) })
+    }
+
+    /// A new folio has the order asked for, one reference, and no LRU or memcg; impossible
+    /// orders fail; a node asked for is the node it comes from.
+    #[test]
+    fn alloc_order_refs_and_node() -> Result {
+        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 2, None)?;
+        // SAFETY: `folio` holds its only reference.
+        let f = unsafe { facts(NonNull::new_unchecked(folio.as_ptr())) };
+        // SAFETY: As above.
+        let nr = unsafe { bindings::folio_nr_pages(folio.as_ptr()) };
+        // SAFETY: As above.
+        let charged = unsafe { bindings::folio_memcg_charged(folio.as_ptr()) };
+        let first_is_folio = folio.first_page().cast::<bindings::folio>() == folio.as_ptr();
+        let too_big = NewFolio::alloc(bindings::GFP_KERNEL, bindings::MAX_PAGE_ORDER + 1, None);
+        let on_node0 = NewFolio::alloc(bindings::GFP_KERNEL, 0, Some(0))?;
+        // SAFETY: `on_node0` holds its page.
+        let nid = unsafe { bindings::page_to_nid(on_node0.first_page()) };
+        assert_eq!(folio.order(), 2);
+        assert_eq!(nr, 4);
+        assert_eq!(f.refs, 1);
+        assert!(!f.lru);
+        assert!(!charged);
+        assert!(first_is_folio);
+        assert_eq!(too_big.err(), Some(ENOMEM));
+        assert_eq!(nid, 0);
+        Ok(())
+    }
+
+    /// Charging puts the folio in the memory cgroup of the test's mm.
+    #[test]
+    fn charge_to_test_mm() -> Result {
+        let t = TestMm::attach()?;
+        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        // SAFETY: `folio` holds its only reference.
+        let before = unsafe { bindings::folio_memcg_charged(folio.as_ptr()) };
+        let charged = folio.charge(t.mm(), bindings::GFP_KERNEL);
+        // SAFETY: As above.
+        let after = unsafe { bindings::folio_memcg_charged(folio.as_ptr()) };
+        assert!(!before);
+        assert_eq!(charged, Ok(()));
+        assert!(after);
+        Ok(())
+    }
+
+    /// Pages are copied into the folio and cleared, by index; indexes past the last page are
+    /// refused or ignored.
+    #[test]
+    fn copy_and_clear_pages() -> Result {
+        let mut folio = NewFolio::alloc(bindings::GFP_KERNEL, 1, None)?;
+        let second = folio.first_page().wrapping_add(1);
+        // SAFETY: Page 1 of the folio, which only `folio` can reach.
+        unsafe { write_page(second, b"second page") };
+        let src = NonNull::new(second).ok_or(EINVAL)?;
+        // SAFETY: `src` is page 1 of the folio, valid and not written during the copy to page 0.
+        let copied = unsafe { folio.copy_mc_page(0, src) };
+        // SAFETY: As above, to a page past the last.
+        let past_end = unsafe { folio.copy_mc_page(2, src) };
+        let mut first = [0u8; 11];
+        // SAFETY: Page 0 of the folio.
+        unsafe { read_page(folio.first_page(), &mut first) };
+        folio.clear_page(1);
+        folio.clear_page(9);
+        let mut cleared = [0xffu8; 11];
+        // SAFETY: Page 1 of the folio.
+        unsafe { read_page(second, &mut cleared) };
+        assert_eq!(copied, Ok(()));
+        assert_eq!(past_end, Err(EINVAL));
+        assert_eq!(&first, b"second page");
+        assert_eq!(cleared, [0u8; 11]);
+        Ok(())
+    }
+
+    /// A user page is copied into the folio and a page cleared for a user address.
+    #[test]
+    fn copy_and_clear_user_pages() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(PAGE)?;
+        t.write(a, b"user data")?;
+        let mut folio = NewFolio::alloc(bindings::GFP_KERNEL, 1, None)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let page = UserPage::get(&lock, a)?;
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        // SAFETY: We hold a reference to the page, which nothing writes meanwhile.
+        let copied = unsafe { folio.copy_mc_user_page(1, page.page(), a, vma) };
+        // SAFETY: As above, to a page past the last.
+        let past_end = unsafe { folio.copy_mc_user_page(2, page.page(), a, vma) };
+        drop(page);
+        drop(lock);
+        let mut back = [0u8; 9];
+        // SAFETY: Page 1 of the folio.
+        unsafe { read_page(folio.first_page().wrapping_add(1), &mut back) };
+        folio.clear_user_page(1, a);
+        let mut cleared = [0xffu8; 9];
+        // SAFETY: As above.
+        unsafe { read_page(folio.first_page().wrapping_add(1), &mut cleared) };
+        assert_eq!(copied, Ok(()));
+        assert_eq!(past_end, Err(EINVAL));
+        assert_eq!(&back, b"user data");
+        assert_eq!(cleared, [0u8; 9]);
+        Ok(())
+    }
+
+    /// `into_raw()` hands over the reference without freeing the folio.
+    #[test]
+    fn into_raw_keeps_the_reference() -> Result {
+        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        let raw = NonNull::new(folio.into_raw()).ok_or(EINVAL)?;
+        // SAFETY: We own the reference `into_raw()` handed over.
+        let refs = unsafe { facts(raw) }.refs;
+        // SAFETY: As above; dropped once, here.
+        unsafe { bindings::folio_put(raw.as_ptr()) };
+        assert_eq!(refs, 1);
+        Ok(())
+    }
+
+    /// Isolating a mapped LRU folio of the test's mm locks it, takes it off the LRU with a
+    /// reference of its own, and refuses a second isolation; dropping it puts it back.
+    #[test]
+    fn isolate_and_put_back() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(PAGE)?;
+        t.write(a, b"on the LRU")?;
+        drain_lru();
+        let before = facts_at(&t, a);
+
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let table = PmdTableLocked::lock(pmd, a).ok_or(EINVAL)?;
+        let page = table.normal_page(vma, idx(a)).ok_or(EINVAL)?;
+        // SAFETY: The locked table maps the page, which keeps its folio.
+        let folio = unsafe { page_folio(page) };
+        // SAFETY: As above: the folio stays valid during the call.
+        let isolated = unsafe { IsolatedFolio::isolate(folio, 1) };
+        // SAFETY: As above.
+        let during = unsafe { facts(folio) };
+        // SAFETY: As above.
+        let again = unsafe { IsolatedFolio::isolate(folio, 1) }.err();
+        let same = isolated
+            .as_ref()
+            .map(|i| (i.as_ptr() == folio, i.nr_pages()))
+            .map_err(|e| *e);
+        drop(isolated);
+        // SAFETY: As above.
+        let put_back = unsafe { facts(folio) };
+        drop(table);
+        drop(lock);
+        drain_lru();
+        let after = facts_at(&t, a);
+
+        let lru_folio = |lru, locked, refs| {
+            Some(Facts {
+                lru,
+                locked,
+                refs,
+                mapcount: 1,
+            })
+        };
+        assert_eq!(before, lru_folio(true, false, 1));
+        assert_eq!(same, Ok((true, 1)));
+        assert_eq!(Some(during), lru_folio(false, true, 2));
+        assert_eq!(again, Some(IsolateError::Locked));
+        assert!(!put_back.locked);
+        assert_eq!(after, before);
+        Ok(())
+    }
+
+    /// A folio with a reference beyond its mapping (GUP's) is refused and left unlocked; one
+    /// that someone else took off the LRU is refused as not on the LRU.
+    #[test]
+    fn isolate_refuses_referenced_and_off_lru() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(PAGE)?;
+        t.write(a, b"referenced")?;
+        drain_lru();
+
+        let lock = MmapReadLock::lock(t.mm());
+        let gup = UserPage::get(&lock, a)?;
+        let folio = gup.folio();
+        // SAFETY: GUP's reference keeps the folio.
+        let referenced = unsafe { IsolatedFolio::isolate(folio, 1) }.err();
+        // SAFETY: As above.
+        let after_referenced = unsafe { facts(folio) };
+
+        // Someone else isolates it (with a reference of its own, which we drop for them so
+        // that only the LRU state differs), then puts it back.
+        // SAFETY: GUP's reference keeps the folio; the isolation's is dropped at once, and
+        // taken again before `folio_putback_lru()` drops it.
+        let off_lru = unsafe {
+            let taken = bindings::folio_isolate_lru(folio.as_ptr());
+            bindings::folio_put(folio.as_ptr());
+            drop(gup);
+            let refused = IsolatedFolio::isolate(folio, 1).err();
+            let gup = UserPage::get(&lock, a);
+            if taken {
+                bindings::folio_get(folio.as_ptr());
+                bindings::folio_putback_lru(folio.as_ptr());
+            }
+            drop(gup);
+            (taken, refused)
+        };
+        drop(lock);
+        drain_lru();
+        let after = facts_at(&t, a);
+
+        assert_eq!(referenced, Some(IsolateError::Referenced));
+        assert!(!after_referenced.locked);
+        assert_eq!(after_referenced.refs, 2);
+        assert_eq!(off_lru, (true, Some(IsolateError::NotOnLru)));
+        assert_eq!(
+            after.map(|f| (f.lru, f.locked, f.refs)),
+            Some((true, false, 1))
+        );
+        Ok(())
+    }
+
+    /// A queue isolates its folios in order up to the first that fails, hands over those before
+    /// it and leaves the others as they were; it holds at most `CAPACITY` folios.
+    #[test]
+    fn isolation_queue_stops_at_first_failure() -> Result {
+        let t = TestMm::attach()?;
+        const N: usize = IsolationQueue::CAPACITY + 1;
+        let a = t.map_pmd_range()?;
+        for n in 0..N {
+            t.write(a + n * PAGE, b"queued")?;
+        }
+        drain_lru();
+
+        let lock = MmapReadLock::lock(t.mm());
+        let pinned = UserPage::get(&lock, a + PAGE)?;
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let table = PmdTableLocked::lock(pmd, a).ok_or(EINVAL)?;
+        let mut folios = [None; N];
+        for (n, f) in folios.iter_mut().enumerate() {
+            // SAFETY: The locked table maps the page, which keeps its folio.
+            *f = table
+                .normal_page(vma, idx(a) + n)
+                .map(|p| unsafe { page_folio(p) });
+        }
+        let mut queue = IsolationQueue::new();
+        for f in folios.iter().take(3).flatten() {
+            // SAFETY: The locked table keeps the folios until the queue is isolated; each is
+            // queued once.
+            unsafe { queue.push(*f, 1) };
+        }
+        let queued = queue.len();
+        let mut handed = [None, None, None];
+        let mut n = 0;
+        let result = queue.isolate(|f| {
+            if let Some(slot) = handed.get_mut(n) {
+                *slot = Some(f);
+            }
+            n += 1;
+        });
+        let emptied = queue.is_empty();
+        let first_handed = handed[0].as_ref().map(|f| Some(f.as_ptr()) == folios[0]);
+        // SAFETY: The locked table keeps the folios.
+        let left = [1, 2].map(|i| folios[i].map(|f| unsafe { facts(f) }.locked));
+        drop(handed);
+
+        let mut full = IsolationQueue::new();
+        for f in folios.iter().flatten() {
+            // SAFETY: As above; the queue is dropped without isolating.
+            unsafe { full.push(*f, 1) };
+        }
+        // The queue is dropped without isolating (it has no destructor).
+        let (full_len, is_full) = (full.len(), full.is_full());
+        drop(table);
+        drop(pinned);
+        drop(lock);
+        drain_lru();
+        let first_after = facts_at(&t, a);
+
+        assert_eq!(queued, 3);
+        assert_eq!(result, Err((1, IsolateError::Referenced)));
+        assert_eq!(n, 1);
+        assert!(emptied);
+        assert_eq!(first_handed, Some(true));
+        assert_eq!(left, [Some(false), Some(false)]);
+        assert_eq!((full_len, is_full), (IsolationQueue::CAPACITY, true));
+        assert_eq!(
+            first_after.map(|f| (f.lru, f.locked, f.refs)),
+            Some((true, false, 1))
+        );
+        Ok(())
+    }
+
+    /// A folio isolated and unmapped (its PTE cleared and its rmap removed, through a detached
+    /// table) is released by `UnmappedFolios`; the page reads as new afterwards.
+    #[test]
+    fn unmapped_folios_release() -> Result {
+        use crate::mm::{anon_vma::AnonVmaWriteGuard, pgtable::DetachedPteTable};
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        t.write(p, b"stays")?;
+        t.write(p + PAGE, b"goes away")?;
+        drain_lru();
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        let end = p + crate::mm::pgtable::PMD_SIZE;
+        let mut table = DetachedPteTable::detach(&lock, &anon, vma, pmd, p, end).ok_or(EINVAL)?;
+        // SAFETY: Entry 1 is mapped, and only the detached table can change it.
+        let page = NonNull::new(unsafe {
+            bindings::vm_normal_page(vma.as_ptr(), p + PAGE, bindings::ptep_get(table.entry(1)))
+        })
+        .ok_or(EINVAL)?;
+        // SAFETY: The detached table maps the page, which keeps its folio.
+        let folio = unsafe { page_folio(page) };
+        // SAFETY: As above.
+        let isolated = unsafe { IsolatedFolio::isolate(folio, 1) };
+        let ok = isolated.is_ok();
+        // SAFETY: As above.
+        let before = unsafe { facts(folio) };
+        let mut released = false;
+        if let Ok(isolated) = isolated {
+            let mut locked = table.lock();
+            if locked.clear(1, 1) {
+                // SAFETY: The PTE that mapped `page` of `folio` in `vma` was just cleared, under
+                // the table's lock, which we hold; the isolation keeps the folio.
+                unsafe { remove_rmap_ptes(folio, page, 1, vma) };
+                drop(locked);
+                // The mapping is gone: uncount it as the page table's owner would.
+                t.count_anon(-1);
+                let mut batch = UnmappedFolios::new();
+                // SAFETY: The reference of the mapping just removed is ours.
+                unsafe { batch.add(isolated, 1) };
+                released = true;
+            }
+        }
+        drop(table);
+        drop(anon);
+        drop(lock);
+
+        let mut stays = [0u8; 5];
+        let mut gone = [0xffu8; 9];
+        t.read(p, &mut stays)?;
+        t.read(p + PAGE, &mut gone)?;
+        assert!(ok);
+        assert_eq!((before.locked, before.lru, before.refs), (true, false, 2));
+        assert!(released);
+        assert_eq!(&stays, b"stays");
+        assert_eq!(gone, [0u8; 9]);
+        Ok(())
+    }
+}

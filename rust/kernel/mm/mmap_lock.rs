@@ -266,3 +266,180 @@ impl Drop for MmapWriteLock<'_> {
         unsafe { bindings::mmap_write_unlock(self.mm.as_raw()) };
     }
 }
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[macros::kunit_tests(rust_mm_mmap_lock)]
+mod tests {
+    use super::*;
+    use crate::mm::test_mm::{mmap_lock_held, OtherMm, TestMm, PAGE};
+
+    /// `find_vma()` under either lock finds the VMA at a mapped address, the next one from a
+    /// hole, and none above the last; the read lock's remembered VMA never answers for another.
+    #[test]
+    fn find_vma_mapped_hole_and_above() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(3 * PAGE)?;
+        t.unmap(a + PAGE, PAGE)?;
+        let span = |v: Option<&VmaRef>| v.map(|v| (v.start(), v.end()));
+        let lock = MmapReadLock::lock(t.mm());
+        let read = [
+            span(lock.find_vma(a)),
+            span(lock.find_vma(a + PAGE)),
+            span(lock.find_vma(a + 2 * PAGE + 8)),
+            span(lock.find_vma(a + 8)),
+            span(lock.find_vma(a + 3 * PAGE)),
+        ];
+        let exiting = lock.mm_exiting();
+        drop(lock);
+        let lock = MmapWriteLock::lock(t.mm());
+        let write = [
+            span(lock.find_vma(a)),
+            span(lock.find_vma(a + PAGE)),
+            span(lock.find_vma(a + 3 * PAGE)),
+        ];
+        drop(lock);
+        let first = Some((a, a + PAGE));
+        let second = Some((a + 2 * PAGE, a + 3 * PAGE));
+        assert_eq!(read, [first, second, second, first, None]);
+        assert_eq!(write, [first, second, None]);
+        assert!(!exiting);
+        Ok(())
+    }
+
+    /// The read lock is shared and the write lock exclusive; each is released when dropped.
+    #[test]
+    fn read_shares_write_excludes() -> Result {
+        let t = TestMm::attach()?;
+        let mm = t.mm();
+        let free_before = !mmap_lock_held(mm);
+        let read = MmapReadLock::lock(mm);
+        let held_read = mmap_lock_held(mm);
+        let second_reader = MmapReadLock::try_lock(mm).is_some();
+        drop(read);
+        let free_after_read = !mmap_lock_held(mm);
+        let write = MmapWriteLock::lock(mm);
+        let held_write = mmap_lock_held(mm);
+        let reader_in_write = MmapReadLock::try_lock(mm).is_some();
+        drop(write);
+        let free_after_write = !mmap_lock_held(mm);
+        let tried = MmapReadLock::try_lock(mm);
+        let held_tried = tried.is_some() && mmap_lock_held(mm);
+        drop(tried);
+        assert!(free_before);
+        assert!(held_read);
+        assert!(second_reader);
+        assert!(free_after_read);
+        assert!(held_write);
+        assert!(!reader_in_write);
+        assert!(free_after_write);
+        assert!(held_tried);
+        assert!(!mmap_lock_held(mm));
+        Ok(())
+    }
+
+    /// A read lock taken by C can be adopted (and dropping releases it), handed back with
+    /// `keep()` (still held), and forgotten with `released()` after C released it (not
+    /// released twice).
+    #[test]
+    fn adopt_keep_released() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(PAGE)?;
+        let mm = t.mm();
+
+        // SAFETY: The mm is valid; the lock is handed to `adopt()` at once.
+        unsafe { bindings::mmap_read_lock(mm.as_raw()) };
+        // SAFETY: This thread holds the lock for read and releases it only through `lock`.
+        let lock = unsafe { MmapReadLock::adopt(mm) };
+        let adopted_finds = lock.find_vma(a).map(|v| v.start());
+        drop(lock);
+        let free_after_adopt = !mmap_lock_held(mm);
+
+        MmapReadLock::lock(mm).keep();
+        let held_after_keep = mmap_lock_held(mm);
+        // SAFETY: `keep()` handed the read lock back to us.
+        unsafe { bindings::mmap_read_unlock(mm.as_raw()) };
+        let free_after_unlock = !mmap_lock_held(mm);
+
+        let lock = MmapReadLock::lock(mm);
+        // SAFETY: The read lock `lock` holds; it is forgotten below without a second unlock.
+        unsafe { bindings::mmap_read_unlock(mm.as_raw()) };
+        // SAFETY: We just released the lock.
+        unsafe { lock.released() };
+        let free_after_released = !mmap_lock_held(mm);
+
+        assert_eq!(adopted_finds, Some(a));
+        assert!(free_after_adopt);
+        assert!(held_after_keep);
+        assert!(free_after_unlock);
+        assert!(free_after_released);
+        Ok(())
+    }
+
+    /// A VMA remembered from C answers for its own addresses only.
+    #[test]
+    fn remembered_vma_answers_for_itself_only() -> Result {
+        let t = TestMm::attach()?;
+        // Two VMAs with a hole between them (adjacent anonymous mappings would merge).
+        let a = t.map_anon(3 * PAGE)?;
+        t.unmap(a + PAGE, PAGE)?;
+        let b = a + 2 * PAGE;
+        let lock = MmapReadLock::lock(t.mm());
+        let vma_a = lock.find_vma(a).map(|v| v.as_ptr());
+        drop(lock);
+        let lock = MmapReadLock::lock(t.mm());
+        if let Some(vma) = vma_a {
+            // SAFETY: `vma` is the VMA at `a`, found under a read lock of this mm; the mm has
+            // no other user that could change its VMAs in between.
+            unsafe { lock.remember_vma(vma) };
+        }
+        let at_b = lock.find_vma(b).map(|v| v.start());
+        let at_a = lock.find_vma(a + 8).map(|v| (v.start(), v.as_ptr()));
+        drop(lock);
+        assert!(vma_a.is_some());
+        assert_eq!(at_b, Some(b));
+        assert_eq!(at_a, vma_a.map(|v| (a, v)));
+        Ok(())
+    }
+
+    /// `exclude_vma_faults()` keeps per-VMA-lock readers (page faults) out of the VMA until
+    /// the write lock goes; the write lock alone does not.
+    #[test]
+    fn exclude_vma_faults_until_unlock() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(PAGE)?;
+        t.write(a, b"fault")?;
+        let mmu = t.mm_with_user();
+        let before = mmu.lock_vma_under_rcu(a).map(|v| v.start());
+        let lock = MmapWriteLock::lock(t.mm());
+        let under_write_lock = mmu.lock_vma_under_rcu(a).is_some();
+        let excluded = lock.find_vma(a).map(|v| lock.exclude_vma_faults(v));
+        let while_excluded = mmu.lock_vma_under_rcu(a).is_some();
+        drop(lock);
+        let after = mmu.lock_vma_under_rcu(a).is_some();
+        assert_eq!(before, Some(a));
+        assert!(under_write_lock);
+        assert_eq!(excluded, Some(Ok(())));
+        assert!(!while_excluded);
+        assert!(after);
+        Ok(())
+    }
+
+    /// `exclude_vma_faults()` refuses a VMA of another mm.
+    #[test]
+    fn exclude_vma_faults_refuses_other_mm() -> Result {
+        let t = TestMm::attach()?;
+        let other = OtherMm::new(&t)?;
+        let b = other.with(&t, || t.map_anon(PAGE))?;
+        let lock = MmapWriteLock::lock(t.mm());
+        // A trylock: the two mmap locks are of one lock class, which lockdep would not nest.
+        let other_lock = MmapReadLock::try_lock(other.mm());
+        let refused = other_lock
+            .as_ref()
+            .and_then(|o| o.find_vma(b))
+            .map(|v| lock.exclude_vma_faults(v));
+        drop(other_lock);
+        drop(lock);
+        assert_eq!(refused, Some(Err(EINVAL)));
+        Ok(())
+    }
+}

@@ -865,3 +865,302 @@ pub fn is_shmem(file: &File) -> bool {
     // SAFETY: The file is valid.
     unsafe { bindings::thp_collapse_shmem_file(file.as_ptr()) }
 }
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[macros::kunit_tests(rust_mm_page_cache)]
+mod tests {
+    use super::*;
+    use crate::{
+        error::code::EINVAL,
+        mm::{
+            mmap_lock::MmapReadLock,
+            pgtable::{PmdEntry, PteTableLocked, PMD_SIZE},
+            test_mm::{drain_lru, ShmemFile, TestMm, PAGE},
+        },
+    };
+
+    /// A shmem file of four pages, mapped shared in `t`'s mm, with indexes 0 and 2 written
+    /// (through the mapping) and 1 and 3 holes; returns the file and the address.
+    fn shmem_with_holes(t: &TestMm) -> Result<(ShmemFile, usize)> {
+        let file = ShmemFile::new(4 * PAGE)?;
+        let a = t.map_shared(&file, 4 * PAGE, 0)?;
+        t.write(a, b"index 0")?;
+        t.write(a + 2 * PAGE, b"index 2")?;
+        drain_lru();
+        Ok((file, a))
+    }
+
+    /// Whether the PTE that maps `addr` of `t`'s mm is none. Only tries the mmap lock, which
+    /// comes before the folio locks the caller may hold.
+    fn pte_none(t: &TestMm, addr: usize) -> Option<bool> {
+        let lock = MmapReadLock::try_lock(t.mm())?;
+        let table = PteTableLocked::lock(PmdEntry::find(&lock, addr)?, addr)?;
+        Some(table.is_none((addr & (PMD_SIZE - 1)) / PAGE))
+    }
+
+    /// Reads every fact.
+    const ALL: Read = Read {
+        mapping: true,
+        refs: true,
+        mapped: true,
+    };
+
+    /// A shmem file's mapping is its `f_mapping`, with no writeback.
+    #[test]
+    fn mapping_of_shmem_file() -> Result {
+        let file = ShmemFile::new(4 * PAGE)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        // SAFETY: The file is valid; `f_mapping` does not change.
+        let f_mapping = unsafe { (*file.file().as_ptr()).f_mapping };
+        assert_eq!(mapping.as_ptr(), f_mapping);
+        assert!(!mapping.can_writeback());
+        assert!(is_shmem(file.file()));
+        assert_eq!(mapping.write_and_wait(0, 4), Ok(()));
+        Ok(())
+    }
+
+    /// `read_entries()` reads the folios of a range, skipping holes, with their index, size,
+    /// pfn and facts, and advances the index past what it read.
+    #[test]
+    fn read_entries_present_and_absent() -> Result {
+        let t = TestMm::attach()?;
+        let (file, _) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let mut out = [PageCacheEntry::default(); 4];
+        let mut index = 0;
+        let n = mapping.read_entries(&mut index, 3, &mut out);
+        let got = out.map(|e| (e.0.index, e.nr_pages(), e.is_value()));
+        let facts = [out[0].facts(), out[1].facts()];
+        let pfns = [out[0].pfn(), out[1].pfn()];
+        let mut one = [PageCacheEntry::default(); 1];
+        let mut from = 1;
+        let n_one = mapping.read_entries(&mut from, 3, &mut one);
+        let pfn0 = LockedFolio::lock(mapping, 0)
+            // SAFETY: The folio is referenced and locked.
+            .map(|f| unsafe { bindings::folio_pfn(f.as_ptr().as_ptr()) });
+        assert_eq!(n, 2);
+        assert_eq!(&got[..2], &[(0, 1, false), (2, 1, false)]);
+        assert_eq!(index, 4);
+        for f in facts {
+            assert!(f.uptodate());
+            assert!(f.lru());
+            assert!(!f.pmd_order());
+            assert_eq!(f.refs_beyond_expected(), 1);
+        }
+        assert!(pfns[0] != pfns[1] && pfns[1] != usize::MAX);
+        assert_eq!(pfn0, Some(pfns[0]));
+        assert_eq!((n_one, one[0].0.index, from), (1, 2, 3));
+        Ok(())
+    }
+
+    /// Under the xarray lock, `load()` tells folios from holes; `any_entry_until()` looks past
+    /// the cursor; a retry entry can be stored in a hole and emptied again; the cursor keeps
+    /// its place across unlock and lock.
+    #[test]
+    fn cursor_load_store_and_relock() -> Result {
+        let t = TestMm::attach()?;
+        let (file, _) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let mut state = PageCacheState::new(mapping, 0);
+        let mut locked = state.cursor().lock();
+        let folio0 = locked.load(0);
+        let after0 = locked.any_entry_until(3);
+        let hole = locked.load(1);
+        let far = locked.load(1 << 20);
+        let folio2 = locked.load(2);
+        let after2 = locked.any_entry_until(3);
+        let _ = locked.load(1);
+        let stored = locked.store_retry();
+        let retry = locked.load(1);
+        let _ = locked.load(1);
+        locked.store_empty();
+        let emptied = locked.load(1);
+        let cursor = locked.unlock();
+        let mut locked = cursor.lock();
+        let relocked = locked.load(0);
+        drop(locked);
+        let range = state.cursor().create_range(2).map(|mut l| l.load(2)).ok();
+
+        let is_folio = |s: Slot| match s {
+            Slot::Folio(_, f) => f.uptodate() && f.lru(),
+            _ => false,
+        };
+        let folio_ptr = |s: Slot| match s {
+            Slot::Folio(f, _) => Some(f),
+            _ => None,
+        };
+        let locked0 = LockedFolio::lock(mapping, 0).map(|f| f.as_ptr());
+        assert!(is_folio(folio0));
+        assert!(after0);
+        assert_eq!(hole, Slot::Empty);
+        assert_eq!(far, Slot::Empty);
+        assert!(is_folio(folio2));
+        assert!(!after2);
+        assert_eq!(stored, Ok(()));
+        assert_eq!(retry, Slot::Retry);
+        assert_eq!(emptied, Slot::Empty);
+        assert_eq!(folio_ptr(relocked), locked0);
+        assert!(range.is_some_and(is_folio));
+        Ok(())
+    }
+
+    /// `LockedFolio::lock()` locks and references the folio at an index, with its facts, and
+    /// finds nothing in a hole; `shmem_get()` does the same for shmem.
+    #[test]
+    fn locked_folio_lock_and_facts() -> Result {
+        let t = TestMm::attach()?;
+        let (file, _) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let folio = LockedFolio::lock(mapping, 0).ok_or(EINVAL)?;
+        let ptr = folio.as_ptr();
+        // SAFETY: We hold a reference.
+        let locked = unsafe { bindings::folio_test_locked(ptr.as_ptr()) };
+        let facts = folio.facts(mapping, ALL);
+        let (nr, page0) = (folio.nr_pages(), folio.page(0));
+        // SAFETY: As above; this only computes an address.
+        let first = unsafe { &raw mut (*ptr.as_ptr()).__bindgen_anon_1.page };
+        drop(folio);
+        // SAFETY: The page cache holds the folio.
+        let unlocked = unsafe { !bindings::folio_test_locked(ptr.as_ptr()) };
+        let hole = LockedFolio::lock(mapping, 1).is_none();
+        let shmem_hole = LockedFolio::shmem_get(mapping, 1).is_none();
+        let shmem2 = LockedFolio::shmem_get(mapping, 2)
+            .map(|f| (f.nr_pages(), f.facts(mapping, ALL).uptodate()));
+        assert!(locked);
+        assert!(facts.uptodate() && facts.lru() && facts.mapped());
+        assert!(!facts.other_mapping() && !facts.writeback() && !facts.pmd_order());
+        assert_eq!(facts.refs_beyond_expected(), 1);
+        assert_eq!((nr, page0.as_ptr()), (1, first));
+        assert!(unlocked);
+        assert!(hole);
+        assert!(shmem_hole);
+        assert_eq!(shmem2, Some((1, true)));
+        Ok(())
+    }
+
+    /// A folio found under the xarray lock can be trylocked once.
+    #[test]
+    fn trylock_under_xarray_lock() -> Result {
+        let t = TestMm::attach()?;
+        let (file, _) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let mut state = PageCacheState::new(mapping, 0);
+        let mut locked = state.cursor().lock();
+        let (first, second) = match locked.load(2) {
+            Slot::Folio(f, _) => {
+                let first = LockedFolio::trylock(f, &locked);
+                let second = LockedFolio::trylock(f, &locked).is_some();
+                (first.map(|l| l.as_ptr() == f), second)
+            }
+            _ => (None, true),
+        };
+        drop(locked);
+        assert_eq!(first, Some(true));
+        assert!(!second);
+        Ok(())
+    }
+
+    /// Isolating a page cache folio takes it off the LRU and out of every page table; putting
+    /// it back leaves the data to the next fault.
+    #[test]
+    fn isolate_unmaps_and_put_back() -> Result {
+        let t = TestMm::attach()?;
+        let (file, a) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let mapped_before = pte_none(&t, a).map(|none| !none);
+        let folio = LockedFolio::lock(mapping, 0).ok_or(EINVAL)?;
+        let isolated = folio.isolate();
+        flush_batched_unmaps();
+        let during = isolated
+            .as_ref()
+            .map(|i| (i.facts(mapping, ALL), i.index(), i.nr_pages()))
+            .ok();
+        let unmapped = pte_none(&t, a);
+        drop(isolated);
+        drain_lru();
+        let after = LockedFolio::lock(mapping, 0).map(|f| f.facts(mapping, ALL).lru());
+        let mut back = [0u8; 7];
+        t.read(a, &mut back)?;
+        assert_eq!(mapped_before, Some(true));
+        assert!(during.is_some_and(|(f, _, _)| !f.lru() && !f.mapped() && f.uptodate()));
+        assert_eq!(during.map(|(_, i, n)| (i, n)), Some((0, 1)));
+        assert_eq!(unmapped, Some(true));
+        assert_eq!(after, Some(true));
+        assert_eq!(&back, b"index 0");
+        Ok(())
+    }
+
+    /// Under the i_mmap lock, the VMAs that map a range of the file are found with their
+    /// range, offset and mm, and none for a range nobody maps.
+    #[test]
+    fn i_mmap_finds_the_mapping_vma() -> Result {
+        let t = TestMm::attach()?;
+        let (file, a) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let lock = IMmapRead::lock(mapping);
+        let mut found = [None; 2];
+        let mut n = 0;
+        lock.for_each_vma(0, 3, |v| {
+            if let Some(slot) = found.get_mut(n) {
+                *slot = Some((v.start, v.end, v.pgoff, v.mm, v.address_of(2)));
+            }
+            n += 1;
+        });
+        let mut beyond = 0;
+        lock.for_each_vma(100, 200, |_| beyond += 1);
+        let uffd = lock.userfaultfd_missing_in(0, 3);
+        drop(lock);
+        let mm = t.mm().as_raw();
+        assert_eq!(n, 1);
+        assert_eq!(found[0], Some((a, a + 4 * PAGE, 0, mm, a + 2 * PAGE)));
+        assert_eq!(beyond, 0);
+        assert!(!uffd);
+        Ok(())
+    }
+
+    /// A shmem charge adds to the mapping's page count until it is dropped.
+    #[test]
+    fn shmem_charge_until_dropped() -> Result {
+        let file = ShmemFile::new(4 * PAGE)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        // SAFETY: The mapping is valid; a plain read of the count, which nobody else changes.
+        let nrpages = || unsafe { (*mapping.as_ptr()).nrpages };
+        let before = nrpages();
+        let charge = ShmemCharge::charge(mapping, 2);
+        let charged = nrpages();
+        let got = charge.is_some();
+        drop(charge);
+        let after = nrpages();
+        assert!(got);
+        assert_eq!(charged, before + 2);
+        assert_eq!(after, before);
+        Ok(())
+    }
+
+    /// A new folio prepared for the page cache is locked and knows its pfn; abandoning it
+    /// leaves the page cache as it was.
+    #[test]
+    fn page_cache_folio_prepare_and_abandon() -> Result {
+        let t = TestMm::attach()?;
+        let (file, _) = shmem_with_holes(&t)?;
+        let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
+        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        // SAFETY: `folio` holds its only reference.
+        let pfn = unsafe { bindings::folio_pfn(folio.as_ptr()) };
+        let mut prepared = PageCacheFolio::prepare(folio, mapping, 1, true);
+        let ptr = prepared.folio().as_ptr();
+        // SAFETY: `prepared` owns the folio.
+        let locked = unsafe { bindings::folio_test_locked(ptr) };
+        // SAFETY: As above.
+        let index = unsafe { bindings::thp_collapse_folio_index(ptr) };
+        let same_pfn = prepared.pfn() == pfn;
+        drop(prepared);
+        let mut state = PageCacheState::new(mapping, 1);
+        let hole = state.cursor().lock().load(1);
+        assert!(locked);
+        assert_eq!(index, 1);
+        assert!(same_pfn);
+        assert_eq!(hole, Slot::Empty);
+        Ok(())
+    }
+}

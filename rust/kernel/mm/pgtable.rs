@@ -963,3 +963,451 @@ impl<'a> PmdClearNotifier<'a> {
         }
     }
 }
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[macros::kunit_tests(rust_mm_pgtable)]
+mod tests {
+    use super::*;
+    use crate::{
+        mm::{
+            mmap_lock::MmapReadLock,
+            test_mm::{facts, mmap_lock_held, page_folio, OtherMm, ShmemFile, TestMm, PAGE},
+        },
+        prelude::*,
+    };
+
+    /// The index, in its page table, of the entry that maps `addr`.
+    fn idx(addr: usize) -> usize {
+        (addr & (PMD_SIZE - 1)) / PAGE
+    }
+
+    /// What the PMD entry covering `addr` holds, if the upper levels reach down to it.
+    fn state<L: MmapLocked>(lock: &L, addr: usize) -> Option<PmdState> {
+        PmdEntry::find(lock, addr).map(|p| p.state())
+    }
+
+    /// A new mm has no page tables below the top level; the first fault makes a PMD entry that
+    /// points to a page table of PTEs.
+    #[test]
+    fn pmd_entry_before_and_after_first_fault() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(4 * PAGE)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let before = state(&lock, a);
+        drop(lock);
+        t.write(a + 2 * PAGE, b"fault")?;
+        let lock = MmapReadLock::lock(t.mm());
+        let after = state(&lock, a);
+        drop(lock);
+        assert!(before.is_none() || before == Some(PmdState::None));
+        assert_eq!(after, Some(PmdState::Table));
+        Ok(())
+    }
+
+    /// A locked page table shows which pages are mapped, entry by entry, and clamps indexes.
+    #[test]
+    fn pte_table_locked_present_and_absent() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_pmd_range()?;
+        t.write(a, b"page 0")?;
+        t.write(a + 2 * PAGE, b"page 2")?;
+        let i = idx(a);
+        let lock = MmapReadLock::lock(t.mm());
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let table = PteTableLocked::lock(pmd, a).ok_or(EINVAL)?;
+        let none = [
+            table.is_none(i),
+            table.is_none(i + 1),
+            table.is_none(i + 2),
+            table.is_none(i + 3),
+        ];
+        let clamped = table.entry(PTRS_PER_PTE + 7) == table.entry(PTRS_PER_PTE - 1);
+        let stride = table.entry(i + 1) as usize - table.entry(i) as usize;
+        drop(table);
+        drop(lock);
+        assert_eq!(none, [false, true, false, true]);
+        assert!(clamped);
+        assert_eq!(stride, core::mem::size_of::<bindings::pte_t>());
+        Ok(())
+    }
+
+    /// A page table mapped without its lock tells non-present entries (a guard marker here)
+    /// from present and none ones; a swap-in of a marker fails with the mmap lock still held,
+    /// and one through a VMA that does not cover the entry fails without faulting.
+    #[test]
+    fn pte_table_mapped_non_present_entries() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_pmd_range()?;
+        // Droppable: a VMA of its own, which cannot merge with the other.
+        let elsewhere = t.map_droppable(PAGE)?;
+        t.write(a, b"page 0")?;
+        t.madvise(a + PAGE, PAGE, bindings::MADV_GUARD_INSTALL)?;
+        let i = idx(a);
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let other_vma = lock.find_vma(elsewhere).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let table = PteTableMapped::map(pmd, a).ok_or(EINVAL)?;
+        let swap = [table.is_swap(i), table.is_swap(i + 1), table.is_swap(i + 2)];
+        let marker = table.swap_in(vma, i + 1);
+        let held_after_marker = mmap_lock_held(t.mm());
+        let table = PteTableMapped::map(pmd, a).ok_or(EINVAL)?;
+        let outside = table.swap_in(other_vma, i + 1);
+        let table = PteTableMapped::map(pmd, a).ok_or(EINVAL)?;
+        let still_marker = table.is_swap(i + 1);
+        drop(table);
+        drop(lock);
+        assert_eq!(swap, [false, true, false]);
+        assert_eq!(marker, SwapInFault::Failed);
+        assert!(held_after_marker);
+        assert_eq!(outside, SwapInFault::Failed);
+        assert!(still_marker);
+        Ok(())
+    }
+
+    /// Under the PMD and PTE locks, an entry's normal page is the page GUP finds at its
+    /// address, and an absent entry has none.
+    #[test]
+    fn pmd_table_locked_normal_page() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_pmd_range()?;
+        t.write(a, b"page 0")?;
+        let i = idx(a);
+        let lock = MmapReadLock::lock(t.mm());
+        let gup = crate::mm::test_mm::UserPage::get(&lock, a)?;
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let table = PmdTableLocked::lock(pmd, a).ok_or(EINVAL)?;
+        let present = table.normal_page(vma, i);
+        let absent = table.normal_page(vma, i + 1);
+        let none = [table.is_none(i), table.is_none(i + 1)];
+        drop(table);
+        let expected = gup.page();
+        drop(gup);
+        drop(lock);
+        assert_eq!(present, Some(expected));
+        assert!(absent.is_none());
+        assert_eq!(none, [false, true]);
+        Ok(())
+    }
+
+    /// `remove()` leaves a table that maps pages alone, and takes an empty one out of its PMD
+    /// entry, after which a fault builds a new one.
+    #[test]
+    fn pmd_table_remove_only_when_empty() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_pmd_range()?;
+        t.write(a, b"busy")?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let removed_busy = PmdTableLocked::lock(pmd, a).map(|tbl| tbl.remove(vma));
+        let state_busy = state(&lock, a);
+        drop(lock);
+
+        t.madvise(a, 4 * PAGE, bindings::MADV_DONTNEED)?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let state_empty = pmd.state();
+        let removed_empty = PmdTableLocked::lock(pmd, a).map(|tbl| tbl.remove(vma));
+        let state_removed = state(&lock, a);
+        drop(lock);
+
+        t.write(a, b"again")?;
+        let mut back = [0u8; 5];
+        t.read(a, &mut back)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let state_refaulted = state(&lock, a);
+        drop(lock);
+
+        assert_eq!(removed_busy, Some(false));
+        assert_eq!(state_busy, Some(PmdState::Table));
+        assert_eq!(state_empty, PmdState::Table);
+        assert_eq!(removed_empty, Some(true));
+        assert_eq!(state_removed, Some(PmdState::None));
+        assert_eq!(&back, b"again");
+        assert_eq!(state_refaulted, Some(PmdState::Table));
+        Ok(())
+    }
+
+    /// A detached table leaves the PMD entry none, still holds its entries, and goes back
+    /// as it was when dropped: the data is there again.
+    #[test]
+    fn detach_and_put_back() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        t.write(p, b"page zero")?;
+        t.write(p + 5 * PAGE, b"page five")?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        let mut table = DetachedPteTable::detach(&lock, &anon, vma, pmd, p, p + PMD_SIZE);
+        let detached = table.is_some();
+        let state_detached = state(&lock, p);
+        let none = table.as_mut().map(|tbl| {
+            let locked = tbl.lock();
+            [locked.is_none(0), locked.is_none(1), locked.is_none(5)]
+        });
+        drop(table);
+        let state_back = state(&lock, p);
+        drop(anon);
+        drop(lock);
+
+        let mut zero = [0u8; 9];
+        let mut five = [0u8; 9];
+        t.read(p, &mut zero)?;
+        t.read(p + 5 * PAGE, &mut five)?;
+        assert!(detached);
+        assert_eq!(state_detached, Some(PmdState::None));
+        assert_eq!(none, Some([false, true, false]));
+        assert_eq!(state_back, Some(PmdState::Table));
+        assert_eq!(&zero, b"page zero");
+        assert_eq!(&five, b"page five");
+        Ok(())
+    }
+
+    /// `detach()` refuses ranges that leave the PMD range or are empty, and VMAs that do not
+    /// cover the whole PMD range, changing nothing.
+    #[test]
+    fn detach_refuses_bad_ranges() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        // Droppable: a VMA of its own, which cannot merge with the other.
+        let small = t.map_droppable(4 * PAGE)?;
+        t.write(p, b"pmd range")?;
+        t.write(small, b"small")?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let small_vma = lock.find_vma(small).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        let small_pmd = PmdEntry::find(&lock, small).ok_or(EINVAL)?;
+        let past_end =
+            DetachedPteTable::detach(&lock, &anon, vma, pmd, p, p + PMD_SIZE + PAGE).is_some();
+        let empty = DetachedPteTable::detach(&lock, &anon, vma, pmd, p + PAGE, p + PAGE).is_some();
+        let small_range =
+            DetachedPteTable::detach(&lock, &anon, small_vma, small_pmd, small, small + PAGE)
+                .is_some();
+        let states = [state(&lock, p), state(&lock, small)];
+        drop(anon);
+        drop(lock);
+        let mut back = [0u8; 9];
+        t.read(p, &mut back)?;
+        assert!(!past_end);
+        assert!(!empty);
+        assert!(!small_range);
+        assert_eq!(states, [Some(PmdState::Table), Some(PmdState::Table)]);
+        assert_eq!(&back, b"pmd range");
+        Ok(())
+    }
+
+    /// `install_ptes()` maps a new folio, filled from a page of the detached table, at the
+    /// entry cleared for it; it refuses a folio whose size does not match the cleared entries.
+    #[test]
+    fn install_ptes_maps_new_folio() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        t.write(p, b"copied page")?;
+        let mut folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        folio.charge(t.mm(), bindings::GFP_KERNEL)?;
+        let wrong = NewFolio::alloc(bindings::GFP_KERNEL, 1, None)?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+
+        let mut table =
+            DetachedPteTable::detach(&lock, &anon, vma, pmd, p, p + PMD_SIZE).ok_or(EINVAL)?;
+        let cleared = table.lock().clear(1, 1);
+        let refused = table.install_ptes(wrong).is_err();
+
+        let mut table =
+            DetachedPteTable::detach(&lock, &anon, vma, pmd, p, p + PMD_SIZE).ok_or(EINVAL)?;
+        // SAFETY: Entry 0 is mapped (the table's entries are), and only the detached table can
+        // change it; `vm_normal_page()` only reads it.
+        let src = NonNull::new(unsafe {
+            bindings::vm_normal_page(vma.as_ptr(), p, bindings::ptep_get(table.entry(0)))
+        });
+        // SAFETY: `src` is mapped by the detached table, which nothing else can reach: it stays
+        // valid and unwritten during the copy.
+        let copied = src.map(|src| unsafe { folio.copy_mc_user_page(0, src, p, vma) });
+        let (first, second) = {
+            let mut locked = table.lock();
+            (locked.clear(1, 1), locked.clear(2, 1))
+        };
+        let installed = table.install_ptes(folio).is_ok();
+        if installed {
+            // `map_anon_folio_pte_nopf()` leaves the RSS counter to its caller.
+            t.count_anon(1);
+        }
+        let state_after = state(&lock, p);
+        drop(anon);
+        drop(lock);
+
+        let mut back = [0u8; 11];
+        t.read(p + PAGE, &mut back)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        let tbl = PmdTableLocked::lock(pmd, p).ok_or(EINVAL)?;
+        let pages = (tbl.normal_page(vma, 0), tbl.normal_page(vma, 1));
+        // SAFETY: The page is mapped by the locked table.
+        let new_facts = pages.1.map(|pg| unsafe { facts(page_folio(pg)) });
+        drop(tbl);
+        drop(lock);
+
+        assert!(cleared);
+        assert!(refused);
+        assert_eq!(copied, Some(Ok(())));
+        assert!(first);
+        assert!(!second);
+        assert!(installed);
+        assert_eq!(state_after, Some(PmdState::Table));
+        assert_eq!(&back, b"copied page");
+        assert!(pages.0.is_some() && pages.1.is_some() && pages.0 != pages.1);
+        assert_eq!(new_facts.map(|f| f.mapcount), Some(1));
+        Ok(())
+    }
+
+    /// `install_pmd()` refuses a folio that is not of the PMD order and a table whose entries
+    /// were not all cleared, and maps a PMD-order folio with the PMD entry once they were.
+    #[test]
+    fn install_pmd_maps_huge_folio() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        t.write(p, b"x")?;
+        t.madvise(p, PAGE, bindings::MADV_DONTNEED)?;
+        let order = crate::mm::thp::PMD_ORDER;
+        let mut huge = NewFolio::alloc(bindings::GFP_TRANSHUGE, order, None)?;
+        huge.charge(t.mm(), bindings::GFP_KERNEL)?;
+        for n in 0..PTRS_PER_PTE {
+            huge.clear_user_page(n, p + n * PAGE);
+        }
+        // SAFETY: Page 7 of the folio, which only `huge` can reach.
+        unsafe { crate::mm::test_mm::write_page(huge.first_page().add(7), b"huge page 7") };
+        let small = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        let detach = || DetachedPteTable::detach(&lock, &anon, vma, pmd, p, p + PMD_SIZE);
+
+        let mut table = detach().ok_or(EINVAL)?;
+        let cleared_all = table.lock().clear(0, PTRS_PER_PTE);
+        let small_refused = table.install_pmd(small).is_err();
+        let state_small = state(&lock, p);
+
+        let table = detach().ok_or(EINVAL)?;
+        let huge = match table.install_pmd(huge) {
+            Err(huge) => huge,
+            Ok(()) => return Err(EINVAL),
+        };
+        let state_uncleared = state(&lock, p);
+
+        let mut table = detach().ok_or(EINVAL)?;
+        let cleared = table.lock().clear(0, PTRS_PER_PTE);
+        let installed = table.install_pmd(huge).is_ok();
+        if installed {
+            // `map_anon_folio_pmd_nopf()` leaves the RSS counter to its caller.
+            t.count_anon(PTRS_PER_PTE as isize);
+        }
+        let state_huge = state(&lock, p);
+        drop(anon);
+        drop(lock);
+
+        let mut seven = [0u8; 11];
+        let mut zero = [0xffu8; 8];
+        t.read(p + 7 * PAGE, &mut seven)?;
+        t.read(p + 100 * PAGE, &mut zero)?;
+        assert!(cleared_all);
+        assert!(small_refused);
+        assert_eq!(state_small, Some(PmdState::Table));
+        assert_eq!(state_uncleared, Some(PmdState::Table));
+        assert!(cleared);
+        assert!(installed);
+        assert_eq!(state_huge, Some(PmdState::Huge));
+        assert_eq!(&seven, b"huge page 7");
+        assert_eq!(zero, [0u8; 8]);
+        Ok(())
+    }
+
+    /// The empty page table of a shmem mapping is retracted only if `retractable` says so; the
+    /// data stays in the page cache, and the next fault maps it again.
+    #[test]
+    fn retract_empty_table_of_shmem_mapping() -> Result {
+        let t = TestMm::attach()?;
+        let file = ShmemFile::new(2 * PMD_SIZE)?;
+        let a = t.map_shared(&file, 2 * PMD_SIZE, 0)?;
+        let p = (a + PMD_SIZE - 1) & !(PMD_SIZE - 1);
+        t.write(p, b"shmem data")?;
+        t.madvise(p, PAGE, bindings::MADV_DONTNEED)?;
+
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?.as_ptr();
+        let state_empty = state(&lock, p);
+        // SAFETY: The mmap lock keeps the page tables; `p` is PMD-aligned with its PMD range in
+        // the VMA; nothing else maps into this mm's empty table meanwhile.
+        let kept = unsafe { retract_empty_table(vma, p, || false) };
+        let state_kept = state(&lock, p);
+        // SAFETY: As above.
+        let retracted = unsafe { retract_empty_table(vma, p, || true) };
+        let state_retracted = state(&lock, p);
+        drop(lock);
+
+        let mut back = [0u8; 10];
+        t.read(p, &mut back)?;
+        assert_eq!(state_empty, Some(PmdState::Table));
+        assert!(!kept);
+        assert_eq!(state_kept, Some(PmdState::Table));
+        assert!(retracted);
+        assert_eq!(state_retracted, Some(PmdState::None));
+        assert_eq!(&back, b"shmem data");
+        Ok(())
+    }
+
+    /// `detach()` and `swap_in()` refuse a VMA of another mm.
+    #[test]
+    fn refuse_vma_of_other_mm() -> Result {
+        let t = TestMm::attach()?;
+        let other = OtherMm::new(&t)?;
+        let p = t.map_pmd_range()?;
+        t.write(p, b"home")?;
+        let b = other.with(&t, || -> Result<usize> {
+            let b = t.map_pmd_range()?;
+            t.write(b, b"other")?;
+            Ok(b)
+        })?;
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        // A trylock: the two mmap locks are of one lock class, which lockdep would not nest.
+        let other_lock = MmapReadLock::try_lock(other.mm());
+        let other_vma = other_lock.as_ref().and_then(|o| o.find_vma(b));
+        let detached = other_vma
+            .map(|ov| DetachedPteTable::detach(&lock, &anon, ov, pmd, b, b + PMD_SIZE).is_some());
+        let swap_in = other_vma
+            .zip(PteTableMapped::map(pmd, p))
+            .map(|(ov, tbl)| tbl.swap_in(ov, idx(p)));
+        let state_home = state(&lock, p);
+        drop(other_lock);
+        drop(anon);
+        drop(lock);
+        assert_eq!(detached, Some(false));
+        assert_eq!(swap_in, Some(SwapInFault::Failed));
+        assert_eq!(state_home, Some(PmdState::Table));
+        // The home mm's page is still there.
+        let mut back = [0u8; 4];
+        t.read(p, &mut back)?;
+        assert_eq!(&back, b"home");
+        Ok(())
+    }
+}

@@ -141,3 +141,133 @@ impl Mm {
         }
     }
 }
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[macros::kunit_tests(rust_mm_thp)]
+mod tests {
+    use super::*;
+    use crate::{
+        error::code::EINVAL,
+        mm::{
+            mmap_lock::{MmapLocked, MmapReadLock},
+            test_mm::{ShmemFile, TestMm, PAGE, PMD_SIZE},
+        },
+        prelude::*,
+    };
+
+    /// The PMD order as a bit of an order mask.
+    const PMD: u64 = 1 << PMD_ORDER;
+
+    /// A private anonymous VMA is anonymous, maps no file, and is neither registered with
+    /// userfaultfd nor droppable; a `MAP_DROPPABLE` one is droppable.
+    #[test]
+    fn anonymous_and_droppable_vmas() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(4 * PAGE)?;
+        let d = t.map_droppable(4 * PAGE)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let anon = (
+            vma.is_anonymous(),
+            vma.file().is_none(),
+            vma.userfaultfd_armed(),
+            vma.userfaultfd_protected(),
+            vma.is_droppable(),
+        );
+        let droppable = lock.find_vma(d).ok_or(EINVAL)?.is_droppable();
+        drop(lock);
+        assert_eq!(anon, (true, true, false, false, false));
+        assert!(droppable);
+        Ok(())
+    }
+
+    /// A shared shmem VMA is not anonymous, maps its file, and maps the file's pages from its
+    /// offset on.
+    #[test]
+    fn shmem_vma_file_and_index() -> Result {
+        let t = TestMm::attach()?;
+        let file = ShmemFile::new(8 * PAGE)?;
+        let a = t.map_shared(&file, 4 * PAGE, 3)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let anonymous = vma.is_anonymous();
+        let same_file = vma
+            .file()
+            .is_some_and(|f| core::ptr::eq(f.as_ptr(), file.file().as_ptr()));
+        let index = [
+            vma.linear_page_index(a),
+            vma.linear_page_index(a + 2 * PAGE + 5),
+        ];
+        drop(lock);
+        assert!(!anonymous);
+        assert!(same_file);
+        assert_eq!(index, [3, 5]);
+        Ok(())
+    }
+
+    /// A whole PMD range inside a VMA suits the PMD order; a VMA smaller than that does not,
+    /// nor does an order that does not fit in an `int`; any VMA suits order 0.
+    #[test]
+    fn suitable_orders() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        // Droppable: a VMA of its own, which cannot merge with the other.
+        let small = t.map_droppable(4 * PAGE)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let big = lock.find_vma(p).ok_or(EINVAL)?;
+        let little = lock.find_vma(small).ok_or(EINVAL)?;
+        let got = [
+            big.thp_suitable_order(p, PMD_ORDER),
+            big.thp_suitable_order(p + PMD_SIZE - PAGE, PMD_ORDER),
+            little.thp_suitable_order(small, PMD_ORDER),
+            little.thp_suitable_order(small, 0),
+            big.thp_suitable_order(p, u32::MAX),
+        ];
+        drop(lock);
+        assert_eq!(got, [true, true, false, true, false]);
+        Ok(())
+    }
+
+    /// The orders khugepaged and `MADV_COLLAPSE` may use: none before the VMA has an anon_vma,
+    /// then following `MADV_HUGEPAGE`, `MADV_NOHUGEPAGE` and the mm's
+    /// `MMF_DISABLE_THP_COMPLETELY` (sysfs `enabled` is `madvise` at boot).
+    #[test]
+    fn allowable_orders_follow_advice_and_mm() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        let orders = |t: &TestMm| -> Result<(u64, u64)> {
+            let lock = MmapReadLock::lock(t.mm());
+            let vma = lock.find_vma(p).ok_or(EINVAL)?;
+            Ok((
+                vma.thp_allowable_orders(TvaType::Khugepaged, PMD),
+                vma.thp_allowable_orders(TvaType::ForcedCollapse, PMD),
+            ))
+        };
+        let unfaulted = orders(&t)?;
+        t.write(p, b"anon_vma")?;
+        let plain = orders(&t)?;
+        t.madvise(p, PMD_SIZE, bindings::MADV_HUGEPAGE)?;
+        let advised = orders(&t)?;
+        let mm = t.mm();
+        let completely_before = mm.thp_disabled_completely();
+        let flag = bindings::MMF_DISABLE_THP_COMPLETELY as i32;
+        // SAFETY: The mm is valid; setting one of its flags is an atomic bit operation.
+        unsafe { bindings::mm_flags_set(flag, mm.as_raw()) };
+        let completely = mm.thp_disabled_completely();
+        let disabled = orders(&t)?;
+        // SAFETY: As above.
+        unsafe { bindings::mm_flags_clear(flag, mm.as_raw()) };
+        let completely_after = mm.thp_disabled_completely();
+        t.madvise(p, PMD_SIZE, bindings::MADV_NOHUGEPAGE)?;
+        let refused = orders(&t)?;
+        assert_eq!(unfaulted, (0, 0));
+        assert_eq!(plain, (0, PMD));
+        assert_eq!(advised, (PMD, PMD));
+        assert!(!completely_before);
+        assert!(completely);
+        assert_eq!(disabled, (0, 0));
+        assert!(!completely_after);
+        assert_eq!(refused, (0, 0));
+        Ok(())
+    }
+}
