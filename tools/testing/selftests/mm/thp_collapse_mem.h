@@ -160,11 +160,8 @@ static inline int mem_populate(struct region *r, uint64_t *shadow,
 	}
 	if (r->type == MEM_FILE) {
 		/* Map every page (read faults), as a collapse needs PTEs. */
-		volatile char c;
-
 		for (pg = 0; pg < r->len / PAGE_SZ; pg++)
-			c = r->p[pg * PAGE_SZ];
-		(void)c;
+			(void)__atomic_load_n(r->p + pg * PAGE_SZ, __ATOMIC_ACQUIRE);
 	}
 	return 0;
 }
