@@ -100,22 +100,13 @@ static size_t bad_pages(int fd, const char *p, const uint64_t *gen, size_t nr)
 	return bad;
 }
 
-/* A PMD-aligned mapping of @len bytes of @fd, or NULL. */
+/* A PMD-aligned MADV_HUGEPAGE mapping of @len bytes of @fd, or NULL. */
 static char *map_aligned(int fd, size_t len, int prot, int flags)
 {
-	char *area = mmap(NULL, len + PMD_SZ, PROT_NONE,
-			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	char *p;
+	char *p = mem_map_aligned(fd, len, prot, flags);
 
-	if (area == MAP_FAILED)
-		return NULL;
-	p = (char *)(((unsigned long)area + PMD_SZ - 1) & ~(PMD_SZ - 1));
-	if (mmap(p, len, prot, flags | MAP_FIXED, fd, 0) == MAP_FAILED)
-		return NULL;
-	if (p > area)
-		munmap(area, p - area);
-	munmap(p + len, area + PMD_SZ - p);
-	madvise(p, len, MADV_HUGEPAGE);
+	if (p)
+		madvise(p, len, MADV_HUGEPAGE);
 	return p;
 }
 
