@@ -254,7 +254,7 @@ bool thp_collapse_folio_trylock_get(struct folio *folio);
 struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,
 					    pgoff_t index);
 struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
-					    pgoff_t end);
+					    pgoff_t end, bool nowait);
 struct folio *thp_collapse_filemap_lock_folio(struct address_space *mapping,
 					      pgoff_t index);
 void thp_collapse_file_flush_unless_writers(struct address_space *mapping);

@@ -342,23 +342,37 @@ struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,
  * @file: the file.
  * @index: the index.
  * @end: the end of the range the collapse reads ahead to.
+ * @nowait: the caller holds locks of folios of @file below @index.
  *
  * Reads ahead synchronously, drains this CPU's LRU batches and locks the
  * folio. May sleep.
  *
- * Return: the folio, or NULL.
+ * Truncation and hole punching hold the mapping's invalidate_lock exclusively
+ * while they wait for folio locks, and readahead takes it shared: a caller that
+ * holds folio locks must not wait for it, or it deadlocks with a hole punch
+ * over its range. With @nowait the read gives up at once if the lock is
+ * contended.
+ *
+ * Return: the folio; ERR_PTR(-EAGAIN) if @nowait and the invalidate_lock is
+ * contended; another ERR_PTR if the folio could not be read.
  */
 struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
-					    pgoff_t end)
+					    pgoff_t end, bool nowait)
 {
 	struct address_space *mapping = file->f_mapping;
-	struct folio *folio;
+	DEFINE_READAHEAD(ractl, file, &file->f_ra, mapping, index);
 
-	page_cache_sync_readahead(mapping, &file->f_ra, file, index,
-				  end - index);
+	if (!nowait) {
+		page_cache_sync_readahead(mapping, &file->f_ra, file, index,
+					  end - index);
+	} else {
+		if (!filemap_invalidate_trylock_shared(mapping))
+			return ERR_PTR(-EAGAIN);
+		page_cache_ra_unbounded(&ractl, end - index, 0);
+		filemap_invalidate_unlock_shared(mapping);
+	}
 	lru_add_drain();
-	folio = filemap_lock_folio(mapping, index);
-	return IS_ERR(folio) ? NULL : folio;
+	return filemap_lock_folio(mapping, index);
 }
 
 /**

@@ -30,7 +30,7 @@ use kernel::{
         page_cache::{
             self, flush_batched_unmaps, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
             Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
-            PageCacheState, ShmemCharge, Slot,
+            PageCacheState, ReadError, ReadWait, ShmemCharge, Slot,
         },
         pgtable::{self, PmdClearNotifier, PmdEntry, PmdState, PmdTableLocked, PTRS_PER_PTE},
         virt::VmaRef,
@@ -174,13 +174,16 @@ enum Got<'a> {
 
 /// Gets the folio at `index` of the range `[start, end)` locked, swapping it in (shmem) or
 /// reading it (other files) if need be: the xarray is locked on entry, and unlocked for
-/// anything that sleeps. Upstream: the first half of the loop of `collapse_file()`.
+/// anything that sleeps. `wait` says whether a read may wait for the invalidate lock, which it
+/// must not while the collapse holds locks of folios below `index`. Upstream: the first half
+/// of the loop of `collapse_file()`, which waits for the lock there.
 fn lock_old<'a>(
     mut xa: PageCacheLocked<'a>,
     file: &File,
     mapping: Mapping<'_>,
     shmem: bool,
     (start, index, end): (usize, usize, usize),
+    wait: ReadWait,
 ) -> Result<Got<'a>, Outcome> {
     let slot = xa.load(index);
     match slot {
@@ -200,7 +203,12 @@ fn lock_old<'a>(
         }
         Slot::Empty | Slot::Value => {
             let cursor = xa.unlock();
-            let folio = LockedFolio::read(file, index, end).ok_or(Outcome::Fail)?;
+            // A hole punch holds the invalidate lock while it waits for the folio locks the
+            // collapse holds: a contended lock makes the collapse give up (EAGAIN).
+            let folio = LockedFolio::read(file, index, end, wait).map_err(|e| match e {
+                ReadError::Contended => Outcome::PageLock,
+                ReadError::Failed => Outcome::Fail,
+            })?;
             Ok(Got::Folio(folio, cursor))
         }
         // Read with the entry, under the xarray lock (interrupts off): the page flags only.
@@ -335,7 +343,12 @@ fn collapse_file(
         let mut index = start;
         while index < end {
             reached = index;
-            match lock_old(xa, file, mapping, shmem, (start, index, end))? {
+            let wait = if old.is_empty() {
+                ReadWait::Block
+            } else {
+                ReadWait::Try
+            };
+            match lock_old(xa, file, mapping, shmem, (start, index, end), wait)? {
                 Got::Hole(locked) => {
                     xa = locked;
                     nr_none += 1;

@@ -15,7 +15,10 @@
 
 use crate::{
     bindings,
-    error::{code::ENOMEM, Error, Result},
+    error::{
+        code::{EAGAIN, ENOMEM},
+        Error, Result,
+    },
     fs::File,
     mm::{folio::NewFolio, Mm},
 };
@@ -458,17 +461,26 @@ impl LockedFolio {
         }
     }
 
-    /// The folio at `index` of `file`, read (ahead up to `end`) if need be, locked; `None` if
-    /// it could not be read. May sleep. C: `page_cache_sync_readahead()`,
+    /// The folio at `index` of `file`, read (ahead up to `end`) if need be, locked. May sleep.
+    /// C: `page_cache_sync_readahead()` (or, with [`ReadWait::Try`],
+    /// `filemap_invalidate_trylock_shared()` and `page_cache_ra_unbounded()`),
     /// `filemap_lock_folio()`.
-    pub fn read(file: &File, index: usize, end: usize) -> Option<Self> {
-        // SAFETY: The file is valid; the glue returns a locked, referenced folio or NULL.
-        unsafe {
-            Self::adopt(bindings::thp_collapse_file_read_locked(
+    pub fn read(file: &File, index: usize, end: usize, wait: ReadWait) -> Result<Self, ReadError> {
+        // SAFETY: The file is valid; the glue returns a locked, referenced folio or an
+        // `ERR_PTR`.
+        let folio = unsafe {
+            bindings::thp_collapse_file_read_locked(
                 file.as_ptr(),
                 index,
                 end,
-            ))
+                matches!(wait, ReadWait::Try),
+            )
+        };
+        match crate::error::from_err_ptr(folio) {
+            // SAFETY: Not an error: locked and referenced, and the reference is ours.
+            Ok(folio) => unsafe { Self::adopt(folio) }.ok_or(ReadError::Failed),
+            Err(e) if e == EAGAIN => Err(ReadError::Contended),
+            Err(_) => Err(ReadError::Failed),
         }
     }
 
@@ -570,6 +582,27 @@ fn folio_page(folio: NonNull<bindings::folio>, n: usize) -> NonNull<bindings::pa
     // SAFETY: `first` is the non-null address of a `struct page` of the memory map, and so is
     // every later page of the folio (for `n` within it, which callers keep to).
     unsafe { NonNull::new_unchecked(first.wrapping_add(n)) }
+}
+
+/// Whether [`LockedFolio::read`] may wait for the mapping's invalidate lock, which readahead
+/// takes shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadWait {
+    /// It may wait: the caller holds no lock of a folio of the file.
+    Block,
+    /// It gives up if the lock is contended: the caller holds locks of folios of the file, and
+    /// truncation and hole punching wait for folio locks with the lock held exclusively.
+    Try,
+}
+
+/// Why [`LockedFolio::read`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// [`ReadWait::Try`] and the mapping's invalidate lock is contended (a truncation or a
+    /// hole punch is under way).
+    Contended,
+    /// The folio could not be read, or was truncated at once.
+    Failed,
 }
 
 /// Why [`LockedFolio::isolate`] failed.
