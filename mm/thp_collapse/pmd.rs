@@ -127,16 +127,18 @@ fn swap_in_locked(guard: &MmapRead<'_>, c: Candidate, swapped_in: &mut u32) -> S
                 None => return SwapIn::Failed(Outcome::NoPteTable),
             },
         };
-        if !table.is_swap(i) {
+        // Read once: the fault must start from the entry that was found non-present, which
+        // may be present again by now (a migration entry a split has just replaced).
+        let Some(entry) = table.non_present(i) else {
             mapped = Some(table);
             continue;
-        }
+        };
         if c.order != PMD_ORDER {
             // Reading pages in could make a later scan collapse a larger folio here.
             ffi::count_exceeded(c.order, Outcome::ExceedSwapPte);
             return SwapIn::Failed(Outcome::ExceedSwapPte);
         }
-        match table.swap_in(vma, i) {
+        match table.swap_in(vma, entry) {
             SwapInFault::Done => *swapped_in += 1,
             SwapInFault::LockReleased => return SwapIn::LockReleased,
             SwapInFault::Failed => return SwapIn::Failed(Outcome::Fail),

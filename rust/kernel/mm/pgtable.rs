@@ -201,6 +201,14 @@ impl Drop for PteTableLocked<'_> {
     }
 }
 
+/// A non-present entry of a [`PteTableMapped`] that is not none (a swap entry, a migration
+/// entry or a marker), and the value [`PteTableMapped::non_present`] read from it.
+#[derive(Clone, Copy)]
+pub struct NonPresentPte {
+    entry: *mut bindings::pte_t,
+    pte: bindings::pte_t,
+}
+
 /// How a fault that read a swapped-out page back in ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SwapInFault {
@@ -278,25 +286,41 @@ impl<'a> PteTableMapped<'a> {
         unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
     }
 
+    /// Entry `i`, read locklessly, if it is neither none nor present: a swap entry, a
+    /// migration entry or a marker. The value read is the one a fault on it must start from
+    /// ([`Self::swap_in`]): a second read could see the entry present again.
+    #[inline]
+    pub fn non_present(&self, i: usize) -> Option<NonPresentPte> {
+        let entry = self.entry(i);
+        // SAFETY: The entry is mapped (type invariants); a lockless read may see a stale value,
+        // which only the fault acts on, after rechecking it under the lock.
+        let pte = unsafe { bindings::ptep_get_lockless(entry) };
+        // SAFETY: Pure predicates on a value.
+        let non_present = unsafe { !bindings::pte_none(pte) && !bindings::pte_present(pte) };
+        non_present.then_some(NonPresentPte { entry, pte })
+    }
+
     /// Whether entry `i` holds a swap entry or another non-present one, read locklessly.
     #[inline]
     pub fn is_swap(&self, i: usize) -> bool {
-        // SAFETY: The entry is mapped (type invariants); a lockless read may see a stale value,
-        // which only the fault acts on, after rechecking it under the lock.
-        unsafe {
-            let pte = bindings::ptep_get_lockless(self.entry(i));
-            !bindings::pte_none(pte) && !bindings::pte_present(pte)
-        }
+        self.non_present(i).is_some()
     }
 
-    /// Faults the page of entry `i`, a swap entry (see [`Self::is_swap`]), back in, for `vma`,
-    /// which covers it. The fault may sleep for I/O and may release the mmap lock, which the
-    /// result says. C: `do_swap_page()`.
+    /// Faults the page of `entry`, a non-present entry of this table (see
+    /// [`Self::non_present`]), back in, for `vma`, which covers it. The fault starts from the
+    /// value `entry` read and rechecks it under the lock. It may sleep for I/O and may release
+    /// the mmap lock, which the result says. C: `do_swap_page()`.
     ///
-    /// Fails, without faulting, with [`SwapInFault::Failed`] if `vma` is not a VMA of this
-    /// page table's mm that covers entry `i`.
-    pub fn swap_in(self, vma: &VmaRef, i: usize) -> SwapInFault {
-        let addr = self.start + i.min(PTRS_PER_PTE - 1) * PAGE_SIZE;
+    /// Fails, without faulting, with [`SwapInFault::Failed`] if `entry` was not read from this
+    /// table, or if `vma` is not a VMA of this page table's mm that covers the entry.
+    pub fn swap_in(self, vma: &VmaRef, entry: NonPresentPte) -> SwapInFault {
+        // Only the addresses are compared: below the table, the difference wraps around.
+        let offset = (entry.entry as usize).wrapping_sub(self.pte as usize);
+        let i = offset / core::mem::size_of::<bindings::pte_t>();
+        if i >= PTRS_PER_PTE {
+            return SwapInFault::Failed;
+        }
+        let addr = self.start + i * PAGE_SIZE;
         if !ptr::eq(vma.mm().as_raw(), self.pmd.mm.as_ptr())
             || addr < vma.start()
             || addr >= vma.end()
@@ -304,13 +328,12 @@ impl<'a> PteTableMapped<'a> {
             return SwapInFault::Failed;
         }
         let this = core::mem::ManuallyDrop::new(self);
-        let ptep = this.entry(i);
-        // SAFETY: The entry is mapped (type invariants).
-        let orig = unsafe { bindings::ptep_get_lockless(ptep) };
+        let (ptep, orig) = (entry.entry, entry.pte);
         // SAFETY: `vma` is a VMA of the mm whose mmap lock `pmd` was found under, and covers
-        // `addr` (checked above); `ptep` is mapped and the fault unmaps it, so `this` is not
-        // dropped; `ptl` is the table's lock, not held; `orig` was read from `ptep`, which the
-        // fault rechecks under the lock.
+        // `addr` (checked above); `ptep` is an entry of the mapped table (checked above) and
+        // the fault unmaps the table, so `this` is not dropped; `ptl` is the table's lock, not
+        // held; `orig` is a non-present value read from `ptep`, which the fault rechecks under
+        // the lock.
         let ret = unsafe {
             bindings::thp_collapse_swap_in_pte(
                 vma.as_ptr(),
@@ -1049,10 +1072,12 @@ mod tests {
         let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
         let table = PteTableMapped::map(pmd, a).ok_or(EINVAL)?;
         let swap = [table.is_swap(i), table.is_swap(i + 1), table.is_swap(i + 2)];
-        let marker = table.swap_in(vma, i + 1);
+        let entry = table.non_present(i + 1).ok_or(EINVAL)?;
+        let marker = table.swap_in(vma, entry);
         let held_after_marker = mmap_lock_held(t.mm());
         let table = PteTableMapped::map(pmd, a).ok_or(EINVAL)?;
-        let outside = table.swap_in(other_vma, i + 1);
+        let entry = table.non_present(i + 1).ok_or(EINVAL)?;
+        let outside = table.swap_in(other_vma, entry);
         let table = PteTableMapped::map(pmd, a).ok_or(EINVAL)?;
         let still_marker = table.is_swap(i + 1);
         drop(table);
@@ -1062,6 +1087,33 @@ mod tests {
         assert!(held_after_marker);
         assert_eq!(outside, SwapInFault::Failed);
         assert!(still_marker);
+        Ok(())
+    }
+
+    /// A fault starts from an entry read from the table it is given: an entry read from
+    /// another page table is refused without faulting.
+    #[test]
+    fn pte_table_mapped_swap_in_refuses_another_tables_entry() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_pmd_range()?;
+        let b = t.map_pmd_range()?;
+        for addr in [a, b] {
+            t.write(addr, b"page 0")?;
+            t.madvise(addr + PAGE, PAGE, bindings::MADV_GUARD_INSTALL)?;
+        }
+        let lock = MmapReadLock::lock(t.mm());
+        let vma_b = lock.find_vma(b).ok_or(EINVAL)?;
+        let pmd_a = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let pmd_b = PmdEntry::find(&lock, b).ok_or(EINVAL)?;
+        let from_a = PteTableMapped::map(pmd_a, a)
+            .and_then(|table| table.non_present(idx(a) + 1))
+            .ok_or(EINVAL)?;
+        let table_b = PteTableMapped::map(pmd_b, b).ok_or(EINVAL)?;
+        let fault = table_b.swap_in(vma_b, from_a);
+        let held = mmap_lock_held(t.mm());
+        drop(lock);
+        assert_eq!(fault, SwapInFault::Failed);
+        assert!(held);
         Ok(())
     }
 
@@ -1380,6 +1432,7 @@ mod tests {
         let other = OtherMm::new(&t)?;
         let p = t.map_pmd_range()?;
         t.write(p, b"home")?;
+        t.madvise(p + PAGE, PAGE, bindings::MADV_GUARD_INSTALL)?;
         let b = other.with(&t, || -> Result<usize> {
             let b = t.map_pmd_range()?;
             t.write(b, b"other")?;
@@ -1396,7 +1449,10 @@ mod tests {
             .map(|ov| DetachedPteTable::detach(&lock, &anon, ov, pmd, b, b + PMD_SIZE).is_some());
         let swap_in = other_vma
             .zip(PteTableMapped::map(pmd, p))
-            .map(|(ov, tbl)| tbl.swap_in(ov, idx(p)));
+            .and_then(|(ov, tbl)| {
+                let entry = tbl.non_present(idx(p) + 1)?;
+                Some(tbl.swap_in(ov, entry))
+            });
         let state_home = state(&lock, p);
         drop(other_lock);
         drop(anon);
