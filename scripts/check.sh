@@ -41,7 +41,9 @@ for f in $cfiles; do
 	(cd "$SRC" && ./scripts/checkpatch.pl --quiet --strict --ignore UNDOCUMENTED_SETUP -f "$f") || fail=1
 done
 for p in "$TOP"/patches/*.patch; do
-	"$SRC/scripts/checkpatch.pl" --no-tree --quiet --no-signoff "$p" || fail=1
+	# From the build tree too: inside our git checkout checkpatch takes
+	# the patch for a file of the checkout.
+	(cd "$SRC" && ./scripts/checkpatch.pl --quiet "$p") || fail=1
 done
 
 [ $fail = 0 ] && log "all checks clean"

@@ -264,50 +264,23 @@ static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
 	return true;
 }
 
-#define MAX_OUTCOMES 64
-
-/* The Rust core's counters for one caller, as read at one time. */
-struct stats_snap {
-	int n;
-	char name[MAX_OUTCOMES][48];
-	long long val[MAX_OUTCOMES];
-};
-
-/* Reads every counter of @caller into @s. */
-static void stats_take(const char *caller, struct stats_snap *s)
-{
-	char path[256];
-	FILE *f;
-
-	s->n = 0;
-	snprintf(path, sizeof(path), COLLAPSE_SYSFS "/rust_stats/%s", caller);
-	f = fopen(path, "r");
-	while (f && s->n < MAX_OUTCOMES &&
-	       fscanf(f, "%47s %lld", s->name[s->n], &s->val[s->n]) == 2)
-		s->n++;
-	if (f)
-		fclose(f);
-}
-
 /*
  * Prints the counters of @caller that moved since @before, to tell which
  * outcome a failed case met.
  */
-static void stats_print_moved(const char *caller, const struct stats_snap *before)
+static void stats_print_moved(const char *caller, const struct rust_stats *before)
 {
-	static struct stats_snap now;
-	int i;
+	static struct rust_stats now;
+	char line[1024] = "";
 
-	stats_take(caller, &now);
-	for (i = 0; i < now.n && i < before->n; i++)
-		if (now.val[i] != before->val[i])
-			ksft_print_msg("%s %s +%lld\n", caller, now.name[i],
-				       now.val[i] - before->val[i]);
+	rust_stats_read(caller, &now);
+	rust_stats_moved(before, &now, line, sizeof(line));
+	ksft_print_msg("%s:%s\n", caller, line);
 }
 
 static void test_integrity(const char *core, enum layout l)
 {
-	static struct stats_snap snap;
+	static struct rust_stats snap;
 	size_t len = INTEGRITY_PMDS * PMD_SZ;
 	uint64_t seed = (uint64_t)l * 2 + (core[0] == 'r');
 	char *p = small_pages(INTEGRITY_PMDS);
@@ -324,7 +297,7 @@ static void test_integrity(const char *core, enum layout l)
 
 	collapse_require_core(core);
 	ok = rust_stat("madvise", "succeed");
-	stats_take("madvise", &snap);
+	rust_stats_read("madvise", &snap);
 	/*
 	 * EAGAIN is transient by contract (say, swapped-in pages still in
 	 * another CPU's LRU batch): retry a few times. PMDs that collapsed
@@ -678,6 +651,7 @@ static void race_split(struct race *r, enum racer k)
  */
 static void test_race(enum racer k)
 {
+	static struct rust_stats snap;
 	static struct race r;
 	long long ok = rust_stat("madvise", "succeed");
 	void *(*fn)(void *) = k == WRITERS ? writer :
@@ -723,9 +697,13 @@ static void test_race(enum racer k)
 	for (n = 0; n < RACE_ROUNDS; n++) {
 		long long before = rust_stat("madvise", "succeed");
 
+		rust_stats_read("madvise", &snap);
 		if (madvise(r.p, r.len, MADV_COLLAPSE)) {
-			if (!errno_expected(errno, k))
+			if (!errno_expected(errno, k)) {
+				ksft_print_msg("round %d: %s\n", n, strerror(errno));
+				stats_print_moved("madvise", &snap);
 				bad++;
+			}
 		} else {
 			calls_ok++;
 		}

@@ -227,63 +227,14 @@ static bool swap_on(void)
 
 /* ---- The Rust core's counters ------------------------------------------ */
 
-#define MAX_OUTCOMES 48
-
-/* One caller's rust_stats file. */
-struct stats {
-	int n;
-	char name[MAX_OUTCOMES][32];
-	long long v[MAX_OUTCOMES];
-};
-
-/* Reads the counters of @caller into @s (n = 0 if there are none). */
-static void stats_read(const char *caller, struct stats *s)
-{
-	char path[256];
-	FILE *f;
-
-	s->n = 0;
-	snprintf(path, sizeof(path), COLLAPSE_SYSFS "/rust_stats/%s", caller);
-	f = fopen(path, "r");
-	if (!f)
-		return;
-	while (s->n < MAX_OUTCOMES &&
-	       fscanf(f, "%31s %lld", s->name[s->n], &s->v[s->n]) == 2)
-		s->n++;
-	fclose(f);
-}
-
-/* How much outcome @name moved from @a to @b. */
-static long long stats_delta(const struct stats *a, const struct stats *b,
-			     const char *name)
-{
-	int i;
-
-	for (i = 0; i < a->n && i < b->n; i++)
-		if (!strcmp(a->name[i], name))
-			return b->v[i] - a->v[i];
-	return 0;
-}
-
 /* Appends "caller: outcome +n ..." for every outcome that moved. */
-static long long stats_print(const char *caller, const struct stats *a,
-			     const struct stats *b, char *out, size_t len)
+static long long stats_print(const char *caller, const struct rust_stats *a,
+			     const struct rust_stats *b, char *out, size_t len)
 {
-	long long total = 0;
 	size_t at = strlen(out);
-	int i;
 
-	at += snprintf(out + at, len - at, "%s%s:", at ? "; " : "", caller);
-	for (i = 0; i < a->n && i < b->n && at < len; i++) {
-		if (b->v[i] == a->v[i])
-			continue;
-		total += b->v[i] - a->v[i];
-		at += snprintf(out + at, len - at, " %s +%lld", a->name[i],
-			       b->v[i] - a->v[i]);
-	}
-	if (!total && at < len)
-		snprintf(out + at, len - at, " none");
-	return total;
+	snprintf(out + at, len - at, "%s%s:", at ? "; " : "", caller);
+	return rust_stats_moved(a, b, out, len);
 }
 
 /* ---- The collapser's per-PMD results, from the huge_memory events ------ */
@@ -900,7 +851,7 @@ static const char *const einval_outcomes[] = { "pte_non_present", "fail",
  * Whether every outcome behind EINVAL that moved in the Rust core's madvise
  * counters from @a to @b is one that reclaim causes.
  */
-static bool rust_einval_explained(const struct stats *a, const struct stats *b)
+static bool rust_einval_explained(const struct rust_stats *a, const struct rust_stats *b)
 {
 	static const char *const not_einval[] = {
 		"succeed", "pmd_mapped", "alloc_huge_page_fail",
@@ -936,7 +887,7 @@ static const char *const pressure_outcomes[] = {
 /* One core's run: four results. */
 static void run_core(const char *core)
 {
-	struct stats before[NR_CALLERS], after[NR_CALLERS];
+	struct rust_stats before[NR_CALLERS], after[NR_CALLERS];
 	long long pswpout = vm_stat("pswpout"), pswpin = vm_stat("pswpin");
 	long long alloc = vm_stat("thp_collapse_alloc");
 	long long alloc_fail = vm_stat("thp_collapse_alloc_failed");
@@ -967,12 +918,12 @@ static void run_core(const char *core)
 	if (trace_collapser(true))
 		ksft_exit_fail_msg("cannot trace the huge_memory events\n");
 	for (i = 0; i < NR_CALLERS; i++)
-		stats_read(callers[i], &before[i]);
+		rust_stats_read(callers[i], &before[i]);
 
 	status = run_child(&sc, out_fd);
 
 	for (i = 0; i < NR_CALLERS; i++)
-		stats_read(callers[i], &after[i]);
+		rust_stats_read(callers[i], &after[i]);
 	trace_collapser(false);
 	trace_tally(tally);
 	ev_max = keyed(CG_DIR "/memory.events", "max");
@@ -1055,9 +1006,9 @@ static void run_core(const char *core)
 	}
 	if (!strcmp(core, "rust")) {
 		for (i = 0; i < ARRAY_SIZE(pressure_outcomes); i++)
-			refused += stats_delta(&before[0], &after[0], pressure_outcomes[i]) +
-				   stats_delta(&before[2], &after[2], pressure_outcomes[i]);
-		ksft_test_result(ok && stats_delta(&before[0], &after[0], "succeed") > 0 &&
+			refused += rust_stats_delta(&before[0], &after[0], pressure_outcomes[i]) +
+				   rust_stats_delta(&before[2], &after[2], pressure_outcomes[i]);
+		ksft_test_result(ok && rust_stats_delta(&before[0], &after[0], "succeed") > 0 &&
 				 total[2] > 0 && refused > 0,
 				 "rust: memcg pressure: the Rust core collapsed for MADV_COLLAPSE and khugepaged, and refused under pressure %lld times (%s; %s)\n",
 				 refused, buf, khp);

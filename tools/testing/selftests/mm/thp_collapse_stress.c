@@ -10,14 +10,15 @@
  * Defaults: 60 s per core, a seed from the clock (printed as "# seed N"; -s N
  * makes the same choices again, though the threads' timing differs), both
  * cores, /mnt/xfs (must be XFS), 4 racers, all three memory types (-m picks
- * some). -x lets XFS truncation and hole punching race the collapses of the
- * file, which they do not by default: a collapse of an XFS range holds the
- * old folios it has locked while it reads a hole ahead, and the read-ahead
- * takes the mapping's invalidate_lock, which a truncation or hole punch holds
- * while it waits for those folio locks. That deadlock hung this test on the
- * Rust core (MADV_COLLAPSE and khugepaged alike), though upstream's
- * collapse_file() takes the same order; memfds, which read nothing ahead,
- * race truncation and hole punching always.
+ * some). XFS truncation and hole punching race the collapses of the file on
+ * the Rust core, and on the C core only with -x: upstream's collapse_file()
+ * holds the old folios it has locked while it reads a hole ahead, and the
+ * read-ahead waits for the mapping's invalidate_lock, which a truncation or
+ * hole punch holds while it waits for those folio locks. That deadlock hung
+ * this test on the Rust core when it did the same (MADV_COLLAPSE and
+ * khugepaged alike); the Rust core now reads with folios locked only if it
+ * gets the invalidate_lock at once (else EAGAIN). Memfds, which read nothing
+ * ahead, race truncation and hole punching on both cores.
  *
  * Six regions of two PMDs: two private anonymous, two memfd (shmem) and two
  * files on XFS (both shared). Each region has one OWNER thread, the only one
@@ -41,10 +42,11 @@
  * fault: nothing is write-protected) and unregistration. The last three
  * sometimes collapse while the range is read-only, locked or registered.
  * khugepaged runs too (THP "enabled" set to "madvise", scan_sleep_millisecs
- * 0) on the anonymous regions and, with -x, on the XFS files. It keeps off
- * the memfds (shmem_enabled is "never" for the run), so that the errnos of
- * their collapses can be explained (see below), and without -x off the XFS
- * files, which are then mapped without MADV_HUGEPAGE.
+ * 0) on the anonymous regions and, where truncation races, on the XFS
+ * files. It keeps off the memfds (shmem_enabled is "never" for the run), so
+ * that the errnos of their collapses can be explained (see below), and off
+ * the XFS files where truncation does not race, which are then mapped
+ * without MADV_HUGEPAGE.
  *
  * Exclusion, so that the model stays exact:
  * - the owner bumps the region's sequence count (odd while a step runs); a
@@ -54,7 +56,7 @@
  * - the region's remap rwlock (writer-preferring): racers hold it for read
  *   around every operation, the owner for write only to munmap+mmap or
  *   mremap, so no racer ever sees the range half unmapped (and, without -x,
- *   to truncate or punch an XFS file);
+ *   to truncate or punch an XFS file where that does not race);
  * - the region's step mutex: the owner holds it for each step, a fork racer
  *   half the time from before fork() to after waitpid();
  * - the region's gate mutex: the owner holds it to write through the
@@ -243,7 +245,8 @@ static struct rctl regions[MAX_REGIONS];
 static enum mem_type region_type[MAX_REGIONS];
 static int nr_regions;
 static unsigned int types = (1u << NR_MEM_TYPES) - 1;	/* -m */
-static bool race_xfs_truncation;			/* -x */
+static bool race_xfs_truncation;	/* on the core under test */
+static bool race_xfs_c;				/* -x */
 static struct racer racers[MAX_RACERS];
 static int nr_racers = 4;
 static uint64_t seed;
@@ -601,7 +604,7 @@ static void owner_punch(struct rctl *rc, uint64_t *rng)
 
 /*
  * Whether khugepaged may collapse the region (it is MADV_HUGEPAGE). Not the
- * XFS files without -x: khugepaged would race their truncation (see the top).
+ * XFS files where truncation must not race (see the top).
  */
 static bool khugepaged_welcome(const struct rctl *rc)
 {
@@ -1254,43 +1257,15 @@ static void region_teardown(struct rctl *rc)
 	pthread_mutex_destroy(&rc->gate);
 }
 
-/* The Rust core's counters of one caller, by name. */
-#define MAX_OUTCOMES 48
-struct outcomes {
-	int n;
-	char name[MAX_OUTCOMES][32];
-	long long val[MAX_OUTCOMES];
-};
-
-static void outcomes_read(const char *caller, struct outcomes *o)
-{
-	char path[256];
-	FILE *f;
-
-	o->n = 0;
-	snprintf(path, sizeof(path), COLLAPSE_SYSFS "/rust_stats/%s", caller);
-	f = fopen(path, "r");
-	if (!f)
-		return;
-	while (o->n < MAX_OUTCOMES &&
-	       fscanf(f, "%31s %lld", o->name[o->n], &o->val[o->n]) == 2)
-		o->n++;
-	fclose(f);
-}
-
 /* Prints the counters of @caller that moved between @a and @b. */
-static void outcomes_print(const char *caller, const struct outcomes *a,
-			   const struct outcomes *b)
+static void outcomes_print(const char *caller, const struct rust_stats *a,
+			   const struct rust_stats *b)
 {
-	char line[1024];
-	int i, len = 0;
+	char line[1024] = "";
 
-	for (i = 0; i < b->n && i < a->n && len < (int)sizeof(line) - 64; i++)
-		if (b->val[i] != a->val[i])
-			len += snprintf(line + len, sizeof(line) - len, " %s +%lld",
-					b->name[i], b->val[i] - a->val[i]);
+	rust_stats_moved(a, b, line, sizeof(line));
 	ksft_print_msg("%s: Rust core's %s outcomes:%s\n", core_now, caller,
-		       len ? line : " none moved");
+		       line);
 }
 
 /* Figures of the regions of one memory type, or of all (@type < 0). */
@@ -1394,13 +1369,17 @@ static void run_core(const char *core, int secs)
 	static const char *const rust_callers[] = {
 		"madvise", "process_madvise", "khugepaged",
 	};
-	struct outcomes oa[2], ob[2];
+	struct rust_stats oa[2], ob[2];
 	char res[NR_CALLERS][256], exp[256];
 	time_t t0 = time(NULL), t1, t2;
 	struct figures f;
 	int i, s;
 
 	core_now = core;
+	race_xfs_truncation = !strcmp(core, "rust") || race_xfs_c;
+	if ((types & 1u << MEM_FILE) && !race_xfs_truncation)
+		ksft_print_msg("%s: %s\n", core,
+			       "XFS truncation and hole punching kept away from collapses of the file (-x races them: a deadlock in upstream's collapse_file())");
 	atomic_store(&stop, 0);
 	atomic_store(&reports, 0);
 	atomic_store(&page_reports, 0);
@@ -1423,7 +1402,7 @@ static void run_core(const char *core, int secs)
 		before[i] = rust_stat(rust_callers[i], "succeed");
 	for (i = 0; i < 2; i++) {
 		total[i] = rust_stat_total(rust_callers[i]);
-		outcomes_read(rust_callers[i], &oa[i]);
+		rust_stats_read(rust_callers[i], &oa[i]);
 	}
 
 	for (i = 0; i < nr_regions; i++)
@@ -1455,7 +1434,7 @@ static void run_core(const char *core, int secs)
 		after[i] = rust_stat(rust_callers[i], "succeed");
 	for (i = 0; i < 2; i++) {
 		total_after[i] = rust_stat_total(rust_callers[i]);
-		outcomes_read(rust_callers[i], &ob[i]);
+		rust_stats_read(rust_callers[i], &ob[i]);
 		outcomes_print(rust_callers[i], &oa[i], &ob[i]);
 	}
 
@@ -1550,7 +1529,7 @@ int main(int argc, char **argv)
 			types = parse_types(optarg);
 			break;
 		case 'x':
-			race_xfs_truncation = true;
+			race_xfs_c = true;
 			break;
 		default:
 			bad_usage(argv[0]);
@@ -1582,9 +1561,6 @@ int main(int argc, char **argv)
 	for (opt = 0; opt < MAX_REGIONS; opt++)
 		if (types & 1u << (opt / PER_TYPE))
 			region_type[nr_regions++] = opt / PER_TYPE;
-	if ((types & 1u << MEM_FILE) && !race_xfs_truncation)
-		ksft_print_msg("%s\n",
-			       "XFS truncation and hole punching kept away from collapses of the file (-x races them: a deadlock)");
 	if (sysfs_swap_str(THP_SYSFS "shmem_enabled", knobs.shmem,
 			   sizeof(knobs.shmem), "never"))
 		ksft_exit_fail_msg("cannot set shmem_enabled\n");

@@ -102,6 +102,68 @@ static inline long long rust_stat_total(const char *caller)
 	return sum;
 }
 
+/* A snapshot of the Rust core's counters for one caller, by outcome. */
+#define RUST_MAX_OUTCOMES 64
+struct rust_stats {
+	int n;
+	char name[RUST_MAX_OUTCOMES][48];
+	long long v[RUST_MAX_OUTCOMES];
+};
+
+/* Reads every counter of @caller into @s (n = 0 if there are none). */
+static inline void rust_stats_read(const char *caller, struct rust_stats *s)
+{
+	char path[256];
+	FILE *f;
+
+	s->n = 0;
+	snprintf(path, sizeof(path), COLLAPSE_SYSFS "/rust_stats/%s", caller);
+	f = fopen(path, "r");
+	if (!f)
+		return;
+	while (s->n < RUST_MAX_OUTCOMES &&
+	       fscanf(f, "%47s %lld", s->name[s->n], &s->v[s->n]) == 2)
+		s->n++;
+	fclose(f);
+}
+
+/* How much outcome @name moved from @a to @b. */
+static inline long long rust_stats_delta(const struct rust_stats *a,
+					 const struct rust_stats *b,
+					 const char *name)
+{
+	int i;
+
+	for (i = 0; i < a->n && i < b->n; i++)
+		if (!strcmp(a->name[i], name))
+			return b->v[i] - a->v[i];
+	return 0;
+}
+
+/*
+ * Appends " outcome +n" to @out (of @len bytes) for every outcome that moved
+ * from @a to @b, or " none" if none did; returns the sum of the moves.
+ */
+static inline long long rust_stats_moved(const struct rust_stats *a,
+					 const struct rust_stats *b,
+					 char *out, size_t len)
+{
+	long long total = 0;
+	size_t at = strlen(out);
+	int i;
+
+	for (i = 0; i < a->n && i < b->n && at < len; i++) {
+		if (b->v[i] == a->v[i])
+			continue;
+		total += b->v[i] - a->v[i];
+		at += snprintf(out + at, len - at, " %s +%lld", a->name[i],
+			       b->v[i] - a->v[i]);
+	}
+	if (!total && at < len)
+		snprintf(out + at, len - at, " none");
+	return total;
+}
+
 /*
  * Save the current value of the sysfs file @path in @old (the bracketed
  * choice, for "a [b] c" files) and write @val. Returns 0 or an errno.
