@@ -35,4 +35,4 @@ list_programs() {
 	}' "$1" | sort -u
 }
 
-jobs() { nproc 2>/dev/null || echo 2; }
+jobs() { echo $(( $(nproc 2>/dev/null || echo 2) + 1 )); }

@@ -22,12 +22,13 @@
  *  - rust: the madvise and the process_madvise "succeed" counters moved;
  *    c: no Rust counter moved at all (the knob really selects the C core).
  *
- *   thp_collapse_multi [-r ROUNDS] [-d DIR] [-w USEC]
+ *   thp_collapse_multi [-r ROUNDS] [-d DIR] [-w USEC] [-T SECONDS]
  *
  * -r: rounds per core and memory type (default DEFAULT_ROUNDS); -d: the XFS
  * directory (default /mnt/xfs); -w: the writers' pause after each page, in
- * microseconds (default: per memory type, see pace[]). The program stays
- * within PROGRAM_LIMIT_S: each case gets an equal share of the time left,
+ * microseconds (default: per memory type, see pace[]); -T: the time limit
+ * (default PROGRAM_LIMIT_S). The program stays within the time limit: each
+ * case gets an equal share of the time left,
  * and one that would overrun it stops its rounds early (and says so); it
  * still needs MIN_ROUNDS rounds. Run as root:
  * it sets THP and khugepaged knobs (and restores them), splits through
@@ -57,7 +58,7 @@
 #define DEFAULT_ROUNDS 200
 /* How long a round waits for the range to be collapsed again. */
 #define ROUND_TIMEOUT_S 2.0
-/* How long the whole program may take (its budget in the suite: 240 s). */
+/* How long the whole program may take by default (-T). */
 #define PROGRAM_LIMIT_S 225.0
 /* Rounds a case must have done when it stops at its share of the time. */
 #define MIN_ROUNDS 10
@@ -622,7 +623,7 @@ int main(int argc, char **argv)
 	unsigned int k;
 	struct ctl *c;
 
-	while ((opt = getopt(argc, argv, "r:d:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "r:d:w:T:")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -633,8 +634,11 @@ int main(int argc, char **argv)
 		case 'w':
 			pause = atoi(optarg);
 			break;
+		case 'T':
+			end = t_start + atof(optarg);
+			break;
 		default:
-			fprintf(stderr, "usage: %s [-r ROUNDS] [-d DIR] [-w USEC]\n",
+			fprintf(stderr, "usage: %s [-r ROUNDS] [-d DIR] [-w USEC] [-T SECONDS]\n",
 				argv[0]);
 			return KSFT_FAIL;
 		}
