@@ -144,6 +144,7 @@ struct thp_collapse_pte {
 	struct folio *folio;
 	unsigned int flags;
 	unsigned int order;
+	int nid;		/* folio_nid(), or NUMA_NO_NODE without a folio */
 };
 
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
@@ -226,6 +227,7 @@ struct thp_collapse_pc_entry {
 	unsigned long pfn;
 	long refs;
 	unsigned int flags;
+	int nid;		/* folio_nid(), or NUMA_NO_NODE for a value */
 };
 
 unsigned int thp_collapse_read_page_cache(struct address_space *mapping,

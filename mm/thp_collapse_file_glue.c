@@ -66,6 +66,7 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 			e->pfn = -1UL;
 			e->refs = 0;
 			e->flags = THP_PC_VALUE;
+			e->nid = NUMA_NO_NODE;
 		} else {
 			if (!folio_try_get(folio)) {
 				xas_reset(&xas);
@@ -79,6 +80,7 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 			e->index = folio->index;
 			e->nr = folio_nr_pages(folio);
 			e->pfn = folio_pfn(folio);
+			e->nid = folio_nid(folio);
 			e->flags = thp_collapse_pc_folio_facts(folio, mapping,
 							       THP_PC_READ_REFS,
 							       &e->refs);

@@ -421,6 +421,7 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	out->page = NULL;
 	out->folio = NULL;
 	out->order = 0;
+	out->nid = NUMA_NO_NODE;
 	if (pte_none(pte)) {
 		flags = THP_PTE_NONE_OR_ZERO | THP_PTE_NONE;
 		goto out;
@@ -447,6 +448,7 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	out->page = page;
 	out->folio = folio;
 	out->order = folio_order(folio);
+	out->nid = folio_nid(folio);
 	if (folio_test_anon(folio))
 		flags |= THP_FOLIO_ANON;
 	if (heuristics && folio_test_lazyfree(folio))

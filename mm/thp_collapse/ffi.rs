@@ -161,6 +161,12 @@ pub(crate) unsafe fn for_each_pte<E>(
 }
 
 impl PteFacts {
+    /// The NUMA node of the page it maps (`NUMA_NO_NODE` if none).
+    #[inline]
+    pub(crate) fn nid(&self) -> i32 {
+        self.0.nid
+    }
+
     #[inline]
     fn has(&self, flag: bindings::thp_collapse_pte_flags) -> bool {
         self.0.flags & flag != 0

@@ -27,6 +27,7 @@ use kernel::{
     mm::mmap_lock::MmapLocked,
     mm::{
         anon_vma::AnonVmaWriteGuard,
+        folio::Nodes,
         page_cache::{
             self, flush_batched_unmaps, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
             Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
@@ -142,6 +143,10 @@ fn scan_file(
                 }
                 break 'walk;
             }
+            if !e.is_value() {
+                // Once per folio, as upstream counts it.
+                tally.on_node(e.nid(), 1);
+            }
         }
         if n < ENTRY_BATCH {
             break;
@@ -155,7 +160,10 @@ fn scan_file(
     };
     if outcome == Outcome::Succeed {
         outcome = match tally.finish() {
-            Outcome::Succeed => collapse_file(mm, addr, file, mapping, start, mode, tunables),
+            Outcome::Succeed => {
+                let nodes = tally.target_nodes();
+                collapse_file(mm, addr, file, mapping, start, mode, tunables, &nodes)
+            }
             stop => stop,
         };
     }
@@ -312,6 +320,10 @@ unsafe impl Reset for KVec<IsolatedFolio> {
 /// scan at `addr` of `mm`, and retracts the page tables that mapped the range. For MADV_COLLAPSE
 /// the outcome of a success is [`Outcome::PteMappedHugepage`]: the caller maps the new folio.
 /// Upstream: `collapse_file()`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the backend restructuring (one request struct) is its own change"
+)]
 fn collapse_file(
     mm: &Mm,
     addr: usize,
@@ -320,13 +332,14 @@ fn collapse_file(
     start: usize,
     mode: CollapseMode,
     tunables: &Tunables,
+    nodes: &Nodes,
 ) -> Outcome {
     let shmem = page_cache::is_shmem(file);
     let end = start + NR;
     let mut new_pfn = trace::NO_PFN;
     let mut reached = start;
     let outcome = (|| -> Result<Outcome, Outcome> {
-        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), PMD_ORDER)?;
+        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), PMD_ORDER, nodes)?;
         let mut new = PageCacheFolio::prepare(folio, mapping, start, shmem);
         new_pfn = new.pfn();
         // Dropped in reverse order on failure: the charge, the old folios, the new one.

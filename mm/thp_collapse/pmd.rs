@@ -17,7 +17,7 @@ use super::{
 };
 use kernel::{
     mm::{
-        folio::NewFolio,
+        folio::{NewFolio, Nodes},
         mmap_lock::{MmapLocked, MmapReadLock},
         pgtable::{PmdEntry, PteTableLocked, PteTableMapped, SwapInFault},
         thp::TvaType,
@@ -220,6 +220,7 @@ fn scan_one(
         let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
         tally.occupy(i);
         tally.present(referenced);
+        tally.on_node(facts.nid());
         return Ok(());
     }
     if facts.none_or_zero() {
@@ -259,18 +260,25 @@ fn scan_one(
     let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
     tally.occupy(i);
     tally.present(referenced);
+    tally.on_node(facts.nid());
     Ok(())
 }
 
 /// Allocates a folio of `order` (2 to the PMD order) for a collapse with `policy`, and
-/// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it.
+/// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it. It comes from
+/// `nodes` (where the scan found most of the range's pages).
 ///
 /// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
 /// sleep. Upstream: `alloc_charge_folio()`.
-pub(crate) fn alloc_charge(mm: &Mm, policy: AllocPolicy, order: u32) -> Result<NewFolio, Outcome> {
+pub(crate) fn alloc_charge(
+    mm: &Mm,
+    policy: AllocPolicy,
+    order: u32,
+    nodes: &Nodes,
+) -> Result<NewFolio, Outcome> {
     let order = order.min(PMD_ORDER);
     let gfp = ffi::collapse_gfp(policy);
-    let Ok(folio) = NewFolio::alloc(gfp, order, None) else {
+    let Ok(folio) = NewFolio::alloc_on(gfp, order, nodes) else {
         ffi::count_collapse_event(order, CollapseEvent::AllocFailed);
         return Err(Outcome::AllocHugePageFail);
     };

@@ -18,7 +18,11 @@ use super::{
     stats::STATS,
 };
 use kernel::{
-    mm::{folio::NewFolio, mmap_lock::MmapLocked, virt::VmaRef},
+    mm::{
+        folio::{NewFolio, NodeLoad, Nodes},
+        mmap_lock::MmapLocked,
+        virt::VmaRef,
+    },
     pr_notice_once,
     prelude::*,
     sync::aref::ARef,
@@ -204,7 +208,7 @@ fn collapse_candidate(
 ) -> Outcome {
     let outcome = (|| {
         // The folio is allocated without the mmap lock: it may reclaim and compact.
-        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), c.order)?;
+        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), c.order, &s.nodes)?;
         if s.swapped > 0 {
             swap_in(mm, c, mode, s.referenced)?;
         }
@@ -228,6 +232,8 @@ struct Scanned {
     traced: bool,
     occupied: Occupied,
     enabled: u64,
+    /// Where the new folio should come from (where most of the pages are).
+    nodes: Nodes,
 }
 
 /// Scans the PMD range at `addr` under `guard`.
@@ -242,6 +248,7 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         traced,
         occupied: Occupied::EMPTY,
         enabled: 0,
+        nodes: NodeLoad::new().target(),
     };
     let Some(vma) = guard.find_vma(addr) else {
         return done(Outcome::VmaNull, false);
@@ -277,6 +284,7 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         traced: true,
         occupied: tally.occupied().clone(),
         enabled,
+        nodes: tally.target_nodes(),
     }
 }
 

@@ -13,6 +13,7 @@ use super::{
     outcome::Outcome,
     plan::Occupied,
 };
+use kernel::mm::folio::{NodeLoad, Nodes};
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
 
@@ -26,6 +27,7 @@ pub(crate) struct ScanTally {
     shared: u32,
     referenced: u32,
     occupied: Occupied,
+    nodes: NodeLoad,
 }
 
 impl ScanTally {
@@ -39,7 +41,19 @@ impl ScanTally {
             shared: 0,
             referenced: 0,
             occupied: Occupied::EMPTY,
+            nodes: NodeLoad::new(),
         }
+    }
+
+    /// A present page, counted by [`Self::present`], is on NUMA node `nid`.
+    pub(crate) fn on_node(&mut self, nid: i32) {
+        self.nodes.add(nid, 1);
+    }
+
+    /// The nodes a folio for the range should come from: where most of its pages are.
+    /// Upstream: `collapse_find_target_node()`.
+    pub(crate) fn target_nodes(&self) -> Nodes {
+        self.nodes.target()
     }
 
     /// A PTE that is none or maps the zero page.
@@ -193,6 +207,7 @@ pub(crate) struct FileTally {
     limits: Limits,
     present: u32,
     swap: u32,
+    nodes: NodeLoad,
 }
 
 impl FileTally {
@@ -203,7 +218,19 @@ impl FileTally {
             limits,
             present: 0,
             swap: 0,
+            nodes: NodeLoad::new(),
         }
+    }
+
+    /// `nr` pages of a folio accounted by [`Self::add`] are on NUMA node `nid`.
+    pub(crate) fn on_node(&mut self, nid: i32, nr: usize) {
+        self.nodes.add(nid, nr);
+    }
+
+    /// The nodes a folio for the range should come from: where most of its pages are.
+    /// Upstream: `collapse_find_target_node()`.
+    pub(crate) fn target_nodes(&self) -> Nodes {
+        self.nodes.target()
     }
 
     /// Accounts `e`; fails with the outcome that stops the scan.

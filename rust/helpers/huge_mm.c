@@ -355,3 +355,8 @@ __rust_helper void rust_helper_mm_flags_clear(int flag, struct mm_struct *mm)
 {
 	mm_flags_clear(flag, mm);
 }
+
+__rust_helper bool rust_helper_node_online(int nid)
+{
+	return node_online(nid);
+}

@@ -16,6 +16,85 @@ use crate::{
 };
 use core::ptr::{self, NonNull};
 
+/// The NUMA nodes of the kernel's configuration (`MAX_NUMNODES`).
+const MAX_NODES: usize = bindings::MAX_NUMNODES as usize;
+
+/// How many pages of a range each NUMA node holds, so that the folio that replaces them can
+/// be allocated where most of them were. C: `collapse_control.node_load`.
+#[derive(Clone, Debug)]
+pub struct NodeLoad {
+    load: [u16; MAX_NODES],
+}
+
+impl Default for NodeLoad {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeLoad {
+    /// No page counted on any node.
+    pub const fn new() -> Self {
+        Self {
+            load: [0; MAX_NODES],
+        }
+    }
+
+    /// Counts `nr` pages on node `nid`; a `nid` that is not a node (`NUMA_NO_NODE`) is not
+    /// counted.
+    pub fn add(&mut self, nid: i32, nr: usize) {
+        let nr = u16::try_from(nr).unwrap_or(u16::MAX);
+        if let Some(load) = usize::try_from(nid).ok().and_then(|n| self.load.get_mut(n)) {
+            *load = load.saturating_add(nr);
+        }
+    }
+
+    /// Where a folio for the range should come from: the first node that holds the most
+    /// pages (node 0 if none was counted), and every online node that holds as many. C:
+    /// `collapse_find_target_node()`.
+    pub fn target(&self) -> Nodes {
+        let mut node = 0;
+        let mut max = 0;
+        for (nid, &load) in self.load.iter().enumerate() {
+            if load > max {
+                max = load;
+                node = nid;
+            }
+        }
+        let mut mask = bindings::nodemask_t::default();
+        let bits = 8 * core::mem::size_of::<crate::ffi::c_ulong>();
+        for (nid, &load) in self.load.iter().enumerate() {
+            // SAFETY: Always safe to call with a node number below `MAX_NUMNODES`.
+            let online = unsafe { bindings::node_online(nid as i32) };
+            if load == max && online {
+                if let Some(word) = mask.bits.get_mut(nid / bits) {
+                    *word |= 1 << (nid % bits);
+                }
+            }
+        }
+        Nodes {
+            node: node as i32,
+            mask,
+        }
+    }
+}
+
+/// The NUMA nodes a folio may come from, and the one it should come from first; see
+/// [`NodeLoad::target`] and [`NewFolio::alloc_on`].
+#[derive(Clone, Copy)]
+pub struct Nodes {
+    node: i32,
+    mask: bindings::nodemask_t,
+}
+
+impl Nodes {
+    /// The node the folio should come from.
+    #[inline]
+    pub fn node(&self) -> i32 {
+        self.node
+    }
+}
+
 /// A folio of `1 << order` pages that this value holds the only reference to.
 ///
 /// Dropping it frees it (and uncharges it, if it was charged).
@@ -51,6 +130,24 @@ impl NewFolio {
         let nid = nid.unwrap_or_else(|| unsafe { bindings::numa_mem_id() });
         // SAFETY: `order` is valid (checked above); a NULL nodemask allows every node.
         let folio = unsafe { bindings::__folio_alloc(gfp, order, nid, ptr::null_mut()) };
+        // INVARIANT: A new folio of `order`, and its only reference.
+        NonNull::new(folio)
+            .map(|folio| Self { folio, order })
+            .ok_or(ENOMEM)
+    }
+
+    /// Allocates a folio of `order` with `gfp` on the nodes `nodes` chose (see
+    /// [`NodeLoad::target`]): their first node if it can, else another of them.
+    ///
+    /// May sleep if `gfp` allows it. Fails with `ENOMEM`.
+    pub fn alloc_on(gfp: bindings::gfp_t, order: u32, nodes: &Nodes) -> Result<Self> {
+        if order > bindings::MAX_PAGE_ORDER {
+            return Err(ENOMEM);
+        }
+        let mut mask = nodes.mask;
+        // SAFETY: `order` is valid (checked above); `mask` is a nodemask that lives across the
+        // call, and `node` a node of it.
+        let folio = unsafe { bindings::__folio_alloc(gfp, order, nodes.node, &mut mask) };
         // INVARIANT: A new folio of `order`, and its only reference.
         NonNull::new(folio)
             .map(|folio| Self { folio, order })
@@ -580,6 +677,38 @@ mod tests {
         table
             .normal_page(vma, idx(addr))
             .map(|page| unsafe { facts(page_folio(page)) })
+    }
+
+    /// The target is the first node with the most pages, and the mask every online node with
+    /// as many; with nothing counted, node 0 and every online node. `NUMA_NO_NODE` and nodes
+    /// past `MAX_NUMNODES` are not counted. A folio allocated on the target comes from it.
+    #[test]
+    fn node_load_target() -> Result {
+        let online = |nid: i32| {
+            // SAFETY: Always safe to call.
+            unsafe { bindings::node_online(nid) }
+        };
+        let mut l = NodeLoad::new();
+        l.add(0, 3);
+        l.add(1, 5);
+        l.add(bindings::NUMA_NO_NODE, 100);
+        l.add(MAX_NODES as i32, 100);
+        let most_on_1 = l.target();
+        l.add(0, 2);
+        let tie = l.target();
+        let none = NodeLoad::new().target();
+        let all_online: crate::ffi::c_ulong = (0..2).filter(|&n| online(n)).map(|n| 1 << n).sum();
+        let folio = NewFolio::alloc_on(bindings::GFP_KERNEL, 0, &most_on_1)?;
+        // SAFETY: `folio` holds its page.
+        let nid = unsafe { bindings::page_to_nid(folio.first_page()) };
+        assert_eq!(most_on_1.node(), 1);
+        assert_eq!(most_on_1.mask.bits[0], 1 << 1);
+        assert_eq!(tie.node(), 0);
+        assert_eq!(tie.mask.bits[0], 0b11);
+        assert_eq!(none.node(), 0);
+        assert_eq!(none.mask.bits[0], all_online);
+        assert_eq!(nid, 1);
+        Ok(())
     }
 
     /// A new folio has the order asked for, one reference, and no LRU or memcg; impossible

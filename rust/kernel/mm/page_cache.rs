@@ -132,6 +132,12 @@ impl PageCacheEntry {
     pub fn pfn(&self) -> usize {
         self.0.pfn
     }
+
+    /// The NUMA node of its folio (`NUMA_NO_NODE` for a value).
+    #[inline]
+    pub fn nid(&self) -> i32 {
+        self.0.nid
+    }
 }
 
 /// Which facts [`FolioFacts`] reads beyond the page flags (the others read as "no").
