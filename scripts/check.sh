@@ -33,6 +33,9 @@ if [ -n "$out" ]; then
 	fail=1
 fi
 
+log "tap-summary.py rules"
+"$TOP/scripts/test-tap-summary.py" || fail=1
+
 log "checkpatch"
 cfiles=$(cd "$TOP" && git ls-files '*.c' '*.h')
 for f in $cfiles; do

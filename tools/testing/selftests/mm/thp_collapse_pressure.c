@@ -15,8 +15,11 @@
  * XFS, and writes a generation of the page pattern into every page
  * (thp_collapse_mem.h). Every other page of the first anonymous PMD is
  * lazyfree: MADV_FREEd after each write (see lazy_page()). The parent
- * limits the cgroup to 60 % of the working set (the regions and the hog's
- * buffer) and, for RUN_SECS (and on, up to RUN_SECS more, until a collapse
+ * holds the cgroup at 60 % of the working set (the regions and the hog's
+ * buffer) with memory.high: reclaim and throttling, never an OOM kill (with
+ * memory.max, the child was OOM-killed now and then on an idle host, its own
+ * fault swapping a shmem page back in finding nothing left to reclaim) and,
+ * for RUN_SECS (and on, up to RUN_SECS more, until a collapse
  * succeeded), the child runs
  *  - a hog thread that writes and checks its own anonymous buffer page by
  *    page, which keeps reclaim swapping to zram and dropping file pages;
@@ -30,7 +33,7 @@
  * swapped page back and charges it to the cgroup it was charged to, with no
  * swap left to reclaim to: at 60 % that cannot fit, and the cgroup would OOM
  * (killing the child rather than failing swapoff with ENOMEM). So the parent
- * lifts memory.max for the swapoff and puts it back after swapon, which
+ * lifts the limit for the swapoff and puts it back after swapon, which
  * reclaims the cgroup below the limit again in one burst. Keeping the parent
  * outside the cgroup keeps swapoff's own allocations and the reporting out
  * of the pressure, and lets the parent report a memcg OOM kill of the child
@@ -98,6 +101,8 @@ static const size_t nr_pmds[NR_MEM_TYPES] = { 2, 1, 1 };
 #define SWAP_DEV	"/dev/zram0"
 #define CG_ROOT		"/sys/fs/cgroup"
 #define CG_DIR		CG_ROOT "/thp_collapse_pressure"
+/* The cgroup's limit: reclaim and throttling above it, no OOM kill. */
+#define LIMIT_FILE	"memory.high"
 #define KHUGEPAGED	THP_SYSFS "khugepaged/"
 #define TRACEFS		"/sys/kernel/tracing/"
 #define COLLAPSER_COMM	"thp_collapser"
@@ -702,7 +707,7 @@ static void child(int out_fd)
 	res->t_joined = now();
 
 	/* Data, not pressure, now: swap everything in quickly. */
-	write_str(CG_DIR "/memory.max", "max");
+	write_str(CG_DIR "/" LIMIT_FILE, "max");
 	res->final_bad = check_pages(0, &res->pages, &res->lazy_data,
 				     &res->lazy_zero);
 	res->lazy_gen = atomic_load(&lazy_gen);
@@ -712,7 +717,7 @@ static void child(int out_fd)
 
 /* ---- The parent: cgroup, swap cycles, verdicts -------------------------- */
 
-/* The cgroup's memory.max: 60 % of the regions and the hog's buffer. */
+/* The cgroup's limit: 60 % of the regions and the hog's buffer. */
 static unsigned long limit(void)
 {
 	unsigned long set = HOG_SZ;
@@ -723,15 +728,15 @@ static unsigned long limit(void)
 	return set * 60 / 100;
 }
 
-/* Writes @bytes (or "max" for 0) to the cgroup's memory.max; 0 or -1. */
+/* Writes @bytes (or "max" for 0) to the cgroup's limit; 0 or -1. */
 static int set_max(unsigned long bytes)
 {
 	char v[32];
 
 	if (!bytes)
-		return write_str(CG_DIR "/memory.max", "max");
+		return write_str(CG_DIR "/" LIMIT_FILE, "max");
 	snprintf(v, sizeof(v), "%lu", bytes);
-	return write_str(CG_DIR "/memory.max", v);
+	return write_str(CG_DIR "/" LIMIT_FILE, v);
 }
 
 /* Swap state over one core's run. */
@@ -926,7 +931,7 @@ static void run_core(const char *core)
 		rust_stats_read(callers[i], &after[i]);
 	trace_collapser(false);
 	trace_tally(tally);
-	ev_max = keyed(CG_DIR "/memory.events", "max");
+	ev_max = keyed(CG_DIR "/memory.events", "high");
 	ev_oom = keyed(CG_DIR "/memory.events", "oom");
 	ev_kill = keyed(CG_DIR "/memory.events", "oom_kill");
 	if (!swap_on() && swapon(SWAP_DEV, 0))
@@ -984,7 +989,7 @@ static void run_core(const char *core)
 			 res->other_errno, res->split_fail);
 	ksft_test_result(ok && vm_stat("pswpout") > pswpout && ev_max > 0 &&
 			 !ev_kill && sc.done > 0 && !sc.off_fail && !sc.on_fail,
-			 "%s: memcg pressure: reclaim swapped (pswpout +%lld pswpin +%lld; memory.events max %lld oom %lld oom_kill %lld; %d swapoff/swapon cycles, longest swapoff %.1f s, %d swapoff failures (%s), %d swapon failures (%s))\n",
+			 "%s: memcg pressure: reclaim swapped (pswpout +%lld pswpin +%lld; memory.events high %lld oom %lld oom_kill %lld; %d swapoff/swapon cycles, longest swapoff %.1f s, %d swapoff failures (%s), %d swapon failures (%s))\n",
 			 core, vm_stat("pswpout") - pswpout,
 			 vm_stat("pswpin") - pswpin, ev_max, ev_oom, ev_kill,
 			 sc.done, sc.longest, sc.off_fail,

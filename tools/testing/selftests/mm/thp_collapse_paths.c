@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The paths a minimal kernel compiles out, meeting the collapse, on the Rust
+ * and on the C collapse core: soft-dirty bits, KSM pages and the NUMA node a
+ * collapse allocates on. Needs CONFIG_MEM_SOFT_DIRTY, CONFIG_KSM and two
+ * NUMA nodes with memory (the debug test kernel and its QEMU guest); a
+ * missing one fails rather than skips.
+ *
+ *   thp_collapse_paths
+ *
+ * For each core, on private anonymous memory (one PMD, base pages written
+ * with a generation pattern, thp_collapse_mem.h):
+ *  - soft-dirty: after clear_refs, 16 pages are written again; the collapse
+ *    may mark more pages soft-dirty, but must not clear the bit of a page
+ *    written since (a checkpointing tool that tracks changes by it, CRIU's
+ *    incremental dump, would miss the write), and both cores must leave the
+ *    same view. Data intact, the range PMD-mapped.
+ *  - KSM: half the pages hold one identical content and are merged by KSM
+ *    (ksmd run with no sleep until the process has merged pages); the
+ *    collapse gives the same errno and PMD-mapped state on both cores, every
+ *    page keeps its contents, and on the Rust core a Rust counter moves.
+ *  - NUMA: 320 pages faulted on one node, 192 on the other (set_mempolicy);
+ *    the collapse, with the default policy, must allocate the huge page on
+ *    the node that held most of the pages, as upstream's
+ *    hpage_collapse_find_target_node() picks. Each node in turn, so that a
+ *    core that always took one node would fail.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "kselftest.h"
+#include "thp_collapse_mem.h"
+
+#define KSM_SYSFS "/sys/kernel/mm/ksm/"
+#define SOFT_DIRTY_BIT 55
+#define RECENT 16		/* pages written after clear_refs */
+#define MPOL_DEFAULT_ 0
+#define MPOL_BIND_ 2
+
+static const char *const cores[] = { "rust", "c" };
+
+/* A private anonymous PMD of base pages, each written with generation 1. */
+static struct region small_pmd(uint64_t *shadow)
+{
+	struct region r = mem_region(MEM_ANON, 1);
+
+	if (mem_populate(&r, shadow, 1))
+		ksft_exit_fail_msg("populate: %s\n", strerror(errno));
+	if (mem_pmd_mapped(&r))
+		ksft_exit_fail_msg("the range is huge before any collapse\n");
+	return r;
+}
+
+/* The pagemap entries of the pages of @r. */
+static int pagemap_read(const struct region *r, uint64_t *ent)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	size_t n = r->len / PAGE_SZ * sizeof(*ent);
+	ssize_t got;
+
+	if (fd < 0)
+		return -1;
+	got = pread(fd, ent, n, (uintptr_t)r->p / PAGE_SZ * sizeof(*ent));
+	close(fd);
+	return got == (ssize_t)n ? 0 : -1;
+}
+
+/* Collapses @r on @core; 0 or the errno. */
+static int collapse(const char *core, struct region *r)
+{
+	collapse_require_core(core);
+	return madvise(r->p, r->len, MADV_COLLAPSE) ? errno : 0;
+}
+
+/* ---- soft-dirty ---------------------------------------------------------- */
+
+static int soft_dirty_view[2][PAGES_PER_PMD];
+
+static void test_soft_dirty(int c)
+{
+	static uint64_t shadow[PAGES_PER_PMD], ent[PAGES_PER_PMD];
+	long long moved = rust_stat("madvise", "succeed");
+	struct region r = small_pmd(shadow);
+	int err, lost_bit = 0, dirty = 0;
+	size_t pg, bad;
+	bool huge;
+
+	if (write_str("/proc/self/clear_refs", "4"))
+		ksft_exit_fail_msg("clear_refs: %s\n", strerror(errno));
+	for (pg = 0; pg < RECENT; pg++) {
+		mem_fill(r.p + pg * 31 * PAGE_SZ, pg * 31, 2);
+		shadow[pg * 31] = 2;
+	}
+	if (pagemap_read(&r, ent))
+		ksft_exit_fail_perror("pagemap");
+	for (pg = 0; pg < RECENT; pg++)
+		if (!(ent[pg * 31] >> SOFT_DIRTY_BIT & 1))
+			ksft_exit_fail_msg("page %zu not soft-dirty after its write\n",
+					   pg * 31);
+	err = collapse(cores[c], &r);
+	huge = mem_pmd_mapped(&r);
+	if (pagemap_read(&r, ent))
+		ksft_exit_fail_perror("pagemap");
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		soft_dirty_view[c][pg] = ent[pg] >> SOFT_DIRTY_BIT & 1;
+		dirty += soft_dirty_view[c][pg];
+	}
+	for (pg = 0; pg < RECENT; pg++)
+		lost_bit += !soft_dirty_view[c][pg * 31];
+	bad = mem_bad_pages(&r, shadow);
+	moved = rust_stat("madvise", "succeed") - moved;
+	ksft_test_result(!err && huge && !lost_bit && !bad && (c ? !moved : moved == 1),
+			 "%s: soft-dirty: collapse %s, %s, %d of %d recently written pages lost the bit, %d pages soft-dirty after it, %zu pages differ, rust succeed +%lld\n",
+			 cores[c], strerror(err), huge ? "PMD-mapped" : "not PMD-mapped",
+			 lost_bit, RECENT, dirty, bad, moved);
+	mem_region_free(&r);
+}
+
+static void test_soft_dirty_same_view(void)
+{
+	int pg, differ = 0;
+
+	for (pg = 0; pg < (int)PAGES_PER_PMD; pg++)
+		differ += soft_dirty_view[0][pg] != soft_dirty_view[1][pg];
+	ksft_test_result(!differ,
+			 "soft-dirty: both cores leave the same soft-dirty bits (%d pages differ)\n",
+			 differ);
+}
+
+/* ---- KSM ----------------------------------------------------------------- */
+
+static long ksm_read(const char *name)
+{
+	char path[128], buf[32];
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), KSM_SYSFS "%s", name);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	return atol(buf);
+}
+
+/* This process's KSM-merged pages (/proc/self/ksm_merging_pages). */
+static long ksm_merged(void)
+{
+	char buf[32];
+	int fd = open("/proc/self/ksm_merging_pages", O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	return atol(buf);
+}
+
+static int ksm_result[2];
+static bool ksm_huge[2];
+
+static void test_ksm(int c)
+{
+	static uint64_t shadow[PAGES_PER_PMD];
+	long long total = rust_stat_total("madvise");
+	struct region r = small_pmd(shadow);
+	long merged = 0, moved;
+	size_t pg, bad;
+	int t;
+
+	/* Every other page holds the same content: KSM merges them into one. */
+	for (pg = 0; pg < PAGES_PER_PMD; pg += 2) {
+		memset(r.p + pg * PAGE_SZ, 0x5a, PAGE_SZ);
+		shadow[pg] = 0;
+	}
+	if (madvise(r.p, r.len, MADV_MERGEABLE))
+		ksft_exit_fail_perror("madvise(MADV_MERGEABLE)");
+	for (t = 0; t < 600 && merged < (long)PAGES_PER_PMD / 4; t++) {
+		usleep(50000);
+		merged = ksm_merged();
+	}
+	for (pg = 0, bad = 0; pg < PAGES_PER_PMD; pg += 2)
+		for (t = 0; t < (int)PAGE_SZ; t++)
+			bad += r.p[pg * PAGE_SZ + t] != 0x5a;
+	ksm_result[c] = collapse(cores[c], &r);
+	ksm_huge[c] = mem_pmd_mapped(&r);
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		if (pg % 2 == 0) {
+			for (t = 0; t < (int)PAGE_SZ; t++)
+				if (r.p[pg * PAGE_SZ + t] != 0x5a)
+					break;
+			bad += t != (int)PAGE_SZ;
+		} else {
+			bad += !mem_page_ok(r.p + pg * PAGE_SZ, pg, shadow[pg]);
+		}
+	}
+	moved = rust_stat_total("madvise") - total;
+	ksft_test_result(merged >= (long)PAGES_PER_PMD / 4 && !bad && (c ? !moved : moved > 0),
+			 "%s: KSM: %ld pages merged, collapse %s, %s, %zu pages differ, rust counters +%ld\n",
+			 cores[c], merged, strerror(ksm_result[c]),
+			 ksm_huge[c] ? "PMD-mapped" : "not PMD-mapped", bad, moved);
+	madvise(r.p, r.len, MADV_UNMERGEABLE);
+	mem_region_free(&r);
+}
+
+static void test_ksm_same(void)
+{
+	ksft_test_result(ksm_result[0] == ksm_result[1] && ksm_huge[0] == ksm_huge[1],
+			 "KSM: both cores give the same result (rust %s, %s; c %s, %s)\n",
+			 strerror(ksm_result[0]), ksm_huge[0] ? "huge" : "not huge",
+			 strerror(ksm_result[1]), ksm_huge[1] ? "huge" : "not huge");
+}
+
+/* ---- NUMA ---------------------------------------------------------------- */
+
+static long set_policy(int mode, unsigned long nodemask)
+{
+	return syscall(SYS_set_mempolicy, mode, mode ? &nodemask : NULL,
+		       mode ? 8 * sizeof(nodemask) : 0);
+}
+
+/* The node of the page at @p, or -1. */
+static int node_of(void *p)
+{
+	int status = -1;
+
+	if (syscall(SYS_move_pages, 0, 1UL, &p, NULL, &status, 0))
+		return -1;
+	return status;
+}
+
+static void test_numa(int c, int most)
+{
+	static uint64_t shadow[PAGES_PER_PMD];
+	long long ok = rust_stat("madvise", "succeed");
+	struct region r = mem_region(MEM_ANON, 1);
+	int err, node, on_most = 0;
+	size_t pg, bad;
+
+	/* 320 pages on @most (5 of every 8), 192 on the other node. */
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		int want = pg % 8 < 5 ? most : !most;
+
+		if (set_policy(MPOL_BIND_, 1UL << want))
+			ksft_exit_fail_msg("set_mempolicy(MPOL_BIND, node %d): %s\n", want,
+					   strerror(errno));
+		mem_fill(r.p + pg * PAGE_SZ, pg, 1);
+		shadow[pg] = 1;
+		on_most += node_of(r.p + pg * PAGE_SZ) == most;
+	}
+	if (set_policy(MPOL_DEFAULT_, 0))
+		ksft_exit_fail_perror("set_mempolicy(MPOL_DEFAULT)");
+	err = collapse(cores[c], &r);
+	node = node_of(r.p);
+	bad = mem_bad_pages(&r, shadow);
+	ksft_test_result(on_most == 320 && !err && mem_pmd_mapped(&r) && node == most &&
+			 !bad && (c || rust_stat("madvise", "succeed") > ok),
+			 "%s: NUMA: %d of 512 pages on node %d, collapse %s, the huge page on node %d, %zu pages differ\n",
+			 cores[c], on_most, most, strerror(err), node, bad);
+	mem_region_free(&r);
+}
+
+int main(void)
+{
+	char orig[16], thp_enabled[32], ksm_run[16], ksm_sleep[16], ksm_pages[16];
+	int c;
+
+	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
+	ksft_set_plan(2 + 1 + 2 + 1 + 4);
+	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
+	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
+		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
+	if (sysfs_swap_str(KSM_SYSFS "run", ksm_run, sizeof(ksm_run), "1") ||
+	    sysfs_swap_str(KSM_SYSFS "sleep_millisecs", ksm_sleep, sizeof(ksm_sleep), "0") ||
+	    sysfs_swap_str(KSM_SYSFS "pages_to_scan", ksm_pages, sizeof(ksm_pages), "4096"))
+		ksft_exit_fail_msg("cannot start ksmd\n");
+
+	for (c = 0; c < 2; c++)
+		test_soft_dirty(c);
+	test_soft_dirty_same_view();
+	for (c = 0; c < 2; c++)
+		test_ksm(c);
+	test_ksm_same();
+	for (c = 0; c < 2; c++) {
+		test_numa(c, 1);
+		test_numa(c, 0);
+	}
+
+	set_str(KSM_SYSFS "pages_to_scan", ksm_pages);
+	set_str(KSM_SYSFS "sleep_millisecs", ksm_sleep);
+	/* 2 unmerges every page; the range's pages are unmerged already. */
+	set_str(KSM_SYSFS "run", strcmp(ksm_run, "1") ? "0" : "1");
+	collapse_set_core(orig);
+	set_str(THP_SYSFS "enabled", thp_enabled);
+	ksft_finished();
+}
