@@ -137,14 +137,13 @@ static void test_soft_dirty_same_view(void)
 
 /* ---- KSM ----------------------------------------------------------------- */
 
-static long ksm_read(const char *name)
+/* The number in the file at @path, or -1. */
+static long read_long(const char *path)
 {
-	char path[128], buf[32];
-	int fd;
+	char buf[32];
+	int fd = open(path, O_RDONLY);
 	ssize_t n;
 
-	snprintf(path, sizeof(path), KSM_SYSFS "%s", name);
-	fd = open(path, O_RDONLY);
 	if (fd < 0)
 		return -1;
 	n = read(fd, buf, sizeof(buf) - 1);
@@ -155,21 +154,18 @@ static long ksm_read(const char *name)
 	return atol(buf);
 }
 
-/* This process's KSM-merged pages (/proc/self/ksm_merging_pages). */
+static long ksm_read(const char *name)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), KSM_SYSFS "%s", name);
+	return read_long(path);
+}
+
+/* This process's KSM-merged pages. */
 static long ksm_merged(void)
 {
-	char buf[32];
-	int fd = open("/proc/self/ksm_merging_pages", O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	return atol(buf);
+	return read_long("/proc/self/ksm_merging_pages");
 }
 
 static int ksm_result[2];
