@@ -796,9 +796,10 @@ static void *mremap_racer(void *arg)
  * one collapse (measured first, then the mean of the rounds' calls so far:
  * the first call is the slowest, by far on a kernel without KASAN): about a
  * quarter of the moves start while a call runs, and the rest after it, so
- * that at least half the rounds must collapse. A move that starts during a call waits for the mmap lock the
- * call holds, or lands where the call dropped it (the call then fails); at
- * least one move must start during a call.
+ * that at least half the rounds must collapse. A move that starts during a
+ * call waits for the mmap lock the call holds, or lands where the call
+ * dropped it (the call then fails); at least one move must start during a
+ * call.
  */
 static void test_race_mremap(void)
 {
@@ -822,7 +823,8 @@ static void test_race_mremap(void)
 	collapse_require_core("rust");
 	t0 = now_ns();
 	bad += madvise(m.a, PMD_SZ, MADV_COLLAPSE) && errno != EAGAIN;
-	call_ns = first_ns = now_ns() - t0;
+	first_ns = now_ns() - t0;
+	call_ns = first_ns;
 	/* The last page is dropped before every round: zeroes from now on. */
 	memset(shadow + PMD_SZ - PAGE_SZ, 0, PAGE_SZ);
 	if (pthread_create(&th, NULL, mremap_racer, &m))
@@ -943,6 +945,19 @@ static int collapse_errno(const char *core, void *p, size_t len)
 }
 
 /*
+ * MADV_COLLAPSE of @p on each core, the errnos in *@r and *@c; returns how
+ * much the Rust core's madvise counters moved.
+ */
+static long long collapse_errnos(void *p, size_t len, int *r, int *c)
+{
+	long long total = rust_stat_total("madvise");
+
+	*r = collapse_errno("rust", p, len);
+	*c = collapse_errno("c", p, len);
+	return rust_stat_total("madvise") - total;
+}
+
+/*
  * A range that madvise() itself rejects (check_input_range() in
  * mm/madvise.c) before any collapse core is called: the same errno whichever
  * core the knob selects, and no Rust counter moves. This tests the generic
@@ -950,10 +965,8 @@ static int collapse_errno(const char *core, void *p, size_t len)
  */
 static void expect_generic(const char *what, void *p, size_t len, int want)
 {
-	long long total = rust_stat_total("madvise");
-	int r = collapse_errno("rust", p, len);
-	int c = collapse_errno("c", p, len);
-	long long moved = rust_stat_total("madvise") - total;
+	int r, c;
+	long long moved = collapse_errnos(p, len, &r, &c);
 
 	ksft_test_result(r == want && c == want && !moved,
 			 "madvise: %s gives %s in check_input_range(), before any collapse core (knob rust: %s, knob c: %s; Rust counters +%lld)\n",
@@ -967,10 +980,8 @@ static void expect_generic(const char *what, void *p, size_t len, int want)
  */
 static void expect_refused(const char *what, void *p, size_t len, int want)
 {
-	long long total = rust_stat_total("madvise");
-	int r = collapse_errno("rust", p, len);
-	int c = collapse_errno("c", p, len);
-	long long moved = rust_stat_total("madvise") - total;
+	int r, c;
+	long long moved = collapse_errnos(p, len, &r, &c);
 
 	ksft_test_result(r == want && c == want && !moved,
 			 "bad input: %s gives %s on both cores, refused at the core's entry before any PMD (rust %s, c %s; Rust counters +%lld)\n",
