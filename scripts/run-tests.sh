@@ -16,6 +16,9 @@
 . "$(dirname "$0")/lib.sh"
 
 start=$(date +%s)
+# Packages first (python3 runs the summary); a fresh clone has no build/ yet.
+"$TOP/scripts/setup.sh"
+mkdir -p "$BUILD"
 # The summary's rules first, on made-up boots: a summary that could be talked
 # into a pass must not judge this run.
 "$TOP/scripts/test-tap-summary.py" >"$BUILD/test-tap-summary.log" ||
