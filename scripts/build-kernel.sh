@@ -15,7 +15,6 @@ flavour=${1:-debug}
 
 O=$BUILD/out-$flavour
 mkdir -p "$O"
-kmake() { make -s -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX "$@"; }
 
 # Generate the config in a scratch folder, install it only when it changed.
 cfg=$BUILD/.config-$flavour
@@ -49,6 +48,16 @@ if ! cmp -s "$cfg/.config" "$O/.config"; then
 fi
 rm -rf "$cfg"
 
-log "building $flavour kernel in $O"
-kmake -j"$(jobs)" ${CLIPPY:+CLIPPY=1} bzImage
+blog=$BUILD/build-$flavour.log
+log "building $flavour kernel in $O (full output: $blog)"
+# Not -s: kbuild's one line per step feeds the progress lines.
+set +o pipefail
+make -C "$SRC" O="$O" LLVM=$LLVM_SUFFIX -j"$(jobs)" ${CLIPPY:+CLIPPY=1} bzImage 2>&1 |
+	build_progress "$flavour kernel" "$blog" "$O/.thp-build-steps"
+rc=${PIPESTATUS[0]}
+set -o pipefail
+if [ "$rc" != 0 ]; then
+	tail -n 40 "$blog" >&2
+	die "the $flavour kernel build failed (exit $rc): see $blog"
+fi
 log "built $O/arch/x86/boot/bzImage"

@@ -36,3 +36,31 @@ list_programs() {
 }
 
 jobs() { echo $(( $(nproc 2>/dev/null || echo 2) + 1 )); }
+
+# Shows the progress of a kernel build whose kbuild output (one "  CC  file" line
+# per step) comes on stdin: a line every 30 s with the steps done, the share of
+# the last build's count when there was one, and the time so far. Everything
+# goes to LOG; warnings and errors are also shown as they come.
+#   build_progress LABEL LOG COUNTFILE
+build_progress() {
+	local label=$1 logf=$2 countf=$3 n=0 total=0 start=$SECONDS last=$SECONDS line
+	[ -s "$countf" ] && total=$(cat "$countf")
+	: >"$logf"
+	while IFS= read -r line; do
+		printf '%s\n' "$line" >>"$logf"
+		case "$line" in
+		"  "[A-Z]*) n=$((n + 1)) ;;
+		*warning:* | *error:* | *error\[* | *Error* | *WARNING:*) printf '%s\n' "$line" >&2 ;;
+		esac
+		if [ $((SECONDS - last)) -ge 30 ]; then
+			last=$SECONDS
+			if [ "$total" -gt 0 ]; then
+				log "$label: $n of about $total steps ($((n * 100 / total))%), $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s"
+			else
+				log "$label: $n steps, $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s"
+			fi
+		fi
+	done
+	# A no-op rebuild says nothing worth keeping.
+	[ "$n" -lt 100 ] || echo "$n" >"$countf"
+}

@@ -15,9 +15,9 @@
 //! C headers: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h),
 //! [`include/linux/vm_event_item.h`](srctree/include/linux/vm_event_item.h)
 
-use super::{
-    mode::{AllocPolicy, Caller, Tunables, PMD_ORDER},
+use crate::{
     outcome::Outcome,
+    vocab::{AllocPolicy, Caller, Tunables, PMD_ORDER},
 };
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
@@ -26,21 +26,43 @@ use kernel::{
     page::PAGE_SIZE,
 };
 
-// The Rust outcomes and callers mirror the C enums one to one.
+// The Rust outcomes and callers mirror the C enums one to one: every value, and the counts.
 const _: () = {
     assert!(Outcome::Fail as u32 == bindings::scan_result_SCAN_FAIL);
     assert!(Outcome::Succeed as u32 == bindings::scan_result_SCAN_SUCCEED);
+    assert!(Outcome::NoPteTable as u32 == bindings::scan_result_SCAN_NO_PTE_TABLE);
     assert!(Outcome::PmdMapped as u32 == bindings::scan_result_SCAN_PMD_MAPPED);
     assert!(Outcome::ExceedNonePte as u32 == bindings::scan_result_SCAN_EXCEED_NONE_PTE);
+    assert!(Outcome::ExceedSwapPte as u32 == bindings::scan_result_SCAN_EXCEED_SWAP_PTE);
+    assert!(Outcome::ExceedSharedPte as u32 == bindings::scan_result_SCAN_EXCEED_SHARED_PTE);
+    assert!(Outcome::PteNonPresent as u32 == bindings::scan_result_SCAN_PTE_NON_PRESENT);
+    assert!(Outcome::PteUffd as u32 == bindings::scan_result_SCAN_PTE_UFFD);
     assert!(Outcome::PteMappedHugepage as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
+    assert!(Outcome::LackReferencedPage as u32 == bindings::scan_result_SCAN_LACK_REFERENCED_PAGE);
+    assert!(Outcome::PageNull as u32 == bindings::scan_result_SCAN_PAGE_NULL);
+    assert!(Outcome::ScanAbort as u32 == bindings::scan_result_SCAN_SCAN_ABORT);
     assert!(Outcome::PageCount as u32 == bindings::scan_result_SCAN_PAGE_COUNT);
+    assert!(Outcome::PageLru as u32 == bindings::scan_result_SCAN_PAGE_LRU);
+    assert!(Outcome::PageLock as u32 == bindings::scan_result_SCAN_PAGE_LOCK);
+    assert!(Outcome::PageAnon as u32 == bindings::scan_result_SCAN_PAGE_ANON);
+    assert!(Outcome::PageLazyfree as u32 == bindings::scan_result_SCAN_PAGE_LAZYFREE);
+    assert!(Outcome::PageCompound as u32 == bindings::scan_result_SCAN_PAGE_COMPOUND);
     assert!(Outcome::AnyProcess as u32 == bindings::scan_result_SCAN_ANY_PROCESS);
+    assert!(Outcome::VmaNull as u32 == bindings::scan_result_SCAN_VMA_NULL);
+    assert!(Outcome::VmaCheck as u32 == bindings::scan_result_SCAN_VMA_CHECK);
+    assert!(Outcome::AddressRange as u32 == bindings::scan_result_SCAN_ADDRESS_RANGE);
+    assert!(Outcome::DelPageLru as u32 == bindings::scan_result_SCAN_DEL_PAGE_LRU);
     assert!(Outcome::AllocHugePageFail as u32 == bindings::scan_result_SCAN_ALLOC_HUGE_PAGE_FAIL);
+    assert!(Outcome::CgroupChargeFail as u32 == bindings::scan_result_SCAN_CGROUP_CHARGE_FAIL);
+    assert!(Outcome::Truncated as u32 == bindings::scan_result_SCAN_TRUNCATED);
+    assert!(Outcome::PageHasPrivate as u32 == bindings::scan_result_SCAN_PAGE_HAS_PRIVATE);
+    assert!(Outcome::StoreFailed as u32 == bindings::scan_result_SCAN_STORE_FAILED);
     assert!(Outcome::CopyMc as u32 == bindings::scan_result_SCAN_COPY_MC);
+    assert!(Outcome::PageFilled as u32 == bindings::scan_result_SCAN_PAGE_FILLED);
     assert!(
         Outcome::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
     );
-    assert!(Outcome::NR_SCAN_RESULTS == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
+    assert!(Outcome::COUNT as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
     assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
     assert!(
         Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
@@ -57,13 +79,8 @@ pub(crate) type PagePtr = NonNull<bindings::page>;
 pub(crate) type FolioPtr = NonNull<bindings::folio>;
 
 /// Converts an outcome to the C `enum scan_result`.
-///
-/// [`Outcome::NotImplemented`] has no C counterpart and becomes `SCAN_FAIL`.
 pub(crate) fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
-    match outcome {
-        Outcome::NotImplemented => bindings::scan_result_SCAN_FAIL,
-        o => o as bindings::scan_result,
-    }
+    outcome as bindings::scan_result
 }
 
 /// What one PTE of a collapse candidate maps, as [`for_each_pte`] reads it.
@@ -399,20 +416,43 @@ pub(crate) fn count_file_exceeded(outcome: Outcome) {
     unsafe { bindings::count_vm_event(vm_event) };
 }
 
+/// What the retraction of a file VMA's page table knows about the CoW copies a private
+/// mapping may hold in it (the VMA has an anon_vma once one was made).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CowCopies {
+    /// Nothing: a VMA with an anon_vma is not retractable.
+    Unknown,
+    /// The caller holds the mm's mmap lock and the anon_vma lock, and checks that the table is
+    /// empty: an anon_vma does not matter.
+    Excluded,
+}
+
 /// Whether the page tables of file VMA `vma` may be removed after a collapse: not with
-/// uffd-wp or guard regions, nor with an anon_vma (CoW copies) unless `anon_vma_ok`. Checked
-/// again under the PTE lock.
+/// uffd-wp or guard regions, nor with an anon_vma unless `cow` says copies are excluded.
+/// Checked again under the PTE lock.
 ///
 /// # Safety
 ///
-/// `vma` must be valid (the caller holds its file's i_mmap lock). With `anon_vma_ok`, the
-/// caller must hold its mm's mmap lock and anon_vma lock, and check the table is empty.
-pub(crate) unsafe fn vma_retractable(
-    vma: *mut bindings::vm_area_struct,
-    anon_vma_ok: bool,
-) -> bool {
-    // SAFETY: By the function's safety requirements.
-    unsafe { bindings::thp_collapse_vma_retractable(vma, anon_vma_ok) }
+/// `vma` must be valid (the caller holds its file's i_mmap lock). With
+/// [`CowCopies::Excluded`], the caller must hold its mm's mmap lock and anon_vma lock, and
+/// check the table is empty.
+pub(crate) unsafe fn vma_retractable(vma: *mut bindings::vm_area_struct, cow: CowCopies) -> bool {
+    // SAFETY: By the function's safety requirements `vma` is valid. Its anon_vma may be set
+    // concurrently (by a fault under the mmap read lock), hence the volatile read; the guard
+    // flag is set under the PTE lock, where the caller checks again.
+    let (anon_vma, uffd_wp, maybe_guard) = unsafe {
+        (
+            !core::ptr::read_volatile(&raw const (*vma).anon_vma).is_null(),
+            bindings::userfaultfd_protected(vma),
+            bindings::vma_test_atomic_flag(
+                vma,
+                bindings::VMA_MAYBE_GUARD_BIT as bindings::vma_flag_t,
+            ),
+        )
+    };
+    // Its page tables may hold CoW copies, uffd-wp markers, or guard markers.
+    let cow_copies = anon_vma && cow == CowCopies::Unknown;
+    !cow_copies && !uffd_wp && !maybe_guard
 }
 
 /// Whether the mm has no users left.
@@ -494,8 +534,8 @@ pub(crate) fn cond_resched() {
 /// `mm/khugepaged.c`); the forwarders are in `mm/thp_collapse_glue.c`. A disabled event costs
 /// one call and a static-key test.
 pub(crate) mod trace {
-    use super::super::outcome::Outcome;
-    use kernel::{bindings, mm::Mm};
+    use crate::outcome::Outcome;
+    use kernel::{bindings, mm::page_cache::Backing, mm::Mm};
 
     /// The pfn the events record when there is no folio.
     pub(crate) const NO_PFN: usize = usize::MAX;
@@ -597,7 +637,7 @@ pub(crate) mod trace {
         new_pfn: usize,
         index: usize,
         addr: usize,
-        shmem: bool,
+        backing: Backing,
         file: &kernel::fs::File,
         outcome: Outcome,
     ) {
@@ -608,7 +648,7 @@ pub(crate) mod trace {
                 new_pfn,
                 index,
                 addr,
-                shmem,
+                backing.is_shmem(),
                 file.as_ptr(),
                 status(outcome),
             )
@@ -638,12 +678,7 @@ mod tests {
     #[test]
     fn scan_results_round_trip() {
         for o in Outcome::ALL {
-            let raw = to_scan_result(o);
-            if o == Outcome::NotImplemented {
-                assert_eq!(raw, bindings::scan_result_SCAN_FAIL);
-            } else {
-                assert_eq!(Outcome::from_u32(raw), Some(o));
-            }
+            assert_eq!(Outcome::from_u32(to_scan_result(o)), Some(o));
         }
     }
 }

@@ -13,15 +13,18 @@
 //! `try_collapse_pte_mapped_thp()` and the file half of `collapse_single_pmd()` in
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
-use super::{
-    ffi::{self, trace},
-    mode::{CollapseMode, Tunables, PMD_ORDER, PTES_PER_PMD},
+use crate::{
+    ffi::{self, trace, CowCopies},
+    new_folio,
     outcome::Outcome,
-    pmd::{self, CollapseLocked, MmapRead},
-    request::{Locked, PMD_SIZE},
     scan::{FileEntry, FileTally},
-    spare::{self, Reset, Spare},
+    spare::{self, Spare},
+    vma::{self, CollapseLocked},
+    vocab::{
+        CollapseMode, Locked, MmapRead, Tunables, Userfault, PMD_ORDER, PMD_SIZE, PTES_PER_PMD,
+    },
 };
+use core::ops::Range;
 use kernel::{
     fs::File,
     mm::mmap_lock::MmapLocked,
@@ -29,8 +32,8 @@ use kernel::{
         anon_vma::AnonVmaWriteGuard,
         folio::Nodes,
         page_cache::{
-            self, flush_batched_unmaps, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
-            Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
+            self, flush_batched_unmaps, Backing, IMmapRead, IsolateError, IsolatedFolio,
+            LockedFolio, Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
             PageCacheState, ReadError, ReadWait, ShmemCharge, Slot,
         },
         pgtable::{self, PmdClearNotifier, PmdEntry, PmdState, PmdTableLocked, PTRS_PER_PTE},
@@ -91,7 +94,7 @@ pub(crate) fn collapse_pmd<'a>(
         outcome = if guard.exiting_or_thp_disabled() {
             Outcome::AnyProcess
         } else {
-            collapse_pte_mapped(&guard, addr, mode == CollapseMode::Madvise)
+            collapse_pte_mapped(&guard, addr, HugeMapping::for_mode(mode))
         };
         if outcome == Outcome::PmdMapped {
             outcome = Outcome::Succeed;
@@ -111,7 +114,7 @@ fn scan_file(
     mode: CollapseMode,
     tunables: &Tunables,
 ) -> (Outcome, u32) {
-    let limits = mode.limits(tunables, PMD_ORDER, false);
+    let limits = mode.limits(tunables, PMD_ORDER, Userfault::Unarmed);
     let Some(mapping) = Mapping::of(file) else {
         return (Outcome::Fail, PTES_PER_PMD);
     };
@@ -180,7 +183,7 @@ enum Got<'a> {
     Folio(LockedFolio, PageCacheCursor<'a>),
 }
 
-/// Gets the folio at `index` of the range `[start, end)` locked, swapping it in (shmem) or
+/// Gets the folio at `index` of the page cache range `range` locked, swapping it in (shmem) or
 /// reading it (other files) if need be: the xarray is locked on entry, and unlocked for
 /// anything that sleeps. `wait` says whether a read may wait for the invalidate lock, which it
 /// must not while the collapse holds locks of folios below `index`. Upstream: the first half
@@ -189,22 +192,23 @@ fn lock_old<'a>(
     mut xa: PageCacheLocked<'a>,
     file: &File,
     mapping: Mapping<'_>,
-    shmem: bool,
-    (start, index, end): (usize, usize, usize),
+    backing: Backing,
+    range: &Range<usize>,
+    index: usize,
     wait: ReadWait,
 ) -> Result<Got<'a>, Outcome> {
     let slot = xa.load(index);
     match slot {
         // Another collapse marks holes only within one hold of the xarray lock.
         Slot::Retry => Err(Outcome::Fail),
-        Slot::Empty if shmem => {
+        Slot::Empty if backing == Backing::Shmem => {
             // Truncated or hole-punched, and now completely empty: nothing to collapse.
-            if index == start && !xa.any_entry_until(end - 1) {
+            if index == range.start && !xa.any_entry_until(range.end - 1) {
                 return Err(Outcome::Truncated);
             }
             Ok(Got::Hole(xa))
         }
-        Slot::Value if shmem => {
+        Slot::Value if backing == Backing::Shmem => {
             let cursor = xa.unlock();
             let folio = LockedFolio::shmem_get(mapping, index).ok_or(Outcome::Fail)?;
             Ok(Got::Folio(folio, cursor))
@@ -213,7 +217,7 @@ fn lock_old<'a>(
             let cursor = xa.unlock();
             // A hole punch holds the invalidate lock while it waits for the folio locks the
             // collapse holds: a contended lock makes the collapse give up (EAGAIN).
-            let folio = LockedFolio::read(file, index, end, wait).map_err(|e| match e {
+            let folio = LockedFolio::read(file, index, range.end, wait).map_err(|e| match e {
                 ReadError::Contended => Outcome::PageLock,
                 ReadError::Failed => Outcome::Fail,
             })?;
@@ -221,13 +225,13 @@ fn lock_old<'a>(
         }
         // Read with the entry, under the xarray lock (interrupts off): the page flags only.
         Slot::Folio(folio, facts) => {
-            if shmem && !facts.uptodate() {
+            if backing == Backing::Shmem && !facts.uptodate() {
                 // Fallocated and never written: shmem instantiates it.
                 let cursor = xa.unlock();
                 let folio = LockedFolio::shmem_get(mapping, index).ok_or(Outcome::Fail)?;
                 return Ok(Got::Folio(folio, cursor));
             }
-            if !shmem && facts.dirty() {
+            if backing == Backing::File && facts.dirty() {
                 // Not written back since it was first written: start writeback of a file
                 // nobody writes, for the next try (a writable file could be dirtied at any
                 // time, and a flush would only cause writeback system-wide).
@@ -235,7 +239,7 @@ fn lock_old<'a>(
                 mapping.flush_unless_writers();
                 return Err(Outcome::PageDirtyOrWriteback);
             }
-            if !shmem && facts.writeback() {
+            if backing == Backing::File && facts.writeback() {
                 return Err(Outcome::PageDirtyOrWriteback);
             }
             let folio = LockedFolio::trylock(folio, &xa).ok_or(Outcome::PageLock)?;
@@ -251,7 +255,7 @@ fn isolate_old<'a>(
     folio: LockedFolio,
     cursor: PageCacheCursor<'a>,
     mapping: Mapping<'_>,
-    shmem: bool,
+    backing: Backing,
 ) -> Result<(IsolatedFolio, PageCacheLocked<'a>), Outcome> {
     let facts = folio.facts(
         mapping,
@@ -273,7 +277,7 @@ fn isolate_old<'a>(
         return Err(Outcome::Truncated);
     }
     // Only clean file folios are collapsed (shmem ones are always dirty).
-    if !shmem && facts.dirty_or_writeback() {
+    if backing == Backing::File && facts.dirty_or_writeback() {
         return Err(Outcome::PageDirtyOrWriteback);
     }
     let folio = folio.isolate().map_err(|(_, e)| match e {
@@ -298,7 +302,7 @@ fn isolate_old<'a>(
         return Err(Outcome::PageCount);
     }
     // Unmapping moved a dirty PTE's bit to the folio: it must not go into a clean folio.
-    if !shmem && facts.dirty() {
+    if backing == Backing::File && facts.dirty() {
         drop(xa);
         return Err(Outcome::PageDirtyOrWriteback);
     }
@@ -307,14 +311,6 @@ fn isolate_old<'a>(
 
 /// The list of old folios of a page cache collapse kept between collapses (see `spare.rs`).
 static SPARE_OLD: spare::Slot<KVec<IsolatedFolio>> = Atomic::new(core::ptr::null_mut());
-
-// SAFETY: Reset, the list is empty: every old folio was put back or freed.
-unsafe impl Reset for KVec<IsolatedFolio> {
-    fn reset(&mut self) {
-        // Puts back any old folio a failed collapse still holds.
-        self.clear();
-    }
-}
 
 /// Collapses the page cache range `[start, start + 512)` of `file` into one new folio, for the
 /// scan at `addr` of `mm`, and retracts the page tables that mapped the range. For MADV_COLLAPSE
@@ -334,16 +330,16 @@ fn collapse_file(
     tunables: &Tunables,
     nodes: &Nodes,
 ) -> Outcome {
-    let shmem = page_cache::is_shmem(file);
+    let backing = Backing::of(file);
     let end = start + NR;
     let mut new_pfn = trace::NO_PFN;
     let mut reached = start;
     let outcome = (|| -> Result<Outcome, Outcome> {
-        let folio = pmd::alloc_charge(mm, mode.alloc_policy(tunables), PMD_ORDER, nodes)?;
-        let mut new = PageCacheFolio::prepare(folio, mapping, start, shmem);
+        let folio = new_folio::alloc_charge(mm, mode.alloc_policy(tunables), PMD_ORDER, nodes)?;
+        let mut new = PageCacheFolio::prepare(folio, mapping, start, backing);
         new_pfn = new.pfn();
         // Dropped in reverse order on failure: the charge, the old folios, the new one.
-        let mut old_list = Spare::new(&SPARE_OLD);
+        let mut old_list = Spare::new(&SPARE_OLD, KVec::clear);
         let old =
             old_list.get(|| KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Outcome::Fail))?;
         let mut state = PageCacheState::new(mapping, start);
@@ -361,14 +357,14 @@ fn collapse_file(
             } else {
                 ReadWait::Try
             };
-            match lock_old(xa, file, mapping, shmem, (start, index, end), wait)? {
+            match lock_old(xa, file, mapping, backing, &(start..end), index, wait)? {
                 Got::Hole(locked) => {
                     xa = locked;
                     nr_none += 1;
                     index += 1;
                 }
                 Got::Folio(folio, cursor) => {
-                    let (folio, locked) = isolate_old(folio, cursor, mapping, shmem)?;
+                    let (folio, locked) = isolate_old(folio, cursor, mapping, backing)?;
                     xa = locked;
                     index = folio.index() + folio.nr_pages();
                     old.push(folio, GFP_NOWAIT).map_err(|_| Outcome::Fail)?;
@@ -421,7 +417,7 @@ fn collapse_file(
         drop(inserted);
         for folio in old.drain_all() {
             // SAFETY: The new folio replaced it in the page cache.
-            unsafe { folio.release_replaced(shmem) };
+            unsafe { folio.release_replaced(backing) };
         }
         Ok(match mode {
             CollapseMode::Madvise => Outcome::PteMappedHugepage,
@@ -429,7 +425,7 @@ fn collapse_file(
         })
     })()
     .unwrap_or_else(|outcome| outcome);
-    trace::collapse_file(mm, new_pfn, reached, addr, shmem, file, outcome);
+    trace::collapse_file(mm, new_pfn, reached, addr, backing, file, outcome);
     outcome
 }
 
@@ -492,16 +488,16 @@ fn retract_page_tables(mapping: Mapping<'_>, pgoff: usize) {
             return;
         }
         // SAFETY: The i_mmap lock keeps `vma` valid.
-        if !unsafe { ffi::vma_retractable(vma, false) } {
+        if !unsafe { ffi::vma_retractable(vma, CowCopies::Unknown) } {
             // SAFETY: As above.
-            if unsafe { ffi::vma_retractable(vma, true) } {
+            if unsafe { ffi::vma_retractable(vma, CowCopies::Excluded) } {
                 retract_private(v, addr);
             }
             return;
         }
         let retractable = || {
             // SAFETY: As above.
-            unsafe { ffi::vma_retractable(vma, false) }
+            unsafe { ffi::vma_retractable(vma, CowCopies::Unknown) }
         };
         // SAFETY: The i_mmap lock keeps the VMA and its page tables; `addr` is PMD-aligned and
         // the range inside the VMA (checked above); the caller holds the new folio's lock, and
@@ -543,18 +539,37 @@ fn retract_private(v: page_cache::FileVma, addr: usize) {
     }
     // SAFETY: The VMA is valid under the mmap lock; both locks the check asks for are held,
     // and the table was found empty above. Checked under the PTE lock (guard regions).
-    if !unsafe { ffi::vma_retractable(vma.as_ptr(), true) } {
+    if !unsafe { ffi::vma_retractable(vma.as_ptr(), CowCopies::Excluded) } {
         return;
     }
     // Empty (checked above), so it goes.
     table.remove(vma);
 }
 
-/// Maps the PMD-sized folio of the page cache at the PMD range at `addr` with the PMD, in
-/// place of the page table whose entries map its pages (or none); with `install` false, only
-/// removes the page table. Runs under the mmap lock (read). Upstream:
-/// `try_collapse_pte_mapped_thp()`.
-pub(crate) fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, install: bool) -> Outcome {
+/// When a PMD-sized folio of the page cache gets its PMD mapping, once the page table that
+/// maps its pages is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HugeMapping {
+    /// Now, by the collapse (MADV_COLLAPSE: the caller wants the range huge on return).
+    Now,
+    /// At the next fault (khugepaged only removes the table; upstream's `install_pmd` false).
+    OnFault,
+}
+
+impl HugeMapping {
+    /// What a collapse for `mode` does.
+    fn for_mode(mode: CollapseMode) -> Self {
+        match mode {
+            CollapseMode::Madvise => HugeMapping::Now,
+            CollapseMode::Khugepaged => HugeMapping::OnFault,
+        }
+    }
+}
+
+/// Removes the page table whose entries map the pages of the PMD-sized folio of the page cache
+/// at the PMD range at `addr` (if there is one), and maps the folio with the PMD as `when`
+/// says. Runs under the mmap lock (read). Upstream: `try_collapse_pte_mapped_thp()`.
+fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, when: HugeMapping) -> Outcome {
     let haddr = addr & !(PMD_SIZE - 1);
     let Some(vma) = guard.find_vma(haddr) else {
         return Outcome::VmaCheck;
@@ -570,7 +585,7 @@ pub(crate) fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, install: bo
     }
     // The page cache holds a huge folio: a fault would map it with the PMD whatever sysfs says,
     // so the settings are bypassed here too.
-    if !pmd::pmd_collapse_allowed(vma, CollapseMode::Madvise) {
+    if !vma::pmd_collapse_allowed(vma, CollapseMode::Madvise) {
         return Outcome::VmaCheck;
     }
     // uffd-wp keeps per-PTE state: the page table stays.
@@ -590,7 +605,7 @@ pub(crate) fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, install: bo
     match pmd.map_or(PmdState::None, |p| p.state()) {
         PmdState::Huge => return Outcome::PmdMapped,
         // All the entries were removed, and the table with them.
-        PmdState::None => return install_pmd(vma, haddr, pmd, &folio, install),
+        PmdState::None => return install_pmd(vma, haddr, pmd, &folio, when),
         PmdState::Table => {}
     }
     let Some(pmd) = pmd else {
@@ -604,18 +619,19 @@ pub(crate) fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, install: bo
     if outcome != Outcome::Succeed {
         return outcome;
     }
-    install_pmd(vma, haddr, PmdEntry::find(guard, haddr), &folio, install)
+    install_pmd(vma, haddr, PmdEntry::find(guard, haddr), &folio, when)
 }
 
-/// Maps `folio` at `haddr` of `vma` with the PMD if `install`. Upstream: `set_huge_pmd()`.
+/// Maps `folio` at `haddr` of `vma` with the PMD, if `when` says now. Upstream:
+/// `set_huge_pmd()`.
 fn install_pmd(
     vma: &VmaRef,
     haddr: usize,
     pmd: Option<PmdEntry<'_>>,
     folio: &LockedFolio,
-    install: bool,
+    when: HugeMapping,
 ) -> Outcome {
-    if !install {
+    if when == HugeMapping::OnFault {
         return Outcome::Succeed;
     }
     if ffi::set_huge_pmd(vma, haddr, pmd, folio) {

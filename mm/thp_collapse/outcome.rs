@@ -14,8 +14,8 @@ use kernel::{
 
 /// The outcome of one collapse attempt of one PMD-sized range.
 ///
-/// Every variant but [`Outcome::NotImplemented`] mirrors the C `enum scan_result` value of the
-/// same name and number, so outcomes cross the C boundary and reach the `huge_memory`
+/// Every variant mirrors the C `enum scan_result` value of the same name and number (`ffi.rs`
+/// asserts each), so outcomes cross the C boundary and reach the `huge_memory`
 /// tracepoints unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -84,16 +84,11 @@ pub(crate) enum Outcome {
     PageFilled = 30,
     /// A page is dirty or under writeback.
     PageDirtyOrWriteback = 31,
-    /// This kind of collapse is not implemented by the Rust core yet.
-    NotImplemented = 32,
 }
 
 impl Outcome {
     /// Number of outcomes, and of counters per caller.
-    pub(crate) const COUNT: usize = Outcome::NotImplemented as usize + 1;
-
-    /// Number of outcomes shared with the C `enum scan_result`.
-    pub(crate) const NR_SCAN_RESULTS: u32 = Outcome::NotImplemented as u32;
+    pub(crate) const COUNT: usize = Outcome::PageDirtyOrWriteback as usize + 1;
 
     /// All outcomes, in numeric order.
     pub(crate) const ALL: [Outcome; Self::COUNT] = [
@@ -129,7 +124,6 @@ impl Outcome {
         Outcome::CopyMc,
         Outcome::PageFilled,
         Outcome::PageDirtyOrWriteback,
-        Outcome::NotImplemented,
     ];
 
     /// Returns the outcome with number `raw`, if there is one.
@@ -138,41 +132,40 @@ impl Outcome {
     }
 
     /// The name under which the outcome is counted in sysfs.
-    pub(crate) const fn name(self) -> &'static kernel::str::CStr {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
-            Outcome::Fail => c"fail",
-            Outcome::Succeed => c"succeed",
-            Outcome::NoPteTable => c"no_pte_table",
-            Outcome::PmdMapped => c"pmd_mapped",
-            Outcome::ExceedNonePte => c"exceed_none_pte",
-            Outcome::ExceedSwapPte => c"exceed_swap_pte",
-            Outcome::ExceedSharedPte => c"exceed_shared_pte",
-            Outcome::PteNonPresent => c"pte_non_present",
-            Outcome::PteUffd => c"pte_uffd",
-            Outcome::PteMappedHugepage => c"pte_mapped_hugepage",
-            Outcome::LackReferencedPage => c"lack_referenced_page",
-            Outcome::PageNull => c"page_null",
-            Outcome::ScanAbort => c"scan_abort",
-            Outcome::PageCount => c"page_count",
-            Outcome::PageLru => c"page_lru",
-            Outcome::PageLock => c"page_lock",
-            Outcome::PageAnon => c"page_anon",
-            Outcome::PageLazyfree => c"page_lazyfree",
-            Outcome::PageCompound => c"page_compound",
-            Outcome::AnyProcess => c"any_process",
-            Outcome::VmaNull => c"vma_null",
-            Outcome::VmaCheck => c"vma_check",
-            Outcome::AddressRange => c"address_range",
-            Outcome::DelPageLru => c"del_page_lru",
-            Outcome::AllocHugePageFail => c"alloc_huge_page_fail",
-            Outcome::CgroupChargeFail => c"cgroup_charge_fail",
-            Outcome::Truncated => c"truncated",
-            Outcome::PageHasPrivate => c"page_has_private",
-            Outcome::StoreFailed => c"store_failed",
-            Outcome::CopyMc => c"copy_mc",
-            Outcome::PageFilled => c"page_filled",
-            Outcome::PageDirtyOrWriteback => c"page_dirty_or_writeback",
-            Outcome::NotImplemented => c"not_implemented",
+            Outcome::Fail => "fail",
+            Outcome::Succeed => "succeed",
+            Outcome::NoPteTable => "no_pte_table",
+            Outcome::PmdMapped => "pmd_mapped",
+            Outcome::ExceedNonePte => "exceed_none_pte",
+            Outcome::ExceedSwapPte => "exceed_swap_pte",
+            Outcome::ExceedSharedPte => "exceed_shared_pte",
+            Outcome::PteNonPresent => "pte_non_present",
+            Outcome::PteUffd => "pte_uffd",
+            Outcome::PteMappedHugepage => "pte_mapped_hugepage",
+            Outcome::LackReferencedPage => "lack_referenced_page",
+            Outcome::PageNull => "page_null",
+            Outcome::ScanAbort => "scan_abort",
+            Outcome::PageCount => "page_count",
+            Outcome::PageLru => "page_lru",
+            Outcome::PageLock => "page_lock",
+            Outcome::PageAnon => "page_anon",
+            Outcome::PageLazyfree => "page_lazyfree",
+            Outcome::PageCompound => "page_compound",
+            Outcome::AnyProcess => "any_process",
+            Outcome::VmaNull => "vma_null",
+            Outcome::VmaCheck => "vma_check",
+            Outcome::AddressRange => "address_range",
+            Outcome::DelPageLru => "del_page_lru",
+            Outcome::AllocHugePageFail => "alloc_huge_page_fail",
+            Outcome::CgroupChargeFail => "cgroup_charge_fail",
+            Outcome::Truncated => "truncated",
+            Outcome::PageHasPrivate => "page_has_private",
+            Outcome::StoreFailed => "store_failed",
+            Outcome::CopyMc => "copy_mc",
+            Outcome::PageFilled => "page_filled",
+            Outcome::PageDirtyOrWriteback => "page_dirty_or_writeback",
         }
     }
 
@@ -181,8 +174,7 @@ impl Outcome {
     /// MADV_COLLAPSE departs from madvise(2) conventions to tell the caller what kind of fallback
     /// makes sense: `ENOMEM` (no memory), `EBUSY` (memcg limit, or userfaultfd holes), `EAGAIN`
     /// (transient page state, worth retrying) and `EINVAL` for everything intrinsic to the range.
-    /// The mapping is upstream's `madvise_collapse_errno()`; the one addition is
-    /// `EOPNOTSUPP` for work the Rust core does not implement yet.
+    /// The mapping is upstream's `madvise_collapse_errno()`.
     pub(crate) fn errno(self) -> Error {
         match self {
             Outcome::AllocHugePageFail => code::ENOMEM,
@@ -194,7 +186,6 @@ impl Outcome {
             | Outcome::PageFilled
             | Outcome::PageHasPrivate
             | Outcome::PageDirtyOrWriteback => code::EAGAIN,
-            Outcome::NotImplemented => code::EOPNOTSUPP,
             _ => code::EINVAL,
         }
     }
@@ -314,7 +305,7 @@ mod tests {
     fn names_are_unique() {
         for (i, a) in Outcome::ALL.iter().enumerate() {
             for b in &Outcome::ALL[i + 1..] {
-                assert_ne!(a.name().to_bytes(), b.name().to_bytes());
+                assert_ne!(a.name(), b.name());
             }
         }
     }
@@ -331,7 +322,6 @@ mod tests {
             | Outcome::PageFilled
             | Outcome::PageHasPrivate
             | Outcome::PageDirtyOrWriteback => code::EAGAIN,
-            Outcome::NotImplemented => code::EOPNOTSUPP,
             _ => code::EINVAL,
         };
         let mut eagain = 0;
@@ -426,12 +416,5 @@ mod tests {
         assert!(t.record(Outcome::Succeed));
         t.abort(Outcome::VmaNull);
         assert_eq!(t.finish(), Err(code::EINVAL));
-    }
-
-    #[test]
-    fn not_implemented_aborts_with_eopnotsupp() {
-        let mut t = RangeTally::new(2);
-        assert!(!t.record(Outcome::NotImplemented));
-        assert_eq!(t.finish(), Err(code::EOPNOTSUPP));
     }
 }

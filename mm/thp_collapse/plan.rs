@@ -12,9 +12,9 @@
 //!
 //! Upstream reference: `mthp_collapse()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
-use super::{
-    mode::{PMD_ORDER, PTES_PER_PMD},
+use crate::{
     outcome::Outcome,
+    vocab::{PMD_ORDER, PTES_PER_PMD},
 };
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;

@@ -4,14 +4,14 @@
 //! how many were recently referenced, and whether the range is worth collapsing.
 //!
 //! This file is pure logic: no `unsafe`, no `bindings`. The page-table walk that feeds it, and
-//! the per-page checks that need the folio, are in `pmd.rs`.
+//! the per-page checks that need the folio, are in `anon/read.rs`.
 //!
 //! Upstream reference: `collapse_scan_pmd()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
-use super::{
-    mode::{CollapseMode, Limits, PTES_PER_PMD},
+use crate::{
     outcome::Outcome,
     plan::Occupied,
+    vocab::{CollapseMode, Limits, PTES_PER_PMD},
 };
 use kernel::mm::folio::{NodeLoad, Nodes};
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
@@ -290,10 +290,10 @@ impl FileTally {
 #[kunit_tests(thp_collapse_scan)]
 mod tests {
     use super::*;
-    use crate::mode::{Tunables, PMD_ORDER, PTES_PER_PMD};
+    use crate::vocab::{Tunables, Userfault, PMD_ORDER, PTES_PER_PMD};
 
     fn tally(mode: CollapseMode, t: &Tunables) -> ScanTally {
-        ScanTally::new(mode, mode.limits(t, PMD_ORDER, false))
+        ScanTally::new(mode, mode.limits(t, PMD_ORDER, Userfault::Unarmed))
     }
 
     #[test]
@@ -347,7 +347,10 @@ mod tests {
     #[test]
     fn uffd_armed_allows_no_holes() {
         let mode = CollapseMode::Madvise;
-        let mut s = ScanTally::new(mode, mode.limits(&Tunables::DEFAULTS, PMD_ORDER, true));
+        let mut s = ScanTally::new(
+            mode,
+            mode.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Armed),
+        );
         assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
     }
 
@@ -449,7 +452,7 @@ mod tests {
 
     #[test]
     fn file_madvise_collapses_one_page_and_any_swap() {
-        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, false);
+        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
         let mut t = FileTally::new(l);
         assert_eq!(t.add(folio(1)), Ok(()));
         for _ in 0..511 {
@@ -466,7 +469,7 @@ mod tests {
             max_ptes_swap: 4,
             ..Tunables::DEFAULTS
         };
-        let l = CollapseMode::Khugepaged.limits(&tun, PMD_ORDER, false);
+        let l = CollapseMode::Khugepaged.limits(&tun, PMD_ORDER, Userfault::Unarmed);
         let mut t = FileTally::new(l);
         // Large folios count all their pages; swap entries all the pages they cover.
         assert_eq!(t.add(folio(4)), Ok(()));
@@ -485,7 +488,7 @@ mod tests {
 
     #[test]
     fn file_folio_state_stops_the_scan() {
-        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, false);
+        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
         let stop = |pmd_order, lru, refs_beyond_expected| {
             FileTally::new(l).add(FileEntry::Folio {
                 nr: 512,

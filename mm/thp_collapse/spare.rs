@@ -6,43 +6,38 @@
 //! every MADV_COLLAPSE call (or khugepaged step) churns the slab and the page allocator, whose
 //! per-CPU lists then flush to the zone more often, with interrupts off: measurably slower, for
 //! this core and for the C one in the same boot. So one of each kind is kept between requests:
-//! a request takes it if nobody else holds it (or allocates its own), and gives it back, reset,
-//! when it ends (or frees it, if another request gave one back first).
+//! a request takes it if nobody else holds it (or allocates its own), and gives it back, cleared,
+//! when it ends (or frees it, if another request gave one back first). The next request may run
+//! on another thread: what is kept must be [`Send`].
 
-use super::outcome::Outcome;
+use crate::outcome::Outcome;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     sync::atomic::{Acquire, Atomic, Release},
 };
 
-/// Working memory that can be handed from one request to the next, on any thread.
-///
-/// # Safety
-///
-/// Once [`Reset::reset`] returned, the value must own nothing tied to the thread that used it
-/// (no lock held, no folio), so that another thread may take it over: the slot of a [`Spare`]
-/// hands it to whichever request takes it next.
-pub(crate) unsafe trait Reset {
-    /// Puts the value back in its initial state (an empty list, say), releasing whatever it
-    /// holds, so that the next request finds nothing of this one.
-    fn reset(&mut self);
-}
-
 /// The slot where a [`Spare`] of `T` is kept: null, or a value that a [`Spare`] leaked from a
-/// `KBox` after resetting it, owned by whoever takes it out.
+/// `KBox` after clearing it, owned by whoever takes it out.
 pub(crate) type Slot<T> = Atomic<*mut T>;
 
 /// A request's `T`: the one kept in `slot` if it was free, or a new one; given back to `slot`,
-/// reset, when the value is dropped.
-pub(crate) struct Spare<T: Reset + 'static> {
+/// emptied by `clear`, when the value is dropped.
+pub(crate) struct Spare<T: Send + 'static> {
     slot: &'static Slot<T>,
     value: Option<KBox<T>>,
+    clear: fn(&mut T),
 }
 
-impl<T: Reset + 'static> Spare<T> {
-    /// Nothing taken yet; [`Spare::get`] takes it.
-    pub(crate) const fn new(slot: &'static Slot<T>) -> Self {
-        Self { slot, value: None }
+impl<T: Send + 'static> Spare<T> {
+    /// Nothing taken yet; [`Spare::get`] takes it. `clear` releases whatever a value still
+    /// holds before it is kept (puts back the folios of a list, say), so that the next request
+    /// finds nothing of this one.
+    pub(crate) const fn new(slot: &'static Slot<T>, clear: fn(&mut T)) -> Self {
+        Self {
+            slot,
+            value: None,
+            clear,
+        }
     }
 
     /// The request's value: the kept one if it is free, else one `make` creates. May sleep.
@@ -64,12 +59,12 @@ impl<T: Reset + 'static> Spare<T> {
     }
 }
 
-impl<T: Reset + 'static> Drop for Spare<T> {
+impl<T: Send + 'static> Drop for Spare<T> {
     fn drop(&mut self) {
         let Some(mut value) = self.value.take() else {
             return;
         };
-        value.reset();
+        (self.clear)(&mut value);
         let raw = KBox::into_raw(value);
         if self
             .slot

@@ -1,66 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The read side of a collapse: what the collapse asks of a held mmap lock, the scan of a
-//! PMD range, swap-in, and the allocation and charge of the new folio. The locks, page tables
-//! and folios are guards of `kernel::mm`; what C is asked directly is in `ffi.rs`.
+//! The read side of a collapse of anonymous memory: the scan of a PMD range and the swap-in of
+//! its pages, under the mmap lock for read.
 //!
-//! C headers: [`include/linux/huge_mm.h`](srctree/include/linux/huge_mm.h),
-//! [`include/linux/mm.h`](srctree/include/linux/mm.h),
+//! C headers: [`include/linux/mm.h`](srctree/include/linux/mm.h),
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c)
 
-use super::{
-    ffi::{self, trace, CollapseEvent, PteFacts, PteRead},
-    mode::{AllocPolicy, CollapseMode, PMD_ORDER, PTES_PER_PMD},
+use crate::{
+    ffi::{self, trace, PteFacts, PteRead},
     outcome::Outcome,
-    request::Candidate,
     scan::ScanTally,
+    vma::CollapseLocked,
+    vocab::{Candidate, MmapRead, PMD_ORDER, PTES_PER_PMD},
 };
 use kernel::{
     mm::{
-        folio::{NewFolio, Nodes},
-        mmap_lock::{MmapLocked, MmapReadLock},
         pgtable::{PmdEntry, PteTableLocked, PteTableMapped, SwapInFault},
-        thp::TvaType,
         virt::VmaRef,
         Mm,
     },
     page::PAGE_SIZE,
 };
-
-pub(crate) use kernel::mm::pgtable::PmdState;
-
-/// The mmap lock held for read (`kernel::mm::mmap_lock`).
-pub(crate) type MmapRead<'a> = MmapReadLock<'a>;
-
-/// What the collapse core asks of a held mmap lock, for read or for write, on top of
-/// [`MmapLocked`].
-pub(crate) trait CollapseLocked: MmapLocked {
-    /// Whether the mm's last user is gone, or THP was disabled for the whole process
-    /// (`prctl(PR_SET_THP_DISABLE)`). Upstream: `collapse_test_exit_or_disable()`.
-    fn exiting_or_thp_disabled(&self) -> bool {
-        self.mm_exiting() || self.locked_mm().thp_disabled_completely()
-    }
-
-    /// What the PMD covering `addr` holds, read without the page-table lock.
-    ///
-    /// Upstream: `find_pmd_or_thp_or_none()`.
-    fn pmd_state(&self, addr: usize) -> PmdState {
-        PmdEntry::find(self, addr).map_or(PmdState::None, PmdEntry::state)
-    }
-
-    /// The PMD entry covering `addr`, if it points to a page table; otherwise the outcome that
-    /// says why not. Upstream: `find_pmd_or_thp_or_none()`.
-    fn pmd_table(&self, addr: usize) -> Result<PmdEntry<'_>, Outcome> {
-        let pmd = PmdEntry::find(self, addr).ok_or(Outcome::NoPteTable)?;
-        match pmd.state() {
-            PmdState::Table => Ok(pmd),
-            PmdState::Huge => Err(Outcome::PmdMapped),
-            PmdState::None => Err(Outcome::NoPteTable),
-        }
-    }
-}
-
-impl<L: MmapLocked> CollapseLocked for L {}
 
 /// Maps and locks the page table of PTEs under the PMD covering `addr`, if there is one.
 ///
@@ -171,8 +131,11 @@ pub(crate) fn scan_anon_pmd(
     let Some(table) = pte_table_locked(guard, addr) else {
         return (Outcome::NoPteTable, 1, trace::NO_PFN);
     };
-    let mm = guard.mm();
-    let droppable = vma.is_droppable();
+    let site = Site {
+        mm: guard.mm(),
+        vma,
+        haddr: addr,
+    };
     let mut scanned = 0;
     let mut failed_pfn = trace::NO_PFN;
     // SAFETY: The `PTES_PER_PMD` entries of `table` are mapped and locked, so they and what
@@ -189,7 +152,7 @@ pub(crate) fn scan_anon_pmd(
             },
             |i, facts| {
                 scanned += 1;
-                scan_one(mm, facts, (addr, i), droppable, tally).inspect_err(|_| {
+                scan_one(&site, i, facts, tally).inspect_err(|_| {
                     failed_pfn = facts.folio_pfn();
                 })
             },
@@ -205,16 +168,23 @@ pub(crate) fn scan_anon_pmd(
     }
 }
 
-/// Accounts entry `i` of the page table at `haddr`, whose facts are `facts`; `Err` stops the
+/// The page table a scan walks: the PMD range at `haddr` of `vma`, a VMA of `mm`.
+struct Site<'a> {
+    mm: &'a Mm,
+    vma: &'a VmaRef,
+    haddr: usize,
+}
+
+/// Accounts entry `i` of the page table of `site`, whose facts are `facts`; `Err` stops the
 /// scan with that outcome.
 fn scan_one(
-    mm: &Mm,
+    site: &Site<'_>,
+    i: usize,
     facts: &PteFacts,
-    (haddr, i): (usize, usize),
-    droppable: bool,
     tally: &mut ScanTally,
 ) -> Result<(), Outcome> {
-    let addr = haddr + i * PAGE_SIZE;
+    let mm = site.mm;
+    let addr = site.haddr + i * PAGE_SIZE;
     if facts.plain_for_scan() {
         // Every check below would pass.
         let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
@@ -237,7 +207,7 @@ fn scan_one(
     if facts.page().is_none() {
         return Err(Outcome::PageNull);
     }
-    if tally.skips_lazyfree() && !droppable && facts.clean_lazyfree() {
+    if tally.skips_lazyfree() && facts.clean_lazyfree() && !site.vma.is_droppable() {
         return Err(Outcome::PageLazyfree);
     }
     if !facts.anon() {
@@ -262,49 +232,4 @@ fn scan_one(
     tally.present(referenced);
     tally.on_node(facts.nid());
     Ok(())
-}
-
-/// Allocates a folio of `order` (2 to the PMD order) for a collapse with `policy`, and
-/// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it. It comes from
-/// `nodes` (where the scan found most of the range's pages).
-///
-/// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
-/// sleep. Upstream: `alloc_charge_folio()`.
-pub(crate) fn alloc_charge(
-    mm: &Mm,
-    policy: AllocPolicy,
-    order: u32,
-    nodes: &Nodes,
-) -> Result<NewFolio, Outcome> {
-    let order = order.min(PMD_ORDER);
-    let gfp = ffi::collapse_gfp(policy);
-    let Ok(folio) = NewFolio::alloc_on(gfp, order, nodes) else {
-        ffi::count_collapse_event(order, CollapseEvent::AllocFailed);
-        return Err(Outcome::AllocHugePageFail);
-    };
-    ffi::count_collapse_event(order, CollapseEvent::Alloc);
-    if folio.charge(mm, gfp).is_err() {
-        return Err(Outcome::CgroupChargeFail);
-    }
-    if !ffi::memcg_account_collapse_alloc(&folio) {
-        return Err(Outcome::AllocHugePageFail);
-    }
-    Ok(folio)
-}
-
-/// Whether a PMD-sized collapse is allowed in `vma` for `mode`, by flags, prctl and sysfs.
-///
-/// Upstream: `collapse_possible()` / `thp_vma_allowable_order()`.
-pub(crate) fn pmd_collapse_allowed(vma: &VmaRef, mode: CollapseMode) -> bool {
-    allowed_orders(vma, mode, 1 << PMD_ORDER) != 0
-}
-
-/// Which of `orders` (bit `n` for order `n`) a collapse in `vma` for `mode` may produce, by
-/// flags, prctl and sysfs. Upstream: `thp_vma_allowable_orders()`.
-pub(crate) fn allowed_orders(vma: &VmaRef, mode: CollapseMode, orders: u64) -> u64 {
-    let who = match mode {
-        CollapseMode::Khugepaged => TvaType::Khugepaged,
-        CollapseMode::Madvise => TvaType::ForcedCollapse,
-    };
-    vma.thp_allowable_orders(who, orders)
 }

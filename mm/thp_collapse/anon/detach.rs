@@ -15,13 +15,12 @@
 //! `__collapse_huge_page_copy()`, `__collapse_huge_page_copy_succeeded()` and
 //! `__collapse_huge_page_copy_failed()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
-use super::{
+use crate::{
     ffi::{self, trace, FolioPtr, PagePtr, PteFacts, PteRead},
-    mode::{CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
     outcome::Outcome,
-    request::Candidate,
     scan::{Checkpoint, ScanTally},
-    spare::{self, Reset, Spare},
+    spare::{self, Spare},
+    vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
 };
 use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
@@ -49,8 +48,8 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 /// No page fault or GUP-fast walk can reach the pages while the table is detached, and no
 /// rmap walk can reach the isolated ones. [`DetachedTable::install`] maps the new folio (with
 /// the PMD for the PMD order, else with PTEs in the table, which goes back in place); dropping
-/// the table puts it back and releases the isolated folios, in that order (the order of the
-/// fields).
+/// the table puts it back, releases the isolated folios and then the anon_vma lock, in that
+/// order (the order of the fields).
 ///
 /// # Invariants
 ///
@@ -64,6 +63,10 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 pub(crate) struct DetachedTable<'g, 'l> {
     table: DetachedPteTable<'g>,
     iso: Isolation<'l>,
+    /// The anon_vma lock taken before the detach: held until the pages are out of the reach of
+    /// rmap walkers, and released only after the table and the folios (see
+    /// [`DetachedTable::isolate`]).
+    anon: Option<AnonVmaWrite<'g>>,
     mm: &'g Mm,
     vma: &'g VmaRef,
     haddr: usize,
@@ -118,21 +121,53 @@ impl IsolationList {
     }
 }
 
-/// A run of PTEs mapping consecutive pages of one folio: `(first PTE, page, folio, count)`.
-type Run = (usize, PagePtr, FolioPtr, usize);
+/// A run of PTEs mapping consecutive pages of one folio.
+#[derive(Clone, Copy)]
+struct Run {
+    /// The first PTE of the run.
+    first: usize,
+    /// The page it maps.
+    page: PagePtr,
+    /// The folio of the pages.
+    folio: FolioPtr,
+    /// The number of PTEs (and pages).
+    n: usize,
+}
+
+/// One PTE of a candidate, as the isolation sees it: entry `i` of the detached table, which
+/// maps `addr` of `vma` (a VMA of `mm`), in a candidate of `order`.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    mm: &'a Mm,
+    vma: &'a VmaRef,
+    addr: usize,
+    i: usize,
+    order: u32,
+}
 
 /// The isolation list of one request (an MADV_COLLAPSE call, or one khugepaged step): taken
 /// at its first collapse, and given back when it ends (see `spare.rs`).
 pub(crate) type RequestList = Spare<IsolationList>;
 
 /// The isolation list kept between requests.
-pub(crate) static SPARE_LIST: spare::Slot<IsolationList> = Atomic::new(core::ptr::null_mut());
+static SPARE_LIST: spare::Slot<IsolationList> = Atomic::new(core::ptr::null_mut());
 
-// SAFETY: Reset, the list holds no folio (the isolated ones are put back), and its slots are
-// plain addresses that the next isolation writes before anything reads them.
-unsafe impl Reset for IsolationList {
-    fn reset(&mut self) {
-        // Puts back any folio still isolated; the slots are written by each isolation.
+impl RequestList {
+    /// The isolation list of a new request, allocated (or taken from the one kept) at its first
+    /// collapse.
+    pub(crate) const fn for_request() -> Self {
+        Spare::new(&SPARE_LIST, IsolationList::clear)
+    }
+}
+
+// SAFETY: The folios are `Send`; the slots are addresses in the memory map, valid on any CPU,
+// which only the collapse that wrote them reads, under its locks.
+unsafe impl Send for IsolationList {}
+
+impl IsolationList {
+    /// Puts back any folio still isolated; the slots are written by each isolation before
+    /// anything reads them.
+    fn clear(&mut self) {
         self.folios.clear();
     }
 }
@@ -162,7 +197,12 @@ impl Isolation<'_> {
                 {
                     i += 1;
                 }
-                return Some((start, page, folio, i - start));
+                return Some(Run {
+                    first: start,
+                    page,
+                    folio,
+                    n: i - start,
+                });
             }
             None
         })
@@ -195,13 +235,14 @@ impl Isolation<'_> {
 
 impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
-    /// the TLB, waits for lockless page-table walkers, and maps the detached table.
+    /// the TLB, waits for lockless page-table walkers, and maps the detached table. The table
+    /// keeps `anon`, the lock of the VMA's anon_vma.
     ///
     /// The mmu notifier range brackets the clear; it covers the candidate only, as only its
     /// PTEs change. Upstream: the middle of `collapse_huge_page()`.
     pub(crate) fn detach(
         guard: &'g MmapWrite<'_>,
-        anon: &AnonVmaWrite<'_>,
+        anon: AnonVmaWrite<'g>,
         vma: &'g VmaRef,
         pmd: PmdEntry<'g>,
         c: Candidate,
@@ -211,7 +252,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let nr = c.nr().min(PTES_PER_PMD as usize);
         let first = c.first.min(PTES_PER_PMD as usize - nr);
         let start = haddr + first * PAGE_SIZE;
-        let table = DetachedPteTable::detach(guard, anon, vma, pmd, start, start + nr * PAGE_SIZE)
+        let table = DetachedPteTable::detach(guard, &anon, vma, pmd, start, start + nr * PAGE_SIZE)
             .ok_or(Outcome::NoPteTable)?;
         // Left over from a collapse that went through. The slots of the candidate are all
         // written by the isolation.
@@ -226,6 +267,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 last_folio: None,
                 filled: 0,
             },
+            anon: Some(anon),
             mm: guard.mm(),
             vma,
             haddr,
@@ -238,7 +280,10 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// reference to it, and isolates it from the LRU, within `limits` for `mode`.
     ///
     /// Returns [`Outcome::Succeed`], or why the range cannot be collapsed; in that case the
-    /// table is to be dropped, which releases what was isolated.
+    /// table is to be dropped, which releases what was isolated. When the whole table was
+    /// isolated, the anon_vma lock goes at once: rmap walkers cannot get at the pages any more.
+    /// For a smaller order the other PTEs of the table still map pages that rmap walkers may
+    /// look for while the table is detached, so the lock stays until the end.
     /// Upstream: `__collapse_huge_page_isolate()`.
     pub(crate) fn isolate(&mut self, mode: CollapseMode, limits: Limits) -> Outcome {
         let mut tally = ScanTally::new(mode, limits);
@@ -262,14 +307,14 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                     heuristics: tally.uses_heuristics(),
                 },
                 |k, facts| {
-                    let (i, addr) = (first + k, start + k * PAGE_SIZE);
-                    match iso.isolate_one(
-                        facts,
-                        (mm, vma, addr),
-                        (i, order),
-                        &mut tally,
-                        &mut queued,
-                    ) {
+                    let at = Entry {
+                        mm,
+                        vma,
+                        addr: start + k * PAGE_SIZE,
+                        i: first + k,
+                        order,
+                    };
+                    match iso.isolate_one(facts, at, &mut tally, &mut queued) {
                         Ok(()) => Ok(()),
                         // The folios queued before this entry come first, and so would their
                         // failures.
@@ -292,6 +337,9 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             outcome,
             order,
         );
+        if outcome == Outcome::Succeed && nr == PTES_PER_PMD as usize {
+            self.anon = None;
+        }
         outcome
     }
 
@@ -334,6 +382,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let Self {
             mut table,
             iso,
+            anon,
             mm,
             vma,
             first,
@@ -354,7 +403,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             }
             locked.clear(first, nr);
             if iso.any_large() {
-                for (_, page, folio, n) in iso.runs(first, end) {
+                for Run { page, folio, n, .. } in iso.runs(first, end) {
                     // SAFETY: The `n` PTEs were cleared above, under their lock, and mapped `n`
                     // consecutive pages of `folio` from `page` on in `vma`; the folio is
                     // isolated and locked.
@@ -371,7 +420,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         ffi::add_anon_rss(mm, filled);
         // Most candidates map small folios only: then there is no run to walk again.
         if iso.any_large() {
-            for (_, _, folio, n) in iso.runs(first, end).filter(|run| iso.is_large(run.0)) {
+            for Run { folio, n, .. } in iso.runs(first, end).filter(|run| iso.is_large(run.first)) {
                 // SAFETY: The `n` mappings removed above each held a reference, now ours; the
                 // isolation holds another one until the folio is put back below.
                 unsafe { folio::put_refs(folio, n) };
@@ -398,6 +447,8 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         // The sizes match (checked above) and the candidate's entries were cleared, so the
         // install cannot refuse the folio; if it did, the table went back as it is, without
         // the pages, and the folio is freed.
+        // Last, after the table is back or deposited and the old folios are gone.
+        drop(anon);
         match installed {
             Ok(()) => Outcome::Succeed,
             Err(_) => Outcome::Fail,
@@ -457,14 +508,14 @@ impl Isolation<'_> {
     fn isolate_one(
         &mut self,
         facts: &PteFacts,
-        (mm, vma, addr): (&Mm, &VmaRef, usize),
-        (i, order): (usize, u32),
+        at: Entry<'_>,
         tally: &mut ScanTally,
         queued: &mut Queued,
     ) -> Result<(), Outcome> {
         let Some((page, folio)) = facts.page().filter(|_| facts.plain_small_for_isolation()) else {
-            return self.isolate_one_slow(facts, (mm, vma, addr), (i, order), tally, queued);
+            return self.isolate_one_slow(facts, at, tally, queued);
         };
+        let Entry { mm, addr, i, .. } = at;
         // Every check of the slow path would pass.
         self.last_folio = Some(folio);
         self.queue_small(folio, page, i, tally, queued)?;
@@ -506,11 +557,17 @@ impl Isolation<'_> {
     fn isolate_one_slow(
         &mut self,
         facts: &PteFacts,
-        (mm, vma, addr): (&Mm, &VmaRef, usize),
-        (i, order): (usize, u32),
+        at: Entry<'_>,
         tally: &mut ScanTally,
         queued: &mut Queued,
     ) -> Result<(), Outcome> {
+        let Entry {
+            mm,
+            vma,
+            addr,
+            i,
+            order,
+        } = at;
         if facts.none_or_zero() {
             if facts.zero() {
                 self.zero[i / 64] |= 1 << (i % 64);

@@ -1,20 +1,75 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Who asks for a collapse, and the rules each kind of request follows.
+//! The collapse core's shared vocabulary: the PMD geometry, who asks for a collapse and the
+//! rules each kind of request follows, what one candidate is, and where the mmap lock stands.
 //!
-//! This file is pure logic: no `unsafe`, no `bindings`.
+//! Every other module of the crate may use this one; it uses none of them (it is the leaf of
+//! the crate's module graph). Pure logic: no `unsafe`, no `bindings`.
 
+use kernel::mm::{mmap_lock::MmapReadLock, virt::VmaRef};
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
 
-/// The PMD order on x86-64 with 4 KiB pages: a PMD maps 2^9 base pages.
-pub(crate) const PMD_ORDER: u32 = 9;
+/// The PMD order: a PMD maps `2^PMD_ORDER` base pages. The kernel's own value, the one source
+/// of the PMD geometry in this crate.
+pub(crate) const PMD_ORDER: u32 = kernel::mm::thp::PMD_ORDER;
 
 /// Number of PTEs under one PMD.
 pub(crate) const PTES_PER_PMD: u32 = 1 << PMD_ORDER;
 
+/// Size of the range one PMD maps.
+pub(crate) const PMD_SIZE: usize = kernel::mm::pgtable::PMD_SIZE;
+
+// The occupancy bitmap of a page table (`plan::Occupied`) is made of 64-bit words, and the
+// tunables' defaults and the mTHP orders assume a 4 KiB base page under a 2 MiB PMD (x86-64,
+// which the Kconfig entry depends on).
+const _: () = {
+    assert!(PTES_PER_PMD % 64 == 0);
+    assert!(PMD_SIZE == (PTES_PER_PMD as usize) << kernel::page::PAGE_SHIFT);
+    assert!(PMD_ORDER == 9);
+};
+
 /// The largest value of the khugepaged `max_ptes_*` tunables (`KHUGEPAGED_MAX_PTES_LIMIT`).
 pub(crate) const MAX_PTES_LIMIT: u32 = PTES_PER_PMD - 1;
+
+/// The mmap lock held for read (`kernel::mm::mmap_lock`).
+pub(crate) type MmapRead<'a> = MmapReadLock<'a>;
+
+/// Where the mmap lock stands after a step that may have dropped it.
+pub(crate) enum Locked<'a> {
+    /// Still held, never released in between.
+    Held(MmapRead<'a>),
+    /// Released; VMAs seen before are stale.
+    Dropped,
+}
+
+/// Whether the mmap lock was released (and taken again) during a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockHistory {
+    /// Held throughout.
+    Kept,
+    /// Released at least once; the caller must look its VMAs up again.
+    Retaken,
+}
+
+/// One candidate of a collapse: `1 << order` PTEs from entry `first` of the page table of the
+/// PMD range at `haddr`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidate {
+    /// The start of the PMD range.
+    pub(crate) haddr: usize,
+    /// The first entry.
+    pub(crate) first: usize,
+    /// The folio order.
+    pub(crate) order: u32,
+}
+
+impl Candidate {
+    /// The number of PTEs it covers.
+    pub(crate) fn nr(self) -> usize {
+        1 << self.order
+    }
+}
 
 /// Who asked for a collapse. The values are those of the C `enum collapse_caller`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +152,27 @@ pub(crate) struct Limits {
     pub(crate) max_shared: u32,
 }
 
+/// Whether userfaultfd watches a VMA for missing pages (`userfaultfd_armed()`): a collapse
+/// must then not fill its holes, which would hide them from the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Userfault {
+    /// Registered for missing-page (or minor) faults.
+    Armed,
+    /// Not registered.
+    Unarmed,
+}
+
+impl Userfault {
+    /// What `vma` is.
+    pub(crate) fn of(vma: &VmaRef) -> Self {
+        if vma.userfaultfd_armed() {
+            Userfault::Armed
+        } else {
+            Userfault::Unarmed
+        }
+    }
+}
+
 /// How the collapse's huge folio is allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AllocPolicy {
@@ -107,19 +183,22 @@ pub(crate) enum AllocPolicy {
 }
 
 impl CollapseMode {
-    /// The limits for a collapse to `order` in a VMA that is (or is not) userfaultfd-armed.
+    /// The limits for a collapse to `order` in a VMA that userfaultfd watches (or not).
     ///
     /// Upstream reference: `collapse_max_ptes_{none,swap,shared}()` in `mm/khugepaged.c`.
-    pub(crate) fn limits(self, t: &Tunables, order: u32, uffd_armed: bool) -> Limits {
+    pub(crate) fn limits(self, t: &Tunables, order: u32, uffd: Userfault) -> Limits {
         let pmd = order == PMD_ORDER;
         match self {
             CollapseMode::Madvise => Limits {
-                max_none: if uffd_armed { 0 } else { PTES_PER_PMD },
+                max_none: match uffd {
+                    Userfault::Armed => 0,
+                    Userfault::Unarmed => PTES_PER_PMD,
+                },
                 max_swap: PTES_PER_PMD,
                 max_shared: PTES_PER_PMD,
             },
             CollapseMode::Khugepaged => Limits {
-                max_none: if uffd_armed {
+                max_none: if uffd == Userfault::Armed {
                     0
                 } else if pmd {
                     t.max_ptes_none
@@ -184,7 +263,7 @@ mod tests {
             max_ptes_shared: 0,
             defrag: false,
         };
-        let l = CollapseMode::Madvise.limits(&strict, PMD_ORDER, false);
+        let l = CollapseMode::Madvise.limits(&strict, PMD_ORDER, Userfault::Unarmed);
         assert_eq!(l.max_none, 512);
         assert_eq!(l.max_swap, 512);
         assert_eq!(l.max_shared, 512);
@@ -200,19 +279,19 @@ mod tests {
     fn uffd_armed_allows_no_holes() {
         assert_eq!(
             CollapseMode::Madvise
-                .limits(&Tunables::DEFAULTS, PMD_ORDER, true)
+                .limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Armed)
                 .max_none,
             0
         );
         assert_eq!(
             CollapseMode::Khugepaged
-                .limits(&Tunables::DEFAULTS, PMD_ORDER, true)
+                .limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Armed)
                 .max_none,
             0
         );
         assert_eq!(
             CollapseMode::Khugepaged
-                .limits(&Tunables::DEFAULTS, 4, true)
+                .limits(&Tunables::DEFAULTS, 4, Userfault::Armed)
                 .max_none,
             0
         );
@@ -220,7 +299,7 @@ mod tests {
 
     #[test]
     fn khugepaged_pmd_honours_tunables() {
-        let l = CollapseMode::Khugepaged.limits(&Tunables::DEFAULTS, PMD_ORDER, false);
+        let l = CollapseMode::Khugepaged.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
         assert_eq!(
             l,
             Limits {
@@ -235,7 +314,7 @@ mod tests {
         };
         assert_eq!(
             CollapseMode::Khugepaged
-                .limits(&t, PMD_ORDER, false)
+                .limits(&t, PMD_ORDER, Userfault::Unarmed)
                 .max_none,
             256
         );
@@ -244,7 +323,7 @@ mod tests {
     #[test]
     fn khugepaged_mthp_limits() {
         // 511 scales to the order; swap and shared are never allowed for mTHP.
-        let l = CollapseMode::Khugepaged.limits(&Tunables::DEFAULTS, 4, false);
+        let l = CollapseMode::Khugepaged.limits(&Tunables::DEFAULTS, 4, Userfault::Unarmed);
         assert_eq!(
             l,
             Limits {
@@ -255,7 +334,7 @@ mod tests {
         );
         assert_eq!(
             CollapseMode::Khugepaged
-                .limits(&Tunables::DEFAULTS, 2, false)
+                .limits(&Tunables::DEFAULTS, 2, Userfault::Unarmed)
                 .max_none,
             3
         );
@@ -265,7 +344,12 @@ mod tests {
                 max_ptes_none: none,
                 ..Tunables::DEFAULTS
             };
-            assert_eq!(CollapseMode::Khugepaged.limits(&t, 4, false).max_none, 0);
+            assert_eq!(
+                CollapseMode::Khugepaged
+                    .limits(&t, 4, Userfault::Unarmed)
+                    .max_none,
+                0
+            );
         }
     }
 

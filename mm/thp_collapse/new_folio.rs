@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The new folio of a collapse, for both backends: allocated where the old pages are, and
+//! charged to the memory cgroup, before any lock of the collapse is taken.
+
+use crate::{
+    ffi::{self, CollapseEvent},
+    outcome::Outcome,
+    vocab::{AllocPolicy, PMD_ORDER},
+};
+use kernel::mm::{
+    folio::{NewFolio, Nodes},
+    Mm,
+};
+
+/// Allocates a folio of `order` (2 to the PMD order) for a collapse with `policy`, and
+/// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it. It comes from
+/// `nodes` (where the scan found most of the range's pages).
+///
+/// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
+/// sleep. Upstream: `alloc_charge_folio()`.
+pub(crate) fn alloc_charge(
+    mm: &Mm,
+    policy: AllocPolicy,
+    order: u32,
+    nodes: &Nodes,
+) -> Result<NewFolio, Outcome> {
+    let order = order.min(PMD_ORDER);
+    let gfp = ffi::collapse_gfp(policy);
+    let Ok(folio) = NewFolio::alloc_on(gfp, order, nodes) else {
+        ffi::count_collapse_event(order, CollapseEvent::AllocFailed);
+        return Err(Outcome::AllocHugePageFail);
+    };
+    ffi::count_collapse_event(order, CollapseEvent::Alloc);
+    if folio.charge(mm, gfp).is_err() {
+        return Err(Outcome::CgroupChargeFail);
+    }
+    if !ffi::memcg_account_collapse_alloc(&folio) {
+        return Err(Outcome::AllocHugePageFail);
+    }
+    Ok(folio)
+}
