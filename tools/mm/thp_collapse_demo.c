@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * thp_collapse_demo - collapse anonymous memory with MADV_COLLAPSE and show
- * which collapse core (Rust or C) did the work, with AnonHugePages and the
- * Rust core's counters before and after.
+ * thp_collapse_demo - collapse anonymous memory with MADV_COLLAPSE with each
+ * core (Rust, then C), from the same state: base pages only, out of
+ * khugepaged's reach. Shows AnonHugePages before and after, how long the call
+ * took, and which Rust core counters moved.
  *
  * Usage: thp_collapse_demo [MiB [rust|c]]
  *   MiB: default 8, rounded up to 2 MiB; with a core, only that core runs.
@@ -13,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MADV_COLLAPSE
@@ -44,28 +47,54 @@ static long anon_huge_kb(void *addr)
 	return kb;
 }
 
-static void show_file(const char *path, const char *label)
+#define NR_OUTCOMES	64
+
+/* The Rust core's madvise counters: names and values, in file order. */
+struct counters {
+	int nr;
+	char name[NR_OUTCOMES][48];
+	long long n[NR_OUTCOMES];
+};
+
+static void read_counters(struct counters *c)
 {
-	char line[128];
-	FILE *f = fopen(path, "r");
+	FILE *f = fopen(SYSFS "/rust_stats/madvise", "r");
 
-	if (!f) {
-		printf("  %s: (%s missing)\n", label, path);
+	c->nr = 0;
+	if (!f)
 		return;
-	}
-	while (fgets(line, sizeof(line), f)) {
-		long long n;
-		char name[64];
-
-		/* Counters: show the non-zero ones only. */
-		if (sscanf(line, "%63s %lld", name, &n) == 2) {
-			if (n)
-				printf("  %s.%s = %lld\n", label, name, n);
-		} else {
-			printf("  %s: %s", label, line);
-		}
-	}
+	while (c->nr < NR_OUTCOMES &&
+	       fscanf(f, "%47s %lld", c->name[c->nr], &c->n[c->nr]) == 2)
+		c->nr++;
 	fclose(f);
+}
+
+/* Prints the counters that moved from @before to @after. */
+static void show_moved(const struct counters *before,
+		       const struct counters *after)
+{
+	int shown = 0;
+
+	for (int i = 0; i < after->nr && i < before->nr; i++) {
+		if (after->n[i] == before->n[i])
+			continue;
+		printf("  rust_stats/madvise %s: +%lld\n", after->name[i],
+		       after->n[i] - before->n[i]);
+		shown++;
+	}
+	if (!shown)
+		printf("  rust_stats/madvise: no counter moved\n");
+}
+
+static void show_core(void)
+{
+	char line[64] = "";
+	FILE *f = fopen(SYSFS "/core", "r");
+
+	if (f && fgets(line, sizeof(line), f))
+		printf("  core: %s", line);
+	if (f)
+		fclose(f);
 }
 
 static int set_core(const char *core)
@@ -79,6 +108,12 @@ static int set_core(const char *core)
 	return fclose(f) == 0 && ok ? 0 : -1;
 }
 
+/*
+ * A PMD-aligned VMA of @len bytes, every page written, all of them base pages:
+ * THP is off for the process while it faults them in, so neither the fault nor
+ * khugepaged (which skips such a process) makes a huge page. No MADV_HUGEPAGE
+ * either, which would wake khugepaged: MADV_COLLAPSE needs neither.
+ */
 static char *map_filled(size_t len)
 {
 	char *raw = mmap(NULL, len + PMD_SIZE, PROT_READ | PROT_WRITE,
@@ -90,30 +125,54 @@ static char *map_filled(size_t len)
 		exit(1);
 	}
 	p = (char *)(((unsigned long)raw + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
-	/* Base pages at fault time, so there is something to collapse. */
-	madvise(p, len, MADV_NOHUGEPAGE);
+	/* Trim to exactly [p, p + len), so that smaps shows this VMA alone. */
+	if (p > raw)
+		munmap(raw, p - raw);
+	munmap(p + len, raw + PMD_SIZE - p);
+	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)) {
+		perror("prctl(PR_SET_THP_DISABLE)");
+		exit(1);
+	}
 	for (size_t i = 0; i < len; i += 4096)
 		p[i] = (char)(i >> 12);
-	madvise(p, len, MADV_HUGEPAGE);
+	if (prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)) {
+		perror("prctl(PR_SET_THP_DISABLE)");
+		exit(1);
+	}
 	return p;
 }
 
-static void collapse_with(const char *core, size_t len)
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Collapses a fresh range with @core; returns how long the call took, in ms. */
+static double collapse_with(const char *core, size_t len)
 {
 	char *p = map_filled(len);
 	long before = anon_huge_kb(p), after;
+	struct counters c0, c1;
+	double t0, ms;
 	int ret, err;
 
 	if (set_core(core))
 		printf("\n(cannot select the %s core)\n", core);
 	printf("\n== MADV_COLLAPSE of %zu MiB with the %s core\n", len >> 20, core);
-	show_file(SYSFS "/core", "core");
+	show_core();
 	printf("  AnonHugePages before: %ld kB\n", before);
+	read_counters(&c0);
+	t0 = now_ms();
 	ret = madvise(p, len, MADV_COLLAPSE);
 	err = errno;
+	ms = now_ms() - t0;
+	read_counters(&c1);
 	after = anon_huge_kb(p);
-	printf("  madvise(MADV_COLLAPSE) = %d%s%s\n", ret, ret ? ", errno " : "",
-	       ret ? strerrorname_np(err) : "");
+	printf("  madvise(MADV_COLLAPSE) = %d%s%s, in %.2f ms\n", ret,
+	       ret ? ", errno " : "", ret ? strerrorname_np(err) : "", ms);
 	printf("  AnonHugePages after:  %ld kB\n", after);
 	for (size_t i = 0; i < len; i += 4096)
 		if (p[i] != (char)(i >> 12)) {
@@ -121,14 +180,16 @@ static void collapse_with(const char *core, size_t len)
 			exit(1);
 		}
 	printf("  contents verified (%zu pages)\n", len >> 12);
-	printf("  Rust core counters (non-zero) after:\n");
-	show_file(SYSFS "/rust_stats/madvise", "madvise");
+	show_moved(&c0, &c1);
+	munmap(p, len);
+	return ret ? -1 : ms;
 }
 
 int main(int argc, char **argv)
 {
 	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 0) : 8;
 	size_t len = ((mib << 20) + PMD_SIZE - 1) & ~(PMD_SIZE - 1);
+	double rust_ms = 0, c_ms = 0;
 	char orig[32] = "";
 	FILE *f;
 
@@ -148,9 +209,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (argc <= 2 || !strcmp(argv[2], "rust"))
-		collapse_with("rust", len);
+		rust_ms = collapse_with("rust", len);
 	if (argc <= 2 || !strcmp(argv[2], "c"))
-		collapse_with("c", len);
+		c_ms = collapse_with("c", len);
+	if (rust_ms > 0 && c_ms > 0)
+		printf("\n%zu MiB by each core: rust %.2f ms, c %.2f ms\n"
+		       "(one run each, noisy under emulation: make bench measures)\n",
+		       len >> 20, rust_ms, c_ms);
 
 	/* Leave the knob as it was. */
 	set_core(strstr(orig, "[rust]") ? "rust" : "c");
