@@ -64,27 +64,6 @@ enum scan_result {
 
 #ifdef CONFIG_THP_COLLAPSE_RUST
 
-/* From mm/internal.h, for the Rust core (bindgen does not read that header). */
-pmd_t *mm_find_pmd(struct mm_struct *mm, unsigned long address);
-bool folio_isolate_lru(struct folio *folio);
-void folio_putback_lru(struct folio *folio);
-unsigned int folio_pte_batch(struct folio *folio, pte_t *ptep, pte_t pte,
-			     unsigned int max_nr);
-void lru_add_drain(void);
-
-/* Forwarders to static inlines of mm/internal.h (mm/thp_collapse_glue.c). */
-void thp_collapse_anon_vma_lock_write(struct anon_vma *anon_vma);
-void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma);
-/* Forwarder to tlb_remove_table_sync_one() of <asm/tlb.h>. */
-void thp_collapse_tlb_remove_table_sync_one(void);
-/* What a PMD entry holds (thp_collapse_pmd_state()). */
-enum thp_collapse_pmd_state {
-	THP_PMD_NONE,	/* none, bad or non-present: no page table */
-	THP_PMD_HUGE,	/* a huge mapping, or a migration entry for one */
-	THP_PMD_TABLE,	/* a page table of PTEs */
-};
-
-enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp);
 /* The folio isolation protocol (mm/thp_collapse_glue.c). */
 enum thp_collapse_isolate {
 	THP_ISOLATE_OK,
@@ -100,9 +79,6 @@ unsigned int thp_collapse_folios_isolate(struct folio **folios,
 void thp_collapse_folio_putback(struct folio *folio, bool free_swap);
 void thp_collapse_folios_release_unmapped(struct folio_batch *fbatch,
 					  unsigned int *refs);
-vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
-				    unsigned long addr, pmd_t *pmd, pte_t *pte,
-				    spinlock_t *ptl, pte_t orig_pte);
 
 /* Facts about one PTE of a collapse candidate (struct thp_collapse_pte). */
 enum thp_collapse_pte_flags {
@@ -152,15 +128,6 @@ void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
 			    struct thp_collapse_pte *out);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
-void thp_collapse_trace_scan_pmd(struct mm_struct *mm, unsigned long pfn,
-				 int referenced, int none_or_zero, int status,
-				 int unmapped);
-void thp_collapse_trace_collapse(struct mm_struct *mm, int isolated, int status,
-				 unsigned int order);
-void thp_collapse_trace_isolate(unsigned long pfn, int none_or_zero,
-				int referenced, int status, unsigned int order);
-void thp_collapse_trace_swapin(struct mm_struct *mm, int swapped_in,
-			       int referenced, int status, unsigned int order);
 
 /**
  * struct collapse_tunables - khugepaged's sysfs knobs, as the Rust core reads them.
@@ -236,30 +203,16 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 					  unsigned int nr);
 void thp_collapse_xas_init(struct xa_state *xas, struct address_space *mapping,
 			   pgoff_t index);
-int thp_collapse_xas_create_locked(struct xa_state *xas, unsigned int order);
-void thp_collapse_xas_lock_irq(struct xa_state *xas);
-void thp_collapse_xas_unlock_irq(struct xa_state *xas);
 enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
 					     pgoff_t index,
 					     struct folio **folio,
 					     unsigned int *flags);
-bool thp_collapse_xas_any_entry(struct xa_state *xas, pgoff_t last);
-int thp_collapse_xas_store_retry(struct xa_state *xas);
-void thp_collapse_xas_store_null(struct xa_state *xas);
-int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
-				 struct folio *folio);
 unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 					 struct address_space *mapping,
 					 unsigned int what, long *refs);
 pgoff_t thp_collapse_folio_index(struct folio *folio);
-bool thp_collapse_folio_trylock_get(struct folio *folio);
-struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,
-					    pgoff_t index);
 struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
 					    pgoff_t end, bool nowait);
-struct folio *thp_collapse_filemap_lock_folio(struct address_space *mapping,
-					      pgoff_t index);
-void thp_collapse_file_flush_unless_writers(struct address_space *mapping);
 enum thp_collapse_pc_isolate {
 	THP_PC_ISOLATE_OK,
 	THP_PC_ISOLATE_NOT_ON_LRU,	/* folio_isolate_lru() failed */
@@ -269,38 +222,15 @@ enum thp_collapse_pc_isolate {
 enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio);
 void thp_collapse_pc_folio_putback(struct folio *folio);
 void thp_collapse_try_to_unmap_flush(void);
-bool thp_collapse_shmem_charge(struct address_space *mapping, long nr);
-void thp_collapse_shmem_uncharge(struct address_space *mapping, long nr);
-void thp_collapse_mapping_nrpages_sub(struct address_space *mapping, long nr);
 void thp_collapse_pc_prepare_new(struct folio *folio,
 				 struct address_space *mapping, pgoff_t index,
 				 bool shmem);
 void thp_collapse_pc_abandon_new(struct folio *folio);
 void thp_collapse_pc_account_new(struct folio *folio, bool shmem);
 void thp_collapse_pc_free_old(struct folio *folio, bool shmem);
-void thp_collapse_i_mmap_lock_read(struct address_space *mapping);
-void thp_collapse_i_mmap_unlock_read(struct address_space *mapping);
-bool thp_collapse_uffd_missing_in(struct address_space *mapping, pgoff_t first,
-				  pgoff_t last);
-bool thp_collapse_vma_retractable(struct vm_area_struct *vma, bool anon_vma_ok);
-bool thp_collapse_vma_uffd_protected(struct vm_area_struct *vma);
-pmd_t *thp_collapse_find_pmd_unlocked(struct mm_struct *mm, unsigned long addr);
-void thp_collapse_free_detached_table(struct mm_struct *mm, unsigned long addr,
-				      pmd_t table);
 bool thp_collapse_mm_exiting(struct mm_struct *mm);
-bool thp_collapse_shmem_file(struct file *file);
-bool thp_collapse_mapping_can_writeback(struct address_space *mapping);
-int thp_collapse_write_and_wait(struct address_space *mapping, pgoff_t index,
-				unsigned int nr);
 int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
 			      pmd_t *pmdp, struct folio *folio);
-void thp_collapse_trace_scan_file(struct mm_struct *mm, unsigned long pfn,
-				  struct file *file, int present, int swap,
-				  int result);
-void thp_collapse_trace_collapse_file(struct mm_struct *mm,
-				      unsigned long new_pfn, pgoff_t index,
-				      unsigned long addr, bool shmem,
-				      struct file *file, int result);
 
 DECLARE_STATIC_KEY_TRUE(thp_collapse_rust_key);
 
@@ -326,9 +256,7 @@ enum scan_result thp_collapse_rust_khugepaged_pmd(struct mm_struct *mm,
 						  unsigned long addr,
 						  bool *lock_dropped,
 						  unsigned int *progress);
-unsigned int thp_collapse_rust_nr_outcomes(void);
-const char *thp_collapse_rust_outcome_name(unsigned int outcome);
-u64 thp_collapse_rust_stat(enum collapse_caller caller, unsigned int outcome);
+ssize_t thp_collapse_rust_stats_show(enum collapse_caller caller, char *buf);
 
 #else /* !CONFIG_THP_COLLAPSE_RUST */
 

@@ -31,8 +31,7 @@
 //! (khugepaged), allocation and memcg charge, swap-in, isolation, the machine-check-safe copy,
 //! the install, and rollback; for shmem and files (`file.rs`), the page cache scan, the
 //! collapse in the page cache, the retraction of page tables in every VMA that maps the range,
-//! and the PMD mapping of the new folio. [`Outcome::NotImplemented`] (`EOPNOTSUPP`) is kept for
-//! kinds of collapse not implemented; none is today.
+//! and the PMD mapping of the new folio.
 //!
 //! The locks, page tables and folios are guards of `kernel::mm`; the few raw calls into C that
 //! only the collapse needs are in `ffi.rs`, the crate's only user of `bindings` apart from the
@@ -45,23 +44,21 @@ use kernel::{
     mm::{virt::VmaRef, Mm},
     pr_warn_once,
     prelude::*,
-    str::CStr,
+    str::Formatter,
 };
 
-#[path = "thp_collapse/detach.rs"]
-mod detach;
-#[path = "thp_collapse/ffi.rs"]
+#[path = "thp_collapse/anon/mod.rs"]
+mod anon;
+#[path = "thp_collapse/ffi/mod.rs"]
 mod ffi;
 #[path = "thp_collapse/file.rs"]
 mod file;
-#[path = "thp_collapse/mode.rs"]
-mod mode;
+#[path = "thp_collapse/new_folio.rs"]
+mod new_folio;
 #[path = "thp_collapse/outcome.rs"]
 mod outcome;
 #[path = "thp_collapse/plan.rs"]
 mod plan;
-#[path = "thp_collapse/pmd.rs"]
-mod pmd;
 #[path = "thp_collapse/request.rs"]
 mod request;
 #[path = "thp_collapse/scan.rs"]
@@ -70,17 +67,18 @@ mod scan;
 mod spare;
 #[path = "thp_collapse/stats.rs"]
 mod stats;
+#[path = "thp_collapse/vma.rs"]
+mod vma;
+#[path = "thp_collapse/vocab.rs"]
+mod vocab;
 
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
-use detach::{RequestList, SPARE_LIST};
+use anon::RequestList;
 use ffi::to_scan_result;
-use mode::Caller;
-use outcome::Outcome;
-use pmd::MmapRead;
-use request::{LockHistory, Locked};
 use stats::STATS;
+use vocab::{Caller, LockHistory, Locked, MmapRead};
 
 /// MADV_COLLAPSE of `[start, end)` inside `vma`, for `madvise_collapse()`.
 ///
@@ -153,7 +151,7 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
         guard,
         addr,
         Caller::Khugepaged,
-        &mut RequestList::new(&SPARE_LIST),
+        &mut RequestList::for_request(),
     );
     match state {
         Locked::Held(guard) => guard.keep(),
@@ -165,44 +163,28 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     to_scan_result(outcome)
 }
 
-/// Number of outcomes counted per caller.
+/// Writes the counters of `caller` into `buf`, the sysfs file
+/// `transparent_hugepage/collapse/rust_stats/<caller>`: one `<outcome> <count>` line per
+/// outcome. Returns the number of bytes written, or a negative errno.
 ///
 /// # Safety
 ///
-/// Always safe to call.
-// Required to be unsafe due to the `#[export]` annotation.
+/// `buf` must be valid for writes of `PAGE_SIZE` bytes (a sysfs `show()` buffer).
 #[export]
-pub unsafe extern "C" fn thp_collapse_rust_nr_outcomes() -> kernel::ffi::c_uint {
-    Outcome::COUNT as kernel::ffi::c_uint
-}
-
-/// The sysfs name of outcome number `outcome`, or NULL past the last one.
-///
-/// # Safety
-///
-/// Always safe to call.
-#[export]
-pub unsafe extern "C" fn thp_collapse_rust_outcome_name(
-    outcome: kernel::ffi::c_uint,
-) -> *const kernel::ffi::c_char {
-    Outcome::from_u32(outcome).map_or(core::ptr::null(), |o| {
-        let name: &'static CStr = o.name();
-        name.as_char_ptr()
-    })
-}
-
-/// The count of PMD ranges that `caller` saw end with outcome number `outcome`.
-///
-/// # Safety
-///
-/// Always safe to call.
-#[export]
-pub unsafe extern "C" fn thp_collapse_rust_stat(
+pub unsafe extern "C" fn thp_collapse_rust_stats_show(
     caller: bindings::collapse_caller,
-    outcome: kernel::ffi::c_uint,
-) -> u64 {
-    match (Caller::from_u32(caller), Outcome::from_u32(outcome)) {
-        (Some(c), Some(o)) => STATS.get(c, o),
-        _ => 0,
+    buf: *mut kernel::ffi::c_char,
+) -> isize {
+    let Some(caller) = Caller::from_u32(caller) else {
+        return EINVAL.to_errno() as isize;
+    };
+    // SAFETY: The caller guarantees that `buf` is valid for writes of `PAGE_SIZE` bytes, and
+    // nothing else accesses it during the call.
+    let buf = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), kernel::page::PAGE_SIZE) };
+    let mut out = Formatter::new(buf);
+    match STATS.show(caller, &mut out) {
+        // At most `PAGE_SIZE` bytes.
+        Ok(()) => out.bytes_written() as isize,
+        Err(_) => EOVERFLOW.to_errno() as isize,
     }
 }

@@ -24,8 +24,6 @@
 #include <linux/userfaultfd_k.h>
 #include <linux/xarray.h>
 
-#include <trace/events/huge_memory.h>
-
 #include "internal.h"
 #include "khugepaged_internal.h"
 
@@ -115,50 +113,6 @@ void thp_collapse_xas_init(struct xa_state *xas, struct address_space *mapping,
 	mapping_set_update(xas, mapping);
 }
 
-/**
- * thp_collapse_xas_create_locked() - make room for a range of the given order.
- * @xas: at the range's first index.
- * @order: the order of the range.
- *
- * Allocates the xarray nodes for every index of the range, as a store of each
- * would, sleeping for memory with the lock dropped.
- *
- * Return: 0 with the xarray locked (xas_lock_irq()), or -ENOMEM unlocked.
- */
-int thp_collapse_xas_create_locked(struct xa_state *xas, unsigned int order)
-{
-	pgoff_t index = xas->xa_index;
-
-	for (;;) {
-		xas_set_order(xas, index, order);
-		xas_lock_irq(xas);
-		xas_create_range(xas);
-		if (!xas_error(xas))
-			return 0;
-		xas_unlock_irq(xas);
-		if (!xas_nomem(xas, GFP_KERNEL))
-			return -ENOMEM;
-	}
-}
-
-/**
- * thp_collapse_xas_lock_irq() - xas_lock_irq().
- * @xas: the state.
- */
-void thp_collapse_xas_lock_irq(struct xa_state *xas)
-{
-	xas_lock_irq(xas);
-}
-
-/**
- * thp_collapse_xas_unlock_irq() - xas_unlock_irq().
- * @xas: the state.
- */
-void thp_collapse_xas_unlock_irq(struct xa_state *xas)
-{
-	xas_unlock_irq(xas);
-}
-
 static enum thp_collapse_slot classify(void *entry, struct folio **folio)
 {
 	*folio = NULL;
@@ -195,57 +149,6 @@ enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
 	if (kind == THP_SLOT_FOLIO)
 		*flags = thp_collapse_pc_folio_facts(*folio, NULL, 0, &refs);
 	return kind;
-}
-
-/**
- * thp_collapse_xas_any_entry() - whether an entry follows, up to an index.
- * @xas: the state; the xarray is locked.
- * @last: the last index to look at.
- *
- * Return: true if some index after the current one, up to @last, holds an
- * entry.
- */
-bool thp_collapse_xas_any_entry(struct xa_state *xas, pgoff_t last)
-{
-	return !!xas_next_entry(xas, last);
-}
-
-/**
- * thp_collapse_xas_store_retry() - mark the current index XA_RETRY_ENTRY.
- * @xas: the state; the xarray is locked.
- *
- * Return: 0 or the xarray's error.
- */
-int thp_collapse_xas_store_retry(struct xa_state *xas)
-{
-	xas_store(xas, XA_RETRY_ENTRY);
-	return xas_error(xas);
-}
-
-/**
- * thp_collapse_xas_store_null() - empty the current index again.
- * @xas: the state; the xarray is locked.
- */
-void thp_collapse_xas_store_null(struct xa_state *xas)
-{
-	xas_store(xas, NULL);
-}
-
-/**
- * thp_collapse_xas_store_folio() - store one multi-index entry for a folio.
- * @xas: the state; the xarray is locked.
- * @index: the folio's first index, aligned to its order.
- * @folio: the folio.
- *
- * Return: 0 or the xarray's error (there is none after
- * thp_collapse_xas_create_locked() made room).
- */
-int thp_collapse_xas_store_folio(struct xa_state *xas, pgoff_t index,
-				 struct folio *folio)
-{
-	xas_set_order(xas, index, folio_order(folio));
-	xas_store(xas, folio);
-	return xas_error(xas);
 }
 
 /**
@@ -301,44 +204,6 @@ pgoff_t thp_collapse_folio_index(struct folio *folio)
 }
 
 /**
- * thp_collapse_folio_trylock_get() - lock a folio without waiting and take a
- * reference.
- * @folio: a folio the caller found under the xarray lock.
- *
- * Return: true if it is now locked and referenced; false if someone else
- * holds the lock, with nothing changed.
- */
-bool thp_collapse_folio_trylock_get(struct folio *folio)
-{
-	if (!folio_trylock(folio))
-		return false;
-	folio_get(folio);
-	return true;
-}
-
-/**
- * thp_collapse_shmem_get_locked() - the shmem folio at an index, swapped in
- * or instantiated if need be, locked and referenced.
- * @mapping: the shmem mapping.
- * @index: the index.
- *
- * May sleep. Then drains this CPU's LRU batches, so that the folio can be
- * isolated.
- *
- * Return: the folio, or NULL if there is none (SGP_NOALLOC) or it failed.
- */
-struct folio *thp_collapse_shmem_get_locked(struct address_space *mapping,
-					    pgoff_t index)
-{
-	struct folio *folio;
-
-	if (shmem_get_folio(mapping->host, index, 0, &folio, SGP_NOALLOC))
-		return NULL;
-	lru_add_drain();
-	return folio;
-}
-
-/**
  * thp_collapse_file_read_locked() - read a file's folio at an index, locked
  * and referenced.
  * @file: the file.
@@ -375,37 +240,6 @@ struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
 	}
 	lru_add_drain();
 	return filemap_lock_folio(mapping, index);
-}
-
-/**
- * thp_collapse_filemap_lock_folio() - filemap_lock_folio().
- * @mapping: the mapping.
- * @index: the index.
- *
- * May sleep.
- *
- * Return: the folio at @index, locked and referenced, or NULL.
- */
-struct folio *thp_collapse_filemap_lock_folio(struct address_space *mapping,
-					      pgoff_t index)
-{
-	struct folio *folio = filemap_lock_folio(mapping, index);
-
-	return IS_ERR(folio) ? NULL : folio;
-}
-
-/**
- * thp_collapse_file_flush_unless_writers() - start writeback of a file that
- * nobody has open for writing.
- * @mapping: the file's mapping.
- *
- * Writable files can have their folios dirtied at any time: flushing them
- * would only cause system-wide writeback.
- */
-void thp_collapse_file_flush_unless_writers(struct address_space *mapping)
-{
-	if (!inode_is_open_for_write(mapping->host))
-		filemap_flush(mapping);
 }
 
 /**
@@ -448,40 +282,6 @@ void thp_collapse_pc_folio_putback(struct folio *folio)
 void thp_collapse_try_to_unmap_flush(void)
 {
 	try_to_unmap_flush();
-}
-
-/**
- * thp_collapse_shmem_charge() - shmem_charge() of a mapping's inode.
- * @mapping: a shmem mapping.
- * @nr: pages that become part of the file.
- *
- * Return: true if charged.
- */
-bool thp_collapse_shmem_charge(struct address_space *mapping, long nr)
-{
-	return shmem_charge(mapping->host, nr);
-}
-
-/**
- * thp_collapse_shmem_uncharge() - shmem_uncharge() of a mapping's inode.
- * @mapping: a shmem mapping.
- * @nr: pages that thp_collapse_shmem_charge() charged.
- */
-void thp_collapse_shmem_uncharge(struct address_space *mapping, long nr)
-{
-	shmem_uncharge(mapping->host, nr);
-}
-
-/**
- * thp_collapse_mapping_nrpages_sub() - uncount pages of a mapping.
- * @mapping: the mapping.
- * @nr: pages shmem_charge() counted that the collapse does not add.
- */
-void thp_collapse_mapping_nrpages_sub(struct address_space *mapping, long nr)
-{
-	xa_lock_irq(&mapping->i_pages);
-	mapping->nrpages -= nr;
-	xa_unlock_irq(&mapping->i_pages);
 }
 
 /**
@@ -566,111 +366,6 @@ void thp_collapse_pc_free_old(struct folio *folio, bool shmem)
 }
 
 /**
- * thp_collapse_i_mmap_lock_read() - i_mmap_lock_read().
- * @mapping: the mapping.
- */
-void thp_collapse_i_mmap_lock_read(struct address_space *mapping)
-{
-	i_mmap_lock_read(mapping);
-}
-
-/**
- * thp_collapse_i_mmap_unlock_read() - i_mmap_unlock_read().
- * @mapping: the mapping.
- */
-void thp_collapse_i_mmap_unlock_read(struct address_space *mapping)
-{
-	i_mmap_unlock_read(mapping);
-}
-
-/**
- * thp_collapse_uffd_missing_in() - whether a VMA mapping part of a range of
- * the file is registered for userfaultfd missing faults.
- * @mapping: the mapping; the caller holds its i_mmap lock.
- * @first: the first index of the range.
- * @last: its last index.
- *
- * Return: true if one is.
- */
-bool thp_collapse_uffd_missing_in(struct address_space *mapping, pgoff_t first,
-				  pgoff_t last)
-{
-	struct vm_area_struct *vma;
-
-	i_mmap_assert_locked(mapping);
-	mapping_rmap_tree_foreach(vma, mapping, first, last)
-		if (userfaultfd_missing(vma))
-			return true;
-	return false;
-}
-
-/**
- * thp_collapse_vma_retractable() - whether a file VMA's page tables may be
- * removed after a collapse.
- * @vma: the VMA, kept alive by the i_mmap lock.
- * @anon_vma_ok: the caller holds the VMA's mm's mmap lock and its anon_vma
- *	lock, and checks the page table is empty: a VMA with an anon_vma will do.
- *
- * Not if it has an anon_vma (a MAP_PRIVATE mapping that was written: its
- * page tables may hold CoW copies) unless @anon_vma_ok, is registered for
- * uffd-wp (its page tables may hold markers), or may hold guard regions. The
- * last flag is set under the PTE lock: check again under it to exclude races.
- *
- * Return: true if it may.
- */
-bool thp_collapse_vma_retractable(struct vm_area_struct *vma, bool anon_vma_ok)
-{
-	if (!anon_vma_ok && READ_ONCE(vma->anon_vma))
-		return false;
-	if (userfaultfd_protected(vma))
-		return false;
-	if (vma_test_atomic_flag(vma, VMA_MAYBE_GUARD_BIT))
-		return false;
-	return true;
-}
-
-/**
- * thp_collapse_vma_uffd_protected() - userfaultfd_protected().
- * @vma: the VMA.
- *
- * Return: whether it is registered for uffd-wp (or RWP).
- */
-bool thp_collapse_vma_uffd_protected(struct vm_area_struct *vma)
-{
-	return userfaultfd_protected(vma);
-}
-
-/**
- * thp_collapse_find_pmd_unlocked() - mm_find_pmd() in another mm.
- * @mm: an mm whose VMA the caller reached through the i_mmap lock, which
- *	keeps the VMA's page tables from being freed.
- * @addr: the address.
- *
- * Return: the PMD entry, or NULL if the upper levels are missing.
- */
-pmd_t *thp_collapse_find_pmd_unlocked(struct mm_struct *mm, unsigned long addr)
-{
-	return mm_find_pmd(mm, addr);
-}
-
-/**
- * thp_collapse_free_detached_table() - free a page table that a collapse
- * took out of its PMD entry.
- * @mm: its mm.
- * @addr: the start of the range it mapped.
- * @table: the PMD entry's old value.
- *
- * The free is RCU-deferred, so lockless page-table walkers stay safe.
- */
-void thp_collapse_free_detached_table(struct mm_struct *mm, unsigned long addr,
-				      pmd_t table)
-{
-	mm_dec_nr_ptes(mm);
-	page_table_check_pte_clear_range(mm, addr, table);
-	pte_free_defer(mm, pmd_pgtable(table));
-}
-
-/**
  * thp_collapse_mm_exiting() - whether an mm has no users left.
  * @mm: the mm.
  *
@@ -679,45 +374,6 @@ void thp_collapse_free_detached_table(struct mm_struct *mm, unsigned long addr,
 bool thp_collapse_mm_exiting(struct mm_struct *mm)
 {
 	return atomic_read(&mm->mm_users) == 0;
-}
-
-/**
- * thp_collapse_shmem_file() - shmem_file().
- * @file: the file.
- *
- * Return: whether it is a shmem (tmpfs, memfd) file.
- */
-bool thp_collapse_shmem_file(struct file *file)
-{
-	return shmem_file(file);
-}
-
-/**
- * thp_collapse_mapping_can_writeback() - mapping_can_writeback().
- * @mapping: the mapping.
- *
- * Return: whether its dirty folios are written back.
- */
-bool thp_collapse_mapping_can_writeback(struct address_space *mapping)
-{
-	return mapping_can_writeback(mapping);
-}
-
-/**
- * thp_collapse_write_and_wait() - write back a range of a file and wait.
- * @mapping: the mapping.
- * @index: the first index.
- * @nr: the number of pages.
- *
- * Return: 0 or the error of the writeback.
- */
-int thp_collapse_write_and_wait(struct address_space *mapping, pgoff_t index,
-				unsigned int nr)
-{
-	loff_t start = (loff_t)index << PAGE_SHIFT;
-
-	return filemap_write_and_wait_range(mapping, start,
-					    start + ((loff_t)nr << PAGE_SHIFT) - 1);
 }
 
 /**
@@ -765,37 +421,3 @@ int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
 	return 0;
 }
 
-/**
- * thp_collapse_trace_scan_file() - mm_khugepaged_scan_file.
- * @mm: the mm.
- * @pfn: the folio the scan stopped at, or -1.
- * @file: the file.
- * @present: pages present.
- * @swap: swap entries.
- * @result: enum scan_result.
- */
-void thp_collapse_trace_scan_file(struct mm_struct *mm, unsigned long pfn,
-				  struct file *file, int present, int swap,
-				  int result)
-{
-	trace_mm_khugepaged_scan_file(mm, pfn, file, present, swap, result);
-}
-
-/**
- * thp_collapse_trace_collapse_file() - mm_khugepaged_collapse_file.
- * @mm: the mm.
- * @new_pfn: the new folio's pfn, or -1.
- * @index: where the collapse stopped.
- * @addr: the address of the range.
- * @shmem: whether the file is shmem.
- * @file: the file.
- * @result: enum scan_result.
- */
-void thp_collapse_trace_collapse_file(struct mm_struct *mm,
-				      unsigned long new_pfn, pgoff_t index,
-				      unsigned long addr, bool shmem,
-				      struct file *file, int result)
-{
-	trace_mm_khugepaged_collapse_file(mm, new_pfn, index, addr, shmem, file,
-					  HPAGE_PMD_NR, result);
-}

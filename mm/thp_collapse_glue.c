@@ -24,7 +24,6 @@
 #include <linux/sysfs.h>
 
 #include <asm/tlb.h>
-#include <trace/events/huge_memory.h>
 
 #include "internal.h"
 #include "khugepaged_internal.h"
@@ -77,23 +76,11 @@ static const struct attribute_group collapse_attr_group = {
 	.attrs = collapse_attrs,
 };
 
-static ssize_t rust_stats_emit(enum collapse_caller caller, char *buf)
-{
-	unsigned int i, nr = thp_collapse_rust_nr_outcomes();
-	int len = 0;
-
-	for (i = 0; i < nr; i++)
-		len += sysfs_emit_at(buf, len, "%s %llu\n",
-				     thp_collapse_rust_outcome_name(i),
-				     thp_collapse_rust_stat(caller, i));
-	return len;
-}
-
 #define RUST_STATS_ATTR(_name, _caller)					\
 static ssize_t _name##_show(struct kobject *kobj,			\
 			    struct kobj_attribute *attr, char *buf)	\
 {									\
-	return rust_stats_emit(_caller, buf);				\
+	return thp_collapse_rust_stats_show(_caller, buf);		\
 }									\
 static struct kobj_attribute _name##_stats_attr = __ATTR_RO(_name)
 
@@ -144,62 +131,8 @@ int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
 	return err;
 }
 
-/**
- * thp_collapse_anon_vma_lock_write() - anon_vma_lock_write() for Rust.
- * @anon_vma: the anon_vma whose root is write-locked.
- */
-void thp_collapse_anon_vma_lock_write(struct anon_vma *anon_vma)
-{
-	anon_vma_lock_write(anon_vma);
-}
-
-/**
- * thp_collapse_anon_vma_unlock_write() - anon_vma_unlock_write() for Rust.
- * @anon_vma: the anon_vma whose root was write-locked.
- */
-void thp_collapse_anon_vma_unlock_write(struct anon_vma *anon_vma)
-{
-	anon_vma_unlock_write(anon_vma);
-}
-
-/**
- * thp_collapse_tlb_remove_table_sync_one() - tlb_remove_table_sync_one() for
- * Rust: waits until lockless page-table walkers (GUP-fast) are done with a
- * page table that was just detached.
- */
-void thp_collapse_tlb_remove_table_sync_one(void)
-{
-	tlb_remove_table_sync_one();
-}
-
-/**
- * thp_collapse_pmd_state() - what a PMD entry holds, read locklessly, for Rust.
- * @pmdp: the entry; the mmap lock keeps its page table alive.
- *
- * The PMD predicates are static inlines: one call instead of five helpers.
- *
- * Return: THP_PMD_NONE, THP_PMD_HUGE or THP_PMD_TABLE, as find_pmd_or_thp_or_none()
- * in mm/khugepaged.c classifies the entry.
- */
-enum thp_collapse_pmd_state thp_collapse_pmd_state(pmd_t *pmdp)
-{
-	pmd_t pmd = pmdp_get_lockless(pmdp);
-
-	if (pmd_none(pmd))
-		return THP_PMD_NONE;
-	if (pmd_is_migration_entry(pmd))
-		return THP_PMD_HUGE;
-	if (!pmd_present(pmd))
-		return THP_PMD_NONE;
-	if (pmd_trans_huge(pmd))
-		return THP_PMD_HUGE;
-	if (pmd_bad(pmd))
-		return THP_PMD_NONE;
-	return THP_PMD_TABLE;
-}
-
 /*
- * The folio isolation protocol, for Rust (kernel::mm::folio::IsolatedFolio).
+ * The folio isolation protocol, for Rust (mm/thp_collapse/ffi/isolate.rs).
  * Every step is a static inline or a call into mm/; from Rust each inline
  * would be an out-of-line rust_helper_* call, several per PTE of a collapse.
  * These only run the fixed sequence; what a failure means is up to the caller.
@@ -372,38 +305,6 @@ void thp_collapse_folios_release_unmapped(struct folio_batch *fbatch,
 		folio_batch_reinit(fbatch);
 }
 
-/**
- * thp_collapse_swap_in_pte() - do_swap_page() on one PTE, for Rust.
- * @vma: the anonymous VMA; its mm's mmap lock is held for read.
- * @addr: the address the PTE maps.
- * @pmd: the PMD entry of the page table.
- * @pte: the PTE, mapped with pte_offset_map_ro_nolock(); unmapped on return.
- * @ptl: the page table's lock, not held.
- * @orig_pte: the swap entry read from @pte.
- *
- * The fault may sleep for I/O, and may release the mmap lock (FAULT_FLAG_ALLOW_RETRY).
- *
- * Return: what do_swap_page() returns; with VM_FAULT_RETRY the mmap lock was
- * released.
- */
-vm_fault_t thp_collapse_swap_in_pte(struct vm_area_struct *vma,
-				    unsigned long addr, pmd_t *pmd, pte_t *pte,
-				    spinlock_t *ptl, pte_t orig_pte)
-{
-	struct vm_fault vmf = {
-		.vma = vma,
-		.address = addr,
-		.pgoff = linear_page_index(vma, addr),
-		.flags = FAULT_FLAG_ALLOW_RETRY,
-		.pmd = pmd,
-		.orig_pte = orig_pte,
-		.pte = pte,
-		.ptl = ptl,
-	};
-
-	return do_swap_page(&vmf);
-}
-
 /*
  * Reads one PTE of a collapse candidate: what it maps, and the predicates of
  * the PTE and its folio. Only reads: the Rust core decides what they mean.
@@ -498,76 +399,4 @@ void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
 
 	for (i = 0; i < nr; i++)
 		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, out + i);
-}
-
-/*
- * The tracepoints of upstream's collapse, for the Rust core: the trace_*()
- * functions are static inlines of include/trace/events/huge_memory.h, and
- * the events themselves are created in mm/khugepaged.c. Each forwarder costs
- * one call per PMD or candidate, and the static key inside keeps a disabled
- * event as cheap as in C.
- */
-
-/**
- * thp_collapse_trace_scan_pmd() - mm_khugepaged_scan_pmd, at the end of a scan.
- * @mm: the mm scanned.
- * @pfn: the folio the scan stopped at, or -1.
- * @referenced: recently referenced pages seen.
- * @none_or_zero: none and zero-page PTEs seen.
- * @status: the result (enum scan_result), after the collapse that followed.
- * @unmapped: swap PTEs seen.
- */
-void thp_collapse_trace_scan_pmd(struct mm_struct *mm, unsigned long pfn,
-				 int referenced, int none_or_zero, int status,
-				 int unmapped)
-{
-	trace_mm_khugepaged_scan_pmd(mm, pfn, referenced, none_or_zero, status,
-				     unmapped);
-}
-
-/**
- * thp_collapse_trace_collapse() - mm_collapse_huge_page, at the end of a collapse.
- * @mm: the mm.
- * @isolated: whether it succeeded.
- * @status: the result (enum scan_result).
- * @order: the order of the new folio.
- */
-void thp_collapse_trace_collapse(struct mm_struct *mm, int isolated, int status,
-				 unsigned int order)
-{
-	trace_mm_collapse_huge_page(mm, isolated, status, order);
-}
-
-/**
- * thp_collapse_trace_isolate() - mm_collapse_huge_page_isolate.
- * @pfn: the last folio looked at, or -1.
- * @none_or_zero: none and zero-page PTEs seen.
- * @referenced: recently referenced pages seen.
- * @status: the result (enum scan_result).
- * @order: the order of the new folio.
- *
- * The event records the folio's pfn; it is given here directly, as the folio
- * may be gone by the time this runs.
- */
-void thp_collapse_trace_isolate(unsigned long pfn, int none_or_zero,
-				int referenced, int status, unsigned int order)
-{
-	trace_mm_collapse_huge_page_isolate(pfn == -1UL ? NULL : pfn_folio(pfn),
-					    none_or_zero, referenced, status,
-					    order);
-}
-
-/**
- * thp_collapse_trace_swapin() - mm_collapse_huge_page_swapin.
- * @mm: the mm.
- * @swapped_in: pages read back in.
- * @referenced: recently referenced pages the scan saw.
- * @status: the result (enum scan_result).
- * @order: the order of the new folio.
- */
-void thp_collapse_trace_swapin(struct mm_struct *mm, int swapped_in,
-			       int referenced, int status, unsigned int order)
-{
-	trace_mm_collapse_huge_page_swapin(mm, swapped_in, referenced, status,
-					   order);
 }

@@ -13,6 +13,11 @@
 //! `try_collapse_pte_mapped_thp()` and the file half of `collapse_single_pmd()` in
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
+use crate::ffi::page_cache::{
+    self, flush_batched_unmaps, Backing, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
+    Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked, PageCacheState,
+    ReadError, ReadWait, ShmemCharge, Slot,
+};
 use crate::{
     ffi::{self, trace, CowCopies},
     new_folio,
@@ -31,11 +36,6 @@ use kernel::{
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::Nodes,
-        page_cache::{
-            self, flush_batched_unmaps, Backing, IMmapRead, IsolateError, IsolatedFolio,
-            LockedFolio, Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
-            PageCacheState, ReadError, ReadWait, ShmemCharge, Slot,
-        },
         pgtable::{self, PmdClearNotifier, PmdEntry, PmdState, PmdTableLocked, PTRS_PER_PTE},
         virt::VmaRef,
         Mm,
@@ -686,7 +686,9 @@ fn unmap_ptes(
         table.clear(first, nr);
         // SAFETY: The `nr` entries mapped consecutive pages of the folio from `first` on in
         // `vma` (checked above) and were just cleared under the PTE lock, still held.
-        unsafe { kernel::mm::folio::remove_rmap_ptes(folio.as_ptr(), folio.page(first), nr, vma) };
+        unsafe {
+            crate::ffi::isolate::remove_rmap_ptes(folio.as_ptr(), folio.page(first), nr, vma)
+        };
         mapped += nr;
     }
     // Step 4: the table goes, and the TLB is flushed. Every entry was cleared above.

@@ -240,7 +240,7 @@ impl CollapseMode {
 }
 
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
-#[kunit_tests(thp_collapse_mode)]
+#[kunit_tests(thp_collapse_vocab)]
 mod tests {
     use super::*;
 

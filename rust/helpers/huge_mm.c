@@ -5,6 +5,8 @@
  * it calls. Each one only forwards to the kernel's own definition.
  */
 
+#include <linux/backing-dev.h>
+#include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/highmem.h>
 #include <linux/huge_mm.h>
@@ -18,11 +20,23 @@
 #include <linux/mmu_notifier.h>
 #include <linux/pagemap.h>
 #include <linux/page_idle.h>
+#include <linux/page_table_check.h>
 #include <linux/pgtable.h>
 #include <linux/rmap.h>
 #include <linux/pgalloc.h>
 #include <linux/sched.h>
+#include <linux/shmem_fs.h>
 #include <linux/userfaultfd_k.h>
+#include <linux/xarray.h>
+
+/*
+ * Not <asm/tlb.h>: bindgen parses the helpers with -DMODULE, and on x86 that
+ * hides flush_tlb_mm_range(), which <asm/tlb.h> calls. This is the prototype
+ * of <asm-generic/tlb.h>; without RCU table freeing the call is a no-op.
+ */
+#ifdef CONFIG_MMU_GATHER_RCU_TABLE_FREE
+void tlb_remove_table_sync_one(void);
+#endif
 
 #ifdef CONFIG_TRANSPARENT_HUGEPAGE
 
@@ -234,6 +248,48 @@ __rust_helper void rust_helper_pmdp_get_lockless_sync(void)
 	pmdp_get_lockless_sync();
 }
 
+__rust_helper int rust_helper_pmd_none(pmd_t pmd)
+{
+	return pmd_none(pmd);
+}
+
+__rust_helper int rust_helper_pmd_present(pmd_t pmd)
+{
+	return pmd_present(pmd);
+}
+
+__rust_helper int rust_helper_pmd_trans_huge(pmd_t pmd)
+{
+	return pmd_trans_huge(pmd);
+}
+
+__rust_helper int rust_helper_pmd_bad(pmd_t pmd)
+{
+	return pmd_bad(pmd);
+}
+
+__rust_helper bool rust_helper_pmd_is_migration_entry(pmd_t pmd)
+{
+	return pmd_is_migration_entry(pmd);
+}
+
+__rust_helper pgtable_t rust_helper_pmd_pgtable(pmd_t pmd)
+{
+	return pmd_pgtable(pmd);
+}
+
+__rust_helper void rust_helper_mm_dec_nr_ptes(struct mm_struct *mm)
+{
+	mm_dec_nr_ptes(mm);
+}
+
+__rust_helper void
+rust_helper_page_table_check_pte_clear_range(struct mm_struct *mm,
+					     unsigned long addr, pmd_t pmd)
+{
+	page_table_check_pte_clear_range(mm, addr, pmd);
+}
+
 __rust_helper spinlock_t *rust_helper_pte_lockptr(struct mm_struct *mm,
 						  pmd_t *pmd)
 {
@@ -359,4 +415,111 @@ __rust_helper void rust_helper_mm_flags_clear(int flag, struct mm_struct *mm)
 __rust_helper bool rust_helper_node_online(int nid)
 {
 	return node_online(nid);
+}
+
+__rust_helper void rust_helper_tlb_remove_table_sync_one(void)
+{
+#ifdef CONFIG_MMU_GATHER_RCU_TABLE_FREE
+	tlb_remove_table_sync_one();
+#endif
+}
+
+__rust_helper bool rust_helper_userfaultfd_protected(struct vm_area_struct *vma)
+{
+	return userfaultfd_protected(vma);
+}
+
+__rust_helper void rust_helper_i_mmap_lock_read(struct address_space *mapping)
+{
+	i_mmap_lock_read(mapping);
+}
+
+__rust_helper void rust_helper_i_mmap_unlock_read(struct address_space *mapping)
+{
+	i_mmap_unlock_read(mapping);
+}
+
+__rust_helper bool rust_helper_mapping_can_writeback(struct address_space *mapping)
+{
+	return mapping_can_writeback(mapping);
+}
+
+__rust_helper bool rust_helper_shmem_file(struct file *file)
+{
+	return shmem_file(file);
+}
+
+__rust_helper void rust_helper_xa_lock_irq(struct xarray *xa)
+{
+	xa_lock_irq(xa);
+}
+
+__rust_helper void rust_helper_xa_unlock_irq(struct xarray *xa)
+{
+	xa_unlock_irq(xa);
+}
+
+__rust_helper void rust_helper_xas_lock_irq(struct xa_state *xas)
+{
+	xas_lock_irq(xas);
+}
+
+__rust_helper void rust_helper_xas_unlock_irq(struct xa_state *xas)
+{
+	xas_unlock_irq(xas);
+}
+
+__rust_helper void *rust_helper_xas_next_entry(struct xa_state *xas,
+					       unsigned long max)
+{
+	return xas_next_entry(xas, max);
+}
+
+__rust_helper int rust_helper_xas_error(const struct xa_state *xas)
+{
+	return xas_error(xas);
+}
+
+__rust_helper void *rust_helper_xa_mk_internal(unsigned long v)
+{
+	return xa_mk_internal(v);
+}
+
+__rust_helper void rust_helper_xas_set_order(struct xa_state *xas,
+					     unsigned long index,
+					     unsigned int order)
+{
+	xas_set_order(xas, index, order);
+}
+
+__rust_helper bool rust_helper_folio_trylock(struct folio *folio)
+{
+	return folio_trylock(folio);
+}
+
+__rust_helper unsigned int rust_helper_folio_order(const struct folio *folio)
+{
+	return folio_order(folio);
+}
+
+__rust_helper struct folio *rust_helper_filemap_lock_folio(struct address_space *mapping,
+							   pgoff_t index)
+{
+	return filemap_lock_folio(mapping, index);
+}
+
+__rust_helper bool rust_helper_inode_is_open_for_write(const struct inode *inode)
+{
+	return inode_is_open_for_write(inode);
+}
+
+__rust_helper bool rust_helper_userfaultfd_missing(struct vm_area_struct *vma)
+{
+	return userfaultfd_missing(vma);
+}
+
+__rust_helper bool rust_helper_vma_test_atomic_flag(struct vm_area_struct *vma,
+						    vma_flag_t bit)
+{
+	return vma_test_atomic_flag(vma, bit);
 }

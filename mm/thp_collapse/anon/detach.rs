@@ -7,7 +7,7 @@
 //! Each lock is a guard: [`MmapWrite`] (the mmap lock, for write), [`AnonVmaWrite`] (the
 //! anon_vma root lock, for write), and [`DetachedTable`], which owns the detached page table
 //! (`kernel::mm::pgtable::DetachedPteTable`) and the isolated folios
-//! (`kernel::mm::folio::IsolatedFolio`) until they are either installed or restored. Dropping
+//! (`crate::ffi::isolate::IsolatedFolio`) until they are either installed or restored. Dropping
 //! a [`DetachedTable`] restores the page table and then releases the folios, so that every
 //! early return rolls back completely.
 //!
@@ -16,7 +16,11 @@
 //! `__collapse_huge_page_copy_failed()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use crate::{
-    ffi::{self, trace, FolioPtr, PagePtr, PteFacts, PteRead},
+    ffi::{
+        self,
+        isolate::{self, IsolateError, IsolatedFolio, IsolationQueue, UnmappedFolios},
+        trace, FolioPtr, PagePtr, PteFacts, PteRead,
+    },
     outcome::Outcome,
     scan::{Checkpoint, ScanTally},
     spare::{self, Spare},
@@ -26,7 +30,7 @@ use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
     mm::{
         anon_vma::AnonVmaWriteGuard,
-        folio::{self, IsolateError, IsolatedFolio, IsolationQueue, NewFolio, UnmappedFolios},
+        folio::NewFolio,
         mmap_lock::MmapWriteLock,
         pgtable::{DetachedPteTable, PmdEntry},
         virt::VmaRef,
@@ -331,7 +335,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         drop(locked);
         iso.filled = tally.none_or_zero_count() as usize;
         trace::isolate(
-            ffi::folio_pfn(iso.last_folio),
+            iso.last_folio,
             tally.none_or_zero_count(),
             tally.referenced_count(),
             outcome,
@@ -407,13 +411,13 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                     // SAFETY: The `n` PTEs were cleared above, under their lock, and mapped `n`
                     // consecutive pages of `folio` from `page` on in `vma`; the folio is
                     // isolated and locked.
-                    unsafe { folio::remove_rmap_ptes(folio, page, n, vma) };
+                    unsafe { isolate::remove_rmap_ptes(folio, page, n, vma) };
                 }
             } else {
                 // Small folios only: each is a run of one.
                 for (page, folio) in (first..end).filter_map(|i| iso.slot(i)) {
                     // SAFETY: As above, for one PTE.
-                    unsafe { folio::remove_rmap_ptes(folio, page, 1, vma) };
+                    unsafe { isolate::remove_rmap_ptes(folio, page, 1, vma) };
                 }
             }
         }
@@ -423,7 +427,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             for Run { folio, n, .. } in iso.runs(first, end).filter(|run| iso.is_large(run.first)) {
                 // SAFETY: The `n` mappings removed above each held a reference, now ours; the
                 // isolation holds another one until the folio is put back below.
-                unsafe { folio::put_refs(folio, n) };
+                unsafe { isolate::put_refs(folio, n) };
             }
         }
         let mut unmapped = UnmappedFolios::new();

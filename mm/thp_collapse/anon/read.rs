@@ -15,6 +15,7 @@ use crate::{
 };
 use kernel::{
     mm::{
+        mmap_lock::MmapLocked,
         pgtable::{PmdEntry, PteTableLocked, PteTableMapped, SwapInFault},
         virt::VmaRef,
         Mm,

@@ -15,12 +15,13 @@ use core::{marker::PhantomData, ptr::NonNull};
 
 /// The anon_vma of a VMA, its root's rwsem held for write by this thread.
 ///
-/// It can only be taken under the mmap write lock (which keeps the VMA's anon_vma from changing)
-/// and cannot outlive it. Dropping it releases the lock.
+/// It is taken under the VMA's mmap lock, for read or for write, and cannot outlive it: the lock
+/// keeps the VMA, and the VMA's anon_vma, once set, until the VMA goes. Dropping it releases the
+/// rwsem.
 ///
 /// # Invariants
 ///
-/// `anon_vma` is valid, and its root's rwsem is held for write by this thread.
+/// `rwsem` is the rwsem of the root of a valid anon_vma, held for write by this thread.
 ///
 /// # Examples
 ///
@@ -39,7 +40,7 @@ use core::{marker::PhantomData, ptr::NonNull};
 /// }
 /// ```
 pub struct AnonVmaWriteGuard<'a> {
-    anon_vma: NonNull<bindings::anon_vma>,
+    rwsem: NonNull<bindings::rw_semaphore>,
     _lock: PhantomData<&'a ()>,
 }
 
@@ -55,11 +56,16 @@ impl<'a> AnonVmaWriteGuard<'a> {
         // which needs the mmap write lock.
         let anon_vma =
             NonNull::new(unsafe { core::ptr::read_volatile(&raw const (*vma.as_ptr()).anon_vma) })?;
-        // SAFETY: The anon_vma of a live VMA is valid; the mmap lock keeps it attached.
-        unsafe { bindings::thp_collapse_anon_vma_lock_write(anon_vma.as_ptr()) };
+        // SAFETY: The anon_vma of a live VMA is valid (the mmap lock keeps it attached), and so
+        // is its root, which is set when the anon_vma is created and never changes.
+        let rwsem = unsafe { &raw mut (*(*anon_vma.as_ptr()).root).rwsem };
+        // SAFETY: `rwsem` is a valid, initialised rwsem (see above). C: `anon_vma_lock_write()`
+        // in `mm/internal.h`, which Rust cannot include.
+        unsafe { bindings::down_write(rwsem) };
         // INVARIANT: We just took the lock.
         Some(Self {
-            anon_vma,
+            // SAFETY: A field of a valid object is not null.
+            rwsem: unsafe { NonNull::new_unchecked(rwsem) },
             _lock: PhantomData,
         })
     }
@@ -67,8 +73,9 @@ impl<'a> AnonVmaWriteGuard<'a> {
 
 impl Drop for AnonVmaWriteGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: By the type invariants the lock is held by this thread.
-        unsafe { bindings::thp_collapse_anon_vma_unlock_write(self.anon_vma.as_ptr()) };
+        // SAFETY: By the type invariants the rwsem is held for write by this thread.
+        // C: `anon_vma_unlock_write()`.
+        unsafe { bindings::up_write(self.rwsem.as_ptr()) };
     }
 }
 

@@ -89,19 +89,35 @@ impl<'a> PmdEntry<'a> {
     /// except to free the page table, which needs the mmap write lock or RCU.
     pub fn state(self) -> PmdState {
         // SAFETY: By the type invariants `pmdp` points into a page table kept alive by the mmap
-        // lock; the glue reads the entry locklessly and classifies it in one call, as the
-        // static inline predicates would.
-        match unsafe { bindings::thp_collapse_pmd_state(self.pmdp.as_ptr()) } {
-            bindings::thp_collapse_pmd_state_THP_PMD_HUGE => PmdState::Huge,
-            bindings::thp_collapse_pmd_state_THP_PMD_TABLE => PmdState::Table,
-            _ => PmdState::None,
-        }
+        // lock.
+        classify(unsafe { bindings::pmdp_get_lockless(self.pmdp.as_ptr()) })
     }
 
     /// The raw entry pointer, for C functions that need it while the mmap lock is held.
     #[inline]
     pub fn as_ptr(self) -> *mut bindings::pmd_t {
         self.pmdp.as_ptr()
+    }
+}
+
+/// What a PMD entry value holds, as `find_pmd_or_thp_or_none()` in `mm/khugepaged.c` reads it:
+/// a migration entry for a huge mapping counts as huge, a bad entry as none.
+fn classify(pmd: bindings::pmd_t) -> PmdState {
+    // SAFETY: Pure predicates on a value.
+    unsafe {
+        if bindings::pmd_none(pmd) != 0 {
+            PmdState::None
+        } else if bindings::pmd_is_migration_entry(pmd) {
+            PmdState::Huge
+        } else if bindings::pmd_present(pmd) == 0 {
+            PmdState::None
+        } else if bindings::pmd_trans_huge(pmd) != 0 {
+            PmdState::Huge
+        } else if bindings::pmd_bad(pmd) != 0 {
+            PmdState::None
+        } else {
+            PmdState::Table
+        }
     }
 }
 
@@ -329,21 +345,22 @@ impl<'a> PteTableMapped<'a> {
         }
         let this = core::mem::ManuallyDrop::new(self);
         let (ptep, orig) = (entry.entry, entry.pte);
+        // SAFETY: An all-zero `struct vm_fault` is valid: null pointers, zero values.
+        let mut vmf: bindings::vm_fault = unsafe { core::mem::zeroed() };
+        vmf.__bindgen_anon_1.vma = vma.as_ptr();
+        vmf.__bindgen_anon_1.address = addr;
+        vmf.__bindgen_anon_1.pgoff = vma.linear_page_index(addr);
+        vmf.flags = bindings::fault_flag_FAULT_FLAG_ALLOW_RETRY;
+        vmf.pmd = this.pmd.as_ptr();
+        vmf.__bindgen_anon_2.orig_pte = orig;
+        vmf.pte = ptep;
+        vmf.ptl = this.ptl;
         // SAFETY: `vma` is a VMA of the mm whose mmap lock `pmd` was found under, and covers
         // `addr` (checked above); `ptep` is an entry of the mapped table (checked above) and
         // the fault unmaps the table, so `this` is not dropped; `ptl` is the table's lock, not
         // held; `orig` is a non-present value read from `ptep`, which the fault rechecks under
-        // the lock.
-        let ret = unsafe {
-            bindings::thp_collapse_swap_in_pte(
-                vma.as_ptr(),
-                addr,
-                this.pmd.as_ptr(),
-                ptep,
-                this.ptl,
-                orig,
-            )
-        };
+        // the lock. The fields are those `__collapse_huge_page_swapin()` sets.
+        let ret = unsafe { bindings::do_swap_page(&mut vmf) };
         if ret & bindings::vm_fault_reason_VM_FAULT_RETRY != 0 {
             SwapInFault::LockReleased
         } else if ret & VM_FAULT_ERROR != 0 {
@@ -493,7 +510,7 @@ impl<'a> DetachedPteTable<'a> {
         };
         drop(notifier);
         // SAFETY: Always safe from process context.
-        unsafe { bindings::thp_collapse_tlb_remove_table_sync_one() };
+        unsafe { bindings::tlb_remove_table_sync_one() };
         let mut ptl = ptr::null_mut();
         let mut copy = table;
         // SAFETY: `copy` holds the detached PMD value; `pte_offset_map_lock()` reads it only
@@ -739,8 +756,13 @@ impl Drop for DetachedPteLock<'_, '_> {
 /// flushed by the caller, pointing to a page table with no entries in use that nothing else
 /// can reach any more.
 unsafe fn free_detached(mm: *mut bindings::mm_struct, addr: usize, table: bindings::pmd_t) {
-    // SAFETY: By the function's safety requirements.
-    unsafe { bindings::thp_collapse_free_detached_table(mm, addr, table) };
+    // SAFETY: By the function's safety requirements: the table is `mm`'s, empty and
+    // unreachable; `pte_free_defer()` frees it after an RCU grace period.
+    unsafe {
+        bindings::mm_dec_nr_ptes(mm);
+        bindings::page_table_check_pte_clear_range(mm, addr, table);
+        bindings::pte_free_defer(mm, bindings::pmd_pgtable(table));
+    }
 }
 
 /// Removes the empty page table of the PMD range at `addr` of `vma`, a file VMA, after a
@@ -764,10 +786,9 @@ pub unsafe fn retract_empty_table(
     // SAFETY: `vma` is valid (safety requirements).
     let mm = unsafe { (*vma).vm_mm };
     // SAFETY: The page tables stay allocated (safety requirements).
-    let pmdp = unsafe { bindings::thp_collapse_find_pmd_unlocked(mm, addr) };
-    let table_state = bindings::thp_collapse_pmd_state_THP_PMD_TABLE;
+    let pmdp = unsafe { bindings::mm_find_pmd(mm, addr) };
     // SAFETY: `pmdp`, when not NULL, is an entry of those page tables.
-    if pmdp.is_null() || unsafe { bindings::thp_collapse_pmd_state(pmdp) } != table_state {
+    if pmdp.is_null() || classify(unsafe { bindings::pmdp_get_lockless(pmdp) }) != PmdState::Table {
         return false;
     }
     // SAFETY: `mm` is alive (safety requirements).
@@ -780,8 +801,7 @@ pub unsafe fn retract_empty_table(
     // under it. `pmdp_collapse_flush()` clears the entry and flushes the TLB.
     unsafe {
         let pml = bindings::pmd_lock(mm, pmdp);
-        if bindings::thp_collapse_pmd_state(pmdp) == bindings::thp_collapse_pmd_state_THP_PMD_TABLE
-        {
+        if classify(bindings::pmdp_get_lockless(pmdp)) == PmdState::Table {
             let ptl = bindings::pte_lockptr(mm, pmdp);
             if ptl != pml {
                 bindings::spin_lock_nested(ptl, bindings::SINGLE_DEPTH_NESTING as i32);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! An address space of a KUnit case's own, for the KUnit cases of the guards of `kernel::mm`.
+//! An address space of a KUnit case's own, for the KUnit cases of the guards of `kernel::mm`
+//! and of their users.
 //!
 //! KUnit runs each case in a kernel thread of its own. [`TestMm::attach`] gives that thread an
 //! mm (C: `kunit_attach_mm()`), in which the case maps anonymous memory and shmem files
@@ -25,24 +26,24 @@ use crate::{
 use core::ptr::{self, NonNull};
 
 /// Size of the range one PMD entry maps.
-pub(crate) const PMD_SIZE: usize = 1 << bindings::PMD_SHIFT;
+pub const PMD_SIZE: usize = 1 << bindings::PMD_SHIFT;
 
 /// Size of a base page.
-pub(crate) const PAGE: usize = crate::page::PAGE_SIZE;
+pub const PAGE: usize = crate::page::PAGE_SIZE;
 
 /// The mm of the current KUnit case's thread, which maps nothing but what the case maps.
 ///
 /// # Invariants
 ///
 /// `mm` is `current->mm` of this thread, a KUnit case's thread, which keeps it until it exits.
-pub(crate) struct TestMm {
+pub struct TestMm {
     mm: NonNull<bindings::mm_struct>,
     _nts: crate::types::NotThreadSafe,
 }
 
 impl TestMm {
     /// Gives the current KUnit case's thread an mm of its own. May sleep.
-    pub(crate) fn attach() -> Result<Self> {
+    pub fn attach() -> Result<Self> {
         // SAFETY: Called from a KUnit case's thread, in process context.
         to_result(unsafe { bindings::kunit_attach_mm() })?;
         // SAFETY: `current` is valid; only this thread changes its `mm`.
@@ -57,14 +58,14 @@ impl TestMm {
     }
 
     /// The mm.
-    pub(crate) fn mm(&self) -> &Mm {
+    pub fn mm(&self) -> &Mm {
         // SAFETY: By the type invariants the mm lives as long as the thread, which outlives
         // `self` (it is not `Send`).
         unsafe { Mm::from_raw(self.mm.as_ptr()) }
     }
 
     /// The mm, with its user (this thread) counted.
-    pub(crate) fn mm_with_user(&self) -> &MmWithUser {
+    pub fn mm_with_user(&self) -> &MmWithUser {
         // SAFETY: As above; the thread's reference to its mm counts as a user (`mm_users`).
         unsafe { MmWithUser::from_raw(self.mm.as_ptr()) }
     }
@@ -104,7 +105,7 @@ impl TestMm {
     }
 
     /// Maps `len` bytes of private anonymous memory and returns the address.
-    pub(crate) fn map_anon(&self, len: usize) -> Result<usize> {
+    pub fn map_anon(&self, len: usize) -> Result<usize> {
         self.map(
             ptr::null_mut(),
             len,
@@ -114,7 +115,7 @@ impl TestMm {
     }
 
     /// Maps `len` bytes of droppable anonymous memory (`MAP_DROPPABLE`) and returns the address.
-    pub(crate) fn map_droppable(&self, len: usize) -> Result<usize> {
+    pub fn map_droppable(&self, len: usize) -> Result<usize> {
         self.map(
             ptr::null_mut(),
             len,
@@ -124,19 +125,19 @@ impl TestMm {
     }
 
     /// Maps `len` bytes of `file` from page `pgoff`, shared, and returns the address.
-    pub(crate) fn map_shared(&self, file: &ShmemFile, len: usize, pgoff: usize) -> Result<usize> {
+    pub fn map_shared(&self, file: &ShmemFile, len: usize, pgoff: usize) -> Result<usize> {
         self.map(file.file.as_ptr(), len, bindings::MAP_SHARED, pgoff)
     }
 
     /// Maps two PMD ranges of private anonymous memory and returns the PMD-aligned address of
     /// a whole PMD range inside the mapping.
-    pub(crate) fn map_pmd_range(&self) -> Result<usize> {
+    pub fn map_pmd_range(&self) -> Result<usize> {
         let addr = self.map_anon(2 * PMD_SIZE)?;
         Ok((addr + PMD_SIZE - 1) & !(PMD_SIZE - 1))
     }
 
     /// Writes `data` at user address `addr`, faulting the pages in as user space would.
-    pub(crate) fn write(&self, addr: usize, data: &[u8]) -> Result {
+    pub fn write(&self, addr: usize, data: &[u8]) -> Result {
         // SAFETY: This thread's mm is the one mapped; `data` is valid for reads; a bad user
         // address makes the copy fail, it does not crash.
         let left = unsafe {
@@ -154,7 +155,7 @@ impl TestMm {
     }
 
     /// Reads `out.len()` bytes at user address `addr`, faulting the pages in as user space would.
-    pub(crate) fn read(&self, addr: usize, out: &mut [u8]) -> Result {
+    pub fn read(&self, addr: usize, out: &mut [u8]) -> Result {
         // SAFETY: As above; `out` is valid for writes.
         let left = unsafe {
             bindings::copy_from_user(
@@ -171,20 +172,20 @@ impl TestMm {
     }
 
     /// Applies `madvise(advice)` to `[addr, addr + len)`. May sleep.
-    pub(crate) fn madvise(&self, addr: usize, len: usize, advice: u32) -> Result {
+    pub fn madvise(&self, addr: usize, len: usize, advice: u32) -> Result {
         // SAFETY: The mm is valid (type invariants); `do_madvise()` takes its lock.
         to_result(unsafe { bindings::do_madvise(self.mm.as_ptr(), addr, len, advice as i32) })
     }
 
     /// Unmaps `[addr, addr + len)`. May sleep.
-    pub(crate) fn unmap(&self, addr: usize, len: usize) -> Result {
+    pub fn unmap(&self, addr: usize, len: usize) -> Result {
         // SAFETY: Unmaps from this thread's mm, the one the case maps into.
         to_result(unsafe { bindings::vm_munmap(addr, len) })
     }
 
     /// Adds `nr` pages to the anonymous RSS counter of the mm, for pages a case mapped itself
     /// with the `_nopf` functions, which leave the counting to their callers.
-    pub(crate) fn count_anon(&self, nr: isize) {
+    pub fn count_anon(&self, nr: isize) {
         // SAFETY: The mm is valid; the counter is per-CPU.
         unsafe { bindings::add_mm_counter(self.mm.as_ptr(), bindings::MM_ANONPAGES as i32, nr) };
     }
@@ -196,13 +197,13 @@ impl TestMm {
 /// # Invariants
 ///
 /// `mm` is an mm of which we own a user reference (`mm_users`).
-pub(crate) struct OtherMm {
+pub struct OtherMm {
     mm: NonNull<bindings::mm_struct>,
 }
 
 impl OtherMm {
     /// A new, empty mm laid out as `home`'s. May sleep.
-    pub(crate) fn new(home: &TestMm) -> Result<Self> {
+    pub fn new(home: &TestMm) -> Result<Self> {
         // SAFETY: Always safe to call.
         let mm = NonNull::new(unsafe { bindings::mm_alloc() }).ok_or(ENOMEM)?;
         // SAFETY: `mm` is new and ours alone; `home`'s mm is valid; `current->signal` is valid
@@ -219,13 +220,13 @@ impl OtherMm {
     }
 
     /// The mm.
-    pub(crate) fn mm(&self) -> &Mm {
+    pub fn mm(&self) -> &Mm {
         // SAFETY: We own a user reference (type invariants), which keeps it valid.
         unsafe { Mm::from_raw(self.mm.as_ptr()) }
     }
 
     /// Runs `f` with this mm as the thread's, then switches back to `home`'s. May sleep.
-    pub(crate) fn with<R>(&self, home: &TestMm, f: impl FnOnce() -> R) -> R {
+    pub fn with<R>(&self, home: &TestMm, f: impl FnOnce() -> R) -> R {
         // SAFETY: This is a kernel thread using `home`'s mm, which it switches for this one and
         // back; both stay valid (`home` by its invariants, this one by ours).
         unsafe {
@@ -254,13 +255,13 @@ impl Drop for OtherMm {
 /// # Invariants
 ///
 /// `file` is a file of which we own a reference.
-pub(crate) struct ShmemFile {
+pub struct ShmemFile {
     file: NonNull<bindings::file>,
 }
 
 impl ShmemFile {
     /// A new shmem file of `size` bytes. May sleep.
-    pub(crate) fn new(size: usize) -> Result<Self> {
+    pub fn new(size: usize) -> Result<Self> {
         let size = i64::try_from(size).map_err(|_| EINVAL)?;
         // SAFETY: The name is a valid C string; no flags (accounted memory).
         let file = from_err_ptr(unsafe {
@@ -275,7 +276,7 @@ impl ShmemFile {
     }
 
     /// The file.
-    pub(crate) fn file(&self) -> &File {
+    pub fn file(&self) -> &File {
         // SAFETY: We own a reference (type invariants) for as long as the borrow; nobody calls
         // `fdget_pos()` on a file that no descriptor refers to.
         unsafe { File::from_raw_file(self.file.as_ptr()) }
@@ -291,15 +292,15 @@ impl Drop for ShmemFile {
 
 /// Facts about a folio, read at one moment, for the cases to assert on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Facts {
+pub struct Facts {
     /// On an LRU list. C: `folio_test_lru()`.
-    pub(crate) lru: bool,
+    pub lru: bool,
     /// Locked. C: `folio_test_locked()`.
-    pub(crate) locked: bool,
+    pub locked: bool,
     /// Its reference count. C: `folio_ref_count()`.
-    pub(crate) refs: i32,
+    pub refs: i32,
     /// How many page table entries map it. C: `folio_mapcount()`.
-    pub(crate) mapcount: i32,
+    pub mapcount: i32,
 }
 
 /// Reads the facts of `folio`.
@@ -307,7 +308,7 @@ pub(crate) struct Facts {
 /// # Safety
 ///
 /// `folio` must stay valid during the call.
-pub(crate) unsafe fn facts(folio: NonNull<bindings::folio>) -> Facts {
+pub unsafe fn facts(folio: NonNull<bindings::folio>) -> Facts {
     let f = folio.as_ptr();
     // SAFETY: `folio` is valid (safety requirements); the predicates only read it.
     unsafe {
@@ -325,7 +326,7 @@ pub(crate) unsafe fn facts(folio: NonNull<bindings::folio>) -> Facts {
 /// # Safety
 ///
 /// `page` must stay valid during the call.
-pub(crate) unsafe fn page_folio(page: NonNull<bindings::page>) -> NonNull<bindings::folio> {
+pub unsafe fn page_folio(page: NonNull<bindings::page>) -> NonNull<bindings::folio> {
     // SAFETY: `page` is valid (safety requirements); every page belongs to a folio.
     unsafe { NonNull::new_unchecked(bindings::page_folio(page.as_ptr())) }
 }
@@ -335,7 +336,7 @@ pub(crate) unsafe fn page_folio(page: NonNull<bindings::page>) -> NonNull<bindin
 /// # Safety
 ///
 /// `page` must stay valid during the call.
-pub(crate) unsafe fn read_page(page: *mut bindings::page, out: &mut [u8]) {
+pub unsafe fn read_page(page: *mut bindings::page, out: &mut [u8]) {
     let n = out.len().min(PAGE);
     // SAFETY: `page` is valid (safety requirements); the mapping is local to this call, which
     // reads at most a page from it.
@@ -351,7 +352,7 @@ pub(crate) unsafe fn read_page(page: *mut bindings::page, out: &mut [u8]) {
 /// # Safety
 ///
 /// `page` must stay valid during the call, and be ours to write.
-pub(crate) unsafe fn write_page(page: *mut bindings::page, data: &[u8]) {
+pub unsafe fn write_page(page: *mut bindings::page, data: &[u8]) {
     let n = data.len().min(PAGE);
     // SAFETY: As above; the page is ours to write (safety requirements).
     unsafe {
@@ -363,14 +364,14 @@ pub(crate) unsafe fn write_page(page: *mut bindings::page, data: &[u8]) {
 
 /// The page mapped at `addr` of the mm that `lock` holds the mmap lock of, with a reference
 /// that dropping the value drops. C: `get_user_pages()`.
-pub(crate) struct UserPage {
+pub struct UserPage {
     page: NonNull<bindings::page>,
 }
 
 impl UserPage {
     /// Faults in (for write) and takes the page at `addr` of the current thread's mm, whose
     /// mmap lock the caller holds (`_lock`). May sleep.
-    pub(crate) fn get(_lock: &crate::mm::mmap_lock::MmapReadLock<'_>, addr: usize) -> Result<Self> {
+    pub fn get(_lock: &crate::mm::mmap_lock::MmapReadLock<'_>, addr: usize) -> Result<Self> {
         let mut page = ptr::null_mut();
         // SAFETY: The mmap lock of the thread's mm is held for read (`_lock`, whose mm the cases
         // take from this thread); `page` is valid for one write.
@@ -382,12 +383,12 @@ impl UserPage {
     }
 
     /// The page.
-    pub(crate) fn page(&self) -> NonNull<bindings::page> {
+    pub fn page(&self) -> NonNull<bindings::page> {
         self.page
     }
 
     /// Its folio.
-    pub(crate) fn folio(&self) -> NonNull<bindings::folio> {
+    pub fn folio(&self) -> NonNull<bindings::folio> {
         // SAFETY: We hold a reference to the page.
         unsafe { page_folio(self.page) }
     }
@@ -403,14 +404,14 @@ impl Drop for UserPage {
 
 /// Drains every CPU's LRU batches, so that folios just faulted in are on their LRU lists.
 /// May sleep. C: `lru_add_drain_all()`.
-pub(crate) fn drain_lru() {
+pub fn drain_lru() {
     // SAFETY: Always safe to call from process context.
     unsafe { bindings::lru_add_drain_all() };
 }
 
 /// How many locks lockdep counts as held by this thread (C: `current->lockdep_depth`), or
 /// `None` without lockdep.
-pub(crate) fn held_locks() -> Option<i32> {
+pub fn held_locks() -> Option<i32> {
     #[cfg(CONFIG_LOCKDEP)]
     {
         // SAFETY: `current` is valid, and only this thread changes its held-lock count.
@@ -427,13 +428,13 @@ pub(crate) fn held_locks() -> Option<i32> {
 /// # Safety
 ///
 /// `sem` must be valid during the call.
-pub(crate) unsafe fn rwsem_held(sem: *mut bindings::rw_semaphore) -> bool {
+pub unsafe fn rwsem_held(sem: *mut bindings::rw_semaphore) -> bool {
     // SAFETY: `sem` is valid (safety requirements); this only reads its count.
     unsafe { bindings::rwsem_is_locked(sem) != 0 }
 }
 
 /// Whether the mmap lock of `mm` is held by anyone.
-pub(crate) fn mmap_lock_held(mm: &Mm) -> bool {
+pub fn mmap_lock_held(mm: &Mm) -> bool {
     // SAFETY: `mm` is valid, and so is its lock.
     unsafe { rwsem_held(&raw mut (*mm.as_raw()).__bindgen_anon_1.mmap_lock) }
 }

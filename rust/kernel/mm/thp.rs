@@ -123,7 +123,7 @@ impl VmaRef {
     #[inline]
     pub fn userfaultfd_protected(&self) -> bool {
         // SAFETY: As above.
-        unsafe { bindings::thp_collapse_vma_uffd_protected(self.as_ptr()) }
+        unsafe { bindings::userfaultfd_protected(self.as_ptr()) }
     }
 }
 

@@ -63,7 +63,7 @@ static inline void collapse_require_core(const char *val)
 
 /*
  * The Rust core's counter for @caller ("madvise", "process_madvise",
- * "khugepaged") and @outcome ("succeed", "not_implemented", ...), or -1.
+ * "khugepaged") and @outcome ("succeed", "page_lock", ...), or -1.
  */
 static inline long long rust_stat(const char *caller, const char *outcome)
 {

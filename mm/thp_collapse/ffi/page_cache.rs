@@ -13,7 +13,8 @@
 //! [`include/linux/xarray.h`](srctree/include/linux/xarray.h),
 //! [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 
-use crate::{
+use core::{marker::PhantomData, mem::ManuallyDrop, ptr::NonNull};
+use kernel::{
     bindings,
     error::{
         code::{EAGAIN, ENOMEM},
@@ -22,7 +23,6 @@ use crate::{
     fs::File,
     mm::{folio::NewFolio, Mm},
 };
-use core::{marker::PhantomData, mem::ManuallyDrop, ptr::NonNull};
 
 /// The page cache of a file (`struct address_space`), borrowed for `'a`.
 ///
@@ -30,7 +30,7 @@ use core::{marker::PhantomData, mem::ManuallyDrop, ptr::NonNull};
 ///
 /// `ptr` points to a mapping that stays valid for `'a`.
 #[derive(Clone, Copy)]
-pub struct Mapping<'a> {
+pub(crate) struct Mapping<'a> {
     ptr: NonNull<bindings::address_space>,
     _file: PhantomData<&'a File>,
 }
@@ -38,7 +38,7 @@ pub struct Mapping<'a> {
 impl<'a> Mapping<'a> {
     /// The page cache of `file` (every open file has one).
     #[inline]
-    pub fn of(file: &'a File) -> Option<Self> {
+    pub(crate) fn of(file: &'a File) -> Option<Self> {
         // SAFETY: `file` is a valid file; `f_mapping` is set at open and never changes.
         let ptr = unsafe { (*file.as_ptr()).f_mapping };
         // INVARIANT: The file's reference keeps its mapping alive for `'a`.
@@ -50,22 +50,24 @@ impl<'a> Mapping<'a> {
 
     /// The raw mapping.
     #[inline]
-    pub fn as_ptr(self) -> *mut bindings::address_space {
+    pub(crate) fn as_ptr(self) -> *mut bindings::address_space {
         self.ptr.as_ptr()
     }
 
     /// Whether its dirty folios are written back (not shmem). C: `mapping_can_writeback()`.
     #[inline]
-    pub fn can_writeback(self) -> bool {
+    pub(crate) fn can_writeback(self) -> bool {
         // SAFETY: The mapping is valid (type invariants).
-        unsafe { bindings::thp_collapse_mapping_can_writeback(self.as_ptr()) }
+        unsafe { bindings::mapping_can_writeback(self.as_ptr()) }
     }
 
     /// Writes back `nr` pages from `index` on and waits for the writeback. May sleep.
     /// C: `filemap_write_and_wait_range()`.
-    pub fn write_and_wait(self, index: usize, nr: u32) -> Result {
+    pub(crate) fn write_and_wait(self, index: usize, nr: u32) -> Result {
+        let start = (index as i64) << kernel::page::PAGE_SHIFT;
+        let end = start + (i64::from(nr) << kernel::page::PAGE_SHIFT) - 1;
         // SAFETY: The mapping is valid (type invariants).
-        let ret = unsafe { bindings::thp_collapse_write_and_wait(self.as_ptr(), index, nr) };
+        let ret = unsafe { bindings::filemap_write_and_wait_range(self.as_ptr(), start, end) };
         if ret == 0 {
             Ok(())
         } else {
@@ -75,15 +77,25 @@ impl<'a> Mapping<'a> {
 
     /// Starts the writeback of the whole file unless someone has it open for writing.
     /// C: `filemap_flush()`, if not `inode_is_open_for_write()`.
-    pub fn flush_unless_writers(self) {
-        // SAFETY: The mapping is valid (type invariants).
-        unsafe { bindings::thp_collapse_file_flush_unless_writers(self.as_ptr()) };
+    pub(crate) fn flush_unless_writers(self) {
+        // SAFETY: The mapping is valid (type invariants), and so is its inode.
+        unsafe {
+            if !bindings::inode_is_open_for_write((*self.as_ptr()).host) {
+                // A failure shows as dirty folios later: nothing to do with it here.
+                bindings::filemap_flush(self.as_ptr());
+            }
+        }
     }
 
     /// Reads the entries from `*index` to `last`, at most `out.len()` of them, without locks;
     /// advances `*index` past the last one read, or past `last` if the range ended. Returns
     /// the number read (fewer than `out.len()` only when the range ended).
-    pub fn read_entries(self, index: &mut usize, last: usize, out: &mut [PageCacheEntry]) -> usize {
+    pub(crate) fn read_entries(
+        self,
+        index: &mut usize,
+        last: usize,
+        out: &mut [PageCacheEntry],
+    ) -> usize {
         let nr = u32::try_from(out.len()).unwrap_or(u32::MAX);
         // SAFETY: The mapping is valid (type invariants); `out` has room for `nr` entries, and
         // `PageCacheEntry` is a transparent wrapper of the C struct.
@@ -103,24 +115,24 @@ impl<'a> Mapping<'a> {
 /// One entry of the page cache as [`Mapping::read_entries`] read it, a moment ago.
 #[repr(transparent)]
 #[derive(Clone, Copy, Default)]
-pub struct PageCacheEntry(bindings::thp_collapse_pc_entry);
+pub(crate) struct PageCacheEntry(bindings::thp_collapse_pc_entry);
 
 impl PageCacheEntry {
     /// The pages it covers.
     #[inline]
-    pub fn nr_pages(&self) -> usize {
+    pub(crate) fn nr_pages(&self) -> usize {
         self.0.nr
     }
 
     /// Whether it is a swap (or shadow) entry, not a folio.
     #[inline]
-    pub fn is_value(&self) -> bool {
+    pub(crate) fn is_value(&self) -> bool {
         self.0.flags & bindings::thp_collapse_pc_flags_THP_PC_VALUE != 0
     }
 
     /// The facts of its folio (meaningless for a value entry).
     #[inline]
-    pub fn facts(&self) -> FolioFacts {
+    pub(crate) fn facts(&self) -> FolioFacts {
         FolioFacts {
             flags: self.0.flags,
             refs: clamp_refs(self.0.refs),
@@ -129,26 +141,26 @@ impl PageCacheEntry {
 
     /// The folio's first pfn, or `usize::MAX` for a value entry.
     #[inline]
-    pub fn pfn(&self) -> usize {
+    pub(crate) fn pfn(&self) -> usize {
         self.0.pfn
     }
 
     /// The NUMA node of its folio (`NUMA_NO_NODE` for a value).
     #[inline]
-    pub fn nid(&self) -> i32 {
+    pub(crate) fn nid(&self) -> i32 {
         self.0.nid
     }
 }
 
 /// Which facts [`FolioFacts`] reads beyond the page flags (the others read as "no").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Read {
+pub(crate) struct Read {
     /// Whether it still belongs to the mapping ([`FolioFacts::other_mapping`]).
-    pub mapping: bool,
+    pub(crate) mapping: bool,
     /// Its reference count ([`FolioFacts::refs_beyond_expected`]).
-    pub refs: bool,
+    pub(crate) refs: bool,
     /// Whether page tables map it ([`FolioFacts::mapped`]).
-    pub mapped: bool,
+    pub(crate) mapped: bool,
 }
 
 impl Read {
@@ -200,7 +212,7 @@ fn clamp_refs(refs: isize) -> i32 {
 
 /// What a collapse needs to know about a folio of the page cache, read at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FolioFacts {
+pub(crate) struct FolioFacts {
     flags: u32,
     refs: i32,
 }
@@ -211,56 +223,56 @@ impl FolioFacts {
     }
 
     /// Its contents are valid. C: `folio_test_uptodate()`.
-    pub fn uptodate(&self) -> bool {
+    pub(crate) fn uptodate(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_UPTODATE)
     }
 
     /// It is dirty or under writeback.
-    pub fn dirty_or_writeback(&self) -> bool {
+    pub(crate) fn dirty_or_writeback(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_DIRTY)
             || self.has(bindings::thp_collapse_pc_flags_THP_PC_WRITEBACK)
     }
 
     /// It is dirty. C: `folio_test_dirty()`.
-    pub fn dirty(&self) -> bool {
+    pub(crate) fn dirty(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_DIRTY)
     }
 
     /// It is under writeback. C: `folio_test_writeback()`.
-    pub fn writeback(&self) -> bool {
+    pub(crate) fn writeback(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_WRITEBACK)
     }
 
     /// It is a folio of the PMD order.
-    pub fn pmd_order(&self) -> bool {
+    pub(crate) fn pmd_order(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_PMD_ORDER)
     }
 
     /// It belongs to another mapping now (it was truncated). C: `folio_mapping()`.
-    pub fn other_mapping(&self) -> bool {
+    pub(crate) fn other_mapping(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_OTHER_MAPPING)
     }
 
     /// It is on an LRU list. C: `folio_test_lru()`.
-    pub fn lru(&self) -> bool {
+    pub(crate) fn lru(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_LRU)
     }
 
     /// Page tables map it; read with [`Read::mapped`], else "no". C: `folio_mapped()`.
-    pub fn mapped(&self) -> bool {
+    pub(crate) fn mapped(&self) -> bool {
         self.has(bindings::thp_collapse_pc_flags_THP_PC_MAPPED)
     }
 
     /// References beyond the page cache's, its mappings' and the reader's:
     /// `folio_ref_count() - folio_expected_ref_count()`, the reader's reference included.
-    pub fn refs_beyond_expected(&self) -> isize {
+    pub(crate) fn refs_beyond_expected(&self) -> isize {
         self.refs as isize
     }
 }
 
 /// What a page cache index holds, read under the xarray lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
+pub(crate) enum Slot {
     /// Nothing: a hole.
     Empty,
     /// A swap or shadow entry.
@@ -292,14 +304,14 @@ fn slot(kind: bindings::thp_collapse_slot, folio: *mut bindings::folio, flags: u
 /// # Invariants
 ///
 /// `xas` is an xarray state on the page cache of a mapping that stays valid for `'m`.
-pub struct PageCacheState<'m> {
+pub(crate) struct PageCacheState<'m> {
     xas: bindings::xa_state,
     _mapping: PhantomData<Mapping<'m>>,
 }
 
 impl<'m> PageCacheState<'m> {
     /// A state at `index` of `mapping`.
-    pub fn new(mapping: Mapping<'m>, index: usize) -> Self {
+    pub(crate) fn new(mapping: Mapping<'m>, index: usize) -> Self {
         let mut xas = bindings::xa_state::default();
         // SAFETY: `xas` is valid for writes; the mapping is valid for `'m`.
         unsafe { bindings::thp_collapse_xas_init(&mut xas, mapping.as_ptr(), index) };
@@ -311,7 +323,7 @@ impl<'m> PageCacheState<'m> {
     }
 
     /// The cursor of the walk, with the xarray unlocked.
-    pub fn cursor(&mut self) -> PageCacheCursor<'_> {
+    pub(crate) fn cursor(&mut self) -> PageCacheCursor<'_> {
         PageCacheCursor { xas: &mut self.xas }
     }
 }
@@ -321,15 +333,15 @@ impl<'m> PageCacheState<'m> {
 /// # Invariants
 ///
 /// `xas` is the state of a [`PageCacheState`], on a valid xarray.
-pub struct PageCacheCursor<'a> {
+pub(crate) struct PageCacheCursor<'a> {
     xas: &'a mut bindings::xa_state,
 }
 
 impl<'a> PageCacheCursor<'a> {
     /// Takes the xarray lock. C: `xas_lock_irq()`.
-    pub fn lock(self) -> PageCacheLocked<'a> {
+    pub(crate) fn lock(self) -> PageCacheLocked<'a> {
         // SAFETY: By the type invariants `xas` is on a valid xarray.
-        unsafe { bindings::thp_collapse_xas_lock_irq(self.xas) };
+        unsafe { bindings::xas_lock_irq(self.xas) };
         // INVARIANT: Locked above.
         PageCacheLocked {
             cursor: ManuallyDrop::new(self),
@@ -340,12 +352,25 @@ impl<'a> PageCacheCursor<'a> {
     /// starts at the cursor (allocating, with the lock dropped, as needed), and returns with
     /// the xarray locked. May sleep. Fails with `ENOMEM`, unlocked.
     /// C: `xas_create_range()` and `xas_nomem()`.
-    pub fn create_range(self, order: u32) -> Result<PageCacheLocked<'a>, Self> {
-        // SAFETY: By the type invariants `xas` is on a valid xarray.
-        if unsafe { bindings::thp_collapse_xas_create_locked(self.xas, order) } != 0 {
-            return Err(self);
+    pub(crate) fn create_range(self, order: u32) -> Result<PageCacheLocked<'a>, Self> {
+        let index = self.xas.xa_index;
+        loop {
+            // SAFETY: As above; the lock is taken here and released below on failure, and
+            // `xas_nomem()` allocates with the lock released.
+            unsafe {
+                bindings::xas_set_order(self.xas, index, order);
+                bindings::xas_lock_irq(self.xas);
+                bindings::xas_create_range(self.xas);
+                if bindings::xas_error(self.xas) == 0 {
+                    break;
+                }
+                bindings::xas_unlock_irq(self.xas);
+                if !bindings::xas_nomem(self.xas, bindings::GFP_KERNEL) {
+                    return Err(self);
+                }
+            }
         }
-        // INVARIANT: The glue returns locked on success.
+        // INVARIANT: Locked above, with room for every index of the range.
         Ok(PageCacheLocked {
             cursor: ManuallyDrop::new(self),
         })
@@ -358,7 +383,7 @@ impl<'a> PageCacheCursor<'a> {
 /// # Invariants
 ///
 /// The xarray lock of `cursor`'s xarray is held by this thread.
-pub struct PageCacheLocked<'a> {
+pub(crate) struct PageCacheLocked<'a> {
     cursor: ManuallyDrop<PageCacheCursor<'a>>,
 }
 
@@ -368,19 +393,19 @@ impl<'a> PageCacheLocked<'a> {
     }
 
     /// Releases the lock, keeping the position. C: `xas_unlock_irq()`.
-    pub fn unlock(self) -> PageCacheCursor<'a> {
+    pub(crate) fn unlock(self) -> PageCacheCursor<'a> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: The lock is held (type invariants); `this` is never dropped, so it is
         // released once; the cursor is moved out once.
         unsafe {
-            bindings::thp_collapse_xas_unlock_irq(this.xas());
+            bindings::xas_unlock_irq(this.xas());
             ManuallyDrop::take(&mut this.cursor)
         }
     }
 
     /// What index `index` holds (with a folio's page flags, read in the same call); moves the
     /// cursor there. C: `xas_set()`, `xas_load()`.
-    pub fn load(&mut self, index: usize) -> Slot {
+    pub(crate) fn load(&mut self, index: usize) -> Slot {
         let mut folio = core::ptr::null_mut();
         let mut flags = 0;
         // SAFETY: The lock is held (type invariants); `folio` and `flags` are valid for writes.
@@ -391,33 +416,38 @@ impl<'a> PageCacheLocked<'a> {
 
     /// Whether any index after the cursor, up to `last`, holds an entry.
     /// C: `xas_next_entry()`.
-    pub fn any_entry_until(&mut self, last: usize) -> bool {
+    pub(crate) fn any_entry_until(&mut self, last: usize) -> bool {
         // SAFETY: As above.
-        unsafe { bindings::thp_collapse_xas_any_entry(self.xas(), last) }
+        !unsafe { bindings::xas_next_entry(self.xas(), last) }.is_null()
     }
 
     /// Marks the (empty) index at the cursor as being filled by a collapse
     /// (`XA_RETRY_ENTRY`): lockless readers retry, and nobody else fills it. Fails with
     /// `ENOMEM` if the xarray could not store it.
-    pub fn store_retry(&mut self) -> Result {
+    pub(crate) fn store_retry(&mut self) -> Result {
         // SAFETY: As above.
-        match unsafe { bindings::thp_collapse_xas_store_retry(self.xas()) } {
+        // SAFETY: As above. `XA_RETRY_ENTRY` is the internal entry 256.
+        let err = unsafe {
+            bindings::xas_store(self.xas(), bindings::xa_mk_internal(256));
+            bindings::xas_error(self.xas())
+        };
+        match err {
             0 => Ok(()),
             _ => Err(ENOMEM),
         }
     }
 
     /// Empties the index at the cursor again (after [`PageCacheLocked::store_retry`]).
-    pub fn store_empty(&mut self) {
+    pub(crate) fn store_empty(&mut self) {
         // SAFETY: As above.
-        unsafe { bindings::thp_collapse_xas_store_null(self.xas()) };
+        unsafe { bindings::xas_store(self.xas(), core::ptr::null_mut()) };
     }
 }
 
 impl Drop for PageCacheLocked<'_> {
     fn drop(&mut self) {
         // SAFETY: The lock is held (type invariants) and released once, here.
-        unsafe { bindings::thp_collapse_xas_unlock_irq(self.xas()) };
+        unsafe { bindings::xas_unlock_irq(self.xas()) };
     }
 }
 
@@ -428,7 +458,7 @@ impl Drop for PageCacheLocked<'_> {
 /// # Invariants
 ///
 /// `folio` is locked by this thread and we own one reference to it.
-pub struct LockedFolio {
+pub(crate) struct LockedFolio {
     folio: NonNull<bindings::folio>,
 }
 
@@ -445,9 +475,15 @@ impl LockedFolio {
 
     /// Locks `folio`, which `locked` found, without waiting, and takes a reference; `None` if
     /// someone else holds its lock. C: `folio_trylock()`, `folio_get()`.
-    pub fn trylock(folio: NonNull<bindings::folio>, _locked: &PageCacheLocked<'_>) -> Option<Self> {
-        // SAFETY: The folio is in the page cache, whose lock is held: it stays valid.
-        if unsafe { bindings::thp_collapse_folio_trylock_get(folio.as_ptr()) } {
+    pub(crate) fn trylock(
+        folio: NonNull<bindings::folio>,
+        _locked: &PageCacheLocked<'_>,
+    ) -> Option<Self> {
+        // SAFETY: The folio is in the page cache, whose lock is held: it stays valid, and the
+        // reference keeps it so once the lock is released.
+        if unsafe { bindings::folio_trylock(folio.as_ptr()) } {
+            // SAFETY: As above.
+            unsafe { bindings::folio_get(folio.as_ptr()) };
             // INVARIANT: Locked and referenced above.
             Some(Self { folio })
         } else {
@@ -457,21 +493,40 @@ impl LockedFolio {
 
     /// The shmem folio at `index` of `mapping`, swapped in (or instantiated, if fallocated)
     /// if need be, locked; `None` if there is none. May sleep. C: `shmem_get_folio()`.
-    pub fn shmem_get(mapping: Mapping<'_>, index: usize) -> Option<Self> {
-        // SAFETY: The mapping is valid; the glue returns a locked, referenced folio or NULL.
-        unsafe {
-            Self::adopt(bindings::thp_collapse_shmem_get_locked(
-                mapping.as_ptr(),
+    pub(crate) fn shmem_get(mapping: Mapping<'_>, index: usize) -> Option<Self> {
+        let mut folio = core::ptr::null_mut();
+        // SAFETY: The mapping and its inode are valid. `SGP_NOALLOC` instantiates nothing that
+        // is not there; on success the folio is locked and referenced.
+        let ret = unsafe {
+            bindings::shmem_get_folio(
+                (*mapping.as_ptr()).host,
                 index,
-            ))
+                0,
+                &mut folio,
+                bindings::sgp_type_SGP_NOALLOC,
+            )
+        };
+        if ret != 0 {
+            return None;
         }
+        // Drains this CPU's LRU batches, which may hold the folio just swapped in: it could
+        // not be isolated otherwise.
+        // SAFETY: Always safe to call; may sleep, as this function may.
+        unsafe { bindings::lru_add_drain() };
+        // SAFETY: Locked and referenced by `shmem_get_folio()`.
+        unsafe { Self::adopt(folio) }
     }
 
     /// The folio at `index` of `file`, read (ahead up to `end`) if need be, locked. May sleep.
     /// C: `page_cache_sync_readahead()` (or, with [`ReadWait::Try`],
     /// `filemap_invalidate_trylock_shared()` and `page_cache_ra_unbounded()`),
     /// `filemap_lock_folio()`.
-    pub fn read(file: &File, index: usize, end: usize, wait: ReadWait) -> Result<Self, ReadError> {
+    pub(crate) fn read(
+        file: &File,
+        index: usize,
+        end: usize,
+        wait: ReadWait,
+    ) -> Result<Self, ReadError> {
         // SAFETY: The file is valid; the glue returns a locked, referenced folio or an
         // `ERR_PTR`.
         let folio = unsafe {
@@ -482,7 +537,7 @@ impl LockedFolio {
                 matches!(wait, ReadWait::Try),
             )
         };
-        match crate::error::from_err_ptr(folio) {
+        match kernel::error::from_err_ptr(folio) {
             // SAFETY: Not an error: locked and referenced, and the reference is ours.
             Ok(folio) => unsafe { Self::adopt(folio) }.ok_or(ReadError::Failed),
             Err(e) if e == EAGAIN => Err(ReadError::Contended),
@@ -492,38 +547,37 @@ impl LockedFolio {
 
     /// The folio at `index` of `mapping`, locked; `None` if there is none. May sleep.
     /// C: `filemap_lock_folio()`.
-    pub fn lock(mapping: Mapping<'_>, index: usize) -> Option<Self> {
-        // SAFETY: As above.
-        unsafe {
-            Self::adopt(bindings::thp_collapse_filemap_lock_folio(
-                mapping.as_ptr(),
-                index,
-            ))
-        }
+    pub(crate) fn lock(mapping: Mapping<'_>, index: usize) -> Option<Self> {
+        // SAFETY: The mapping is valid.
+        let folio = unsafe { bindings::filemap_lock_folio(mapping.as_ptr(), index) };
+        // An error pointer means there is none.
+        let folio = kernel::error::from_err_ptr(folio).ok()?;
+        // SAFETY: Locked and referenced by `filemap_lock_folio()`.
+        unsafe { Self::adopt(folio) }
     }
 
     /// The folio.
     #[inline]
-    pub fn as_ptr(&self) -> NonNull<bindings::folio> {
+    pub(crate) fn as_ptr(&self) -> NonNull<bindings::folio> {
         self.folio
     }
 
     /// Its facts now (stable ones, under its lock: it cannot leave the mapping or change size).
-    pub fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
+    pub(crate) fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
         // SAFETY: The folio is referenced (type invariants).
         unsafe { read_facts(self.folio, mapping, read) }
     }
 
     /// Its number of pages.
     #[inline]
-    pub fn nr_pages(&self) -> usize {
+    pub(crate) fn nr_pages(&self) -> usize {
         // SAFETY: The folio is referenced and locked: it cannot be split.
         unsafe { bindings::folio_nr_pages(self.folio.as_ptr()) as usize }
     }
 
     /// Its page `n` (`n` below [`LockedFolio::nr_pages`]). C: `folio_page()`.
     #[inline]
-    pub fn page(&self, n: usize) -> NonNull<bindings::page> {
+    pub(crate) fn page(&self, n: usize) -> NonNull<bindings::page> {
         folio_page(self.folio, n)
     }
 
@@ -535,7 +589,7 @@ impl LockedFolio {
     ///
     /// The caller must own the references of the `nr` removed mappings, which were in `mm`,
     /// and not use them afterwards.
-    pub unsafe fn drop_mappings(&self, mm: &Mm, nr: usize) {
+    pub(crate) unsafe fn drop_mappings(&self, mm: &Mm, nr: usize) {
         if nr == 0 {
             return;
         }
@@ -554,7 +608,7 @@ impl LockedFolio {
     /// Takes it off its LRU list, releases its private (buffer) data, and unmaps it from every
     /// page table, batching the TLB flush ([`flush_batched_unmaps`]). Gives it back, with
     /// nothing changed, if that fails. May sleep.
-    pub fn isolate(self) -> Result<IsolatedFolio, (Self, IsolateError)> {
+    pub(crate) fn isolate(self) -> Result<IsolatedFolio, (Self, IsolateError)> {
         // SAFETY: Locked and referenced (type invariants), as the glue requires.
         match unsafe { bindings::thp_collapse_pc_folio_isolate(self.folio.as_ptr()) } {
             bindings::thp_collapse_pc_isolate_THP_PC_ISOLATE_OK => {
@@ -593,7 +647,7 @@ fn folio_page(folio: NonNull<bindings::folio>, n: usize) -> NonNull<bindings::pa
 /// Whether [`LockedFolio::read`] may wait for the mapping's invalidate lock, which readahead
 /// takes shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadWait {
+pub(crate) enum ReadWait {
     /// It may wait: the caller holds no lock of a folio of the file.
     Block,
     /// It gives up if the lock is contended: the caller holds locks of folios of the file, and
@@ -603,7 +657,7 @@ pub enum ReadWait {
 
 /// Why [`LockedFolio::read`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// [`ReadWait::Try`] and the mapping's invalidate lock is contended (a truncation or a
     /// hole punch is under way).
     Contended,
@@ -613,7 +667,7 @@ pub enum ReadError {
 
 /// Why [`LockedFolio::isolate`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IsolateError {
+pub(crate) enum IsolateError {
     /// It is not on an LRU list (someone else isolated it).
     NotOnLru,
     /// Its private data could not be released.
@@ -622,7 +676,7 @@ pub enum IsolateError {
 
 /// Flushes the TLB entries left by the unmaps of [`LockedFolio::isolate`].
 /// C: `try_to_unmap_flush()`.
-pub fn flush_batched_unmaps() {
+pub(crate) fn flush_batched_unmaps() {
     // SAFETY: Always safe to call.
     unsafe { bindings::thp_collapse_try_to_unmap_flush() };
 }
@@ -633,51 +687,55 @@ pub fn flush_batched_unmaps() {
 ///
 /// # Invariants
 ///
-/// `folio` is locked by this thread, isolated from its LRU list (with the reference that
-/// holds), and we own one more reference.
-pub struct IsolatedFolio {
+/// `folio` is locked by us, isolated from its LRU list (with the reference that holds), and we
+/// own one more reference.
+pub(crate) struct IsolatedFolio {
     folio: NonNull<bindings::folio>,
 }
 
+// SAFETY: A folio lock belongs to no thread (whoever holds the value unlocks it), and the
+// isolation and the reference are counts, not tied to the thread that took them.
+unsafe impl Send for IsolatedFolio {}
+
 impl IsolatedFolio {
     /// Its facts now.
-    pub fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
+    pub(crate) fn facts(&self, mapping: Mapping<'_>, read: Read) -> FolioFacts {
         // SAFETY: The folio is referenced (type invariants).
         unsafe { read_facts(self.folio, mapping, read) }
     }
 
     /// Its number of pages.
     #[inline]
-    pub fn nr_pages(&self) -> usize {
+    pub(crate) fn nr_pages(&self) -> usize {
         // SAFETY: Locked and referenced: it cannot be split.
         unsafe { bindings::folio_nr_pages(self.folio.as_ptr()) as usize }
     }
 
     /// Its first index.
     #[inline]
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         // SAFETY: Locked (type invariants): the index does not change.
         unsafe { bindings::thp_collapse_folio_index(self.folio.as_ptr()) }
     }
 
     /// Its page `n`. C: `folio_page()`.
     #[inline]
-    pub fn page(&self, n: usize) -> NonNull<bindings::page> {
+    pub(crate) fn page(&self, n: usize) -> NonNull<bindings::page> {
         folio_page(self.folio, n)
     }
 
     /// Releases it after a new folio replaced it in the page cache: uncounts it from the
-    /// page cache (`shmem`: and from shmem), unlocks it and drops the page cache's, the
+    /// page cache (and from shmem, for [`Backing::Shmem`]), unlocks it and drops the page cache's, the
     /// isolation's and our references, which frees it.
     ///
     /// # Safety
     ///
     /// The page cache must no longer hold the folio (the caller stored the new folio over its
     /// indices), but its references.
-    pub unsafe fn release_replaced(self, shmem: bool) {
+    pub(crate) unsafe fn release_replaced(self, backing: Backing) {
         let this = ManuallyDrop::new(self);
         // SAFETY: By the type invariants and the function's safety requirements.
-        unsafe { bindings::thp_collapse_pc_free_old(this.folio.as_ptr(), shmem) };
+        unsafe { bindings::thp_collapse_pc_free_old(this.folio.as_ptr(), backing.is_shmem()) };
     }
 }
 
@@ -695,33 +753,43 @@ impl Drop for IsolatedFolio {
 
 /// A new folio on its way into the page cache at `index`: locked (nobody can see it yet),
 /// with its mapping and index set. Dropping it before [`PageCacheFolio::insert`] frees it.
-pub struct PageCacheFolio {
+pub(crate) struct PageCacheFolio {
     folio: ManuallyDrop<NewFolio>,
-    shmem: bool,
+    backing: Backing,
 }
 
 impl PageCacheFolio {
-    /// Prepares `folio` to enter `mapping` at `index` (`shmem`: a swap-backed folio).
-    pub fn prepare(folio: NewFolio, mapping: Mapping<'_>, index: usize, shmem: bool) -> Self {
+    /// Prepares `folio` to enter `mapping` at `index` (swap-backed for [`Backing::Shmem`]).
+    pub(crate) fn prepare(
+        folio: NewFolio,
+        mapping: Mapping<'_>,
+        index: usize,
+        backing: Backing,
+    ) -> Self {
         // SAFETY: The folio is ours alone (type invariants of `NewFolio`), the mapping valid.
         unsafe {
-            bindings::thp_collapse_pc_prepare_new(folio.as_ptr(), mapping.as_ptr(), index, shmem)
+            bindings::thp_collapse_pc_prepare_new(
+                folio.as_ptr(),
+                mapping.as_ptr(),
+                index,
+                backing.is_shmem(),
+            )
         };
         Self {
             folio: ManuallyDrop::new(folio),
-            shmem,
+            backing,
         }
     }
 
     /// The folio, to copy the data into.
     #[inline]
-    pub fn folio(&mut self) -> &mut NewFolio {
+    pub(crate) fn folio(&mut self) -> &mut NewFolio {
         &mut self.folio
     }
 
     /// Its first pfn.
     #[inline]
-    pub fn pfn(&self) -> usize {
+    pub(crate) fn pfn(&self) -> usize {
         // SAFETY: The folio is valid (ours).
         unsafe { bindings::folio_pfn(self.folio.as_ptr()) }
     }
@@ -734,9 +802,9 @@ impl PageCacheFolio {
     ///
     /// The caller must hold the locks of the folios the range held (or have marked the range's
     /// holes with [`PageCacheLocked::store_retry`]), and the folio must hold their data.
-    pub unsafe fn insert(self, locked: &mut PageCacheLocked<'_>) -> InsertedFolio {
+    pub(crate) unsafe fn insert(self, locked: &mut PageCacheLocked<'_>) -> InsertedFolio {
         let mut this = ManuallyDrop::new(self);
-        let shmem = this.shmem;
+        let shmem = this.backing.is_shmem();
         // SAFETY: Taken once; `this` is never dropped.
         let folio = unsafe { ManuallyDrop::take(&mut this.folio) }.into_raw();
         // SAFETY: The folio is locked and ours, the xarray locked; by the function's safety
@@ -744,10 +812,12 @@ impl PageCacheFolio {
         let ret = unsafe {
             bindings::thp_collapse_pc_account_new(folio, shmem);
             let index = bindings::thp_collapse_folio_index(folio);
-            bindings::thp_collapse_xas_store_folio(locked.xas(), index, folio)
+            bindings::xas_set_order(locked.xas(), index, bindings::folio_order(folio));
+            bindings::xas_store(locked.xas(), folio.cast());
+            bindings::xas_error(locked.xas())
         };
         // `create_range()` made room: the store cannot fail.
-        crate::warn_on!(ret != 0);
+        kernel::warn_on!(ret != 0);
         // INVARIANT: In the page cache, with its references, and locked by us.
         InsertedFolio {
             // SAFETY: It came from a `NewFolio`, which is never NULL.
@@ -772,7 +842,7 @@ impl Drop for PageCacheFolio {
 /// # Invariants
 ///
 /// `folio` is in the page cache (which holds its references) and locked by this thread.
-pub struct InsertedFolio {
+pub(crate) struct InsertedFolio {
     folio: NonNull<bindings::folio>,
 }
 
@@ -789,29 +859,33 @@ impl Drop for InsertedFolio {
 /// # Invariants
 ///
 /// The i_mmap lock of `mapping` is held for read by this thread.
-pub struct IMmapRead<'a> {
+pub(crate) struct IMmapRead<'a> {
     mapping: Mapping<'a>,
 }
 
 impl<'a> IMmapRead<'a> {
     /// Takes the lock. May sleep. C: `i_mmap_lock_read()`.
-    pub fn lock(mapping: Mapping<'a>) -> Self {
+    pub(crate) fn lock(mapping: Mapping<'a>) -> Self {
         // SAFETY: The mapping is valid (type invariants of `Mapping`).
-        unsafe { bindings::thp_collapse_i_mmap_lock_read(mapping.as_ptr()) };
+        unsafe { bindings::i_mmap_lock_read(mapping.as_ptr()) };
         // INVARIANT: Taken above.
         Self { mapping }
     }
 
     /// Whether a VMA that maps a page of `[first, last]` is registered for userfaultfd missing
     /// faults. C: `userfaultfd_missing()` over `mapping_rmap_tree_foreach()`.
-    pub fn userfaultfd_missing_in(&self, first: usize, last: usize) -> bool {
-        // SAFETY: The lock is held (type invariants).
-        unsafe { bindings::thp_collapse_uffd_missing_in(self.mapping.as_ptr(), first, last) }
+    pub(crate) fn userfaultfd_missing_in(&self, first: usize, last: usize) -> bool {
+        let mut missing = false;
+        self.for_each_vma(first, last, |v| {
+            // SAFETY: `for_each_vma()` hands out VMAs that stay valid during the call.
+            missing |= unsafe { bindings::userfaultfd_missing(v.vma.as_ptr()) };
+        });
+        missing
     }
 
     /// Calls `f` with each VMA, of any mm, that maps a page of `[first, last]`. The VMAs are
     /// valid during the call (their mms may be exiting). C: `mapping_rmap_tree_foreach()`.
-    pub fn for_each_vma(&self, first: usize, last: usize, mut f: impl FnMut(FileVma)) {
+    pub(crate) fn for_each_vma(&self, first: usize, last: usize, mut f: impl FnMut(FileVma)) {
         // SAFETY: The lock is held (type invariants), which keeps the tree and its VMAs.
         let mut vma =
             unsafe { bindings::mapping_rmap_tree_iter_first(self.mapping.as_ptr(), first, last) };
@@ -838,37 +912,37 @@ impl<'a> IMmapRead<'a> {
 /// A VMA that maps a file, as the file's i_mmap lock shows it (its mm's mmap lock is not
 /// held): valid while [`IMmapRead`] is.
 #[derive(Clone, Copy)]
-pub struct FileVma {
+pub(crate) struct FileVma {
     /// The VMA.
-    pub vma: NonNull<bindings::vm_area_struct>,
+    pub(crate) vma: NonNull<bindings::vm_area_struct>,
     /// Its first address.
-    pub start: usize,
+    pub(crate) start: usize,
     /// The address after its last.
-    pub end: usize,
+    pub(crate) end: usize,
     /// The file index it maps at `start`.
-    pub pgoff: usize,
+    pub(crate) pgoff: usize,
     /// Its mm.
-    pub mm: *mut bindings::mm_struct,
+    pub(crate) mm: *mut bindings::mm_struct,
 }
 
 impl FileVma {
     /// The address at which it maps file index `pgoff` (if it maps it).
-    pub fn address_of(&self, pgoff: usize) -> usize {
+    pub(crate) fn address_of(&self, pgoff: usize) -> usize {
         self.start
-            .wrapping_add(pgoff.wrapping_sub(self.pgoff) << crate::page::PAGE_SHIFT)
+            .wrapping_add(pgoff.wrapping_sub(self.pgoff) << kernel::page::PAGE_SHIFT)
     }
 }
 
 impl Drop for IMmapRead<'_> {
     fn drop(&mut self) {
         // SAFETY: Held (type invariants), released once.
-        unsafe { bindings::thp_collapse_i_mmap_unlock_read(self.mapping.as_ptr()) };
+        unsafe { bindings::i_mmap_unlock_read(self.mapping.as_ptr()) };
     }
 }
 
 /// Pages a shmem collapse added to the file's count for its holes: dropping the value takes
 /// them back (the collapse failed); [`ShmemCharge::keep`] keeps them.
-pub struct ShmemCharge<'a> {
+pub(crate) struct ShmemCharge<'a> {
     mapping: Mapping<'a>,
     nr: usize,
 }
@@ -876,14 +950,14 @@ pub struct ShmemCharge<'a> {
 impl<'a> ShmemCharge<'a> {
     /// Charges `nr` pages to the shmem file of `mapping` (its blocks and the mapping's page
     /// count); `None` if the file has no room. C: `shmem_charge()`.
-    pub fn charge(mapping: Mapping<'a>, nr: usize) -> Option<Self> {
-        // SAFETY: The mapping is valid (type invariants of `Mapping`).
-        unsafe { bindings::thp_collapse_shmem_charge(mapping.as_ptr(), nr as isize) }
+    pub(crate) fn charge(mapping: Mapping<'a>, nr: usize) -> Option<Self> {
+        // SAFETY: The mapping is valid (type invariants of `Mapping`), and so is its inode.
+        unsafe { bindings::shmem_charge((*mapping.as_ptr()).host, nr as isize) }
             .then_some(Self { mapping, nr })
     }
 
     /// Keeps the charge: the pages are part of the file now.
-    pub fn keep(self) {
+    pub(crate) fn keep(self) {
         core::mem::forget(self);
     }
 }
@@ -891,25 +965,52 @@ impl<'a> ShmemCharge<'a> {
 impl Drop for ShmemCharge<'_> {
     fn drop(&mut self) {
         let m = self.mapping.as_ptr();
-        // SAFETY: The mapping is valid; `nr` pages were charged by `charge()`.
+        // SAFETY: The mapping and its inode are valid; `nr` pages were charged by `charge()`,
+        // which counted them in `nrpages` too: the collapse does not add them after all. The
+        // count changes under the xarray lock, as everywhere.
         unsafe {
-            bindings::thp_collapse_mapping_nrpages_sub(m, self.nr as isize);
-            bindings::thp_collapse_shmem_uncharge(m, self.nr as isize);
+            let pages = &raw mut (*m).i_pages;
+            bindings::xa_lock_irq(pages);
+            (*m).nrpages -= self.nr as kernel::ffi::c_ulong;
+            bindings::xa_unlock_irq(pages);
+            bindings::shmem_uncharge((*m).host, self.nr as isize);
         }
     }
 }
 
-/// Whether `file` is a shmem file (tmpfs, memfd, shared anonymous memory). C: `shmem_file()`.
-pub fn is_shmem(file: &File) -> bool {
-    // SAFETY: The file is valid.
-    unsafe { bindings::thp_collapse_shmem_file(file.as_ptr()) }
+/// What a page cache stores: shmem's swap-backed memory, or a file system's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backing {
+    /// Shmem (tmpfs, memfd, shared anonymous memory): swap-backed, always dirty, and its holes
+    /// or swapped-out folios are filled by shmem itself.
+    Shmem,
+    /// A file of a file system: its folios are read from and written back to storage.
+    File,
+}
+
+impl Backing {
+    /// What backs `file`'s page cache. C: `shmem_file()`.
+    pub(crate) fn of(file: &File) -> Self {
+        // SAFETY: The file is valid.
+        if unsafe { bindings::shmem_file(file.as_ptr()) } {
+            Backing::Shmem
+        } else {
+            Backing::File
+        }
+    }
+
+    /// Whether it is shmem, for C interfaces that take a `bool shmem`.
+    #[inline]
+    pub(crate) fn is_shmem(self) -> bool {
+        self == Backing::Shmem
+    }
 }
 
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
-#[macros::kunit_tests(rust_mm_page_cache)]
+#[kernel::macros::kunit_tests(thp_collapse_page_cache)]
 mod tests {
     use super::*;
-    use crate::{
+    use kernel::{
         error::code::EINVAL,
         mm::{
             mmap_lock::MmapReadLock,
@@ -953,7 +1054,7 @@ mod tests {
         let f_mapping = unsafe { (*file.file().as_ptr()).f_mapping };
         assert_eq!(mapping.as_ptr(), f_mapping);
         assert!(!mapping.can_writeback());
-        assert!(is_shmem(file.file()));
+        assert!(Backing::of(file.file()).is_shmem());
         assert_eq!(mapping.write_and_wait(0, 4), Ok(()));
         Ok(())
     }
@@ -1186,7 +1287,7 @@ mod tests {
         let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
         // SAFETY: `folio` holds its only reference.
         let pfn = unsafe { bindings::folio_pfn(folio.as_ptr()) };
-        let mut prepared = PageCacheFolio::prepare(folio, mapping, 1, true);
+        let mut prepared = PageCacheFolio::prepare(folio, mapping, 1, Backing::Shmem);
         let ptr = prepared.folio().as_ptr();
         // SAFETY: `prepared` owns the folio.
         let locked = unsafe { bindings::folio_test_locked(ptr) };

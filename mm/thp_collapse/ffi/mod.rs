@@ -5,7 +5,9 @@
 //!
 //! - [`PteFacts`]: one PTE of a candidate and the folio it maps, read in one call
 //!   (`thp_collapse_read_ptes()` in `mm/thp_collapse_glue.c`, a batch at a time);
-//! - [`trace`]: upstream's collapse tracepoints, through the glue's forwarders;
+//! - [`isolate`]: the folio isolation protocol, a batch of folios per call;
+//! - [`page_cache`]: a file's page cache as the collapse walks, locks and replaces it;
+//! - [`trace`]: upstream's collapse tracepoints (`kernel::declare_trace!`);
 //! - vmstat and memcg events, the khugepaged tunables, LRU drains and rescheduling;
 //! - the mapping between [`Outcome`] and C's `enum scan_result`.
 //!
@@ -14,6 +16,11 @@
 //!
 //! C headers: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h),
 //! [`include/linux/vm_event_item.h`](srctree/include/linux/vm_event_item.h)
+
+#[path = "isolate.rs"]
+pub(crate) mod isolate;
+#[path = "page_cache.rs"]
+pub(crate) mod page_cache;
 
 use crate::{
     outcome::Outcome,
@@ -112,7 +119,7 @@ const PTE_BATCH: usize = 16;
 pub(crate) struct PteRead {
     /// The folio's LRU, lock and reference state ([`PteFacts::lru`], [`PteFacts::locked`],
     /// [`PteFacts::extra_refs`]): the scan needs them, the isolation learns them from the
-    /// isolation protocol itself (`kernel::mm::folio::IsolatedFolio::isolate`).
+    /// isolation protocol itself (`isolate::IsolatedFolio::isolate`).
     pub(crate) folio_state: bool,
     /// What khugepaged's heuristics look at ([`PteFacts::referenced`],
     /// [`PteFacts::clean_lazyfree`]), which MADV_COLLAPSE ignores.
@@ -473,7 +480,7 @@ pub(crate) fn set_huge_pmd(
     vma: &VmaRef,
     haddr: usize,
     pmd: Option<kernel::mm::pgtable::PmdEntry<'_>>,
-    folio: &kernel::mm::page_cache::LockedFolio,
+    folio: &page_cache::LockedFolio,
 ) -> bool {
     let pmdp = pmd.map_or(core::ptr::null_mut(), |p| p.as_ptr());
     // SAFETY: The VMA is valid under the mmap lock the `PmdEntry` (or the caller) holds; the
@@ -534,18 +541,48 @@ pub(crate) fn cond_resched() {
 /// `mm/khugepaged.c`); the forwarders are in `mm/thp_collapse_glue.c`. A disabled event costs
 /// one call and a static-key test.
 pub(crate) mod trace {
+    use super::{page_cache::Backing, FolioPtr};
     use crate::outcome::Outcome;
-    use kernel::{bindings, mm::page_cache::Backing, mm::Mm};
+    use kernel::{
+        bindings,
+        ffi::{c_int, c_uint, c_ulong},
+        mm::Mm,
+    };
 
     /// The pfn the events record when there is no folio.
     pub(crate) const NO_PFN: usize = usize::MAX;
 
-    fn status(outcome: Outcome) -> i32 {
-        outcome as i32
+    // Upstream's events (`include/trace/events/huge_memory.h`), called directly: `khugepaged.c`
+    // creates their Rust entry points next to the events themselves.
+    kernel::declare_trace! {
+        /// `mm_khugepaged_scan_pmd`. Safe to call with a valid `mm`.
+        unsafe fn mm_khugepaged_scan_pmd(mm: *mut bindings::mm_struct, pfn: c_ulong,
+            referenced: c_int, none_or_zero: c_int, status: c_int, unmapped: c_int);
+        /// `mm_collapse_huge_page`. Safe to call with a valid `mm`.
+        unsafe fn mm_collapse_huge_page(mm: *mut bindings::mm_struct, isolated: c_int,
+            status: c_int, order: c_uint);
+        /// `mm_collapse_huge_page_isolate`. Safe to call with a valid `folio`, or NULL.
+        unsafe fn mm_collapse_huge_page_isolate(folio: *mut bindings::folio,
+            none_or_zero: c_int, referenced: c_int, status: c_int, order: c_uint);
+        /// `mm_collapse_huge_page_swapin`. Safe to call with a valid `mm`.
+        unsafe fn mm_collapse_huge_page_swapin(mm: *mut bindings::mm_struct, swapped_in: c_int,
+            referenced: c_int, ret: c_int, order: c_uint);
+        /// `mm_khugepaged_scan_file`. Safe to call with a valid `mm` and `file`.
+        unsafe fn mm_khugepaged_scan_file(mm: *mut bindings::mm_struct, pfn: c_ulong,
+            file: *mut bindings::file, present: c_int, swap: c_int, result: c_int);
+        /// `mm_khugepaged_collapse_file`. Safe to call with a valid `mm` and `file`.
+        #[allow(clippy::too_many_arguments)] // The event's eight fields.
+        unsafe fn mm_khugepaged_collapse_file(mm: *mut bindings::mm_struct, new_pfn: c_ulong,
+            index: c_ulong, addr: c_ulong, is_shmem: bool, file: *mut bindings::file, nr: c_int,
+            result: c_int);
     }
 
-    fn count(n: u32) -> i32 {
-        i32::try_from(n).unwrap_or(i32::MAX)
+    fn status(outcome: Outcome) -> c_int {
+        outcome as c_int
+    }
+
+    fn count(n: u32) -> c_int {
+        c_int::try_from(n).unwrap_or(c_int::MAX)
     }
 
     /// `mm_khugepaged_scan_pmd`: the end of the scan of a PMD range, with the final result
@@ -561,7 +598,7 @@ pub(crate) mod trace {
     ) {
         // SAFETY: `mm` is valid; the event only records its address and the values.
         unsafe {
-            bindings::thp_collapse_trace_scan_pmd(
+            mm_khugepaged_scan_pmd(
                 mm.as_raw(),
                 pfn,
                 count(referenced),
@@ -577,7 +614,7 @@ pub(crate) mod trace {
     pub(crate) fn collapse(mm: &Mm, outcome: Outcome, order: u32) {
         // SAFETY: As above.
         unsafe {
-            bindings::thp_collapse_trace_collapse(
+            mm_collapse_huge_page(
                 mm.as_raw(),
                 (outcome == Outcome::Succeed).into(),
                 status(outcome),
@@ -586,19 +623,20 @@ pub(crate) mod trace {
         }
     }
 
-    /// `mm_collapse_huge_page_isolate`: the end of the isolation step. `pfn` is the last folio
-    /// looked at, or [`NO_PFN`].
+    /// `mm_collapse_huge_page_isolate`: the end of the isolation step. `folio` is the last one
+    /// looked at, still mapped by the caller's detached table.
     pub(crate) fn isolate(
-        pfn: usize,
+        folio: Option<FolioPtr>,
         none_or_zero: u32,
         referenced: u32,
         outcome: Outcome,
         order: u32,
     ) {
-        // SAFETY: The forwarder only records the values.
+        let folio = folio.map_or(core::ptr::null_mut(), |f| f.as_ptr());
+        // SAFETY: `folio` is NULL or a folio the caller keeps valid; the event records its pfn.
         unsafe {
-            bindings::thp_collapse_trace_isolate(
-                pfn,
+            mm_collapse_huge_page_isolate(
+                folio,
                 count(none_or_zero),
                 count(referenced),
                 status(outcome),
@@ -619,7 +657,7 @@ pub(crate) mod trace {
     ) {
         // SAFETY: `mm` and `file` are valid; the event only records them and the values.
         unsafe {
-            bindings::thp_collapse_trace_scan_file(
+            mm_khugepaged_scan_file(
                 mm.as_raw(),
                 pfn,
                 file.as_ptr(),
@@ -643,13 +681,14 @@ pub(crate) mod trace {
     ) {
         // SAFETY: As above.
         unsafe {
-            bindings::thp_collapse_trace_collapse_file(
+            mm_khugepaged_collapse_file(
                 mm.as_raw(),
                 new_pfn,
                 index,
                 addr,
                 backing.is_shmem(),
                 file.as_ptr(),
+                count(crate::vocab::PTES_PER_PMD),
                 status(outcome),
             )
         }
@@ -659,7 +698,7 @@ pub(crate) mod trace {
     pub(crate) fn swapin(mm: &Mm, swapped_in: u32, referenced: u32, outcome: Outcome, order: u32) {
         // SAFETY: `mm` is valid; the event only records its address and the values.
         unsafe {
-            bindings::thp_collapse_trace_swapin(
+            mm_collapse_huge_page_swapin(
                 mm.as_raw(),
                 count(swapped_in),
                 count(referenced),
