@@ -126,11 +126,6 @@ impl Outcome {
         Outcome::PageDirtyOrWriteback,
     ];
 
-    /// Returns the outcome with number `raw`, if there is one.
-    pub(crate) fn from_u32(raw: u32) -> Option<Self> {
-        Self::ALL.get(usize::try_from(raw).ok()?).copied()
-    }
-
     /// The name under which the outcome is counted in sysfs.
     pub(crate) const fn name(self) -> &'static str {
         match self {
@@ -295,10 +290,7 @@ mod tests {
     fn numbering_is_dense() {
         for (i, outcome) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*outcome as usize, i);
-            assert_eq!(Outcome::from_u32(i as u32), Some(*outcome));
         }
-        assert_eq!(Outcome::from_u32(Outcome::COUNT as u32), None);
-        assert_eq!(Outcome::from_u32(u32::MAX), None);
     }
 
     #[test]

@@ -152,12 +152,6 @@ impl IsolationQueue {
         self.len
     }
 
-    /// Whether no folio is queued.
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether the queue is full: [`IsolationQueue::isolate`] must run before the next push.
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
@@ -516,7 +510,7 @@ mod tests {
             }
             n += 1;
         });
-        let emptied = queue.is_empty();
+        let emptied = queue.len() == 0;
         let first_handed = handed[0].as_ref().map(|f| Some(f.as_ptr()) == folios[0]);
         // SAFETY: The locked table keeps the folios.
         let left = [1, 2].map(|i| folios[i].map(|f| unsafe { facts(f) }.locked));

@@ -708,16 +708,3 @@ pub(crate) mod trace {
         }
     }
 }
-
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
-#[kernel::prelude::kunit_tests(thp_collapse_boundary)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scan_results_round_trip() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::from_u32(to_scan_result(o)), Some(o));
-        }
-    }
-}
