@@ -33,9 +33,10 @@
 //! collapse in the page cache, the retraction of page tables in every VMA that maps the range,
 //! and the PMD mapping of the new folio.
 //!
-//! The locks, page tables and folios are guards of `kernel::mm`; the few raw calls into C that
-//! only the collapse needs are in `ffi.rs`, the crate's only user of `bindings` apart from the
-//! signatures of the entry points below.
+//! The locks, page tables and folios are guards of `kernel::mm`; the raw calls into C that only
+//! the collapse needs are in `ffi/` (with the folio isolation protocol and the page cache of a
+//! file collapse), the crate's only user of `bindings` apart from the signatures of the entry
+//! points below.
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 

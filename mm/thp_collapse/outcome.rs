@@ -14,7 +14,7 @@ use kernel::{
 
 /// The outcome of one collapse attempt of one PMD-sized range.
 ///
-/// Every variant mirrors the C `enum scan_result` value of the same name and number (`ffi.rs`
+/// Every variant mirrors the C `enum scan_result` value of the same name and number (`ffi/mod.rs`
 /// asserts each), so outcomes cross the C boundary and reach the `huge_memory`
 /// tracepoints unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
