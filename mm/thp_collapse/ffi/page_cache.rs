@@ -18,7 +18,7 @@ use kernel::{
     bindings,
     error::{
         code::{EAGAIN, ENOMEM},
-        Error, Result,
+        to_result, Result,
     },
     fs::File,
     mm::{folio::NewFolio, Mm},
@@ -67,12 +67,7 @@ impl<'a> Mapping<'a> {
         let start = (index as i64) << kernel::page::PAGE_SHIFT;
         let end = start + (i64::from(nr) << kernel::page::PAGE_SHIFT) - 1;
         // SAFETY: The mapping is valid (type invariants).
-        let ret = unsafe { bindings::filemap_write_and_wait_range(self.as_ptr(), start, end) };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(Error::from_errno(ret))
-        }
+        to_result(unsafe { bindings::filemap_write_and_wait_range(self.as_ptr(), start, end) })
     }
 
     /// Starts the writeback of the whole file unless someone has it open for writing.

@@ -8,7 +8,7 @@ use crate::{
     bindings,
     error::{
         code::{EHWPOISON, EINVAL, ENOMEM},
-        Error, Result,
+        to_result, Result,
     },
     mm::{virt::VmaRef, Mm},
 };
@@ -157,12 +157,7 @@ impl NewFolio {
     pub fn charge(&self, mm: &Mm, gfp: bindings::gfp_t) -> Result {
         // SAFETY: By the type invariants the folio is not shared, so nobody else charges it; `mm`
         // is valid.
-        let ret = unsafe { bindings::mem_cgroup_charge(self.folio.as_ptr(), mm.as_raw(), gfp) };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(Error::from_errno(ret))
-        }
+        to_result(unsafe { bindings::mem_cgroup_charge(self.folio.as_ptr(), mm.as_raw(), gfp) })
     }
 
     /// The folio, for C functions that fill it in (it stays owned by this value).
