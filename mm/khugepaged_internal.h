@@ -64,7 +64,7 @@ enum scan_result {
 
 #ifdef CONFIG_THP_COLLAPSE_RUST
 
-/* The folio isolation protocol (mm/thp_collapse_glue.c). */
+/* The folio isolation protocol, a batch at a time (mm/khugepaged.c). */
 enum thp_collapse_isolate {
 	THP_ISOLATE_OK,
 	THP_ISOLATE_LOCKED,	/* someone else holds the folio lock */
@@ -227,7 +227,8 @@ void thp_collapse_pc_prepare_new(struct folio *folio,
 				 bool shmem);
 void thp_collapse_pc_abandon_new(struct folio *folio);
 void thp_collapse_pc_account_new(struct folio *folio, bool shmem);
-void thp_collapse_pc_free_old(struct folio *folio, bool shmem);
+void thp_collapse_pc_free_old(struct folio **folios, unsigned int nr,
+			      bool shmem);
 bool thp_collapse_mm_exiting(struct mm_struct *mm);
 int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
 			      pmd_t *pmdp, struct folio *folio);

@@ -148,7 +148,7 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     let guard = unsafe { MmapRead::adopt(Mm::from_raw(mm)) };
     // SAFETY: The caller found `vma`, a VMA of `mm`, under the lock it hands over.
     unsafe { guard.remember_vma(vma) };
-    let (outcome, scanned, state) = request::collapse_pmd(
+    let (attempt, scanned, state) = request::collapse_pmd(
         guard,
         addr,
         Caller::Khugepaged,
@@ -161,12 +161,12 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     }
     // SAFETY: The caller guarantees that `progress` is valid for writes.
     unsafe { *progress = (*progress).saturating_add(scanned) };
-    to_scan_result(outcome)
+    to_scan_result(&attempt)
 }
 
 /// Writes the counters of `caller` into `buf`, the sysfs file
-/// `transparent_hugepage/collapse/rust_stats/<caller>`: one `<outcome> <count>` line per
-/// outcome. Returns the number of bytes written, or a negative errno.
+/// `transparent_hugepage/collapse/rust_stats/<caller>`: one `<result> <count>` line per
+/// `enum scan_result` code. Returns the number of bytes written, or a negative errno.
 ///
 /// # Safety
 ///

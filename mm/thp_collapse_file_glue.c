@@ -342,27 +342,78 @@ void thp_collapse_pc_account_new(struct folio *folio, bool shmem)
 	folio_add_lru(folio);
 }
 
+/*
+ * Pages leaving the page cache, counted per lruvec: successive folios of one
+ * memcg and node (the common case) make one update of NR_FILE_PAGES (and
+ * NR_SHMEM), done by pc_flush_uncharged().
+ */
+struct pc_uncounted {
+	struct lruvec *lruvec;	/* NULL: a folio without memcg, on @pgdat */
+	struct pglist_data *pgdat;
+	long nr;
+};
+
+static void pc_flush_uncounted(struct pc_uncounted *acc, bool shmem)
+{
+	if (!acc->nr)
+		return;
+	if (acc->lruvec) {
+		mod_lruvec_state(acc->lruvec, NR_FILE_PAGES, -acc->nr);
+		if (shmem)
+			mod_lruvec_state(acc->lruvec, NR_SHMEM, -acc->nr);
+	} else {
+		mod_node_page_state(acc->pgdat, NR_FILE_PAGES, -acc->nr);
+		if (shmem)
+			mod_node_page_state(acc->pgdat, NR_SHMEM, -acc->nr);
+	}
+	acc->nr = 0;
+}
+
 /**
- * thp_collapse_pc_free_old() - release an old folio that a collapse replaced
- * in the page cache.
- * @folio: locked, isolated, unmapped, and no longer in the page cache.
+ * thp_collapse_pc_free_old() - release old folios that a collapse replaced in
+ * the page cache.
+ * @folios: @nr folios, each locked, isolated, unmapped, and no longer in the
+ *	page cache.
+ * @nr: how many.
  * @shmem: whether the mapping is shmem.
  *
- * Uncounts it, unlocks it and drops the references of the page cache, of the
- * isolation and of the caller.
+ * Uncounts them from NR_FILE_PAGES (and NR_SHMEM), unlocks them and drops the
+ * references of the page cache, of the isolation and of the caller, which
+ * frees them: what collapse_file() does for each old folio, but with the
+ * counters of a run of folios of one memcg and node updated once.
  */
-void thp_collapse_pc_free_old(struct folio *folio, bool shmem)
+void thp_collapse_pc_free_old(struct folio **folios, unsigned int nr,
+			      bool shmem)
 {
-	long nr = folio_nr_pages(folio);
+	struct pc_uncounted acc = { .nr = 0 };
+	unsigned int i;
 
-	lruvec_stat_mod_folio(folio, NR_FILE_PAGES, -nr);
-	if (shmem)
-		lruvec_stat_mod_folio(folio, NR_SHMEM, -nr);
-	folio->mapping = NULL;
-	folio_clear_active(folio);
-	folio_clear_unevictable(folio);
-	folio_unlock(folio);
-	folio_put_refs(folio, 2 + nr);
+	rcu_read_lock();
+	for (i = 0; i < nr; i++) {
+		struct folio *folio = folios[i];
+		struct mem_cgroup *memcg = folio_memcg(folio);
+		struct pglist_data *pgdat = folio_pgdat(folio);
+		struct lruvec *lruvec = memcg ?
+			mem_cgroup_lruvec(memcg, pgdat) : NULL;
+
+		if (acc.nr && (acc.lruvec != lruvec || acc.pgdat != pgdat))
+			pc_flush_uncounted(&acc, shmem);
+		acc.lruvec = lruvec;
+		acc.pgdat = pgdat;
+		acc.nr += folio_nr_pages(folio);
+	}
+	pc_flush_uncounted(&acc, shmem);
+	rcu_read_unlock();
+
+	for (i = 0; i < nr; i++) {
+		struct folio *folio = folios[i];
+
+		folio->mapping = NULL;
+		folio_clear_active(folio);
+		folio_clear_unevictable(folio);
+		folio_unlock(folio);
+		folio_put_refs(folio, 2 + folio_nr_pages(folio));
+	}
 }
 
 /**

@@ -39,7 +39,7 @@ log "tap-summary.py rules"
 log "checkpatch"
 cfiles=$(cd "$TOP" && git ls-files '*.c' '*.h')
 for f in $cfiles; do
-	# From the build tree. (-f cannot see that patch 0005 documents the
+	# From the build tree. (-f cannot see that patch 0006 documents the
 	# boot parameter in kernel-parameters.txt, hence the ignore.)
 	(cd "$SRC" && ./scripts/checkpatch.pl --quiet --strict --ignore UNDOCUMENTED_SETUP -f "$f") || fail=1
 done

@@ -21,7 +21,7 @@ use crate::ffi::page_cache::{
 use crate::{
     ffi::{self, trace, CowCopies},
     new_folio,
-    outcome::Outcome,
+    outcome::{Attempt, Collapsed, Fail},
     scan::{FileEntry, FileTally},
     spare::{self, Spare},
     vma::{self, CollapseLocked},
@@ -55,7 +55,7 @@ const ENTRY_BATCH: usize = 16;
 /// it) and, after a collapse in the page cache, takes it again for read to map the new folio
 /// with the PMD (MADV_COLLAPSE) or only remove the page table left (khugepaged).
 ///
-/// Returns the outcome, the page-table entries accounted to khugepaged's scan budget, and the
+/// Returns the result, the page-table entries accounted to khugepaged's scan budget, and the
 /// lock's state (always released). Upstream: the file half of `collapse_single_pmd()`.
 pub(crate) fn collapse_pmd<'a>(
     guard: MmapRead<'a>,
@@ -64,19 +64,19 @@ pub(crate) fn collapse_pmd<'a>(
     pgoff: usize,
     mode: CollapseMode,
     tunables: &Tunables,
-) -> (Outcome, u32, Locked<'a>) {
+) -> (Attempt, u32, Locked<'a>) {
     let mm = guard.mm();
     drop(guard);
 
     let Some(mapping) = Mapping::of(&file) else {
-        return (Outcome::Fail, 1, Locked::Dropped);
+        return (Err(Fail::Other), 1, Locked::Dropped);
     };
     let mut wrote_back = false;
-    let (mut outcome, scanned) = loop {
-        let (outcome, scanned) = scan_file(mm, addr, &file, pgoff, mode, tunables);
+    let (mut attempt, scanned) = loop {
+        let (attempt, scanned) = scan_file(mm, addr, &file, pgoff, mode, tunables);
         // MADV_COLLAPSE writes dirty pages back, and tries once more.
         if mode == CollapseMode::Madvise
-            && outcome == Outcome::PageDirtyOrWriteback
+            && attempt == Err(Fail::PageDirtyOrWriteback)
             && !wrote_back
             && mapping.can_writeback()
         {
@@ -85,26 +85,28 @@ pub(crate) fn collapse_pmd<'a>(
             wrote_back = true;
             continue;
         }
-        break (outcome, scanned);
+        break (attempt, scanned);
     };
     drop(file);
 
-    if outcome == Outcome::PteMappedHugepage {
+    // The page cache holds a PMD-sized folio for the range: collapsed now, or found so.
+    if let Ok(Collapsed::InPageCache) | Err(Fail::PteMappedHugepage) = attempt {
         let guard = MmapRead::lock(mm);
-        outcome = if guard.exiting_or_thp_disabled() {
-            Outcome::AnyProcess
+        let mapped = if guard.exiting_or_thp_disabled() {
+            Err(Fail::AnyProcess)
         } else {
             collapse_pte_mapped(&guard, addr, HugeMapping::for_mode(mode))
         };
-        if outcome == Outcome::PmdMapped {
-            outcome = Outcome::Succeed;
-        }
+        attempt = match mapped {
+            Ok(()) | Err(Fail::PmdMapped) => Ok(Collapsed::Mapped),
+            Err(fail) => Err(fail),
+        };
     }
-    (outcome, scanned, Locked::Dropped)
+    (attempt, scanned, Locked::Dropped)
 }
 
 /// Scans the page cache range of `file` from index `start`, which `addr` maps, and collapses
-/// it if the scan allows. Returns the outcome and the entries accounted to the scan budget.
+/// it if the scan allows. Returns the result and the entries accounted to the scan budget.
 /// Upstream: `collapse_scan_file()`.
 fn scan_file(
     mm: &Mm,
@@ -113,17 +115,17 @@ fn scan_file(
     start: usize,
     mode: CollapseMode,
     tunables: &Tunables,
-) -> (Outcome, u32) {
+) -> (Attempt, u32) {
     let limits = mode.limits(tunables, PMD_ORDER, Userfault::Unarmed);
     let Some(mapping) = Mapping::of(file) else {
-        return (Outcome::Fail, PTES_PER_PMD);
+        return (Err(Fail::Other), PTES_PER_PMD);
     };
     let last = start + NR - 1;
     let mut entries = [PageCacheEntry::default(); ENTRY_BATCH];
     let mut index = start;
     let mut tally = FileTally::new(limits);
     let mut failed_pfn = trace::NO_PFN;
-    let mut outcome = Outcome::Succeed;
+    let mut verdict = Ok(());
     'walk: loop {
         let n = mapping.read_entries(&mut index, last, &mut entries);
         for e in &entries[..n] {
@@ -140,7 +142,7 @@ fn scan_file(
                 }
             };
             if let Err(stop) = tally.add(entry) {
-                outcome = stop;
+                verdict = Err(stop);
                 if !e.is_value() {
                     failed_pfn = e.pfn();
                 }
@@ -156,23 +158,27 @@ fn scan_file(
         }
         ffi::cond_resched();
     }
-    let scanned = if outcome == Outcome::PteMappedHugepage {
+    let scanned = if verdict == Err(Fail::PteMappedHugepage) {
         1
     } else {
         PTES_PER_PMD
     };
-    if outcome == Outcome::Succeed {
-        outcome = match tally.finish() {
-            Outcome::Succeed => {
-                let nodes = tally.target_nodes();
-                collapse_file(mm, addr, file, mapping, start, mode, tunables, &nodes)
-            }
-            stop => stop,
-        };
+    let attempt = verdict.and_then(|()| tally.finish()).and_then(|()| {
+        let nodes = tally.target_nodes();
+        collapse_file(mm, addr, file, mapping, start, mode, tunables, &nodes)
+    });
+    if let Err(fail) = attempt {
+        ffi::count_file_exceeded(fail);
     }
-    ffi::count_file_exceeded(outcome);
-    trace::scan_file(mm, failed_pfn, file, tally.present(), tally.swap(), outcome);
-    (outcome, scanned)
+    trace::scan_file(
+        mm,
+        failed_pfn,
+        file,
+        tally.present(),
+        tally.swap(),
+        &attempt,
+    );
+    (attempt, scanned)
 }
 
 /// How the collapse got the folio at an index of the range.
@@ -196,21 +202,21 @@ fn lock_old<'a>(
     range: &Range<usize>,
     index: usize,
     wait: ReadWait,
-) -> Result<Got<'a>, Outcome> {
+) -> Result<Got<'a>, Fail> {
     let slot = xa.load(index);
     match slot {
         // Another collapse marks holes only within one hold of the xarray lock.
-        Slot::Retry => Err(Outcome::Fail),
+        Slot::Retry => Err(Fail::Other),
         Slot::Empty if backing == Backing::Shmem => {
             // Truncated or hole-punched, and now completely empty: nothing to collapse.
             if index == range.start && !xa.any_entry_until(range.end - 1) {
-                return Err(Outcome::Truncated);
+                return Err(Fail::Truncated);
             }
             Ok(Got::Hole(xa))
         }
         Slot::Value if backing == Backing::Shmem => {
             let cursor = xa.unlock();
-            let folio = LockedFolio::shmem_get(mapping, index).ok_or(Outcome::Fail)?;
+            let folio = LockedFolio::shmem_get(mapping, index).ok_or(Fail::Other)?;
             Ok(Got::Folio(folio, cursor))
         }
         Slot::Empty | Slot::Value => {
@@ -218,8 +224,8 @@ fn lock_old<'a>(
             // A hole punch holds the invalidate lock while it waits for the folio locks the
             // collapse holds: a contended lock makes the collapse give up (EAGAIN).
             let folio = LockedFolio::read(file, index, range.end, wait).map_err(|e| match e {
-                ReadError::Contended => Outcome::PageLock,
-                ReadError::Failed => Outcome::Fail,
+                ReadError::Contended => Fail::PageLock,
+                ReadError::Failed => Fail::Other,
             })?;
             Ok(Got::Folio(folio, cursor))
         }
@@ -228,7 +234,7 @@ fn lock_old<'a>(
             if backing == Backing::Shmem && !facts.uptodate() {
                 // Fallocated and never written: shmem instantiates it.
                 let cursor = xa.unlock();
-                let folio = LockedFolio::shmem_get(mapping, index).ok_or(Outcome::Fail)?;
+                let folio = LockedFolio::shmem_get(mapping, index).ok_or(Fail::Other)?;
                 return Ok(Got::Folio(folio, cursor));
             }
             if backing == Backing::File && facts.dirty() {
@@ -237,12 +243,12 @@ fn lock_old<'a>(
                 // time, and a flush would only cause writeback system-wide).
                 drop(xa);
                 mapping.flush_unless_writers();
-                return Err(Outcome::PageDirtyOrWriteback);
+                return Err(Fail::PageDirtyOrWriteback);
             }
             if backing == Backing::File && facts.writeback() {
-                return Err(Outcome::PageDirtyOrWriteback);
+                return Err(Fail::PageDirtyOrWriteback);
             }
-            let folio = LockedFolio::trylock(folio, &xa).ok_or(Outcome::PageLock)?;
+            let folio = LockedFolio::trylock(folio, &xa).ok_or(Fail::PageLock)?;
             Ok(Got::Folio(folio, xa.unlock()))
         }
     }
@@ -256,7 +262,7 @@ fn isolate_old<'a>(
     cursor: PageCacheCursor<'a>,
     mapping: Mapping<'_>,
     backing: Backing,
-) -> Result<(IsolatedFolio, PageCacheLocked<'a>), Outcome> {
+) -> Result<(IsolatedFolio, PageCacheLocked<'a>), Fail> {
     let facts = folio.facts(
         mapping,
         page_cache::Read {
@@ -266,23 +272,23 @@ fn isolate_old<'a>(
         },
     );
     if !facts.uptodate() {
-        return Err(Outcome::Fail);
+        return Err(Fail::Other);
     }
     // Truncated and extended, or hole-punched and refilled, before we locked it: a THP may be
     // there already.
     if facts.pmd_order() {
-        return Err(Outcome::PteMappedHugepage);
+        return Err(Fail::PteMappedHugepage);
     }
     if facts.other_mapping() {
-        return Err(Outcome::Truncated);
+        return Err(Fail::Truncated);
     }
     // Only clean file folios are collapsed (shmem ones are always dirty).
     if backing == Backing::File && facts.dirty_or_writeback() {
-        return Err(Outcome::PageDirtyOrWriteback);
+        return Err(Fail::PageDirtyOrWriteback);
     }
     let folio = folio.isolate().map_err(|(_, e)| match e {
-        IsolateError::NotOnLru => Outcome::DelPageLru,
-        IsolateError::Private => Outcome::PageHasPrivate,
+        IsolateError::NotOnLru => Fail::DelPageLru,
+        IsolateError::Private => Fail::PageHasPrivate,
     })?;
     let xa = cursor.lock();
     let facts = folio.facts(
@@ -299,12 +305,12 @@ fn isolate_old<'a>(
     // `folio_ref_count() != 2 + folio_nr_pages()` does.
     if facts.refs_beyond_expected() != 2 || facts.mapped() {
         drop(xa);
-        return Err(Outcome::PageCount);
+        return Err(Fail::PageCount);
     }
     // Unmapping moved a dirty PTE's bit to the folio: it must not go into a clean folio.
     if backing == Backing::File && facts.dirty() {
         drop(xa);
-        return Err(Outcome::PageDirtyOrWriteback);
+        return Err(Fail::PageDirtyOrWriteback);
     }
     Ok((folio, xa))
 }
@@ -314,7 +320,7 @@ static SPARE_OLD: spare::Slot<KVec<IsolatedFolio>> = Atomic::new(core::ptr::null
 
 /// Collapses the page cache range `[start, start + 512)` of `file` into one new folio, for the
 /// scan at `addr` of `mm`, and retracts the page tables that mapped the range. For MADV_COLLAPSE
-/// the outcome of a success is [`Outcome::PteMappedHugepage`]: the caller maps the new folio.
+/// a success is [`Collapsed::InPageCache`]: the caller maps the new folio.
 /// Upstream: `collapse_file()`.
 #[expect(
     clippy::too_many_arguments,
@@ -329,24 +335,23 @@ fn collapse_file(
     mode: CollapseMode,
     tunables: &Tunables,
     nodes: &Nodes,
-) -> Outcome {
+) -> Attempt {
     let backing = Backing::of(file);
     let end = start + NR;
     let mut new_pfn = trace::NO_PFN;
     let mut reached = start;
-    let outcome = (|| -> Result<Outcome, Outcome> {
+    let attempt = (|| -> Attempt {
         let folio = new_folio::alloc_charge(mm, mode.alloc_policy(tunables), PMD_ORDER, nodes)?;
         let mut new = PageCacheFolio::prepare(folio, mapping, start, backing);
         new_pfn = new.pfn();
         // Dropped in reverse order on failure: the charge, the old folios, the new one.
         let mut old_list = Spare::new(&SPARE_OLD, KVec::clear);
-        let old =
-            old_list.get(|| KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Outcome::Fail))?;
+        let old = old_list.get(|| KVec::with_capacity(NR, GFP_KERNEL).map_err(|_| Fail::Other))?;
         let mut state = PageCacheState::new(mapping, start);
         let mut xa = state
             .cursor()
             .create_range(PMD_ORDER)
-            .map_err(|_| Outcome::Fail)?;
+            .map_err(|_| Fail::Other)?;
 
         let mut nr_none = 0;
         let mut index = start;
@@ -367,7 +372,7 @@ fn collapse_file(
                     let (folio, locked) = isolate_old(folio, cursor, mapping, backing)?;
                     xa = locked;
                     index = folio.index() + folio.nr_pages();
-                    old.push(folio, GFP_NOWAIT).map_err(|_| Outcome::Fail)?;
+                    old.push(folio, GFP_NOWAIT).map_err(|_| Fail::Other)?;
                 }
             }
         }
@@ -377,7 +382,7 @@ fn collapse_file(
         flush_batched_unmaps();
         let charge = match nr_none {
             0 => None,
-            n => Some(ShmemCharge::charge(mapping, n).ok_or(Outcome::Fail)?),
+            n => Some(ShmemCharge::charge(mapping, n).ok_or(Fail::Other)?),
         };
 
         // The old folios are locked and unmapped: their data cannot change any more.
@@ -391,7 +396,7 @@ fn collapse_file(
                 // SAFETY: The old folio is locked and unmapped: its pages stay valid and
                 // nobody writes them.
                 unsafe { new.folio().copy_mc_page(dst, folio.page(i)) }
-                    .map_err(|_| Outcome::CopyMc)?;
+                    .map_err(|_| Fail::CopyMc)?;
                 dst += 1;
             }
         }
@@ -415,18 +420,15 @@ fn collapse_file(
         // Page faults map the new folio with a PMD once the page tables are gone.
         retract_page_tables(mapping, start);
         drop(inserted);
-        for folio in old.drain_all() {
-            // SAFETY: The new folio replaced it in the page cache.
-            unsafe { folio.release_replaced(backing) };
-        }
+        // SAFETY: The new folio replaced them in the page cache.
+        unsafe { IsolatedFolio::release_replaced(old, backing) };
         Ok(match mode {
-            CollapseMode::Madvise => Outcome::PteMappedHugepage,
-            CollapseMode::Khugepaged => Outcome::Succeed,
+            CollapseMode::Madvise => Collapsed::InPageCache,
+            CollapseMode::Khugepaged => Collapsed::Mapped,
         })
-    })()
-    .unwrap_or_else(|outcome| outcome);
-    trace::collapse_file(mm, new_pfn, reached, addr, backing, file, outcome);
-    outcome
+    })();
+    trace::collapse_file(mm, new_pfn, reached, addr, backing, file, &attempt);
+    attempt
 }
 
 /// Marks the `nr_none` holes of the range `[start, end)` as being filled, under the i_mmap and
@@ -439,23 +441,23 @@ fn fill_holes<'a>(
     mapping: Mapping<'_>,
     (start, end): (usize, usize),
     nr_none: usize,
-) -> Result<PageCacheLocked<'a>, Outcome> {
+) -> Result<PageCacheLocked<'a>, Fail> {
     let immap = IMmapRead::lock(mapping);
     let mut xa = cursor.lock();
     let marked = (|| {
         let mut marked = 0;
         for index in start..end {
             if xa.load(index) == Slot::Empty {
-                xa.store_retry().map_err(|_| Outcome::StoreFailed)?;
+                xa.store_retry().map_err(|_| Fail::StoreFailed)?;
                 marked += 1;
             }
         }
         if marked != nr_none {
-            return Err(Outcome::PageFilled);
+            return Err(Fail::PageFilled);
         }
         // Userfaultfds registered from now on cannot see the holes: they are marked.
         if immap.userfaultfd_missing_in(start, end) {
-            return Err(Outcome::ExceedNonePte);
+            return Err(Fail::ExceedNonePte);
         }
         Ok(())
     })();
@@ -499,10 +501,11 @@ fn retract_page_tables(mapping: Mapping<'_>, pgoff: usize) {
             // SAFETY: As above.
             unsafe { ffi::vma_retractable(vma, CowCopies::Unknown) }
         };
-        // SAFETY: The i_mmap lock keeps the VMA and its page tables; `addr` is PMD-aligned and
-        // the range inside the VMA (checked above); the caller holds the new folio's lock, and
-        // `retractable` (checked again under the PTE lock) rules out the rest.
-        unsafe { pgtable::retract_empty_table(vma, addr, retractable) };
+        // SAFETY: The mm is alive (not exiting, checked above; the i_mmap lock keeps the VMA
+        // and so its mm); `addr` is PMD-aligned and the range inside the VMA (checked above);
+        // the caller holds the new folio's lock, and `retractable` (checked again under the
+        // PTE lock) rules out the rest.
+        unsafe { pgtable::retract_empty_table(v.vma, addr, retractable) };
     });
 }
 
@@ -512,7 +515,7 @@ fn retract_page_tables(mapping: Mapping<'_>, pgoff: usize) {
 /// gives up on for the whole VMA. Takes the mmap lock (only if free: the new folio's lock,
 /// which we hold, comes after it) to keep the anon_vma, and the anon_vma lock to keep anon
 /// rmap walks (of CoW copies of this extent elsewhere) away while the table goes.
-fn retract_private(v: page_cache::FileVma, addr: usize) {
+fn retract_private(v: page_cache::FileVma<'_>, addr: usize) {
     // SAFETY: The mm of a VMA in the i_mmap tree is valid while the VMA is.
     let mm = unsafe { Mm::from_raw(v.mm) };
     let Some(lock) = MmapRead::try_lock(mm) else {
@@ -569,56 +572,54 @@ impl HugeMapping {
 /// Removes the page table whose entries map the pages of the PMD-sized folio of the page cache
 /// at the PMD range at `addr` (if there is one), and maps the folio with the PMD as `when`
 /// says. Runs under the mmap lock (read). Upstream: `try_collapse_pte_mapped_thp()`.
-fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, when: HugeMapping) -> Outcome {
+fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, when: HugeMapping) -> Result<(), Fail> {
     let haddr = addr & !(PMD_SIZE - 1);
     let Some(vma) = guard.find_vma(haddr) else {
-        return Outcome::VmaCheck;
+        return Err(Fail::VmaCheck);
     };
     if vma.start() > haddr || vma.end() < haddr + PMD_SIZE {
-        return Outcome::VmaCheck;
+        return Err(Fail::VmaCheck);
     }
     let Some(file) = vma.file() else {
-        return Outcome::VmaCheck;
+        return Err(Fail::VmaCheck);
     };
     if guard.pmd_state(haddr) == PmdState::Huge {
-        return Outcome::PmdMapped;
+        return Err(Fail::PmdMapped);
     }
     // The page cache holds a huge folio: a fault would map it with the PMD whatever sysfs says,
     // so the settings are bypassed here too.
     if !vma::pmd_collapse_allowed(vma, CollapseMode::Madvise) {
-        return Outcome::VmaCheck;
+        return Err(Fail::VmaCheck);
     }
     // uffd-wp keeps per-PTE state: the page table stays.
     if vma.userfaultfd_protected() {
-        return Outcome::PteUffd;
+        return Err(Fail::PteUffd);
     }
     let Some(mapping) = Mapping::of(file) else {
-        return Outcome::VmaCheck;
+        return Err(Fail::VmaCheck);
     };
     let Some(folio) = LockedFolio::lock(mapping, vma.linear_page_index(haddr)) else {
-        return Outcome::PageNull;
+        return Err(Fail::PageNull);
     };
     if folio.nr_pages() != NR {
-        return Outcome::PageCompound;
+        return Err(Fail::PageCompound);
     }
     let pmd = PmdEntry::find(guard, haddr);
     match pmd.map_or(PmdState::None, |p| p.state()) {
-        PmdState::Huge => return Outcome::PmdMapped,
+        PmdState::Huge => return Err(Fail::PmdMapped),
         // All the entries were removed, and the table with them.
         PmdState::None => return install_pmd(vma, haddr, pmd, &folio, when),
         PmdState::Table => {}
     }
     let Some(pmd) = pmd else {
-        return Outcome::Fail;
+        return Err(Fail::Other);
     };
     // No anonymous page is touched (any entry mapping one aborts), but CoW copies of this
     // extent elsewhere may send anon rmap walks here: keep them away while the table goes.
     let anon = AnonVmaWriteGuard::lock(guard, vma);
-    let outcome = unmap_ptes(guard, vma, pmd, haddr, &folio);
+    let unmapped = unmap_ptes(guard, vma, pmd, haddr, &folio);
     drop(anon);
-    if outcome != Outcome::Succeed {
-        return outcome;
-    }
+    unmapped?;
     install_pmd(vma, haddr, PmdEntry::find(guard, haddr), &folio, when)
 }
 
@@ -630,14 +631,11 @@ fn install_pmd(
     pmd: Option<PmdEntry<'_>>,
     folio: &LockedFolio,
     when: HugeMapping,
-) -> Outcome {
-    if when == HugeMapping::OnFault {
-        return Outcome::Succeed;
-    }
-    if ffi::set_huge_pmd(vma, haddr, pmd, folio) {
-        Outcome::Succeed
+) -> Result<(), Fail> {
+    if when == HugeMapping::OnFault || ffi::set_huge_pmd(vma, haddr, pmd, folio) {
+        Ok(())
     } else {
-        Outcome::Fail
+        Err(Fail::Other)
     }
 }
 
@@ -653,10 +651,10 @@ fn unmap_ptes(
     pmd: PmdEntry<'_>,
     haddr: usize,
     folio: &LockedFolio,
-) -> Outcome {
+) -> Result<(), Fail> {
     let notifier = PmdClearNotifier::start(guard, haddr);
     let Some(mut table) = PmdTableLocked::lock(pmd, haddr) else {
-        return Outcome::Fail;
+        return Err(Fail::Other);
     };
     // Step 1: every entry is none or maps the folio's page at its offset.
     for i in 0..PTRS_PER_PTE {
@@ -665,9 +663,9 @@ fn unmap_ptes(
         }
         match table.normal_page(vma, i) {
             Some(page) if page == folio.page(i) => {}
-            Some(_) => return Outcome::Fail,
+            Some(_) => return Err(Fail::Other),
             // A swap or migration entry, or a special mapping.
-            None => return Outcome::PteNonPresent,
+            None => return Err(Fail::PteNonPresent),
         }
     }
     // Step 2: clear them, run by run, and drop the rmap of each run.
@@ -693,12 +691,12 @@ fn unmap_ptes(
     }
     // Step 4: the table goes, and the TLB is flushed. Every entry was cleared above.
     if !table.remove(vma) {
-        return Outcome::Fail;
+        return Err(Fail::Other);
     }
     drop(notifier);
     // Step 3: the references and RSS of the mappings.
     // SAFETY: The cleared mappings, in `guard`'s mm, held `mapped` references to the folio,
     // ours to drop.
     unsafe { folio.drop_mappings(guard.mm(), mapped) };
-    Outcome::Succeed
+    Ok(())
 }

@@ -5,13 +5,28 @@
 
 use crate::{
     ffi::{self, CollapseEvent},
-    outcome::Outcome,
+    outcome::Fail,
     vocab::{AllocPolicy, PMD_ORDER},
 };
-use kernel::mm::{
-    folio::{NewFolio, Nodes},
-    Mm,
+use kernel::{
+    alloc::{
+        flags::{GFP_TRANSHUGE, GFP_TRANSHUGE_LIGHT},
+        Flags,
+    },
+    mm::{
+        folio::{NewFolio, Nodes},
+        Mm,
+    },
 };
+
+/// The allocation flags of a collapse with `policy`: reclaim and compaction allowed, or only
+/// the light kind.
+fn gfp(policy: AllocPolicy) -> Flags {
+    match policy {
+        AllocPolicy::Reclaim => GFP_TRANSHUGE,
+        AllocPolicy::Light => GFP_TRANSHUGE_LIGHT,
+    }
+}
 
 /// Allocates a folio of `order` (2 to the PMD order) for a collapse with `policy`, and
 /// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it. It comes from
@@ -24,19 +39,19 @@ pub(crate) fn alloc_charge(
     policy: AllocPolicy,
     order: u32,
     nodes: &Nodes,
-) -> Result<NewFolio, Outcome> {
+) -> Result<NewFolio, Fail> {
     let order = order.min(PMD_ORDER);
-    let gfp = ffi::collapse_gfp(policy);
+    let gfp = gfp(policy);
     let Ok(folio) = NewFolio::alloc_on(gfp, order, nodes) else {
         ffi::count_collapse_event(order, CollapseEvent::AllocFailed);
-        return Err(Outcome::AllocHugePageFail);
+        return Err(Fail::AllocHugePage);
     };
     ffi::count_collapse_event(order, CollapseEvent::Alloc);
     if folio.charge(mm, gfp).is_err() {
-        return Err(Outcome::CgroupChargeFail);
+        return Err(Fail::CgroupCharge);
     }
     if !ffi::memcg_account_collapse_alloc(&folio) {
-        return Err(Outcome::AllocHugePageFail);
+        return Err(Fail::AllocHugePage);
     }
     Ok(folio)
 }

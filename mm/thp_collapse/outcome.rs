@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Outcomes of a collapse attempt and what the range loop does with them.
+//! The result of a collapse attempt ([`Attempt`]: [`Collapsed`] or [`Fail`]) and what the range
+//! loop does with it.
 //!
-//! This file is pure logic: no `unsafe`, no `bindings`. The discriminants of [`Outcome`] are
-//! checked against the C `enum scan_result` in the crate root.
+//! This file is pure logic: no `unsafe`, no `bindings`. The discriminants of [`Fail`] and
+//! [`Collapsed`] are checked against the C `enum scan_result` in the crate root.
 //!
 //! C header: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h)
 
@@ -12,18 +13,16 @@ use kernel::{
     prelude::*,
 };
 
-/// The outcome of one collapse attempt of one PMD-sized range.
+/// Why one collapse attempt of one range did not collapse it.
 ///
 /// Every variant mirrors the C `enum scan_result` value of the same name and number (`ffi/mod.rs`
-/// asserts each), so outcomes cross the C boundary and reach the `huge_memory`
-/// tracepoints unchanged.
+/// asserts each), so a failure crosses the C boundary and reaches the `huge_memory` tracepoints
+/// unchanged. `SCAN_SUCCEED` is not a failure: it is [`Collapsed::Mapped`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-pub(crate) enum Outcome {
-    /// Generic failure.
-    Fail = 0,
-    /// The range was collapsed.
-    Succeed = 1,
+pub(crate) enum Fail {
+    /// Generic failure (`SCAN_FAIL`).
+    Other = 0,
     /// There is no page table under the PMD.
     NoPteTable = 2,
     /// The range is already mapped by a PMD.
@@ -69,9 +68,9 @@ pub(crate) enum Outcome {
     /// A page could not be removed from its LRU list.
     DelPageLru = 23,
     /// The huge page could not be allocated.
-    AllocHugePageFail = 24,
+    AllocHugePage = 24,
     /// The huge page could not be charged to the memory cgroup.
-    CgroupChargeFail = 25,
+    CgroupCharge = 25,
     /// The file was truncated.
     Truncated = 26,
     /// A page has private data that could not be released.
@@ -86,83 +85,131 @@ pub(crate) enum Outcome {
     PageDirtyOrWriteback = 31,
 }
 
-impl Outcome {
-    /// Number of outcomes, and of counters per caller.
-    pub(crate) const COUNT: usize = Outcome::PageDirtyOrWriteback as usize + 1;
+/// What a collapse attempt that did its work leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Collapsed {
+    /// The range is collapsed and mapped: by the PMD, or by the PTEs of the new folio of a
+    /// smaller order (`SCAN_SUCCEED`).
+    Mapped = 1,
+    /// The range is collapsed in the page cache, into one PMD-sized folio still mapped by PTEs:
+    /// MADV_COLLAPSE maps it with the PMD next (`SCAN_PTE_MAPPED_HUGEPAGE` from
+    /// `collapse_file()`).
+    InPageCache = 9,
+}
 
-    /// All outcomes, in numeric order.
-    pub(crate) const ALL: [Outcome; Self::COUNT] = [
-        Outcome::Fail,
-        Outcome::Succeed,
-        Outcome::NoPteTable,
-        Outcome::PmdMapped,
-        Outcome::ExceedNonePte,
-        Outcome::ExceedSwapPte,
-        Outcome::ExceedSharedPte,
-        Outcome::PteNonPresent,
-        Outcome::PteUffd,
-        Outcome::PteMappedHugepage,
-        Outcome::LackReferencedPage,
-        Outcome::PageNull,
-        Outcome::ScanAbort,
-        Outcome::PageCount,
-        Outcome::PageLru,
-        Outcome::PageLock,
-        Outcome::PageAnon,
-        Outcome::PageLazyfree,
-        Outcome::PageCompound,
-        Outcome::AnyProcess,
-        Outcome::VmaNull,
-        Outcome::VmaCheck,
-        Outcome::AddressRange,
-        Outcome::DelPageLru,
-        Outcome::AllocHugePageFail,
-        Outcome::CgroupChargeFail,
-        Outcome::Truncated,
-        Outcome::PageHasPrivate,
-        Outcome::StoreFailed,
-        Outcome::CopyMc,
-        Outcome::PageFilled,
-        Outcome::PageDirtyOrWriteback,
-    ];
+/// The result of one collapse attempt of one range.
+pub(crate) type Attempt = Result<Collapsed, Fail>;
 
-    /// The name under which the outcome is counted in sysfs.
-    pub(crate) const fn name(self) -> &'static str {
+/// A result with a C `enum scan_result` code: what the `huge_memory` tracepoints record and
+/// the counter it is counted under.
+pub(crate) trait ScanCode {
+    /// The `enum scan_result` value.
+    fn code(&self) -> u32;
+}
+
+impl ScanCode for Fail {
+    fn code(&self) -> u32 {
+        *self as u32
+    }
+}
+
+impl ScanCode for Collapsed {
+    fn code(&self) -> u32 {
+        *self as u32
+    }
+}
+
+/// A step that succeeded and has nothing to report but its success.
+impl ScanCode for () {
+    fn code(&self) -> u32 {
+        Collapsed::Mapped as u32
+    }
+}
+
+impl<T: ScanCode> ScanCode for Result<T, Fail> {
+    fn code(&self) -> u32 {
         match self {
-            Outcome::Fail => "fail",
-            Outcome::Succeed => "succeed",
-            Outcome::NoPteTable => "no_pte_table",
-            Outcome::PmdMapped => "pmd_mapped",
-            Outcome::ExceedNonePte => "exceed_none_pte",
-            Outcome::ExceedSwapPte => "exceed_swap_pte",
-            Outcome::ExceedSharedPte => "exceed_shared_pte",
-            Outcome::PteNonPresent => "pte_non_present",
-            Outcome::PteUffd => "pte_uffd",
-            Outcome::PteMappedHugepage => "pte_mapped_hugepage",
-            Outcome::LackReferencedPage => "lack_referenced_page",
-            Outcome::PageNull => "page_null",
-            Outcome::ScanAbort => "scan_abort",
-            Outcome::PageCount => "page_count",
-            Outcome::PageLru => "page_lru",
-            Outcome::PageLock => "page_lock",
-            Outcome::PageAnon => "page_anon",
-            Outcome::PageLazyfree => "page_lazyfree",
-            Outcome::PageCompound => "page_compound",
-            Outcome::AnyProcess => "any_process",
-            Outcome::VmaNull => "vma_null",
-            Outcome::VmaCheck => "vma_check",
-            Outcome::AddressRange => "address_range",
-            Outcome::DelPageLru => "del_page_lru",
-            Outcome::AllocHugePageFail => "alloc_huge_page_fail",
-            Outcome::CgroupChargeFail => "cgroup_charge_fail",
-            Outcome::Truncated => "truncated",
-            Outcome::PageHasPrivate => "page_has_private",
-            Outcome::StoreFailed => "store_failed",
-            Outcome::CopyMc => "copy_mc",
-            Outcome::PageFilled => "page_filled",
-            Outcome::PageDirtyOrWriteback => "page_dirty_or_writeback",
+            Ok(done) => done.code(),
+            Err(fail) => fail.code(),
         }
     }
+}
+
+/// The number of `enum scan_result` codes, and of counters per caller.
+pub(crate) const CODES: usize = Fail::PageDirtyOrWriteback as usize + 1;
+
+/// The name under which each code is counted in sysfs, by code.
+pub(crate) const NAMES: [&str; CODES] = [
+    "fail",
+    "succeed",
+    "no_pte_table",
+    "pmd_mapped",
+    "exceed_none_pte",
+    "exceed_swap_pte",
+    "exceed_shared_pte",
+    "pte_non_present",
+    "pte_uffd",
+    "pte_mapped_hugepage",
+    "lack_referenced_page",
+    "page_null",
+    "scan_abort",
+    "page_count",
+    "page_lru",
+    "page_lock",
+    "page_anon",
+    "page_lazyfree",
+    "page_compound",
+    "any_process",
+    "vma_null",
+    "vma_check",
+    "address_range",
+    "del_page_lru",
+    "alloc_huge_page_fail",
+    "cgroup_charge_fail",
+    "truncated",
+    "page_has_private",
+    "store_failed",
+    "copy_mc",
+    "page_filled",
+    "page_dirty_or_writeback",
+];
+
+impl Fail {
+    /// All failures, in numeric order.
+    pub(crate) const ALL: [Fail; CODES - 1] = [
+        Fail::Other,
+        Fail::NoPteTable,
+        Fail::PmdMapped,
+        Fail::ExceedNonePte,
+        Fail::ExceedSwapPte,
+        Fail::ExceedSharedPte,
+        Fail::PteNonPresent,
+        Fail::PteUffd,
+        Fail::PteMappedHugepage,
+        Fail::LackReferencedPage,
+        Fail::PageNull,
+        Fail::ScanAbort,
+        Fail::PageCount,
+        Fail::PageLru,
+        Fail::PageLock,
+        Fail::PageAnon,
+        Fail::PageLazyfree,
+        Fail::PageCompound,
+        Fail::AnyProcess,
+        Fail::VmaNull,
+        Fail::VmaCheck,
+        Fail::AddressRange,
+        Fail::DelPageLru,
+        Fail::AllocHugePage,
+        Fail::CgroupCharge,
+        Fail::Truncated,
+        Fail::PageHasPrivate,
+        Fail::StoreFailed,
+        Fail::CopyMc,
+        Fail::PageFilled,
+        Fail::PageDirtyOrWriteback,
+    ];
 
     /// The errno MADV_COLLAPSE reports when this was the last failure of a request.
     ///
@@ -172,40 +219,42 @@ impl Outcome {
     /// The mapping is upstream's `madvise_collapse_errno()`.
     pub(crate) fn errno(self) -> Error {
         match self {
-            Outcome::AllocHugePageFail => code::ENOMEM,
-            Outcome::CgroupChargeFail | Outcome::ExceedNonePte => code::EBUSY,
-            Outcome::PageCount
-            | Outcome::PageLock
-            | Outcome::PageLru
-            | Outcome::DelPageLru
-            | Outcome::PageFilled
-            | Outcome::PageHasPrivate
-            | Outcome::PageDirtyOrWriteback => code::EAGAIN,
+            Fail::AllocHugePage => code::ENOMEM,
+            Fail::CgroupCharge | Fail::ExceedNonePte => code::EBUSY,
+            Fail::PageCount
+            | Fail::PageLock
+            | Fail::PageLru
+            | Fail::DelPageLru
+            | Fail::PageFilled
+            | Fail::PageHasPrivate
+            | Fail::PageDirtyOrWriteback => code::EAGAIN,
             _ => code::EINVAL,
-        }
-    }
-
-    /// What the MADV_COLLAPSE range loop does after a PMD range ended with this outcome.
-    pub(crate) fn verdict(self) -> Verdict {
-        match self {
-            Outcome::Succeed | Outcome::PmdMapped => Verdict::Huge,
-            // The whitelist of failures after which the next PMD range is still worth trying.
-            Outcome::NoPteTable
-            | Outcome::PteNonPresent
-            | Outcome::PteUffd
-            | Outcome::LackReferencedPage
-            | Outcome::PageNull
-            | Outcome::PageCount
-            | Outcome::PageLock
-            | Outcome::PageCompound
-            | Outcome::PageLru
-            | Outcome::DelPageLru => Verdict::Continue,
-            _ => Verdict::Abort,
         }
     }
 }
 
-/// What the MADV_COLLAPSE range loop does with one PMD range's outcome.
+/// What the MADV_COLLAPSE range loop does after a PMD range ended with `attempt`.
+pub(crate) fn verdict(attempt: Attempt) -> Verdict {
+    match attempt {
+        Ok(Collapsed::Mapped) | Err(Fail::PmdMapped) => Verdict::Huge,
+        // The whitelist of failures after which the next PMD range is still worth trying.
+        Err(
+            Fail::NoPteTable
+            | Fail::PteNonPresent
+            | Fail::PteUffd
+            | Fail::LackReferencedPage
+            | Fail::PageNull
+            | Fail::PageCount
+            | Fail::PageLock
+            | Fail::PageCompound
+            | Fail::PageLru
+            | Fail::DelPageLru,
+        ) => Verdict::Continue,
+        _ => Verdict::Abort,
+    }
+}
+
+/// What the MADV_COLLAPSE range loop does with one PMD range's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// The range is PMD-mapped now (collapsed, or it already was).
@@ -224,7 +273,7 @@ pub(crate) enum Verdict {
 pub(crate) struct RangeTally {
     ranges: usize,
     huge: usize,
-    last_fail: Outcome,
+    last_fail: Fail,
 }
 
 impl RangeTally {
@@ -233,23 +282,26 @@ impl RangeTally {
         Self {
             ranges,
             huge: 0,
-            last_fail: Outcome::Fail,
+            last_fail: Fail::Other,
         }
     }
 
-    /// Records one range's outcome; returns `false` when the loop must stop.
-    pub(crate) fn record(&mut self, outcome: Outcome) -> bool {
-        match outcome.verdict() {
+    /// Records one range's `attempt`; returns `false` when the loop must stop.
+    pub(crate) fn record(&mut self, attempt: Attempt) -> bool {
+        // Only `Collapsed::InPageCache` can be neither huge nor a failure: a collapse that
+        // was not finished, which C would report as its code.
+        let fail = attempt.err().unwrap_or(Fail::PteMappedHugepage);
+        match verdict(attempt) {
             Verdict::Huge => {
                 self.huge += 1;
                 true
             }
             Verdict::Continue => {
-                self.last_fail = outcome;
+                self.last_fail = fail;
                 true
             }
             Verdict::Abort => {
-                self.last_fail = outcome;
+                self.last_fail = fail;
                 false
             }
         }
@@ -257,8 +309,8 @@ impl RangeTally {
 
     /// Records a failure that ends the request before the next range was tried (for example,
     /// the VMA changed while the mmap lock was dropped).
-    pub(crate) fn abort(&mut self, outcome: Outcome) {
-        self.last_fail = outcome;
+    pub(crate) fn abort(&mut self, fail: Fail) {
+        self.last_fail = fail;
     }
 
     /// The number of PMD ranges the request covers now.
@@ -288,79 +340,95 @@ mod tests {
 
     #[test]
     fn numbering_is_dense() {
-        for (i, outcome) in Outcome::ALL.iter().enumerate() {
-            assert_eq!(*outcome as usize, i);
-        }
+        assert_eq!(Collapsed::Mapped.code(), 1);
+        let codes = Fail::ALL.iter().map(ScanCode::code);
+        let expect = (0..CODES as u32).filter(|&c| c != Collapsed::Mapped.code());
+        assert!(codes.eq(expect));
+        assert_eq!(
+            Collapsed::InPageCache.code(),
+            Fail::PteMappedHugepage.code()
+        );
+        assert_eq!(NAMES[Collapsed::Mapped as usize], "succeed");
+        assert_eq!(NAMES[Fail::Other as usize], "fail");
+    }
+
+    #[test]
+    fn codes_of_results() {
+        assert_eq!(Ok::<(), Fail>(()).code(), 1);
+        assert_eq!(Err::<(), Fail>(Fail::PageLock).code(), 15);
+        assert_eq!(Ok::<Collapsed, Fail>(Collapsed::InPageCache).code(), 9);
     }
 
     #[test]
     fn names_are_unique() {
-        for (i, a) in Outcome::ALL.iter().enumerate() {
-            for b in &Outcome::ALL[i + 1..] {
-                assert_ne!(a.name(), b.name());
+        for (i, a) in NAMES.iter().enumerate() {
+            for b in &NAMES[i + 1..] {
+                assert_ne!(a, b);
             }
         }
     }
 
     #[test]
     fn errno_matches_madvise_collapse_errno() {
-        let expect = |o: Outcome| match o {
-            Outcome::AllocHugePageFail => code::ENOMEM,
-            Outcome::CgroupChargeFail | Outcome::ExceedNonePte => code::EBUSY,
-            Outcome::PageCount
-            | Outcome::PageLock
-            | Outcome::PageLru
-            | Outcome::DelPageLru
-            | Outcome::PageFilled
-            | Outcome::PageHasPrivate
-            | Outcome::PageDirtyOrWriteback => code::EAGAIN,
+        let expect = |f: Fail| match f {
+            Fail::AllocHugePage => code::ENOMEM,
+            Fail::CgroupCharge | Fail::ExceedNonePte => code::EBUSY,
+            Fail::PageCount
+            | Fail::PageLock
+            | Fail::PageLru
+            | Fail::DelPageLru
+            | Fail::PageFilled
+            | Fail::PageHasPrivate
+            | Fail::PageDirtyOrWriteback => code::EAGAIN,
             _ => code::EINVAL,
         };
         let mut eagain = 0;
-        for o in Outcome::ALL {
-            assert_eq!(o.errno(), expect(o));
-            if o.errno() == code::EAGAIN {
+        for f in Fail::ALL {
+            assert_eq!(f.errno(), expect(f));
+            if f.errno() == code::EAGAIN {
                 eagain += 1;
             }
         }
         assert_eq!(eagain, 7);
-        assert_eq!(Outcome::Fail.errno(), code::EINVAL);
-        assert_eq!(Outcome::ScanAbort.errno(), code::EINVAL);
-        assert_eq!(Outcome::CopyMc.errno(), code::EINVAL);
+        assert_eq!(Fail::Other.errno(), code::EINVAL);
+        assert_eq!(Fail::ScanAbort.errno(), code::EINVAL);
+        assert_eq!(Fail::CopyMc.errno(), code::EINVAL);
     }
 
     #[test]
     fn verdicts_match_the_upstream_whitelist() {
         let cont = [
-            Outcome::NoPteTable,
-            Outcome::PteNonPresent,
-            Outcome::PteUffd,
-            Outcome::LackReferencedPage,
-            Outcome::PageNull,
-            Outcome::PageCount,
-            Outcome::PageLock,
-            Outcome::PageCompound,
-            Outcome::PageLru,
-            Outcome::DelPageLru,
+            Fail::NoPteTable,
+            Fail::PteNonPresent,
+            Fail::PteUffd,
+            Fail::LackReferencedPage,
+            Fail::PageNull,
+            Fail::PageCount,
+            Fail::PageLock,
+            Fail::PageCompound,
+            Fail::PageLru,
+            Fail::DelPageLru,
         ];
-        for o in Outcome::ALL {
-            let want = if o == Outcome::Succeed || o == Outcome::PmdMapped {
+        for f in Fail::ALL {
+            let want = if f == Fail::PmdMapped {
                 Verdict::Huge
-            } else if cont.contains(&o) {
+            } else if cont.contains(&f) {
                 Verdict::Continue
             } else {
                 Verdict::Abort
             };
-            assert_eq!(o.verdict(), want);
+            assert_eq!(verdict(Err(f)), want);
         }
+        assert_eq!(verdict(Ok(Collapsed::Mapped)), Verdict::Huge);
+        assert_eq!(verdict(Ok(Collapsed::InPageCache)), Verdict::Abort);
     }
 
     #[test]
     fn tally_all_huge_is_success() {
         let mut t = RangeTally::new(3);
-        assert!(t.record(Outcome::Succeed));
-        assert!(t.record(Outcome::PmdMapped));
-        assert!(t.record(Outcome::Succeed));
+        assert!(t.record(Ok(Collapsed::Mapped)));
+        assert!(t.record(Err(Fail::PmdMapped)));
+        assert!(t.record(Ok(Collapsed::Mapped)));
         assert_eq!(t.finish(), Ok(()));
     }
 
@@ -372,9 +440,9 @@ mod tests {
     #[test]
     fn tally_reports_last_failure_after_continuing() {
         let mut t = RangeTally::new(3);
-        assert!(t.record(Outcome::PageLock));
-        assert!(t.record(Outcome::Succeed));
-        assert!(t.record(Outcome::NoPteTable));
+        assert!(t.record(Err(Fail::PageLock)));
+        assert!(t.record(Ok(Collapsed::Mapped)));
+        assert!(t.record(Err(Fail::NoPteTable)));
         // The last failure wins: NO_PTE_TABLE maps to EINVAL, not PAGE_LOCK's EAGAIN.
         assert_eq!(t.finish(), Err(code::EINVAL));
     }
@@ -382,11 +450,11 @@ mod tests {
     #[test]
     fn tally_stops_on_abort() {
         let mut t = RangeTally::new(4);
-        assert!(t.record(Outcome::Succeed));
-        assert!(!t.record(Outcome::AllocHugePageFail));
+        assert!(t.record(Ok(Collapsed::Mapped)));
+        assert!(!t.record(Err(Fail::AllocHugePage)));
         assert_eq!(t.finish(), Err(code::ENOMEM));
         let mut t = RangeTally::new(1);
-        assert!(!t.record(Outcome::CgroupChargeFail));
+        assert!(!t.record(Err(Fail::CgroupCharge)));
         assert_eq!(t.finish(), Err(code::EBUSY));
     }
 
@@ -394,8 +462,8 @@ mod tests {
     fn tally_clamped_ranges() {
         // The VMA shrank to two ranges while the lock was dropped; both are huge.
         let mut t = RangeTally::new(4);
-        assert!(t.record(Outcome::Succeed));
-        assert!(t.record(Outcome::Succeed));
+        assert!(t.record(Ok(Collapsed::Mapped)));
+        assert!(t.record(Ok(Collapsed::Mapped)));
         t.clamp_ranges(2);
         assert_eq!(t.finish(), Ok(()));
         t.clamp_ranges(5);
@@ -405,8 +473,8 @@ mod tests {
     #[test]
     fn tally_revalidation_abort() {
         let mut t = RangeTally::new(2);
-        assert!(t.record(Outcome::Succeed));
-        t.abort(Outcome::VmaNull);
+        assert!(t.record(Ok(Collapsed::Mapped)));
+        t.abort(Fail::VmaNull);
         assert_eq!(t.finish(), Err(code::EINVAL));
     }
 }

@@ -13,7 +13,7 @@
 //! Upstream reference: `mthp_collapse()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use crate::{
-    outcome::Outcome,
+    outcome::{Attempt, Collapsed, Fail},
     vocab::{PMD_ORDER, PTES_PER_PMD},
 };
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
@@ -69,7 +69,7 @@ fn max_order_at(offset: usize) -> u32 {
     }
 }
 
-/// What the plan does after a candidate ended with `outcome`.
+/// What the plan does after a candidate ended with `attempt`.
 enum Next {
     /// Go past this candidate.
     Offset,
@@ -79,21 +79,25 @@ enum Next {
     Stop,
 }
 
-fn next_after(outcome: Outcome) -> Next {
-    match outcome {
-        Outcome::Succeed | Outcome::PteMappedHugepage => Next::Offset,
-        Outcome::AllocHugePageFail
-        | Outcome::LackReferencedPage
-        | Outcome::ExceedNonePte
-        | Outcome::ExceedSwapPte
-        | Outcome::ExceedSharedPte
-        | Outcome::PageLock
-        | Outcome::PageCount
-        | Outcome::PageNull
-        | Outcome::DelPageLru
-        | Outcome::PteNonPresent
-        | Outcome::PteUffd
-        | Outcome::PageLazyfree => Next::SmallerOrder,
+fn next_after(attempt: Attempt) -> Next {
+    let fail = match attempt {
+        Ok(_) => return Next::Offset,
+        Err(fail) => fail,
+    };
+    match fail {
+        Fail::PteMappedHugepage => Next::Offset,
+        Fail::AllocHugePage
+        | Fail::LackReferencedPage
+        | Fail::ExceedNonePte
+        | Fail::ExceedSwapPte
+        | Fail::ExceedSharedPte
+        | Fail::PageLock
+        | Fail::PageCount
+        | Fail::PageNull
+        | Fail::DelPageLru
+        | Fail::PteNonPresent
+        | Fail::PteUffd
+        | Fail::PageLazyfree => Next::SmallerOrder,
         _ => Next::Stop,
     }
 }
@@ -105,16 +109,16 @@ fn next_after(outcome: Outcome) -> Next {
 /// number of empty PTEs a folio of that order may cover; `collapse(offset, order)` collapses
 /// `1 << order` entries starting at entry `offset`.
 ///
-/// Returns [`Outcome::Succeed`] if anything was collapsed, else the allocation failure if
+/// Returns [`Collapsed::Mapped`] if anything was collapsed, else the allocation failure if
 /// there was one, else the last failure.
 pub(crate) fn collapse_planned(
     occupied: &Occupied,
     enabled: u64,
     swapped: u32,
     max_none: impl Fn(u32) -> u32,
-    mut collapse: impl FnMut(usize, u32) -> Outcome,
-) -> Outcome {
-    let mut last = Outcome::Fail;
+    mut collapse: impl FnMut(usize, u32) -> Attempt,
+) -> Attempt {
+    let mut last = Fail::Other;
     let mut collapsed = false;
     let mut alloc_failed = false;
     let mut offset = 0usize;
@@ -128,16 +132,13 @@ pub(crate) fn collapse_planned(
                 occupied_ptes += swapped;
             }
             if occupied_ptes as usize + max_none(order) as usize >= nr {
-                let outcome = collapse(offset, order);
-                next = next_after(outcome);
-                match outcome {
-                    Outcome::Succeed => collapsed = true,
-                    Outcome::PteMappedHugepage => {}
-                    Outcome::AllocHugePageFail => {
-                        alloc_failed = true;
-                        last = outcome;
-                    }
-                    other => last = other,
+                let attempt = collapse(offset, order);
+                next = next_after(attempt);
+                match attempt {
+                    Ok(_) => collapsed = true,
+                    Err(Fail::PteMappedHugepage) => {}
+                    Err(Fail::AllocHugePage) => alloc_failed = true,
+                    Err(other) => last = other,
                 }
             }
         }
@@ -155,11 +156,11 @@ pub(crate) fn collapse_planned(
         }
     }
     if collapsed {
-        Outcome::Succeed
+        Ok(Collapsed::Mapped)
     } else if alloc_failed {
-        Outcome::AllocHugePageFail
+        Err(Fail::AllocHugePage)
     } else {
-        last
+        Err(last)
     }
 }
 
@@ -185,7 +186,7 @@ mod tests {
         let mut v = KVec::new();
         let _ = collapse_planned(o, enabled, 0, max_none, |off, order| {
             let _ = v.push((off, order), GFP_KERNEL);
-            Outcome::Succeed
+            Ok(Collapsed::Mapped)
         });
         v
     }
@@ -224,10 +225,10 @@ mod tests {
             |_| 0,
             |off, order| {
                 let _ = seen.push((off, order), GFP_KERNEL);
-                Outcome::Succeed
+                Ok(Collapsed::Mapped)
             },
         );
-        assert_eq!(r, Outcome::Succeed);
+        assert_eq!(r, Ok(Collapsed::Mapped));
         assert_eq!(&seen[..], &[(0, PMD_ORDER)]);
     }
 
@@ -245,13 +246,13 @@ mod tests {
             |off, order| {
                 let _ = seen.push((off, order), GFP_KERNEL);
                 if order == PMD_ORDER {
-                    Outcome::LackReferencedPage
+                    Err(Fail::LackReferencedPage)
                 } else {
-                    Outcome::Succeed
+                    Ok(Collapsed::Mapped)
                 }
             },
         );
-        assert_eq!(r, Outcome::Succeed);
+        assert_eq!(r, Ok(Collapsed::Mapped));
         assert_eq!(&seen[..], &[(0, PMD_ORDER), (0, 8), (256, 8)]);
         // A PMD mapping appeared: stop at once.
         let mut calls = 0;
@@ -262,10 +263,10 @@ mod tests {
             |_| 0,
             |_, _| {
                 calls += 1;
-                Outcome::PmdMapped
+                Err(Fail::PmdMapped)
             },
         );
-        assert_eq!((r, calls), (Outcome::PmdMapped, 1));
+        assert_eq!((r, calls), (Err(Fail::PmdMapped), 1));
         // Allocation failures are reported over other failures.
         let r = collapse_planned(
             &o,
@@ -274,13 +275,13 @@ mod tests {
             |_| 0,
             |_, order| {
                 if order == PMD_ORDER {
-                    Outcome::AllocHugePageFail
+                    Err(Fail::AllocHugePage)
                 } else {
-                    Outcome::PageLock
+                    Err(Fail::PageLock)
                 }
             },
         );
-        assert_eq!(r, Outcome::AllocHugePageFail);
+        assert_eq!(r, Err(Fail::AllocHugePage));
     }
 
     #[test]

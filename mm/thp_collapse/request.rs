@@ -9,7 +9,7 @@
 use crate::{
     anon::{self, RequestList},
     ffi, file,
-    outcome::{Outcome, RangeTally},
+    outcome::{Attempt, Fail, RangeTally},
     stats::STATS,
     vma,
     vocab::{Caller, CollapseMode, LockHistory, Locked, MmapRead, Tunables, PMD_ORDER, PMD_SIZE},
@@ -58,8 +58,8 @@ enum Memory {
 }
 
 /// The memory the VMA covering `addr` maps, or why no backend can collapse it.
-fn memory_at(guard: &MmapRead<'_>, addr: usize) -> Result<Memory, Outcome> {
-    let vma = guard.find_vma(addr).ok_or(Outcome::VmaNull)?;
+fn memory_at(guard: &MmapRead<'_>, addr: usize) -> Result<Memory, Fail> {
+    let vma = guard.find_vma(addr).ok_or(Fail::VmaNull)?;
     if vma.is_anonymous() {
         return Ok(Memory::Anon);
     }
@@ -68,13 +68,13 @@ fn memory_at(guard: &MmapRead<'_>, addr: usize) -> Result<Memory, Outcome> {
             file: ARef::from(file),
             pgoff: vma.linear_page_index(addr),
         }),
-        _ => Err(Outcome::VmaCheck),
+        _ => Err(Fail::VmaCheck),
     }
 }
 
 /// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`.
 ///
-/// Returns the outcome, the number of page-table entries looked at (khugepaged's scan budget),
+/// Returns the result, the number of page-table entries looked at (khugepaged's scan budget),
 /// and the state of the lock. `lists` is the isolation list of the request, allocated at its
 /// first collapse.
 pub(crate) fn collapse_pmd<'a>(
@@ -82,19 +82,19 @@ pub(crate) fn collapse_pmd<'a>(
     addr: usize,
     caller: Caller,
     lists: &mut RequestList,
-) -> (Outcome, u32, Locked<'a>) {
+) -> (Attempt, u32, Locked<'a>) {
     let mode = caller.mode();
     // Read once for the whole step, whatever it takes.
     let tunables = tunables_for(mode);
-    let (outcome, scanned, state) = match memory_at(&guard, addr) {
+    let (attempt, scanned, state) = match memory_at(&guard, addr) {
         Ok(Memory::Anon) => anon::collapse_pmd(guard, addr, mode, &tunables, lists),
         Ok(Memory::File { file, pgoff }) => {
             file::collapse_pmd(guard, file, addr, pgoff, mode, &tunables)
         }
-        Err(outcome) => (outcome, 1, Locked::Held(guard)),
+        Err(fail) => (Err(fail), 1, Locked::Held(guard)),
     };
-    STATS.count(caller, outcome);
-    (outcome, scanned, state)
+    STATS.count(caller, &attempt);
+    (attempt, scanned, state)
 }
 
 /// MADV_COLLAPSE of `[start, end)`, a range inside the VMA that contains `start`.
@@ -150,9 +150,9 @@ pub(crate) fn madvise<'a>(
                         let hend = vma.end() & !(PMD_SIZE - 1);
                         tally.clamp_ranges(hend.saturating_sub(hstart) / PMD_SIZE);
                     }
-                    Err(outcome) => {
-                        STATS.count(caller, outcome);
-                        tally.abort(outcome);
+                    Err(fail) => {
+                        STATS.count(caller, &fail);
+                        tally.abort(fail);
                         state = Locked::Held(guard);
                         break;
                     }
@@ -160,9 +160,9 @@ pub(crate) fn madvise<'a>(
                 guard
             }
         };
-        let (outcome, _, next) = collapse_pmd(guard, addr, caller, &mut lists);
+        let (attempt, _, next) = collapse_pmd(guard, addr, caller, &mut lists);
         state = next;
-        if !tally.record(outcome) {
+        if !tally.record(attempt) {
             break;
         }
         i += 1;

@@ -3,19 +3,63 @@
 //! The accounting of a scan of one PMD range: how many PTEs are empty, swapped out or shared,
 //! how many were recently referenced, and whether the range is worth collapsing.
 //!
-//! This file is pure logic: no `unsafe`, no `bindings`. The page-table walk that feeds it, and
-//! the per-page checks that need the folio, are in `anon/read.rs`.
+//! This file is pure logic: no `unsafe`, no `bindings`. It also holds the checks of one PTE
+//! that the scan (`anon/read.rs`) and the isolation (`anon/detach.rs`) share, in one order
+//! ([`ScanTally::check_entry`], [`ScanTally::check_page`]); what each step checks beyond them
+//! (the folio's LRU, lock and references; its order and isolation) stays with the step.
 //!
 //! Upstream reference: `collapse_scan_pmd()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use crate::{
-    outcome::Outcome,
+    outcome::Fail,
     plan::Occupied,
     vocab::{CollapseMode, Limits, PTES_PER_PMD},
 };
 use kernel::mm::folio::{NodeLoad, Nodes};
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
+
+/// What the checks of one PTE read: the entry and the page it maps (`ffi::PteFacts`, read
+/// under the page-table lock; a table in the tests).
+pub(crate) trait PteView {
+    /// None, or mapping the shared zero page.
+    fn none_or_zero(&self) -> bool;
+    /// `Some(uffd)` if not present (a swap entry or a marker), `uffd` if it carries
+    /// userfaultfd state.
+    fn non_present(&self) -> Option<bool>;
+    /// Present and userfaultfd write-protected.
+    fn uffd_wp(&self) -> bool;
+    /// It maps a normal page (not a special or ZONE_DEVICE mapping).
+    fn maps_page(&self) -> bool;
+    /// The folio is anonymous.
+    fn anon(&self) -> bool;
+    /// The folio is lazily freed (MADV_FREE) and neither it nor the entry is dirty.
+    fn clean_lazyfree(&self) -> bool;
+    /// Part of the folio may be mapped by another process.
+    fn shared(&self) -> bool;
+}
+
+/// The step of a collapse that checks a PTE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The scan, under the mmap read lock: a swap entry is counted against `max_ptes_swap`
+    /// (the collapse reads it back in first).
+    Scan,
+    /// The isolation, in the detached table: every page is in memory by then, so a
+    /// non-present entry means the range changed.
+    Isolate,
+}
+
+/// What a PTE holds, once [`ScanTally::check_entry`] accepted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    /// None or the zero page, counted against `max_ptes_none`.
+    Empty,
+    /// A swap entry, counted against `max_ptes_swap` (scan only).
+    Swapped,
+    /// A normal page, for [`ScanTally::check_page`].
+    Page,
+}
 
 /// The running account of a scan of one PMD range.
 #[derive(Debug)]
@@ -57,32 +101,80 @@ impl ScanTally {
     }
 
     /// A PTE that is none or maps the zero page.
-    pub(crate) fn none_or_zero(&mut self) -> Result<(), Outcome> {
+    pub(crate) fn none_or_zero(&mut self) -> Result<(), Fail> {
         self.none_or_zero += 1;
         if self.none_or_zero > self.limits.max_none {
-            return Err(Outcome::ExceedNonePte);
+            return Err(Fail::ExceedNonePte);
         }
         Ok(())
     }
 
     /// A non-present PTE (swap entry or marker); `uffd` if it carries userfaultfd state.
-    pub(crate) fn not_present(&mut self, uffd: bool) -> Result<(), Outcome> {
+    pub(crate) fn not_present(&mut self, uffd: bool) -> Result<(), Fail> {
         self.swapped += 1;
         if self.swapped > self.limits.max_swap {
-            return Err(Outcome::ExceedSwapPte);
+            return Err(Fail::ExceedSwapPte);
         }
         // Always strict with userfaultfd-protected swap entries.
         if uffd {
-            return Err(Outcome::PteUffd);
+            return Err(Fail::PteUffd);
+        }
+        Ok(())
+    }
+
+    /// The checks of the entry itself, first for every PTE in the scan and in the isolation,
+    /// in upstream's order: empty (within `max_ptes_none`), non-present (within
+    /// `max_ptes_swap` for the scan, never for the isolation; never with userfaultfd state),
+    /// userfaultfd write-protected, no normal page.
+    pub(crate) fn check_entry(
+        &mut self,
+        pte: &impl PteView,
+        step: Step,
+    ) -> Result<EntryKind, Fail> {
+        if pte.none_or_zero() {
+            return self.none_or_zero().map(|()| EntryKind::Empty);
+        }
+        if let Some(uffd) = pte.non_present() {
+            return match step {
+                Step::Scan => self.not_present(uffd).map(|()| EntryKind::Swapped),
+                Step::Isolate => Err(Fail::PteNonPresent),
+            };
+        }
+        // Don't collapse over userfaultfd write protection: the huge PMD could raise faults
+        // outside the registered range.
+        if pte.uffd_wp() {
+            return Err(Fail::PteUffd);
+        }
+        if !pte.maps_page() {
+            return Err(Fail::PageNull);
+        }
+        Ok(EntryKind::Page)
+    }
+
+    /// The checks of the folio an entry maps ([`EntryKind::Page`]), next for every such PTE in
+    /// the scan and in the isolation: anonymous, not lazily freed (where the mode skips such
+    /// pages and the VMA is not `droppable`: a droppable VMA's pages are dropped, not freed),
+    /// and shared within `max_ptes_shared` (a page counts as shared if any part of its folio
+    /// is). A lazily freed folio is anonymous, so the order of the first two is the scan's
+    /// and the isolation's both.
+    pub(crate) fn check_page(&mut self, pte: &impl PteView, droppable: bool) -> Result<(), Fail> {
+        if !pte.anon() {
+            return Err(Fail::PageAnon);
+        }
+        if self.skips_lazyfree() && pte.clean_lazyfree() && !droppable {
+            return Err(Fail::PageLazyfree);
+        }
+        if pte.shared() {
+            self.shared()?;
         }
         Ok(())
     }
 
     /// A present PTE mapping an anonymous page that another process may map too.
-    pub(crate) fn shared(&mut self) -> Result<(), Outcome> {
+    pub(crate) fn shared(&mut self) -> Result<(), Fail> {
         self.shared += 1;
         if self.shared > self.limits.max_shared {
-            return Err(Outcome::ExceedSharedPte);
+            return Err(Fail::ExceedSharedPte);
         }
         Ok(())
     }
@@ -151,13 +243,12 @@ impl ScanTally {
         self.referenced = cp.referenced;
     }
 
-    /// The verdict once every PTE was seen: [`Outcome::Succeed`] if the range is worth
-    /// collapsing.
-    pub(crate) fn finish(&self) -> Outcome {
+    /// The verdict once every PTE was seen: `Ok` if the range is worth collapsing.
+    pub(crate) fn finish(&self) -> Result<(), Fail> {
         if self.referenced < self.mode.min_referenced(self.swapped) {
-            Outcome::LackReferencedPage
+            Err(Fail::LackReferencedPage)
         } else {
-            Outcome::Succeed
+            Ok(())
         }
     }
 }
@@ -167,11 +258,11 @@ impl ScanTally {
     /// one recently referenced page, MADV_COLLAPSE nothing.
     ///
     /// Upstream: the end of `__collapse_huge_page_isolate()`.
-    pub(crate) fn finish_isolation(&self) -> Outcome {
+    pub(crate) fn finish_isolation(&self) -> Result<(), Fail> {
         if self.mode == CollapseMode::Khugepaged && self.referenced == 0 {
-            Outcome::LackReferencedPage
+            Err(Fail::LackReferencedPage)
         } else {
-            Outcome::Succeed
+            Ok(())
         }
     }
 }
@@ -233,13 +324,13 @@ impl FileTally {
         self.nodes.target()
     }
 
-    /// Accounts `e`; fails with the outcome that stops the scan.
-    pub(crate) fn add(&mut self, e: FileEntry) -> Result<(), Outcome> {
+    /// Accounts `e`; fails with what stops the scan.
+    pub(crate) fn add(&mut self, e: FileEntry) -> Result<(), Fail> {
         match e {
             FileEntry::Value { nr } => {
                 self.swap = self.swap.saturating_add(nr);
                 if self.swap > self.limits.max_swap {
-                    return Err(Outcome::ExceedSwapPte);
+                    return Err(Fail::ExceedSwapPte);
                 }
             }
             FileEntry::Folio {
@@ -250,14 +341,14 @@ impl FileTally {
             } => {
                 // A huge folio already: only the page tables are left to collapse.
                 if pmd_order {
-                    return Err(Outcome::PteMappedHugepage);
+                    return Err(Fail::PteMappedHugepage);
                 }
                 if !lru {
-                    return Err(Outcome::PageLru);
+                    return Err(Fail::PageLru);
                 }
                 // Someone else holds a reference (a GUP pin, say): the collapse would fail.
                 if refs_beyond_expected != 1 {
-                    return Err(Outcome::PageCount);
+                    return Err(Fail::PageCount);
                 }
                 self.present = self.present.saturating_add(nr);
             }
@@ -265,13 +356,13 @@ impl FileTally {
         Ok(())
     }
 
-    /// The outcome of a scan that went through the whole range: whether enough is present.
-    pub(crate) fn finish(&self) -> Outcome {
+    /// The verdict of a scan that went through the whole range: whether enough is present.
+    pub(crate) fn finish(&self) -> Result<(), Fail> {
         let none = PTES_PER_PMD.saturating_sub(self.present);
         if none > self.limits.max_none {
-            Outcome::ExceedNonePte
+            Err(Fail::ExceedNonePte)
         } else {
-            Outcome::Succeed
+            Ok(())
         }
     }
 
@@ -296,13 +387,137 @@ mod tests {
         ScanTally::new(mode, mode.limits(t, PMD_ORDER, Userfault::Unarmed))
     }
 
+    /// A PTE as a test states it.
+    #[derive(Clone, Copy, Default)]
+    struct Pte {
+        none_or_zero: bool,
+        non_present: Option<bool>,
+        uffd_wp: bool,
+        no_page: bool,
+        not_anon: bool,
+        clean_lazyfree: bool,
+        shared: bool,
+    }
+
+    impl PteView for Pte {
+        fn none_or_zero(&self) -> bool {
+            self.none_or_zero
+        }
+        fn non_present(&self) -> Option<bool> {
+            self.non_present
+        }
+        fn uffd_wp(&self) -> bool {
+            self.uffd_wp
+        }
+        fn maps_page(&self) -> bool {
+            !self.no_page
+        }
+        fn anon(&self) -> bool {
+            !self.not_anon
+        }
+        fn clean_lazyfree(&self) -> bool {
+            self.clean_lazyfree
+        }
+        fn shared(&self) -> bool {
+            self.shared
+        }
+    }
+
+    /// The shared checks of `pte` in `step` for khugepaged with no room in any limit, in a
+    /// VMA that is `droppable` or not.
+    fn check(pte: Pte, step: Step, droppable: bool) -> Result<EntryKind, Fail> {
+        let strict = Tunables {
+            max_ptes_none: 0,
+            max_ptes_swap: 0,
+            max_ptes_shared: 0,
+            defrag: false,
+        };
+        let mut s = tally(CollapseMode::Khugepaged, &strict);
+        let kind = s.check_entry(&pte, step)?;
+        if kind == EntryKind::Page {
+            s.check_page(&pte, droppable)?;
+        }
+        Ok(kind)
+    }
+
+    #[test]
+    fn pte_checks_in_order_for_both_steps() {
+        let page = Pte::default();
+        let empty = Pte {
+            none_or_zero: true,
+            ..page
+        };
+        let swap = Pte {
+            non_present: Some(false),
+            ..page
+        };
+        // Every check fails: the first one in the order decides.
+        let worst = Pte {
+            uffd_wp: true,
+            no_page: true,
+            not_anon: true,
+            clean_lazyfree: true,
+            shared: true,
+            ..page
+        };
+        for step in [Step::Scan, Step::Isolate] {
+            assert_eq!(check(page, step, false), Ok(EntryKind::Page));
+            assert_eq!(check(empty, step, false), Err(Fail::ExceedNonePte));
+            assert_eq!(check(worst, step, false), Err(Fail::PteUffd));
+            let w = Pte {
+                uffd_wp: false,
+                ..worst
+            };
+            assert_eq!(check(w, step, false), Err(Fail::PageNull));
+            let w = Pte {
+                no_page: false,
+                ..w
+            };
+            assert_eq!(check(w, step, false), Err(Fail::PageAnon));
+            let w = Pte {
+                not_anon: false,
+                ..w
+            };
+            assert_eq!(check(w, step, false), Err(Fail::PageLazyfree));
+            // A droppable VMA's lazily freed pages are collapsed.
+            assert_eq!(check(w, step, true), Err(Fail::ExceedSharedPte));
+            let w = Pte {
+                clean_lazyfree: false,
+                ..w
+            };
+            assert_eq!(check(w, step, false), Err(Fail::ExceedSharedPte));
+        }
+        // Only a swap entry tells the steps apart.
+        assert_eq!(check(swap, Step::Scan, false), Err(Fail::ExceedSwapPte));
+        assert_eq!(check(swap, Step::Isolate, false), Err(Fail::PteNonPresent));
+        let uffd_swap = Pte {
+            non_present: Some(true),
+            ..page
+        };
+        assert_eq!(
+            check(uffd_swap, Step::Isolate, false),
+            Err(Fail::PteNonPresent)
+        );
+        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        assert_eq!(s.check_entry(&swap, Step::Scan), Ok(EntryKind::Swapped));
+        assert_eq!(s.check_entry(&uffd_swap, Step::Scan), Err(Fail::PteUffd));
+        assert_eq!(s.check_entry(&empty, Step::Scan), Ok(EntryKind::Empty));
+        // MADV_COLLAPSE keeps lazily freed pages, and has no shared limit.
+        let lazy_shared = Pte {
+            clean_lazyfree: true,
+            shared: true,
+            ..page
+        };
+        assert_eq!(s.check_page(&lazy_shared, false), Ok(()));
+    }
+
     #[test]
     fn madvise_full_range_collapses() {
         let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
             s.present(false);
         }
-        assert_eq!(s.finish(), Outcome::Succeed);
+        assert_eq!(s.finish(), Ok(()));
     }
 
     #[test]
@@ -323,7 +538,7 @@ mod tests {
             s.present(false);
         }
         assert!(!s.wants_referenced());
-        assert_eq!(s.finish(), Outcome::Succeed);
+        assert_eq!(s.finish(), Ok(()));
     }
 
     #[test]
@@ -341,7 +556,7 @@ mod tests {
             assert_eq!(s.none_or_zero(), Ok(()));
         }
         assert_eq!(s.none_or_zero_count(), 512);
-        assert_eq!(s.finish(), Outcome::Succeed);
+        assert_eq!(s.finish(), Ok(()));
     }
 
     #[test]
@@ -351,13 +566,13 @@ mod tests {
             mode,
             mode.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Armed),
         );
-        assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
+        assert_eq!(s.none_or_zero(), Err(Fail::ExceedNonePte));
     }
 
     #[test]
     fn uffd_swap_entry_stops_the_scan() {
         let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
-        assert_eq!(s.not_present(true), Err(Outcome::PteUffd));
+        assert_eq!(s.not_present(true), Err(Fail::PteUffd));
     }
 
     #[test]
@@ -370,19 +585,19 @@ mod tests {
         for _ in 0..256 {
             assert_eq!(s.none_or_zero(), Ok(()));
         }
-        assert_eq!(s.none_or_zero(), Err(Outcome::ExceedNonePte));
+        assert_eq!(s.none_or_zero(), Err(Fail::ExceedNonePte));
 
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         for _ in 0..64 {
             assert_eq!(s.not_present(false), Ok(()));
         }
-        assert_eq!(s.not_present(false), Err(Outcome::ExceedSwapPte));
+        assert_eq!(s.not_present(false), Err(Fail::ExceedSwapPte));
 
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         for _ in 0..256 {
             assert_eq!(s.shared(), Ok(()));
         }
-        assert_eq!(s.shared(), Err(Outcome::ExceedSharedPte));
+        assert_eq!(s.shared(), Err(Fail::ExceedSharedPte));
     }
 
     #[test]
@@ -392,7 +607,7 @@ mod tests {
         for _ in 0..PTES_PER_PMD {
             s.present(false);
         }
-        assert_eq!(s.finish(), Outcome::LackReferencedPage);
+        assert_eq!(s.finish(), Err(Fail::LackReferencedPage));
 
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         s.present(true);
@@ -400,7 +615,7 @@ mod tests {
             s.present(false);
         }
         assert_eq!(s.referenced_count(), 1);
-        assert_eq!(s.finish(), Outcome::Succeed);
+        assert_eq!(s.finish(), Ok(()));
     }
 
     #[test]
@@ -411,9 +626,9 @@ mod tests {
             s.present(true);
         }
         assert_eq!(s.swapped_count(), 1);
-        assert_eq!(s.finish(), Outcome::LackReferencedPage);
+        assert_eq!(s.finish(), Err(Fail::LackReferencedPage));
         s.present(true);
-        assert_eq!(s.finish(), Outcome::Succeed);
+        assert_eq!(s.finish(), Ok(()));
     }
 
     #[test]
@@ -424,10 +639,10 @@ mod tests {
             k.present(false);
             m.present(false);
         }
-        assert_eq!(k.finish_isolation(), Outcome::LackReferencedPage);
-        assert_eq!(m.finish_isolation(), Outcome::Succeed);
+        assert_eq!(k.finish_isolation(), Err(Fail::LackReferencedPage));
+        assert_eq!(m.finish_isolation(), Ok(()));
         k.present(true);
-        assert_eq!(k.finish_isolation(), Outcome::Succeed);
+        assert_eq!(k.finish_isolation(), Ok(()));
     }
 
     #[test]
@@ -439,7 +654,7 @@ mod tests {
         let mut k = tally(CollapseMode::Khugepaged, &t);
         assert_eq!(k.none_or_zero(), Ok(()));
         assert_eq!(k.none_or_zero(), Ok(()));
-        assert_eq!(k.none_or_zero(), Err(Outcome::ExceedNonePte));
+        assert_eq!(k.none_or_zero(), Err(Fail::ExceedNonePte));
     }
     fn folio(nr: u32) -> FileEntry {
         FileEntry::Folio {
@@ -458,7 +673,7 @@ mod tests {
         for _ in 0..511 {
             assert_eq!(t.add(FileEntry::Value { nr: 1 }), Ok(()));
         }
-        assert_eq!(t.finish(), Outcome::Succeed);
+        assert_eq!(t.finish(), Ok(()));
         assert_eq!((t.present(), t.swap()), (1, 511));
     }
 
@@ -474,16 +689,13 @@ mod tests {
         // Large folios count all their pages; swap entries all the pages they cover.
         assert_eq!(t.add(folio(4)), Ok(()));
         assert_eq!(t.add(FileEntry::Value { nr: 4 }), Ok(()));
-        assert_eq!(
-            t.add(FileEntry::Value { nr: 1 }),
-            Err(Outcome::ExceedSwapPte)
-        );
+        assert_eq!(t.add(FileEntry::Value { nr: 1 }), Err(Fail::ExceedSwapPte));
         let mut t = FileTally::new(l);
         assert_eq!(t.add(folio(504)), Ok(()));
-        assert_eq!(t.finish(), Outcome::Succeed);
+        assert_eq!(t.finish(), Ok(()));
         let mut t = FileTally::new(l);
         assert_eq!(t.add(folio(503)), Ok(()));
-        assert_eq!(t.finish(), Outcome::ExceedNonePte);
+        assert_eq!(t.finish(), Err(Fail::ExceedNonePte));
     }
 
     #[test]
@@ -497,9 +709,9 @@ mod tests {
                 refs_beyond_expected,
             })
         };
-        assert_eq!(stop(true, true, 1), Err(Outcome::PteMappedHugepage));
-        assert_eq!(stop(false, false, 1), Err(Outcome::PageLru));
-        assert_eq!(stop(false, true, 2), Err(Outcome::PageCount));
+        assert_eq!(stop(true, true, 1), Err(Fail::PteMappedHugepage));
+        assert_eq!(stop(false, false, 1), Err(Fail::PageLru));
+        assert_eq!(stop(false, true, 2), Err(Fail::PageCount));
         assert_eq!(stop(false, true, 1), Ok(()));
     }
 }

@@ -10,7 +10,7 @@
 //! when it ends (or frees it, if another request gave one back first). The next request may run
 //! on another thread: what is kept must be [`Send`].
 
-use crate::outcome::Outcome;
+use crate::outcome::Fail;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     sync::atomic::{Acquire, Atomic, Release},
@@ -41,21 +41,18 @@ impl<T: Send + 'static> Spare<T> {
     }
 
     /// The request's value: the kept one if it is free, else one `make` creates. May sleep.
-    pub(crate) fn get(
-        &mut self,
-        make: impl FnOnce() -> Result<T, Outcome>,
-    ) -> Result<&mut T, Outcome> {
+    pub(crate) fn get(&mut self, make: impl FnOnce() -> Result<T, Fail>) -> Result<&mut T, Fail> {
         if self.value.is_none() {
             let kept = self.slot.xchg(core::ptr::null_mut(), Acquire);
             self.value = Some(if kept.is_null() {
-                KBox::new(make()?, GFP_KERNEL).map_err(|_| Outcome::AllocHugePageFail)?
+                KBox::new(make()?, GFP_KERNEL).map_err(|_| Fail::AllocHugePage)?
             } else {
                 // SAFETY: A non-null slot holds a value that `Spare::drop` leaked from a
                 // `KBox`; the exchange above made it ours alone.
                 unsafe { KBox::from_raw(kept) }
             });
         }
-        self.value.as_deref_mut().ok_or(Outcome::AllocHugePageFail)
+        self.value.as_deref_mut().ok_or(Fail::AllocHugePage)
     }
 }
 

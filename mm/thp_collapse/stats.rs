@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Counters of the Rust collapse core, by caller and outcome.
+//! Counters of the Rust collapse core, by caller and result (its `enum scan_result` code).
 //!
 //! Shown in `/sys/kernel/mm/transparent_hugepage/collapse/rust_stats/<caller>`. Tests read them
 //! to prove which implementation did the work.
@@ -8,38 +8,45 @@
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
 
-use crate::{outcome::Outcome, vocab::Caller};
+use crate::{
+    outcome::{ScanCode, CODES, NAMES},
+    vocab::Caller,
+};
 use core::fmt;
 use kernel::sync::atomic::{Atomic, Relaxed};
 
-/// One counter per (caller, outcome) pair.
+/// One counter per (caller, result code) pair.
 pub(crate) struct Stats {
-    counts: [[Atomic<u64>; Outcome::COUNT]; Caller::COUNT],
+    counts: [[Atomic<u64>; CODES]; Caller::COUNT],
 }
 
 impl Stats {
     /// All counters at zero.
     pub(crate) const fn new() -> Self {
         Self {
-            counts: [const { [const { Atomic::new(0) }; Outcome::COUNT] }; Caller::COUNT],
+            counts: [const { [const { Atomic::new(0) }; CODES] }; Caller::COUNT],
         }
     }
 
-    /// Counts one PMD range that ended with `outcome` for `caller`.
-    pub(crate) fn count(&self, caller: Caller, outcome: Outcome) {
-        self.counts[caller as usize][outcome as usize].add(1, Relaxed);
+    /// Counts one PMD range that ended with `result` for `caller`.
+    pub(crate) fn count(&self, caller: Caller, result: &impl ScanCode) {
+        if let Some(counter) = self.counts[caller as usize].get(result.code() as usize) {
+            counter.add(1, Relaxed);
+        }
     }
 
-    /// The current value of one counter.
-    pub(crate) fn get(&self, caller: Caller, outcome: Outcome) -> u64 {
-        self.counts[caller as usize][outcome as usize].load(Relaxed)
+    /// The current value of the counter of `caller` and `result`.
+    pub(crate) fn get(&self, caller: Caller, result: &impl ScanCode) -> u64 {
+        self.counts[caller as usize]
+            .get(result.code() as usize)
+            .map_or(0, |counter| counter.load(Relaxed))
     }
 
-    /// Writes the counters of `caller` to `out`, one `<outcome> <count>` line per outcome in
+    /// Writes the counters of `caller` to `out`, one `<result> <count>` line per code in
     /// numeric order: the sysfs file of the caller.
     pub(crate) fn show(&self, caller: Caller, out: &mut impl fmt::Write) -> fmt::Result {
-        for outcome in Outcome::ALL {
-            writeln!(out, "{} {}", outcome.name(), self.get(caller, outcome))?;
+        for (name, counter) in NAMES.iter().zip(&self.counts[caller as usize]) {
+            writeln!(out, "{} {}", name, counter.load(Relaxed))?;
         }
         Ok(())
     }
@@ -52,25 +59,28 @@ pub(crate) static STATS: Stats = Stats::new();
 #[kunit_tests(thp_collapse_stats)]
 mod tests {
     use super::*;
+    use crate::outcome::{Collapsed, Fail};
+
+    const OK: Collapsed = Collapsed::Mapped;
 
     #[test]
     fn counters_are_independent() {
         let s = Stats::new();
-        s.count(Caller::Madvise, Outcome::Succeed);
-        s.count(Caller::Madvise, Outcome::Succeed);
-        s.count(Caller::Khugepaged, Outcome::PageDirtyOrWriteback);
-        assert_eq!(s.get(Caller::Madvise, Outcome::Succeed), 2);
-        assert_eq!(s.get(Caller::ProcessMadvise, Outcome::Succeed), 0);
-        assert_eq!(s.get(Caller::Khugepaged, Outcome::PageDirtyOrWriteback), 1);
-        assert_eq!(s.get(Caller::Khugepaged, Outcome::Succeed), 0);
+        s.count(Caller::Madvise, &OK);
+        s.count(Caller::Madvise, &OK);
+        s.count(Caller::Khugepaged, &Fail::PageDirtyOrWriteback);
+        assert_eq!(s.get(Caller::Madvise, &OK), 2);
+        assert_eq!(s.get(Caller::ProcessMadvise, &OK), 0);
+        assert_eq!(s.get(Caller::Khugepaged, &Fail::PageDirtyOrWriteback), 1);
+        assert_eq!(s.get(Caller::Khugepaged, &OK), 0);
     }
 
     #[test]
     fn show_writes_one_line_per_outcome() {
         let s = Stats::new();
-        s.count(Caller::ProcessMadvise, Outcome::Succeed);
-        s.count(Caller::ProcessMadvise, Outcome::PageDirtyOrWriteback);
-        s.count(Caller::ProcessMadvise, Outcome::PageDirtyOrWriteback);
+        s.count(Caller::ProcessMadvise, &OK);
+        s.count(Caller::ProcessMadvise, &Fail::PageDirtyOrWriteback);
+        s.count(Caller::ProcessMadvise, &Fail::PageDirtyOrWriteback);
         let mut buf = [0u8; 4096];
         let mut out = kernel::str::Formatter::new(&mut buf);
         assert!(s.show(Caller::ProcessMadvise, &mut out).is_ok());
@@ -79,7 +89,7 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("fail 0"));
         assert_eq!(lines.next(), Some("succeed 1"));
-        assert_eq!(text.lines().count(), Outcome::COUNT);
+        assert_eq!(text.lines().count(), CODES);
         assert_eq!(text.lines().last(), Some("page_dirty_or_writeback 2"));
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

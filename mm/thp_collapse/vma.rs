@@ -7,7 +7,7 @@
 //! C header: [`include/linux/huge_mm.h`](srctree/include/linux/huge_mm.h)
 
 use crate::{
-    outcome::Outcome,
+    outcome::Fail,
     vocab::{CollapseMode, PMD_ORDER},
 };
 use kernel::mm::{
@@ -33,14 +33,14 @@ pub(crate) trait CollapseLocked: MmapLocked {
         PmdEntry::find(self, addr).map_or(PmdState::None, PmdEntry::state)
     }
 
-    /// The PMD entry covering `addr`, if it points to a page table; otherwise the outcome that
+    /// The PMD entry covering `addr`, if it points to a page table; otherwise the failure that
     /// says why not. Upstream: `find_pmd_or_thp_or_none()`.
-    fn pmd_table(&self, addr: usize) -> Result<PmdEntry<'_>, Outcome> {
-        let pmd = PmdEntry::find(self, addr).ok_or(Outcome::NoPteTable)?;
+    fn pmd_table(&self, addr: usize) -> Result<PmdEntry<'_>, Fail> {
+        let pmd = PmdEntry::find(self, addr).ok_or(Fail::NoPteTable)?;
         match pmd.state() {
             PmdState::Table => Ok(pmd),
-            PmdState::Huge => Err(Outcome::PmdMapped),
-            PmdState::None => Err(Outcome::NoPteTable),
+            PmdState::Huge => Err(Fail::PmdMapped),
+            PmdState::None => Err(Fail::NoPteTable),
         }
     }
 }
@@ -73,18 +73,18 @@ pub(crate) fn revalidate<'g, G: CollapseLocked>(
     addr: usize,
     mode: CollapseMode,
     order: u32,
-) -> Result<&'g VmaRef, Outcome> {
+) -> Result<&'g VmaRef, Fail> {
     if guard.exiting_or_thp_disabled() {
-        return Err(Outcome::AnyProcess);
+        return Err(Fail::AnyProcess);
     }
-    let vma = guard.find_vma(addr).ok_or(Outcome::VmaNull)?;
+    let vma = guard.find_vma(addr).ok_or(Fail::VmaNull)?;
     // The whole PMD range must be inside the VMA, whatever the order: another VMA sharing the
     // page table could race with us.
     if !vma.thp_suitable_order(addr, PMD_ORDER) {
-        return Err(Outcome::AddressRange);
+        return Err(Fail::AddressRange);
     }
     if allowed_orders(vma, mode, 1 << order) == 0 {
-        return Err(Outcome::VmaCheck);
+        return Err(Fail::VmaCheck);
     }
     Ok(vma)
 }

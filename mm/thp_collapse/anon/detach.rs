@@ -21,8 +21,8 @@ use crate::{
         isolate::{self, IsolateError, IsolatedFolio, IsolationQueue, UnmappedFolios},
         trace, FolioPtr, PagePtr, PteFacts, PteRead,
     },
-    outcome::Outcome,
-    scan::{Checkpoint, ScanTally},
+    outcome::{Attempt, Collapsed, Fail},
+    scan::{Checkpoint, EntryKind, ScanTally, Step},
     spare::{self, Spare},
     vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
 };
@@ -111,15 +111,14 @@ pub(crate) struct IsolationList {
 
 impl IsolationList {
     /// Allocates room for one folio and one slot per PTE. May sleep.
-    pub(crate) fn new() -> Result<Self, Outcome> {
+    pub(crate) fn new() -> Result<Self, Fail> {
         let n = PTES_PER_PMD as usize;
-        let folios = KVec::with_capacity(n, GFP_KERNEL).map_err(|_| Outcome::AllocHugePageFail)?;
-        let mut slots =
-            KVec::with_capacity(n, GFP_KERNEL).map_err(|_| Outcome::AllocHugePageFail)?;
+        let folios = KVec::with_capacity(n, GFP_KERNEL).map_err(|_| Fail::AllocHugePage)?;
+        let mut slots = KVec::with_capacity(n, GFP_KERNEL).map_err(|_| Fail::AllocHugePage)?;
         for _ in 0..n {
             slots
                 .push_within_capacity(None)
-                .map_err(|_| Outcome::AllocHugePageFail)?;
+                .map_err(|_| Fail::AllocHugePage)?;
         }
         Ok(Self { folios, slots })
     }
@@ -251,13 +250,13 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         pmd: PmdEntry<'g>,
         c: Candidate,
         list: &'l mut IsolationList,
-    ) -> Result<Self, Outcome> {
+    ) -> Result<Self, Fail> {
         let haddr = c.haddr;
         let nr = c.nr().min(PTES_PER_PMD as usize);
         let first = c.first.min(PTES_PER_PMD as usize - nr);
         let start = haddr + first * PAGE_SIZE;
         let table = DetachedPteTable::detach(guard, &anon, vma, pmd, start, start + nr * PAGE_SIZE)
-            .ok_or(Outcome::NoPteTable)?;
+            .ok_or(Fail::NoPteTable)?;
         // Left over from a collapse that went through. The slots of the candidate are all
         // written by the isolation.
         list.folios.clear();
@@ -283,13 +282,13 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Locks each folio mapped by the detached table, checks that nobody else holds a
     /// reference to it, and isolates it from the LRU, within `limits` for `mode`.
     ///
-    /// Returns [`Outcome::Succeed`], or why the range cannot be collapsed; in that case the
+    /// Returns `Ok`, or why the range cannot be collapsed; in that case the
     /// table is to be dropped, which releases what was isolated. When the whole table was
     /// isolated, the anon_vma lock goes at once: rmap walkers cannot get at the pages any more.
     /// For a smaller order the other PTEs of the table still map pages that rmap walkers may
     /// look for while the table is detached, so the lock stays until the end.
     /// Upstream: `__collapse_huge_page_isolate()`.
-    pub(crate) fn isolate(&mut self, mode: CollapseMode, limits: Limits) -> Outcome {
+    pub(crate) fn isolate(&mut self, mode: CollapseMode, limits: Limits) -> Result<(), Fail> {
         let mut tally = ScanTally::new(mode, limits);
         let mut queued = Queued::new();
         let order = self.nr.trailing_zeros();
@@ -300,7 +299,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let start = haddr + first * PAGE_SIZE;
         // SAFETY: Entries `first .. first + nr` are in the detached table of `vma`, which only
         // we can change, and its lock is held.
-        let outcome = unsafe {
+        let result = unsafe {
             ffi::for_each_pte(
                 vma,
                 start,
@@ -322,37 +321,37 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                         Ok(()) => Ok(()),
                         // The folios queued before this entry come first, and so would their
                         // failures.
-                        Err(outcome) => iso
-                            .isolate_queued(&mut queued, &mut tally)
-                            .and(Err(outcome)),
+                        Err(fail) => iso.isolate_queued(&mut queued, &mut tally).and(Err(fail)),
                     }
                 },
             )
         }
         .and_then(|()| iso.isolate_queued(&mut queued, &mut tally))
-        .map_or_else(|outcome| outcome, |()| tally.finish_isolation());
-        ffi::count_exceeded(order, outcome);
+        .and_then(|()| tally.finish_isolation());
+        if let Err(fail) = result {
+            ffi::count_exceeded(order, fail);
+        }
         drop(locked);
         iso.filled = tally.none_or_zero_count() as usize;
         trace::isolate(
             iso.last_folio,
             tally.none_or_zero_count(),
             tally.referenced_count(),
-            outcome,
+            &result,
             order,
         );
-        if outcome == Outcome::Succeed && nr == PTES_PER_PMD as usize {
+        if result.is_ok() && nr == PTES_PER_PMD as usize {
             self.anon = None;
         }
-        outcome
+        result
     }
 
     /// Copies the pages of the detached table into `new`, zero-filling where no page (or the
     /// zero page) is mapped. Machine-check safe: a poisoned source page fails the copy with
-    /// [`Outcome::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
-    pub(crate) fn copy(&self, new: &mut NewFolio) -> Result<(), Outcome> {
+    /// [`Fail::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
+    pub(crate) fn copy(&self, new: &mut NewFolio) -> Result<(), Fail> {
         if 1 << new.order() != self.nr {
-            return Err(Outcome::Fail);
+            return Err(Fail::Other);
         }
         for k in 0..self.nr {
             let i = self.first + k;
@@ -363,7 +362,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                     // SAFETY: A slot holds a page mapped by the detached table, of a folio we
                     // isolated and locked, which cannot be freed or changed under us.
                     unsafe { new.copy_mc_user_page(k, src, addr, self.vma) }
-                        .map_err(|_| Outcome::CopyMc)?;
+                        .map_err(|_| Fail::CopyMc)?;
                 }
             }
         }
@@ -375,13 +374,13 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// the detached table is deposited for a later split; otherwise the table goes back in
     /// place with the candidate's PTEs mapping the new folio.
     ///
-    /// Returns [`Outcome::Fail`], having put everything back, if `new` does not fit the
+    /// Returns [`Fail::Other`], having put everything back, if `new` does not fit the
     /// candidate. Upstream: `__collapse_huge_page_copy_succeeded()` and the end of
     /// `collapse_huge_page()`.
-    pub(crate) fn install(self, new: NewFolio) -> Outcome {
+    pub(crate) fn install(self, new: NewFolio) -> Attempt {
         if 1 << new.order() != self.nr {
             // Dropping `self` puts everything back.
-            return Outcome::Fail;
+            return Err(Fail::Other);
         }
         let Self {
             mut table,
@@ -453,10 +452,9 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         // the pages, and the folio is freed.
         // Last, after the table is back or deposited and the old folios are gone.
         drop(anon);
-        match installed {
-            Ok(()) => Outcome::Succeed,
-            Err(_) => Outcome::Fail,
-        }
+        installed
+            .map(|()| Collapsed::Mapped)
+            .map_err(|_| Fail::Other)
     }
 }
 
@@ -480,11 +478,7 @@ impl Queued {
 impl Isolation<'_> {
     /// Isolates the folios of `queued`, in order, and adds them to the list; on a failure
     /// the tally and the last pfn go back to what the entry of the failed folio saw.
-    fn isolate_queued(
-        &mut self,
-        queued: &mut Queued,
-        tally: &mut ScanTally,
-    ) -> Result<(), Outcome> {
+    fn isolate_queued(&mut self, queued: &mut Queued, tally: &mut ScanTally) -> Result<(), Fail> {
         let folios = &mut self.list.folios;
         let mut no_room = false;
         let result = queued.queue.isolate(|folio| {
@@ -493,7 +487,7 @@ impl Isolation<'_> {
             no_room |= folios.push_within_capacity(folio).is_err();
         });
         if no_room {
-            return Err(Outcome::Fail);
+            return Err(Fail::Other);
         }
         let Err((failed, why)) = result else {
             return Ok(());
@@ -502,7 +496,7 @@ impl Isolation<'_> {
             self.last_folio = folio;
             tally.rewind(cp);
         }
-        Err(isolate_outcome(why))
+        Err(isolate_fail(why))
     }
 
     /// Checks the folio that a PTE maps, for a collapse to a folio of `order`, and queues it
@@ -515,7 +509,7 @@ impl Isolation<'_> {
         at: Entry<'_>,
         tally: &mut ScanTally,
         queued: &mut Queued,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), Fail> {
         let Some((page, folio)) = facts.page().filter(|_| facts.plain_small_for_isolation()) else {
             return self.isolate_one_slow(facts, at, tally, queued);
         };
@@ -538,7 +532,7 @@ impl Isolation<'_> {
         i: usize,
         tally: &mut ScanTally,
         queued: &mut Queued,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), Fail> {
         if queued.queue.is_full() {
             self.isolate_queued(queued, tally)?;
         }
@@ -564,7 +558,7 @@ impl Isolation<'_> {
         at: Entry<'_>,
         tally: &mut ScanTally,
         queued: &mut Queued,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), Fail> {
         let Entry {
             mm,
             vma,
@@ -579,30 +573,21 @@ impl Isolation<'_> {
             if let Some(slot) = self.list.slots.get_mut(i) {
                 *slot = None;
             }
-            return tally.none_or_zero();
         }
-        if facts.non_present().is_some() {
-            return Err(Outcome::PteNonPresent);
-        }
-        if facts.uffd_wp() {
-            return Err(Outcome::PteUffd);
+        match tally.check_entry(facts, Step::Isolate)? {
+            EntryKind::Empty => return Ok(()),
+            // Not after `Step::Isolate`; the range changed if it were.
+            EntryKind::Swapped => return Err(Fail::PteNonPresent),
+            EntryKind::Page => {}
         }
         let Some((page, folio)) = facts.page() else {
-            return Err(Outcome::PageNull);
+            return Err(Fail::PageNull);
         };
         self.last_folio = Some(folio);
-        if !facts.anon() {
-            return Err(Outcome::PageAnon);
-        }
-        if tally.skips_lazyfree() && facts.clean_lazyfree() && !vma.is_droppable() {
-            return Err(Outcome::PageLazyfree);
-        }
-        if facts.shared() {
-            tally.shared()?;
-        }
+        tally.check_page(facts, vma.is_droppable())?;
         // A folio as large as the new one already: nothing to gain.
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
-            return Err(Outcome::PteMappedHugepage);
+            return Err(Fail::PteMappedHugepage);
         }
         if facts.large() {
             // In order: the small folios queued before this one first.
@@ -611,9 +596,9 @@ impl Isolation<'_> {
                 // SAFETY: `folio` is mapped by the detached table, which only we can change, so
                 // it stays valid.
                 let isolated = unsafe { IsolatedFolio::isolate(folio, facts.folio_nr_pages()) }
-                    .map_err(isolate_outcome)?;
+                    .map_err(isolate_fail)?;
                 if self.list.folios.push_within_capacity(isolated).is_err() {
-                    return Err(Outcome::Fail);
+                    return Err(Fail::Other);
                 }
             }
             self.large[i / 64] |= 1 << (i % 64);
@@ -630,11 +615,11 @@ impl Isolation<'_> {
     }
 }
 
-/// The outcome of a folio that could not be isolated.
-fn isolate_outcome(why: IsolateError) -> Outcome {
+/// Why a folio could not be isolated, as a collapse failure.
+fn isolate_fail(why: IsolateError) -> Fail {
     match why {
-        IsolateError::Locked => Outcome::PageLock,
-        IsolateError::Referenced => Outcome::PageCount,
-        IsolateError::NotOnLru => Outcome::DelPageLru,
+        IsolateError::Locked => Fail::PageLock,
+        IsolateError::Referenced => Fail::PageCount,
+        IsolateError::NotOnLru => Fail::DelPageLru,
     }
 }

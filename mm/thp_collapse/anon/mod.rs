@@ -17,7 +17,7 @@ pub(crate) use detach::RequestList;
 use crate::{
     ffi::trace,
     new_folio,
-    outcome::Outcome,
+    outcome::{Attempt, Fail},
     plan::{self, Occupied, ALL_ANON_ORDERS},
     scan::ScanTally,
     vma::{self, CollapseLocked},
@@ -35,7 +35,7 @@ use kernel::mm::{
 /// Collapses the PMD range at `addr` of an anonymous VMA that the caller found under `guard`,
 /// with the `tunables` of this step.
 ///
-/// Returns the outcome, the number of page-table entries looked at (khugepaged's scan budget),
+/// Returns the result, the number of page-table entries looked at (khugepaged's scan budget),
 /// and the state of the lock. `lists` is the isolation list of the request, allocated at its
 /// first collapse.
 pub(crate) fn collapse_pmd<'a>(
@@ -44,13 +44,13 @@ pub(crate) fn collapse_pmd<'a>(
     mode: CollapseMode,
     tunables: &Tunables,
     lists: &mut RequestList,
-) -> (Outcome, u32, Locked<'a>) {
+) -> (Attempt, u32, Locked<'a>) {
     let s = scan(&guard, addr, mode, tunables);
     let mm = guard.mm();
-    let (outcome, state) = match s.outcome {
-        Outcome::Succeed => {
+    let (attempt, state) = match s.verdict {
+        Ok(()) => {
             drop(guard);
-            let outcome = plan::collapse_planned(
+            let attempt = plan::collapse_planned(
                 &s.occupied,
                 s.enabled,
                 s.swapped,
@@ -64,9 +64,9 @@ pub(crate) fn collapse_pmd<'a>(
                     collapse_candidate(mm, c, mode, tunables, &s, lists)
                 },
             );
-            (outcome, Locked::Dropped)
+            (attempt, Locked::Dropped)
         }
-        failed => (failed, Locked::Held(guard)),
+        Err(fail) => (Err(fail), Locked::Held(guard)),
     };
     if s.traced {
         trace::scan_pmd(
@@ -74,11 +74,11 @@ pub(crate) fn collapse_pmd<'a>(
             s.failed_pfn,
             s.referenced,
             s.none_or_zero,
-            outcome,
+            &attempt,
             s.swapped,
         );
     }
-    (outcome, s.scanned, state)
+    (attempt, s.scanned, state)
 }
 
 /// Reads the swapped-out pages of candidate `c` back in, under the mmap lock for read, after
@@ -88,11 +88,11 @@ fn swap_in(
     c: Candidate,
     mode: CollapseMode,
     referenced: u32,
-) -> Result<(), Outcome> {
+) -> Result<(), Fail> {
     let guard = MmapRead::lock(mm);
     let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
     if !vma.is_anonymous() {
-        return Err(Outcome::PageAnon);
+        return Err(Fail::PageAnon);
     }
     read::swap_in(guard, c, referenced).map(drop)
 }
@@ -111,45 +111,26 @@ fn collapse_anon(
     tunables: &Tunables,
     mut new: NewFolio,
     lists: &mut RequestList,
-) -> Outcome {
+) -> Attempt {
     // Sleeping allocations come before the locks.
-    let list = match lists.get(IsolationList::new) {
-        Ok(list) => list,
-        Err(outcome) => return outcome,
-    };
+    let list = lists.get(IsolationList::new)?;
     let guard = MmapWrite::lock(mm);
-    let vma = match vma::revalidate(&guard, c.haddr, mode, c.order) {
-        Ok(vma) => vma,
-        Err(outcome) => return outcome,
-    };
+    let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
     // The range may have been unmapped and mapped again as a file while unlocked.
     if !vma.is_anonymous() {
-        return Outcome::PageAnon;
+        return Err(Fail::PageAnon);
     }
     if guard.exclude_vma_faults(vma).is_err() {
-        return Outcome::VmaCheck;
+        return Err(Fail::VmaCheck);
     }
-    let pmd = match guard.pmd_table(c.haddr) {
-        Ok(pmd) => pmd,
-        Err(outcome) => return outcome,
-    };
-    let Some(anon) = AnonVmaWrite::lock(&guard, vma) else {
-        return Outcome::PageAnon;
-    };
-    let mut table = match DetachedTable::detach(&guard, anon, vma, pmd, c, list) {
-        Ok(table) => table,
-        Err(outcome) => return outcome,
-    };
+    let pmd = guard.pmd_table(c.haddr)?;
+    let anon = AnonVmaWrite::lock(&guard, vma).ok_or(Fail::PageAnon)?;
+    let mut table = DetachedTable::detach(&guard, anon, vma, pmd, c, list)?;
     let limits = mode.limits(tunables, c.order, Userfault::of(vma));
-    let outcome = table.isolate(mode, limits);
-    if outcome != Outcome::Succeed {
-        // Dropping `table` restores the page table, releases the isolated folios and unlocks
-        // the anon_vma.
-        return outcome;
-    }
-    if let Err(outcome) = table.copy(&mut new) {
-        return outcome;
-    }
+    // On failure, dropping `table` restores the page table, releases the isolated folios and
+    // unlocks the anon_vma.
+    table.isolate(mode, limits)?;
+    table.copy(&mut new)?;
     table.install(new)
 }
 
@@ -162,23 +143,23 @@ fn collapse_candidate(
     tunables: &Tunables,
     s: &Scanned,
     lists: &mut RequestList,
-) -> Outcome {
-    let outcome = (|| {
+) -> Attempt {
+    let attempt = (|| {
         // The folio is allocated without the mmap lock: it may reclaim and compact.
         let folio = new_folio::alloc_charge(mm, mode.alloc_policy(tunables), c.order, &s.nodes)?;
         if s.swapped > 0 {
             swap_in(mm, c, mode, s.referenced)?;
         }
-        Ok(collapse_anon(mm, c, mode, tunables, folio, lists))
-    })()
-    .unwrap_or_else(|outcome| outcome);
-    trace::collapse(mm, outcome, c.order);
-    outcome
+        collapse_anon(mm, c, mode, tunables, folio, lists)
+    })();
+    trace::collapse(mm, &attempt, c.order);
+    attempt
 }
 
 /// What a scan found, for the collapse that follows it.
 struct Scanned {
-    outcome: Outcome,
+    /// `Ok` if the range is worth collapsing.
+    verdict: Result<(), Fail>,
     scanned: u32,
     swapped: u32,
     referenced: u32,
@@ -195,8 +176,8 @@ struct Scanned {
 
 /// Scans the PMD range at `addr` under `guard`.
 fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> Scanned {
-    let done = |outcome, traced| Scanned {
-        outcome,
+    let done = |fail, traced| Scanned {
+        verdict: Err(fail),
         scanned: 1,
         swapped: 0,
         referenced: 0,
@@ -208,11 +189,11 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         nodes: NodeLoad::new().target(),
     };
     let Some(vma) = guard.find_vma(addr) else {
-        return done(Outcome::VmaNull, false);
+        return done(Fail::VmaNull, false);
     };
     match guard.pmd_state(addr) {
-        PmdState::None => return done(Outcome::NoPteTable, true),
-        PmdState::Huge => return done(Outcome::PmdMapped, true),
+        PmdState::None => return done(Fail::NoPteTable, true),
+        PmdState::Huge => return done(Fail::PmdMapped, true),
         PmdState::Table => {}
     }
     // khugepaged also collapses anonymous memory into smaller (mTHP) folios where enabled.
@@ -226,9 +207,9 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         limits.max_none = PTES_PER_PMD - 1;
     }
     let mut tally = ScanTally::new(mode, limits);
-    let (outcome, scanned, failed_pfn) = read::scan_anon_pmd(guard, vma, addr, &mut tally);
+    let (verdict, scanned, failed_pfn) = read::scan_anon_pmd(guard, vma, addr, &mut tally);
     Scanned {
-        outcome,
+        verdict,
         scanned,
         swapped: tally.swapped_count(),
         referenced: tally.referenced_count(),

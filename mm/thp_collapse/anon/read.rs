@@ -8,8 +8,8 @@
 
 use crate::{
     ffi::{self, trace, PteFacts, PteRead},
-    outcome::Outcome,
-    scan::ScanTally,
+    outcome::Fail,
+    scan::{EntryKind, ScanTally, Step},
     vma::CollapseLocked,
     vocab::{Candidate, MmapRead, PMD_ORDER, PTES_PER_PMD},
 };
@@ -37,13 +37,13 @@ pub(crate) fn pte_table_locked<'g>(
 /// `guard`; `referenced` is what the scan saw (for the tracepoint).
 ///
 /// Returns the lock if it is still held, or why the range cannot be collapsed; a fault that
-/// had to release the lock gives [`Outcome::PageLock`]. Upstream:
+/// had to release the lock gives [`Fail::PageLock`]. Upstream:
 /// `__collapse_huge_page_swapin()`.
 pub(crate) fn swap_in<'a>(
     guard: MmapRead<'a>,
     c: Candidate,
     referenced: u32,
-) -> Result<MmapRead<'a>, Outcome> {
+) -> Result<MmapRead<'a>, Fail> {
     let mm = guard.mm();
     let mut swapped_in = 0;
     let result = match swap_in_locked(&guard, c, &mut swapped_in) {
@@ -55,16 +55,16 @@ pub(crate) fn swap_in<'a>(
             }
             Ok(guard)
         }
-        SwapIn::Failed(outcome) => Err(outcome),
+        SwapIn::Failed(fail) => Err(fail),
         SwapIn::LockReleased => {
             // SAFETY: The fault released the mmap lock (`VM_FAULT_RETRY`).
             unsafe { guard.released() };
             // Most likely the folio lock could not be taken at once.
-            Err(Outcome::PageLock)
+            Err(Fail::PageLock)
         }
     };
-    let outcome = result.as_ref().err().copied().unwrap_or(Outcome::Succeed);
-    trace::swapin(mm, swapped_in, referenced, outcome, c.order);
+    let step = result.as_ref().map(drop).map_err(|&fail| fail);
+    trace::swapin(mm, swapped_in, referenced, &step, c.order);
     result
 }
 
@@ -72,11 +72,11 @@ pub(crate) fn swap_in<'a>(
 fn swap_in_locked(guard: &MmapRead<'_>, c: Candidate, swapped_in: &mut u32) -> SwapIn {
     let haddr = c.haddr;
     let Some(vma) = guard.find_vma(haddr) else {
-        return SwapIn::Failed(Outcome::VmaNull);
+        return SwapIn::Failed(Fail::VmaNull);
     };
     let pmd = match guard.pmd_table(haddr) {
         Ok(pmd) => pmd,
-        Err(outcome) => return SwapIn::Failed(outcome),
+        Err(fail) => return SwapIn::Failed(fail),
     };
     // The table, mapped until a fault takes it over.
     let mut mapped: Option<PteTableMapped<'_>> = None;
@@ -85,7 +85,7 @@ fn swap_in_locked(guard: &MmapRead<'_>, c: Candidate, swapped_in: &mut u32) -> S
             Some(table) => table,
             None => match PteTableMapped::map(pmd, haddr) {
                 Some(table) => table,
-                None => return SwapIn::Failed(Outcome::NoPteTable),
+                None => return SwapIn::Failed(Fail::NoPteTable),
             },
         };
         // Read once: the fault must start from the entry that was found non-present, which
@@ -96,13 +96,13 @@ fn swap_in_locked(guard: &MmapRead<'_>, c: Candidate, swapped_in: &mut u32) -> S
         };
         if c.order != PMD_ORDER {
             // Reading pages in could make a later scan collapse a larger folio here.
-            ffi::count_exceeded(c.order, Outcome::ExceedSwapPte);
-            return SwapIn::Failed(Outcome::ExceedSwapPte);
+            ffi::count_exceeded(c.order, Fail::ExceedSwapPte);
+            return SwapIn::Failed(Fail::ExceedSwapPte);
         }
         match table.swap_in(vma, entry) {
             SwapInFault::Done => *swapped_in += 1,
             SwapInFault::LockReleased => return SwapIn::LockReleased,
-            SwapInFault::Failed => return SwapIn::Failed(Outcome::Fail),
+            SwapInFault::Failed => return SwapIn::Failed(Fail::Other),
         }
     }
     SwapIn::Done
@@ -113,14 +113,14 @@ enum SwapIn {
     /// Every swapped-out page is back.
     Done,
     /// A fault failed, or the range changed; the mmap lock is still held.
-    Failed(Outcome),
+    Failed(Fail),
     /// A fault released the mmap lock.
     LockReleased,
 }
 
 /// Scans the page table under the PMD range at `addr` of the anonymous `vma`, feeding `tally`.
 ///
-/// Returns the outcome ([`Outcome::Succeed`] if the range is worth collapsing), how many
+/// Returns the verdict (`Ok` if the range is worth collapsing), how many
 /// entries were looked at, and the pfn of the folio that stopped the scan (or
 /// [`trace::NO_PFN`]). Upstream: `collapse_scan_pmd()`.
 pub(crate) fn scan_anon_pmd(
@@ -128,9 +128,9 @@ pub(crate) fn scan_anon_pmd(
     vma: &VmaRef,
     addr: usize,
     tally: &mut ScanTally,
-) -> (Outcome, u32, usize) {
+) -> (Result<(), Fail>, u32, usize) {
     let Some(table) = pte_table_locked(guard, addr) else {
-        return (Outcome::NoPteTable, 1, trace::NO_PFN);
+        return (Err(Fail::NoPteTable), 1, trace::NO_PFN);
     };
     let site = Site {
         mm: guard.mm(),
@@ -162,9 +162,9 @@ pub(crate) fn scan_anon_pmd(
     drop(table);
     match result {
         Ok(()) => (tally.finish(), scanned, trace::NO_PFN),
-        Err(outcome) => {
-            ffi::count_exceeded(PMD_ORDER, outcome);
-            (outcome, scanned, failed_pfn)
+        Err(fail) => {
+            ffi::count_exceeded(PMD_ORDER, fail);
+            (Err(fail), scanned, failed_pfn)
         }
     }
 }
@@ -177,13 +177,13 @@ struct Site<'a> {
 }
 
 /// Accounts entry `i` of the page table of `site`, whose facts are `facts`; `Err` stops the
-/// scan with that outcome.
+/// scan with that failure.
 fn scan_one(
     site: &Site<'_>,
     i: usize,
     facts: &PteFacts,
     tally: &mut ScanTally,
-) -> Result<(), Outcome> {
+) -> Result<(), Fail> {
     let mm = site.mm;
     let addr = site.haddr + i * PAGE_SIZE;
     if facts.plain_for_scan() {
@@ -194,39 +194,20 @@ fn scan_one(
         tally.on_node(facts.nid());
         return Ok(());
     }
-    if facts.none_or_zero() {
-        return tally.none_or_zero();
+    match tally.check_entry(facts, Step::Scan)? {
+        EntryKind::Empty | EntryKind::Swapped => return Ok(()),
+        EntryKind::Page => {}
     }
-    if let Some(uffd) = facts.non_present() {
-        return tally.not_present(uffd);
-    }
-    if facts.uffd_wp() {
-        // Don't collapse over userfaultfd write protection: the huge PMD could raise faults
-        // outside the registered range.
-        return Err(Outcome::PteUffd);
-    }
-    if facts.page().is_none() {
-        return Err(Outcome::PageNull);
-    }
-    if tally.skips_lazyfree() && facts.clean_lazyfree() && !site.vma.is_droppable() {
-        return Err(Outcome::PageLazyfree);
-    }
-    if !facts.anon() {
-        return Err(Outcome::PageAnon);
-    }
-    // A page counts as shared if any part of its folio is.
-    if facts.shared() {
-        tally.shared()?;
-    }
+    tally.check_page(facts, site.vma.is_droppable())?;
     if !facts.lru() {
-        return Err(Outcome::PageLru);
+        return Err(Fail::PageLru);
     }
     if facts.locked() {
-        return Err(Outcome::PageLock);
+        return Err(Fail::PageLock);
     }
     // Racy, like upstream: pins come and go, and the isolation step checks again.
     if facts.extra_refs() {
-        return Err(Outcome::PageCount);
+        return Err(Fail::PageCount);
     }
     let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
     tally.occupy(i);

@@ -4,10 +4,10 @@
 //! ([`IsolatedFolio`], a batch at a time through [`IsolationQueue`]), put back on failure, and
 //! released in batches once their PTEs are gone ([`UnmappedFolios`]).
 //!
-//! Each step is a fixed sequence of static inlines and mm calls, which the glue runs for a
-//! whole batch (`thp_collapse_folios_isolate()`, `thp_collapse_folios_release_unmapped()`,
-//! `thp_collapse_folio_putback()` in `mm/thp_collapse_glue.c`): from Rust every inline would
-//! be an out-of-line helper call, several per PTE. What a failure means is decided here.
+//! Each step is a fixed sequence of static inlines and mm calls, which `mm/khugepaged.c` runs
+//! for a whole batch (`thp_collapse_folios_isolate()`, `thp_collapse_folios_release_unmapped()`,
+//! `thp_collapse_folio_putback()`): from Rust every inline would be an out-of-line helper call,
+//! several per PTE. What a failure means is decided here.
 //!
 //! C headers: [`mm/khugepaged_internal.h`](srctree/mm/khugepaged_internal.h),
 //! [`include/linux/rmap.h`](srctree/include/linux/rmap.h)

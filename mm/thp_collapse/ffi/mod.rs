@@ -9,7 +9,7 @@
 //! - [`page_cache`]: a file's page cache as the collapse walks, locks and replaces it;
 //! - [`trace`]: upstream's collapse tracepoints (`kernel::declare_trace!`);
 //! - vmstat and memcg events, the khugepaged tunables, LRU drains and rescheduling;
-//! - the mapping between [`Outcome`] and C's `enum scan_result`.
+//! - the mapping between [`Fail`], [`Collapsed`] and C's `enum scan_result`.
 //!
 //! The rest of the crate works through the guards of `kernel::mm` (`mmap_lock`, `anon_vma`,
 //! `folio`, `pgtable`, `thp`) and these functions.
@@ -23,8 +23,9 @@ pub(crate) mod isolate;
 pub(crate) mod page_cache;
 
 use crate::{
-    outcome::Outcome,
-    vocab::{AllocPolicy, Caller, Tunables, PMD_ORDER},
+    outcome::{Collapsed, Fail, ScanCode, CODES},
+    scan::PteView,
+    vocab::{Caller, Tunables, PMD_ORDER},
 };
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
@@ -33,43 +34,44 @@ use kernel::{
     page::PAGE_SIZE,
 };
 
-// The Rust outcomes and callers mirror the C enums one to one: every value, and the counts.
+// The Rust results and callers mirror the C enums one to one: every value, and the counts.
 const _: () = {
-    assert!(Outcome::Fail as u32 == bindings::scan_result_SCAN_FAIL);
-    assert!(Outcome::Succeed as u32 == bindings::scan_result_SCAN_SUCCEED);
-    assert!(Outcome::NoPteTable as u32 == bindings::scan_result_SCAN_NO_PTE_TABLE);
-    assert!(Outcome::PmdMapped as u32 == bindings::scan_result_SCAN_PMD_MAPPED);
-    assert!(Outcome::ExceedNonePte as u32 == bindings::scan_result_SCAN_EXCEED_NONE_PTE);
-    assert!(Outcome::ExceedSwapPte as u32 == bindings::scan_result_SCAN_EXCEED_SWAP_PTE);
-    assert!(Outcome::ExceedSharedPte as u32 == bindings::scan_result_SCAN_EXCEED_SHARED_PTE);
-    assert!(Outcome::PteNonPresent as u32 == bindings::scan_result_SCAN_PTE_NON_PRESENT);
-    assert!(Outcome::PteUffd as u32 == bindings::scan_result_SCAN_PTE_UFFD);
-    assert!(Outcome::PteMappedHugepage as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
-    assert!(Outcome::LackReferencedPage as u32 == bindings::scan_result_SCAN_LACK_REFERENCED_PAGE);
-    assert!(Outcome::PageNull as u32 == bindings::scan_result_SCAN_PAGE_NULL);
-    assert!(Outcome::ScanAbort as u32 == bindings::scan_result_SCAN_SCAN_ABORT);
-    assert!(Outcome::PageCount as u32 == bindings::scan_result_SCAN_PAGE_COUNT);
-    assert!(Outcome::PageLru as u32 == bindings::scan_result_SCAN_PAGE_LRU);
-    assert!(Outcome::PageLock as u32 == bindings::scan_result_SCAN_PAGE_LOCK);
-    assert!(Outcome::PageAnon as u32 == bindings::scan_result_SCAN_PAGE_ANON);
-    assert!(Outcome::PageLazyfree as u32 == bindings::scan_result_SCAN_PAGE_LAZYFREE);
-    assert!(Outcome::PageCompound as u32 == bindings::scan_result_SCAN_PAGE_COMPOUND);
-    assert!(Outcome::AnyProcess as u32 == bindings::scan_result_SCAN_ANY_PROCESS);
-    assert!(Outcome::VmaNull as u32 == bindings::scan_result_SCAN_VMA_NULL);
-    assert!(Outcome::VmaCheck as u32 == bindings::scan_result_SCAN_VMA_CHECK);
-    assert!(Outcome::AddressRange as u32 == bindings::scan_result_SCAN_ADDRESS_RANGE);
-    assert!(Outcome::DelPageLru as u32 == bindings::scan_result_SCAN_DEL_PAGE_LRU);
-    assert!(Outcome::AllocHugePageFail as u32 == bindings::scan_result_SCAN_ALLOC_HUGE_PAGE_FAIL);
-    assert!(Outcome::CgroupChargeFail as u32 == bindings::scan_result_SCAN_CGROUP_CHARGE_FAIL);
-    assert!(Outcome::Truncated as u32 == bindings::scan_result_SCAN_TRUNCATED);
-    assert!(Outcome::PageHasPrivate as u32 == bindings::scan_result_SCAN_PAGE_HAS_PRIVATE);
-    assert!(Outcome::StoreFailed as u32 == bindings::scan_result_SCAN_STORE_FAILED);
-    assert!(Outcome::CopyMc as u32 == bindings::scan_result_SCAN_COPY_MC);
-    assert!(Outcome::PageFilled as u32 == bindings::scan_result_SCAN_PAGE_FILLED);
+    assert!(Fail::Other as u32 == bindings::scan_result_SCAN_FAIL);
+    assert!(Collapsed::Mapped as u32 == bindings::scan_result_SCAN_SUCCEED);
+    assert!(Collapsed::InPageCache as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
+    assert!(Fail::NoPteTable as u32 == bindings::scan_result_SCAN_NO_PTE_TABLE);
+    assert!(Fail::PmdMapped as u32 == bindings::scan_result_SCAN_PMD_MAPPED);
+    assert!(Fail::ExceedNonePte as u32 == bindings::scan_result_SCAN_EXCEED_NONE_PTE);
+    assert!(Fail::ExceedSwapPte as u32 == bindings::scan_result_SCAN_EXCEED_SWAP_PTE);
+    assert!(Fail::ExceedSharedPte as u32 == bindings::scan_result_SCAN_EXCEED_SHARED_PTE);
+    assert!(Fail::PteNonPresent as u32 == bindings::scan_result_SCAN_PTE_NON_PRESENT);
+    assert!(Fail::PteUffd as u32 == bindings::scan_result_SCAN_PTE_UFFD);
+    assert!(Fail::PteMappedHugepage as u32 == bindings::scan_result_SCAN_PTE_MAPPED_HUGEPAGE);
+    assert!(Fail::LackReferencedPage as u32 == bindings::scan_result_SCAN_LACK_REFERENCED_PAGE);
+    assert!(Fail::PageNull as u32 == bindings::scan_result_SCAN_PAGE_NULL);
+    assert!(Fail::ScanAbort as u32 == bindings::scan_result_SCAN_SCAN_ABORT);
+    assert!(Fail::PageCount as u32 == bindings::scan_result_SCAN_PAGE_COUNT);
+    assert!(Fail::PageLru as u32 == bindings::scan_result_SCAN_PAGE_LRU);
+    assert!(Fail::PageLock as u32 == bindings::scan_result_SCAN_PAGE_LOCK);
+    assert!(Fail::PageAnon as u32 == bindings::scan_result_SCAN_PAGE_ANON);
+    assert!(Fail::PageLazyfree as u32 == bindings::scan_result_SCAN_PAGE_LAZYFREE);
+    assert!(Fail::PageCompound as u32 == bindings::scan_result_SCAN_PAGE_COMPOUND);
+    assert!(Fail::AnyProcess as u32 == bindings::scan_result_SCAN_ANY_PROCESS);
+    assert!(Fail::VmaNull as u32 == bindings::scan_result_SCAN_VMA_NULL);
+    assert!(Fail::VmaCheck as u32 == bindings::scan_result_SCAN_VMA_CHECK);
+    assert!(Fail::AddressRange as u32 == bindings::scan_result_SCAN_ADDRESS_RANGE);
+    assert!(Fail::DelPageLru as u32 == bindings::scan_result_SCAN_DEL_PAGE_LRU);
+    assert!(Fail::AllocHugePage as u32 == bindings::scan_result_SCAN_ALLOC_HUGE_PAGE_FAIL);
+    assert!(Fail::CgroupCharge as u32 == bindings::scan_result_SCAN_CGROUP_CHARGE_FAIL);
+    assert!(Fail::Truncated as u32 == bindings::scan_result_SCAN_TRUNCATED);
+    assert!(Fail::PageHasPrivate as u32 == bindings::scan_result_SCAN_PAGE_HAS_PRIVATE);
+    assert!(Fail::StoreFailed as u32 == bindings::scan_result_SCAN_STORE_FAILED);
+    assert!(Fail::CopyMc as u32 == bindings::scan_result_SCAN_COPY_MC);
+    assert!(Fail::PageFilled as u32 == bindings::scan_result_SCAN_PAGE_FILLED);
     assert!(
-        Outcome::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
+        Fail::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
     );
-    assert!(Outcome::COUNT as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
+    assert!(CODES as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
     assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
     assert!(
         Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
@@ -85,9 +87,9 @@ pub(crate) type PagePtr = NonNull<bindings::page>;
 /// A `struct folio`, with the same caveat as [`PagePtr`].
 pub(crate) type FolioPtr = NonNull<bindings::folio>;
 
-/// Converts an outcome to the C `enum scan_result`.
-pub(crate) fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
-    outcome as bindings::scan_result
+/// Converts a result to the C `enum scan_result`.
+pub(crate) fn to_scan_result(result: &impl ScanCode) -> bindings::scan_result {
+    result.code()
 }
 
 /// What one PTE of a collapse candidate maps, as [`for_each_pte`] reads it.
@@ -97,6 +99,37 @@ pub(crate) fn to_scan_result(outcome: Outcome) -> bindings::scan_result {
 /// reads; what the facts mean is decided by the caller.
 #[repr(transparent)]
 pub(crate) struct PteFacts(bindings::thp_collapse_pte);
+
+impl PteView for PteFacts {
+    #[inline]
+    fn none_or_zero(&self) -> bool {
+        PteFacts::none_or_zero(self)
+    }
+    #[inline]
+    fn non_present(&self) -> Option<bool> {
+        PteFacts::non_present(self)
+    }
+    #[inline]
+    fn uffd_wp(&self) -> bool {
+        PteFacts::uffd_wp(self)
+    }
+    #[inline]
+    fn maps_page(&self) -> bool {
+        self.page().is_some()
+    }
+    #[inline]
+    fn anon(&self) -> bool {
+        PteFacts::anon(self)
+    }
+    #[inline]
+    fn clean_lazyfree(&self) -> bool {
+        PteFacts::clean_lazyfree(self)
+    }
+    #[inline]
+    fn shared(&self) -> bool {
+        PteFacts::shared(self)
+    }
+}
 
 /// The facts a plain PTE ([`PteFacts::plain_for_scan`]) has only [`THP_FOLIO_ANON`] of: a
 /// present page of an anonymous folio, neither userfaultfd write-protected, lazily freed, nor
@@ -327,15 +360,6 @@ pub(crate) fn folio_pfn(folio: Option<FolioPtr>) -> usize {
     })
 }
 
-/// The allocation flags of a collapse with `policy`: reclaim and compaction allowed, or only
-/// the light kind. C: `GFP_TRANSHUGE` and `GFP_TRANSHUGE_LIGHT`.
-pub(crate) fn collapse_gfp(policy: AllocPolicy) -> bindings::gfp_t {
-    match policy {
-        AllocPolicy::Reclaim => bindings::GFP_TRANSHUGE,
-        AllocPolicy::Light => bindings::GFP_TRANSHUGE_LIGHT,
-    }
-}
-
 /// Counts the allocation of `folio`, a new PMD-order folio charged to a memory cgroup, in the
 /// cgroup's `thp_collapse_alloc`, and gives it the memcg state its size needs; `false` if that
 /// failed.
@@ -392,17 +416,17 @@ fn count_events(order: u32, vm_event: bindings::vm_event_item, mthp: bindings::m
 /// Counts a scan or isolation of a range for a folio of `order` that stopped because a limit
 /// was exceeded (`thp_scan_exceed_*_pte` in `/proc/vmstat` for the PMD order, and the
 /// per-size `collapse_exceed_*` stats); other outcomes count nothing.
-pub(crate) fn count_exceeded(order: u32, outcome: Outcome) {
-    let (vm_event, mthp) = match outcome {
-        Outcome::ExceedNonePte => (
+pub(crate) fn count_exceeded(order: u32, fail: Fail) {
+    let (vm_event, mthp) = match fail {
+        Fail::ExceedNonePte => (
             bindings::vm_event_item_THP_SCAN_EXCEED_NONE_PTE,
             bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_NONE,
         ),
-        Outcome::ExceedSwapPte => (
+        Fail::ExceedSwapPte => (
             bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
             bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SWAP,
         ),
-        Outcome::ExceedSharedPte => (
+        Fail::ExceedSharedPte => (
             bindings::vm_event_item_THP_SCAN_EXCEED_SHARED_PTE,
             bindings::mthp_stat_item_MTHP_STAT_COLLAPSE_EXCEED_SHARED,
         ),
@@ -413,10 +437,10 @@ pub(crate) fn count_exceeded(order: u32, outcome: Outcome) {
 
 /// Counts a file scan that stopped at a limit (`thp_scan_exceed_*_pte` in `/proc/vmstat`
 /// only: the per-size stats are for anonymous memory); other outcomes count nothing.
-pub(crate) fn count_file_exceeded(outcome: Outcome) {
-    let vm_event = match outcome {
-        Outcome::ExceedNonePte => bindings::vm_event_item_THP_SCAN_EXCEED_NONE_PTE,
-        Outcome::ExceedSwapPte => bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
+pub(crate) fn count_file_exceeded(fail: Fail) {
+    let vm_event = match fail {
+        Fail::ExceedNonePte => bindings::vm_event_item_THP_SCAN_EXCEED_NONE_PTE,
+        Fail::ExceedSwapPte => bindings::vm_event_item_THP_SCAN_EXCEED_SWAP_PTE,
         _ => return,
     };
     // SAFETY: Per-CPU counter, safe from any context.
@@ -542,7 +566,7 @@ pub(crate) fn cond_resched() {
 /// one call and a static-key test.
 pub(crate) mod trace {
     use super::{page_cache::Backing, FolioPtr};
-    use crate::outcome::Outcome;
+    use crate::outcome::ScanCode;
     use kernel::{
         bindings,
         ffi::{c_int, c_uint, c_ulong},
@@ -577,8 +601,8 @@ pub(crate) mod trace {
             result: c_int);
     }
 
-    fn status(outcome: Outcome) -> c_int {
-        outcome as c_int
+    fn status(result: &impl ScanCode) -> c_int {
+        c_int::try_from(result.code()).unwrap_or(c_int::MAX)
     }
 
     fn count(n: u32) -> c_int {
@@ -593,7 +617,7 @@ pub(crate) mod trace {
         pfn: usize,
         referenced: u32,
         none_or_zero: u32,
-        outcome: Outcome,
+        result: &impl ScanCode,
         unmapped: u32,
     ) {
         // SAFETY: `mm` is valid; the event only records its address and the values.
@@ -603,7 +627,7 @@ pub(crate) mod trace {
                 pfn,
                 count(referenced),
                 count(none_or_zero),
-                status(outcome),
+                status(result),
                 count(unmapped),
             )
         }
@@ -611,16 +635,10 @@ pub(crate) mod trace {
 
     /// `mm_collapse_huge_page`: the end of the collapse of one candidate into a folio of
     /// `order`.
-    pub(crate) fn collapse(mm: &Mm, outcome: Outcome, order: u32) {
+    pub(crate) fn collapse(mm: &Mm, result: &impl ScanCode, order: u32) {
+        let isolated = result.code() == bindings::scan_result_SCAN_SUCCEED;
         // SAFETY: As above.
-        unsafe {
-            mm_collapse_huge_page(
-                mm.as_raw(),
-                (outcome == Outcome::Succeed).into(),
-                status(outcome),
-                order,
-            )
-        }
+        unsafe { mm_collapse_huge_page(mm.as_raw(), isolated.into(), status(result), order) }
     }
 
     /// `mm_collapse_huge_page_isolate`: the end of the isolation step. `folio` is the last one
@@ -629,7 +647,7 @@ pub(crate) mod trace {
         folio: Option<FolioPtr>,
         none_or_zero: u32,
         referenced: u32,
-        outcome: Outcome,
+        result: &impl ScanCode,
         order: u32,
     ) {
         let folio = folio.map_or(core::ptr::null_mut(), |f| f.as_ptr());
@@ -639,7 +657,7 @@ pub(crate) mod trace {
                 folio,
                 count(none_or_zero),
                 count(referenced),
-                status(outcome),
+                status(result),
                 order,
             )
         }
@@ -653,7 +671,7 @@ pub(crate) mod trace {
         file: &kernel::fs::File,
         present: u32,
         swap: u32,
-        outcome: Outcome,
+        result: &impl ScanCode,
     ) {
         // SAFETY: `mm` and `file` are valid; the event only records them and the values.
         unsafe {
@@ -663,7 +681,7 @@ pub(crate) mod trace {
                 file.as_ptr(),
                 count(present),
                 count(swap),
-                status(outcome),
+                status(result),
             )
         }
     }
@@ -677,7 +695,7 @@ pub(crate) mod trace {
         addr: usize,
         backing: Backing,
         file: &kernel::fs::File,
-        outcome: Outcome,
+        result: &impl ScanCode,
     ) {
         // SAFETY: As above.
         unsafe {
@@ -689,20 +707,26 @@ pub(crate) mod trace {
                 backing.is_shmem(),
                 file.as_ptr(),
                 count(crate::vocab::PTES_PER_PMD),
-                status(outcome),
+                status(result),
             )
         }
     }
 
     /// `mm_collapse_huge_page_swapin`: the end of the swap-in step.
-    pub(crate) fn swapin(mm: &Mm, swapped_in: u32, referenced: u32, outcome: Outcome, order: u32) {
+    pub(crate) fn swapin(
+        mm: &Mm,
+        swapped_in: u32,
+        referenced: u32,
+        result: &impl ScanCode,
+        order: u32,
+    ) {
         // SAFETY: `mm` is valid; the event only records its address and the values.
         unsafe {
             mm_collapse_huge_page_swapin(
                 mm.as_raw(),
                 count(swapped_in),
                 count(referenced),
-                status(outcome),
+                status(result),
                 order,
             )
         }

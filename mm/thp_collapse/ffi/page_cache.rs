@@ -21,7 +21,7 @@ use kernel::{
         to_result, Result,
     },
     fs::File,
-    mm::{folio::NewFolio, Mm},
+    mm::{folio::NewFolio, pgtable::RmapVma, Mm},
 };
 
 /// The page cache of a file (`struct address_space`), borrowed for `'a`.
@@ -684,6 +684,7 @@ pub(crate) fn flush_batched_unmaps() {
 ///
 /// `folio` is locked by us, isolated from its LRU list (with the reference that holds), and we
 /// own one more reference.
+#[repr(transparent)]
 pub(crate) struct IsolatedFolio {
     folio: NonNull<bindings::folio>,
 }
@@ -719,18 +720,39 @@ impl IsolatedFolio {
         folio_page(self.folio, n)
     }
 
-    /// Releases it after a new folio replaced it in the page cache: uncounts it from the
-    /// page cache (and from shmem, for [`Backing::Shmem`]), unlocks it and drops the page cache's, the
-    /// isolation's and our references, which frees it.
+    /// Releases the folios of `old` after a new folio replaced them in the page cache: uncounts
+    /// them from the page cache (and from shmem, for [`Backing::Shmem`]), unlocks them and
+    /// drops the page cache's, the isolation's and our references, which frees them; `old` is
+    /// left empty. One call into C per batch, which updates the counters once per run of
+    /// folios of one memcg and node.
     ///
     /// # Safety
     ///
-    /// The page cache must no longer hold the folio (the caller stored the new folio over its
-    /// indices), but its references.
-    pub(crate) unsafe fn release_replaced(self, backing: Backing) {
-        let this = ManuallyDrop::new(self);
-        // SAFETY: By the type invariants and the function's safety requirements.
-        unsafe { bindings::thp_collapse_pc_free_old(this.folio.as_ptr(), backing.is_shmem()) };
+    /// The page cache must no longer hold the folios (the caller stored the new folio over
+    /// their indices), but its references.
+    pub(crate) unsafe fn release_replaced(
+        old: &mut kernel::alloc::KVec<IsolatedFolio>,
+        backing: Backing,
+    ) {
+        let mut batch = [core::ptr::null_mut(); 32];
+        let mut drain = old.drain_all();
+        loop {
+            let mut n = 0;
+            for (slot, folio) in batch.iter_mut().zip(&mut drain) {
+                // Handed over to the batch: released below, not by `Drop`.
+                *slot = ManuallyDrop::new(folio).folio.as_ptr();
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            // SAFETY: The first `n` entries are folios handed over above, each once: by the
+            // type invariants locked, isolated and referenced by us, and, by the function's
+            // safety requirements, out of the page cache.
+            unsafe {
+                bindings::thp_collapse_pc_free_old(batch.as_mut_ptr(), n as u32, backing.is_shmem())
+            };
+        }
     }
 }
 
@@ -880,17 +902,18 @@ impl<'a> IMmapRead<'a> {
 
     /// Calls `f` with each VMA, of any mm, that maps a page of `[first, last]`. The VMAs are
     /// valid during the call (their mms may be exiting). C: `mapping_rmap_tree_foreach()`.
-    pub(crate) fn for_each_vma(&self, first: usize, last: usize, mut f: impl FnMut(FileVma)) {
+    pub(crate) fn for_each_vma(&self, first: usize, last: usize, mut f: impl FnMut(FileVma<'_>)) {
         // SAFETY: The lock is held (type invariants), which keeps the tree and its VMAs.
         let mut vma =
             unsafe { bindings::mapping_rmap_tree_iter_first(self.mapping.as_ptr(), first, last) };
         while let Some(v) = NonNull::new(vma) {
             // SAFETY: `v` is in the tree: valid, and its range and offset are only changed
-            // under the i_mmap lock for write.
+            // under the i_mmap lock for write; held, it keeps the VMA's page tables too, for
+            // the call of `f` (to which the `FileVma` is lent).
             let file_vma = unsafe {
                 let r = &*v.as_ptr();
                 FileVma {
-                    vma: v,
+                    vma: RmapVma::from_raw(v.as_ptr()),
                     start: r.__bindgen_anon_1.__bindgen_anon_1.vm_start,
                     end: r.__bindgen_anon_1.__bindgen_anon_1.vm_end,
                     pgoff: r.vm_pgoff,
@@ -907,9 +930,9 @@ impl<'a> IMmapRead<'a> {
 /// A VMA that maps a file, as the file's i_mmap lock shows it (its mm's mmap lock is not
 /// held): valid while [`IMmapRead`] is.
 #[derive(Clone, Copy)]
-pub(crate) struct FileVma {
+pub(crate) struct FileVma<'a> {
     /// The VMA.
-    pub(crate) vma: NonNull<bindings::vm_area_struct>,
+    pub(crate) vma: &'a RmapVma,
     /// Its first address.
     pub(crate) start: usize,
     /// The address after its last.
@@ -920,7 +943,7 @@ pub(crate) struct FileVma {
     pub(crate) mm: *mut bindings::mm_struct,
 }
 
-impl FileVma {
+impl FileVma<'_> {
     /// The address at which it maps file index `pgoff` (if it maps it).
     pub(crate) fn address_of(&self, pgoff: usize) -> usize {
         self.start
@@ -1006,6 +1029,7 @@ impl Backing {
 mod tests {
     use super::*;
     use kernel::{
+        alloc::flags::GFP_KERNEL,
         error::code::EINVAL,
         mm::{
             mmap_lock::MmapReadLock,
@@ -1279,7 +1303,7 @@ mod tests {
         let t = TestMm::attach()?;
         let (file, _) = shmem_with_holes(&t)?;
         let mapping = Mapping::of(file.file()).ok_or(EINVAL)?;
-        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        let folio = NewFolio::alloc(GFP_KERNEL, 0, None)?;
         // SAFETY: `folio` holds its only reference.
         let pfn = unsafe { bindings::folio_pfn(folio.as_ptr()) };
         let mut prepared = PageCacheFolio::prepare(folio, mapping, 1, Backing::Shmem);

@@ -5,6 +5,7 @@
 //! C header: [`include/linux/mm.h`](srctree/include/linux/mm.h)
 
 use crate::{
+    alloc::Flags,
     bindings,
     error::{
         code::{EHWPOISON, EINVAL, ENOMEM},
@@ -104,10 +105,10 @@ impl Nodes {
 /// # Examples
 ///
 /// ```
-/// use kernel::{bindings, mm::folio::NewFolio};
+/// use kernel::{alloc::flags::GFP_KERNEL, mm::folio::NewFolio};
 ///
 /// // A 16 KiB folio on this CPU's node, freed at the end of the block.
-/// let folio = NewFolio::alloc(bindings::GFP_KERNEL, 2, None)?;
+/// let folio = NewFolio::alloc(GFP_KERNEL, 2, None)?;
 /// assert_eq!(folio.order(), 2);
 /// # Ok::<(), Error>(())
 /// ```
@@ -120,14 +121,14 @@ impl NewFolio {
     /// Allocates a folio of `order` with `gfp`, on node `nid` (or this CPU's memory node).
     ///
     /// May sleep if `gfp` allows it. Fails with `ENOMEM`.
-    pub fn alloc(gfp: bindings::gfp_t, order: u32, nid: Option<i32>) -> Result<Self> {
+    pub fn alloc(gfp: Flags, order: u32, nid: Option<i32>) -> Result<Self> {
         if order > bindings::MAX_PAGE_ORDER {
             return Err(ENOMEM);
         }
         // SAFETY: Always safe to call; a NULL nodemask allows every node.
         let nid = nid.unwrap_or_else(|| unsafe { bindings::numa_mem_id() });
         // SAFETY: `order` is valid (checked above); a NULL nodemask allows every node.
-        let folio = unsafe { bindings::__folio_alloc(gfp, order, nid, ptr::null_mut()) };
+        let folio = unsafe { bindings::__folio_alloc(gfp.as_raw(), order, nid, ptr::null_mut()) };
         // INVARIANT: A new folio of `order`, and its only reference.
         NonNull::new(folio)
             .map(|folio| Self { folio, order })
@@ -138,14 +139,14 @@ impl NewFolio {
     /// [`NodeLoad::target`]): their first node if it can, else another of them.
     ///
     /// May sleep if `gfp` allows it. Fails with `ENOMEM`.
-    pub fn alloc_on(gfp: bindings::gfp_t, order: u32, nodes: &Nodes) -> Result<Self> {
+    pub fn alloc_on(gfp: Flags, order: u32, nodes: &Nodes) -> Result<Self> {
         if order > bindings::MAX_PAGE_ORDER {
             return Err(ENOMEM);
         }
         let mut mask = nodes.mask;
         // SAFETY: `order` is valid (checked above); `mask` is a nodemask that lives across the
         // call, and `node` a node of it.
-        let folio = unsafe { bindings::__folio_alloc(gfp, order, nodes.node, &mut mask) };
+        let folio = unsafe { bindings::__folio_alloc(gfp.as_raw(), order, nodes.node, &mut mask) };
         // INVARIANT: A new folio of `order`, and its only reference.
         NonNull::new(folio)
             .map(|folio| Self { folio, order })
@@ -154,10 +155,12 @@ impl NewFolio {
 
     /// Charges the folio to the memory cgroup of `mm`. May sleep if `gfp` allows it (to reclaim
     /// within the cgroup).
-    pub fn charge(&self, mm: &Mm, gfp: bindings::gfp_t) -> Result {
+    pub fn charge(&self, mm: &Mm, gfp: Flags) -> Result {
         // SAFETY: By the type invariants the folio is not shared, so nobody else charges it; `mm`
         // is valid.
-        to_result(unsafe { bindings::mem_cgroup_charge(self.folio.as_ptr(), mm.as_raw(), gfp) })
+        to_result(unsafe {
+            bindings::mem_cgroup_charge(self.folio.as_ptr(), mm.as_raw(), gfp.as_raw())
+        })
     }
 
     /// The folio, for C functions that fill it in (it stays owned by this value).
@@ -276,6 +279,7 @@ impl Drop for NewFolio {
 mod tests {
     use super::*;
     use crate::{
+        alloc::flags::GFP_KERNEL,
         error::code::EINVAL,
         mm::{
             mmap_lock::{MmapLocked, MmapReadLock},
@@ -302,7 +306,7 @@ mod tests {
         let tie = l.target();
         let none = NodeLoad::new().target();
         let all_online: crate::ffi::c_ulong = (0..2).filter(|&n| online(n)).map(|n| 1 << n).sum();
-        let folio = NewFolio::alloc_on(bindings::GFP_KERNEL, 0, &most_on_1)?;
+        let folio = NewFolio::alloc_on(GFP_KERNEL, 0, &most_on_1)?;
         // SAFETY: `folio` holds its page.
         let nid = unsafe { bindings::page_to_nid(folio.first_page()) };
         assert_eq!(most_on_1.node(), 1);
@@ -319,7 +323,7 @@ mod tests {
     /// orders fail; a node asked for is the node it comes from.
     #[test]
     fn alloc_order_refs_and_node() -> Result {
-        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 2, None)?;
+        let folio = NewFolio::alloc(GFP_KERNEL, 2, None)?;
         // SAFETY: `folio` holds its only reference.
         let f = unsafe { facts(NonNull::new_unchecked(folio.as_ptr())) };
         // SAFETY: As above.
@@ -327,8 +331,8 @@ mod tests {
         // SAFETY: As above.
         let charged = unsafe { bindings::folio_memcg_charged(folio.as_ptr()) };
         let first_is_folio = folio.first_page().cast::<bindings::folio>() == folio.as_ptr();
-        let too_big = NewFolio::alloc(bindings::GFP_KERNEL, bindings::MAX_PAGE_ORDER + 1, None);
-        let on_node0 = NewFolio::alloc(bindings::GFP_KERNEL, 0, Some(0))?;
+        let too_big = NewFolio::alloc(GFP_KERNEL, bindings::MAX_PAGE_ORDER + 1, None);
+        let on_node0 = NewFolio::alloc(GFP_KERNEL, 0, Some(0))?;
         // SAFETY: `on_node0` holds its page.
         let nid = unsafe { bindings::page_to_nid(on_node0.first_page()) };
         assert_eq!(folio.order(), 2);
@@ -346,10 +350,10 @@ mod tests {
     #[test]
     fn charge_to_test_mm() -> Result {
         let t = TestMm::attach()?;
-        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        let folio = NewFolio::alloc(GFP_KERNEL, 0, None)?;
         // SAFETY: `folio` holds its only reference.
         let before = unsafe { bindings::folio_memcg_charged(folio.as_ptr()) };
-        let charged = folio.charge(t.mm(), bindings::GFP_KERNEL);
+        let charged = folio.charge(t.mm(), GFP_KERNEL);
         // SAFETY: As above.
         let after = unsafe { bindings::folio_memcg_charged(folio.as_ptr()) };
         assert!(!before);
@@ -362,7 +366,7 @@ mod tests {
     /// refused or ignored.
     #[test]
     fn copy_and_clear_pages() -> Result {
-        let mut folio = NewFolio::alloc(bindings::GFP_KERNEL, 1, None)?;
+        let mut folio = NewFolio::alloc(GFP_KERNEL, 1, None)?;
         let second = folio.first_page().wrapping_add(1);
         // SAFETY: Page 1 of the folio, which only `folio` can reach.
         unsafe { write_page(second, b"second page") };
@@ -392,7 +396,7 @@ mod tests {
         let t = TestMm::attach()?;
         let a = t.map_anon(PAGE)?;
         t.write(a, b"user data")?;
-        let mut folio = NewFolio::alloc(bindings::GFP_KERNEL, 1, None)?;
+        let mut folio = NewFolio::alloc(GFP_KERNEL, 1, None)?;
         let lock = MmapReadLock::lock(t.mm());
         let page = UserPage::get(&lock, a)?;
         let vma = lock.find_vma(a).ok_or(EINVAL)?;
@@ -419,7 +423,7 @@ mod tests {
     /// `into_raw()` hands over the reference without freeing the folio.
     #[test]
     fn into_raw_keeps_the_reference() -> Result {
-        let folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        let folio = NewFolio::alloc(GFP_KERNEL, 0, None)?;
         let raw = NonNull::new(folio.into_raw()).ok_or(EINVAL)?;
         // SAFETY: We own the reference `into_raw()` handed over.
         let refs = unsafe { facts(raw) }.refs;

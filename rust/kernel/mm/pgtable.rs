@@ -20,6 +20,7 @@ use crate::{
         virt::VmaRef,
     },
     page::PAGE_SIZE,
+    types::Opaque,
 };
 use core::{
     marker::PhantomData,
@@ -765,6 +766,50 @@ unsafe fn free_detached(mm: *mut bindings::mm_struct, addr: usize, table: bindin
     }
 }
 
+/// A VMA whose page tables stay allocated, but whose other fields may change: reached through
+/// its file's reverse map (`mapping->i_mmap`) under the file's i_mmap lock, without its mm's
+/// mmap lock, or a [`VmaRef`] (under the mmap lock).
+///
+/// # Invariants
+///
+/// The VMA is valid, and its page tables are not freed, for as long as the reference is.
+#[repr(transparent)]
+pub struct RmapVma {
+    vma: Opaque<bindings::vm_area_struct>,
+}
+
+impl RmapVma {
+    /// The VMA at `vma`.
+    ///
+    /// # Safety
+    ///
+    /// `vma` must be valid for `'a`, and its page tables must stay allocated for `'a`: the
+    /// caller holds the i_mmap lock of its file (or its mm's mmap lock) for `'a`.
+    pub unsafe fn from_raw<'a>(vma: *const bindings::vm_area_struct) -> &'a Self {
+        // SAFETY: `RmapVma` is a transparent wrapper of the VMA, valid for `'a` (safety
+        // requirements).
+        unsafe { &*vma.cast() }
+    }
+
+    /// The VMA of `vma`, whose mmap lock keeps it and its page tables.
+    pub fn of(vma: &VmaRef) -> &Self {
+        // SAFETY: The mmap lock is held while `vma` is borrowed (type invariants of `VmaRef`).
+        unsafe { Self::from_raw(vma.as_ptr()) }
+    }
+
+    /// The raw VMA, for C functions.
+    #[inline]
+    pub fn as_ptr(&self) -> *mut bindings::vm_area_struct {
+        self.vma.get()
+    }
+
+    /// Its mm (which may be exiting).
+    fn mm_ptr(&self) -> *mut bindings::mm_struct {
+        // SAFETY: The VMA is valid (type invariants), and `vm_mm` never changes.
+        unsafe { (*self.as_ptr()).vm_mm }
+    }
+}
+
 /// Removes the empty page table of the PMD range at `addr` of `vma`, a file VMA, after a
 /// collapse in the page cache, if `retractable` still holds under the page-table locks.
 /// Returns whether it did. Page faults will map the range with a PMD. May sleep (mmu
@@ -772,20 +817,18 @@ unsafe fn free_detached(mm: *mut bindings::mm_struct, addr: usize, table: bindin
 ///
 /// # Safety
 ///
-/// - `vma` must be a VMA whose page tables stay allocated during the call (the caller holds
-///   the i_mmap lock of its file for read, or its mm's mmap lock), and whose mm is alive.
+/// - The mm of `vma` must be alive.
 /// - `addr` must be PMD-aligned, with the PMD range inside the VMA.
 /// - The page table must stay empty: the caller holds the lock of the folio of the page cache
 ///   that every fault in the range maps, and `retractable` rules out what inserts entries
 ///   without it (an anon_vma for CoW copies, uffd-wp markers, guard regions).
 pub unsafe fn retract_empty_table(
-    vma: *mut bindings::vm_area_struct,
+    vma: &RmapVma,
     addr: usize,
     retractable: impl Fn() -> bool,
 ) -> bool {
-    // SAFETY: `vma` is valid (safety requirements).
-    let mm = unsafe { (*vma).vm_mm };
-    // SAFETY: The page tables stay allocated (safety requirements).
+    let mm = vma.mm_ptr();
+    // SAFETY: The page tables stay allocated (type invariants of `RmapVma`).
     let pmdp = unsafe { bindings::mm_find_pmd(mm, addr) };
     // SAFETY: `pmdp`, when not NULL, is an entry of those page tables.
     if pmdp.is_null() || classify(unsafe { bindings::pmdp_get_lockless(pmdp) }) != PmdState::Table {
@@ -807,7 +850,7 @@ pub unsafe fn retract_empty_table(
                 bindings::spin_lock_nested(ptl, bindings::SINGLE_DEPTH_NESTING as i32);
             }
             if retractable() {
-                table = Some(bindings::pmdp_collapse_flush(vma, addr, pmdp));
+                table = Some(bindings::pmdp_collapse_flush(vma.as_ptr(), addr, pmdp));
                 bindings::pmdp_get_lockless_sync();
             }
             if ptl != pml {
@@ -1286,9 +1329,9 @@ mod tests {
         let t = TestMm::attach()?;
         let p = t.map_pmd_range()?;
         t.write(p, b"copied page")?;
-        let mut folio = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
-        folio.charge(t.mm(), bindings::GFP_KERNEL)?;
-        let wrong = NewFolio::alloc(bindings::GFP_KERNEL, 1, None)?;
+        let mut folio = NewFolio::alloc(GFP_KERNEL, 0, None)?;
+        folio.charge(t.mm(), GFP_KERNEL)?;
+        let wrong = NewFolio::alloc(GFP_KERNEL, 1, None)?;
 
         let lock = MmapWriteLock::lock(t.mm());
         let vma = lock.find_vma(p).ok_or(EINVAL)?;
@@ -1357,14 +1400,14 @@ mod tests {
         t.write(p, b"x")?;
         t.madvise(p, PAGE, bindings::MADV_DONTNEED)?;
         let order = crate::mm::thp::PMD_ORDER;
-        let mut huge = NewFolio::alloc(bindings::GFP_TRANSHUGE, order, None)?;
-        huge.charge(t.mm(), bindings::GFP_KERNEL)?;
+        let mut huge = NewFolio::alloc(GFP_TRANSHUGE, order, None)?;
+        huge.charge(t.mm(), GFP_KERNEL)?;
         for n in 0..PTRS_PER_PTE {
             huge.clear_user_page(n, p + n * PAGE);
         }
         // SAFETY: Page 7 of the folio, which only `huge` can reach.
         unsafe { crate::mm::test_mm::write_page(huge.first_page().add(7), b"huge page 7") };
-        let small = NewFolio::alloc(bindings::GFP_KERNEL, 0, None)?;
+        let small = NewFolio::alloc(GFP_KERNEL, 0, None)?;
 
         let lock = MmapWriteLock::lock(t.mm());
         let vma = lock.find_vma(p).ok_or(EINVAL)?;
@@ -1423,7 +1466,7 @@ mod tests {
         t.madvise(p, PAGE, bindings::MADV_DONTNEED)?;
 
         let lock = MmapReadLock::lock(t.mm());
-        let vma = lock.find_vma(p).ok_or(EINVAL)?.as_ptr();
+        let vma = RmapVma::of(lock.find_vma(p).ok_or(EINVAL)?);
         let state_empty = state(&lock, p);
         // SAFETY: The mmap lock keeps the page tables; `p` is PMD-aligned with its PMD range in
         // the VMA; nothing else maps into this mm's empty table meanwhile.
