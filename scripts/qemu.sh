@@ -43,8 +43,21 @@ if [ "${THP_ACCEL:-auto}" = kvm ] || { [ "${THP_ACCEL:-auto}" = auto ] && "$TOP/
 	accel=kvm
 	cpu=host
 fi
-echo "$accel" >"$logs/$run.accel"
-log "booting $flavour kernel under QEMU ($accel), run '$run'"
+# TCG runs one vCPU at a time on one host thread unless asked for a thread
+# per vCPU (MTTCG): then the guest's CPUs really run at once, which races
+# need (KCSAN only sees an access race with another that is under way), and
+# the boot gets both host cores. -icount needs the single thread.
+# THP_TCG_THREAD=single|multi overrides the choice.
+accel_opt=$accel
+if [ "$accel" = tcg ]; then
+	tcg_thread=${THP_TCG_THREAD:-multi}
+	case "${THP_QEMU_ARGS:-}" in *icount*) tcg_thread=single ;; esac
+	accel_opt="tcg,thread=$tcg_thread"
+	echo "tcg ($tcg_thread-threaded)" >"$logs/$run.accel"
+else
+	echo "$accel" >"$logs/$run.accel"
+fi
+log "booting $flavour kernel under QEMU ($accel_opt), run '$run'"
 
 timeout_s=${THP_QEMU_TIMEOUT:-3600}
 
@@ -81,7 +94,7 @@ boot() {
 	mkfs.xfs -q -f "$disk"
 	set +e
 	timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
-		-accel "$accel" -cpu "$cpu" "${mem[@]}" \
+		-accel "$accel_opt" -cpu "$cpu" "${mem[@]}" \
 		-kernel "$kernel" -initrd "$BUILD/initramfs-$run.cpio.gz" \
 		-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 nokaslr $extra_args" \
 		-drive "file=$disk,if=virtio,format=raw" \

@@ -97,10 +97,11 @@ static inline char *mem_map_aligned(int fd, size_t len, int prot, int flags)
 
 /*
  * Maps @nr_pmds PMDs of memory of @type: anon private, a memfd or a new
- * (unlinked) file in mem_file_dir, both shared. The range is MADV_HUGEPAGE
- * and unpopulated; a failure ends the program.
+ * (unlinked) file in mem_file_dir, both shared. The range is unpopulated
+ * and, with @hugepage, MADV_HUGEPAGE; a failure ends the program.
  */
-static inline struct region mem_region(enum mem_type type, size_t nr_pmds)
+static inline struct region mem_region_advised(enum mem_type type,
+					       size_t nr_pmds, bool hugepage)
 {
 	struct region r = { .type = type, .len = nr_pmds * PMD_SZ, .fd = -1 };
 	char path[4096];
@@ -121,9 +122,15 @@ static inline struct region mem_region(enum mem_type type, size_t nr_pmds)
 						 MAP_SHARED);
 	if (!r.p)
 		ksft_exit_fail_perror("mmap");
-	if (madvise(r.p, r.len, MADV_HUGEPAGE))
+	if (hugepage && madvise(r.p, r.len, MADV_HUGEPAGE))
 		ksft_exit_fail_perror("madvise(MADV_HUGEPAGE)");
 	return r;
+}
+
+/* mem_region_advised() with MADV_HUGEPAGE. */
+static inline struct region mem_region(enum mem_type type, size_t nr_pmds)
+{
+	return mem_region_advised(type, nr_pmds, true);
 }
 
 static inline void mem_region_free(struct region *r)

@@ -12,14 +12,23 @@
  * pages (debugfs split_huge_pages, with the collapsers, the writers and
  * khugepaged held off) and waits for it to be collapsed again: PMD-mapped
  * for anon and shmem, backed by a PMD-sized folio for the file (whose PMD
- * mapping the writers split again).
+ * mapping the writers split again). Meanwhile a third process, the
+ * neighbour, collapses memory of its own of the same type in a loop: two
+ * address spaces collapse truly in parallel, as on a busy machine (the
+ * collapsers of one range serialize on its page table's lock), which is what
+ * lets the KCSAN boot see the collapse's C side race with itself.
  * Each case checks that:
- *  - every failed collapse call failed with EAGAIN or EBUSY;
+ *  - every failed collapse call failed with EAGAIN or EBUSY, the
+ *    neighbour's too, and the neighbour collapsed at least once;
  *  - no write got lost: every page holds its writer's last generation,
  *    through the mapping and, for the memfd and the file, through read(2);
+ *    every page of the neighbour's holds what it wrote;
  *  - a collapse happened in at least half the rounds (the range was
  *    collapsed again, and on the Rust core a Rust "succeed" counter moved);
- *  - rust: the madvise and the process_madvise "succeed" counters moved;
+ *  - rust: the madvise "succeed" counter moved by more than the
+ *    neighbour's successes, and the process_madvise one moved (the
+ *    per-round check that a Rust counter moved is weaker with the
+ *    neighbour collapsing, hence these);
  *    c: no Rust counter moved at all (the knob really selects the C core).
  *
  *   thp_collapse_multi [-r ROUNDS] [-d DIR] [-w USEC] [-T SECONDS]
@@ -114,6 +123,8 @@ struct ctl {
 	size_t len;
 	atomic_int child_err;	/* errno of the child's pidfd_open() */
 	struct tally t[NR_CALLERS];
+	struct tally nb;	/* the neighbour's collapse calls */
+	atomic_long nb_lost;	/* pages of the neighbour's found wrong */
 };
 
 /* A writer thread: owns the pages pg with pg % 2 == id. */
@@ -281,6 +292,42 @@ static __noreturn void child_main(struct ctl *c)
 		usleep(COLLAPSER_PAUSE_US);
 	}
 	close(pidfd);
+	_exit(0);
+}
+
+/*
+ * The neighbour process: until stopped, maps one PMD range of @type of its
+ * own, fills it, collapses it with MADV_COLLAPSE, checks every page and
+ * unmaps it. It prints nothing and only _exit()s.
+ */
+static __noreturn void neighbour_main(struct ctl *c, enum mem_type type)
+{
+	static uint64_t shadow[PAGES_PER_PMD];
+	pid_t parent = getppid();
+	uint64_t gen = 1;
+	int ret;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(1);
+	while (atomic_load(&c->state) == 0)
+		usleep(1000);
+	while (atomic_load(&c->state) == 1) {
+		/*
+		 * Without MADV_HUGEPAGE: with THP "enabled" and "shmem_enabled"
+		 * at madvise and advise, faults fill it with small folios and
+		 * khugepaged leaves it alone, so each successful MADV_COLLAPSE
+		 * of it is a collapse (one "succeed" count) by the neighbour.
+		 */
+		struct region r = mem_region_advised(type, 1, false);
+
+		if (mem_populate(&r, shadow, gen++))
+			_exit(1);
+		ret = madvise(r.p, r.len, MADV_COLLAPSE);
+		tally_add(&c->nb, ret ? errno : 0);
+		atomic_fetch_add(&c->nb_lost, mem_bad_pages(&r, shadow));
+		mem_region_free(&r);
+	}
 	_exit(0);
 }
 
@@ -483,7 +530,8 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 	double t_loop, t_rounds, t_split = 0, t_wait = 0;
 	bool limit = false, enough;
 	size_t lost;
-	pid_t child;
+	pid_t child, neighbour;
+	int nb_status = 0;
 
 	memset(c, 0, sizeof(*c));
 	collapse_require_core(core);
@@ -499,6 +547,11 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 		ksft_exit_fail_perror("fork");
 	if (!child)
 		child_main(c);
+	neighbour = fork();
+	if (neighbour < 0)
+		ksft_exit_fail_perror("fork");
+	if (!neighbour)
+		neighbour_main(c, type);
 
 	/* Mapped while khugepaged is on, so that it registers this mm. */
 	r = mem_region(type, NR_PMDS);
@@ -568,7 +621,8 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 	atomic_store(&stop, 1);
 	for (i = 0; i < 2; i++)
 		pthread_join(w[i].th, NULL);
-	if (waitpid(child, &status, 0) != child)
+	if (waitpid(child, &status, 0) != child ||
+	    waitpid(neighbour, &nb_status, 0) != neighbour)
 		ksft_exit_fail_perror("waitpid");
 	knobs_restore();
 
@@ -582,6 +636,9 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 	ksft_print_msg("%s: %s: madvise: %s\n", core, mem_type_name[type], t0);
 	ksft_print_msg("%s: %s: process_madvise: %s\n", core,
 		       mem_type_name[type], t1);
+	tally_str(t0, sizeof(t0), &c->nb);
+	ksft_print_msg("%s: %s: neighbour: madvise of its own memory: %s; %ld pages wrong\n",
+		       core, mem_type_name[type], t0, atomic_load(&c->nb_lost));
 	snprintf(t2, sizeof(t2),
 		 "writes %ld (%ld with pwrite); Rust succeed: madvise +%lld, process_madvise +%lld, khugepaged +%lld; all Rust counters +%lld",
 		 w[0].writes + w[1].writes, w[0].pwrites + w[1].pwrites,
@@ -602,10 +659,14 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 	ksft_test_result(enough && n && 2 * collapsed >= n &&
 			 !lost && !w[0].err && !w[1].err &&
 			 WIFEXITED(status) && !WEXITSTATUS(status) &&
+			 WIFEXITED(nb_status) && !WEXITSTATUS(nb_status) &&
+			 atomic_load(&c->nb.ok) > 0 && !atomic_load(&c->nb.other) &&
+			 !atomic_load(&c->nb_lost) &&
 			 !atomic_load(&c->t[BY_MADVISE].other) &&
 			 !atomic_load(&c->t[BY_PROCESS_MADVISE].other) &&
-			 (rust ? succ[0] > 0 && succ[1] > 0 : total_moved == 0),
-			 "%s: %s, 2 madvise threads + process_madvise + khugepaged + 2 writers: %d/%d rounds%s, %d collapsed (%d huge again, %d split failures), %ld unexpected errors, %zu pages lost, %.1f s (%.0f ms/round)\n",
+			 (rust ? succ[0] - atomic_load(&c->nb.ok) > 0 && succ[1] > 0 :
+				 total_moved == 0),
+			 "%s: %s, 2 madvise threads + process_madvise + khugepaged + 2 writers + a neighbour: %d/%d rounds%s, %d collapsed (%d huge again, %d split failures), %ld unexpected errors, %zu pages lost, %.1f s (%.0f ms/round)\n",
 			 core, mem_type_name[type], n, rounds,
 			 limit ? " (stopped at the time limit)" : "", collapsed, huge_rounds,
 			 split_fail,
