@@ -220,6 +220,27 @@ enum thp_collapse_pc_isolate {
 };
 
 enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio);
+
+/**
+ * struct thp_collapse_pc_taken - a folio thp_collapse_pc_take() took.
+ * @folio: the folio, locked, referenced, isolated and unmapped.
+ * @index: its first index.
+ * @nr: its pages.
+ * @refs: folio_ref_count() - folio_expected_ref_count(), read after the
+ *	xarray lock was taken again.
+ * @flags: THP_PC_* facts read then, THP_PC_MAPPED included.
+ */
+struct thp_collapse_pc_taken {
+	struct folio *folio;
+	pgoff_t index;
+	unsigned long nr;
+	long refs;
+	unsigned int flags;
+};
+
+bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
+			  pgoff_t index, bool shmem,
+			  struct thp_collapse_pc_taken *out);
 void thp_collapse_pc_folio_putback(struct folio *folio);
 void thp_collapse_try_to_unmap_flush(void);
 void thp_collapse_pc_prepare_new(struct folio *folio,

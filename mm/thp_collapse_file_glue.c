@@ -267,6 +267,71 @@ enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio)
 }
 
 /**
+ * thp_collapse_pc_take() - the common case of one index of a page cache
+ * collapse, in one call.
+ * @xas: the state; the xarray is locked.
+ * @mapping: the mapping.
+ * @index: the index.
+ * @shmem: whether the mapping is shmem.
+ * @out: what was taken.
+ *
+ * If @index holds a folio of @mapping that is uptodate, not of the PMD
+ * order and, for a file other than shmem, neither dirty nor under writeback,
+ * and whose lock it can take at once: locks and references it, releases the
+ * xarray lock, takes the folio off the LRU, releases its private data and
+ * unmaps it (thp_collapse_pc_folio_isolate()), takes the xarray lock again
+ * and reads the folio's references and mapped state. These are the steps
+ * the Rust core takes one call at a time for such an index, with the same
+ * checks before each; what the facts read at the end mean stays its
+ * decision. Anything else (a hole, a swap entry, a folio to read, swap in or
+ * write back, a lock or a step that fails) is undone and left to those
+ * steps. May sleep.
+ *
+ * Return: true, with *@out filled and the xarray locked again; false with
+ * nothing changed (the xarray locked, perhaps released in between).
+ */
+bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
+			  pgoff_t index, bool shmem,
+			  struct thp_collapse_pc_taken *out)
+{
+	struct folio *folio;
+	void *entry;
+
+	xas_set(xas, index);
+	entry = xas_load(xas);
+	if (!entry || xa_is_value(entry) || xa_is_internal(entry))
+		return false;
+	folio = entry;
+	if (shmem ? !folio_test_uptodate(folio) :
+		    folio_test_dirty(folio) || folio_test_writeback(folio))
+		return false;
+	if (!folio_trylock(folio))
+		return false;
+	folio_get(folio);
+	xas_unlock_irq(xas);
+
+	if (!folio_test_uptodate(folio) || is_pmd_order(folio_order(folio)) ||
+	    folio_mapping(folio) != mapping ||
+	    (!shmem && (folio_test_dirty(folio) || folio_test_writeback(folio))) ||
+	    thp_collapse_pc_folio_isolate(folio) != THP_PC_ISOLATE_OK) {
+		folio_unlock(folio);
+		folio_put(folio);
+		xas_lock_irq(xas);
+		return false;
+	}
+
+	xas_lock_irq(xas);
+	out->folio = folio;
+	out->index = folio->index;
+	out->nr = folio_nr_pages(folio);
+	out->flags = thp_collapse_pc_folio_facts(folio, mapping,
+						 THP_PC_READ_REFS |
+						 THP_PC_READ_MAPPED,
+						 &out->refs);
+	return true;
+}
+
+/**
  * thp_collapse_pc_folio_putback() - folio_putback_lru().
  * @folio: a folio thp_collapse_pc_folio_isolate() isolated.
  */

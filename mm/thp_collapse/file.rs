@@ -14,9 +14,9 @@
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use crate::ffi::page_cache::{
-    self, flush_batched_unmaps, Backing, IMmapRead, IsolateError, IsolatedFolio, LockedFolio,
-    Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked, PageCacheState,
-    ReadError, ReadWait, ShmemCharge, Slot,
+    self, flush_batched_unmaps, Backing, FolioFacts, IMmapRead, IsolateError, IsolatedFolio,
+    LockedFolio, Mapping, PageCacheCursor, PageCacheEntry, PageCacheFolio, PageCacheLocked,
+    PageCacheState, ReadError, ReadWait, ShmemCharge, Slot,
 };
 use crate::{
     ffi::{self, trace, CowCopies},
@@ -299,20 +299,28 @@ fn isolate_old<'a>(
             mapped: true,
         },
     );
+    if let Err(fail) = check_isolated(&facts, backing) {
+        drop(xa);
+        return Err(fail);
+    }
+    Ok((folio, xa))
+}
+
+/// Checks the `facts` of an old folio that was isolated and unmapped, read with the xarray
+/// locked again. Upstream: the end of the loop of `collapse_file()`.
+fn check_isolated(facts: &FolioFacts, backing: Backing) -> Result<(), Fail> {
     // Ours and the isolation's must be the only references beyond the page cache's: any new
     // user of the folio has to find it in the page cache, and lock it, and waits. A mapping
     // the unmap left (its reference is among the expected ones) fails too, as upstream's
     // `folio_ref_count() != 2 + folio_nr_pages()` does.
     if facts.refs_beyond_expected() != 2 || facts.mapped() {
-        drop(xa);
         return Err(Fail::PageCount);
     }
     // Unmapping moved a dirty PTE's bit to the folio: it must not go into a clean folio.
     if backing == Backing::File && facts.dirty() {
-        drop(xa);
         return Err(Fail::PageDirtyOrWriteback);
     }
-    Ok((folio, xa))
+    Ok(())
 }
 
 /// The list of old folios of a page cache collapse kept between collapses (see `spare.rs`).
@@ -357,6 +365,18 @@ fn collapse_file(
         let mut index = start;
         while index < end {
             reached = index;
+            // The common case in one call into C; anything else step by step below.
+            if let Some(taken) = xa.take_plain(index, mapping, backing) {
+                if let Err(fail) = check_isolated(&taken.facts, backing) {
+                    // The xarray lock goes before the folio is put back.
+                    drop(xa);
+                    drop(taken);
+                    return Err(fail);
+                }
+                index = taken.next;
+                old.push(taken.folio, GFP_NOWAIT).map_err(|_| Fail::Other)?;
+                continue;
+            }
             let wait = if old.is_empty() {
                 ReadWait::Block
             } else {

@@ -409,6 +409,51 @@ impl<'a> PageCacheLocked<'a> {
         slot(kind, folio, flags)
     }
 
+    /// The common case of one index of a collapse, in one call into C: if `index` holds a
+    /// folio of `mapping` that needs nothing but locking, checking and isolating (uptodate,
+    /// smaller than the PMD order, neither dirty nor under writeback for a file other than
+    /// shmem, its lock free), locks it, takes it off the LRU, releases its private data and
+    /// unmaps it (as [`LockedFolio::isolate`]), and returns it with the facts that the caller
+    /// checks next (references, mapped state), read once the xarray lock was taken again.
+    /// `None`, with nothing changed, for anything else: the caller takes the steps one by one.
+    /// The xarray is locked on return either way, but may have been released in between.
+    /// May sleep. C: `thp_collapse_pc_take()`.
+    pub(crate) fn take_plain(
+        &mut self,
+        index: usize,
+        mapping: Mapping<'_>,
+        backing: Backing,
+    ) -> Option<Taken> {
+        let mut t = bindings::thp_collapse_pc_taken::default();
+        // SAFETY: The lock is held (type invariants); the mapping is valid; `t` is valid for
+        // writes.
+        let took = unsafe {
+            bindings::thp_collapse_pc_take(
+                self.xas(),
+                mapping.as_ptr(),
+                index,
+                backing.is_shmem(),
+                &mut t,
+            )
+        };
+        if !took {
+            return None;
+        }
+        // INVARIANT: On success the glue hands over a folio it locked, referenced, isolated
+        // and unmapped.
+        let folio = IsolatedFolio {
+            folio: NonNull::new(t.folio)?,
+        };
+        Some(Taken {
+            folio,
+            facts: FolioFacts {
+                flags: t.flags,
+                refs: clamp_refs(t.refs),
+            },
+            next: t.index.saturating_add(t.nr),
+        })
+    }
+
     /// Whether any index after the cursor, up to `last`, holds an entry.
     /// C: `xas_next_entry()`.
     pub(crate) fn any_entry_until(&mut self, last: usize) -> bool {
@@ -674,6 +719,16 @@ pub(crate) enum IsolateError {
 pub(crate) fn flush_batched_unmaps() {
     // SAFETY: Always safe to call.
     unsafe { bindings::thp_collapse_try_to_unmap_flush() };
+}
+
+/// A folio [`PageCacheLocked::take_plain`] took.
+pub(crate) struct Taken {
+    /// The folio.
+    pub(crate) folio: IsolatedFolio,
+    /// Its references and mapped state, read under the xarray lock taken again.
+    pub(crate) facts: FolioFacts,
+    /// The index after its last.
+    pub(crate) next: usize,
 }
 
 /// A folio of the page cache, locked by us, isolated from the LRU and unmapped: nothing can
