@@ -44,18 +44,13 @@ if [ "${THP_ACCEL:-auto}" = kvm ] || { [ "${THP_ACCEL:-auto}" = auto ] && "$TOP/
 	cpu=host
 fi
 # TCG runs one vCPU at a time on one host thread unless asked for a thread
-# per vCPU (MTTCG): then the guest's CPUs really run at once, which KCSAN
-# needs (it only sees an access race with another that is under way). The
-# KCSAN boot gets it; the debug boot keeps one thread, which leaves the
-# other host core to the KCSAN kernel's build beside it (with both threads
-# the build starved and make test took longer; the debug boot was not
-# faster). -icount needs the single thread. THP_TCG_THREAD=single|multi
-# overrides the choice.
+# per vCPU (MTTCG): then the guest's CPUs really run at once, which races
+# need (KCSAN only sees an access race with another that is under way), and
+# the boot gets both host cores. -icount needs the single thread.
+# THP_TCG_THREAD=single|multi overrides the choice.
 accel_opt=$accel
 if [ "$accel" = tcg ]; then
-	default_thread=single
-	[ "$flavour" = kcsan ] && default_thread=multi
-	tcg_thread=${THP_TCG_THREAD:-$default_thread}
+	tcg_thread=${THP_TCG_THREAD:-multi}
 	case "${THP_QEMU_ARGS:-}" in *icount*) tcg_thread=single ;; esac
 	accel_opt="tcg,thread=$tcg_thread"
 	echo "tcg ($tcg_thread-threaded)" >"$logs/$run.accel"
