@@ -383,6 +383,14 @@ mod tests {
     use super::*;
     use crate::vocab::{Tunables, Userfault, PMD_ORDER, PTES_PER_PMD};
 
+    /// Khugepaged's limits with no room at all.
+    const STRICT: Tunables = Tunables {
+        max_ptes_none: 0,
+        max_ptes_swap: 0,
+        max_ptes_shared: 0,
+        defrag: false,
+    };
+
     fn tally(mode: CollapseMode, t: &Tunables) -> ScanTally {
         ScanTally::new(mode, mode.limits(t, PMD_ORDER, Userfault::Unarmed))
     }
@@ -426,13 +434,7 @@ mod tests {
     /// The shared checks of `pte` in `step` for khugepaged with no room in any limit, in a
     /// VMA that is `droppable` or not.
     fn check(pte: Pte, step: Step, droppable: bool) -> Result<EntryKind, Fail> {
-        let strict = Tunables {
-            max_ptes_none: 0,
-            max_ptes_swap: 0,
-            max_ptes_shared: 0,
-            defrag: false,
-        };
-        let mut s = tally(CollapseMode::Khugepaged, &strict);
+        let mut s = tally(CollapseMode::Khugepaged, &STRICT);
         let kind = s.check_entry(&pte, step)?;
         if kind == EntryKind::Page {
             s.check_page(&pte, droppable)?;
@@ -522,13 +524,7 @@ mod tests {
 
     #[test]
     fn madvise_ignores_limits_and_references() {
-        let strict = Tunables {
-            max_ptes_none: 0,
-            max_ptes_swap: 0,
-            max_ptes_shared: 0,
-            defrag: false,
-        };
-        let mut s = tally(CollapseMode::Madvise, &strict);
+        let mut s = tally(CollapseMode::Madvise, &STRICT);
         for _ in 0..200 {
             assert_eq!(s.none_or_zero(), Ok(()));
             assert_eq!(s.not_present(false), Ok(()));
