@@ -10,8 +10,12 @@
 
 flavour=${1:-debug}
 [ -f "$TOP/configs/$flavour.config" ] || die "unknown kernel flavour '$flavour'"
-"$TOP/scripts/setup.sh"
-"$TOP/scripts/sync-tree.sh"
+# THP_TREE_SYNCED=1: the caller ran setup.sh and sync-tree.sh already (two
+# builds at once must not sync the shared source tree under each other).
+if [ "${THP_TREE_SYNCED:-0}" != 1 ]; then
+	"$TOP/scripts/setup.sh"
+	"$TOP/scripts/sync-tree.sh"
+fi
 
 O=$BUILD/out-$flavour
 mkdir -p "$O"

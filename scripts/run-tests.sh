@@ -11,7 +11,7 @@
 #
 # THP_KCSAN=0 leaves the KCSAN kernel out (a quicker local run; not the
 # suite). Its build from scratch takes about 12 minutes on 2 cores alone, and
-# runs beside the debug kernel's boot; its own boot takes about 5.
+# runs beside the debug kernel's build and boot; its own boot takes about 5.
 
 . "$(dirname "$0")/lib.sh"
 
@@ -30,18 +30,25 @@ if [ $# = 0 ] && [ "${THP_KCSAN:-1}" != 0 ]; then
 	flavours+=(kcsan)
 fi
 
-"$TOP/scripts/build-kernel.sh" debug
-"$TOP/scripts/build-tests.sh" debug "${lists[@]}"
-# The KCSAN kernel builds while the debug kernel boots, at the lowest
-# priority: that boot leaves about 40% of two cores idle (tests that wait for
-# khugepaged or sleep between rounds), which the build soaks up; the KCSAN boot
-# comes last and waits for it. Its output goes to a file, not among the tests'.
+# The KCSAN kernel builds beside the debug kernel and the debug boot, at the
+# lowest priority: the debug build leaves a core idle in its serial steps
+# (each Rust crate is one rustc, the links, kallsyms) and the boot leaves
+# about 40% of two cores idle (tests that wait for khugepaged or sleep between
+# rounds); the background build soaks those up. The KCSAN boot comes last and
+# waits for it. Both builds share one source tree, synced once here, first.
+# The background build's output goes to a file, not among the tests'.
+"$TOP/scripts/sync-tree.sh"
+export THP_TREE_SYNCED=1
 kcsan_build=""
 if [ "${#flavours[@]}" -gt 1 ]; then
 	log "building the kcsan kernel in the background (output: $BUILD/build-kcsan.out)"
-	nice -n 19 "$TOP/scripts/build-kernel.sh" kcsan >"$BUILD/build-kcsan.out" 2>&1 &
+	# Its own session, so that a failure here stops the whole build.
+	setsid nice -n 19 "$TOP/scripts/build-kernel.sh" kcsan >"$BUILD/build-kcsan.out" 2>&1 &
 	kcsan_build=$!
+	trap 'kill -- -"$kcsan_build" 2>/dev/null || true' EXIT
 fi
+"$TOP/scripts/build-kernel.sh" debug
+"$TOP/scripts/build-tests.sh" debug "${lists[@]}"
 
 # Our KUnit suites (every #[kunit_tests(name)] in the overlay) must all run
 # in the debug boot, and so must the kernel crate's doctests (rust/kernel/mm/
