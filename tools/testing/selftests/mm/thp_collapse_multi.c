@@ -519,6 +519,8 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 {
 	bool rust = core[0] == 'r';
 	long long start_succ[3], start_total[3], succ[3], total_moved = 0;
+	static struct rust_stats stats_before[3], stats_after[3];
+	char moved[3][512];
 	int n, i, collapsed = 0, huge_rounds = 0, split_fail = 0, status = 0;
 	struct writer w[2];
 	atomic_int stop = 0, gap_ms = GAP_START_MS;
@@ -540,6 +542,7 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 	for (i = 0; i < 3; i++) {
 		start_succ[i] = rust_stat(stat_caller[i], "succeed");
 		start_total[i] = rust_stat_total(stat_caller[i]);
+		rust_stats_read(stat_caller[i], &stats_before[i]);
 	}
 	/* Forked before the region exists: it must not share its pages. */
 	child = fork();
@@ -630,6 +633,10 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 	for (i = 0; i < 3; i++) {
 		succ[i] = rust_stat(stat_caller[i], "succeed") - start_succ[i];
 		total_moved += rust_stat_total(stat_caller[i]) - start_total[i];
+		rust_stats_read(stat_caller[i], &stats_after[i]);
+		moved[i][0] = 0;
+		rust_stats_moved(&stats_before[i], &stats_after[i], moved[i],
+				 sizeof(moved[i]));
 	}
 	tally_str(t0, sizeof(t0), &c->t[BY_MADVISE]);
 	tally_str(t1, sizeof(t1), &c->t[BY_PROCESS_MADVISE]);
@@ -644,6 +651,10 @@ static void test_multi(struct ctl *c, const char *core, enum mem_type type,
 		 w[0].writes + w[1].writes, w[0].pwrites + w[1].pwrites,
 		 succ[0], succ[1], succ[2], total_moved);
 	ksft_print_msg("%s: %s: %s\n", core, mem_type_name[type], t2);
+	/* Why the Rust core's attempts ended as they did, by caller. */
+	for (i = 0; rust && i < 3; i++)
+		ksft_print_msg("%s: %s: Rust outcomes, %s:%s\n", core,
+			       mem_type_name[type], stat_caller[i], moved[i]);
 	ksft_print_msg("%s: %s: per round: split %.0f ms (%ld tries), wait %.0f ms; gap %d ms\n",
 		       core, mem_type_name[type], n ? 1000 * t_split / n : 0.0,
 		       split_tries, n ? 1000 * t_wait / n : 0.0,
