@@ -60,6 +60,7 @@ enum scan_result {
 	SCAN_COPY_MC,
 	SCAN_PAGE_FILLED,
 	SCAN_PAGE_DIRTY_OR_WRITEBACK,
+	SCAN_WOULD_BLOCK,	/* MADV_F_COLLAPSE_LIGHT: it would have to wait */
 };
 
 #ifdef CONFIG_THP_COLLAPSE_RUST
@@ -248,6 +249,8 @@ void thp_collapse_pc_prepare_new(struct folio *folio,
 				 bool shmem);
 void thp_collapse_pc_abandon_new(struct folio *folio);
 void thp_collapse_pc_account_new(struct folio *folio, bool shmem);
+struct folio *thp_collapse_pc_trylock(struct address_space *mapping,
+				      pgoff_t index);
 void thp_collapse_pc_free_old(struct folio **folios, unsigned int nr,
 			      bool shmem);
 bool thp_collapse_mm_exiting(struct mm_struct *mm);
@@ -272,7 +275,7 @@ int thp_collapse_sysfs_init(struct kobject *hugepage_kobj);
 /* Implemented in Rust (mm/thp_collapse.rs). */
 int thp_collapse_rust_madvise(struct vm_area_struct *vma, unsigned long start,
 			      unsigned long end, bool *lock_dropped,
-			      enum collapse_caller caller);
+			      enum collapse_caller caller, unsigned int flags);
 enum scan_result thp_collapse_rust_khugepaged_pmd(struct mm_struct *mm,
 						  struct vm_area_struct *vma,
 						  unsigned long addr,
@@ -305,7 +308,8 @@ static inline int thp_collapse_rust_madvise(struct vm_area_struct *vma,
 					    unsigned long start,
 					    unsigned long end,
 					    bool *lock_dropped,
-					    enum collapse_caller caller)
+					    enum collapse_caller caller,
+					    unsigned int flags)
 {
 	return -EINVAL;
 }

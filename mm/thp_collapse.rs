@@ -79,7 +79,7 @@ const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 use anon::RequestList;
 use ffi::to_scan_result;
 use stats::STATS;
-use vocab::{Caller, LockHistory, Locked, MmapRead};
+use vocab::{Caller, LockHistory, Locked, MmapRead, RequestFlags};
 
 /// MADV_COLLAPSE of `[start, end)` inside `vma`, for `madvise_collapse()`.
 ///
@@ -98,10 +98,15 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
     end: kernel::ffi::c_ulong,
     lock_dropped: *mut bool,
     caller: bindings::collapse_caller,
+    flags: kernel::ffi::c_uint,
 ) -> kernel::ffi::c_int {
     let caller = match Caller::from_u32(caller) {
         Some(c @ (Caller::Madvise | Caller::ProcessMadvise)) => c,
         _ => return EINVAL.to_errno(),
+    };
+    let flags = match RequestFlags::from_uapi(flags) {
+        Ok(flags) => flags,
+        Err(e) => return e.to_errno(),
     };
     // SAFETY: The caller holds the mmap read lock, so `vma` is a live VMA.
     let vma = unsafe { VmaRef::from_raw(vma) };
@@ -114,7 +119,7 @@ pub unsafe extern "C" fn thp_collapse_rust_madvise(
     let guard = unsafe { MmapRead::adopt(vma.mm()) };
     // SAFETY: `vma` is a VMA of that mm, which the caller found under the lock.
     unsafe { guard.remember_vma(vma.as_ptr()) };
-    let done = request::madvise(guard, start, end, caller);
+    let done = request::madvise(guard, start, end, caller, flags);
     done.guard.keep();
     if done.history == LockHistory::Retaken {
         // SAFETY: The caller guarantees that `lock_dropped` is valid for writes.
@@ -152,6 +157,7 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
         guard,
         addr,
         Caller::Khugepaged,
+        RequestFlags::NONE,
         &mut RequestList::for_request(),
     );
     match state {

@@ -332,6 +332,20 @@ bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
 }
 
 /**
+ * thp_collapse_pc_trylock() - filemap_lock_folio() that does not wait.
+ * @mapping: the mapping.
+ * @index: the index.
+ *
+ * Return: the folio at @index, locked and referenced; ERR_PTR(-ENOENT) if
+ * there is none, or ERR_PTR(-EAGAIN) if another task holds its lock.
+ */
+struct folio *thp_collapse_pc_trylock(struct address_space *mapping,
+				      pgoff_t index)
+{
+	return __filemap_get_folio(mapping, index, FGP_LOCK | FGP_NOWAIT, 0);
+}
+
+/**
  * thp_collapse_pc_folio_putback() - folio_putback_lru().
  * @folio: a folio thp_collapse_pc_folio_isolate() isolated.
  */

@@ -26,7 +26,8 @@ use crate::{
     spare::{self, Spare},
     vma::{self, CollapseLocked},
     vocab::{
-        CollapseMode, Locked, MmapRead, Tunables, Userfault, PMD_ORDER, PMD_SIZE, PTES_PER_PMD,
+        CollapseMode, Effort, Locked, MmapRead, Tunables, Userfault, PMD_ORDER, PMD_SIZE,
+        PTES_PER_PMD,
     },
 };
 use core::ops::Range;
@@ -74,8 +75,9 @@ pub(crate) fn collapse_pmd<'a>(
     let mut wrote_back = false;
     let (mut attempt, scanned) = loop {
         let (attempt, scanned) = scan_file(mm, addr, &file, pgoff, mode, tunables);
-        // MADV_COLLAPSE writes dirty pages back, and tries once more.
-        if mode == CollapseMode::Madvise
+        // MADV_COLLAPSE writes dirty pages back, and tries once more (unless it must not wait).
+        if mode.is_madvise()
+            && mode.effort() == Effort::Full
             && attempt == Err(Fail::PageDirtyOrWriteback)
             && !wrote_back
             && mapping.can_writeback()
@@ -95,7 +97,7 @@ pub(crate) fn collapse_pmd<'a>(
         let mapped = if guard.exiting_or_thp_disabled() {
             Err(Fail::AnyProcess)
         } else {
-            collapse_pte_mapped(&guard, addr, HugeMapping::for_mode(mode))
+            collapse_pte_mapped(&guard, addr, HugeMapping::for_mode(mode), mode.effort())
         };
         attempt = match mapped {
             Ok(()) | Err(Fail::PmdMapped) => Ok(Collapsed::Mapped),
@@ -192,8 +194,10 @@ enum Got<'a> {
 /// Gets the folio at `index` of the page cache range `range` locked, swapping it in (shmem) or
 /// reading it (other files) if need be: the xarray is locked on entry, and unlocked for
 /// anything that sleeps. `wait` says whether a read may wait for the invalidate lock, which it
-/// must not while the collapse holds locks of folios below `index`. Upstream: the first half
-/// of the loop of `collapse_file()`, which waits for the lock there.
+/// must not while the collapse holds locks of folios below `index`; `None` is a request that
+/// must not wait at all (`MADV_F_COLLAPSE_LIGHT`), which neither swaps in, reads nor
+/// instantiates a folio. Upstream: the first half of the loop of `collapse_file()`, which
+/// waits for the lock there.
 fn lock_old<'a>(
     mut xa: PageCacheLocked<'a>,
     file: &File,
@@ -201,7 +205,7 @@ fn lock_old<'a>(
     backing: Backing,
     range: &Range<usize>,
     index: usize,
-    wait: ReadWait,
+    wait: Option<ReadWait>,
 ) -> Result<Got<'a>, Fail> {
     let slot = xa.load(index);
     match slot {
@@ -215,11 +219,18 @@ fn lock_old<'a>(
             Ok(Got::Hole(xa))
         }
         Slot::Value if backing == Backing::Shmem => {
+            // A swap-in waits for I/O.
+            if wait.is_none() {
+                return Err(Fail::WouldBlock);
+            }
             let cursor = xa.unlock();
             let folio = LockedFolio::shmem_get(mapping, index).ok_or(Fail::Other)?;
             Ok(Got::Folio(folio, cursor))
         }
         Slot::Empty | Slot::Value => {
+            let Some(wait) = wait else {
+                return Err(Fail::WouldBlock);
+            };
             let cursor = xa.unlock();
             // A hole punch holds the invalidate lock while it waits for the folio locks the
             // collapse holds: a contended lock makes the collapse give up (EAGAIN).
@@ -232,7 +243,10 @@ fn lock_old<'a>(
         // Read with the entry, under the xarray lock (interrupts off): the page flags only.
         Slot::Folio(folio, facts) => {
             if backing == Backing::Shmem && !facts.uptodate() {
-                // Fallocated and never written: shmem instantiates it.
+                // Fallocated and never written: shmem instantiates it (and may reclaim).
+                if wait.is_none() {
+                    return Err(Fail::WouldBlock);
+                }
                 let cursor = xa.unlock();
                 let folio = LockedFolio::shmem_get(mapping, index).ok_or(Fail::Other)?;
                 return Ok(Got::Folio(folio, cursor));
@@ -377,10 +391,10 @@ fn collapse_file(
                 old.push(taken.folio, GFP_NOWAIT).map_err(|_| Fail::Other)?;
                 continue;
             }
-            let wait = if old.is_empty() {
-                ReadWait::Block
-            } else {
-                ReadWait::Try
+            let wait = match mode.effort() {
+                Effort::Light => None,
+                Effort::Full if old.is_empty() => Some(ReadWait::Block),
+                Effort::Full => Some(ReadWait::Try),
             };
             match lock_old(xa, file, mapping, backing, &(start..end), index, wait)? {
                 Got::Hole(locked) => {
@@ -443,7 +457,7 @@ fn collapse_file(
         // SAFETY: The new folio replaced them in the page cache.
         unsafe { IsolatedFolio::release_replaced(old, backing) };
         Ok(match mode {
-            CollapseMode::Madvise => Collapsed::InPageCache,
+            CollapseMode::Madvise(_) => Collapsed::InPageCache,
             CollapseMode::Khugepaged => Collapsed::Mapped,
         })
     })();
@@ -583,7 +597,7 @@ impl HugeMapping {
     /// What a collapse for `mode` does.
     fn for_mode(mode: CollapseMode) -> Self {
         match mode {
-            CollapseMode::Madvise => HugeMapping::Now,
+            CollapseMode::Madvise(_) => HugeMapping::Now,
             CollapseMode::Khugepaged => HugeMapping::OnFault,
         }
     }
@@ -591,8 +605,14 @@ impl HugeMapping {
 
 /// Removes the page table whose entries map the pages of the PMD-sized folio of the page cache
 /// at the PMD range at `addr` (if there is one), and maps the folio with the PMD as `when`
-/// says. Runs under the mmap lock (read). Upstream: `try_collapse_pte_mapped_thp()`.
-fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, when: HugeMapping) -> Result<(), Fail> {
+/// says. Waits for the folio's lock unless `effort` is [`Effort::Light`]. Runs under the mmap
+/// lock (read). Upstream: `try_collapse_pte_mapped_thp()`.
+fn collapse_pte_mapped(
+    guard: &MmapRead<'_>,
+    addr: usize,
+    when: HugeMapping,
+    effort: Effort,
+) -> Result<(), Fail> {
     let haddr = addr & !(PMD_SIZE - 1);
     let Some(vma) = guard.find_vma(haddr) else {
         return Err(Fail::VmaCheck);
@@ -608,7 +628,7 @@ fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, when: HugeMapping) -> 
     }
     // The page cache holds a huge folio: a fault would map it with the PMD whatever sysfs says,
     // so the settings are bypassed here too.
-    if !vma::pmd_collapse_allowed(vma, CollapseMode::Madvise) {
+    if !vma::pmd_collapse_allowed(vma, CollapseMode::MADVISE) {
         return Err(Fail::VmaCheck);
     }
     // uffd-wp keeps per-PTE state: the page table stays.
@@ -618,7 +638,12 @@ fn collapse_pte_mapped(guard: &MmapRead<'_>, addr: usize, when: HugeMapping) -> 
     let Some(mapping) = Mapping::of(file) else {
         return Err(Fail::VmaCheck);
     };
-    let Some(folio) = LockedFolio::lock(mapping, vma.linear_page_index(haddr)) else {
+    let index = vma.linear_page_index(haddr);
+    let folio = match effort {
+        Effort::Full => LockedFolio::lock(mapping, index),
+        Effort::Light => LockedFolio::try_lock(mapping, index).map_err(|_| Fail::WouldBlock)?,
+    };
+    let Some(folio) = folio else {
         return Err(Fail::PageNull);
     };
     if folio.nr_pages() != NR {

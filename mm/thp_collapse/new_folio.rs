@@ -24,7 +24,16 @@ use kernel::{
 fn gfp(policy: AllocPolicy) -> Flags {
     match policy {
         AllocPolicy::Reclaim => GFP_TRANSHUGE,
-        AllocPolicy::Light => GFP_TRANSHUGE_LIGHT,
+        AllocPolicy::Light | AllocPolicy::NoWait => GFP_TRANSHUGE_LIGHT,
+    }
+}
+
+/// What an allocation or charge that failed with `policy` reports: `fail`, or for a request
+/// that must not block, that it would have had to (reclaim or compact).
+fn failed(policy: AllocPolicy, fail: Fail) -> Fail {
+    match policy {
+        AllocPolicy::NoWait => Fail::WouldBlock,
+        AllocPolicy::Reclaim | AllocPolicy::Light => fail,
     }
 }
 
@@ -32,8 +41,9 @@ fn gfp(policy: AllocPolicy) -> Flags {
 /// charges it to `mm`'s memory cgroup; dropping it frees and uncharges it. It comes from
 /// `nodes` (where the scan found most of the range's pages).
 ///
-/// Must be called without the mmap lock: it may enter direct reclaim and compaction. May
-/// sleep. Upstream: `alloc_charge_folio()`.
+/// Must be called without the mmap lock: it may enter direct reclaim and compaction (not with
+/// [`AllocPolicy::NoWait`], whose failures are [`Fail::WouldBlock`]). May sleep. Upstream:
+/// `alloc_charge_folio()`.
 pub(crate) fn alloc_charge(
     mm: &Mm,
     policy: AllocPolicy,
@@ -44,11 +54,11 @@ pub(crate) fn alloc_charge(
     let gfp = gfp(policy);
     let Ok(folio) = NewFolio::alloc_on(gfp, order, nodes) else {
         ffi::count_collapse_event(order, CollapseEvent::AllocFailed);
-        return Err(Fail::AllocHugePage);
+        return Err(failed(policy, Fail::AllocHugePage));
     };
     ffi::count_collapse_event(order, CollapseEvent::Alloc);
     if folio.charge(mm, gfp).is_err() {
-        return Err(Fail::CgroupCharge);
+        return Err(failed(policy, Fail::CgroupCharge));
     }
     if !ffi::memcg_account_collapse_alloc(&folio) {
         return Err(Fail::AllocHugePage);

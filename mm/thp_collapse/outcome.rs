@@ -83,6 +83,10 @@ pub(crate) enum Fail {
     PageFilled = 30,
     /// A page is dirty or under writeback.
     PageDirtyOrWriteback = 31,
+    /// The range needs something a request that must not block (`MADV_F_COLLAPSE_LIGHT`)
+    /// cannot wait for: reclaim or compaction for the new folio, a swap-in, a page cache read,
+    /// writeback, or a page or invalidate lock.
+    WouldBlock = 32,
 }
 
 /// What a collapse attempt that did its work leaves behind.
@@ -137,7 +141,7 @@ impl<T: ScanCode> ScanCode for Result<T, Fail> {
 }
 
 /// The number of `enum scan_result` codes, and of counters per caller.
-pub(crate) const CODES: usize = Fail::PageDirtyOrWriteback as usize + 1;
+pub(crate) const CODES: usize = Fail::WouldBlock as usize + 1;
 
 /// The name under which each code is counted in sysfs, by code.
 pub(crate) const NAMES: [&str; CODES] = [
@@ -173,6 +177,7 @@ pub(crate) const NAMES: [&str; CODES] = [
     "copy_mc",
     "page_filled",
     "page_dirty_or_writeback",
+    "would_block",
 ];
 
 impl Fail {
@@ -209,6 +214,7 @@ impl Fail {
         Fail::CopyMc,
         Fail::PageFilled,
         Fail::PageDirtyOrWriteback,
+        Fail::WouldBlock,
     ];
 
     /// The errno MADV_COLLAPSE reports when this was the last failure of a request.
@@ -227,7 +233,8 @@ impl Fail {
             | Fail::DelPageLru
             | Fail::PageFilled
             | Fail::PageHasPrivate
-            | Fail::PageDirtyOrWriteback => code::EAGAIN,
+            | Fail::PageDirtyOrWriteback
+            | Fail::WouldBlock => code::EAGAIN,
             _ => code::EINVAL,
         }
     }
@@ -248,7 +255,9 @@ pub(crate) fn verdict(attempt: Attempt) -> Verdict {
             | Fail::PageLock
             | Fail::PageCompound
             | Fail::PageLru
-            | Fail::DelPageLru,
+            | Fail::DelPageLru
+            // Not upstream's (it has no such failure): the next range may need no wait.
+            | Fail::WouldBlock,
         ) => Verdict::Continue,
         _ => Verdict::Abort,
     }
@@ -379,7 +388,8 @@ mod tests {
             | Fail::DelPageLru
             | Fail::PageFilled
             | Fail::PageHasPrivate
-            | Fail::PageDirtyOrWriteback => code::EAGAIN,
+            | Fail::PageDirtyOrWriteback
+            | Fail::WouldBlock => code::EAGAIN,
             _ => code::EINVAL,
         };
         let mut eagain = 0;
@@ -389,7 +399,7 @@ mod tests {
                 eagain += 1;
             }
         }
-        assert_eq!(eagain, 7);
+        assert_eq!(eagain, 8);
         assert_eq!(Fail::Other.errno(), code::EINVAL);
         assert_eq!(Fail::ScanAbort.errno(), code::EINVAL);
         assert_eq!(Fail::CopyMc.errno(), code::EINVAL);
@@ -408,6 +418,7 @@ mod tests {
             Fail::PageCompound,
             Fail::PageLru,
             Fail::DelPageLru,
+            Fail::WouldBlock,
         ];
         for f in Fail::ALL {
             let want = if f == Fail::PmdMapped {

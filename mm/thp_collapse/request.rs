@@ -12,16 +12,24 @@ use crate::{
     outcome::{Attempt, Fail, RangeTally},
     stats::STATS,
     vma,
-    vocab::{Caller, CollapseMode, LockHistory, Locked, MmapRead, Tunables, PMD_ORDER, PMD_SIZE},
+    vocab::{
+        Caller, CollapseMode, Effort, LockHistory, Locked, MmapRead, PteLimits, RequestFlags,
+        Tunables, PMD_ORDER, PMD_SIZE,
+    },
 };
 use kernel::{fs::File, mm::mmap_lock::MmapLocked, prelude::*, sync::aref::ARef};
 
-/// The tunables that `mode` honours: khugepaged's sysfs knobs, read now, for khugepaged;
-/// MADV_COLLAPSE ignores them (and does not pay for reading them on every PMD).
+/// The tunables that `mode` honours: khugepaged's sysfs knobs, read now, for khugepaged and
+/// for MADV_COLLAPSE with `MADV_F_COLLAPSE_LIMITS`; MADV_COLLAPSE otherwise ignores them (and
+/// does not pay for reading them on every PMD).
 fn tunables_for(mode: CollapseMode) -> Tunables {
     match mode {
-        CollapseMode::Khugepaged => ffi::khugepaged_tunables(),
-        CollapseMode::Madvise => Tunables::DEFAULTS,
+        CollapseMode::Khugepaged
+        | CollapseMode::Madvise(RequestFlags {
+            limits: PteLimits::Khugepaged,
+            ..
+        }) => ffi::khugepaged_tunables(),
+        CollapseMode::Madvise(_) => Tunables::DEFAULTS,
     }
 }
 
@@ -72,7 +80,8 @@ fn memory_at(guard: &MmapRead<'_>, addr: usize) -> Result<Memory, Fail> {
     }
 }
 
-/// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`.
+/// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`,
+/// for a request of `caller` with `flags`.
 ///
 /// Returns the result, the number of page-table entries looked at (khugepaged's scan budget),
 /// and the state of the lock. `lists` is the isolation list of the request, allocated at its
@@ -81,9 +90,10 @@ pub(crate) fn collapse_pmd<'a>(
     guard: MmapRead<'a>,
     addr: usize,
     caller: Caller,
+    flags: RequestFlags,
     lists: &mut RequestList,
 ) -> (Attempt, u32, Locked<'a>) {
-    let mode = caller.mode();
+    let mode = caller.mode(flags);
     // Read once for the whole step, whatever it takes.
     let tunables = tunables_for(mode);
     let (attempt, scanned, state) = match memory_at(&guard, addr) {
@@ -97,7 +107,8 @@ pub(crate) fn collapse_pmd<'a>(
     (attempt, scanned, state)
 }
 
-/// MADV_COLLAPSE of `[start, end)`, a range inside the VMA that contains `start`.
+/// MADV_COLLAPSE of `[start, end)`, a range inside the VMA that contains `start`, with the
+/// process_madvise() `flags` of the request ([`RequestFlags::NONE`] for madvise()).
 ///
 /// Succeeds when every PMD-aligned range inside `[start, end)` is PMD-mapped on return
 /// (already-huge ranges count); otherwise fails with the errno of the last failure. May sleep.
@@ -106,8 +117,9 @@ pub(crate) fn madvise<'a>(
     start: usize,
     end: usize,
     caller: Caller,
+    flags: RequestFlags,
 ) -> MadviseDone<'a> {
-    let mode = caller.mode();
+    let mode = caller.mode(flags);
     let done = |result, guard, history| MadviseDone {
         result,
         guard,
@@ -128,7 +140,11 @@ pub(crate) fn madvise<'a>(
     let mm = guard.mm();
     // Keep the mm_struct itself alive across lock drops, as upstream does.
     let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
-    ffi::lru_add_drain_all();
+    match mode.effort() {
+        Effort::Full => ffi::lru_add_drain_all(),
+        // Draining other CPUs waits for work on each of them: only this one's batches.
+        Effort::Light => ffi::lru_add_drain(),
+    }
 
     // Allocated at the first collapse, and reused by the next ones.
     let mut lists = RequestList::for_request();
@@ -160,7 +176,7 @@ pub(crate) fn madvise<'a>(
                 guard
             }
         };
-        let (attempt, _, next) = collapse_pmd(guard, addr, caller, &mut lists);
+        let (attempt, _, next) = collapse_pmd(guard, addr, caller, flags, &mut lists);
         state = next;
         if !tally.record(attempt) {
             break;

@@ -500,7 +500,7 @@ mod tests {
             check(uffd_swap, Step::Isolate, false),
             Err(Fail::PteNonPresent)
         );
-        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         assert_eq!(s.check_entry(&swap, Step::Scan), Ok(EntryKind::Swapped));
         assert_eq!(s.check_entry(&uffd_swap, Step::Scan), Err(Fail::PteUffd));
         assert_eq!(s.check_entry(&empty, Step::Scan), Ok(EntryKind::Empty));
@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn madvise_full_range_collapses() {
-        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
             s.present(false);
         }
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn madvise_ignores_limits_and_references() {
-        let mut s = tally(CollapseMode::Madvise, &STRICT);
+        let mut s = tally(CollapseMode::MADVISE, &STRICT);
         for _ in 0..200 {
             assert_eq!(s.none_or_zero(), Ok(()));
             assert_eq!(s.not_present(false), Ok(()));
@@ -540,14 +540,14 @@ mod tests {
     #[test]
     fn only_khugepaged_reads_the_heuristic_facts() {
         let t = &Tunables::DEFAULTS;
-        assert!(!tally(CollapseMode::Madvise, t).uses_heuristics());
+        assert!(!tally(CollapseMode::MADVISE, t).uses_heuristics());
         assert!(tally(CollapseMode::Khugepaged, t).uses_heuristics());
     }
 
     #[test]
     fn madvise_all_empty_still_collapses() {
         // MADV_COLLAPSE allows all 512 PTEs to be none.
-        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
             assert_eq!(s.none_or_zero(), Ok(()));
         }
@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn uffd_armed_allows_no_holes() {
-        let mode = CollapseMode::Madvise;
+        let mode = CollapseMode::MADVISE;
         let mut s = ScanTally::new(
             mode,
             mode.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Armed),
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn uffd_swap_entry_stops_the_scan() {
-        let mut s = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         assert_eq!(s.not_present(true), Err(Fail::PteUffd));
     }
 
@@ -630,7 +630,7 @@ mod tests {
     #[test]
     fn isolation_needs_one_reference_in_khugepaged_only() {
         let mut k = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
-        let mut m = tally(CollapseMode::Madvise, &Tunables::DEFAULTS);
+        let mut m = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
             k.present(false);
             m.present(false);
@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn file_madvise_collapses_one_page_and_any_swap() {
-        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
+        let l = CollapseMode::MADVISE.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
         let mut t = FileTally::new(l);
         assert_eq!(t.add(folio(1)), Ok(()));
         for _ in 0..511 {
@@ -696,7 +696,7 @@ mod tests {
 
     #[test]
     fn file_folio_state_stops_the_scan() {
-        let l = CollapseMode::Madvise.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
+        let l = CollapseMode::MADVISE.limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Unarmed);
         let stop = |pmd_order, lru, refs_beyond_expected| {
             FileTally::new(l).add(FileEntry::Folio {
                 nr: 512,

@@ -59,7 +59,7 @@ pub(crate) fn pmd_collapse_allowed(vma: &VmaRef, mode: CollapseMode) -> bool {
 pub(crate) fn allowed_orders(vma: &VmaRef, mode: CollapseMode, orders: u64) -> u64 {
     let who = match mode {
         CollapseMode::Khugepaged => TvaType::Khugepaged,
-        CollapseMode::Madvise => TvaType::ForcedCollapse,
+        CollapseMode::Madvise(_) => TvaType::ForcedCollapse,
     };
     vma.thp_allowable_orders(who, orders)
 }

@@ -7,7 +7,6 @@
 //! the crate's module graph). Pure logic: no `unsafe`, no `bindings`.
 
 use kernel::mm::{mmap_lock::MmapReadLock, virt::VmaRef};
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
 
 /// The PMD order: a PMD maps `2^PMD_ORDER` base pages. The kernel's own value, the one source
@@ -96,12 +95,77 @@ impl Caller {
         Self::ALL.get(usize::try_from(raw).ok()?).copied()
     }
 
-    /// The rules this caller's requests follow.
-    pub(crate) const fn mode(self) -> CollapseMode {
+    /// The rules a request of this caller with `flags` follows (khugepaged has none).
+    pub(crate) const fn mode(self, flags: RequestFlags) -> CollapseMode {
         match self {
-            Caller::Madvise | Caller::ProcessMadvise => CollapseMode::Madvise,
+            Caller::Madvise | Caller::ProcessMadvise => CollapseMode::Madvise(flags),
             Caller::Khugepaged => CollapseMode::Khugepaged,
         }
+    }
+}
+
+/// Which PTE limits a MADV_COLLAPSE request honours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PteLimits {
+    /// None: every PTE may be empty, swapped or shared (upstream MADV_COLLAPSE).
+    Ignore,
+    /// khugepaged's `max_ptes_{none,swap,shared}` (`MADV_F_COLLAPSE_LIMITS`).
+    Khugepaged,
+}
+
+/// How hard a MADV_COLLAPSE request may try: what it may wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effort {
+    /// Upstream MADV_COLLAPSE: direct reclaim and compaction, page locks, writeback and
+    /// swap-in may all be waited for. `MADV_F_COLLAPSE_DEFRAG` asks for this explicitly.
+    Full,
+    /// `MADV_F_COLLAPSE_LIGHT`: nothing that would block. No direct reclaim or compaction
+    /// (nor kswapd woken), no swap-in, no page cache read, no writeback and no wait for a page
+    /// or invalidate lock: a range that would need any of them fails with
+    /// [`Fail::WouldBlock`](crate::outcome::Fail::WouldBlock) (`EAGAIN`).
+    Light,
+}
+
+/// The `MADV_F_COLLAPSE_*` flags of a process_madvise() request, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RequestFlags {
+    /// The PTE limits.
+    pub(crate) limits: PteLimits,
+    /// The effort.
+    pub(crate) effort: Effort,
+}
+
+impl RequestFlags {
+    /// No flags: exactly upstream's MADV_COLLAPSE, as madvise(2) asks.
+    pub(crate) const NONE: Self = Self {
+        limits: PteLimits::Ignore,
+        effort: Effort::Full,
+    };
+
+    /// `MADV_F_COLLAPSE_LIMITS` (the UAPI values are asserted in `ffi`).
+    pub(crate) const LIMITS: u32 = 0x1;
+    /// `MADV_F_COLLAPSE_DEFRAG`.
+    pub(crate) const DEFRAG: u32 = 0x2;
+    /// `MADV_F_COLLAPSE_LIGHT`.
+    pub(crate) const LIGHT: u32 = 0x4;
+
+    /// Checks the `flags` argument of process_madvise(MADV_COLLAPSE): `EINVAL` for an
+    /// unknown flag, or for DEFRAG and LIGHT together.
+    pub(crate) fn from_uapi(flags: u32) -> Result<Self> {
+        if flags & !(Self::LIMITS | Self::DEFRAG | Self::LIGHT) != 0 {
+            return Err(EINVAL);
+        }
+        let effort = match (flags & Self::DEFRAG != 0, flags & Self::LIGHT != 0) {
+            (true, true) => return Err(EINVAL),
+            (_, true) => Effort::Light,
+            (_, false) => Effort::Full,
+        };
+        let limits = if flags & Self::LIMITS != 0 {
+            PteLimits::Khugepaged
+        } else {
+            PteLimits::Ignore
+        };
+        Ok(Self { limits, effort })
     }
 }
 
@@ -112,9 +176,10 @@ pub(crate) enum CollapseMode {
     /// referenced/young heuristics and the `defrag` knob; may collapse to mTHP orders.
     Khugepaged,
     /// MADV_COLLAPSE, also through process_madvise, on the caller's behalf: ignores the
-    /// heuristics and tunables, may enter direct reclaim and compaction, and collapses to PMD
-    /// order only.
-    Madvise,
+    /// heuristics, and collapses to PMD order only. Without flags it ignores the tunables and
+    /// may enter direct reclaim and compaction; the flags of its request may ask for the
+    /// tunables' limits, or for nothing that blocks.
+    Madvise(RequestFlags),
 }
 
 /// The khugepaged tunables in `/sys/kernel/mm/transparent_hugepage/khugepaged/`.
@@ -180,16 +245,40 @@ pub(crate) enum AllocPolicy {
     Reclaim,
     /// `GFP_TRANSHUGE_LIGHT`: no direct reclaim, give up quickly.
     Light,
+    /// `GFP_TRANSHUGE_LIGHT` for a request that must not block (`MADV_F_COLLAPSE_LIGHT`): a
+    /// failure is [`Fail::WouldBlock`](crate::outcome::Fail::WouldBlock), not a lack of memory.
+    NoWait,
 }
 
 impl CollapseMode {
+    /// MADV_COLLAPSE without flags.
+    pub(crate) const MADVISE: Self = CollapseMode::Madvise(RequestFlags::NONE);
+
+    /// Whether this is MADV_COLLAPSE (with any flags).
+    pub(crate) fn is_madvise(self) -> bool {
+        matches!(self, CollapseMode::Madvise(_))
+    }
+
+    /// What the collapse may wait for. khugepaged may wait for anything: its `defrag`
+    /// tunable only decides the allocation ([`CollapseMode::alloc_policy`]).
+    pub(crate) fn effort(self) -> Effort {
+        match self {
+            CollapseMode::Madvise(flags) => flags.effort,
+            CollapseMode::Khugepaged => Effort::Full,
+        }
+    }
+
     /// The limits for a collapse to `order` in a VMA that userfaultfd watches (or not).
     ///
     /// Upstream reference: `collapse_max_ptes_{none,swap,shared}()` in `mm/khugepaged.c`.
     pub(crate) fn limits(self, t: &Tunables, order: u32, uffd: Userfault) -> Limits {
         let pmd = order == PMD_ORDER;
         match self {
-            CollapseMode::Madvise => Limits {
+            CollapseMode::Madvise(RequestFlags {
+                limits: PteLimits::Khugepaged,
+                ..
+            }) => CollapseMode::Khugepaged.limits(t, order, uffd),
+            CollapseMode::Madvise(_) => Limits {
                 max_none: match uffd {
                     Userfault::Armed => 0,
                     Userfault::Unarmed => PTES_PER_PMD,
@@ -216,7 +305,10 @@ impl CollapseMode {
     /// How the huge folio is allocated.
     pub(crate) fn alloc_policy(self, t: &Tunables) -> AllocPolicy {
         match self {
-            CollapseMode::Madvise => AllocPolicy::Reclaim,
+            CollapseMode::Madvise(flags) => match flags.effort {
+                Effort::Full => AllocPolicy::Reclaim,
+                Effort::Light => AllocPolicy::NoWait,
+            },
             CollapseMode::Khugepaged if t.defrag => AllocPolicy::Reclaim,
             CollapseMode::Khugepaged => AllocPolicy::Light,
         }
@@ -227,7 +319,7 @@ impl CollapseMode {
     /// it when the collapse costs swap-in I/O; MADV_COLLAPSE asks for nothing.
     pub(crate) fn min_referenced(self, swapped: u32) -> u32 {
         match self {
-            CollapseMode::Madvise => 0,
+            CollapseMode::Madvise(_) => 0,
             CollapseMode::Khugepaged if swapped > 0 => PTES_PER_PMD / 2,
             CollapseMode::Khugepaged => 1,
         }
@@ -246,13 +338,67 @@ mod tests {
 
     #[test]
     fn callers_map_to_modes() {
-        assert_eq!(Caller::Madvise.mode(), CollapseMode::Madvise);
-        assert_eq!(Caller::ProcessMadvise.mode(), CollapseMode::Madvise);
-        assert_eq!(Caller::Khugepaged.mode(), CollapseMode::Khugepaged);
+        let none = RequestFlags::NONE;
+        assert_eq!(Caller::Madvise.mode(none), CollapseMode::MADVISE);
+        assert_eq!(Caller::ProcessMadvise.mode(none), CollapseMode::MADVISE);
+        assert_eq!(Caller::Khugepaged.mode(none), CollapseMode::Khugepaged);
         for (i, c) in Caller::ALL.iter().enumerate() {
             assert_eq!(Caller::from_u32(i as u32), Some(*c));
         }
         assert_eq!(Caller::from_u32(3), None);
+    }
+
+    #[test]
+    fn request_flags_from_uapi() {
+        let f = |raw| RequestFlags::from_uapi(raw);
+        assert!(f(0) == Ok(RequestFlags::NONE));
+        assert!(f(RequestFlags::DEFRAG) == Ok(RequestFlags::NONE));
+        let light = f(RequestFlags::LIGHT | RequestFlags::LIMITS);
+        assert!(
+            light
+                == Ok(RequestFlags {
+                    limits: PteLimits::Khugepaged,
+                    effort: Effort::Light,
+                })
+        );
+        assert!(f(RequestFlags::DEFRAG | RequestFlags::LIGHT) == Err(EINVAL));
+        for bit in 3..32 {
+            assert!(f(1 << bit) == Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn flags_decide_limits_allocation_and_effort() {
+        let strict = Tunables {
+            max_ptes_none: 7,
+            max_ptes_swap: 3,
+            max_ptes_shared: 5,
+            defrag: false,
+        };
+        let limited = CollapseMode::Madvise(RequestFlags {
+            limits: PteLimits::Khugepaged,
+            effort: Effort::Full,
+        });
+        let l = limited.limits(&strict, PMD_ORDER, Userfault::Unarmed);
+        assert_eq!((l.max_none, l.max_swap, l.max_shared), (7, 3, 5));
+        // The limits do not bring khugepaged's defrag or heuristics along.
+        assert_eq!(limited.alloc_policy(&strict), AllocPolicy::Reclaim);
+        assert_eq!(limited.min_referenced(100), 0);
+        assert_eq!(limited.effort(), Effort::Full);
+        let light = CollapseMode::Madvise(RequestFlags {
+            limits: PteLimits::Ignore,
+            effort: Effort::Light,
+        });
+        assert_eq!(light.alloc_policy(&strict), AllocPolicy::NoWait);
+        assert_eq!(light.effort(), Effort::Light);
+        assert_eq!(
+            light
+                .limits(&strict, PMD_ORDER, Userfault::Unarmed)
+                .max_none,
+            512
+        );
+        assert_eq!(CollapseMode::Khugepaged.effort(), Effort::Full);
+        assert!(light.is_madvise() && !CollapseMode::Khugepaged.is_madvise());
     }
 
     #[test]
@@ -263,22 +409,22 @@ mod tests {
             max_ptes_shared: 0,
             defrag: false,
         };
-        let l = CollapseMode::Madvise.limits(&strict, PMD_ORDER, Userfault::Unarmed);
+        let l = CollapseMode::MADVISE.limits(&strict, PMD_ORDER, Userfault::Unarmed);
         assert_eq!(l.max_none, 512);
         assert_eq!(l.max_swap, 512);
         assert_eq!(l.max_shared, 512);
         assert_eq!(
-            CollapseMode::Madvise.alloc_policy(&strict),
+            CollapseMode::MADVISE.alloc_policy(&strict),
             AllocPolicy::Reclaim
         );
-        assert_eq!(CollapseMode::Madvise.min_referenced(100), 0);
-        assert!(!CollapseMode::Madvise.skips_lazyfree());
+        assert_eq!(CollapseMode::MADVISE.min_referenced(100), 0);
+        assert!(!CollapseMode::MADVISE.skips_lazyfree());
     }
 
     #[test]
     fn uffd_armed_allows_no_holes() {
         assert_eq!(
-            CollapseMode::Madvise
+            CollapseMode::MADVISE
                 .limits(&Tunables::DEFAULTS, PMD_ORDER, Userfault::Armed)
                 .max_none,
             0

@@ -22,7 +22,8 @@ use crate::{
     scan::ScanTally,
     vma::{self, CollapseLocked},
     vocab::{
-        Candidate, CollapseMode, Locked, MmapRead, Tunables, Userfault, PMD_ORDER, PTES_PER_PMD,
+        Candidate, CollapseMode, Effort, Locked, MmapRead, Tunables, Userfault, PMD_ORDER,
+        PTES_PER_PMD,
     },
 };
 use detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite};
@@ -148,6 +149,10 @@ fn collapse_candidate(
         // The folio is allocated without the mmap lock: it may reclaim and compact.
         let folio = new_folio::alloc_charge(mm, mode.alloc_policy(tunables), c.order, &s.nodes)?;
         if s.swapped > 0 {
+            // A swap-in waits for I/O.
+            if mode.effort() == Effort::Light {
+                return Err(Fail::WouldBlock);
+            }
             swap_in(mm, c, mode, s.referenced)?;
         }
         collapse_anon(mm, c, mode, tunables, folio, lists)
@@ -199,7 +204,7 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
     // khugepaged also collapses anonymous memory into smaller (mTHP) folios where enabled.
     let enabled = match mode {
         CollapseMode::Khugepaged => vma::allowed_orders(vma, mode, ALL_ANON_ORDERS),
-        CollapseMode::Madvise => 1 << PMD_ORDER,
+        CollapseMode::Madvise(_) => 1 << PMD_ORDER,
     };
     let mut limits = mode.limits(t, PMD_ORDER, Userfault::of(vma));
     if enabled != 1 << PMD_ORDER {

@@ -25,7 +25,7 @@ pub(crate) mod page_cache;
 use crate::{
     outcome::{Collapsed, Fail, ScanCode, CODES},
     scan::PteView,
-    vocab::{Caller, Tunables, PMD_ORDER},
+    vocab::{Caller, RequestFlags, Tunables, PMD_ORDER},
 };
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
@@ -71,7 +71,11 @@ const _: () = {
     assert!(
         Fail::PageDirtyOrWriteback as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK
     );
-    assert!(CODES as u32 == bindings::scan_result_SCAN_PAGE_DIRTY_OR_WRITEBACK + 1);
+    assert!(Fail::WouldBlock as u32 == bindings::scan_result_SCAN_WOULD_BLOCK);
+    assert!(CODES as u32 == bindings::scan_result_SCAN_WOULD_BLOCK + 1);
+    assert!(RequestFlags::LIMITS == bindings::MADV_F_COLLAPSE_LIMITS);
+    assert!(RequestFlags::DEFRAG == bindings::MADV_F_COLLAPSE_DEFRAG);
+    assert!(RequestFlags::LIGHT == bindings::MADV_F_COLLAPSE_LIGHT);
     assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
     assert!(
         Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE

@@ -585,6 +585,20 @@ impl LockedFolio {
         }
     }
 
+    /// The folio at `index` of `mapping`, locked, without waiting: `Ok(None)` if there is none,
+    /// `Err(EAGAIN)` if another task holds its lock. C: `filemap_lock_folio()` with
+    /// `FGP_NOWAIT`.
+    pub(crate) fn try_lock(mapping: Mapping<'_>, index: usize) -> Result<Option<Self>> {
+        // SAFETY: The mapping is valid.
+        let folio = unsafe { bindings::thp_collapse_pc_trylock(mapping.as_ptr(), index) };
+        match kernel::error::from_err_ptr(folio) {
+            // SAFETY: Locked and referenced by `__filemap_get_folio()`.
+            Ok(folio) => Ok(unsafe { Self::adopt(folio) }),
+            Err(e) if e == EAGAIN => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// The folio at `index` of `mapping`, locked; `None` if there is none. May sleep.
     /// C: `filemap_lock_folio()`.
     pub(crate) fn lock(mapping: Mapping<'_>, index: usize) -> Option<Self> {
