@@ -30,6 +30,20 @@ if [ $# = 0 ] && [ "${THP_KCSAN:-1}" != 0 ]; then
 	flavours+=(kcsan)
 fi
 
+# The thp-agent's host tests (tools/mm/thp-agent, its own Cargo workspace, its
+# crates from crates.io) run beside the kernel builds, niced; the summary
+# counts them on a line of their own.
+# (The whole suite only, not a run of one list.)
+agent_log=$BUILD/logs/thp-agent-cargo-test.log
+agent_test=""
+if [ $# = 0 ]; then
+	mkdir -p "$BUILD/logs"
+	(cd "$TOP/tools/mm/thp-agent" &&
+		CARGO_TARGET_DIR="$BUILD/thp-agent" nice -n 10 cargo test --no-fail-fast \
+			>"$agent_log" 2>&1) &
+	agent_test=$!
+fi
+
 # The KCSAN kernel builds beside the debug kernel and the debug boot, at the
 # lowest priority: the debug build leaves a core idle in its serial steps
 # (each Rust crate is one rustc, the links, kallsyms) and the boot leaves
@@ -58,6 +72,12 @@ suites=$( (grep -rhoE 'kunit_tests\([a-z0-9_]+\)' "$TOP/mm" "$TOP/rust" 2>/dev/n
 	sed 's/kunit_tests(\(.*\))/\1/' | sort -u)
 args=(--src "$SRC" --kunit rust_doctests_kernel)
 for s in $suites; do args+=(--kunit "$s"); done
+
+# Its exit status is the summary's to judge, from the log.
+if [ -n "$agent_test" ]; then
+	wait "$agent_test" || true
+	args+=(--cargo "$agent_log")
+fi
 
 accels=""
 for i in "${!flavours[@]}"; do

@@ -41,8 +41,9 @@ touched=$(
 	for p in "${series[@]}"; do
 		sed -n 's#^+++ b/\([^\t ]*\).*#\1#p; s#^--- a/\([^\t ]*\).*#\1#p' "$p"
 	done
+	# Not Cargo's build output (tools/mm/thp-agent/target/).
 	for d in $OVERLAY_DIRS; do
-		[ -d "$TOP/$d" ] && (cd "$TOP" && find "$d" -type f)
+		[ -d "$TOP/$d" ] && (cd "$TOP" && find "$d" -name target -prune -o -type f -print)
 	done
 	[ -f "$SRC/.touched" ] && cat "$SRC/.touched"
 	true

@@ -8,7 +8,8 @@ Usage:
 
 Each --boot is one QEMU boot: its kernel console, its programs' output and its
 run list. The first boot also carries the KUnit KTAP (our suites and the
-kernel crate's doctests). The verdict, and what it cannot be talked out of:
+kernel crate's doctests). --cargo LOG adds the thp-agent's `cargo test` run on
+the host. The verdict, and what it cannot be talked out of:
 
 - A program that skips as a whole (a "1..0 # SKIP" plan, or exit status 4
   with no result) fails unless its list line says "may-skip: <why>".
@@ -18,6 +19,9 @@ kernel crate's doctests). The verdict, and what it cannot be talked out of:
   succeed counters moved ("rust: any": any Rust counter moved, for programs
   whose collapses are meant to be refused; "rust: none <why>" exempts). This
   is a condition of the program's list entry, not a result of its own.
+- Every `cargo test` result of the thp-agent counts on its own line; an
+  ignored test is a skip, and a log without a "test result:" line (the build
+  failed) or one that disagrees with the tests above it fails.
 - Kernel doctests that only define items (a function, a type) are
   documentation: they compile, but they are not counted as tests.
 - Any kernel warning, lockdep, KASAN, UBSAN, BUG, Oops, panic, hung task or
@@ -26,7 +30,8 @@ kernel crate's doctests). The verdict, and what it cannot be talked out of:
   the kernel crate's mm guards), and is listed otherwise.
 
 Prints the runs, every failure and every skip with its reason, one line per
-source (upstream selftests, ours, KUnit, doctests, kernel consoles), then
+source (upstream selftests, ours, KUnit, doctests, thp-agent (host), kernel
+consoles), then
 "N passed, N failed[, N skipped]". Exit status 1 when anything failed.
 """
 
@@ -56,7 +61,10 @@ COLLAPSE_FRAME = re.compile(r"thp_collapse|khugepaged|collapse_|_collapse\b|"
                             r"6kernel2mm")
 KCSAN_START = re.compile(r"BUG: KCSAN: (.*)")
 KCSAN_END = re.compile(r"^={20,}")
-SOURCES = ["upstream selftests", "ours", "KUnit", "doctests", "kernel consoles"]
+SOURCES = ["upstream selftests", "ours", "KUnit", "doctests", "thp-agent (host)",
+           "kernel consoles"]
+CARGO_TEST = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)\b(.*)")
+CARGO_RESULT = re.compile(r"^test result: (ok|FAILED)\. (\d+) passed; (\d+) failed; (\d+) ignored")
 
 
 class Tally:
@@ -365,6 +373,44 @@ def consoles(label, console, tests, t):
         t.add("kernel consoles", "fail", f"{label} harness: the guest {why}")
 
 
+def cargo(log, t):
+    """The thp-agent's `cargo test` run on the host: one result per test.
+
+    An ignored test is a skip with its reason; a test binary whose "test
+    result:" line disagrees with its own test lines, or a log without any
+    (the build failed), fails.
+    """
+    lines = read(log)
+    seen = {"ok": 0, "FAILED": 0, "ignored": 0}
+    results = 0
+    for l in lines:
+        m = CARGO_TEST.match(l)
+        if m:
+            name, status, rest = m.groups()
+            seen[status] += 1
+            if status == "ok":
+                t.add("thp-agent (host)", "pass", name)
+            elif status == "FAILED":
+                t.add("thp-agent (host)", "fail", f"thp-agent {name}")
+            else:
+                t.add("thp-agent (host)", "skip", f"thp-agent {name}",
+                      rest.strip(" ,") or "")
+            continue
+        m = CARGO_RESULT.match(l)
+        if m:
+            results += 1
+            want = [int(m.group(2)), int(m.group(3)), int(m.group(4))]
+            if [seen["ok"], seen["FAILED"], seen["ignored"]] != want:
+                t.add("thp-agent (host)", "fail", "thp-agent test result line",
+                      f"says {want[0]} passed, {want[1]} failed, {want[2]} ignored; "
+                      f"the tests above it say {seen['ok']}, {seen['FAILED']}, "
+                      f"{seen['ignored']}")
+            seen = {"ok": 0, "FAILED": 0, "ignored": 0}
+    if not results:
+        t.add("thp-agent (host)", "fail", "thp-agent cargo test",
+              f"no test result in {log} (did it build?)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--boot", nargs=4, action="append", default=[],
@@ -374,6 +420,7 @@ def main():
     ap.add_argument("--list")
     ap.add_argument("--kunit", action="append", default=[])
     ap.add_argument("--src", default="")
+    ap.add_argument("--cargo", help="the thp-agent's cargo test output")
     ap.add_argument("--ours", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                    "..", "tools", "testing", "selftests", "mm"))
     a = ap.parse_args()
@@ -392,6 +439,8 @@ def main():
             kunit(console, a.kunit, a.src, t)
         programs(label, tests, read(list_path), a.ours, t, runs)
         consoles(label or "debug", console, tests, t)
+    if a.cargo:
+        cargo(a.cargo, t)
 
     for l in runs + t.notes + t.skips + t.fails:
         print(l)

@@ -41,7 +41,11 @@ KCSAN = ["BUG: KCSAN: data-race in {a} / {b}", "", "write to 0x1 of 8 bytes by t
 LEAK = ["unreferenced object 0xffff888001 (size 64):", "  backtrace (crc 0):",
         "    __kmalloc_noprof+0x1/0x2", "    {f}+0x10/0x20", "    do_syscall_64+0x1/0x2"]
 
+CARGO_OK = ["running 2 tests", "test plan::a ... ok", "test plan::b ... ok", "",
+            "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"]
+
 # name, list lines, (console, tests), expected exit status, expected last line
+# (and, as a sixth element, a cargo test log)
 CASES = [
     ("every rule kept",
      ["up rust 60 ./up", "ours rust 60 ./ours"],
@@ -111,19 +115,45 @@ CASES = [
      ["ours rust 60 ./ours"],
      boot([prog("ours", TAP_OK)], leaks=[l.format(f="acpi_ps_parse_aml") for l in LEAK]),
      0, "2 passed, 0 failed"),
+    ("the thp-agent's cargo tests pass",
+     ["ours rust 60 ./ours"], boot([prog("ours", TAP_OK)]), 0, "4 passed, 0 failed",
+     CARGO_OK),
+    ("a thp-agent cargo test fails",
+     ["ours rust 60 ./ours"], boot([prog("ours", TAP_OK)]), 1, "3 passed, 1 failed",
+     ["test plan::a ... ok", "test plan::b ... FAILED",
+      "test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out"]),
+    ("an ignored thp-agent cargo test is a skip",
+     ["ours rust 60 ./ours"], boot([prog("ours", TAP_OK)]), 0,
+     "3 passed, 0 failed, 1 skipped",
+     ["test plan::a ... ok", "test plan::b ... ignored, needs root",
+      "test result: ok. 1 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out"]),
+    ("the thp-agent did not build: no test result",
+     ["ours rust 60 ./ours"], boot([prog("ours", TAP_OK)]), 1, "2 passed, 1 failed",
+     ["error[E0425]: cannot find value `x` in this scope",
+      "error: could not compile `thp-agent`"]),
+    ("a cargo test result line that disagrees with its tests",
+     ["ours rust 60 ./ours"], boot([prog("ours", TAP_OK)]), 1, "3 passed, 1 failed",
+     ["test plan::a ... ok",
+      "test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"]),
 ]
 
 
 def run(case, ours_dir, work):
-    name, listing, (console, tests), want_rc, want_last = case
+    name, listing, (console, tests), want_rc, want_last = case[:5]
+    cargo = case[5] if len(case) > 5 else None
     paths = {}
-    for what, lines in (("console", console), ("tests", tests), ("list", listing)):
+    files = [("console", console), ("tests", tests), ("list", listing)]
+    if cargo is not None:
+        files.append(("cargo", cargo))
+    for what, lines in files:
         paths[what] = os.path.join(work, what)
         with open(paths[what], "w") as f:
             f.write("\n".join(lines) + "\n")
-    p = subprocess.run([sys.executable, SUMMARY, "--ours", ours_dir, "--boot", "",
-                        paths["console"], paths["tests"], paths["list"]],
-                       capture_output=True, text=True, check=False)
+    args = [sys.executable, SUMMARY, "--ours", ours_dir, "--boot", "",
+            paths["console"], paths["tests"], paths["list"]]
+    if cargo is not None:
+        args += ["--cargo", paths["cargo"]]
+    p = subprocess.run(args, capture_output=True, text=True, check=False)
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     ok = p.returncode == want_rc and last == want_last
     print(f"{'ok' if ok else 'FAIL'}  {name}: exit {p.returncode}, {last!r}"
