@@ -33,6 +33,12 @@ for p in $progs; do
 	elif [ -f "$SRC/tools/mm/$p.c" ]; then
 		gcc -static-pie -O2 -Wall -Werror -pthread -isystem "$O/usr/include" \
 			-o "$T/$p" "$SRC/tools/mm/$p.c"
+	elif [ "$p" = thp-agent ]; then
+		# The Rust agent, a static PIE of its own Cargo workspace.
+		(cd "$TOP/tools/mm/thp-agent" &&
+			CARGO_TARGET_DIR="$BUILD/thp-agent" cargo build --release --quiet) ||
+			die "the thp-agent did not build"
+		cp "$BUILD/thp-agent/x86_64-unknown-linux-gnu/release/thp-agent" "$T/$p"
 	else
 		die "no source for test program '$p'"
 	fi

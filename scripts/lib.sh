@@ -25,13 +25,14 @@ OVERLAY_DIRS="mm include rust tools Documentation lib"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# The test programs a run list names: in each line's command (the fourth
-# field on), the first word that starts with "./" (a command may start with a
-# wrapper from scripts/guest/, such as khugepaged-busy).
+# The programs a run list names: in each line's command (the fourth field on),
+# every word that starts with "./" (a command may start with a wrapper from
+# scripts/guest/, such as khugepaged-busy, and may name a second program, as
+# "./thp_collapse_agent ./thp-agent" does).
 list_programs() {
 	awk '!/^#/ && NF >= 4 {
 		for (i = 4; i <= NF && $i != "#"; i++)
-			if ($i ~ /^\.\//) { print substr($i, 3); break }
+			if ($i ~ /^\.\//) print substr($i, 3)
 	}' "$1" | sort -u
 }
 

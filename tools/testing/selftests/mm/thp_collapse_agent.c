@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The thp-agent (tools/mm/thp-agent) against a running workload, on the
+ * Rust core:
+ *  - "collapse PID --range A-B --json" collapses the workload's range: the
+ *    report says every range collapsed, the Rust core's process_madvise
+ *    succeed counter moved by as many, the workload finds its memory
+ *    PMD-mapped (its own smaps) with the same bytes;
+ *  - "status PID --json" says how much of the range is PMD-mapped, as the
+ *    workload's smaps does, before (0) and after (all);
+ *  - an unprivileged agent (user nobody) fails with exit status 2 and says
+ *    what it lacks, and the memory stays as it was;
+ *  - a target that exits midway gives a report marked incomplete, with the
+ *    ranges left "not attempted: process exited", and exit status 1.
+ *
+ * Run as root: thp_collapse_agent ./thp-agent
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kselftest.h"
+#include "thp_collapse_mem.h"
+
+#define NR_PMDS 8
+#define SLOW_PMDS 32
+
+static const char *agent = "./thp-agent";
+static char orig_core[16], orig_enabled[64];
+
+/* A workload: @nr PMDs of base pages, filled, then commands on a pipe. */
+struct workload {
+	pid_t pid;
+	char *p;		/* its range (the same address in the child) */
+	size_t len;
+	int cmd;		/* write end: 'c' check and exit, 'x' exit */
+	int res;		/* read end: the range's address, then the check */
+};
+
+static void workload_main(char *p, size_t len, int cmd, int res)
+{
+	char c = 0;
+	size_t pg;
+	bool ok = true;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Base pages only at fault time; then MADV_COLLAPSE may collapse. */
+	if (madvise(p, len, MADV_NOHUGEPAGE))
+		_exit(10);
+	for (pg = 0; pg < len / PAGE_SZ; pg++)
+		mem_fill(p + pg * PAGE_SZ, pg, 1);
+	if (madvise(p, len, MADV_HUGEPAGE))
+		_exit(11);
+	if (write(res, &p, sizeof(p)) != sizeof(p))
+		_exit(12);
+	if (read(cmd, &c, 1) != 1 || c == 'x')
+		_exit(0);
+	for (pg = 0; pg < len / PAGE_SZ; pg++)
+		ok &= mem_page_ok(p + pg * PAGE_SZ, pg, 1);
+	c = ok ? (check_huge_anon(p, len, len / PMD_SZ, PMD_SZ) ? 'H' : 'S') :
+		 'B';
+	if (write(res, &c, 1) != 1)
+		_exit(13);
+	_exit(0);
+}
+
+static struct workload workload_start(size_t nr_pmds)
+{
+	struct workload w = { .len = nr_pmds * PMD_SZ };
+	int cmd[2], res[2];
+
+	w.p = mmap_pmd_aligned(nr_pmds, PROT_READ | PROT_WRITE);
+	if (!w.p || pipe(cmd) || pipe(res))
+		ksft_exit_fail_perror("workload");
+	w.pid = fork();
+	if (w.pid < 0)
+		ksft_exit_fail_perror("fork");
+	if (!w.pid)
+		workload_main(w.p, w.len, cmd[0], res[1]);
+	close(cmd[0]);
+	close(res[1]);
+	w.cmd = cmd[1];
+	w.res = res[0];
+	/* Ready once it sends its address (the parent's mapping is unused). */
+	if (read(w.res, &w.p, sizeof(w.p)) != sizeof(w.p))
+		ksft_exit_fail_msg("the workload did not start\n");
+	return w;
+}
+
+/* Tells the workload to check its memory and exit: 'H' huge and intact,
+ * 'S' intact but not all PMD-mapped, 'B' bad bytes, 0 no answer.
+ */
+static char workload_check(struct workload *w)
+{
+	char c = 'c', r = 0;
+
+	if (write(w->cmd, &c, 1) != 1 || read(w->res, &r, 1) != 1)
+		r = 0;
+	waitpid(w->pid, NULL, 0);
+	close(w->cmd);
+	close(w->res);
+	return r;
+}
+
+/*
+ * Runs the agent with the arguments after @len (NULL-terminated), as user
+ * @uid (-1: as is), its stdout and stderr into @out (of @len bytes,
+ * NUL-terminated). Returns its exit status, or -1.
+ */
+static int run_agent(int uid, char *out, size_t len, ...)
+{
+	char path[] = "/tmp/thp_agent_out.XXXXXX";
+	const char *argv[16] = { agent };
+	int fd = mkstemp(path), status, i;
+	va_list ap;
+	ssize_t n;
+	pid_t pid;
+
+	if (fd < 0)
+		ksft_exit_fail_perror("mkstemp");
+	unlink(path);
+	va_start(ap, len);
+	for (i = 1; i < 15 && (argv[i] = va_arg(ap, const char *)); i++)
+		;
+	va_end(ap);
+	pid = fork();
+	if (pid < 0)
+		ksft_exit_fail_perror("fork");
+	if (!pid) {
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (uid >= 0 && (setgroups(0, NULL) || setresgid(uid, uid, uid) ||
+				 setresuid(uid, uid, uid)))
+			_exit(126);
+		execv(agent, (char *const *)argv);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	n = pread(fd, out, len - 1, 0);
+	out[n > 0 ? n : 0] = '\0';
+	close(fd);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The integer after the first "@key": in @json, or -1. */
+static long long json_int(const char *json, const char *key)
+{
+	char pat[64];
+	const char *s;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	s = strstr(json, pat);
+	if (!s)
+		return -1;
+	s += strlen(pat);
+	while (*s == ' ')
+		s++;
+	return strtoll(s, NULL, 10);
+}
+
+/* Whether "@key": false is in @json. */
+static bool json_false(const char *json, const char *key)
+{
+	char pat[64];
+	const char *s;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	s = strstr(json, pat);
+	if (!s)
+		return false;
+	s += strlen(pat);
+	while (*s == ' ')
+		s++;
+	return !strncmp(s, "false", 5);
+}
+
+/* The @key of the VMA that starts at @start in a status report, or -1. */
+static long long vma_int(const char *json, void *start, const char *key)
+{
+	char pat[64];
+	const char *s;
+
+	snprintf(pat, sizeof(pat), "\"start\":%lu", (unsigned long)start);
+	s = strstr(json, pat);
+	if (!s) {
+		snprintf(pat, sizeof(pat), "\"start\": %lu",
+			 (unsigned long)start);
+		s = strstr(json, pat);
+	}
+	return s ? json_int(s, key) : -1;
+}
+
+/* AnonHugePages of the VMA at @start of process @pid, in bytes, or -1. */
+static long long smaps_anon_huge(pid_t pid, void *start)
+{
+	char path[64], line[256];
+	unsigned long a, b;
+	long long kb = -1;
+	bool in = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		/* A VMA's first line: "start-end perms ..." */
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2) {
+			in = a == (unsigned long)start;
+			continue;
+		}
+		if (in && sscanf(line, "AnonHugePages: %lld kB", &kb) == 1)
+			break;
+	}
+	fclose(f);
+	return kb < 0 ? -1 : kb * 1024;
+}
+
+static void range_arg(char *buf, size_t len, struct workload *w)
+{
+	snprintf(buf, len, "%lx-%lx", (unsigned long)w->p,
+		 (unsigned long)w->p + w->len);
+}
+
+static void test_collapse_and_status(void)
+{
+	static char out[1 << 16];
+	struct workload w = workload_start(NR_PMDS);
+	long long before = rust_stat("process_madvise", "succeed");
+	char pid[16], range[64];
+	long long st_pmd, st_smaps, sm;
+	int rc;
+	char r;
+
+	collapse_require_core("rust");
+	snprintf(pid, sizeof(pid), "%d", w.pid);
+	range_arg(range, sizeof(range), &w);
+
+	rc = run_agent(-1, out, sizeof(out), "status", pid, "--json", NULL);
+	st_pmd = vma_int(out, w.p, "pmd_mapped");
+	sm = smaps_anon_huge(w.pid, w.p);
+	ksft_test_result(rc == 0 && st_pmd == 0 && sm == 0,
+			 "status --json before: the range is not PMD-mapped, as smaps says (rc %d, %lld, smaps %lld)\n",
+			 rc, st_pmd, sm);
+
+	rc = run_agent(-1, out, sizeof(out), "collapse", pid, "--range", range,
+		       "--json", NULL);
+	ksft_test_result(rc == 0 && json_int(out, "planned") == NR_PMDS &&
+			 json_int(out, "collapsed") == NR_PMDS &&
+			 json_int(out, "failed") == 0 &&
+			 rust_stat("process_madvise", "succeed") ==
+				 before + NR_PMDS,
+			 "collapse --json: %d of %d ranges collapsed, by the Rust core (rc %d, planned %lld, collapsed %lld, Rust succeed +%lld)\n",
+			 NR_PMDS, NR_PMDS, rc, json_int(out, "planned"),
+			 json_int(out, "collapsed"),
+			 rust_stat("process_madvise", "succeed") - before);
+	if (rc)
+		ksft_print_msg("agent: %.600s\n", out);
+
+	rc = run_agent(-1, out, sizeof(out), "status", pid, "--json", NULL);
+	st_pmd = vma_int(out, w.p, "pmd_mapped");
+	st_smaps = vma_int(out, w.p, "smaps_pmd_mapped");
+	sm = smaps_anon_huge(w.pid, w.p);
+	ksft_test_result(rc == 0 && st_pmd == (long long)w.len &&
+			 st_smaps == (long long)w.len && sm == (long long)w.len,
+			 "status --json after: all %zu MiB PMD-mapped, as smaps says (pagemap %lld, its smaps %lld, smaps %lld)\n",
+			 w.len >> 20, st_pmd, st_smaps, sm);
+
+	r = workload_check(&w);
+	ksft_test_result(r == 'H',
+			 "the workload finds its range PMD-mapped with the same bytes (%c)\n",
+			 r ? r : '?');
+}
+
+static void test_unprivileged(void)
+{
+	static char out[1 << 14];
+	struct workload w = workload_start(1);
+	long long before = rust_stat_total("process_madvise");
+	char pid[16];
+	int rc;
+	char r;
+
+	collapse_require_core("rust");
+	snprintf(pid, sizeof(pid), "%d", w.pid);
+	rc = run_agent(65534, out, sizeof(out), "collapse", pid, NULL);
+	ksft_test_result(rc == 2 && strstr(out, "CAP_SYS_NICE") &&
+			 rust_stat_total("process_madvise") == before,
+			 "as nobody: exit 2, says it needs CAP_SYS_NICE, no collapse attempted (rc %d)\n",
+			 rc);
+	if (rc != 2)
+		ksft_print_msg("agent: %.600s\n", out);
+	r = workload_check(&w);
+	ksft_test_result(r == 'S',
+			 "as nobody: the workload's memory is unchanged and not collapsed (%c)\n",
+			 r ? r : '?');
+}
+
+static void test_target_exits(void)
+{
+	static char out[1 << 16];
+	struct workload w = workload_start(SLOW_PMDS);
+	char pid[16], range[64];
+	int rc, status;
+	pid_t killer;
+
+	collapse_require_core("rust");
+	snprintf(pid, sizeof(pid), "%d", w.pid);
+	range_arg(range, sizeof(range), &w);
+	/* At 4 MiB/s, 32 ranges take 16 s: the workload leaves after 1.5. */
+	killer = fork();
+	if (killer < 0)
+		ksft_exit_fail_perror("fork");
+	if (!killer) {
+		char c = 'x';
+
+		usleep(1500 * 1000);
+		if (write(w.cmd, &c, 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	rc = run_agent(-1, out, sizeof(out), "collapse", pid, "--range", range,
+		       "--budget", "4", "--json", NULL);
+	waitpid(killer, &status, 0);
+	waitpid(w.pid, NULL, 0);
+	close(w.cmd);
+	close(w.res);
+	ksft_test_result(rc == 1 && json_false(out, "complete") &&
+			 strstr(out, "not attempted: process exited") &&
+			 json_int(out, "collapsed") > 0 &&
+			 json_int(out, "collapsed") < SLOW_PMDS,
+			 "the target exits midway: exit 1, report incomplete, the rest not attempted (rc %d, collapsed %lld of %d)\n",
+			 rc, json_int(out, "collapsed"), SLOW_PMDS);
+	if (rc != 1)
+		ksft_print_msg("agent: %.600s\n", out);
+}
+
+static void restore(void)
+{
+	if (orig_core[0])
+		collapse_set_core(orig_core);
+	if (orig_enabled[0])
+		write_str(THP_SYSFS "enabled", orig_enabled);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		agent = argv[1];
+	collapse_test_start(orig_core, sizeof(orig_core), orig_enabled,
+			    sizeof(orig_enabled));
+	atexit(restore);
+	/* The agent plans THP-eligible VMAs: MADV_HUGEPAGE ones in "madvise". */
+	set_str(THP_SYSFS "enabled", "madvise");
+	if (access(agent, X_OK))
+		ksft_exit_fail_msg("no agent at %s\n", agent);
+	ksft_set_plan(4 + 2 + 1);
+	test_collapse_and_status();
+	test_unprivileged();
+	test_target_exits();
+	ksft_finished();
+}
