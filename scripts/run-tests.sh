@@ -62,8 +62,11 @@ export THP_TREE_SYNCED=1
 kcsan_build=""
 if [ "${#flavours[@]}" -gt 1 ]; then
 	log "building the kcsan kernel in the background (output: $BUILD/build-kcsan.out)"
-	# Its own session, so that a failure here stops the whole build.
-	setsid nice -n 19 "$TOP/scripts/build-kernel.sh" kcsan >"$BUILD/build-kcsan.out" 2>&1 &
+	# Its own session, so that a failure here stops the whole build. A new
+	# session is a new scheduler autogroup, which would get as much CPU as
+	# ours whatever its tasks' nice: the group itself gets nice 19.
+	setsid sh -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec nice -n 19 "$@"' sh \
+		"$TOP/scripts/build-kernel.sh" kcsan >"$BUILD/build-kcsan.out" 2>&1 &
 	kcsan_build=$!
 	trap 'kill -- -"$kcsan_build" 2>/dev/null || true' EXIT
 fi
