@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # House checks on our code: rustfmt, a CLIPPY=1 build of the Rust objects,
-# checkpatch.pl on the C glue, the selftests and the patch series.
+# cargo fmt and clippy on the thp-agent, checkpatch.pl on the C glue, the
+# selftests and the patch series.
 # Fails on any finding.
 
 . "$(dirname "$0")/lib.sh"
@@ -11,7 +12,8 @@
 O=$BUILD/out-debug
 fail=0
 
-rs=$(cd "$TOP" && git ls-files '*.rs')
+# The kernel's Rust (the thp-agent is a Cargo workspace of its own, below).
+rs=$(cd "$TOP" && git ls-files '*.rs' | grep -v '^tools/mm/thp-agent/')
 log "rustfmt"
 for f in $rs; do
 	rustfmt --check --edition 2021 --config-path "$SRC/.rustfmt.toml" "$SRC/$f" ||
@@ -32,6 +34,11 @@ if [ -n "$out" ]; then
 	echo "$out"
 	fail=1
 fi
+
+log "thp-agent: cargo fmt, clippy"
+(cd "$TOP/tools/mm/thp-agent" && cargo fmt --check &&
+	CARGO_TARGET_DIR="$BUILD/thp-agent" cargo clippy --quiet --all-targets -- -D warnings) ||
+	fail=1
 
 log "tap-summary.py rules"
 "$TOP/scripts/test-tap-summary.py" || fail=1
