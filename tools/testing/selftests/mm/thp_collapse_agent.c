@@ -102,6 +102,14 @@ static struct workload workload_start(size_t nr_pmds)
 	return w;
 }
 
+/* Waits for the workload to exit and closes its pipes. */
+static void workload_reap(struct workload *w)
+{
+	waitpid(w->pid, NULL, 0);
+	close(w->cmd);
+	close(w->res);
+}
+
 /* Tells the workload to check its memory and exit: 'H' huge and intact,
  * 'S' intact but not all PMD-mapped, 'B' bad bytes, 0 no answer.
  */
@@ -111,9 +119,7 @@ static char workload_check(struct workload *w)
 
 	if (write(w->cmd, &c, 1) != 1 || read(w->res, &r, 1) != 1)
 		r = 0;
-	waitpid(w->pid, NULL, 0);
-	close(w->cmd);
-	close(w->res);
+	workload_reap(w);
 	return r;
 }
 
@@ -341,9 +347,7 @@ static void test_target_exits(void)
 	rc = run_agent(-1, out, sizeof(out), "collapse", pid, "--range", range,
 		       "--include-ineligible", "--budget", "4", "--json", NULL);
 	waitpid(killer, &status, 0);
-	waitpid(w.pid, NULL, 0);
-	close(w.cmd);
-	close(w.res);
+	workload_reap(&w);
 	ok = rc == 1 && json_false(out, "complete") &&
 	     strstr(out, "\"not_attempted\"") &&
 	     strstr(out, "\"process exited\"") &&

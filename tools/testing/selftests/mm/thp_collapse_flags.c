@@ -273,7 +273,7 @@ static void test_remote_unprivileged(void)
 
 /* ---- DEFRAG and LIMITS (Rust core) ------------------------------------- */
 
-static void test_defrag(int pidfd)
+static void test_defrag(void)
 {
 	uint64_t shadow[PAGES_PER_PMD];
 	struct region r = populated(MEM_ANON, shadow);
@@ -289,7 +289,6 @@ static void test_defrag(int pidfd)
 			 rust_stat("process_madvise", "succeed") == ok + 1,
 			 "rust: DEFRAG through PIDFD_SELF collapses, counted (%ld, %s)\n",
 			 ret, ret < 0 ? strerror(errno) : "ok");
-	(void)pidfd;
 	mem_region_free(&r);
 }
 
@@ -563,7 +562,7 @@ int main(int argc, char **argv)
 	test_bad_input("rust", pidfd);
 	test_c_core(pidfd);
 	test_remote_unprivileged();
-	test_defrag(pidfd);
+	test_defrag();
 	test_limits(pidfd);
 	test_light_alloc(pidfd);
 	test_light_waits(pidfd);
