@@ -28,6 +28,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -537,6 +538,7 @@ static void test_light_waits(int pidfd)
 
 int main(int argc, char **argv)
 {
+	cpu_set_t cpu;
 	int pidfd;
 
 	if (argc > 1)
@@ -551,6 +553,15 @@ int main(int argc, char **argv)
 	atexit(restore);
 	if (access(FAIL_ALLOC "probability", W_OK))
 		ksft_exit_fail_msg("no fail_page_alloc in debugfs\n");
+	/*
+	 * One CPU: LIGHT drains only the calling CPU's LRU batches, so a page
+	 * this test just wrote must sit in that CPU's batch, not another's
+	 * (where LIGHT would fail on page_lru instead of the wait it checks).
+	 */
+	CPU_ZERO(&cpu);
+	CPU_SET(0, &cpu);
+	if (sched_setaffinity(0, sizeof(cpu), &cpu))
+		ksft_exit_fail_perror("sched_setaffinity");
 	pagemap_fd = open("/proc/self/pagemap", O_RDONLY);
 	kpageflags_fd = open("/proc/kpageflags", O_RDONLY);
 	pidfd = syscall(SYS_pidfd_open, getpid(), 0);
