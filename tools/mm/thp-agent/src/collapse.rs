@@ -10,6 +10,7 @@ use crate::report::{Outcome, RangeResult};
 use crate::smaps;
 use crate::sys::Pidfd;
 use std::fmt;
+use std::time::Duration;
 
 /// The target process, as the loop sees it. [`ProcessTarget`] is the real
 /// one; tests use a fake.
@@ -28,7 +29,9 @@ pub trait Target {
 /// A live process, through its pidfd and `/proc/PID/pagemap`.
 #[derive(Debug)]
 pub struct ProcessTarget {
+    /// The process.
     pidfd: Pidfd,
+    /// Its pagemap, `None` if the kernel has no `PAGEMAP_SCAN`.
     pagemap: Option<Pagemap>,
 }
 
@@ -178,64 +181,101 @@ pub fn run(
     progress: &mut dyn FnMut(&RangeResult),
 ) -> LoopResult {
     let started = clock.now();
-    let mut runner = Runner {
-        bucket: opts
-            .budget_bytes_per_s
-            .map(|rate| TokenBucket::new(rate, clock.now())),
-        backoff: Backoff::new(opts.backoff),
-        use_pagemap: true,
-        verification: if opts.pmd_order {
-            Verification::PagemapScan
-        } else {
-            Verification::ReturnValueMthp
-        },
-        stop: None,
-        target,
-        opts,
-        clock,
-    };
+    let mut collapser = Collapser::new(opts.clone(), clock.now());
     let mut results = Vec::with_capacity(plan.len());
     for r in plan {
         let result = RangeResult {
             start: r.start,
             end: r.end,
             vma: r.vma.clone(),
-            outcome: runner.range(r),
+            outcome: collapser.range(target, clock, r),
         };
         progress(&result);
         results.push(result);
     }
     LoopResult {
         ranges: results,
-        stop: runner.stop,
-        verification: runner.verification,
-        elapsed_s: runner.clock.now().saturating_sub(started).as_secs_f64(),
+        stop: collapser.stop,
+        verification: collapser.verification,
+        elapsed_s: clock.now().saturating_sub(started).as_secs_f64(),
     }
 }
 
-/// The state of one run.
-struct Runner<'a> {
-    target: &'a mut dyn Target,
-    opts: &'a LoopOptions,
-    clock: &'a mut dyn Clock,
+/// The collapse of ranges one at a time, with the state that carries from
+/// one range to the next: the budget, the back-off, whether `PAGEMAP_SCAN`
+/// works, and whether (and why) the work has stopped. [`run`] drives it over
+/// a plan; the `run` daemon drives it range by range across processes.
+#[derive(Debug)]
+pub struct Collapser {
+    /// Flags, order, budget and back-off limits.
+    opts: LoopOptions,
+    /// The budget, if there is one.
     bucket: Option<TokenBucket>,
+    /// The back-off after failures.
     backoff: Backoff,
     /// False once `PAGEMAP_SCAN` turned out to be missing.
     use_pagemap: bool,
+    /// How outcomes are judged.
     verification: Verification,
-    /// Set when the run stops; the remaining ranges are not attempted.
+    /// Set when the work stops; further ranges are not attempted.
     stop: Option<Stop>,
 }
 
-impl Runner<'_> {
-    /// Handles one range.
-    fn range(&mut self, r: &PlannedRange) -> Outcome {
+impl Collapser {
+    /// A collapser whose budget bucket is full at `now`.
+    pub fn new(opts: LoopOptions, now: Duration) -> Self {
+        Self {
+            bucket: opts
+                .budget_bytes_per_s
+                .map(|rate| TokenBucket::new(rate, now)),
+            backoff: Backoff::new(opts.backoff),
+            use_pagemap: true,
+            verification: if opts.pmd_order {
+                Verification::PagemapScan
+            } else {
+                Verification::ReturnValueMthp
+            },
+            stop: None,
+            opts,
+        }
+    }
+
+    /// Why the work stopped, if it did.
+    pub fn stop(&self) -> Option<Stop> {
+        self.stop
+    }
+
+    /// Resumes after a stop (the daemon goes on with other processes, or
+    /// after its own back-off).
+    pub fn resume(&mut self) {
+        self.stop = None;
+    }
+
+    /// How outcomes are judged so far.
+    pub fn verification(&self) -> Verification {
+        self.verification
+    }
+
+    /// How long the budget makes a range of `len` bytes wait at `now`.
+    pub fn pacing_delay(&self, len: u64, now: Duration) -> Duration {
+        self.bucket
+            .as_ref()
+            .map_or(Duration::ZERO, |b| b.peek(len, now))
+    }
+
+    /// Handles one range of `target`.
+    pub fn range(
+        &mut self,
+        target: &mut dyn Target,
+        clock: &mut dyn Clock,
+        r: &PlannedRange,
+    ) -> Outcome {
         if let Some(stop) = self.stop {
             return Outcome::NotAttempted {
                 reason: stop.not_attempted_reason(),
             };
         }
-        match self.is_huge(r) {
+        match self.is_huge(target, r) {
             Some(true) => {
                 self.backoff.on_success();
                 return Outcome::AlreadyHuge;
@@ -252,17 +292,17 @@ impl Runner<'_> {
         let mut attempt = 0;
         loop {
             if let Some(bucket) = self.bucket.as_mut() {
-                let wait = bucket.take(len, self.clock.now());
+                let wait = bucket.take(len, clock.now());
                 if !wait.is_zero() {
-                    self.clock.sleep(wait);
+                    clock.sleep(wait);
                 }
             }
-            match self.target.collapse(r.start, len, self.opts.flags) {
+            match target.collapse(r.start, len, self.opts.flags) {
                 Ok(()) => {
                     self.backoff.on_success();
-                    return self.verify_after(r, attempt + 1);
+                    return self.verify_after(target, r, attempt + 1);
                 }
-                Err(errno) => match self.after_error(r, errno, attempt) {
+                Err(errno) => match self.after_error(target, clock, r, errno, attempt) {
                     Some(outcome) => return outcome,
                     None => attempt += 1,
                 },
@@ -271,13 +311,13 @@ impl Runner<'_> {
     }
 
     /// Whether the range is PMD-mapped already, by `PAGEMAP_SCAN` or, without
-    /// it, by the plan. `None` if the process has exited (the run stops).
-    fn is_huge(&mut self, r: &PlannedRange) -> Option<bool> {
+    /// it, by the plan. `None` if the process has exited (the work stops).
+    fn is_huge(&mut self, target: &mut dyn Target, r: &PlannedRange) -> Option<bool> {
         let planned = r.initial == Initial::AlreadyHuge;
         if !self.use_pagemap {
             return Some(planned);
         }
-        match self.target.scan_huge(r.start, r.end) {
+        match target.scan_huge(r.start, r.end) {
             Ok(m) => Some(m.covers(r.start, r.end)),
             Err(ScanError::Unsupported) => {
                 self.use_pagemap = false;
@@ -298,7 +338,14 @@ impl Runner<'_> {
     /// Decides what follows attempt `attempt` (0 for the first) of range `r`
     /// failing with `errno`: `None` to try again (after the back-off sleep),
     /// or the range's outcome.
-    fn after_error(&mut self, r: &PlannedRange, errno: i32, attempt: u32) -> Option<Outcome> {
+    fn after_error(
+        &mut self,
+        target: &mut dyn Target,
+        clock: &mut dyn Clock,
+        r: &PlannedRange,
+        errno: i32,
+        attempt: u32,
+    ) -> Option<Outcome> {
         let failed = |reason: String| Outcome::Failed {
             errno: Some(errno_name(errno)),
             reason,
@@ -311,7 +358,7 @@ impl Runner<'_> {
                 reason: Stop::ProcessExited.not_attempted_reason(),
             });
         }
-        if self.target.has_exited() {
+        if target.has_exited() {
             self.stop = Some(Stop::ProcessExited);
             return Some(failed(reason));
         }
@@ -320,14 +367,14 @@ impl Runner<'_> {
             return Some(failed(reason));
         }
         // madvise also says ENOMEM for a range that is not mapped.
-        if errno == libc::ENOMEM && !self.target.is_mapped(r.start, r.end) {
+        if errno == libc::ENOMEM && !target.is_mapped(r.start, r.end) {
             return Some(failed(
                 "the range is no longer mapped (the process unmapped it meanwhile)".into(),
             ));
         }
         match self.backoff.on_error(errno, attempt) {
             Decision::Retry(wait) => {
-                self.clock.sleep(wait);
+                clock.sleep(wait);
                 None
             }
             Decision::GiveUp => Some(failed(reason)),
@@ -341,11 +388,16 @@ impl Runner<'_> {
     }
 
     /// Judges a range whose `process_madvise` call succeeded at attempt `attempts`.
-    fn verify_after(&mut self, r: &PlannedRange, attempts: u32) -> Outcome {
+    fn verify_after(
+        &mut self,
+        target: &mut dyn Target,
+        r: &PlannedRange,
+        attempts: u32,
+    ) -> Outcome {
         if !(self.opts.pmd_order && self.use_pagemap) {
             return Outcome::Collapsed { verified: false };
         }
-        match self.target.scan_huge(r.start, r.end) {
+        match target.scan_huge(r.start, r.end) {
             Ok(m) if m.covers(r.start, r.end) => Outcome::Collapsed { verified: true },
             Ok(_) => Outcome::Failed {
                 errno: None,
@@ -461,17 +513,7 @@ mod tests {
     fn kinds(r: &LoopResult) -> Vec<String> {
         r.ranges
             .iter()
-            .map(|x| match &x.outcome {
-                Outcome::Collapsed { verified: true } => "collapsed".into(),
-                Outcome::Collapsed { verified: false } => "collapsed?".into(),
-                Outcome::AlreadyHuge => "huge".into(),
-                Outcome::Failed {
-                    errno, attempts, ..
-                } => {
-                    format!("failed {} x{attempts}", errno.as_deref().unwrap_or("-"))
-                }
-                Outcome::NotAttempted { reason } => format!("not attempted: {reason}"),
-            })
+            .map(|x| crate::report::tests::outcome_kind(&x.outcome))
             .collect()
     }
 

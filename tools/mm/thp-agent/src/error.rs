@@ -123,7 +123,7 @@ pub enum AgentError {
     NoThp(&'static str),
     /// THP is disabled system-wide.
     #[error(
-        "transparent huge pages are disabled: {0} reads [never], so smaps marks no VMA THP-eligible; enable them (echo madvise > {0}), or pass --include-ineligible to ask the kernel anyway (MADV_COLLAPSE ignores this setting)"
+        "transparent huge pages are disabled: {0} reads [never], so smaps marks no VMA THP-eligible; enable them (echo madvise > {0}), or pass --include-ineligible (run: include_ineligible = true) to ask the kernel anyway (MADV_COLLAPSE ignores this setting)"
     )]
     ThpDisabled(&'static str),
     /// The selection yields nothing to collapse.
@@ -147,6 +147,28 @@ pub enum AgentError {
         what: &'static str,
         /// The error.
         source: io::Error,
+    },
+    /// The configuration file cannot be read or is not valid.
+    #[error("{path}: {why}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// DAMON is missing, busy or failed.
+    #[error(transparent)]
+    Damon(#[from] crate::damon::DamonError),
+    /// Memory pressure cannot be read.
+    #[error(transparent)]
+    Psi(#[from] crate::psi::PsiError),
+    /// The report cannot be written.
+    #[error("cannot write the report {path}: {why}")]
+    Report {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        why: String,
     },
 }
 

@@ -1,28 +1,32 @@
 //! `thp-agent`: asks the kernel to collapse another process's memory into
 //! transparent huge pages with `process_madvise(pidfd, iov, 1, MADV_COLLAPSE, flags)`,
-//! and shows how much of it is PMD-mapped.
+//! shows how much of it is PMD-mapped, and, as a daemon (`run`), collapses
+//! the memory DAMON finds hot.
 //!
-//! Exit codes: 0 when every planned range is collapsed or already huge, 1 when
-//! some range failed or was not attempted, 2 for usage and environment errors.
+//! Exit codes: 0 when every planned range is collapsed or already huge (for
+//! `run`: the report is complete), 1 when some range failed or was not
+//! attempted (for `run`: the report is incomplete), 2 for usage and
+//! environment errors.
 
 mod collapse;
-// Groundwork for the `run --config FILE` daemon: tested, not used by a
-// command yet.
-#[allow(dead_code)]
 mod config;
-#[allow(dead_code)]
+mod daemon;
 mod damon;
+mod decisions;
 mod error;
 mod flags;
 mod pagemap;
 mod plan;
+mod plot;
 mod policy;
-#[allow(dead_code)]
 mod psi;
 mod report;
+mod run;
+mod signals;
 mod smaps;
 mod status;
 mod sys;
+mod targets;
 mod uapi;
 
 use clap::{Args, Parser, Subcommand};
@@ -53,13 +57,16 @@ const EXIT_USAGE: u8 = 2;
     name = "thp-agent",
     version,
     about = "Collapse a process's memory into transparent huge pages with process_madvise(MADV_COLLAPSE)",
-    after_help = "Exit codes: 0 every planned range is collapsed or already huge, 1 some range failed or was not attempted, 2 usage or environment error."
+    after_help = "Exit codes: 0 every planned range is collapsed or already huge (run: the report is complete), 1 some range failed or was not attempted (run: the report is incomplete), 2 usage or environment error."
 )]
+/// The command line.
 struct Cli {
+    /// What to do.
     #[command(subcommand)]
     command: Command,
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show, per VMA, how much is PMD-mapped now and how much could be.
@@ -73,8 +80,13 @@ enum Command {
     },
     /// Collapse the process's memory, one aligned range at a time.
     Collapse(CollapseArgs),
+    /// Follow processes, find their hot memory with DAMON and collapse it
+    /// within a budget, until the duration passes or SIGTERM/SIGINT; then
+    /// write a report.
+    Run(run::RunArgs),
 }
 
+/// Arguments of `thp-agent collapse`.
 #[derive(Debug, Args)]
 struct CollapseArgs {
     /// The process.
@@ -158,6 +170,7 @@ fn fail(err: &AgentError, json: bool) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
+/// `thp-agent status`.
 fn cmd_status(pid: i32, json: bool) -> ExitCode {
     match status::collect(pid) {
         Ok(r) => {
@@ -206,6 +219,7 @@ fn nothing_selected(pid: i32, args: &CollapseArgs, plan: &plan::Plan, chunk: u64
     lines.join("\n")
 }
 
+/// `thp-agent collapse`.
 fn cmd_collapse(args: &CollapseArgs) -> ExitCode {
     match collapse_inner(args) {
         Ok(code) => code,
@@ -280,6 +294,7 @@ fn build_report(
     }
 }
 
+/// `thp-agent collapse`, with the errors that end it returned.
 fn collapse_inner(args: &CollapseArgs) -> Result<ExitCode, AgentError> {
     let pid = args.pid;
     let cflags = CollapseFlags {
@@ -403,6 +418,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Status { pid, json } => cmd_status(*pid, *json),
         Command::Collapse(args) => cmd_collapse(args),
+        Command::Run(args) => run::cmd_run(args),
     }
 }
 

@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 /// A set of address ranges, kept sorted and merged.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HugeMap {
+    /// Sorted, merged, non-empty `[start, end)` ranges.
     ranges: Vec<(u64, u64)>,
 }
 
@@ -88,6 +89,7 @@ pub trait HugeScan {
 /// An open `/proc/PID/pagemap` file.
 #[derive(Debug)]
 pub struct Pagemap {
+    /// `/proc/PID/pagemap`.
     file: File,
 }
 

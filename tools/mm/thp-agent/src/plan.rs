@@ -172,14 +172,15 @@ pub fn plan(vmas: &[Vma], opts: &PlanOptions, huge: &HugeMap) -> Plan {
     out
 }
 
-/// A chunk worth collapsing according to DAMON, with its hotness.
-#[allow(dead_code)] // For the `run` daemon.
+/// A chunk that DAMON saw accessed, with its hotness.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HotRange {
     /// First address.
     pub start: u64,
     /// End address (exclusive).
     pub end: u64,
+    /// Display name of the VMA the chunk is in.
+    pub vma: String,
     /// Average DAMON `nr_accesses` over the chunk's pages, rounded down
     /// (pages no region covers count as 0).
     pub hotness: u32,
@@ -187,23 +188,55 @@ pub struct HotRange {
     pub age: u32,
 }
 
-/// Turns DAMON regions into aligned chunks ordered by hotness: hottest first,
-/// then oldest (hot for longest), then by address. A chunk is kept if it lies
-/// entirely inside a VMA that is THP-eligible, is not already covered by
-/// `huge`, and its hotness is at least `min_hotness`.
-#[allow(dead_code)] // For the `run` daemon.
-pub fn plan_hot(
-    regions: &[Region],
-    vmas: &[Vma],
-    huge: &HugeMap,
-    min_hotness: u32,
-    chunk_size: u64,
-) -> Vec<HotRange> {
+impl HotRange {
+    /// The chunk as a range for the collapse loop.
+    pub fn planned(&self) -> PlannedRange {
+        PlannedRange {
+            start: self.start,
+            end: self.end,
+            vma: self.vma.clone(),
+            initial: Initial::Collapse,
+        }
+    }
+}
+
+/// What [`plan_hot`] looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotOptions {
+    /// The hotness a chunk needs to be collapsed.
+    pub min_hotness: u32,
+    /// Chunk size in bytes, a power of two (2 MiB at the PMD order).
+    pub chunk_size: u64,
+    /// Also plan VMAs whose smaps says `THPeligible: 0` (see
+    /// [`PlanOptions::include_ineligible`]).
+    pub include_ineligible: bool,
+}
+
+/// The chunks DAMON saw accessed, by what is to be done with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HotPlan {
+    /// Hot enough and not PMD-mapped: to be collapsed, hottest first, then
+    /// oldest (hot for longest), then by address.
+    pub hot: Vec<HotRange>,
+    /// Accessed, but less than `min_hotness`: left alone, in address order.
+    pub cold: Vec<HotRange>,
+    /// Bytes of hot chunks that are PMD-mapped already.
+    pub hot_huge_bytes: u64,
+}
+
+/// Turns DAMON regions into aligned chunks of the VMAs they overlap. A chunk
+/// counts if it lies entirely inside a VMA that is THP-eligible (or any VMA
+/// with `include_ineligible`) and DAMON saw it accessed (hotness above 0).
+pub fn plan_hot(regions: &[Region], vmas: &[Vma], huge: &HugeMap, opts: &HotOptions) -> HotPlan {
     let mut sorted: Vec<&Region> = regions.iter().filter(|r| r.start < r.end).collect();
     sorted.sort_unstable_by_key(|r| r.start);
 
-    let mut out = Vec::new();
-    for vma in vmas.iter().filter(|v| v.is_thp_eligible()) {
+    let chunk_size = opts.chunk_size;
+    let mut out = HotPlan::default();
+    for vma in vmas
+        .iter()
+        .filter(|v| opts.include_ineligible || v.is_thp_eligible())
+    {
         for (s, e) in aligned_chunks(vma.start, vma.end, chunk_size) {
             let first = sorted.partition_point(|r| r.end <= s);
             let overlapping = sorted[first..].iter().take_while(|r| r.start < e);
@@ -214,18 +247,26 @@ pub fn plan_hot(
                 age = age.max(r.age);
             }
             let hotness = u32::try_from(weighted / u128::from(chunk_size)).unwrap_or(u32::MAX);
-            if hotness == 0 || hotness < min_hotness || huge.covers(s, e) {
+            if hotness == 0 {
                 continue;
             }
-            out.push(HotRange {
+            let chunk = HotRange {
                 start: s,
                 end: e,
+                vma: vma.display_name().to_string(),
                 hotness,
                 age,
-            });
+            };
+            if hotness < opts.min_hotness {
+                out.cold.push(chunk);
+            } else if huge.covers(s, e) {
+                out.hot_huge_bytes += e - s;
+            } else {
+                out.hot.push(chunk);
+            }
         }
     }
-    out.sort_by(|a, b| {
+    out.hot.sort_by(|a, b| {
         b.hotness
             .cmp(&a.hotness)
             .then(b.age.cmp(&a.age))
@@ -444,6 +485,14 @@ mod tests {
         }
     }
 
+    fn hot_opts(min_hotness: u32) -> HotOptions {
+        HotOptions {
+            min_hotness,
+            chunk_size: PMD,
+            include_ineligible: false,
+        }
+    }
+
     #[test]
     fn hot_planner_orders_and_filters() {
         let base = 0x40000000;
@@ -465,17 +514,46 @@ mod tests {
             region(base + 16 * MIB, base + 20 * MIB, 99, 9),
         ];
         let huge = HugeMap::from_ranges([(base + 6 * MIB, base + 8 * MIB)]);
-        let hot = plan_hot(&regions, &vmas, &huge, 5, PMD);
-        let got: Vec<(u64, u32, u32)> = hot
+        let p = plan_hot(&regions, &vmas, &huge, &hot_opts(5));
+        let got: Vec<(u64, u32, u32)> = p
+            .hot
             .iter()
             .map(|h| ((h.start - base) / MIB, h.hotness, h.age))
             .collect();
         assert_eq!(got, [(8, 30, 2), (4, 10, 7), (2, 10, 3)]);
+        assert!(p.hot.iter().all(|h| h.vma == "[heap]"));
+        let cold: Vec<(u64, u32)> = p
+            .cold
+            .iter()
+            .map(|h| ((h.start - base) / MIB, h.hotness))
+            .collect();
+        assert_eq!(cold, [(0, 4)]);
+        assert_eq!(p.hot_huge_bytes, PMD);
+        assert_eq!(
+            p.hot[0].planned(),
+            PlannedRange {
+                start: base + 8 * MIB,
+                end: base + 10 * MIB,
+                vma: "[heap]".into(),
+                initial: Initial::Collapse
+            }
+        );
+
+        // With ineligible VMAs included, the hot one there comes first.
+        let mut o = hot_opts(5);
+        o.include_ineligible = true;
+        let p = plan_hot(&regions, &vmas, &huge, &o);
+        assert_eq!(p.hot.len(), 5);
+        assert_eq!((p.hot[0].start, p.hot[0].hotness), (base + 16 * MIB, 99));
+        assert_eq!(p.hot[0].vma, "[anon]");
     }
 
     #[test]
     fn hot_planner_without_regions_is_empty() {
         let vmas = [vma(0x40000000, 0x40400000, "", true)];
-        assert!(plan_hot(&[], &vmas, &HugeMap::new(), 0, PMD).is_empty());
+        assert_eq!(
+            plan_hot(&[], &vmas, &HugeMap::new(), &hot_opts(0)),
+            HotPlan::default()
+        );
     }
 }

@@ -17,6 +17,7 @@ pub trait Clock {
 /// The real clock: [`Instant`] and [`std::thread::sleep`].
 #[derive(Debug)]
 pub struct SystemClock {
+    /// Time zero.
     origin: Instant,
 }
 
@@ -53,9 +54,13 @@ impl Clock for SystemClock {
 /// the budget's average rate.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
+    /// Bytes added per second.
     rate: f64,
+    /// Most bytes held.
     capacity: f64,
+    /// Bytes held at `last` (negative: a debt).
     tokens: f64,
+    /// When `tokens` was last updated.
     last: Duration,
 }
 
@@ -71,18 +76,89 @@ impl TokenBucket {
         }
     }
 
+    /// The tokens in the bucket at time `now`, refilled since the last take.
+    fn tokens_at(&self, now: Duration) -> f64 {
+        let elapsed = now.saturating_sub(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.capacity)
+    }
+
+    /// The wait that leaves `tokens` (negative: a debt) paid back.
+    fn debt_wait(&self, tokens: f64) -> Duration {
+        if tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-tokens / self.rate)
+        }
+    }
+
     /// Takes `bytes` from the bucket at time `now` and returns how long the
     /// caller must wait before using them (zero if they were available).
     pub fn take(&mut self, bytes: u64, now: Duration) -> Duration {
-        let elapsed = now.saturating_sub(self.last).as_secs_f64();
+        self.tokens = self.tokens_at(now) - bytes as f64;
         self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
-        self.tokens -= bytes as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+        self.debt_wait(self.tokens)
+    }
+
+    /// How long [`TokenBucket::take`] of `bytes` at `now` would make the
+    /// caller wait, without taking anything.
+    pub fn peek(&self, bytes: u64, now: Duration) -> Duration {
+        self.debt_wait(self.tokens_at(now) - bytes as f64)
+    }
+}
+
+/// `base` doubled `n` times (`n` is capped at 16), saturating.
+fn doubled(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1 << n.min(16))
+}
+
+/// Exponential back-off windows, for the `run` daemon: after the `n`-th
+/// failure in a row, nothing is tried for `base * 2^(n-1)`, at most `max`; a
+/// success ends the streak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooldown {
+    /// The first window.
+    base: Duration,
+    /// The longest window.
+    max: Duration,
+    /// Failures in a row.
+    failures: u32,
+    /// End of the current window.
+    until: Duration,
+}
+
+impl Cooldown {
+    /// No failure yet.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            failures: 0,
+            until: Duration::ZERO,
         }
+    }
+
+    /// Records a failure at `now`; returns the end of the window it opens.
+    pub fn fail(&mut self, now: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.until = now + doubled(self.base, self.failures - 1).min(self.max);
+        self.until
+    }
+
+    /// Records a success: the next failure opens the shortest window again.
+    pub fn succeed(&mut self) {
+        self.failures = 0;
+        self.until = Duration::ZERO;
+    }
+
+    /// Whether a window is open at `now`: the end of the window, if so.
+    pub fn blocks(&self, now: Duration) -> Option<Duration> {
+        (now < self.until).then_some(self.until)
+    }
+
+    /// The number of failures in a row so far.
+    #[cfg(test)]
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 }
 
@@ -127,7 +203,9 @@ pub enum Decision {
 /// Back-off state across the ranges of one run.
 #[derive(Clone, Debug)]
 pub struct Backoff {
+    /// The limits.
     policy: BackoffPolicy,
+    /// `ENOMEM` failures in a row.
     consecutive_enomem: u32,
 }
 
@@ -156,18 +234,18 @@ impl Backoff {
             self.consecutive_enomem = 0;
         }
         match errno {
-            libc::EAGAIN if attempt < self.policy.eagain_retries => Decision::Retry(
-                self.policy
-                    .eagain_delay
-                    .saturating_mul(1 << attempt.min(16)),
-            ),
+            libc::EAGAIN if attempt < self.policy.eagain_retries => {
+                Decision::Retry(doubled(self.policy.eagain_delay, attempt))
+            }
             libc::ENOMEM => {
                 self.consecutive_enomem += 1;
                 if self.consecutive_enomem >= self.policy.enomem_max_consecutive {
                     Decision::Stop
                 } else {
-                    let shift = (self.consecutive_enomem - 1).min(16);
-                    Decision::Retry(self.policy.enomem_delay.saturating_mul(1 << shift))
+                    Decision::Retry(doubled(
+                        self.policy.enomem_delay,
+                        self.consecutive_enomem - 1,
+                    ))
                 }
             }
             _ => Decision::GiveUp,
@@ -241,6 +319,38 @@ mod tests {
             clock.sleep(w);
         }
         assert_eq!(waits, [ms(1000), ms(2000), ms(2000)]);
+    }
+
+    #[test]
+    fn peek_tells_the_wait_without_taking() {
+        let mut b = TokenBucket::new(2.0 * MIB as f64, Duration::ZERO);
+        assert_eq!(b.peek(2 * MIB, Duration::ZERO), ms(0));
+        assert_eq!(b.peek(3 * MIB, Duration::ZERO), ms(500));
+        // Peeking took nothing.
+        assert_eq!(b.take(2 * MIB, Duration::ZERO), ms(0));
+        assert_eq!(b.peek(MIB, Duration::ZERO), ms(500));
+        assert_eq!(b.peek(MIB, ms(250)), ms(250));
+        assert_eq!(b.peek(MIB, ms(500)), ms(0));
+        // Waiting what peek said leaves take nothing to wait.
+        assert_eq!(b.take(MIB, ms(500)), ms(0));
+    }
+
+    #[test]
+    fn cooldown_windows_double_up_to_the_cap_and_reset_on_success() {
+        let s = Duration::from_secs;
+        let mut c = Cooldown::new(s(1), s(5));
+        assert_eq!(c.blocks(s(0)), None);
+        assert_eq!(c.fail(s(10)), s(11));
+        assert_eq!(c.blocks(s(10)), Some(s(11)));
+        assert_eq!(c.blocks(s(11)), None);
+        assert_eq!(c.fail(s(11)), s(13));
+        assert_eq!(c.fail(s(13)), s(17));
+        // 8 s is capped at 5 s.
+        assert_eq!(c.fail(s(17)), s(22));
+        assert_eq!(c.failures(), 4);
+        c.succeed();
+        assert_eq!(c.blocks(s(18)), None);
+        assert_eq!(c.fail(s(30)), s(31));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One line of a pressure file: the share of time (in percent) some or all
 /// tasks stalled, averaged over 10, 60 and 300 seconds, and the total stall
@@ -36,6 +36,11 @@ pub struct Pressure {
 /// Errors in a pressure file.
 #[derive(Debug, thiserror::Error)]
 pub enum PsiError {
+    /// The file does not exist: the kernel keeps no pressure information.
+    #[error(
+        "this kernel has no pressure stall information: {0} does not exist (the kernel needs CONFIG_PSI=y, and psi=1 on its command line if it was built with CONFIG_PSI_DEFAULT_DISABLED=y)"
+    )]
+    Missing(String),
     /// The file could not be read.
     #[error(
         "cannot read {path}: {source} (PSI needs CONFIG_PSI, and psi=1 on the command line if CONFIG_PSI_DEFAULT_DISABLED)"
@@ -56,6 +61,7 @@ pub enum PsiError {
     },
 }
 
+/// Parses the `key=value` fields of line `line` (1-based).
 fn parse_stall(fields: &str, line: usize) -> Result<Stall, PsiError> {
     let err = |what: String| PsiError::Parse { line, what };
     let mut stall = Stall::default();
@@ -121,11 +127,31 @@ pub fn parse(text: &str) -> Result<Pressure, PsiError> {
 
 /// Reads and parses a pressure file, e.g. [`crate::uapi::PSI_MEMORY_PATH`].
 pub fn read(path: &Path) -> Result<Pressure, PsiError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PsiError::Io {
-        path: path.display().to_string(),
-        source,
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        let path = path.display().to_string();
+        match source.kind() {
+            std::io::ErrorKind::NotFound => PsiError::Missing(path),
+            _ => PsiError::Io { path, source },
+        }
     })?;
     parse(&text)
+}
+
+/// A source of memory pressure readings, for the `run` daemon. [`PsiFile`]
+/// is the real one; tests use a fake.
+pub trait PressureSource {
+    /// The current memory pressure.
+    fn read(&mut self) -> Result<Pressure, PsiError>;
+}
+
+/// A pressure file: `/proc/pressure/memory` on a real system.
+#[derive(Clone, Debug)]
+pub struct PsiFile(pub PathBuf);
+
+impl PressureSource for PsiFile {
+    fn read(&mut self) -> Result<Pressure, PsiError> {
+        read(&self.0)
+    }
 }
 
 #[cfg(test)]
@@ -171,10 +197,23 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_file_names_what_the_kernel_lacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = PsiFile(tmp.path().join("memory"));
+        let e = f.read().unwrap_err();
+        assert!(matches!(e, PsiError::Missing(_)), "{e}");
+        assert!(e.to_string().contains("CONFIG_PSI=y"), "{e}");
+        std::fs::write(&f.0, "some avg10=12.50 avg60=1.00 avg300=0.10 total=99\n").unwrap();
+        assert_eq!(f.read().unwrap().some.avg10, 12.5);
+    }
+
+    #[test]
     fn reads_the_real_file_if_present() {
         match read(Path::new(crate::uapi::PSI_MEMORY_PATH)) {
             Ok(p) => assert!(p.some.avg10 >= 0.0 && p.full.is_some()),
-            Err(PsiError::Io { .. }) => eprintln!("skipped: no /proc/pressure/memory here"),
+            Err(PsiError::Io { .. } | PsiError::Missing(_)) => {
+                eprintln!("skipped: no /proc/pressure/memory here")
+            }
             Err(e) => panic!("{e}"),
         }
     }

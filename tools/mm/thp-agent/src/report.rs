@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+/// Bytes in a KiB.
 const KIB: u64 = 1 << 10;
+/// Bytes in a MiB.
 const MIB: u64 = 1 << 20;
+/// Bytes in a GiB.
 const GIB: u64 = 1 << 30;
 
 /// A size for people: `0`, `12 KiB`, `2.0 MiB`, `1.50 GiB`.
@@ -235,6 +238,177 @@ pub struct CollapseReport {
     pub reasons: BTreeMap<String, String>,
 }
 
+/// How a `run` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoppedBy {
+    /// The configured duration passed.
+    Duration,
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// Every target was a PID, and every one has exited.
+    AllTargetsExited,
+    /// An error ended the run early; see [`RunReport::error`].
+    Error,
+}
+
+/// The settings a `run` worked with, as recorded in its report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// The `flags` argument passed to `process_madvise`.
+    pub flags: u32,
+    /// Size of each collapsed range in bytes.
+    pub chunk_size: u64,
+    /// Collapse budget, MiB per second (`None`: no limit).
+    pub budget_mib_per_s: Option<f64>,
+    /// Memory pressure ("some avg10", percent) above which nothing is collapsed.
+    pub max_psi_some_avg10: f64,
+    /// DAMON `nr_accesses` a range needs to be collapsed.
+    pub min_hotness: u32,
+    /// Seconds between two passes.
+    pub scan_interval_s: f64,
+    /// Whether VMAs that smaps does not mark THP-eligible were included.
+    pub include_ineligible: bool,
+    /// DAMON's monitoring attributes.
+    pub damon: crate::config::DamonAttrs,
+}
+
+/// One measurement of a followed process, taken at each pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Milliseconds since the start of the run.
+    pub t_ms: u64,
+    /// Bytes of the process mapped by PMDs (`PAGEMAP_SCAN`, or smaps).
+    pub pmd_mapped: u64,
+    /// Bytes of chunks DAMON found hot (PMD-mapped or not); `None` where
+    /// DAMON was not read (the measurements at the start and the end).
+    pub hot_bytes: Option<u64>,
+    /// Bytes collapsed by this run so far.
+    pub collapsed_bytes: u64,
+}
+
+/// One collapse the daemon did (or tried).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollapseEvent {
+    /// Milliseconds since the start of the run, when the collapse ended.
+    pub t_ms: u64,
+    /// DAMON hotness of the range (average `nr_accesses`).
+    pub hotness: u32,
+    /// DAMON age of the range, in aggregation intervals.
+    pub age: u32,
+    /// The range and how it ended.
+    #[serde(flatten)]
+    pub range: RangeResult,
+}
+
+/// Everything about one followed process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetReport {
+    /// The process.
+    pub pid: i32,
+    /// The `[[target]]` that named it, e.g. `pid=1234` or `name=redis-server`.
+    pub spec: String,
+    /// Its name (`comm`).
+    pub comm: String,
+    /// When the run started following it, in milliseconds since the start.
+    pub first_seen_ms: u64,
+    /// When it exited, if it did during the run: its data ends there.
+    pub exited_at_ms: Option<u64>,
+    /// Why the run stopped following it although it was alive, if it did
+    /// (e.g. it became unprivileged to collapse).
+    pub dropped: Option<String>,
+    /// Measurements, one per pass, in time order.
+    pub samples: Vec<Sample>,
+    /// Collapses, in time order.
+    pub collapses: Vec<CollapseEvent>,
+    /// Counts over `collapses`; `elapsed_s` is the time it was followed.
+    pub summary: CollapseSummary,
+}
+
+/// A memory pressure reading.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PsiSample {
+    /// Milliseconds since the start of the run.
+    pub t_ms: u64,
+    /// `some avg10` of `/proc/pressure/memory`, percent.
+    pub some_avg10: f64,
+}
+
+/// How often the daemon left hot ranges alone, and why. A range left alone
+/// in several passes counts once per pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipCounts {
+    /// Passes with hot ranges in which memory pressure was above the limit
+    /// (or could not be read): nothing was collapsed.
+    pub psi_passes: u32,
+    /// Passes with hot ranges cut short or skipped by the back-off after `ENOMEM`.
+    pub enomem_passes: u32,
+    /// Ranges deferred to a later pass: the budget (or, without one, the
+    /// time of the pass) did not allow them before the next pass.
+    pub deferred_ranges: u64,
+    /// Ranges skipped because they failed recently (their back-off).
+    pub backoff_ranges: u64,
+    /// Accessed ranges left alone as not hot enough.
+    pub cold_ranges: u64,
+}
+
+/// The report of `thp-agent run` (`report.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Format version of this report.
+    pub version: u32,
+    /// False when the report does not cover the whole run for every
+    /// process: one exited or was dropped midway, or an error ended the run.
+    /// `incomplete` says why.
+    pub complete: bool,
+    /// Why the report is not complete, one sentence per reason.
+    pub incomplete: Vec<String>,
+    /// How the run ended.
+    pub stopped_by: StoppedBy,
+    /// The signal that stopped it (`SIGTERM`, `SIGINT`).
+    pub signal: Option<String>,
+    /// The error that ended it.
+    pub error: Option<String>,
+    /// Remarks for the reader.
+    pub notes: Vec<String>,
+    /// Wall time of the run in seconds.
+    pub elapsed_s: f64,
+    /// Passes made.
+    pub passes: u32,
+    /// The settings.
+    pub settings: RunSettings,
+    /// Memory pressure at each pass.
+    pub psi: Vec<PsiSample>,
+    /// Why hot ranges were left alone.
+    pub skipped: SkipCounts,
+    /// Counts over the collapses of all processes.
+    pub summary: CollapseSummary,
+    /// The processes, in the order they were first followed.
+    pub targets: Vec<TargetReport>,
+}
+
+/// The one-line summary of a `run` report.
+pub fn run_summary_line(r: &RunReport) -> String {
+    let s = &r.summary;
+    let mut line = format!(
+        "{} followed for {:.1} s in {} passes: {} ranges collapsed ({}), {} failed, {} already huge",
+        match r.targets.len() {
+            1 => "1 process".to_string(),
+            n => format!("{n} processes"),
+        },
+        r.elapsed_s,
+        r.passes,
+        s.collapsed,
+        human_size(s.bytes_collapsed),
+        s.failed,
+        s.already_huge
+    );
+    if !r.complete {
+        let _ = write!(line, "; INCOMPLETE: {}", r.incomplete.join("; "));
+    }
+    line
+}
+
 /// Formats rows into left-aligned columns separated by two spaces; the last
 /// column is not padded.
 fn columns(rows: &[Vec<String>]) -> String {
@@ -261,6 +435,7 @@ fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `start-end` in hexadecimal, padded to 12 digits.
 fn range_text(start: u64, end: u64) -> String {
     format!("{start:012x}-{end:012x}")
 }
@@ -377,8 +552,157 @@ pub fn collapse_table(r: &CollapseReport) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A short name of an outcome, for tests' expectations: `collapsed`
+    /// (`collapsed?` not verified), `huge`, `failed ERRNO xATTEMPTS`,
+    /// `not attempted: REASON`.
+    pub(crate) fn outcome_kind(o: &Outcome) -> String {
+        match o {
+            Outcome::Collapsed { verified: true } => "collapsed".into(),
+            Outcome::Collapsed { verified: false } => "collapsed?".into(),
+            Outcome::AlreadyHuge => "huge".into(),
+            Outcome::Failed {
+                errno, attempts, ..
+            } => format!("failed {} x{attempts}", errno.as_deref().unwrap_or("-")),
+            Outcome::NotAttempted { reason } => format!("not attempted: {reason}"),
+        }
+    }
+
+    /// A run report with one process that collapsed two ranges and failed one.
+    pub(crate) fn sample_run() -> RunReport {
+        let range = |start: u64, outcome: Outcome| RangeResult {
+            start,
+            end: start + 2 * MIB,
+            vma: "[heap]".into(),
+            outcome,
+        };
+        let collapses = vec![
+            CollapseEvent {
+                t_ms: 1000,
+                hotness: 18,
+                age: 5,
+                range: range(0x7f0000200000, Outcome::Collapsed { verified: true }),
+            },
+            CollapseEvent {
+                t_ms: 2000,
+                hotness: 9,
+                age: 2,
+                range: range(
+                    0x7f0000600000,
+                    Outcome::Failed {
+                        errno: Some("EAGAIN".into()),
+                        reason: "busy".into(),
+                        attempts: 4,
+                    },
+                ),
+            },
+            CollapseEvent {
+                t_ms: 3000,
+                hotness: 9,
+                age: 3,
+                range: range(0x7f0000600000, Outcome::Collapsed { verified: true }),
+            },
+        ];
+        let sample = |t_ms: u64, pmd: u64, done: u64| Sample {
+            t_ms,
+            pmd_mapped: pmd * MIB,
+            hot_bytes: (t_ms > 0).then_some(6 * MIB),
+            collapsed_bytes: done * MIB,
+        };
+        let ranges: Vec<RangeResult> = collapses.iter().map(|c| c.range.clone()).collect();
+        let mut summary = CollapseSummary::count(&ranges);
+        summary.elapsed_s = 4.0;
+        let target = TargetReport {
+            pid: 4242,
+            spec: "name=victim".into(),
+            comm: "victim".into(),
+            first_seen_ms: 0,
+            exited_at_ms: Some(3500),
+            dropped: None,
+            samples: vec![
+                sample(0, 0, 0),
+                sample(1000, 2, 2),
+                sample(2000, 2, 2),
+                sample(3000, 4, 4),
+            ],
+            collapses,
+            summary: summary.clone(),
+        };
+        RunReport {
+            version: 1,
+            complete: false,
+            incomplete: vec!["process 4242 (name=victim) exited 3.5 s into the run".into()],
+            stopped_by: StoppedBy::AllTargetsExited,
+            signal: None,
+            error: None,
+            notes: vec![],
+            elapsed_s: 4.0,
+            passes: 3,
+            settings: RunSettings {
+                flags: 0,
+                chunk_size: 2 * MIB,
+                budget_mib_per_s: Some(8.0),
+                max_psi_some_avg10: 10.0,
+                min_hotness: 5,
+                scan_interval_s: 1.0,
+                include_ineligible: true,
+                damon: crate::config::DamonAttrs::default(),
+            },
+            psi: vec![
+                PsiSample {
+                    t_ms: 1000,
+                    some_avg10: 0.5,
+                },
+                PsiSample {
+                    t_ms: 2000,
+                    some_avg10: 12.0,
+                },
+            ],
+            skipped: SkipCounts {
+                psi_passes: 1,
+                ..SkipCounts::default()
+            },
+            summary,
+            targets: vec![target],
+        }
+    }
+
+    #[test]
+    fn run_json_shape_and_round_trip() {
+        let r = sample_run();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["complete"], false);
+        assert_eq!(v["stopped_by"], "all_targets_exited");
+        assert_eq!(v["settings"]["damon"]["sample_us"], 5000);
+        assert_eq!(v["settings"]["budget_mib_per_s"], 8.0);
+        assert_eq!(v["psi"][1]["some_avg10"], 12.0);
+        assert_eq!(v["skipped"]["psi_passes"], 1);
+        let t = &v["targets"][0];
+        assert_eq!(t["pid"], 4242);
+        assert_eq!(t["exited_at_ms"], 3500);
+        assert_eq!(t["samples"][3]["pmd_mapped"], 4 * MIB);
+        let c = &t["collapses"][1];
+        assert_eq!(c["t_ms"], 2000);
+        assert_eq!(c["start"], 0x7f0000600000u64);
+        assert_eq!(c["outcome"], "failed");
+        assert_eq!(c["errno"], "EAGAIN");
+        assert_eq!(t["collapses"][0]["verified"], true);
+        assert_eq!(t["summary"]["collapsed"], 2);
+        assert_eq!(v["summary"]["failed"], 1);
+        let back: RunReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let line = run_summary_line(&r);
+        assert!(
+            line.starts_with(
+                "1 process followed for 4.0 s in 3 passes: 2 ranges collapsed (4.0 MiB), 1 failed"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("INCOMPLETE: process 4242"), "{line}");
+    }
 
     fn sample_collapse() -> CollapseReport {
         let ranges = vec![

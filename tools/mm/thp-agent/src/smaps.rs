@@ -79,6 +79,7 @@ pub struct ParseError {
 }
 
 impl ParseError {
+    /// An error at line `line` (1-based).
     fn new(line: usize, what: impl fmt::Display) -> Self {
         Self {
             line,

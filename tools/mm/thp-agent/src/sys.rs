@@ -15,10 +15,13 @@ const ORDER_BITS: u32 = MADV_F_COLLAPSE_ORDER_MASK << MADV_F_COLLAPSE_ORDER_SHIF
 /// referring to another process) if the PID is reused.
 #[derive(Debug)]
 pub struct Pidfd {
+    /// The file descriptor.
     fd: OwnedFd,
+    /// The PID it was opened for.
     pid: i32,
 }
 
+/// The errno of the last failed call.
 fn last_errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }

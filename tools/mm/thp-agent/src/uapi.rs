@@ -146,11 +146,9 @@ pub const THP_COLLAPSE_CORE_PATH: &str = "/sys/kernel/mm/transparent_hugepage/co
 
 /// Root of the DAMON sysfs interface
 /// (`Documentation/admin-guide/mm/damon/usage.rst`, "Root").
-#[allow(dead_code)] // For the `run` daemon.
 pub const DAMON_SYSFS_ADMIN: &str = "/sys/kernel/mm/damon/admin";
 
 /// Memory pressure stall information (`Documentation/accounting/psi.rst`).
-#[allow(dead_code)] // For the `run` daemon.
 pub const PSI_MEMORY_PATH: &str = "/proc/pressure/memory";
 
 #[cfg(test)]
