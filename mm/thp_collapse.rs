@@ -76,10 +76,10 @@ mod vocab;
 /// Prefix of this crate's kernel log messages (used by the `pr_*!` macros).
 const __LOG_PREFIX: &[u8] = b"thp_collapse\0";
 
-use anon::RequestList;
+use anon::RequestState;
 use ffi::to_scan_result;
 use stats::STATS;
-use vocab::{Caller, LockHistory, Locked, MmapRead, RequestFlags};
+use vocab::{Caller, LockHistory, Locked, MmapRead, PteSpan, RequestFlags};
 
 /// MADV_COLLAPSE of `[start, end)` inside `vma`, for `madvise_collapse()`.
 ///
@@ -156,9 +156,10 @@ pub unsafe extern "C" fn thp_collapse_rust_khugepaged_pmd(
     let (attempt, scanned, state) = request::collapse_pmd(
         guard,
         addr,
+        PteSpan::WHOLE,
         Caller::Khugepaged,
         RequestFlags::NONE,
-        &mut RequestList::for_request(),
+        &mut RequestState::for_request(),
     );
     match state {
         Locked::Held(guard) => guard.keep(),

@@ -14,16 +14,10 @@
 
 use crate::{
     outcome::{Attempt, Collapsed, Fail},
-    vocab::{PMD_ORDER, PTES_PER_PMD},
+    vocab::{MIN_MTHP_ORDER, PMD_ORDER, PTES_PER_PMD},
 };
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
 use kernel::prelude::*;
-
-/// The smallest folio order khugepaged collapses into (`KHUGEPAGED_MIN_MTHP_ORDER`).
-pub(crate) const MIN_MTHP_ORDER: u32 = 2;
-
-/// Every anonymous folio order khugepaged may collapse into (`THP_ORDERS_ALL_ANON`).
-pub(crate) const ALL_ANON_ORDERS: u64 = ((1 << (PMD_ORDER + 1)) - 1) & !0b11;
 
 const WORDS: usize = PTES_PER_PMD as usize / 64;
 
@@ -304,6 +298,6 @@ mod tests {
         assert_eq!(max_order_at(4), 2);
         assert_eq!(max_order_at(256), 8);
         assert_eq!(max_order_at(384), 7);
-        assert_eq!(ALL_ANON_ORDERS, 0b11_1111_1100);
+        assert_eq!(crate::vocab::ALL_ANON_ORDERS, 0b11_1111_1100);
     }
 }

@@ -7,17 +7,23 @@
 //! `hugepage_vma_revalidate()` in [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
 use crate::{
-    anon::{self, RequestList},
+    anon::{self, RequestState},
     ffi, file,
     outcome::{Attempt, Fail, RangeTally},
     stats::STATS,
     vma,
     vocab::{
-        Caller, CollapseMode, Effort, LockHistory, Locked, MmapRead, PteLimits, RequestFlags,
-        Tunables, PMD_ORDER, PMD_SIZE,
+        Caller, CollapseMode, Effort, LockHistory, Locked, MmapRead, PteLimits, PteSpan,
+        RequestFlags, Tunables, PMD_ORDER, PMD_SIZE,
     },
 };
-use kernel::{fs::File, mm::mmap_lock::MmapLocked, prelude::*, sync::aref::ARef};
+use kernel::{
+    fs::File,
+    mm::mmap_lock::MmapLocked,
+    prelude::*,
+    sync::aref::ARef,
+    time::{Instant, Monotonic},
+};
 
 /// The tunables that `mode` honours: khugepaged's sysfs knobs, read now, for khugepaged and
 /// for MADV_COLLAPSE with `MADV_F_COLLAPSE_LIMITS`; MADV_COLLAPSE otherwise ignores them (and
@@ -52,6 +58,26 @@ pub(crate) fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
     }
 }
 
+/// The work of a MADV_COLLAPSE of `[start, end)` to folios of `order`: the naturally aligned
+/// blocks of that size inside it, as `(start, end, first PMD range, count of PMD ranges)`.
+/// For the PMD order these are [`pmd_ranges`]; for a smaller order, the PMD ranges that hold
+/// at least one block.
+fn order_ranges(start: usize, end: usize, order: u32) -> (usize, usize, usize, usize) {
+    if order == PMD_ORDER {
+        let (hstart, n) = pmd_ranges(start, end);
+        return (hstart, hstart + n * PMD_SIZE, hstart, n);
+    }
+    let size = kernel::page::PAGE_SIZE << order;
+    let bend = end & !(size - 1);
+    match start.checked_next_multiple_of(size) {
+        Some(bstart) if bstart < bend => {
+            let hstart = bstart & !(PMD_SIZE - 1);
+            (bstart, bend, hstart, (bend - hstart).div_ceil(PMD_SIZE))
+        }
+        _ => (start, start, start, 0),
+    }
+}
+
 /// The memory a PMD range maps, which decides the backend that collapses it.
 enum Memory {
     /// Anonymous memory: `anon::collapse_pmd()`.
@@ -80,30 +106,48 @@ fn memory_at(guard: &MmapRead<'_>, addr: usize) -> Result<Memory, Fail> {
     }
 }
 
-/// Collapses the PMD range at `addr`, whose VMA the caller found or revalidated under `guard`,
-/// for a request of `caller` with `flags`.
+/// Collapses the entries `span` of the PMD range at `addr`, whose VMA the caller found or
+/// revalidated under `guard`, for a request of `caller` with `flags`.
 ///
 /// Returns the result, the number of page-table entries looked at (khugepaged's scan budget),
-/// and the state of the lock. `lists` is the isolation list of the request, allocated at its
-/// first collapse.
+/// and the state of the lock. `req` is the state of the request (its isolation list, allocated
+/// at its first collapse, and the time it held the mmap lock for write). Fires
+/// `mm_collapse_range` with the result and the times.
 pub(crate) fn collapse_pmd<'a>(
     guard: MmapRead<'a>,
     addr: usize,
+    span: PteSpan,
     caller: Caller,
     flags: RequestFlags,
-    lists: &mut RequestList,
+    req: &mut RequestState,
 ) -> (Attempt, u32, Locked<'a>) {
+    let began = Instant::<Monotonic>::now();
+    let mm = guard.mm();
     let mode = caller.mode(flags);
     // Read once for the whole step, whatever it takes.
     let tunables = tunables_for(mode);
     let (attempt, scanned, state) = match memory_at(&guard, addr) {
-        Ok(Memory::Anon) => anon::collapse_pmd(guard, addr, mode, &tunables, lists),
+        Ok(Memory::Anon) => anon::collapse_pmd(guard, addr, span, mode, &tunables, req),
+        // Only anonymous memory collapses to mTHP orders on request.
+        Ok(Memory::File { .. }) if flags.order != PMD_ORDER => {
+            (Err(Fail::VmaCheck), 1, Locked::Held(guard))
+        }
         Ok(Memory::File { file, pgoff }) => {
             file::collapse_pmd(guard, file, addr, pgoff, mode, &tunables)
         }
         Err(fail) => (Err(fail), 1, Locked::Held(guard)),
     };
     STATS.count(caller, &attempt);
+    ffi::trace::range(
+        mm,
+        addr + span.first * kernel::page::PAGE_SIZE,
+        flags.order,
+        caller,
+        flags.to_uapi(),
+        &attempt,
+        began.elapsed(),
+        req.take_write_held(),
+    );
     (attempt, scanned, state)
 }
 
@@ -111,7 +155,11 @@ pub(crate) fn collapse_pmd<'a>(
 /// process_madvise() `flags` of the request ([`RequestFlags::NONE`] for madvise()).
 ///
 /// Succeeds when every PMD-aligned range inside `[start, end)` is PMD-mapped on return
-/// (already-huge ranges count); otherwise fails with the errno of the last failure. May sleep.
+/// (already-huge ranges count); otherwise fails with the errno of the last failure. With
+/// `MADV_F_COLLAPSE_ORDER(n)` (anonymous memory only), the same holds for the naturally
+/// aligned blocks of order `n` inside `[start, end)`: each must be mapped by a folio of that
+/// order or larger on return; the PMD range around a block must lie inside the VMA (the
+/// collapse takes its page table away for a while), else `EINVAL`. May sleep.
 pub(crate) fn madvise<'a>(
     guard: MmapRead<'a>,
     start: usize,
@@ -126,13 +174,17 @@ pub(crate) fn madvise<'a>(
         history,
     };
 
-    let allowed = guard
-        .find_vma(start)
-        .is_some_and(|vma| vma::pmd_collapse_allowed(vma, mode));
+    let allowed = guard.find_vma(start).is_some_and(|vma| {
+        if flags.order == PMD_ORDER {
+            vma::pmd_collapse_allowed(vma, mode)
+        } else {
+            vma.is_anonymous() && vma::allowed_orders(vma, mode, mode.anon_orders()) != 0
+        }
+    });
     if !allowed {
         return done(Err(EINVAL), guard, LockHistory::Kept);
     }
-    let (hstart, ranges) = pmd_ranges(start, end);
+    let (bstart, bend, hstart, ranges) = order_ranges(start, end, flags.order);
     if ranges == 0 {
         return done(Ok(()), guard, LockHistory::Kept);
     }
@@ -146,8 +198,8 @@ pub(crate) fn madvise<'a>(
         Effort::Light => ffi::lru_add_drain(),
     }
 
-    // Allocated at the first collapse, and reused by the next ones.
-    let mut lists = RequestList::for_request();
+    // Its isolation list is allocated at the first collapse, and reused by the next ones.
+    let mut req = RequestState::for_request();
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
     let mut state = Locked::Held(guard);
@@ -160,11 +212,15 @@ pub(crate) fn madvise<'a>(
                 ffi::cond_resched();
                 let guard = MmapRead::lock(mm);
                 history = LockHistory::Retaken;
-                match vma::revalidate(&guard, addr, mode, PMD_ORDER) {
+                match vma::revalidate(&guard, addr, mode, flags.order) {
                     Ok(vma) => {
-                        // The VMA may have shrunk: only ranges it still covers count.
-                        let hend = vma.end() & !(PMD_SIZE - 1);
-                        tally.clamp_ranges(hend.saturating_sub(hstart) / PMD_SIZE);
+                        // The VMA may have shrunk: only ranges it still covers count (for an
+                        // mTHP order, those it covers a block of).
+                        let end = match flags.order {
+                            PMD_ORDER => vma.end() & !(PMD_SIZE - 1),
+                            _ => vma.end(),
+                        };
+                        tally.clamp_ranges(end.saturating_sub(hstart).div_ceil(PMD_SIZE));
                     }
                     Err(fail) => {
                         STATS.count(caller, &fail);
@@ -176,7 +232,8 @@ pub(crate) fn madvise<'a>(
                 guard
             }
         };
-        let (attempt, _, next) = collapse_pmd(guard, addr, caller, flags, &mut lists);
+        let span = PteSpan::of(addr, bstart, bend);
+        let (attempt, _, next) = collapse_pmd(guard, addr, span, caller, flags, &mut req);
         state = next;
         if !tally.record(attempt) {
             break;
@@ -200,6 +257,23 @@ mod tests {
     use super::*;
 
     const MB2: usize = PMD_SIZE;
+
+    #[test]
+    fn order_ranges_hold_whole_blocks() {
+        const K64: usize = 0x10000;
+        // The PMD order: the PMD ranges inside.
+        assert_eq!(order_ranges(1, 4 * MB2, PMD_ORDER), (MB2, 4 * MB2, MB2, 3));
+        // 64 KiB blocks inside [start, end), in the PMD ranges that hold them.
+        assert_eq!(order_ranges(K64, 2 * K64, 4), (K64, 2 * K64, 0, 1));
+        assert_eq!(
+            order_ranges(K64 - 1, MB2 + K64 + 1, 4),
+            (K64, MB2 + K64, 0, 2)
+        );
+        assert_eq!(order_ranges(MB2 + 1, MB2 + K64, 4).3, 0);
+        assert_eq!(order_ranges(usize::MAX - K64, usize::MAX, 4).3, 0);
+        // Order 9 is the PMD order.
+        assert_eq!(order_ranges(0, 3 * MB2, 9).3, 3);
+    }
 
     #[test]
     fn pmd_ranges_align_inwards() {

@@ -61,6 +61,59 @@ pub(crate) enum EntryKind {
     Page,
 }
 
+/// Which candidates of an mTHP-sized MADV_COLLAPSE are already in place: each of their PTEs
+/// maps, in order, the pages of one naturally aligned block of a folio of the target order or
+/// larger. Such a candidate has nothing to collapse (it is what the request asks for), as a
+/// PMD-mapped range has nothing to collapse for the PMD order.
+///
+/// The scan feeds it every entry of its span in order ([`InPlace::see`]).
+#[derive(Clone, Debug)]
+pub(crate) struct InPlace {
+    order: u32,
+    /// The folio (its address) and the index in it of the page the current candidate's
+    /// first entry maps, while every entry so far continues the block.
+    block: Option<(usize, usize)>,
+    /// Bit `i` for a candidate starting at entry `i` that is in place.
+    done: Occupied,
+}
+
+impl InPlace {
+    /// Starts looking for candidates of `order` in place.
+    pub(crate) const fn new(order: u32) -> Self {
+        Self {
+            order,
+            block: None,
+            done: Occupied::EMPTY,
+        }
+    }
+
+    /// Entry `i` maps page `index` of the folio at `folio` (its address), whose order is
+    /// `folio_order`; `None` for an entry that maps no page.
+    pub(crate) fn see(&mut self, i: usize, page: Option<(usize, usize, u32)>) {
+        let nr = 1usize << self.order;
+        let k = i % nr;
+        self.block = match (k, self.block, page) {
+            (0, _, Some((folio, index, folio_order)))
+                if folio_order >= self.order && index % nr == 0 =>
+            {
+                Some((folio, index))
+            }
+            (1.., Some((f, base)), Some((folio, index, _))) if folio == f && index == base + k => {
+                Some((f, base))
+            }
+            _ => None,
+        };
+        if k == nr - 1 && self.block.is_some() {
+            self.done.set(i + 1 - nr);
+        }
+    }
+
+    /// Whether the candidate starting at entry `first` is in place.
+    pub(crate) fn covers(&self, first: usize) -> bool {
+        self.done.weight(first, first + 1) == 1
+    }
+}
+
 /// The running account of a scan of one PMD range.
 #[derive(Debug)]
 pub(crate) struct ScanTally {
@@ -709,5 +762,105 @@ mod tests {
         assert_eq!(stop(false, false, 1), Err(Fail::PageLru));
         assert_eq!(stop(false, true, 2), Err(Fail::PageCount));
         assert_eq!(stop(false, true, 1), Ok(()));
+    }
+
+    #[test]
+    fn in_place_needs_one_aligned_block_in_order() {
+        // Order 2 (4 entries per candidate), folios at "addresses" 100 and 200.
+        let mut p = InPlace::new(2);
+        let feed = |p: &mut InPlace, from: usize, pages: &[Option<(usize, usize, u32)>]| {
+            for (j, page) in pages.iter().enumerate() {
+                p.see(from + j, *page);
+            }
+        };
+        // Entries 0-3: pages 4-7 of an order-4 folio: in place.
+        feed(
+            &mut p,
+            0,
+            &[
+                Some((100, 4, 4)),
+                Some((100, 5, 4)),
+                Some((100, 6, 4)),
+                Some((100, 7, 4)),
+            ],
+        );
+        // Entries 4-7: the same pages out of order.
+        feed(
+            &mut p,
+            4,
+            &[
+                Some((100, 4, 4)),
+                Some((100, 6, 4)),
+                Some((100, 5, 4)),
+                Some((100, 7, 4)),
+            ],
+        );
+        // Entries 8-11: a misaligned block.
+        feed(
+            &mut p,
+            8,
+            &[
+                Some((100, 2, 4)),
+                Some((100, 3, 4)),
+                Some((100, 4, 4)),
+                Some((100, 5, 4)),
+            ],
+        );
+        // Entries 12-15: a folio of order 1 is too small, even aligned.
+        feed(
+            &mut p,
+            12,
+            &[
+                Some((200, 0, 1)),
+                Some((200, 1, 1)),
+                Some((200, 2, 1)),
+                Some((200, 3, 1)),
+            ],
+        );
+        // Entries 16-19: two folios.
+        feed(
+            &mut p,
+            16,
+            &[
+                Some((100, 0, 4)),
+                Some((100, 1, 4)),
+                Some((200, 2, 4)),
+                Some((200, 3, 4)),
+            ],
+        );
+        // Entries 20-23: a hole.
+        feed(
+            &mut p,
+            20,
+            &[
+                Some((100, 8, 4)),
+                None,
+                Some((100, 10, 4)),
+                Some((100, 11, 4)),
+            ],
+        );
+        // Entries 24-27: a PMD-sized folio, aligned.
+        feed(
+            &mut p,
+            24,
+            &[
+                Some((300, 24, 9)),
+                Some((300, 25, 9)),
+                Some((300, 26, 9)),
+                Some((300, 27, 9)),
+            ],
+        );
+        let covered: KVec<bool> = {
+            let mut v = KVec::new();
+            for first in (0..28).step_by(4) {
+                let _ = v.push(p.covers(first), GFP_KERNEL);
+            }
+            v
+        };
+        assert_eq!(
+            &covered[..],
+            &[true, false, false, false, false, false, true]
+        );
+        assert!(!p.covers(1));
     }
 }

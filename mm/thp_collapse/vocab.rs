@@ -19,6 +19,13 @@ pub(crate) const PTES_PER_PMD: u32 = 1 << PMD_ORDER;
 /// Size of the range one PMD maps.
 pub(crate) const PMD_SIZE: usize = kernel::mm::pgtable::PMD_SIZE;
 
+/// The smallest order an anonymous folio of a collapse may have (`KHUGEPAGED_MIN_MTHP_ORDER`).
+pub(crate) const MIN_MTHP_ORDER: u32 = 2;
+
+/// Every order an anonymous folio of a collapse may have, bit `n` for order `n`
+/// (`THP_ORDERS_ALL_ANON`).
+pub(crate) const ALL_ANON_ORDERS: u64 = ((1 << (PMD_ORDER + 1)) - 1) & !((1 << MIN_MTHP_ORDER) - 1);
+
 // The occupancy bitmap of a page table (`plan::Occupied`) is made of 64-bit words, and the
 // tunables' defaults and the mTHP orders assume a 4 KiB base page under a 2 MiB PMD (x86-64,
 // which the Kconfig entry depends on).
@@ -67,6 +74,40 @@ impl Candidate {
     /// The number of PTEs it covers.
     pub(crate) fn nr(self) -> usize {
         1 << self.order
+    }
+}
+
+/// The entries `[first, end)` of the page table of one PMD range that a collapse step works
+/// on: all of them, except for a MADV_COLLAPSE to an mTHP order of a range that covers part
+/// of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PteSpan {
+    /// The first entry.
+    pub(crate) first: usize,
+    /// The entry after the last.
+    pub(crate) end: usize,
+}
+
+impl PteSpan {
+    /// The whole table.
+    pub(crate) const WHOLE: Self = Self {
+        first: 0,
+        end: PTES_PER_PMD as usize,
+    };
+
+    /// The entries of the PMD range at `haddr` that `[start, end)` covers.
+    pub(crate) fn of(haddr: usize, start: usize, end: usize) -> Self {
+        let page =
+            |addr: usize| (addr.clamp(haddr, haddr + PMD_SIZE) - haddr) >> kernel::page::PAGE_SHIFT;
+        Self {
+            first: page(start),
+            end: page(end),
+        }
+    }
+
+    /// The number of entries.
+    pub(crate) fn len(self) -> usize {
+        self.end.saturating_sub(self.first)
     }
 }
 
@@ -133,6 +174,9 @@ pub(crate) struct RequestFlags {
     pub(crate) limits: PteLimits,
     /// The effort.
     pub(crate) effort: Effort,
+    /// The order of the folios to collapse into: the PMD order, or (for anonymous memory,
+    /// `MADV_F_COLLAPSE_ORDER(n)`) an mTHP order from [`MIN_MTHP_ORDER`] up.
+    pub(crate) order: u32,
 }
 
 impl RequestFlags {
@@ -140,6 +184,7 @@ impl RequestFlags {
     pub(crate) const NONE: Self = Self {
         limits: PteLimits::Ignore,
         effort: Effort::Full,
+        order: PMD_ORDER,
     };
 
     /// `MADV_F_COLLAPSE_LIMITS` (the UAPI values are asserted in `ffi`).
@@ -148,13 +193,24 @@ impl RequestFlags {
     pub(crate) const DEFRAG: u32 = 0x2;
     /// `MADV_F_COLLAPSE_LIGHT`.
     pub(crate) const LIGHT: u32 = 0x4;
+    /// `MADV_F_COLLAPSE_ORDER_SHIFT`: where `MADV_F_COLLAPSE_ORDER(n)` puts `n`.
+    pub(crate) const ORDER_SHIFT: u32 = 8;
+    /// `MADV_F_COLLAPSE_ORDER_MASK`: the bits of the order field.
+    pub(crate) const ORDER_MASK: u32 = 0x3f << Self::ORDER_SHIFT;
 
     /// Checks the `flags` argument of process_madvise(MADV_COLLAPSE): `EINVAL` for an
-    /// unknown flag, or for DEFRAG and LIGHT together.
+    /// unknown flag, for DEFRAG and LIGHT together, or for an order no anonymous folio can
+    /// have (1, or above the PMD order; 0 stands for the PMD order). Whether the VMA allows
+    /// the order is the request's own check.
     pub(crate) fn from_uapi(flags: u32) -> Result<Self> {
-        if flags & !(Self::LIMITS | Self::DEFRAG | Self::LIGHT) != 0 {
+        if flags & !(Self::LIMITS | Self::DEFRAG | Self::LIGHT | Self::ORDER_MASK) != 0 {
             return Err(EINVAL);
         }
+        let order = match (flags & Self::ORDER_MASK) >> Self::ORDER_SHIFT {
+            0 => PMD_ORDER,
+            n if n <= PMD_ORDER && ALL_ANON_ORDERS & (1 << n) != 0 => n,
+            _ => return Err(EINVAL),
+        };
         let effort = match (flags & Self::DEFRAG != 0, flags & Self::LIGHT != 0) {
             (true, true) => return Err(EINVAL),
             (_, true) => Effort::Light,
@@ -165,7 +221,27 @@ impl RequestFlags {
         } else {
             PteLimits::Ignore
         };
-        Ok(Self { limits, effort })
+        Ok(Self {
+            limits,
+            effort,
+            order,
+        })
+    }
+
+    /// The `flags` argument these flags come from, as the tracepoints record it (DEFRAG, the
+    /// default effort, and the PMD order read as not asked for).
+    pub(crate) fn to_uapi(self) -> u32 {
+        let mut flags = 0;
+        if self.limits == PteLimits::Khugepaged {
+            flags |= Self::LIMITS;
+        }
+        if self.effort == Effort::Light {
+            flags |= Self::LIGHT;
+        }
+        if self.order != PMD_ORDER {
+            flags |= self.order << Self::ORDER_SHIFT;
+        }
+        flags
     }
 }
 
@@ -259,6 +335,16 @@ impl CollapseMode {
         matches!(self, CollapseMode::Madvise(_))
     }
 
+    /// The orders (bit `n` for order `n`) a collapse in this mode may try, before the VMA has
+    /// its say: khugepaged every anonymous order (largest first, `plan.rs`), MADV_COLLAPSE the
+    /// one its request asks for.
+    pub(crate) fn anon_orders(self) -> u64 {
+        match self {
+            CollapseMode::Khugepaged => ALL_ANON_ORDERS,
+            CollapseMode::Madvise(flags) => 1 << flags.order,
+        }
+    }
+
     /// What the collapse may wait for. khugepaged may wait for anything: its `defrag`
     /// tunable only decides the allocation ([`CollapseMode::alloc_policy`]).
     pub(crate) fn effort(self) -> Effort {
@@ -349,6 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn pte_spans_clamp_to_the_table() {
+        let h = 4 * PMD_SIZE;
+        assert_eq!(PteSpan::of(h, 0, usize::MAX), PteSpan::WHOLE);
+        assert_eq!(
+            PteSpan::of(h, h + 0x10000, h + 0x20000),
+            PteSpan { first: 16, end: 32 }
+        );
+        assert_eq!(
+            PteSpan::of(h, h + 0x10000, h + 3 * PMD_SIZE).len(),
+            512 - 16
+        );
+        assert_eq!(PteSpan::of(h, 0, h).len(), 0);
+        assert_eq!(PteSpan::WHOLE.len(), 512);
+    }
+
+    #[test]
     fn request_flags_from_uapi() {
         let f = |raw| RequestFlags::from_uapi(raw);
         assert!(f(0) == Ok(RequestFlags::NONE));
@@ -359,12 +461,37 @@ mod tests {
                 == Ok(RequestFlags {
                     limits: PteLimits::Khugepaged,
                     effort: Effort::Light,
+                    order: PMD_ORDER,
                 })
         );
         assert!(f(RequestFlags::DEFRAG | RequestFlags::LIGHT) == Err(EINVAL));
-        for bit in 3..32 {
+        for bit in (3..32).filter(|b| !(8..14).contains(b)) {
             assert!(f(1 << bit) == Err(EINVAL));
         }
+        // MADV_F_COLLAPSE_ORDER(n): 0 is the PMD order, 2 to 9 are anonymous folio orders.
+        let order = |n: u32| f(n << RequestFlags::ORDER_SHIFT).map(|r| r.order);
+        assert!(order(0) == Ok(PMD_ORDER));
+        for n in 2..=PMD_ORDER {
+            assert!(order(n) == Ok(n));
+        }
+        for n in [1, PMD_ORDER + 1, 63] {
+            assert!(order(n) == Err(EINVAL));
+        }
+        for raw in [0, RequestFlags::LIMITS | RequestFlags::LIGHT | 4 << RequestFlags::ORDER_SHIFT] {
+            assert!(f(raw).map(RequestFlags::to_uapi) == Ok(raw));
+        }
+        let light4 = f(RequestFlags::LIGHT | 4 << RequestFlags::ORDER_SHIFT);
+        assert!(light4.map(|r| (r.effort, r.order)) == Ok((Effort::Light, 4)));
+        assert_eq!(
+            CollapseMode::Madvise(RequestFlags {
+                order: 4,
+                ..RequestFlags::NONE
+            })
+            .anon_orders(),
+            1 << 4
+        );
+        assert_eq!(CollapseMode::MADVISE.anon_orders(), 1 << PMD_ORDER);
+        assert_eq!(CollapseMode::Khugepaged.anon_orders(), ALL_ANON_ORDERS);
     }
 
     #[test]
@@ -377,7 +504,7 @@ mod tests {
         };
         let limited = CollapseMode::Madvise(RequestFlags {
             limits: PteLimits::Khugepaged,
-            effort: Effort::Full,
+            ..RequestFlags::NONE
         });
         let l = limited.limits(&strict, PMD_ORDER, Userfault::Unarmed);
         assert_eq!((l.max_none, l.max_swap, l.max_shared), (7, 3, 5));
@@ -386,8 +513,8 @@ mod tests {
         assert_eq!(limited.min_referenced(100), 0);
         assert_eq!(limited.effort(), Effort::Full);
         let light = CollapseMode::Madvise(RequestFlags {
-            limits: PteLimits::Ignore,
             effort: Effort::Light,
+            ..RequestFlags::NONE
         });
         assert_eq!(light.alloc_policy(&strict), AllocPolicy::NoWait);
         assert_eq!(light.effort(), Effort::Light);

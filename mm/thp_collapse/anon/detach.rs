@@ -38,6 +38,7 @@ use kernel::{
     },
     page::PAGE_SIZE,
     sync::atomic::Atomic,
+    time::Delta,
 };
 
 /// The mmap lock held for write (`kernel::mm::mmap_lock`).
@@ -148,18 +149,41 @@ struct Entry<'a> {
     order: u32,
 }
 
-/// The isolation list of one request (an MADV_COLLAPSE call, or one khugepaged step): taken
-/// at its first collapse, and given back when it ends (see `spare.rs`).
-pub(crate) type RequestList = Spare<IsolationList>;
+/// What one request (an MADV_COLLAPSE call, or one khugepaged step) keeps across the collapses
+/// of its ranges: the isolation list, taken at its first collapse and given back when it ends
+/// (see `spare.rs`), and how long the current range held the mmap lock for write.
+pub(crate) struct RequestState {
+    list: Spare<IsolationList>,
+    write_held: Delta,
+}
 
 /// The isolation list kept between requests.
 static SPARE_LIST: spare::Slot<IsolationList> = Atomic::new(core::ptr::null_mut());
 
-impl RequestList {
-    /// The isolation list of a new request, allocated (or taken from the one kept) at its first
-    /// collapse.
+impl RequestState {
+    /// The state of a new request: its isolation list is allocated (or taken from the one
+    /// kept) at its first collapse.
     pub(crate) const fn for_request() -> Self {
-        Spare::new(&SPARE_LIST, IsolationList::clear)
+        Self {
+            list: Spare::new(&SPARE_LIST, IsolationList::clear),
+            write_held: Delta::from_nanos(0),
+        }
+    }
+
+    /// The request's isolation list. May sleep.
+    pub(crate) fn list(&mut self) -> Result<&mut IsolationList, Fail> {
+        self.list.get(IsolationList::new)
+    }
+
+    /// Adds `held` to the time the current range held the mmap lock for write.
+    pub(crate) fn held_for_write(&mut self, held: Delta) {
+        self.write_held += held;
+    }
+
+    /// The time the range that just ended held the mmap lock for write; starts the next
+    /// range's count.
+    pub(crate) fn take_write_held(&mut self) -> Delta {
+        core::mem::replace(&mut self.write_held, Delta::from_nanos(0))
     }
 }
 

@@ -12,59 +12,64 @@ mod detach;
 #[path = "read.rs"]
 mod read;
 
-pub(crate) use detach::RequestList;
+pub(crate) use detach::RequestState;
 
 use crate::{
-    ffi::trace,
+    ffi::{self, trace},
     new_folio,
-    outcome::{Attempt, Fail},
-    plan::{self, Occupied, ALL_ANON_ORDERS},
-    scan::ScanTally,
+    outcome::{verdict, Attempt, Collapsed, Fail, Verdict},
+    plan::{self, Occupied},
+    scan::{InPlace, ScanTally},
     vma::{self, CollapseLocked},
     vocab::{
-        Candidate, CollapseMode, Effort, Locked, MmapRead, Tunables, Userfault, PMD_ORDER,
+        Candidate, CollapseMode, Effort, Locked, MmapRead, PteSpan, Tunables, Userfault, PMD_ORDER,
         PTES_PER_PMD,
     },
 };
 use detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite};
-use kernel::mm::{
-    folio::{NewFolio, NodeLoad, Nodes},
-    mmap_lock::MmapLocked,
-    pgtable::PmdState,
+use kernel::{
+    mm::{
+        folio::{NewFolio, NodeLoad, Nodes},
+        mmap_lock::MmapLocked,
+        pgtable::PmdState,
+    },
+    time::{Instant, Monotonic},
 };
 
-/// Collapses the PMD range at `addr` of an anonymous VMA that the caller found under `guard`,
-/// with the `tunables` of this step.
+/// Collapses the entries `span` of the PMD range at `addr` of an anonymous VMA that the
+/// caller found under `guard`, with the `tunables` of this step.
 ///
 /// Returns the result, the number of page-table entries looked at (khugepaged's scan budget),
-/// and the state of the lock. `lists` is the isolation list of the request, allocated at its
-/// first collapse.
+/// and the state of the lock. `req` is the state of the request (its isolation list, allocated
+/// at its first collapse, and the time it held the mmap lock for write).
 pub(crate) fn collapse_pmd<'a>(
     guard: MmapRead<'a>,
     addr: usize,
+    span: PteSpan,
     mode: CollapseMode,
     tunables: &Tunables,
-    lists: &mut RequestList,
+    req: &mut RequestState,
 ) -> (Attempt, u32, Locked<'a>) {
-    let s = scan(&guard, addr, mode, tunables);
+    let s = scan(&guard, addr, span, mode, tunables);
     let mm = guard.mm();
     let (attempt, state) = match s.verdict {
         Ok(()) => {
             drop(guard);
-            let attempt = plan::collapse_planned(
-                &s.occupied,
-                s.enabled,
-                s.swapped,
-                |order| mode.limits(tunables, order, Userfault::Unarmed).max_none,
-                |first, order| {
-                    let c = Candidate {
-                        haddr: addr,
-                        first,
-                        order,
-                    };
-                    collapse_candidate(mm, c, mode, tunables, &s, lists)
-                },
-            );
+            let max_none = |order| mode.limits(tunables, order, Userfault::Unarmed).max_none;
+            let collapse = |first, order| {
+                let c = Candidate {
+                    haddr: addr,
+                    first,
+                    order,
+                };
+                collapse_candidate(mm, c, mode, tunables, &s, req)
+            };
+            let attempt = match &s.in_place {
+                Some(in_place) => collapse_span(span, &s, in_place, max_none, collapse),
+                None => {
+                    plan::collapse_planned(&s.occupied, s.enabled, s.swapped, max_none, collapse)
+                }
+            };
             (attempt, Locked::Dropped)
         }
         Err(fail) => (Err(fail), Locked::Held(guard)),
@@ -104,18 +109,35 @@ fn swap_in(
 ///
 /// Takes the mmap lock for write (revalidating the range), the anon_vma lock, detaches and
 /// isolates, copies, and installs; any failure on the way puts everything back. Returns with
-/// no lock held. Upstream: `collapse_huge_page()` after `alloc_charge_folio()`.
+/// no lock held, and adds the time it held the mmap lock for write to `req`. Upstream:
+/// `collapse_huge_page()` after `alloc_charge_folio()`.
 fn collapse_anon(
     mm: &kernel::mm::Mm,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    mut new: NewFolio,
-    lists: &mut RequestList,
+    new: NewFolio,
+    req: &mut RequestState,
 ) -> Attempt {
     // Sleeping allocations come before the locks.
-    let list = lists.get(IsolationList::new)?;
+    let list = req.list()?;
     let guard = MmapWrite::lock(mm);
+    let held = Instant::<Monotonic>::now();
+    // `guard` is released when this returns.
+    let attempt = collapse_write_locked(guard, c, mode, tunables, new, list);
+    req.held_for_write(held.elapsed());
+    attempt
+}
+
+/// The part of [`collapse_anon`] under the mmap lock for write, `guard`.
+fn collapse_write_locked(
+    guard: MmapWrite<'_>,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    mut new: NewFolio,
+    list: &mut IsolationList,
+) -> Attempt {
     let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
     // The range may have been unmapped and mapped again as a file while unlocked.
     if !vma.is_anonymous() {
@@ -135,6 +157,50 @@ fn collapse_anon(
     table.install(new)
 }
 
+/// Collapses every candidate of the one order `s.enabled` holds in `span`, for a MADV_COLLAPSE
+/// to an mTHP order: each naturally aligned block of `span` that is not `in_place` already
+/// and has at most `max_none(order)` empty entries goes to `collapse(first, order)`.
+///
+/// Returns [`Collapsed::Mapped`] if every candidate is collapsed or in place and one at least
+/// was collapsed, [`Fail::PmdMapped`] ("already there") if all were in place, else the last
+/// failure; after a failure that ends a request (`outcome::verdict`) the next candidates are
+/// not tried.
+fn collapse_span(
+    span: PteSpan,
+    s: &Scanned,
+    in_place: &InPlace,
+    max_none: impl Fn(u32) -> u32,
+    mut collapse: impl FnMut(usize, u32) -> Attempt,
+) -> Attempt {
+    let order = s.enabled.trailing_zeros();
+    let nr = 1usize << order;
+    let mut result = Err(Fail::PmdMapped);
+    for first in (span.first..span.end).step_by(nr) {
+        if in_place.covers(first) {
+            continue;
+        }
+        let attempt = if s.occupied.weight(first, first + nr) + max_none(order) >= nr as u32 {
+            collapse(first, order)
+        } else {
+            ffi::count_exceeded(order, Fail::ExceedNonePte);
+            Err(Fail::ExceedNonePte)
+        };
+        match attempt {
+            Ok(_) if result.is_ok() || result == Err(Fail::PmdMapped) => {
+                result = Ok(Collapsed::Mapped);
+            }
+            Ok(_) => {}
+            Err(fail) => {
+                result = Err(fail);
+                if verdict(attempt) == Verdict::Abort {
+                    break;
+                }
+            }
+        }
+    }
+    result
+}
+
 /// Allocates, swaps in and collapses one candidate, of a range whose scan `s` saw. Returns
 /// with no lock held. Upstream: `collapse_huge_page()`.
 fn collapse_candidate(
@@ -143,7 +209,7 @@ fn collapse_candidate(
     mode: CollapseMode,
     tunables: &Tunables,
     s: &Scanned,
-    lists: &mut RequestList,
+    req: &mut RequestState,
 ) -> Attempt {
     let attempt = (|| {
         // The folio is allocated without the mmap lock: it may reclaim and compact.
@@ -155,7 +221,7 @@ fn collapse_candidate(
             }
             swap_in(mm, c, mode, s.referenced)?;
         }
-        collapse_anon(mm, c, mode, tunables, folio, lists)
+        collapse_anon(mm, c, mode, tunables, folio, req)
     })();
     trace::collapse(mm, &attempt, c.order);
     attempt
@@ -177,10 +243,18 @@ struct Scanned {
     enabled: u64,
     /// Where the new folio should come from (where most of the pages are).
     nodes: Nodes,
+    /// For a MADV_COLLAPSE to an mTHP order: which of its candidates are in place already.
+    in_place: Option<InPlace>,
 }
 
-/// Scans the PMD range at `addr` under `guard`.
-fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> Scanned {
+/// Scans the entries `span` of the PMD range at `addr` under `guard`.
+fn scan(
+    guard: &MmapRead<'_>,
+    addr: usize,
+    span: PteSpan,
+    mode: CollapseMode,
+    t: &Tunables,
+) -> Scanned {
     let done = |fail, traced| Scanned {
         verdict: Err(fail),
         scanned: 1,
@@ -192,6 +266,7 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         occupied: Occupied::EMPTY,
         enabled: 0,
         nodes: NodeLoad::new().target(),
+        in_place: None,
     };
     let Some(vma) = guard.find_vma(addr) else {
         return done(Fail::VmaNull, false);
@@ -201,18 +276,30 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         PmdState::Huge => return done(Fail::PmdMapped, true),
         PmdState::Table => {}
     }
-    // khugepaged also collapses anonymous memory into smaller (mTHP) folios where enabled.
+    // khugepaged also collapses anonymous memory into smaller (mTHP) folios where enabled;
+    // MADV_COLLAPSE into the one order of its request, which the VMA was checked to allow.
     let enabled = match mode {
-        CollapseMode::Khugepaged => vma::allowed_orders(vma, mode, ALL_ANON_ORDERS),
-        CollapseMode::Madvise(_) => 1 << PMD_ORDER,
+        CollapseMode::Khugepaged => vma::allowed_orders(vma, mode, mode.anon_orders()),
+        CollapseMode::Madvise(_) => mode.anon_orders(),
     };
     let mut limits = mode.limits(t, PMD_ORDER, Userfault::of(vma));
+    let mut in_place = None;
     if enabled != 1 << PMD_ORDER {
         // Look at every PTE: the plan decides per order how many may be empty.
-        limits.max_none = PTES_PER_PMD - 1;
+        limits.max_none = limits.max_none.max(PTES_PER_PMD - 1);
+        if mode.is_madvise() {
+            // A collapse takes the whole page table away for a while, whatever the order: no
+            // other VMA may share it. khugepaged and PMD-sized MADV_COLLAPSE only come with
+            // such ranges; an mTHP-sized one may be asked for any block.
+            if !vma.thp_suitable_order(addr, PMD_ORDER) {
+                return done(Fail::AddressRange, false);
+            }
+            in_place = Some(InPlace::new(enabled.trailing_zeros()));
+        }
     }
     let mut tally = ScanTally::new(mode, limits);
-    let (verdict, scanned, failed_pfn) = read::scan_anon_pmd(guard, vma, addr, &mut tally);
+    let (verdict, scanned, failed_pfn) =
+        read::scan_anon_pmd(guard, vma, addr, span, &mut tally, in_place.as_mut());
     Scanned {
         verdict,
         scanned,
@@ -224,5 +311,6 @@ fn scan(guard: &MmapRead<'_>, addr: usize, mode: CollapseMode, t: &Tunables) -> 
         occupied: tally.occupied().clone(),
         enabled,
         nodes: tally.target_nodes(),
+        in_place,
     }
 }

@@ -9,9 +9,9 @@
 use crate::{
     ffi::{self, trace, PteFacts, PteRead},
     outcome::Fail,
-    scan::{EntryKind, ScanTally, Step},
+    scan::{EntryKind, InPlace, ScanTally, Step},
     vma::CollapseLocked,
-    vocab::{Candidate, MmapRead, PMD_ORDER, PTES_PER_PMD},
+    vocab::{Candidate, MmapRead, PteSpan, PMD_ORDER, PTES_PER_PMD},
 };
 use kernel::{
     mm::{
@@ -118,7 +118,8 @@ enum SwapIn {
     LockReleased,
 }
 
-/// Scans the page table under the PMD range at `addr` of the anonymous `vma`, feeding `tally`.
+/// Scans the entries `span` of the page table under the PMD range at `addr` of the anonymous
+/// `vma`, feeding `tally`, and `in_place` if there is one.
 ///
 /// Returns the verdict (`Ok` if the range is worth collapsing), how many
 /// entries were looked at, and the pfn of the folio that stopped the scan (or
@@ -127,7 +128,9 @@ pub(crate) fn scan_anon_pmd(
     guard: &MmapRead<'_>,
     vma: &VmaRef,
     addr: usize,
+    span: PteSpan,
     tally: &mut ScanTally,
+    mut in_place: Option<&mut InPlace>,
 ) -> (Result<(), Fail>, u32, usize) {
     let Some(table) = pte_table_locked(guard, addr) else {
         return (Err(Fail::NoPteTable), 1, trace::NO_PFN);
@@ -139,20 +142,28 @@ pub(crate) fn scan_anon_pmd(
     };
     let mut scanned = 0;
     let mut failed_pfn = trace::NO_PFN;
+    let span = PteSpan {
+        first: span.first,
+        end: span.end.min(PTES_PER_PMD as usize),
+    };
     // SAFETY: The `PTES_PER_PMD` entries of `table` are mapped and locked, so they and what
-    // they map are stable; `vma` is the VMA the table was found in.
+    // they map are stable (`span` is inside them); `vma` is the VMA the table was found in.
     let result = unsafe {
         ffi::for_each_pte(
             vma,
-            addr,
-            table.entry(0),
-            PTES_PER_PMD as usize,
+            addr + span.first * PAGE_SIZE,
+            table.entry(span.first),
+            span.len(),
             PteRead {
                 folio_state: true,
                 heuristics: tally.uses_heuristics(),
             },
-            |i, facts| {
+            |j, facts| {
+                let i = span.first + j;
                 scanned += 1;
+                if let Some(p) = in_place.as_deref_mut() {
+                    p.see(i, facts.folio_block());
+                }
                 scan_one(&site, i, facts, tally).inspect_err(|_| {
                     failed_pfn = facts.folio_pfn();
                 })

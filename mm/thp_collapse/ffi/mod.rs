@@ -76,6 +76,8 @@ const _: () = {
     assert!(RequestFlags::LIMITS == bindings::MADV_F_COLLAPSE_LIMITS);
     assert!(RequestFlags::DEFRAG == bindings::MADV_F_COLLAPSE_DEFRAG);
     assert!(RequestFlags::LIGHT == bindings::MADV_F_COLLAPSE_LIGHT);
+    assert!(RequestFlags::ORDER_SHIFT == bindings::MADV_F_COLLAPSE_ORDER_SHIFT);
+    assert!(RequestFlags::ORDER_MASK == bindings::MADV_F_COLLAPSE_ORDER_MASK);
     assert!(Caller::Madvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_MADVISE);
     assert!(
         Caller::ProcessMadvise as u32 == bindings::collapse_caller_COLLAPSE_CALLER_PROCESS_MADVISE
@@ -267,6 +269,17 @@ impl PteFacts {
     /// The pfn of the folio mapped, or [`trace::NO_PFN`] (for the tracepoints; a call into C).
     pub(crate) fn folio_pfn(&self) -> usize {
         folio_pfn(self.page().map(|(_, folio)| folio))
+    }
+
+    /// The page mapped as (the folio's address, the page's index in the folio, the folio's
+    /// order), or `None` (no normal page): what [`InPlace`](crate::scan::InPlace) compares.
+    #[inline]
+    pub(crate) fn folio_block(&self) -> Option<(usize, usize, u32)> {
+        let (page, folio) = self.page()?;
+        // The pages of a folio are consecutive `struct page`s from the folio's own address.
+        let index = (page.as_ptr() as usize - folio.as_ptr() as usize)
+            / core::mem::size_of::<bindings::page>();
+        Some((folio.as_ptr() as usize, index, self.0.order))
     }
 
     /// The number of pages of the folio mapped (1 without a folio).
@@ -570,11 +583,12 @@ pub(crate) fn cond_resched() {
 /// one call and a static-key test.
 pub(crate) mod trace {
     use super::{page_cache::Backing, FolioPtr};
-    use crate::outcome::ScanCode;
+    use crate::{outcome::ScanCode, vocab::Caller};
     use kernel::{
         bindings,
         ffi::{c_int, c_uint, c_ulong},
         mm::Mm,
+        time::Delta,
     };
 
     /// The pfn the events record when there is no folio.
@@ -603,6 +617,40 @@ pub(crate) mod trace {
         unsafe fn mm_khugepaged_collapse_file(mm: *mut bindings::mm_struct, new_pfn: c_ulong,
             index: c_ulong, addr: c_ulong, is_shmem: bool, file: *mut bindings::file, nr: c_int,
             result: c_int);
+        /// `mm_collapse_range` (patch 0013, ours). Safe to call with a valid `mm`.
+        #[allow(clippy::too_many_arguments)] // The event's eight fields.
+        unsafe fn mm_collapse_range(mm: *mut bindings::mm_struct, addr: c_ulong, order: c_uint,
+            caller: c_int, flags: c_uint, status: c_int, time_ns: u64, mmap_write_ns: u64);
+    }
+
+    /// `mm_collapse_range`: the end of one range of a request of `caller` with the
+    /// process_madvise() `flags`, at `addr`, to folios of `order`: its result, the time it
+    /// took and the part of it under the mmap lock for write.
+    #[allow(clippy::too_many_arguments)] // The event's eight fields.
+    pub(crate) fn range(
+        mm: &Mm,
+        addr: usize,
+        order: u32,
+        caller: Caller,
+        flags: u32,
+        result: &impl ScanCode,
+        took: Delta,
+        write_held: Delta,
+    ) {
+        let ns = |d: Delta| u64::try_from(d.as_nanos()).unwrap_or(0);
+        // SAFETY: `mm` is valid; the event only records its address and the values.
+        unsafe {
+            mm_collapse_range(
+                mm.as_raw(),
+                addr,
+                order,
+                caller as c_int,
+                flags,
+                status(result),
+                ns(took),
+                ns(write_held),
+            )
+        }
     }
 
     fn status(result: &impl ScanCode) -> c_int {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * process_madvise(MADV_COLLAPSE) flags: MADV_F_COLLAPSE_LIMITS, _DEFRAG and
- * _LIGHT (include/uapi/asm-generic/mman-common.h).
+ * process_madvise(MADV_COLLAPSE) flags: MADV_F_COLLAPSE_LIMITS, _DEFRAG,
+ * _LIGHT and _ORDER(n) (include/uapi/asm-generic/mman-common.h).
  *
  * Each flag is checked by what it promises, not by the return value alone:
  *  - bad input (an unknown flag, DEFRAG with LIGHT, a flag with another
@@ -20,6 +20,17 @@
  *    the page cache and a dirty file page give EAGAIN (swap-in, read and
  *    writeback are waits), where flags = 0 swaps in, reads or writes back
  *    and collapses, and the page stays swapped out, uncached or dirty.
+ *  - ORDER(4): 64 KiB collapses of anonymous memory leave 64 KiB folios
+ *    (/proc/kpageflags: a compound head every 16 pages, tails between, on
+ *    16-aligned pfns), the bytes intact, the range not PMD-mapped, the
+ *    64 KiB mTHP counter moved; asked again, nothing is allocated; ORDER(1)
+ *    and ORDER(10) are bad input, and so are ORDER(4) on shmem, on a file
+ *    and where the PMD range around the block leaves the VMA (the collapse
+ *    takes its page table away for a while).
+ *  - the mm_collapse_range tracepoint: one event per range with its address,
+ *    order, caller, flags and result, for a collapsed, an already huge and a
+ *    failed range, the time under the mmap write lock within the range's time
+ *    and only where a huge page was installed.
  * Every Rust case proves through the Rust core's counters that it decided.
  *
  * Run as root, with swap on, the fail_page_alloc fault injector in debugfs
@@ -35,6 +46,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -52,6 +64,12 @@
 #define MADV_F_COLLAPSE_LIMITS	0x1
 #define MADV_F_COLLAPSE_DEFRAG	0x2
 #define MADV_F_COLLAPSE_LIGHT	0x4
+#endif
+#ifndef MADV_F_COLLAPSE_ORDER
+#define MADV_F_COLLAPSE_ORDER_SHIFT	8
+#define MADV_F_COLLAPSE_ORDER_MASK	0x3f00
+#define MADV_F_COLLAPSE_ORDER(n)	\
+	(((n) << MADV_F_COLLAPSE_ORDER_SHIFT) & MADV_F_COLLAPSE_ORDER_MASK)
 #endif
 #ifndef PIDFD_SELF
 #define PIDFD_SELF -10000	/* PIDFD_SELF_THREAD, linux/pidfd.h */
@@ -173,6 +191,10 @@ static void test_bad_input(const char *core, int pidfd)
 		  MADV_F_COLLAPSE_LIGHT },
 		{ "LIMITS with MADV_PAGEOUT", MADV_PAGEOUT,
 		  MADV_F_COLLAPSE_LIMITS },
+		{ "ORDER(1)", MADV_COLLAPSE, MADV_F_COLLAPSE_ORDER(1) },
+		{ "ORDER(10)", MADV_COLLAPSE, MADV_F_COLLAPSE_ORDER(10) },
+		{ "ORDER(4) with MADV_COLD", MADV_COLD,
+		  MADV_F_COLLAPSE_ORDER(4) },
 	};
 	size_t i;
 
@@ -199,7 +221,8 @@ static void test_c_core(int pidfd)
 {
 	static const unsigned int flags[] = {
 		MADV_F_COLLAPSE_LIMITS, MADV_F_COLLAPSE_DEFRAG,
-		MADV_F_COLLAPSE_LIGHT,
+		MADV_F_COLLAPSE_LIGHT, MADV_F_COLLAPSE_ORDER(4),
+		MADV_F_COLLAPSE_ORDER(9),
 	};
 	uint64_t shadow[PAGES_PER_PMD];
 	struct region r = populated(MEM_ANON, shadow);
@@ -382,6 +405,314 @@ static void test_limits(int pidfd)
 	write_str(KHUGEPAGED "max_ptes_none", orig_none);
 	write_str(KHUGEPAGED "max_ptes_shared", orig_shared);
 	write_str(KHUGEPAGED "max_ptes_swap", orig_swap);
+}
+
+/* ---- ORDER (Rust core) ------------------------------------------------- */
+
+#define KPF_HEAD_BIT 15		/* KPF_COMPOUND_HEAD */
+#define KPF_TAIL_BIT 16		/* KPF_COMPOUND_TAIL */
+
+/* The /proc/kpageflags of the page mapped at @p, or 0 and *ok = false. */
+static uint64_t kpf_at(char *p, bool *ok)
+{
+	unsigned long pfn = pagemap_get_pfn(pagemap_fd, p);
+	uint64_t flags = 0;
+
+	if (pfn == -1UL || pageflags_get(pfn, kpageflags_fd, &flags))
+		*ok = false;
+	return flags;
+}
+
+/*
+ * Whether the @nr pages from @p are mapped by folios of exactly @order pages
+ * each, one per naturally aligned block: a compound head on a pfn aligned to
+ * the folio, tails on the next pfns, and the page after the block not a tail
+ * of it (a head, or a small page).
+ */
+static bool mapped_by_order(char *p, size_t nr, unsigned int order)
+{
+	size_t per = 1UL << order, pg, k;
+	uint64_t next;
+	bool ok = true;
+
+	for (pg = 0; pg < nr; pg += per) {
+		unsigned long head = pagemap_get_pfn(pagemap_fd, p + pg * PAGE_SZ);
+
+		if (head == -1UL || head % per ||
+		    !(kpf_at(p + pg * PAGE_SZ, &ok) & (1ULL << KPF_HEAD_BIT)))
+			return false;
+		for (k = 1; k < per; k++) {
+			char *q = p + (pg + k) * PAGE_SZ;
+
+			if (pagemap_get_pfn(pagemap_fd, q) != head + k ||
+			    !(kpf_at(q, &ok) & (1ULL << KPF_TAIL_BIT)))
+				return false;
+		}
+		/* The folio ends here: the next pfn is not its tail. */
+		if (!pageflags_get(head + per, kpageflags_fd, &next) &&
+		    (next & (1ULL << KPF_TAIL_BIT)))
+			return false;
+	}
+	return ok;
+}
+
+/* Whether none of the @nr pages from @p is part of a large folio. */
+static bool all_small(char *p, size_t nr)
+{
+	bool ok = true;
+	size_t pg;
+
+	for (pg = 0; pg < nr; pg++)
+		if (kpf_at(p + pg * PAGE_SZ, &ok) &
+		    ((1ULL << KPF_HEAD_BIT) | (1ULL << KPF_TAIL_BIT)))
+			return false;
+	return ok;
+}
+
+#define MTHP_64K THP_SYSFS "hugepages-64kB/stats/collapse_alloc"
+
+static long long read_count(const char *path)
+{
+	char buf[32];
+
+	if (read_str(path, buf, sizeof(buf)))
+		ksft_exit_fail_msg("cannot read %s\n", path);
+	return atoll(buf);
+}
+
+static void test_order(int pidfd)
+{
+	uint64_t shadow[PAGES_PER_PMD];
+	struct region r = populated(MEM_ANON, shadow);
+	/* Blocks 2 to 5 of 64 KiB (pages 32 to 95) of the PMD range. */
+	char *blk = r.p + 32 * PAGE_SZ;
+	size_t len = 64 * PAGE_SZ;
+	long long ok = rust_stat("process_madvise", "succeed");
+	long long done = rust_stat("process_madvise", "pmd_mapped");
+	long long allocs = read_count(MTHP_64K);
+	long ret;
+
+	collapse_require_core("rust");
+	ret = collapse(pidfd, blk, len, MADV_COLLAPSE,
+		       MADV_F_COLLAPSE_ORDER(4));
+	ksft_test_result(ret == (long)len && mapped_by_order(blk, 64, 4) &&
+			 all_small(r.p, 32) && all_small(blk + len, 32) &&
+			 !mem_bad_pages(&r, shadow) && !mem_pmd_mapped(&r) &&
+			 read_count(MTHP_64K) == allocs + 4 &&
+			 rust_stat("process_madvise", "succeed") == ok + 1,
+			 "rust: ORDER(4): four 64 KiB folios on aligned pfns, their neighbours small, bytes intact, 64 KiB collapse_alloc +%lld (%ld, %s)\n",
+			 read_count(MTHP_64K) - allocs, ret,
+			 ret < 0 ? strerror(errno) : "ok");
+	/* Asked again: every block is in place, nothing to allocate. */
+	allocs = read_count(MTHP_64K);
+	ret = collapse(pidfd, blk, len, MADV_COLLAPSE,
+		       MADV_F_COLLAPSE_ORDER(4));
+	ksft_test_result(ret == (long)len && mapped_by_order(blk, 64, 4) &&
+			 read_count(MTHP_64K) == allocs &&
+			 rust_stat("process_madvise", "pmd_mapped") == done + 1 &&
+			 !mem_bad_pages(&r, shadow),
+			 "rust: ORDER(4) again: in place, nothing allocated, counted as pmd_mapped (%ld)\n",
+			 ret);
+	/* A PMD-sized collapse of the whole range still works over them. */
+	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, 0);
+	ksft_test_result(ret == (long)r.len && mem_pmd_mapped(&r) &&
+			 !mem_bad_pages(&r, shadow),
+			 "rust: flags = 0 then collapses the whole PMD range over the 64 KiB folios (%ld)\n",
+			 ret);
+	mem_region_free(&r);
+}
+
+/*
+ * ORDER(4) where it cannot apply: EINVAL, the memory as it was; counted as
+ * @outcome by the Rust core if it got as far as a range (NULL: refused
+ * before, as bad input).
+ */
+static void order_refused(int pidfd, struct region *r, const uint64_t *shadow,
+			  const char *what, const char *outcome)
+{
+	long long n = outcome ? rust_stat("process_madvise", outcome) : 0;
+	long ret = collapse(pidfd, r->p, 16 * PAGE_SZ, MADV_COLLAPSE,
+			    MADV_F_COLLAPSE_ORDER(4));
+	int err = errno;
+
+	ksft_test_result(ret == -1 && err == EINVAL &&
+			 !mem_bad_pages(r, shadow) && all_small(r->p, 16) &&
+			 (!outcome ||
+			  rust_stat("process_madvise", outcome) == n + 1),
+			 "rust: ORDER(4) %s: EINVAL, memory unchanged%s%s (%ld, %s)\n",
+			 what, outcome ? ", counted as " : "",
+			 outcome ? outcome : "", ret, ret ? strerror(err) : "ok");
+}
+
+static void test_order_refused(int pidfd)
+{
+	uint64_t shadow[PAGES_PER_PMD];
+	struct region r;
+
+	collapse_require_core("rust");
+	r = populated(MEM_SHMEM, shadow);
+	order_refused(pidfd, &r, shadow, "on shmem", NULL);
+	mem_region_free(&r);
+	r = populated(MEM_FILE, shadow);
+	order_refused(pidfd, &r, shadow, "on a file", NULL);
+	mem_region_free(&r);
+	/* The VMA ends one page short of the PMD range: its table is shared. */
+	r = populated(MEM_ANON, shadow);
+	if (munmap(r.p + r.len - PAGE_SZ, PAGE_SZ))
+		ksft_exit_fail_perror("munmap");
+	r.len -= PAGE_SZ;
+	order_refused(pidfd, &r, shadow, "with the PMD range leaving the VMA",
+		      "address_range");
+	mem_region_free(&r);
+}
+
+/* ---- The mm_collapse_range tracepoint (Rust core) ----------------------- */
+
+static void fail_huge_allocs(bool on);
+
+#define TRACEFS "/sys/kernel/tracing/"
+#define RANGE_EVENT TRACEFS "events/huge_memory/mm_collapse_range/enable"
+
+struct range_event {
+	unsigned long addr;
+	unsigned int order, flags;
+	char caller[32], status[48];
+	unsigned long long time_ns, write_ns;
+};
+
+static void range_events(bool on)
+{
+	char pid[32];
+
+	if (access(TRACEFS "trace", F_OK) &&
+	    mount("nodev", "/sys/kernel/tracing", "tracefs", 0, NULL))
+		ksft_exit_fail_perror("mount tracefs");
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	set_str(TRACEFS "set_event_pid", on ? pid : "");
+	set_str(RANGE_EVENT, on ? "1" : "0");
+	set_str(TRACEFS "tracing_on", on ? "1" : "0");
+}
+
+/* The mm_collapse_range events in the trace buffer, which it empties. */
+static int range_events_take(struct range_event *ev, int max)
+{
+	FILE *f = fopen(TRACEFS "trace", "r");
+	char line[512];
+	int n = 0, fd;
+
+	if (!f)
+		ksft_exit_fail_perror(TRACEFS "trace");
+	while (n < max && fgets(line, sizeof(line), f)) {
+		char *p = strstr(line, "mm_collapse_range: ");
+		struct range_event *e = &ev[n];
+
+		if (!p || line[0] == '#')
+			continue;
+		if (sscanf(p,
+			   "mm_collapse_range: mm=%*[^,], addr=0x%lx, order=%u, caller=%31[^,], flags=0x%x, status=%47[^,], time_ns=%llu, mmap_write_ns=%llu",
+			   &e->addr, &e->order, e->caller, &e->flags,
+			   e->status, &e->time_ns, &e->write_ns) == 7)
+			n++;
+		else
+			ksft_print_msg("unparsed event: %s", p);
+	}
+	fclose(f);
+	fd = open(TRACEFS "trace", O_WRONLY | O_TRUNC);
+	if (fd >= 0)
+		close(fd);
+	return n;
+}
+
+/* One event, for @p, with these fields; the times as a huge page install has them or not. */
+static bool range_event_is(const struct range_event *e, int n, char *p,
+			   unsigned int order, const char *caller,
+			   unsigned int flags, const char *status, bool wrote)
+{
+	if (n != 1)
+		return false;
+	return e->addr == (unsigned long)p && e->order == order &&
+	       !strcmp(e->caller, caller) && e->flags == flags &&
+	       !strcmp(e->status, status) && e->time_ns >= e->write_ns &&
+	       (wrote ? e->write_ns > 0 : e->write_ns == 0);
+}
+
+static void print_range_event(const char *what, const struct range_event *e,
+			      int n)
+{
+	if (!n) {
+		ksft_print_msg("%s: no event\n", what);
+		return;
+	}
+	ksft_print_msg("%s: %d event(s); first: addr=0x%lx order=%u caller=%s flags=0x%x\n",
+		       what, n, e->addr, e->order, e->caller, e->flags);
+	ksft_print_msg("%s: status=%s time_ns=%llu mmap_write_ns=%llu\n", what,
+		       e->status, e->time_ns, e->write_ns);
+}
+
+static void test_range_tracepoint(int pidfd)
+{
+	uint64_t shadow[PAGES_PER_PMD];
+	struct region r = populated(MEM_ANON, shadow);
+	struct range_event ev[8];
+	bool ok;
+	long ret;
+	int n;
+
+	collapse_require_core("rust");
+	range_events(true);
+	range_events_take(ev, 8);
+
+	/* Collapsed, through process_madvise() with LIMITS. */
+	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE,
+		       MADV_F_COLLAPSE_LIMITS);
+	n = range_events_take(ev, 8);
+	ok = ret == (long)r.len &&
+	     range_event_is(ev, n, r.p, 9, "process_madvise",
+			    MADV_F_COLLAPSE_LIMITS, "succeeded", true);
+	if (!ok)
+		print_range_event("collapsed", ev, n);
+	ksft_test_result(ok,
+			 "rust: mm_collapse_range, a collapsed range: its address, order 9, process_madvise, flags 0x1, succeeded, %llu of %llu ns under the mmap write lock\n",
+			 n ? ev[0].write_ns : 0, n ? ev[0].time_ns : 0);
+
+	/* Already huge, through madvise(). */
+	ret = madvise(r.p, r.len, MADV_COLLAPSE);
+	n = range_events_take(ev, 8);
+	ok = !ret && range_event_is(ev, n, r.p, 9, "madvise", 0,
+				    "page_pmd_mapped", false);
+	if (!ok)
+		print_range_event("already huge", ev, n);
+	ksft_test_result(ok,
+			 "rust: mm_collapse_range, an already huge range: madvise, flags 0, page_pmd_mapped, no time under the mmap write lock\n");
+	mem_region_free(&r);
+
+	/* Failed: LIGHT without a huge page to allocate. */
+	r = populated(MEM_ANON, shadow);
+	fail_huge_allocs(true);
+	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, MADV_F_COLLAPSE_LIGHT);
+	fail_huge_allocs(false);
+	n = range_events_take(ev, 8);
+	ok = ret == -1 && range_event_is(ev, n, r.p, 9, "process_madvise",
+					 MADV_F_COLLAPSE_LIGHT,
+					 "would_block", false);
+	if (!ok)
+		print_range_event("failed", ev, n);
+	ksft_test_result(ok,
+			 "rust: mm_collapse_range, a failed range: flags 0x4, would_block, no time under the mmap write lock\n");
+
+	/* An mTHP-sized collapse: the event is at the part of the range asked for. */
+	ret = collapse(pidfd, r.p + 16 * PAGE_SZ, 16 * PAGE_SZ, MADV_COLLAPSE,
+		       MADV_F_COLLAPSE_ORDER(4));
+	n = range_events_take(ev, 8);
+	ok = ret == 16 * PAGE_SZ &&
+	     range_event_is(ev, n, r.p + 16 * PAGE_SZ, 4, "process_madvise",
+			    MADV_F_COLLAPSE_ORDER(4), "succeeded", true);
+	if (!ok)
+		print_range_event("order 4", ev, n);
+	ksft_test_result(ok,
+			 "rust: mm_collapse_range, a 64 KiB collapse: at the block, order 4, flags 0x400, succeeded\n");
+	range_events(false);
+	mem_region_free(&r);
 }
 
 /* ---- LIGHT (Rust core) ------------------------------------------------- */
@@ -568,13 +899,16 @@ int main(int argc, char **argv)
 	if (pagemap_fd < 0 || kpageflags_fd < 0 || pidfd < 0)
 		ksft_exit_fail_perror("open");
 
-	ksft_set_plan(2 * 6 + 2 + 1 + 1 + 3 * 2 + 2 + 3 * 2);
+	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 3 * 2);
 	test_bad_input("c", pidfd);
 	test_bad_input("rust", pidfd);
 	test_c_core(pidfd);
 	test_remote_unprivileged();
 	test_defrag();
 	test_limits(pidfd);
+	test_order(pidfd);
+	test_order_refused(pidfd);
+	test_range_tracepoint(pidfd);
 	test_light_alloc(pidfd);
 	test_light_waits(pidfd);
 	ksft_finished();
