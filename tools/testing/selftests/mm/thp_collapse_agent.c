@@ -11,7 +11,13 @@
  *  - an unprivileged agent (user nobody) fails with exit status 2 and says
  *    what it lacks, and the memory stays as it was;
  *  - a target that exits midway gives a report marked incomplete, with the
- *    ranges left not attempted because the process exited, and exit status 1.
+ *    ranges left not attempted because the process exited, and exit status 1;
+ *  - "run --config" (the daemon) follows a workload that keeps reading one
+ *    2 MiB range and wrote another once: DAMON reports the first hot, the
+ *    daemon collapses it (its log and report.json say so, the Rust core's
+ *    counter moved, the workload finds it PMD-mapped with the same bytes) and
+ *    leaves the cold one alone (no collapse logged, still base pages), stays
+ *    within its budget, and writes a complete report and a PNG plot.
  *
  * THP stays "never", so that khugepaged leaves the workload alone; the agent
  * plans its range with --include-ineligible (MADV_COLLAPSE ignores the
@@ -29,8 +35,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -360,6 +368,148 @@ static void test_target_exits(void)
 		ksft_print_msg("agent: %.1500s\n", out);
 }
 
+/* ---- The daemon ------------------------------------------------------- */
+
+#define DAEMON_DIR "/tmp/thp_agent_daemon"
+#define DAEMON_SECONDS "20"
+
+/*
+ * The daemon's workload: @hot and @cold, one PMD each, written once; then
+ * it reads every page of @hot over and over until a command comes ('c':
+ * report whether @hot is PMD-mapped with its bytes and @cold is not).
+ */
+static void daemon_workload_main(char *hot, char *cold, int cmd, int res)
+{
+	struct pollfd pfd = { .fd = cmd, .events = POLLIN };
+	uint64_t sum = 0;
+	char c = 0;
+	size_t pg;
+	bool ok = true;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (madvise(hot, PMD_SZ, MADV_NOHUGEPAGE) ||
+	    madvise(cold, PMD_SZ, MADV_NOHUGEPAGE))
+		_exit(10);
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		mem_fill(hot + pg * PAGE_SZ, pg, 1);
+		mem_fill(cold + pg * PAGE_SZ, pg, 1);
+	}
+	if (madvise(hot, PMD_SZ, MADV_HUGEPAGE) ||
+	    madvise(cold, PMD_SZ, MADV_HUGEPAGE))
+		_exit(11);
+	if (write(res, &hot, sizeof(hot)) != sizeof(hot) ||
+	    write(res, &cold, sizeof(cold)) != sizeof(cold))
+		_exit(12);
+	while (poll(&pfd, 1, 0) == 0)
+		for (pg = 0; pg < PAGES_PER_PMD; pg++)
+			sum += __atomic_load_n((uint64_t *)(hot + pg * PAGE_SZ),
+					       __ATOMIC_RELAXED);
+	if (read(cmd, &c, 1) != 1 || c != 'c' || !sum)
+		_exit(0);
+	for (pg = 0; pg < PAGES_PER_PMD; pg++)
+		ok &= mem_page_ok(hot + pg * PAGE_SZ, pg, 1) &&
+		      mem_page_ok(cold + pg * PAGE_SZ, pg, 1);
+	c = !ok ? 'B' :
+	    !check_huge_anon(hot, PMD_SZ, 1, PMD_SZ) ? 'S' :
+	    check_huge_anon(cold, PMD_SZ, 0, PMD_SZ) ? 'H' : 'C';
+	if (write(res, &c, 1) != 1)
+		_exit(13);
+	_exit(0);
+}
+
+static void test_daemon(void)
+{
+	static char out[1 << 14], log[1 << 16], report[1 << 17];
+	long long before = rust_stat("process_madvise", "succeed");
+	char *hot = mmap_pmd_aligned(1, PROT_READ | PROT_WRITE);
+	/* A PMD apart from the hot range: a DAMON region does not span both. */
+	char *cold_area = mmap_pmd_aligned(3, PROT_READ | PROT_WRITE);
+	char *cold = cold_area + 2 * PMD_SZ, hot_pat[64], cold_pat[64];
+	static const char png_sig[8] = "\x89PNG\r\n\x1a\n";
+	char cfg[1024], png[8], r = 0, c = 'c';
+	int cmd[2], res[2], rc, fd;
+	bool collapsed, cold_left, complete, plotted;
+	pid_t pid;
+
+	collapse_require_core("rust");
+	if (!hot || !cold_area || pipe(cmd) || pipe(res))
+		ksft_exit_fail_perror("daemon workload");
+	munmap(cold_area, 2 * PMD_SZ);
+	pid = fork();
+	if (pid < 0)
+		ksft_exit_fail_perror("fork");
+	if (!pid)
+		daemon_workload_main(hot, cold, cmd[0], res[1]);
+	close(cmd[0]);
+	close(res[1]);
+	if (read(res[0], &hot, sizeof(hot)) != sizeof(hot) ||
+	    read(res[0], &cold, sizeof(cold)) != sizeof(cold))
+		ksft_exit_fail_msg("the daemon's workload did not start\n");
+
+	/* Quick DAMON intervals for a slow emulated guest. */
+	snprintf(cfg, sizeof(cfg),
+		 "budget_mib_per_s = 16\n"
+		 "scan_interval_s = 1\n"
+		 "min_hotness = 5\n"
+		 "max_psi_some_avg10 = 90.0\n"
+		 "include_ineligible = true\n"
+		 "[damon]\n"
+		 "sample_us = 5000\n"
+		 "aggr_us = 100000\n"
+		 "update_us = 1000000\n"
+		 "[[target]]\n"
+		 "pid = %d\n", pid);
+	mkdir(DAEMON_DIR, 0700);
+	fd = open(DAEMON_DIR "/agent.toml", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || write(fd, cfg, strlen(cfg)) != (ssize_t)strlen(cfg))
+		ksft_exit_fail_perror("config");
+	close(fd);
+	rc = run_agent(-1, out, sizeof(out), "run", "--config",
+		       DAEMON_DIR "/agent.toml", "--duration", DAEMON_SECONDS,
+		       "--report", DAEMON_DIR, "--log", DAEMON_DIR "/agent.log",
+		       NULL);
+	if (write(cmd[1], &c, 1) != 1 || read(res[0], &r, 1) != 1)
+		r = 0;
+	waitpid(pid, NULL, 0);
+	close(cmd[1]);
+	close(res[0]);
+
+	collapse_read_file(DAEMON_DIR "/agent.log", log, sizeof(log));
+	collapse_read_file(DAEMON_DIR "/report.json", report, sizeof(report));
+	snprintf(hot_pat, sizeof(hot_pat), "event=collapse pid=%d range=%lx-",
+		 pid, (unsigned long)hot);
+	snprintf(cold_pat, sizeof(cold_pat), "event=collapse pid=%d range=%lx-",
+		 pid, (unsigned long)cold);
+	collapsed = strstr(log, hot_pat) &&
+		    strstr(strstr(log, hot_pat), "result=collapsed") &&
+		    rust_stat("process_madvise", "succeed") > before;
+	cold_left = !strstr(log, cold_pat);
+	complete = !strstr(report, "\"complete\":false") &&
+		   (strstr(report, "\"complete\":true") ||
+		    strstr(report, "\"complete\": true"));
+	fd = open(DAEMON_DIR "/report.png", O_RDONLY);
+	plotted = fd >= 0 && read(fd, png, 8) == 8 && !memcmp(png, png_sig, 8);
+	if (fd >= 0)
+		close(fd);
+
+	ksft_test_result(rc == 0 && collapsed && r == 'H',
+			 "run: the hot range DAMON reports is collapsed by the Rust core, the workload finds it PMD-mapped with the same bytes (rc %d, Rust succeed +%lld, workload %c)\n",
+			 rc, rust_stat("process_madvise", "succeed") - before,
+			 r ? r : '?');
+	ksft_test_result(cold_left && r == 'H',
+			 "run: the cold range is left alone: no collapse logged, still base pages\n");
+	/* The summary comes first in report.json, before the targets. */
+	ksft_test_result(json_int(report, "bytes_collapsed") >= (long long)PMD_SZ &&
+			 json_int(report, "bytes_collapsed") <=
+				 16LL * (json_int(report, "elapsed_s") + 1) << 20 &&
+			 complete && plotted,
+			 "run: within its budget of 16 MiB/s (%lld bytes in %lld s), the report complete, report.png a PNG\n",
+			 json_int(report, "bytes_collapsed"),
+			 json_int(report, "elapsed_s"));
+	if (rc != 0 || !collapsed || !cold_left || !complete)
+		ksft_print_msg("agent: %.600s\nlog: %.3000s\n", out, log);
+}
+
 static void restore(void)
 {
 	if (orig_core[0])
@@ -382,9 +532,10 @@ int main(int argc, char **argv)
 	 */
 	if (access(agent, X_OK))
 		ksft_exit_fail_msg("no agent at %s\n", agent);
-	ksft_set_plan(4 + 2 + 1);
+	ksft_set_plan(4 + 2 + 1 + 3);
 	test_collapse_and_status();
 	test_unprivileged();
 	test_target_exits();
+	test_daemon();
 	ksft_finished();
 }

@@ -181,16 +181,8 @@ static int raw_write(const char *path, const char *val)
 /* Reads the first line of @path into @buf without its newline; 0 or -1. */
 static int raw_read(const char *path, char *buf, size_t len)
 {
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
+	if (collapse_read_file(path, buf, len) <= 0)
 		return -1;
-	n = read(fd, buf, len - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
 	buf[strcspn(buf, "\n")] = 0;
 	return 0;
 }

@@ -7,11 +7,13 @@
 #define __THP_COLLAPSE_UTIL_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "kselftest.h"
 
@@ -211,6 +213,25 @@ static inline int write_str(const char *path, const char *val)
 		return -1;
 	ok = fputs(val, f) != EOF;
 	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/*
+ * Reads the file at @path into @buf, NUL-terminated (at most @len - 1 bytes,
+ * with one read(2), as sysfs and procfs files want); the bytes read, or -1.
+ */
+static inline ssize_t collapse_read_file(const char *path, char *buf,
+					 size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	buf[0] = '\0';
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return n;
 }
 
 /* Writes @val to the file at @path, where failing does not matter. */
