@@ -5,8 +5,9 @@
 //! After a successful scan, khugepaged tries the PMD order first; where the range has too
 //! many empty PTEs for it (or the collapse fails in a way a smaller size might not), it tries
 //! the two halves at the next enabled order, and so on down to order 2 (16 KiB), always on
-//! naturally aligned ranges. MADV_COLLAPSE only ever enables the PMD order, for which the plan
-//! is a single candidate.
+//! naturally aligned ranges. MADV_COLLAPSE enables one order: the PMD order, for which the
+//! plan is a single candidate, or the mTHP order of its request, whose blocks
+//! `anon::collapse_span()` collapses one by one instead.
 //!
 //! This file is pure logic: no `unsafe`, no `bindings`.
 //!

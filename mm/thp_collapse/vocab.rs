@@ -252,9 +252,10 @@ pub(crate) enum CollapseMode {
     /// referenced/young heuristics and the `defrag` knob; may collapse to mTHP orders.
     Khugepaged,
     /// MADV_COLLAPSE, also through process_madvise, on the caller's behalf: ignores the
-    /// heuristics, and collapses to PMD order only. Without flags it ignores the tunables and
-    /// may enter direct reclaim and compaction; the flags of its request may ask for the
-    /// tunables' limits, or for nothing that blocks.
+    /// heuristics, and collapses to the one order of its request (the PMD order without
+    /// flags). Without flags it ignores the tunables and may enter direct reclaim and
+    /// compaction; the flags of its request may ask for the tunables' limits, for nothing that
+    /// blocks, or for an mTHP order.
     Madvise(RequestFlags),
 }
 
