@@ -478,7 +478,10 @@ mod tests {
         for n in [1, PMD_ORDER + 1, 63] {
             assert!(order(n) == Err(EINVAL));
         }
-        for raw in [0, RequestFlags::LIMITS | RequestFlags::LIGHT | 4 << RequestFlags::ORDER_SHIFT] {
+        for raw in [
+            0,
+            RequestFlags::LIMITS | RequestFlags::LIGHT | 4 << RequestFlags::ORDER_SHIFT,
+        ] {
             assert!(f(raw).map(RequestFlags::to_uapi) == Ok(raw));
         }
         let light4 = f(RequestFlags::LIGHT | 4 << RequestFlags::ORDER_SHIFT);
