@@ -59,6 +59,9 @@ SPLAT = re.compile("|".join(SPLATS))
 # collapse (khugepaged.c, madvise_collapse), the kernel crate's mm guards.
 COLLAPSE_FRAME = re.compile(r"thp_collapse|khugepaged|collapse_|_collapse\b|"
                             r"6kernel2mm")
+# A line of a stack trace: "[<address>]" or "function+0xoff/0xsize" (not the
+# "CPU: ... Comm: thp_collapse_..." line, which names the task, not the code).
+FRAME = re.compile(r"^\s+\[<[0-9a-f]+>\]|^\s+\S+\+0x[0-9a-f]+/0x[0-9a-f]+")
 KCSAN_START = re.compile(r"BUG: KCSAN: (.*)")
 KCSAN_END = re.compile(r"^={20,}")
 SOURCES = ["upstream selftests", "ours", "KUnit", "doctests", "thp-agent (host)",
@@ -301,7 +304,7 @@ def kcsan_reports(console):
             if KCSAN_END.match(line.strip()):
                 out.append(tuple(cur))
                 cur = None
-            elif COLLAPSE_FRAME.search(line):
+            elif FRAME.match(line) and COLLAPSE_FRAME.search(line):
                 cur[1] = True
     if cur is not None:
         out.append(tuple(cur))
@@ -325,7 +328,7 @@ def kmemleak(tests):
         if line.startswith("unreferenced object"):
             cur = [line.strip(), [], False]
             out.append(cur)
-        elif cur is not None and re.match(r"^\s+\[<[0-9a-f]+>\]|^\s+\S+\+0x", line):
+        elif cur is not None and FRAME.match(line):
             cur[1].append(line.strip())
             if COLLAPSE_FRAME.search(line):
                 cur[2] = True

@@ -107,6 +107,12 @@ CASES = [
      boot([prog("ours", TAP_OK)], console=CONSOLE_OK + [
          l.format(a="tick_sched_do_timer", b="tick_nohz_next_event") for l in KCSAN]),
      0, "2 passed, 0 failed"),
+    ("a KCSAN report elsewhere, in a task of ours: listed, not failed",
+     ["ours rust 60 ./ours"],
+     boot([prog("ours", TAP_OK)], console=CONSOLE_OK + [
+         l.format(a="vmstat_start", b="vmstat_start") for l in KCSAN[:-1]] + [
+         "CPU: 0 UID: 0 PID: 105 Comm: thp_collapse_mu Not tainted 7.3.4 #1", KCSAN[-1]]),
+     0, "2 passed, 0 failed"),
     ("a kmemleak leak with a collapse frame",
      ["ours rust 60 ./ours"],
      boot([prog("ours", TAP_OK)], leaks=[l.format(f="thp_collapse_read_ptes") for l in LEAK]),
