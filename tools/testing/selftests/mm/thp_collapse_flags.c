@@ -19,7 +19,9 @@
  *    and compact_stall unchanged); a swapped-out page, a file page not in
  *    the page cache and a dirty file page give EAGAIN (swap-in, read and
  *    writeback are waits), where flags = 0 swaps in, reads or writes back
- *    and collapses, and the page stays swapped out, uncached or dirty.
+ *    and collapses, and the page stays swapped out, uncached or dirty; in a
+ *    memory cgroup at its limit, LIGHT gives EAGAIN without reclaiming in it
+ *    (memory.stat pgscan unchanged) where flags = 0 reclaims;
  *  - ORDER(4): 64 KiB collapses of anonymous memory leave 64 KiB folios
  *    (/proc/kpageflags: a compound head every 16 pages, tails between, on
  *    16-aligned pfns), the bytes intact, the range not PMD-mapped, the
@@ -47,6 +49,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -767,6 +770,80 @@ static void test_light_alloc(int pidfd)
 	mem_region_free(&r);
 }
 
+#define CG_ROOT "/sys/fs/cgroup"
+#define CG_DIR CG_ROOT "/thp_collapse_flags"
+
+/* A field of the test cgroup's memory.stat, or -1. */
+static long long cg_stat(const char *name)
+{
+	char key[64];
+	long long v, found = -1;
+	FILE *f = fopen(CG_DIR "/memory.stat", "r");
+
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %lld", key, &v) == 2)
+		if (!strcmp(key, name))
+			found = v;
+	fclose(f);
+	return found;
+}
+
+/*
+ * LIGHT under memory cgroup pressure: in a cgroup whose limit leaves less
+ * room than a huge page, the new folio's charge would have to reclaim from
+ * the cgroup. LIGHT gives EAGAIN (would_block) without scanning a page of it
+ * (memory.stat pgscan unchanged), where flags = 0 reclaims (pgscan moves),
+ * and the bytes stay the same either way.
+ */
+static void test_light_memcg(int pidfd)
+{
+	uint64_t shadow[PAGES_PER_PMD];
+	long long wb = rust_stat("process_madvise", "would_block");
+	long long cur, scan0, scan1, scan2;
+	struct region r;
+	char buf[64];
+	long ret, ret0;
+	int err, err0;
+
+	collapse_require_core("rust");
+	set_str(CG_ROOT "/cgroup.subtree_control", "+memory");
+	if (mkdir(CG_DIR, 0755) && errno != EEXIST)
+		ksft_exit_fail_perror("mkdir " CG_DIR);
+	snprintf(buf, sizeof(buf), "%d", getpid());
+	if (write_str(CG_DIR "/cgroup.procs", buf))
+		ksft_exit_fail_msg("cannot join %s\n", CG_DIR);
+	r = populated(MEM_ANON, shadow);
+	if (collapse_read_file(CG_DIR "/memory.current", buf, sizeof(buf)) <= 0)
+		ksft_exit_fail_msg("no memory.current in %s\n", CG_DIR);
+	cur = atoll(buf);
+	/* Room for half a megabyte more: not for a 2 MiB folio. */
+	snprintf(buf, sizeof(buf), "%lld", cur + (512 << 10));
+	set_str(CG_DIR "/memory.max", buf);
+
+	scan0 = cg_stat("pgscan");
+	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, MADV_F_COLLAPSE_LIGHT);
+	err = errno;
+	scan1 = cg_stat("pgscan");
+	ksft_test_result(ret == -1 && err == EAGAIN && scan0 >= 0 &&
+			 scan1 == scan0 && untouched(&r, shadow) &&
+			 rust_stat("process_madvise", "would_block") == wb + 1,
+			 "rust: LIGHT, a memory cgroup at its limit: EAGAIN without reclaim in it (pgscan +%lld), counted as would_block (%ld, %s)\n",
+			 scan1 - scan0, ret, ret ? strerror(err) : "ok");
+	ret0 = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, 0);
+	err0 = errno;
+	scan2 = cg_stat("pgscan");
+	ksft_test_result(scan2 > scan1 && !mem_bad_pages(&r, shadow),
+			 "rust: flags = 0 in that cgroup reclaims (pgscan +%lld), the bytes intact (%ld, %s)\n",
+			 scan2 - scan1, ret0, ret0 < 0 ? strerror(err0) : "ok");
+
+	set_str(CG_DIR "/memory.max", "max");
+	snprintf(buf, sizeof(buf), "%d", getpid());
+	set_str(CG_ROOT "/cgroup.procs", buf);
+	mem_region_free(&r);
+	rmdir(CG_DIR);
+}
+
 /*
  * LIGHT against @r, which needs a wait (@what): EAGAIN, counted as
  * @outcome, quickly, with @still(r) true afterwards (the page still needs
@@ -899,7 +976,7 @@ int main(int argc, char **argv)
 	if (pagemap_fd < 0 || kpageflags_fd < 0 || pidfd < 0)
 		ksft_exit_fail_perror("open");
 
-	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 3 * 2);
+	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 2 + 3 * 2);
 	test_bad_input("c", pidfd);
 	test_bad_input("rust", pidfd);
 	test_c_core(pidfd);
@@ -910,6 +987,7 @@ int main(int argc, char **argv)
 	test_order_refused(pidfd);
 	test_range_tracepoint(pidfd);
 	test_light_alloc(pidfd);
+	test_light_memcg(pidfd);
 	test_light_waits(pidfd);
 	ksft_finished();
 }
