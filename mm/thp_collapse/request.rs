@@ -49,24 +49,11 @@ pub(crate) struct MadviseDone<'a> {
     pub(crate) history: LockHistory,
 }
 
-/// The PMD-aligned ranges inside `[start, end)`, as (first address, count).
-pub(crate) fn pmd_ranges(start: usize, end: usize) -> (usize, usize) {
-    let hend = end & !(PMD_SIZE - 1);
-    match start.checked_next_multiple_of(PMD_SIZE) {
-        Some(hstart) if hstart < hend => (hstart, (hend - hstart) / PMD_SIZE),
-        _ => (start, 0),
-    }
-}
-
 /// The work of a MADV_COLLAPSE of `[start, end)` to folios of `order`: the naturally aligned
 /// blocks of that size inside it, as `(start, end, first PMD range, count of PMD ranges)`.
-/// For the PMD order these are [`pmd_ranges`]; for a smaller order, the PMD ranges that hold
-/// at least one block.
+/// For the PMD order these are the PMD-aligned ranges inside it; for a smaller order, the
+/// PMD ranges that hold at least one block.
 fn order_ranges(start: usize, end: usize, order: u32) -> (usize, usize, usize, usize) {
-    if order == PMD_ORDER {
-        let (hstart, n) = pmd_ranges(start, end);
-        return (hstart, hstart + n * PMD_SIZE, hstart, n);
-    }
     let size = kernel::page::PAGE_SIZE << order;
     let bend = end & !(size - 1);
     match start.checked_next_multiple_of(size) {
@@ -277,11 +264,15 @@ mod tests {
 
     #[test]
     fn pmd_ranges_align_inwards() {
-        assert_eq!(pmd_ranges(0, 4 * MB2), (0, 4));
-        assert_eq!(pmd_ranges(1, 4 * MB2), (MB2, 3));
-        assert_eq!(pmd_ranges(MB2, 3 * MB2 - 1), (MB2, 1));
-        assert_eq!(pmd_ranges(MB2 + 4096, 2 * MB2 + 4096).1, 0);
-        assert_eq!(pmd_ranges(0, MB2 - 1).1, 0);
-        assert_eq!(pmd_ranges(usize::MAX - 4095, usize::MAX).1, 0);
+        let pmd = |start, end| {
+            let (_, _, hstart, n) = order_ranges(start, end, PMD_ORDER);
+            (hstart, n)
+        };
+        assert_eq!(pmd(0, 4 * MB2), (0, 4));
+        assert_eq!(pmd(1, 4 * MB2), (MB2, 3));
+        assert_eq!(pmd(MB2, 3 * MB2 - 1), (MB2, 1));
+        assert_eq!(pmd(MB2 + 4096, 2 * MB2 + 4096).1, 0);
+        assert_eq!(pmd(0, MB2 - 1).1, 0);
+        assert_eq!(pmd(usize::MAX - 4095, usize::MAX).1, 0);
     }
 }
