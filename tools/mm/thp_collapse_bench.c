@@ -4,6 +4,7 @@
  *
  * Usage: thp_collapse_bench [-r ROUNDS] [-m MIB] [-k MIB] [-a CORE] [-f] [-S]
  *                           [-p USEC [-C]] [-d DIR [-F MIB]] [-W WORKLOAD]
+ *                           [-g MIB]
  *
  * For each round it measures, on both cores:
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
@@ -21,6 +22,20 @@
  *              waits for the daemon to wake up and this program's polling,
  *              which the guest's one CPU also runs; under -icount, its
  *              instructions
+ *
+ * Then, on the Rust core alone, each process_madvise() flag against flags = 0
+ * (-g MIB of memory per copy, default 64; -g 0: not measured), the two
+ * sides taking turns as the cores do:
+ *   order4     MADV_F_COLLAPSE_ORDER(4) of fully populated anonymous memory:
+ *              32 folios of 64 KiB per 2 MiB, against one PMD-sized folio
+ *   light      MADV_F_COLLAPSE_LIGHT under memory pressure: in a memory
+ *              cgroup whose limit leaves 512 KiB of room before each call
+ *              (no swap; clean page cache of a file in DIR to reclaim), so
+ *              that the new huge page can only be charged by reclaiming.
+ *              flags = 0 reclaims and collapses; LIGHT must fail at once
+ *              with EAGAIN. The table gives the share of calls that
+ *              collapsed and that failed with EAGAIN, and the pages each
+ *              side reclaimed in the cgroup (memory.stat pgscan) per call.
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
  * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
@@ -69,6 +84,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -80,6 +96,13 @@
 #endif
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
+#endif
+/* process_madvise(MADV_COLLAPSE) flags (include/uapi/asm-generic/mman-common.h). */
+#ifndef MADV_F_COLLAPSE_LIGHT
+#define MADV_F_COLLAPSE_LIGHT 0x4
+#endif
+#ifndef MADV_F_COLLAPSE_ORDER
+#define MADV_F_COLLAPSE_ORDER(n) ((n) << 8)
 #endif
 
 #define PMD_SZ (2UL << 20)
@@ -521,7 +544,7 @@ static void record(int core, enum workload w, int round, int i, double ns, doubl
 		s->stall[s->n] = st;
 		s->n++;
 	}
-	printf("CSV,%d,%s,%s,%d,%.0f,%.0f\n", round, cores[core], wname[w], i, ns, st);
+	printf("CSV,%d,%s,%s,%d,%.0f,%.0f,0\n", round, cores[core], wname[w], i, ns, st);
 }
 
 /* Selects the core that side @side runs. */
@@ -747,6 +770,257 @@ static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
 	}
 }
 
+/* ---- The flags workloads (-g) ------------------------------------------ */
+
+enum flag_workload { ORDER4, LIGHT, NR_FLAG_WORKLOADS };
+
+static const char *const fwname[] = { "order4", "light" };
+/* What side 1 passes; side 0 passes flags = 0. */
+static const unsigned int fwflag[] = {
+	MADV_F_COLLAPSE_ORDER(4), MADV_F_COLLAPSE_LIGHT,
+};
+/* The CSV "core" of each side. */
+static const char *const fwside[NR_FLAG_WORKLOADS][2] = {
+	{ "rust", "rust+order4" }, { "rust", "rust+light" },
+};
+
+/* Per side: every call's time and stall, and how the calls ended. */
+static struct {
+	struct series s;
+	long calls, ok, eagain;
+	long long pgscan;	/* pages the calls scanned in the cgroup */
+} fres[NR_FLAG_WORKLOADS][2];
+
+static int self_pidfd;
+
+#define CG_ROOT "/sys/fs/cgroup"
+#define CG_DIR CG_ROOT "/thp_collapse_bench"
+
+/* A field of the benchmark cgroup's memory.stat. */
+static long long cg_stat(const char *name)
+{
+	char key[64];
+	long long v, found = -1;
+	FILE *f = fopen(CG_DIR "/memory.stat", "r");
+
+	while (f && fscanf(f, "%63s %lld", key, &v) == 2)
+		if (!strcmp(key, name))
+			found = v;
+	if (f)
+		fclose(f);
+	if (found < 0)
+		die("memory.stat");
+	return found;
+}
+
+/* Leaves 512 KiB of room in the benchmark cgroup: not enough for 2 MiB. */
+static void cg_squeeze(void)
+{
+	char buf[32];
+	long long cur;
+	FILE *f = fopen(CG_DIR "/memory.current", "r");
+
+	if (!f || fscanf(f, "%lld", &cur) != 1)
+		die(CG_DIR "/memory.current");
+	fclose(f);
+	snprintf(buf, sizeof(buf), "%lld", cur + (512 << 10));
+	put(CG_DIR "/memory.max", buf);
+}
+
+/* Moves this process (all its threads) into, or out of, the benchmark cgroup. */
+static void cg_join(int in)
+{
+	char pid[16];
+
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	if (in) {
+		put(CG_ROOT "/cgroup.subtree_control", "+memory");
+		if (mkdir(CG_DIR, 0755) && errno != EEXIST)
+			die("mkdir " CG_DIR);
+		/* Anonymous memory stays: only the page cache can be reclaimed. */
+		if (!access(CG_DIR "/memory.swap.max", F_OK))
+			put(CG_DIR "/memory.swap.max", "0");
+		put(CG_DIR "/cgroup.procs", pid);
+	} else {
+		put(CG_DIR "/memory.max", "max");
+		put(CG_ROOT "/cgroup.procs", pid);
+		if (rmdir(CG_DIR))
+			die("rmdir " CG_DIR);
+	}
+}
+
+/* A clean file of @mib MiB in @dir, read into the page cache, then unlinked. */
+static int page_cache_file(const char *dir, size_t mib)
+{
+	static char chunk[1 << 20];
+	char path[4096];
+	size_t i;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/thp_collapse_bench.XXXXXX", dir);
+	fd = mkstemp(path);
+	if (fd < 0)
+		die("mkstemp");
+	unlink(path);
+	memset(chunk, 0x5a, sizeof(chunk));
+	for (i = 0; i < mib; i++)
+		if (pwrite(fd, chunk, sizeof(chunk), i << 20) != (ssize_t)sizeof(chunk))
+			die("pwrite");
+	if (fsync(fd))
+		die("fsync");
+	return fd;
+}
+
+/* A counter of hugepages-<kb>kB/stats/, or -1. */
+static long long mthp_stat(int kb, const char *name)
+{
+	char path[128];
+	long long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), THP "hugepages-%dkB/stats/%s", kb, name);
+	f = fopen(path, "r");
+	if (f && fscanf(f, "%lld", &v) != 1)
+		v = -1;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/*
+ * process_madvise(MADV_COLLAPSE) of PMDs [from, to) of @p by side @side of
+ * flag workload @w, one call each, through the caller's own pidfd.
+ */
+static void time_flag(enum flag_workload w, int side, int round, char *p, size_t from,
+		      size_t to)
+{
+	unsigned int flags = side ? fwflag[w] : 0;
+	typeof(fres[0][0]) *r = &fres[w][side];
+	long long scan0 = 0;
+	double t0, t1;
+	size_t i;
+	long ret;
+	int err;
+
+	for (i = from; i < to; i++) {
+		struct iovec iov = { .iov_base = p + i * PMD_SZ, .iov_len = PMD_SZ };
+
+		if (w == LIGHT) {
+			cg_squeeze();
+			scan0 = cg_stat("pgscan");
+		}
+		atomic_store(&stall.max_stall, 0);
+		t0 = now_ns();
+		ret = syscall(SYS_process_madvise, self_pidfd, &iov, 1, MADV_COLLAPSE, flags);
+		err = ret < 0 ? errno : 0;
+		t1 = now_ns();
+		/* Under pressure a collapse may fail; nothing else may. */
+		if (err && !(w == LIGHT && (err == EAGAIN || err == ENOMEM))) {
+			errno = err;
+			die(fwside[w][side]);
+		}
+		if (w == LIGHT)
+			r->pgscan += cg_stat("pgscan") - scan0;
+		r->calls++;
+		r->ok += !err;
+		r->eagain += err == EAGAIN;
+		if (r->s.n < MAX_SAMPLES) {
+			r->s.ns[r->s.n] = t1 - t0;
+			r->s.stall[r->s.n] = settled_stall();
+			printf("CSV,%d,%s,%s,%zu,%.0f,%.0f,%d\n", round, fwside[w][side],
+			       fwname[w], i, t1 - t0, r->s.stall[r->s.n], err);
+			r->s.n++;
+		}
+	}
+}
+
+/* Flag workload @w on PMDs [0, @nr) of mem[], the sides taking turns. */
+static void flag_turns(enum flag_workload w, int round, size_t nr, char *mem[2])
+{
+	size_t b;
+	int k, side;
+
+	for (b = 0; b < nr; b += BLOCK)
+		for (k = 0; k < 2; k++) {
+			side = turn_core(b, round, k);
+			time_flag(w, side, round, mem[turn_copy(b, side)], b, min(b + BLOCK, nr));
+		}
+}
+
+/*
+ * One round of the flag workloads, on @nr PMDs per copy; light only with a
+ * directory (@dir) for its page cache.
+ */
+static void flag_round(int round, size_t nr, const char *dir)
+{
+	long long made = mthp_stat(64, "collapse_alloc");
+	long calls = fres[ORDER4][1].calls;
+	char *mem[2];
+	int k, fd;
+
+	put(THP "collapse/core", "rust");
+	for (k = 0; k < 2; k++) {
+		mem[k] = map_pmds(nr);
+		populate(mem[k], nr * PMD_SZ, PAGE_SZ);
+	}
+	flag_turns(ORDER4, round, nr, mem);
+	printf("# order4 round %d: %lld folios of 64 KiB made by %ld ORDER(4) calls (32 each)\n",
+	       round, mthp_stat(64, "collapse_alloc") - made, fres[ORDER4][1].calls - calls);
+	for (k = 0; k < 2; k++)
+		munmap(mem[k], nr * PMD_SZ);
+	if (!dir)
+		return;
+
+	cg_join(1);
+	for (k = 0; k < 2; k++) {
+		mem[k] = map_pmds(nr);
+		populate(mem[k], nr * PMD_SZ, PAGE_SZ);
+	}
+	/* Enough to reclaim for every flags = 0 call, and some. */
+	fd = page_cache_file(dir, 2 * nr * 2 + 16);
+	flag_turns(LIGHT, round, nr, mem);
+	for (k = 0; k < 2; k++)
+		munmap(mem[k], nr * PMD_SZ);
+	close(fd);
+	cg_join(0);
+}
+
+/* The closing table of the flag workloads. */
+static void flag_table(void)
+{
+	int w, k;
+
+	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %7s %7s %7s %9s %9s %10s %10s\n",
+	       "workload", "flags0 med", "min", "max", "flag med", "min", "max", "flag/0",
+	       "ok% f0", "ok% fl", "EAGAIN%", "pgscan f0", "pgscan fl", "stall f0", "stall fl");
+	for (w = 0; w < NR_FLAG_WORKLOADS; w++) {
+		double med[2], lo[2], hi[2], st[2];
+
+		for (k = 0; k < 2; k++) {
+			struct series *s = &fres[w][k].s;
+
+			st[k] = median(s->stall, s->n) / 1e3;
+			med[k] = median(s->ns, s->n) / 1e3;
+			lo[k] = s->n ? s->ns[0] / 1e3 : 0;
+			hi[k] = s->n ? s->ns[s->n - 1] / 1e3 : 0;
+		}
+		if (!fres[w][0].calls || !fres[w][1].calls)
+			continue;
+		printf("%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.3f %7.1f %7.1f %7.1f %9.1f %9.1f %10.1f %10.1f\n",
+		       fwname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
+		       med[0] > 0 ? med[1] / med[0] : 0,
+		       100.0 * fres[w][0].ok / fres[w][0].calls,
+		       100.0 * fres[w][1].ok / fres[w][1].calls,
+		       100.0 * fres[w][1].eagain / fres[w][1].calls,
+		       (double)fres[w][0].pgscan / fres[w][0].calls,
+		       (double)fres[w][1].pgscan / fres[w][1].calls, st[0], st[1]);
+	}
+	printf("(Rust core, process_madvise() per 2 MiB, us; fl: ORDER(4) or LIGHT, f0: flags = 0;\n"
+	       " ok%%: calls that collapsed; EAGAIN%%: calls that failed with EAGAIN; pgscan:\n"
+	       " pages scanned in the cgroup per call; stall: median over calls of the longest\n"
+	       " mincore() wait during the call, the mmap lock write-hold time)\n");
+}
+
 /* One row of the closing table. */
 static const char table_row[] =
 	"%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n";
@@ -762,8 +1036,10 @@ int main(int argc, char **argv)
 	int no_stall = 0;
 	const char *dir = NULL;
 	size_t fmib = 64, fnr;
+	/* The flag workloads' MiB per copy: none with -W (another workload). */
+	size_t gmib = 64;
 
-	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CSd:F:W:")) != -1) {
+	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CSd:F:W:g:")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -796,6 +1072,9 @@ int main(int argc, char **argv)
 		case 'F':
 			fmib = strtoul(optarg, NULL, 0);
 			break;
+		case 'g':
+			gmib = strtoul(optarg, NULL, 0);
+			break;
 		case 'W':
 			for (w = 0; w < NR_WORKLOADS; w++)
 				if (!strcmp(optarg, wname[w]))
@@ -805,7 +1084,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] %s\n", argv[0],
-				"[-a c|rust] [-f] [-S] [-p usec [-C]] [-d dir [-F MiB]] [-W workload]");
+				"[-a c|rust] [-f] [-S] [-p usec [-C]] [-d dir [-F MiB]] [-W workload] [-g MiB]");
 			return 2;
 		}
 	}
@@ -815,6 +1094,11 @@ int main(int argc, char **argv)
 		return 2;
 	if (prof_us)
 		prof_open(prof_us);
+	if (only_workload >= 0)
+		gmib = 0;
+	self_pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+	if (self_pidfd < 0)
+		die("pidfd_open");
 
 	/* khugepaged only where this program asks for it, and at full speed. */
 	put(THP "enabled", "never");
@@ -834,7 +1118,7 @@ int main(int argc, char **argv)
 		       cores[side_core[0]], "\"c\" goes first in block 0, \"rust\" second");
 	if (fixed_copies)
 		printf("# each side keeps one copy of the workload (-f)\n");
-	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns\n");
+	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns,errno\n");
 	for (round = 0; round < rounds; round++) {
 		char *full[2], *half[2];
 		struct target t[2];
@@ -872,6 +1156,8 @@ int main(int argc, char **argv)
 		}
 		for (k = 0; kmib / 2 && k < 2; k++)
 			time_khugepaged((round + k) % 2, round, kmib / 2);
+		if (gmib / 2)
+			flag_round(round, gmib / 2, dir);
 	}
 	atomic_store(&stall.stop, 1);
 	if (!no_stall)
@@ -900,6 +1186,8 @@ int main(int argc, char **argv)
 	printf("(times per 2 MiB; r/c p10: the ratio of the 10th percentiles;\n"
 	       " stall: median over calls of the longest mincore() wait during\n"
 	       " the call, the mmap lock write-hold time)\n");
+	if (gmib / 2)
+		flag_table();
 	prof_report();
 	return 0;
 }
