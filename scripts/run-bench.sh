@@ -5,7 +5,10 @@
 # Rust collapse cores on the same workloads, interleaved, in one boot.
 #   scripts/run-bench.sh [time|icount|profile]
 # time     (make bench) release-like kernel, wall-clock times and the mmap
-#          lock stall; writes build/bench/bench.csv, table.txt and bench.png.
+#          lock stall, of the cores and of the flags; then the thp-agent
+#          against a random reader (thp_agent_bench); writes
+#          build/bench/bench.csv, table.txt, bench.png, agent.txt and
+#          agent.csv.
 # icount   (make bench-icount) the same kernel under QEMU -icount, where the
 #          guest's clock counts executed instructions: a deterministic count
 #          of the work per 2 MiB, without the mincore() thread or khugepaged
@@ -51,8 +54,14 @@ time)
 		table
 	} >"$out/table.txt"
 	/usr/bin/python3 "$TOP/scripts/bench-plot.py" "$out/bench.csv" "$out/bench.png" "$accel"
-	cat "$out/table.txt"
-	echo "(CSV: build/bench/bench.csv, plot: build/bench/bench.png)"
+	{
+		echo "accelerator: $accel; kernel: release-like config; $(nproc) host cores"
+		sed -n '/^.thp-agent status. of the reader/,/^throughput after/p' "$log" |
+			grep -v '^AGENTBENCH,'
+	} >"$out/agent.txt"
+	grep '^AGENTBENCH,' "$log" | cut -d, -f2- | awk '!(/^core,/ && seen++)' >"$out/agent.csv"
+	cat "$out/table.txt" "$out/agent.txt"
+	echo "(CSV: build/bench/bench.csv, plot: build/bench/bench.png, agent: build/bench/agent.txt and agent.csv)"
 	;;
 icount)
 	{
