@@ -416,6 +416,7 @@ impl Collapser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::anon_memory::AnonMemory;
     use crate::policy::FakeClock;
     use std::collections::VecDeque;
     use std::time::Duration;
@@ -699,29 +700,9 @@ mod tests {
     #[test]
     fn real_collapse_of_own_memory() {
         use crate::policy::SystemClock;
-        let len = 6 * PMD as usize;
-        // SAFETY: an anonymous private mapping with no address hint.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        let start = (p as u64).next_multiple_of(PMD);
-        let size = 2 * PMD as usize;
-        // SAFETY: [start, start + 4 MiB) lies inside the 12 MiB mapped above.
-        unsafe {
-            // Small pages first, so that there is something to collapse.
-            libc::madvise(start as *mut libc::c_void, size, libc::MADV_NOHUGEPAGE);
-            std::ptr::write_bytes(start as *mut u8, 0x5a, size);
-            // MADV_NOHUGEPAGE would make MADV_COLLAPSE fail with EINVAL.
-            libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
-        }
+        // Small pages, so that there is something to collapse.
+        let mem = AnonMemory::small_pages(2, true);
+        let start = mem.start;
         let pid = std::process::id() as i32;
         let plan: Vec<PlannedRange> = (0..2)
             .map(|i| PlannedRange {
@@ -769,9 +750,7 @@ mod tests {
                 &mut |_| {},
             );
             assert_eq!(kinds(&again), ["huge", "huge"]);
-            // SAFETY: reading the bytes written above.
-            let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, size) };
-            assert!(bytes.iter().all(|&b| b == 0x5a));
+            assert!(mem.bytes().iter().all(|&b| b == 0x5a));
             let r = crate::status::collect(pid).unwrap();
             let vma = r
                 .vmas
@@ -781,8 +760,6 @@ mod tests {
             assert!(vma.pmd_mapped >= 2 * PMD, "{vma:?}");
             assert!(vma.smaps_pmd_mapped >= 2 * PMD, "{vma:?}");
         }
-        // SAFETY: unmapping exactly what was mapped above.
-        unsafe { libc::munmap(p, len) };
     }
 
     #[test]

@@ -29,6 +29,11 @@ mod sys;
 mod targets;
 mod uapi;
 
+/// The test memory of the unit tests, shared with `tests/cli.rs`.
+#[cfg(test)]
+#[path = "../tests/support/anon_memory.rs"]
+mod anon_memory;
+
 use clap::{Args, Parser, Subcommand};
 use collapse::{LoopOptions, ProcessTarget, Verification};
 use error::AgentError;

@@ -155,7 +155,7 @@ impl HugeScan for Pagemap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uapi::HPAGE_PMD_SIZE;
+    use crate::anon_memory::AnonMemory;
 
     #[test]
     fn hugemap_merges_and_counts() {
@@ -179,27 +179,13 @@ mod tests {
     /// has nothing huge in it. Skipped on kernels without `PAGEMAP_SCAN`.
     #[test]
     fn scan_of_untouched_memory_is_empty() {
-        let len = 4 * HPAGE_PMD_SIZE as usize;
-        // SAFETY: an anonymous private mapping with no address hint.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        let start = p as u64;
+        let mem = AnonMemory::untouched(4);
+        let (start, len) = (mem.start, mem.size);
         let mut pm = Pagemap::open(std::process::id() as i32).unwrap();
         match pm.scan_huge(start, start + len as u64) {
             Ok(map) => assert_eq!(map.total(), 0),
             Err(ScanError::Unsupported) => eprintln!("skipped: no PAGEMAP_SCAN on this kernel"),
             Err(e) => panic!("{e}"),
         }
-        // SAFETY: unmapping exactly what was mapped above.
-        unsafe { libc::munmap(p, len) };
     }
 }

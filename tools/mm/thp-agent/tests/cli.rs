@@ -150,6 +150,12 @@ fn status_json_of_a_child_matches_its_smaps() {
 mod damon_tree;
 
 use damon_tree::{fake_kernel_tree, read, region, write};
+
+/// Anonymous test memory, shared with the unit tests (which also read it back).
+#[allow(dead_code)]
+#[path = "support/anon_memory.rs"]
+mod anon_memory;
+use anon_memory::AnonMemory;
 use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
@@ -278,58 +284,10 @@ fn own_anon_huge(addr: u64) -> Option<u64> {
     None
 }
 
-/// Anonymous memory of this process, in small pages: 8 MiB from a 2 MiB
-/// boundary. Unmapped on drop.
-struct Memory {
-    base: *mut libc::c_void,
-    len: usize,
-    aligned: u64,
-}
-
-impl Memory {
-    fn new() -> Self {
-        let len = 10 * PMD as usize;
-        // SAFETY: an anonymous private mapping with no address hint.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        let aligned = (base as u64).next_multiple_of(PMD);
-        let size = 8 * MIB as usize;
-        // SAFETY: [aligned, aligned + 8 MiB) lies inside the 20 MiB mapped above.
-        unsafe {
-            if thp_mode() == "always" {
-                // Small pages first (MADV_HUGEPAGE then undoes MADV_NOHUGEPAGE,
-                // which MADV_COLLAPSE would refuse).
-                libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_NOHUGEPAGE);
-                std::ptr::write_bytes(aligned as *mut u8, 0x5a, size);
-                libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
-            } else {
-                std::ptr::write_bytes(aligned as *mut u8, 0x5a, size);
-            }
-        }
-        Memory { base, len, aligned }
-    }
-}
-
-impl Drop for Memory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.base, self.len) };
-    }
-}
-
 #[test]
 fn run_collapses_the_hot_chunk_of_a_process_and_leaves_the_cold_one() {
-    let mem = Memory::new();
-    let (hot, cold) = (mem.aligned, mem.aligned + 2 * PMD);
+    let mem = AnonMemory::small_pages(8, false);
+    let (hot, cold) = (mem.start, mem.start + 2 * PMD);
     let pid = std::process::id();
     let dir = RunDir::new(pid, "include_ineligible = true\nbudget_mib_per_s = 64");
     // What DAMON would report: the hot chunk accessed in 20 of 20 samples,
