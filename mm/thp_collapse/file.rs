@@ -77,7 +77,7 @@ pub(crate) fn collapse_pmd<'a>(
         let (attempt, scanned) = scan_file(mm, addr, &file, pgoff, mode, tunables);
         // MADV_COLLAPSE writes dirty pages back, and tries once more (unless it must not wait).
         if mode.is_madvise()
-            && mode.effort() == Effort::Full
+            && mode.effort() != Effort::Light
             && attempt == Err(Fail::PageDirtyOrWriteback)
             && !wrote_back
             && mapping.can_writeback()
@@ -393,8 +393,8 @@ fn collapse_file(
             }
             let wait = match mode.effort() {
                 Effort::Light => None,
-                Effort::Full if old.is_empty() => Some(ReadWait::Block),
-                Effort::Full => Some(ReadWait::Try),
+                Effort::Full | Effort::Defrag if old.is_empty() => Some(ReadWait::Block),
+                Effort::Full | Effort::Defrag => Some(ReadWait::Try),
             };
             match lock_old(xa, file, mapping, backing, &(start..end), index, wait)? {
                 Got::Hole(locked) => {
@@ -640,7 +640,7 @@ fn collapse_pte_mapped(
     };
     let index = vma.linear_page_index(haddr);
     let folio = match effort {
-        Effort::Full => LockedFolio::lock(mapping, index),
+        Effort::Full | Effort::Defrag => LockedFolio::lock(mapping, index),
         Effort::Light => LockedFolio::try_lock(mapping, index).map_err(|_| Fail::WouldBlock)?,
     };
     let Some(folio) = folio else {

@@ -10,7 +10,7 @@ use crate::{
 };
 use kernel::{
     alloc::{
-        flags::{GFP_TRANSHUGE, GFP_TRANSHUGE_LIGHT},
+        flags::{__GFP_RETRY_MAYFAIL, GFP_TRANSHUGE, GFP_TRANSHUGE_LIGHT},
         Flags,
     },
     mm::{
@@ -19,11 +19,12 @@ use kernel::{
     },
 };
 
-/// The allocation flags of a collapse with `policy`: reclaim and compaction allowed, or only
-/// the light kind.
+/// The allocation flags of a collapse with `policy`: reclaim and compaction allowed (and
+/// retried), or only the light kind.
 fn gfp(policy: AllocPolicy) -> Flags {
     match policy {
         AllocPolicy::Reclaim => GFP_TRANSHUGE,
+        AllocPolicy::Retry => GFP_TRANSHUGE | __GFP_RETRY_MAYFAIL,
         AllocPolicy::Light | AllocPolicy::NoWait => GFP_TRANSHUGE_LIGHT,
     }
 }
@@ -33,7 +34,7 @@ fn gfp(policy: AllocPolicy) -> Flags {
 fn failed(policy: AllocPolicy, fail: Fail) -> Fail {
     match policy {
         AllocPolicy::NoWait => Fail::WouldBlock,
-        AllocPolicy::Reclaim | AllocPolicy::Light => fail,
+        AllocPolicy::Reclaim | AllocPolicy::Retry | AllocPolicy::Light => fail,
     }
 }
 

@@ -158,8 +158,13 @@ pub(crate) enum PteLimits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Effort {
     /// Upstream MADV_COLLAPSE: direct reclaim and compaction, page locks, writeback and
-    /// swap-in may all be waited for. `MADV_F_COLLAPSE_DEFRAG` asks for this explicitly.
+    /// swap-in may all be waited for.
     Full,
+    /// `MADV_F_COLLAPSE_DEFRAG`: as [`Effort::Full`], and the huge folio's allocation retries
+    /// direct reclaim and compaction for as long as they make progress
+    /// ([`AllocPolicy::Retry`]), where [`Effort::Full`] gives up after one round at an order as
+    /// costly as a THP's.
+    Defrag,
     /// `MADV_F_COLLAPSE_LIGHT`: nothing that would block. No direct reclaim or compaction
     /// (nor kswapd woken), no swap-in, no page cache read, no writeback and no wait for a page
     /// or invalidate lock: a range that would need any of them fails with
@@ -213,8 +218,9 @@ impl RequestFlags {
         };
         let effort = match (flags & Self::DEFRAG != 0, flags & Self::LIGHT != 0) {
             (true, true) => return Err(EINVAL),
-            (_, true) => Effort::Light,
-            (_, false) => Effort::Full,
+            (false, true) => Effort::Light,
+            (true, false) => Effort::Defrag,
+            (false, false) => Effort::Full,
         };
         let limits = if flags & Self::LIMITS != 0 {
             PteLimits::Khugepaged
@@ -235,9 +241,11 @@ impl RequestFlags {
         if self.limits == PteLimits::Khugepaged {
             flags |= Self::LIMITS;
         }
-        if self.effort == Effort::Light {
-            flags |= Self::LIGHT;
-        }
+        flags |= match self.effort {
+            Effort::Full => 0,
+            Effort::Defrag => Self::DEFRAG,
+            Effort::Light => Self::LIGHT,
+        };
         if self.order != PMD_ORDER {
             flags |= self.order << Self::ORDER_SHIFT;
         }
@@ -320,6 +328,9 @@ impl Userfault {
 pub(crate) enum AllocPolicy {
     /// `GFP_TRANSHUGE`: direct reclaim and compaction allowed.
     Reclaim,
+    /// `GFP_TRANSHUGE | __GFP_RETRY_MAYFAIL`: direct reclaim and compaction, retried for as
+    /// long as they make progress (without the OOM killer), as hugetlb's pool allocation does.
+    Retry,
     /// `GFP_TRANSHUGE_LIGHT`: no direct reclaim, give up quickly.
     Light,
     /// `GFP_TRANSHUGE_LIGHT` for a request that must not block (`MADV_F_COLLAPSE_LIGHT`): a
@@ -394,6 +405,7 @@ impl CollapseMode {
         match self {
             CollapseMode::Madvise(flags) => match flags.effort {
                 Effort::Full => AllocPolicy::Reclaim,
+                Effort::Defrag => AllocPolicy::Retry,
                 Effort::Light => AllocPolicy::NoWait,
             },
             CollapseMode::Khugepaged if t.defrag => AllocPolicy::Reclaim,
@@ -455,7 +467,12 @@ mod tests {
     fn request_flags_from_uapi() {
         let f = |raw| RequestFlags::from_uapi(raw);
         assert!(f(0) == Ok(RequestFlags::NONE));
-        assert!(f(RequestFlags::DEFRAG) == Ok(RequestFlags::NONE));
+        let defrag = f(RequestFlags::DEFRAG);
+        assert!(defrag.map(|r| r.effort) == Ok(Effort::Defrag));
+        assert!(
+            defrag.map(|r| CollapseMode::Madvise(r).alloc_policy(&Tunables::DEFAULTS))
+                == Ok(AllocPolicy::Retry)
+        );
         let light = f(RequestFlags::LIGHT | RequestFlags::LIMITS);
         assert!(
             light
@@ -481,6 +498,7 @@ mod tests {
         for raw in [
             0,
             RequestFlags::LIMITS | RequestFlags::LIGHT | 4 << RequestFlags::ORDER_SHIFT,
+            RequestFlags::DEFRAG,
         ] {
             assert!(f(raw).map(RequestFlags::to_uapi) == Ok(raw));
         }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct CollapseFlags {
     /// `MADV_F_COLLAPSE_LIGHT`: do not reclaim or compact for the allocation.
     pub light: bool,
-    /// `MADV_F_COLLAPSE_DEFRAG`: reclaim and compact for the allocation.
+    /// `MADV_F_COLLAPSE_DEFRAG`: retry reclaim and compaction for the allocation.
     pub defrag: bool,
     /// `MADV_F_COLLAPSE_LIMITS`: apply khugepaged's `max_ptes_*` limits.
     pub limits: bool,

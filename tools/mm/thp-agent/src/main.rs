@@ -109,7 +109,7 @@ struct CollapseArgs {
     /// Never block: no reclaim, compaction, swap-in or I/O; EAGAIN instead (MADV_F_COLLAPSE_LIGHT).
     #[arg(long, conflicts_with = "defrag")]
     light: bool,
-    /// Reclaim and compact to allocate huge pages (MADV_F_COLLAPSE_DEFRAG).
+    /// Retry reclaim and compaction for the huge pages (MADV_F_COLLAPSE_DEFRAG).
     #[arg(long)]
     defrag: bool,
     /// Apply khugepaged's max_ptes_* limits (MADV_F_COLLAPSE_LIMITS).

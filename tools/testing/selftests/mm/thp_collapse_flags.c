@@ -8,8 +8,9 @@
  *    advice, any flag on the C core) fails with EINVAL and leaves the memory
  *    as it was: not collapsed, not zapped, the same bytes; a remote caller
  *    without CAP_SYS_NICE gets EPERM with a flag as without;
- *  - DEFRAG collapses, as flags = 0 does (MADV_COLLAPSE always could reclaim
- *    and compact);
+ *  - DEFRAG collapses, and allocates its huge page with __GFP_RETRY_MAYFAIL
+ *    (reclaim and compaction retried while they make progress), which
+ *    flags = 0 does not (kmem:mm_page_alloc's gfp_flags);
  *  - LIMITS: with khugepaged's max_ptes_none = 0 a half-filled range is
  *    refused (EBUSY, counted as exceed_none_pte) where flags = 0 collapses
  *    it, and with max_ptes_shared = 0 a range shared with a child likewise
@@ -596,12 +597,21 @@ static void range_events(bool on)
 	set_str(TRACEFS "tracing_on", on ? "1" : "0");
 }
 
+/* Empties the trace buffer. */
+static void trace_clear(void)
+{
+	int fd = open(TRACEFS "trace", O_WRONLY | O_TRUNC);
+
+	if (fd >= 0)
+		close(fd);
+}
+
 /* The mm_collapse_range events in the trace buffer, which it empties. */
 static int range_events_take(struct range_event *ev, int max)
 {
 	FILE *f = fopen(TRACEFS "trace", "r");
 	char line[512];
-	int n = 0, fd;
+	int n = 0;
 
 	if (!f)
 		ksft_exit_fail_perror(TRACEFS "trace");
@@ -620,9 +630,7 @@ static int range_events_take(struct range_event *ev, int max)
 			ksft_print_msg("unparsed event: %s", p);
 	}
 	fclose(f);
-	fd = open(TRACEFS "trace", O_WRONLY | O_TRUNC);
-	if (fd >= 0)
-		close(fd);
+	trace_clear();
 	return n;
 }
 
@@ -715,6 +723,76 @@ static void test_range_tracepoint(int pidfd)
 	ksft_test_result(ok,
 			 "rust: mm_collapse_range, a 64 KiB collapse: at the block, order 4, flags 0x400, succeeded\n");
 	range_events(false);
+	mem_region_free(&r);
+}
+
+/* ---- DEFRAG's allocation (Rust core) ------------------------------------ */
+
+#define ALLOC_EVENT TRACEFS "events/kmem/mm_page_alloc/"
+
+/* Traces this process's order-9 page allocations (kmem:mm_page_alloc), or stops. */
+static void huge_alloc_events(bool on)
+{
+	range_events(on);
+	set_str(ALLOC_EVENT "filter", on ? "order == 9" : "0");
+	set_str(ALLOC_EVENT "enable", on ? "1" : "0");
+	trace_clear();
+}
+
+/*
+ * The order-9 allocations in the trace buffer, which it empties; *@retrying
+ * of them had __GFP_RETRY_MAYFAIL.
+ */
+static int huge_allocs_take(int *retrying)
+{
+	FILE *f = fopen(TRACEFS "trace", "r");
+	char line[512];
+	int n = 0;
+
+	if (!f)
+		ksft_exit_fail_perror(TRACEFS "trace");
+	*retrying = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (line[0] == '#' || !strstr(line, "mm_page_alloc:") ||
+		    !strstr(line, " order=9 "))
+			continue;
+		n++;
+		*retrying += !!strstr(line, "__GFP_RETRY_MAYFAIL");
+	}
+	fclose(f);
+	trace_clear();
+	return n;
+}
+
+/*
+ * DEFRAG allocates the huge page with __GFP_RETRY_MAYFAIL: the allocator
+ * retries reclaim and compaction for as long as they make progress, where
+ * flags = 0 (GFP_TRANSHUGE) gives up after one round at this order.
+ */
+static void test_defrag_gfp(int pidfd)
+{
+	uint64_t shadow[PAGES_PER_PMD];
+	struct region r = populated(MEM_ANON, shadow);
+	int n, retrying, n0, retrying0;
+	long ret, ret0;
+
+	collapse_require_core("rust");
+	huge_alloc_events(true);
+	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, MADV_F_COLLAPSE_DEFRAG);
+	n = huge_allocs_take(&retrying);
+	ksft_test_result(ret == (long)r.len && n >= 1 && retrying == n &&
+			 !mem_bad_pages(&r, shadow),
+			 "rust: DEFRAG allocates its huge page with __GFP_RETRY_MAYFAIL (%d of %d order-9 allocations), collapsed\n",
+			 retrying, n);
+	mem_region_free(&r);
+
+	r = populated(MEM_ANON, shadow);
+	ret0 = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, 0);
+	n0 = huge_allocs_take(&retrying0);
+	huge_alloc_events(false);
+	ksft_test_result(ret0 == (long)r.len && n0 >= 1 && !retrying0,
+			 "rust: flags = 0 allocates without it (%d of %d order-9 allocations), collapsed\n",
+			 retrying0, n0);
 	mem_region_free(&r);
 }
 
@@ -976,7 +1054,7 @@ int main(int argc, char **argv)
 	if (pagemap_fd < 0 || kpageflags_fd < 0 || pidfd < 0)
 		ksft_exit_fail_perror("open");
 
-	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 2 + 3 * 2);
+	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 2 + 2 + 3 * 2);
 	test_bad_input("c", pidfd);
 	test_bad_input("rust", pidfd);
 	test_c_core(pidfd);
@@ -986,6 +1064,7 @@ int main(int argc, char **argv)
 	test_order(pidfd);
 	test_order_refused(pidfd);
 	test_range_tracepoint(pidfd);
+	test_defrag_gfp(pidfd);
 	test_light_alloc(pidfd);
 	test_light_memcg(pidfd);
 	test_light_waits(pidfd);
