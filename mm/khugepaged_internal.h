@@ -211,7 +211,6 @@ enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
 unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 					 struct address_space *mapping,
 					 unsigned int what, long *refs);
-pgoff_t thp_collapse_folio_index(struct folio *folio);
 struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
 					    pgoff_t end, bool nowait);
 enum thp_collapse_pc_isolate {
@@ -242,15 +241,12 @@ struct thp_collapse_pc_taken {
 bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
 			  pgoff_t index, bool shmem,
 			  struct thp_collapse_pc_taken *out);
-void thp_collapse_pc_folio_putback(struct folio *folio);
 void thp_collapse_try_to_unmap_flush(void);
 void thp_collapse_pc_prepare_new(struct folio *folio,
 				 struct address_space *mapping, pgoff_t index,
 				 bool shmem);
 void thp_collapse_pc_abandon_new(struct folio *folio);
 void thp_collapse_pc_account_new(struct folio *folio, bool shmem);
-struct folio *thp_collapse_pc_trylock(struct address_space *mapping,
-				      pgoff_t index);
 void thp_collapse_pc_free_old(struct folio **folios, unsigned int nr,
 			      bool shmem);
 bool thp_collapse_mm_exiting(struct mm_struct *mm);

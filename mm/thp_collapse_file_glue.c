@@ -193,17 +193,6 @@ unsigned int thp_collapse_pc_folio_facts(struct folio *folio,
 }
 
 /**
- * thp_collapse_folio_index() - a page cache folio's first index.
- * @folio: the folio, locked or found under the xarray lock.
- *
- * Return: folio->index.
- */
-pgoff_t thp_collapse_folio_index(struct folio *folio)
-{
-	return folio->index;
-}
-
-/**
  * thp_collapse_file_read_locked() - read a file's folio at an index, locked
  * and referenced.
  * @file: the file.
@@ -329,29 +318,6 @@ bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
 						 THP_PC_READ_MAPPED,
 						 &out->refs);
 	return true;
-}
-
-/**
- * thp_collapse_pc_trylock() - filemap_lock_folio() that does not wait.
- * @mapping: the mapping.
- * @index: the index.
- *
- * Return: the folio at @index, locked and referenced; ERR_PTR(-ENOENT) if
- * there is none, or ERR_PTR(-EAGAIN) if another task holds its lock.
- */
-struct folio *thp_collapse_pc_trylock(struct address_space *mapping,
-				      pgoff_t index)
-{
-	return __filemap_get_folio(mapping, index, FGP_LOCK | FGP_NOWAIT, 0);
-}
-
-/**
- * thp_collapse_pc_folio_putback() - folio_putback_lru().
- * @folio: a folio thp_collapse_pc_folio_isolate() isolated.
- */
-void thp_collapse_pc_folio_putback(struct folio *folio)
-{
-	folio_putback_lru(folio);
 }
 
 /**

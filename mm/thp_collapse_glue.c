@@ -2,8 +2,8 @@
 /*
  * C glue of the Rust THP collapse core (mm/thp_collapse.rs): the run-time
  * selection between the C and Rust implementations, the sysfs files that
- * show the Rust core's counters, and forwarders to the static inlines of
- * mm/internal.h that the Rust core calls.
+ * show the Rust core's counters, and the batched reader of PTE facts
+ * (thp_collapse_read_ptes()) that the Rust scan and isolation share.
  *
  * /sys/kernel/mm/transparent_hugepage/collapse/
  *	core			"[rust] c" or "rust [c]"; write "rust" or "c"

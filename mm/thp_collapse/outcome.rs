@@ -181,7 +181,8 @@ pub(crate) const NAMES: [&str; CODES] = [
 ];
 
 impl Fail {
-    /// All failures, in numeric order.
+    /// All failures, in numeric order (for the KUnit cases).
+    #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
     pub(crate) const ALL: [Fail; CODES - 1] = [
         Fail::Other,
         Fail::NoPteTable,

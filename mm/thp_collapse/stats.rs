@@ -35,7 +35,8 @@ impl Stats {
         }
     }
 
-    /// The current value of the counter of `caller` and `result`.
+    /// The current value of the counter of `caller` and `result` (for the KUnit cases).
+    #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
     pub(crate) fn get(&self, caller: Caller, result: &impl ScanCode) -> u64 {
         self.counts[caller as usize]
             .get(result.code() as usize)

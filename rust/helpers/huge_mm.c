@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Helpers for the Rust THP collapse core (mm/thp_collapse.rs): the static
- * inlines and macros of <linux/huge_mm.h>, <linux/mm.h> and <linux/pgtable.h>
- * it calls. Each one only forwards to the kernel's own definition.
+ * Helpers for Rust mm code (kernel::mm in rust/kernel/mm/, and the THP
+ * collapse core, mm/thp_collapse.rs): the static inlines and macros of
+ * <linux/huge_mm.h>, <linux/mm.h>, <linux/pgtable.h> and their neighbours
+ * that it calls. Each one only forwards to the kernel's own definition.
  */
 
 #include <linux/backing-dev.h>
@@ -506,6 +507,21 @@ __rust_helper struct folio *rust_helper_filemap_lock_folio(struct address_space 
 							   pgoff_t index)
 {
 	return filemap_lock_folio(mapping, index);
+}
+
+/*
+ * filemap_lock_folio() without waiting for the lock: ERR_PTR(-EAGAIN) if
+ * another task holds it (the FGP_ flags are not constants bindgen can read).
+ */
+__rust_helper struct folio *rust_helper_filemap_trylock_folio(struct address_space *mapping,
+							      pgoff_t index)
+{
+	return __filemap_get_folio(mapping, index, FGP_LOCK | FGP_NOWAIT, 0);
+}
+
+__rust_helper pgoff_t rust_helper_folio_pgoff(const struct folio *folio)
+{
+	return folio_pgoff(folio);
 }
 
 __rust_helper bool rust_helper_inode_is_open_for_write(const struct inode *inode)

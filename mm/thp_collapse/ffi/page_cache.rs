@@ -590,7 +590,7 @@ impl LockedFolio {
     /// `FGP_NOWAIT`.
     pub(crate) fn try_lock(mapping: Mapping<'_>, index: usize) -> Result<Option<Self>> {
         // SAFETY: The mapping is valid.
-        let folio = unsafe { bindings::thp_collapse_pc_trylock(mapping.as_ptr(), index) };
+        let folio = unsafe { bindings::filemap_trylock_folio(mapping.as_ptr(), index) };
         match kernel::error::from_err_ptr(folio) {
             // SAFETY: Locked and referenced by `__filemap_get_folio()`.
             Ok(folio) => Ok(unsafe { Self::adopt(folio) }),
@@ -780,7 +780,7 @@ impl IsolatedFolio {
     #[inline]
     pub(crate) fn index(&self) -> usize {
         // SAFETY: Locked (type invariants): the index does not change.
-        unsafe { bindings::thp_collapse_folio_index(self.folio.as_ptr()) }
+        unsafe { bindings::folio_pgoff(self.folio.as_ptr()) }
     }
 
     /// Its page `n`. C: `folio_page()`.
@@ -831,7 +831,7 @@ impl Drop for IsolatedFolio {
         // reference) and our reference dropped, once.
         unsafe {
             bindings::folio_unlock(self.folio.as_ptr());
-            bindings::thp_collapse_pc_folio_putback(self.folio.as_ptr());
+            bindings::folio_putback_lru(self.folio.as_ptr());
             bindings::folio_put(self.folio.as_ptr());
         }
     }
@@ -897,7 +897,7 @@ impl PageCacheFolio {
         // requirements the range is ours to replace.
         let ret = unsafe {
             bindings::thp_collapse_pc_account_new(folio, shmem);
-            let index = bindings::thp_collapse_folio_index(folio);
+            let index = bindings::folio_pgoff(folio);
             bindings::xas_set_order(locked.xas(), index, bindings::folio_order(folio));
             bindings::xas_store(locked.xas(), folio.cast());
             bindings::xas_error(locked.xas())
@@ -1380,7 +1380,7 @@ mod tests {
         // SAFETY: `prepared` owns the folio.
         let locked = unsafe { bindings::folio_test_locked(ptr) };
         // SAFETY: As above.
-        let index = unsafe { bindings::thp_collapse_folio_index(ptr) };
+        let index = unsafe { bindings::folio_pgoff(ptr) };
         let same_pfn = prepared.pfn() == pfn;
         drop(prepared);
         let mut state = PageCacheState::new(mapping, 1);

@@ -172,7 +172,7 @@ impl NewFolio {
     /// The `struct page`s of the folio, consecutive: page `n` is `first_page().add(n)` for
     /// `n < 1 << order`. C: `folio_page()`, which is `&folio->page + n`.
     #[inline]
-    pub fn first_page(&self) -> *mut bindings::page {
+    pub(crate) fn first_page(&self) -> *mut bindings::page {
         // SAFETY: By the type invariants the folio is valid; this only computes the address of
         // the `struct page` it starts with, without reading it.
         unsafe { &raw mut (*self.folio.as_ptr()).__bindgen_anon_1.page }
@@ -192,7 +192,6 @@ impl NewFolio {
     }
 
     /// Page `n` of the folio, if it has one.
-    #[cfg(CONFIG_THP_COLLAPSE_RUST)]
     #[inline]
     fn page(&self, n: usize) -> Option<*mut bindings::page> {
         // The `struct page`s of a folio are consecutive (`folio_page()`).
@@ -201,7 +200,6 @@ impl NewFolio {
 
     /// Fills page `n` with zeroes, for user address `addr` (which matters on machines with
     /// virtually indexed caches). Does nothing past the last page. C: `clear_user_highpage()`.
-    #[cfg(CONFIG_THP_COLLAPSE_RUST)]
     #[inline]
     pub fn clear_user_page(&mut self, n: usize, addr: usize) {
         if let Some(page) = self.page(n) {
@@ -218,7 +216,6 @@ impl NewFolio {
     ///
     /// `src` must be a page that stays valid, and is not written, during the call (locked, or
     /// only mapped by a page table the caller has detached).
-    #[cfg(CONFIG_THP_COLLAPSE_RUST)]
     #[inline]
     pub unsafe fn copy_mc_user_page(
         &mut self,

@@ -934,7 +934,7 @@ impl<'a> PmdTableLocked<'a> {
 
     /// The value of entry `i` (clamped to the last entry); stable while the locks are held.
     #[inline]
-    pub fn get(&self, i: usize) -> bindings::pte_t {
+    fn get(&self, i: usize) -> bindings::pte_t {
         // SAFETY: By the type invariants the table is mapped and locked.
         unsafe { bindings::ptep_get(self.pte.add(i.min(PTRS_PER_PTE - 1))) }
     }

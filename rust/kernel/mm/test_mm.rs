@@ -25,8 +25,8 @@ use crate::{
 };
 use core::ptr::{self, NonNull};
 
-/// Size of the range one PMD entry maps.
-pub const PMD_SIZE: usize = 1 << bindings::PMD_SHIFT;
+/// Size of the range one PMD entry maps (the one definition, in `pgtable`).
+pub use crate::mm::pgtable::PMD_SIZE;
 
 /// Size of a base page.
 pub const PAGE: usize = crate::page::PAGE_SIZE;
