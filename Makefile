@@ -11,7 +11,7 @@ run:			## build the kernel, boot it, run the collapse demo
 test:			## the whole test suite; ends with "N passed, N failed"
 	scripts/run-tests.sh
 
-soak:			## the random-operation stress for SOAK_S seconds per core (SOAK_SEED= reruns)
+soak:			## the random-operation stress for SOAK_S s per core (SOAK_SEED= reruns), then thp_collapse_multi at 200 rounds
 	scripts/run-soak.sh
 
 bench:			## release kernel: C vs Rust core timings, CSV and PNG
