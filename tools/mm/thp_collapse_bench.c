@@ -221,15 +221,10 @@ static char *map_shmem(size_t nr)
 	return p;
 }
 
-/*
- * @nr PMDs of a new, clean file in @dir written a page at a time (so in small
- * folios), mapped read-only and every page read.
- */
-static char *map_file(const char *dir, size_t nr)
+/* A new, empty, already unlinked file in @dir. */
+static int temp_file(const char *dir)
 {
-	char path[4096], page[PAGE_SZ];
-	size_t off;
-	char *p;
+	char path[4096];
 	int fd;
 
 	snprintf(path, sizeof(path), "%s/thp_collapse_bench.XXXXXX", dir);
@@ -237,6 +232,20 @@ static char *map_file(const char *dir, size_t nr)
 	if (fd < 0)
 		die("mkstemp");
 	unlink(path);
+	return fd;
+}
+
+/*
+ * @nr PMDs of a new, clean file in @dir written a page at a time (so in small
+ * folios), mapped read-only and every page read.
+ */
+static char *map_file(const char *dir, size_t nr)
+{
+	char page[PAGE_SZ];
+	size_t off;
+	char *p;
+	int fd = temp_file(dir);
+
 	for (off = 0; off < nr * PMD_SZ; off += PAGE_SZ) {
 		memset(page, (int)(off >> 12), sizeof(page));
 		if (pwrite(fd, page, PAGE_SZ, off) != PAGE_SZ)
@@ -849,19 +858,16 @@ static void cg_join(int in)
 	}
 }
 
-/* A clean file of @mib MiB in @dir, read into the page cache, then unlinked. */
+/*
+ * A file of @mib MiB in @dir, written (so in the page cache, charged to the
+ * writer's cgroup) and synced: clean pages that reclaim may take.
+ */
 static int page_cache_file(const char *dir, size_t mib)
 {
 	static char chunk[1 << 20];
-	char path[4096];
+	int fd = temp_file(dir);
 	size_t i;
-	int fd;
 
-	snprintf(path, sizeof(path), "%s/thp_collapse_bench.XXXXXX", dir);
-	fd = mkstemp(path);
-	if (fd < 0)
-		die("mkstemp");
-	unlink(path);
 	memset(chunk, 0x5a, sizeof(chunk));
 	for (i = 0; i < mib; i++)
 		if (pwrite(fd, chunk, sizeof(chunk), i << 20) != (ssize_t)sizeof(chunk))
