@@ -312,12 +312,14 @@ usage:
 		printf("%-8s %9.2f %14.0f %16.0f %18ld\n", phase_name[ph], s, rate, worst,
 		       huge_kb[ph] / 1024);
 	}
-	printf("agent: exit %d, %.2f s wall, %.3f s CPU (user %.3f, system %.3f): %.0f ms of CPU per GiB collapsed\n",
+	printf("agent: exit %d, %.2f s wall, %.3f s CPU (user %.3f, system %.3f): ",
 	       WIFEXITED(status) ? WEXITSTATUS(status) : -1, (t1 - t0) / 1e9, cpu_s,
 	       ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
-	       ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, gib > 0 ? cpu_s * 1e3 / gib : 0);
-	printf("coverage: %ld of %zu MiB PMD-mapped after the agent; Rust core process_madvise succeed +%lld (of %zu PMDs)\n",
-	       huge_kb[DURING] / 1024, mib / 2 * 2, ok1 - ok0, mib / 2);
+	       ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
+	printf("%.0f ms of CPU per GiB collapsed\n", gib > 0 ? cpu_s * 1e3 / gib : 0);
+	printf("coverage: %ld of %zu MiB PMD-mapped after the agent; ",
+	       huge_kb[DURING] / 1024, mib / 2 * 2);
+	printf("Rust core process_madvise succeed +%lld (of %zu PMDs)\n", ok1 - ok0, mib / 2);
 	print_agent_report("summary:", 0);
 	printf("throughput after/before: %.3f (under TCG: QEMU's software TLB, not the CPU's)\n",
 	       atomic_load(&sh->m[BEFORE].reads) && atomic_load(&sh->m[AFTER].ns) ?
@@ -327,7 +329,8 @@ usage:
 	if (!WIFEXITED(status) || WEXITSTATUS(status) ||
 	    huge_kb[DURING] / 1024 != (long)(mib / 2 * 2) ||
 	    (!strcmp(core, "rust") && ok1 - ok0 != (long long)(mib / 2))) {
-		fprintf(stderr, "thp_agent_bench: the agent did not collapse the whole region; its report:\n");
+		fprintf(stderr, "thp_agent_bench: %s; its report:\n",
+			"the agent did not collapse the whole region");
 		print_agent_report(NULL, 0);
 		return 1;
 	}

@@ -788,6 +788,7 @@ static const char *const fwname[] = { "order4", "light" };
 static const unsigned int fwflag[] = {
 	MADV_F_COLLAPSE_ORDER(4), MADV_F_COLLAPSE_LIGHT,
 };
+
 /* The CSV "core" of each side. */
 static const char *const fwside[NR_FLAG_WORKLOADS][2] = {
 	{ "rust", "rust+order4" }, { "rust", "rust+light" },
@@ -1012,16 +1013,17 @@ static void flag_table(void)
 		}
 		if (!fres[w][0].calls || !fres[w][1].calls)
 			continue;
-		printf("%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.3f %7.1f %7.1f %7.1f %9.1f %9.1f %10.1f %10.1f\n",
+		printf("%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.3f ",
 		       fwname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
-		       med[0] > 0 ? med[1] / med[0] : 0,
+		       med[0] > 0 ? med[1] / med[0] : 0);
+		printf("%7.1f %7.1f %7.1f %9.1f %9.1f %10.1f %10.1f\n",
 		       100.0 * fres[w][0].ok / fres[w][0].calls,
 		       100.0 * fres[w][1].ok / fres[w][1].calls,
 		       100.0 * fres[w][1].eagain / fres[w][1].calls,
 		       (double)fres[w][0].pgscan / fres[w][0].calls,
 		       (double)fres[w][1].pgscan / fres[w][1].calls, st[0], st[1]);
 	}
-	printf("(Rust core, process_madvise() per 2 MiB, us; fl: ORDER(4) or LIGHT, f0: flags = 0;\n"
+	printf("(Rust core, process_madvise() per 2 MiB, us; fl: ORDER(4) or LIGHT, f0: flags 0;\n"
 	       " ok%%: calls that collapsed; EAGAIN%%: calls that failed with EAGAIN; pgscan:\n"
 	       " pages scanned in the cgroup per call; stall: median over calls of the longest\n"
 	       " mincore() wait during the call, the mmap lock write-hold time)\n");
