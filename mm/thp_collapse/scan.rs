@@ -33,7 +33,8 @@ pub(crate) trait PteView {
     fn maps_page(&self) -> bool;
     /// The folio is anonymous.
     fn anon(&self) -> bool;
-    /// The folio is lazily freed (MADV_FREE) and neither it nor the entry is dirty.
+    /// The folio is lazily freed (MADV_FREE) and the PTE has not dirtied it since (read only
+    /// with `PteRead::heuristics`; false otherwise).
     fn clean_lazyfree(&self) -> bool;
     /// Part of the folio may be mapped by another process.
     fn shared(&self) -> bool;

@@ -234,8 +234,8 @@ impl RequestFlags {
         })
     }
 
-    /// The `flags` argument these flags come from, as the tracepoints record it (DEFRAG, the
-    /// default effort, and the PMD order read as not asked for).
+    /// The `flags` argument these flags come from, as the tracepoints record it (the PMD order
+    /// read as not asked for).
     pub(crate) fn to_uapi(self) -> u32 {
         let mut flags = 0;
         if self.limits == PteLimits::Khugepaged {
@@ -262,8 +262,9 @@ pub(crate) enum CollapseMode {
     /// MADV_COLLAPSE, also through process_madvise, on the caller's behalf: ignores the
     /// heuristics, and collapses to the one order of its request (the PMD order without
     /// flags). Without flags it ignores the tunables and may enter direct reclaim and
-    /// compaction; the flags of its request may ask for the tunables' limits, for nothing that
-    /// blocks, or for an mTHP order.
+    /// compaction; the flags of its request may ask for the tunables' limits, for reclaim and
+    /// compaction retried while they make progress, for nothing that blocks, or for an mTHP
+    /// order.
     Madvise(RequestFlags),
 }
 

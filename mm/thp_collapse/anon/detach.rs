@@ -22,7 +22,7 @@ use crate::{
         trace, FolioPtr, PagePtr, PteFacts, PteRead,
     },
     outcome::{Attempt, Collapsed, Fail},
-    scan::{Checkpoint, EntryKind, ScanTally, Step},
+    scan::{Checkpoint, EntryKind, PteView, ScanTally, Step},
     spare::{self, Spare},
     vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
 };

@@ -106,18 +106,21 @@ pub(crate) fn to_scan_result(result: &impl ScanCode) -> bindings::scan_result {
 #[repr(transparent)]
 pub(crate) struct PteFacts(bindings::thp_collapse_pte);
 
+/// The facts as the scan and the isolation's checks read them ([`PteView`]); the one
+/// definition of each.
 impl PteView for PteFacts {
     #[inline]
     fn none_or_zero(&self) -> bool {
-        PteFacts::none_or_zero(self)
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO)
     }
     #[inline]
     fn non_present(&self) -> Option<bool> {
-        PteFacts::non_present(self)
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT)
+            .then(|| self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD))
     }
     #[inline]
     fn uffd_wp(&self) -> bool {
-        PteFacts::uffd_wp(self)
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP)
     }
     #[inline]
     fn maps_page(&self) -> bool {
@@ -125,15 +128,16 @@ impl PteView for PteFacts {
     }
     #[inline]
     fn anon(&self) -> bool {
-        PteFacts::anon(self)
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_ANON)
     }
     #[inline]
     fn clean_lazyfree(&self) -> bool {
-        PteFacts::clean_lazyfree(self)
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE)
+            && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_DIRTY)
     }
     #[inline]
     fn shared(&self) -> bool {
-        PteFacts::shared(self)
+        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED)
     }
 }
 
@@ -161,7 +165,7 @@ pub(crate) struct PteRead {
     /// isolation protocol itself (`isolate::IsolatedFolio::isolate`).
     pub(crate) folio_state: bool,
     /// What khugepaged's heuristics look at ([`PteFacts::referenced`],
-    /// [`PteFacts::clean_lazyfree`]), which MADV_COLLAPSE ignores.
+    /// [`PteView::clean_lazyfree`]), which MADV_COLLAPSE ignores.
     pub(crate) heuristics: bool,
 }
 
@@ -235,29 +239,10 @@ impl PteFacts {
         self.0.flags & flag != 0
     }
 
-    /// No page, or the shared zero page.
-    #[inline]
-    pub(crate) fn none_or_zero(&self) -> bool {
-        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO)
-    }
-
     /// The shared zero page (present, but nothing to copy).
     #[inline]
     pub(crate) fn zero(&self) -> bool {
         self.none_or_zero() && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE)
-    }
-
-    /// A swap entry or another non-present entry, and whether it carries a uffd-wp marker.
-    #[inline]
-    pub(crate) fn non_present(&self) -> Option<bool> {
-        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT)
-            .then(|| self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD))
-    }
-
-    /// Present and userfaultfd write-protected.
-    #[inline]
-    pub(crate) fn uffd_wp(&self) -> bool {
-        self.has(bindings::thp_collapse_pte_flags_THP_PTE_UFFD_WP)
     }
 
     /// The normal page mapped and its folio, or `None` (special or ZONE_DEVICE mapping).
@@ -310,26 +295,6 @@ impl PteFacts {
     pub(crate) fn plain_small_for_isolation(&self) -> bool {
         const LOOK: u32 = PLAIN_PAGE_FLAGS | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;
         self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
-    }
-
-    /// Whether the folio is a lazily freed one (MADV_FREE) that the PTE has not dirtied since:
-    /// collapsing it would lose its freedom to be dropped (with [`PteRead::heuristics`]).
-    #[inline]
-    pub(crate) fn clean_lazyfree(&self) -> bool {
-        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE)
-            && !self.has(bindings::thp_collapse_pte_flags_THP_PTE_DIRTY)
-    }
-
-    /// The folio is anonymous.
-    #[inline]
-    pub(crate) fn anon(&self) -> bool {
-        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_ANON)
-    }
-
-    /// Part of the folio may be mapped by another process.
-    #[inline]
-    pub(crate) fn shared(&self) -> bool {
-        self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED)
     }
 
     /// The folio is on an LRU list (with [`PteRead::folio_state`]).
