@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -58,7 +59,8 @@ static const char *const phase_name[] = { "before", "during", "after" };
 
 /* Shared with the reader child: the phase, and what it measured in each. */
 struct shared {
-	atomic_int phase;	/* NR_PHASES: stop */
+	atomic_int phase;	/* NR_PHASES: stop measuring, wait for stop */
+	atomic_int stop;
 	atomic_int ready;
 	struct {
 		atomic_llong reads;
@@ -193,6 +195,9 @@ static void reader(struct shared *sh, uint64_t *p, size_t len)
 		last = t;
 	}
 	sh->sink = sum;
+	/* Alive, idle, for the untimed `status` that follows. */
+	while (!atomic_load(&sh->stop))
+		usleep(10000);
 	_exit(0);
 }
 
@@ -248,8 +253,12 @@ usage:
 	child = fork();
 	if (child < 0)
 		die("fork");
-	if (child == 0)
+	if (child == 0) {
+		/* Never outlive the benchmark, whatever way it ends. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+			_exit(1);
 		reader(sh, (uint64_t *)a, len);
+	}
 	while (!atomic_load(&sh->ready))
 		usleep(10000);
 	snprintf(range, sizeof(range), "%lx-%lx", (unsigned long)a, (unsigned long)(a + len));
@@ -286,11 +295,13 @@ usage:
 	atomic_store(&sh->phase, AFTER);
 	sleep(seconds);
 	huge_kb[AFTER] = anon_huge_kb(child);
+	/* The reader stops measuring, and stays for `status`. */
+	atomic_store(&sh->phase, NR_PHASES);
 	printf("\n`thp-agent status` of the reader after the run (untimed):\n");
 	agent_status(agent, child);
 	printf("\nthe first lines of the collapse report:\n");
 	print_agent_report(NULL, 6);
-	atomic_store(&sh->phase, NR_PHASES);
+	atomic_store(&sh->stop, 1);
 	waitpid(child, NULL, 0);
 
 	cpu_s = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +

@@ -35,7 +35,8 @@
  *              flags = 0 reclaims and collapses; LIGHT must fail at once
  *              with EAGAIN. The table gives the share of calls that
  *              collapsed and that failed with EAGAIN, and the pages each
- *              side reclaimed in the cgroup (memory.stat pgscan) per call.
+ *              side's reclaim scanned in the cgroup (memory.stat pgscan)
+ *              per call.
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
  * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
@@ -921,8 +922,11 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 		ret = syscall(SYS_process_madvise, self_pidfd, &iov, 1, MADV_COLLAPSE, flags);
 		err = ret < 0 ? errno : 0;
 		t1 = now_ns();
-		/* Under pressure a collapse may fail; nothing else may. */
-		if (err && !(w == LIGHT && (err == EAGAIN || err == ENOMEM))) {
+		/*
+		 * Under pressure a collapse may fail (EBUSY: the charge failed,
+		 * ENOMEM, EAGAIN); nothing else may.
+		 */
+		if (err && !(w == LIGHT && (err == EAGAIN || err == EBUSY || err == ENOMEM))) {
 			errno = err;
 			die(fwside[w][side]);
 		}

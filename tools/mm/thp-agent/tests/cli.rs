@@ -286,7 +286,7 @@ fn own_anon_huge(addr: u64) -> Option<u64> {
 
 #[test]
 fn run_collapses_the_hot_chunk_of_a_process_and_leaves_the_cold_one() {
-    let mem = AnonMemory::small_pages(8, false);
+    let mem = AnonMemory::small_pages(4, false);
     let (hot, cold) = (mem.start, mem.start + 2 * PMD);
     let pid = std::process::id();
     let dir = RunDir::new(pid, "include_ineligible = true\nbudget_mib_per_s = 64");

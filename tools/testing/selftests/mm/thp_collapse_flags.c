@@ -173,6 +173,10 @@ static void restore(void)
 		collapse_set_core(orig_core);
 	if (orig_enabled[0])
 		write_str(THP_SYSFS "enabled", orig_enabled);
+	/* The trace events a case may have left on, if it ended early. */
+	write_str("/sys/kernel/tracing/events/kmem/mm_page_alloc/enable", "0");
+	write_str("/sys/kernel/tracing/events/kmem/mm_page_alloc/filter", "0");
+	write_str("/sys/kernel/tracing/events/huge_memory/mm_collapse_range/enable", "0");
 }
 
 /* ---- Bad input, on both cores ------------------------------------------ */
