@@ -63,6 +63,10 @@ enum scan_result {
 	SCAN_WOULD_BLOCK,	/* MADV_F_COLLAPSE_LIGHT: it would have to wait */
 };
 
+enum scan_result set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
+			      pmd_t *pmdp, struct folio *folio,
+			      struct page *page);
+
 #ifdef CONFIG_THP_COLLAPSE_RUST
 
 /* The folio isolation protocol, a batch at a time (mm/khugepaged.c). */
@@ -80,6 +84,8 @@ unsigned int thp_collapse_folios_isolate(struct folio **folios,
 void thp_collapse_folio_putback(struct folio *folio, bool free_swap);
 void thp_collapse_folios_release_unmapped(struct folio_batch *fbatch,
 					  unsigned int *refs);
+void thp_collapse_folios_free_uncached(struct folio **folios, unsigned int nr,
+				       bool shmem);
 
 /* Facts about one PTE of a collapse candidate (struct thp_collapse_pte). */
 enum thp_collapse_pte_flags {
@@ -241,17 +247,12 @@ struct thp_collapse_pc_taken {
 bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
 			  pgoff_t index, bool shmem,
 			  struct thp_collapse_pc_taken *out);
-void thp_collapse_try_to_unmap_flush(void);
 void thp_collapse_pc_prepare_new(struct folio *folio,
 				 struct address_space *mapping, pgoff_t index,
 				 bool shmem);
 void thp_collapse_pc_abandon_new(struct folio *folio);
 void thp_collapse_pc_account_new(struct folio *folio, bool shmem);
-void thp_collapse_pc_free_old(struct folio **folios, unsigned int nr,
-			      bool shmem);
 bool thp_collapse_mm_exiting(struct mm_struct *mm);
-int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
-			      pmd_t *pmdp, struct folio *folio);
 
 DECLARE_STATIC_KEY_TRUE(thp_collapse_rust_key);
 

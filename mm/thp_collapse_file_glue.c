@@ -236,7 +236,7 @@ struct folio *thp_collapse_file_read_locked(struct file *file, pgoff_t index,
  * LRU, release its private data, and unmap it everywhere.
  * @folio: the folio, locked and referenced by the caller.
  *
- * The unmap batches its TLB flush (thp_collapse_try_to_unmap_flush()).
+ * The unmap batches its TLB flush (try_to_unmap_flush()).
  * May sleep.
  *
  * Return: THP_PC_ISOLATE_OK; or, with nothing changed, THP_PC_ISOLATE_NOT_ON_LRU
@@ -321,15 +321,6 @@ bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
 }
 
 /**
- * thp_collapse_try_to_unmap_flush() - flush the TLB entries that unmaps with
- * TTU_BATCH_FLUSH left.
- */
-void thp_collapse_try_to_unmap_flush(void)
-{
-	try_to_unmap_flush();
-}
-
-/**
  * thp_collapse_pc_prepare_new() - make a new folio ready to enter a mapping.
  * @folio: the new folio, ours alone.
  * @mapping: the mapping.
@@ -387,80 +378,6 @@ void thp_collapse_pc_account_new(struct folio *folio, bool shmem)
 	folio_add_lru(folio);
 }
 
-/*
- * Pages leaving the page cache, counted per lruvec: successive folios of one
- * memcg and node (the common case) make one update of NR_FILE_PAGES (and
- * NR_SHMEM), done by pc_flush_uncharged().
- */
-struct pc_uncounted {
-	struct lruvec *lruvec;	/* NULL: a folio without memcg, on @pgdat */
-	struct pglist_data *pgdat;
-	long nr;
-};
-
-static void pc_flush_uncounted(struct pc_uncounted *acc, bool shmem)
-{
-	if (!acc->nr)
-		return;
-	if (acc->lruvec) {
-		mod_lruvec_state(acc->lruvec, NR_FILE_PAGES, -acc->nr);
-		if (shmem)
-			mod_lruvec_state(acc->lruvec, NR_SHMEM, -acc->nr);
-	} else {
-		mod_node_page_state(acc->pgdat, NR_FILE_PAGES, -acc->nr);
-		if (shmem)
-			mod_node_page_state(acc->pgdat, NR_SHMEM, -acc->nr);
-	}
-	acc->nr = 0;
-}
-
-/**
- * thp_collapse_pc_free_old() - release old folios that a collapse replaced in
- * the page cache.
- * @folios: @nr folios, each locked, isolated, unmapped, and no longer in the
- *	page cache.
- * @nr: how many.
- * @shmem: whether the mapping is shmem.
- *
- * Uncounts them from NR_FILE_PAGES (and NR_SHMEM), unlocks them and drops the
- * references of the page cache, of the isolation and of the caller, which
- * frees them: what collapse_file() does for each old folio, but with the
- * counters of a run of folios of one memcg and node updated once.
- */
-void thp_collapse_pc_free_old(struct folio **folios, unsigned int nr,
-			      bool shmem)
-{
-	struct pc_uncounted acc = { .nr = 0 };
-	unsigned int i;
-
-	rcu_read_lock();
-	for (i = 0; i < nr; i++) {
-		struct folio *folio = folios[i];
-		struct mem_cgroup *memcg = folio_memcg(folio);
-		struct pglist_data *pgdat = folio_pgdat(folio);
-		struct lruvec *lruvec = memcg ?
-			mem_cgroup_lruvec(memcg, pgdat) : NULL;
-
-		if (acc.nr && (acc.lruvec != lruvec || acc.pgdat != pgdat))
-			pc_flush_uncounted(&acc, shmem);
-		acc.lruvec = lruvec;
-		acc.pgdat = pgdat;
-		acc.nr += folio_nr_pages(folio);
-	}
-	pc_flush_uncounted(&acc, shmem);
-	rcu_read_unlock();
-
-	for (i = 0; i < nr; i++) {
-		struct folio *folio = folios[i];
-
-		folio->mapping = NULL;
-		folio_clear_active(folio);
-		folio_clear_unevictable(folio);
-		folio_unlock(folio);
-		folio_put_refs(folio, 2 + folio_nr_pages(folio));
-	}
-}
-
 /**
  * thp_collapse_mm_exiting() - whether an mm has no users left.
  * @mm: the mm.
@@ -471,49 +388,3 @@ bool thp_collapse_mm_exiting(struct mm_struct *mm)
 {
 	return atomic_read(&mm->mm_users) == 0;
 }
-
-/**
- * thp_collapse_set_huge_pmd() - map a PMD-order page cache folio with a PMD.
- * @vma: the file VMA; its mm's mmap lock is held.
- * @addr: the PMD-aligned address.
- * @pmdp: the PMD entry, or NULL to allocate the upper levels.
- * @folio: the folio, locked and referenced.
- *
- * do_set_pmd() takes the PMD lock, adds the rmap and counts the mapping; the
- * mapping gets a reference of its own.
- *
- * Return: 0, or -ENOMEM if a level could not be allocated or the PMD entry is
- * no longer none.
- */
-int thp_collapse_set_huge_pmd(struct vm_area_struct *vma, unsigned long addr,
-			      pmd_t *pmdp, struct folio *folio)
-{
-	struct vm_fault vmf = {
-		.vma = vma,
-		.address = addr,
-		.flags = 0,
-	};
-	struct mm_struct *mm = vma->vm_mm;
-
-	mmap_assert_locked(mm);
-	if (!pmdp) {
-		pgd_t *pgdp = pgd_offset(mm, addr);
-		p4d_t *p4dp = p4d_alloc(mm, pgdp, addr);
-		pud_t *pudp;
-
-		if (!p4dp)
-			return -ENOMEM;
-		pudp = pud_alloc(mm, p4dp, addr);
-		if (!pudp)
-			return -ENOMEM;
-		pmdp = pmd_alloc(mm, pudp, addr);
-		if (!pmdp)
-			return -ENOMEM;
-	}
-	vmf.pmd = pmdp;
-	if (do_set_pmd(&vmf, folio, &folio->page))
-		return -ENOMEM;
-	folio_get(folio);
-	return 0;
-}
-

@@ -190,8 +190,15 @@ pub(crate) fn madvise<'a>(
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
     let mut state = Locked::Held(guard);
+    let mut interrupted = false;
     let mut i = 0;
     while i < tally.ranges() {
+        // DEFRAG may retry reclaim and compaction for each range: a killed task stops between
+        // ranges, as hugetlb's pool growth does. Without it, as upstream, the request runs on.
+        if mode.effort() == Effort::Defrag && ffi::fatal_signal_pending() {
+            interrupted = true;
+            break;
+        }
         let addr = hstart + i * PMD_SIZE;
         let guard = match state {
             Locked::Held(guard) => guard,
@@ -235,7 +242,12 @@ pub(crate) fn madvise<'a>(
             MmapRead::lock(mm)
         }
     };
-    done(tally.finish(), guard, history)
+    let result = if interrupted {
+        Err(EINTR)
+    } else {
+        tally.finish()
+    };
+    done(result, guard, history)
 }
 
 #[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
@@ -263,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn pmd_ranges_align_inwards() {
+    fn order_ranges_pmd_aligns_inwards() {
         let pmd = |start, end| {
             let (_, _, hstart, n) = order_ranges(start, end, PMD_ORDER);
             (hstart, n)

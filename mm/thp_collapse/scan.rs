@@ -24,9 +24,8 @@ use kernel::prelude::*;
 pub(crate) trait PteView {
     /// None, or mapping the shared zero page.
     fn none_or_zero(&self) -> bool;
-    /// `Some(uffd)` if not present (a swap entry or a marker), `uffd` if it carries
-    /// userfaultfd state.
-    fn non_present(&self) -> Option<bool>;
+    /// What it holds if not present (a swap entry or a marker), `None` if present or none.
+    fn non_present(&self) -> Option<NonPresent>;
     /// Present and userfaultfd write-protected.
     fn uffd_wp(&self) -> bool;
     /// It maps a normal page (not a special or ZONE_DEVICE mapping).
@@ -34,10 +33,40 @@ pub(crate) trait PteView {
     /// The folio is anonymous.
     fn anon(&self) -> bool;
     /// The folio is lazily freed (MADV_FREE) and the PTE has not dirtied it since (read only
-    /// with `PteRead::heuristics`; false otherwise).
+    /// with `PteRead::HEURISTICS`; false otherwise).
     fn clean_lazyfree(&self) -> bool;
     /// Part of the folio may be mapped by another process.
     fn shared(&self) -> bool;
+}
+
+/// A PTE that is not present, as the checks tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NonPresent {
+    /// A swap or migration entry, or a marker, with no userfaultfd state.
+    Plain,
+    /// One that carries userfaultfd state (the uffd-wp bit of a swap entry, or a uffd marker).
+    Uffd,
+}
+
+/// What reclaim does to a VMA's lazily freed (MADV_FREE) pages, which decides whether they
+/// stop a collapse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VmaKind {
+    /// They are freed: a collapse would bring them back to life.
+    Normal,
+    /// A `VM_DROPPABLE` VMA: all its pages may be dropped, so collapsing them loses nothing.
+    Droppable,
+}
+
+impl VmaKind {
+    /// The kind of `vma`.
+    pub(crate) fn of(vma: &kernel::mm::virt::VmaRef) -> Self {
+        if vma.is_droppable() {
+            VmaKind::Droppable
+        } else {
+            VmaKind::Normal
+        }
+    }
 }
 
 /// The step of a collapse that checks a PTE.
@@ -163,17 +192,17 @@ impl ScanTally {
         Ok(())
     }
 
-    /// A non-present PTE (swap entry or marker); `uffd` if it carries userfaultfd state.
-    pub(crate) fn not_present(&mut self, uffd: bool) -> Result<(), Fail> {
+    /// A non-present PTE (swap entry or marker) of the scan.
+    pub(crate) fn not_present(&mut self, kind: NonPresent) -> Result<(), Fail> {
         self.swapped += 1;
         if self.swapped > self.limits.max_swap {
             return Err(Fail::ExceedSwapPte);
         }
-        // Always strict with userfaultfd-protected swap entries.
-        if uffd {
-            return Err(Fail::PteUffd);
+        match kind {
+            NonPresent::Plain => Ok(()),
+            // Always strict with userfaultfd-protected swap entries.
+            NonPresent::Uffd => Err(Fail::PteUffd),
         }
-        Ok(())
     }
 
     /// The checks of the entry itself, first for every PTE in the scan and in the isolation,
@@ -188,9 +217,9 @@ impl ScanTally {
         if pte.none_or_zero() {
             return self.none_or_zero().map(|()| EntryKind::Empty);
         }
-        if let Some(uffd) = pte.non_present() {
+        if let Some(kind) = pte.non_present() {
             return match step {
-                Step::Scan => self.not_present(uffd).map(|()| EntryKind::Swapped),
+                Step::Scan => self.not_present(kind).map(|()| EntryKind::Swapped),
                 Step::Isolate => Err(Fail::PteNonPresent),
             };
         }
@@ -207,15 +236,15 @@ impl ScanTally {
 
     /// The checks of the folio an entry maps ([`EntryKind::Page`]), next for every such PTE in
     /// the scan and in the isolation: anonymous, not lazily freed (where the mode skips such
-    /// pages and the VMA is not `droppable`: a droppable VMA's pages are dropped, not freed),
+    /// pages and the VMA is not [`VmaKind::Droppable`]),
     /// and shared within `max_ptes_shared` (a page counts as shared if any part of its folio
     /// is). A lazily freed folio is anonymous, so the order of the first two is the scan's
     /// and the isolation's both.
-    pub(crate) fn check_page(&mut self, pte: &impl PteView, droppable: bool) -> Result<(), Fail> {
+    pub(crate) fn check_page(&mut self, pte: &impl PteView, vma: VmaKind) -> Result<(), Fail> {
         if !pte.anon() {
             return Err(Fail::PageAnon);
         }
-        if self.skips_lazyfree() && pte.clean_lazyfree() && !droppable {
+        if self.skips_lazyfree() && pte.clean_lazyfree() && vma == VmaKind::Normal {
             return Err(Fail::PageLazyfree);
         }
         if pte.shared() {
@@ -233,9 +262,11 @@ impl ScanTally {
         Ok(())
     }
 
-    /// A present PTE mapping a page that passed every check.
-    pub(crate) fn present(&mut self, referenced: bool) {
-        if referenced {
+    /// A present PTE mapping a page that passed every check; `referenced` says whether the page
+    /// was used recently, and is asked only in the modes that want to know
+    /// ([`Self::wants_referenced`]).
+    pub(crate) fn present(&mut self, referenced: impl FnOnce() -> bool) {
+        if self.wants_referenced() && referenced() {
             self.referenced += 1;
         }
     }
@@ -435,14 +466,14 @@ impl FileTally {
 #[kunit_tests(thp_collapse_scan)]
 mod tests {
     use super::*;
-    use crate::vocab::{Tunables, Userfault, PMD_ORDER, PTES_PER_PMD};
+    use crate::vocab::{AllocPolicy, Tunables, Userfault, PMD_ORDER, PTES_PER_PMD};
 
     /// Khugepaged's limits with no room at all.
     const STRICT: Tunables = Tunables {
         max_ptes_none: 0,
         max_ptes_swap: 0,
         max_ptes_shared: 0,
-        defrag: false,
+        alloc: AllocPolicy::Light,
     };
 
     fn tally(mode: CollapseMode, t: &Tunables) -> ScanTally {
@@ -453,7 +484,7 @@ mod tests {
     #[derive(Clone, Copy, Default)]
     struct Pte {
         none_or_zero: bool,
-        non_present: Option<bool>,
+        non_present: Option<NonPresent>,
         uffd_wp: bool,
         no_page: bool,
         not_anon: bool,
@@ -465,7 +496,7 @@ mod tests {
         fn none_or_zero(&self) -> bool {
             self.none_or_zero
         }
-        fn non_present(&self) -> Option<bool> {
+        fn non_present(&self) -> Option<NonPresent> {
             self.non_present
         }
         fn uffd_wp(&self) -> bool {
@@ -486,12 +517,12 @@ mod tests {
     }
 
     /// The shared checks of `pte` in `step` for khugepaged with no room in any limit, in a
-    /// VMA that is `droppable` or not.
-    fn check(pte: Pte, step: Step, droppable: bool) -> Result<EntryKind, Fail> {
+    /// VMA of kind `vma`.
+    fn check(pte: Pte, step: Step, vma: VmaKind) -> Result<EntryKind, Fail> {
         let mut s = tally(CollapseMode::Khugepaged, &STRICT);
         let kind = s.check_entry(&pte, step)?;
         if kind == EntryKind::Page {
-            s.check_page(&pte, droppable)?;
+            s.check_page(&pte, vma)?;
         }
         Ok(kind)
     }
@@ -504,7 +535,7 @@ mod tests {
             ..page
         };
         let swap = Pte {
-            non_present: Some(false),
+            non_present: Some(NonPresent::Plain),
             ..page
         };
         // Every check fails: the first one in the order decides.
@@ -517,41 +548,41 @@ mod tests {
             ..page
         };
         for step in [Step::Scan, Step::Isolate] {
-            assert_eq!(check(page, step, false), Ok(EntryKind::Page));
-            assert_eq!(check(empty, step, false), Err(Fail::ExceedNonePte));
-            assert_eq!(check(worst, step, false), Err(Fail::PteUffd));
+            assert_eq!(check(page, step, VmaKind::Normal), Ok(EntryKind::Page));
+            assert_eq!(check(empty, step, VmaKind::Normal), Err(Fail::ExceedNonePte));
+            assert_eq!(check(worst, step, VmaKind::Normal), Err(Fail::PteUffd));
             let w = Pte {
                 uffd_wp: false,
                 ..worst
             };
-            assert_eq!(check(w, step, false), Err(Fail::PageNull));
+            assert_eq!(check(w, step, VmaKind::Normal), Err(Fail::PageNull));
             let w = Pte {
                 no_page: false,
                 ..w
             };
-            assert_eq!(check(w, step, false), Err(Fail::PageAnon));
+            assert_eq!(check(w, step, VmaKind::Normal), Err(Fail::PageAnon));
             let w = Pte {
                 not_anon: false,
                 ..w
             };
-            assert_eq!(check(w, step, false), Err(Fail::PageLazyfree));
+            assert_eq!(check(w, step, VmaKind::Normal), Err(Fail::PageLazyfree));
             // A droppable VMA's lazily freed pages are collapsed.
-            assert_eq!(check(w, step, true), Err(Fail::ExceedSharedPte));
+            assert_eq!(check(w, step, VmaKind::Droppable), Err(Fail::ExceedSharedPte));
             let w = Pte {
                 clean_lazyfree: false,
                 ..w
             };
-            assert_eq!(check(w, step, false), Err(Fail::ExceedSharedPte));
+            assert_eq!(check(w, step, VmaKind::Normal), Err(Fail::ExceedSharedPte));
         }
         // Only a swap entry tells the steps apart.
-        assert_eq!(check(swap, Step::Scan, false), Err(Fail::ExceedSwapPte));
-        assert_eq!(check(swap, Step::Isolate, false), Err(Fail::PteNonPresent));
+        assert_eq!(check(swap, Step::Scan, VmaKind::Normal), Err(Fail::ExceedSwapPte));
+        assert_eq!(check(swap, Step::Isolate, VmaKind::Normal), Err(Fail::PteNonPresent));
         let uffd_swap = Pte {
-            non_present: Some(true),
+            non_present: Some(NonPresent::Uffd),
             ..page
         };
         assert_eq!(
-            check(uffd_swap, Step::Isolate, false),
+            check(uffd_swap, Step::Isolate, VmaKind::Normal),
             Err(Fail::PteNonPresent)
         );
         let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
@@ -564,14 +595,14 @@ mod tests {
             shared: true,
             ..page
         };
-        assert_eq!(s.check_page(&lazy_shared, false), Ok(()));
+        assert_eq!(s.check_page(&lazy_shared, VmaKind::Normal), Ok(()));
     }
 
     #[test]
     fn madvise_full_range_collapses() {
         let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
-            s.present(false);
+            s.present(|| false);
         }
         assert_eq!(s.finish(), Ok(()));
     }
@@ -581,11 +612,11 @@ mod tests {
         let mut s = tally(CollapseMode::MADVISE, &STRICT);
         for _ in 0..200 {
             assert_eq!(s.none_or_zero(), Ok(()));
-            assert_eq!(s.not_present(false), Ok(()));
+            assert_eq!(s.not_present(NonPresent::Plain), Ok(()));
         }
         for _ in 0..112 {
             assert_eq!(s.shared(), Ok(()));
-            s.present(false);
+            s.present(|| false);
         }
         assert!(!s.wants_referenced());
         assert_eq!(s.finish(), Ok(()));
@@ -622,7 +653,7 @@ mod tests {
     #[test]
     fn uffd_swap_entry_stops_the_scan() {
         let mut s = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
-        assert_eq!(s.not_present(true), Err(Fail::PteUffd));
+        assert_eq!(s.not_present(NonPresent::Uffd), Err(Fail::PteUffd));
     }
 
     #[test]
@@ -639,9 +670,9 @@ mod tests {
 
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         for _ in 0..64 {
-            assert_eq!(s.not_present(false), Ok(()));
+            assert_eq!(s.not_present(NonPresent::Plain), Ok(()));
         }
-        assert_eq!(s.not_present(false), Err(Fail::ExceedSwapPte));
+        assert_eq!(s.not_present(NonPresent::Plain), Err(Fail::ExceedSwapPte));
 
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         for _ in 0..256 {
@@ -655,14 +686,14 @@ mod tests {
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         assert!(s.wants_referenced());
         for _ in 0..PTES_PER_PMD {
-            s.present(false);
+            s.present(|| false);
         }
         assert_eq!(s.finish(), Err(Fail::LackReferencedPage));
 
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
-        s.present(true);
+        s.present(|| true);
         for _ in 1..PTES_PER_PMD {
-            s.present(false);
+            s.present(|| false);
         }
         assert_eq!(s.referenced_count(), 1);
         assert_eq!(s.finish(), Ok(()));
@@ -671,13 +702,13 @@ mod tests {
     #[test]
     fn khugepaged_swap_needs_half_referenced() {
         let mut s = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
-        assert_eq!(s.not_present(false), Ok(()));
+        assert_eq!(s.not_present(NonPresent::Plain), Ok(()));
         for _ in 0..255 {
-            s.present(true);
+            s.present(|| true);
         }
         assert_eq!(s.swapped_count(), 1);
         assert_eq!(s.finish(), Err(Fail::LackReferencedPage));
-        s.present(true);
+        s.present(|| true);
         assert_eq!(s.finish(), Ok(()));
     }
 
@@ -686,12 +717,20 @@ mod tests {
         let mut k = tally(CollapseMode::Khugepaged, &Tunables::DEFAULTS);
         let mut m = tally(CollapseMode::MADVISE, &Tunables::DEFAULTS);
         for _ in 0..PTES_PER_PMD {
-            k.present(false);
-            m.present(false);
+            k.present(|| false);
+            m.present(|| false);
         }
         assert_eq!(k.finish_isolation(), Err(Fail::LackReferencedPage));
         assert_eq!(m.finish_isolation(), Ok(()));
-        k.present(true);
+        // MADV_COLLAPSE does not even ask (the young bits are a walk of the rmap).
+        let mut asked = false;
+        m.present(|| {
+            asked = true;
+            true
+        });
+        assert!(!asked);
+        assert_eq!(m.referenced_count(), 0);
+        k.present(|| true);
         assert_eq!(k.finish_isolation(), Ok(()));
     }
 

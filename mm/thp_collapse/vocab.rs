@@ -162,8 +162,10 @@ pub(crate) enum Effort {
     Full,
     /// `MADV_F_COLLAPSE_DEFRAG`: as [`Effort::Full`], and the huge folio's allocation retries
     /// direct reclaim and compaction for as long as they make progress
-    /// ([`AllocPolicy::Retry`]), where [`Effort::Full`] gives up after one round at an order as
-    /// costly as a THP's.
+    /// ([`AllocPolicy::Retry`]), where [`Effort::Full`] gives up after one round at a costly
+    /// order (above `PAGE_ALLOC_COSTLY_ORDER`); at orders 2 and 3 it fails where
+    /// [`Effort::Full`] may call the OOM killer. The request stops between ranges once the
+    /// caller has a fatal signal pending.
     Defrag,
     /// `MADV_F_COLLAPSE_LIGHT`: nothing that would block. No direct reclaim or compaction
     /// (nor kswapd woken), no swap-in, no page cache read, no writeback and no wait for a page
@@ -277,8 +279,9 @@ pub(crate) struct Tunables {
     pub(crate) max_ptes_swap: u32,
     /// `max_ptes_shared`.
     pub(crate) max_ptes_shared: u32,
-    /// `defrag`: whether khugepaged may enter direct reclaim and compaction.
-    pub(crate) defrag: bool,
+    /// How khugepaged allocates, from `defrag`: [`AllocPolicy::Reclaim`] (direct reclaim and
+    /// compaction) if it is set, [`AllocPolicy::Light`] if not.
+    pub(crate) alloc: AllocPolicy,
 }
 
 impl Tunables {
@@ -288,7 +291,7 @@ impl Tunables {
         max_ptes_none: MAX_PTES_LIMIT,
         max_ptes_swap: PTES_PER_PMD / 8,
         max_ptes_shared: PTES_PER_PMD / 2,
-        defrag: true,
+        alloc: AllocPolicy::Reclaim,
     };
 }
 
@@ -409,8 +412,7 @@ impl CollapseMode {
                 Effort::Defrag => AllocPolicy::Retry,
                 Effort::Light => AllocPolicy::NoWait,
             },
-            CollapseMode::Khugepaged if t.defrag => AllocPolicy::Reclaim,
-            CollapseMode::Khugepaged => AllocPolicy::Light,
+            CollapseMode::Khugepaged => t.alloc,
         }
     }
 
@@ -523,7 +525,7 @@ mod tests {
             max_ptes_none: 7,
             max_ptes_swap: 3,
             max_ptes_shared: 5,
-            defrag: false,
+            alloc: AllocPolicy::Light,
         };
         let limited = CollapseMode::Madvise(RequestFlags {
             limits: PteLimits::Khugepaged,
@@ -557,7 +559,7 @@ mod tests {
             max_ptes_none: 0,
             max_ptes_swap: 0,
             max_ptes_shared: 0,
-            defrag: false,
+            alloc: AllocPolicy::Light,
         };
         let l = CollapseMode::MADVISE.limits(&strict, PMD_ORDER, Userfault::Unarmed);
         assert_eq!(l.max_none, 512);
@@ -656,7 +658,7 @@ mod tests {
             AllocPolicy::Reclaim
         );
         let t = Tunables {
-            defrag: false,
+            alloc: AllocPolicy::Light,
             ..Tunables::DEFAULTS
         };
         assert_eq!(

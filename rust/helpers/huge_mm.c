@@ -26,6 +26,7 @@
 #include <linux/rmap.h>
 #include <linux/pgalloc.h>
 #include <linux/sched.h>
+#include <linux/sched/signal.h>
 #include <linux/shmem_fs.h>
 #include <linux/userfaultfd_k.h>
 #include <linux/xarray.h>
@@ -37,6 +38,15 @@
  */
 #ifdef CONFIG_MMU_GATHER_RCU_TABLE_FREE
 void tlb_remove_table_sync_one(void);
+#endif
+
+/*
+ * The prototype of mm/internal.h, mm's private header: try_to_unmap() with
+ * TTU_BATCH_FLUSH leaves the TLB flush to it. Without
+ * ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH nothing is batched and the call is a no-op.
+ */
+#ifdef CONFIG_ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH
+void try_to_unmap_flush(void);
 #endif
 
 #ifdef CONFIG_TRANSPARENT_HUGEPAGE
@@ -425,6 +435,18 @@ __rust_helper void rust_helper_tlb_remove_table_sync_one(void)
 #endif
 }
 
+__rust_helper int rust_helper_fatal_signal_pending(struct task_struct *p)
+{
+	return fatal_signal_pending(p);
+}
+
+__rust_helper void rust_helper_try_to_unmap_flush(void)
+{
+#ifdef CONFIG_ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH
+	try_to_unmap_flush();
+#endif
+}
+
 __rust_helper bool rust_helper_userfaultfd_protected(struct vm_area_struct *vma)
 {
 	return userfaultfd_protected(vma);
@@ -507,16 +529,6 @@ __rust_helper struct folio *rust_helper_filemap_lock_folio(struct address_space 
 							   pgoff_t index)
 {
 	return filemap_lock_folio(mapping, index);
-}
-
-/*
- * filemap_lock_folio() without waiting for the lock: ERR_PTR(-EAGAIN) if
- * another task holds it (the FGP_ flags are not constants bindgen can read).
- */
-__rust_helper struct folio *rust_helper_filemap_trylock_folio(struct address_space *mapping,
-							      pgoff_t index)
-{
-	return __filemap_get_folio(mapping, index, FGP_LOCK | FGP_NOWAIT, 0);
 }
 
 __rust_helper pgoff_t rust_helper_folio_pgoff(const struct folio *folio)

@@ -22,7 +22,7 @@ use crate::{
         trace, FolioPtr, PagePtr, PteFacts, PteRead,
     },
     outcome::{Attempt, Collapsed, Fail},
-    scan::{Checkpoint, EntryKind, PteView, ScanTally, Step},
+    scan::{Checkpoint, EntryKind, PteView, ScanTally, Step, VmaKind},
     spare::{self, Spare},
     vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
 };
@@ -329,10 +329,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 start,
                 locked.entry(first),
                 nr,
-                PteRead {
-                    folio_state: false,
-                    heuristics: tally.uses_heuristics(),
-                },
+                PteRead::heuristics_of(&tally),
                 |k, facts| {
                     let at = Entry {
                         mm,
@@ -541,8 +538,7 @@ impl Isolation<'_> {
         // Every check of the slow path would pass.
         self.last_folio = Some(folio);
         self.queue_small(folio, page, i, tally, queued)?;
-        let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
-        tally.present(referenced);
+        tally.present(|| facts.referenced(mm, addr));
         Ok(())
     }
 
@@ -608,7 +604,7 @@ impl Isolation<'_> {
             return Err(Fail::PageNull);
         };
         self.last_folio = Some(folio);
-        tally.check_page(facts, vma.is_droppable())?;
+        tally.check_page(facts, VmaKind::of(vma))?;
         // A folio as large as the new one already: nothing to gain.
         if order != PMD_ORDER && facts.folio_nr_pages() >= 1 << order {
             return Err(Fail::PteMappedHugepage);
@@ -633,8 +629,7 @@ impl Isolation<'_> {
         } else {
             self.queue_small(folio, page, i, tally, queued)?;
         }
-        let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
-        tally.present(referenced);
+        tally.present(|| facts.referenced(mm, addr));
         Ok(())
     }
 }

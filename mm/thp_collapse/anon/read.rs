@@ -9,7 +9,7 @@
 use crate::{
     ffi::{self, trace, PteFacts, PteRead},
     outcome::Fail,
-    scan::{EntryKind, InPlace, ScanTally, Step},
+    scan::{EntryKind, InPlace, ScanTally, Step, VmaKind},
     vma::CollapseLocked,
     vocab::{Candidate, MmapRead, PteSpan, PMD_ORDER, PTES_PER_PMD},
 };
@@ -154,10 +154,7 @@ pub(crate) fn scan_anon_pmd(
             addr + span.first * PAGE_SIZE,
             table.entry(span.first),
             span.len(),
-            PteRead {
-                folio_state: true,
-                heuristics: tally.uses_heuristics(),
-            },
+            PteRead::FOLIO_STATE | PteRead::heuristics_of(tally),
             |j, facts| {
                 let i = span.first + j;
                 scanned += 1;
@@ -199,9 +196,8 @@ fn scan_one(
     let addr = site.haddr + i * PAGE_SIZE;
     if facts.plain_for_scan() {
         // Every check below would pass.
-        let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
         tally.occupy(i);
-        tally.present(referenced);
+        tally.present(|| facts.referenced(mm, addr));
         tally.on_node(facts.nid());
         return Ok(());
     }
@@ -209,7 +205,7 @@ fn scan_one(
         EntryKind::Empty | EntryKind::Swapped => return Ok(()),
         EntryKind::Page => {}
     }
-    tally.check_page(facts, site.vma.is_droppable())?;
+    tally.check_page(facts, VmaKind::of(site.vma))?;
     if !facts.lru() {
         return Err(Fail::PageLru);
     }
@@ -220,9 +216,8 @@ fn scan_one(
     if facts.extra_refs() {
         return Err(Fail::PageCount);
     }
-    let referenced = tally.wants_referenced() && facts.referenced(mm, addr);
     tally.occupy(i);
-    tally.present(referenced);
+    tally.present(|| facts.referenced(mm, addr));
     tally.on_node(facts.nid());
     Ok(())
 }

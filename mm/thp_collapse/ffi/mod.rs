@@ -24,8 +24,8 @@ pub(crate) mod page_cache;
 
 use crate::{
     outcome::{Collapsed, Fail, ScanCode, CODES},
-    scan::PteView,
-    vocab::{Caller, RequestFlags, Tunables, PMD_ORDER},
+    scan::{NonPresent, PteView, ScanTally},
+    vocab::{AllocPolicy, Caller, RequestFlags, Tunables, PMD_ORDER},
 };
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
@@ -114,9 +114,15 @@ impl PteView for PteFacts {
         self.has(bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO)
     }
     #[inline]
-    fn non_present(&self) -> Option<bool> {
-        self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT)
-            .then(|| self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD))
+    fn non_present(&self) -> Option<NonPresent> {
+        if !self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT) {
+            return None;
+        }
+        Some(if self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD) {
+            NonPresent::Uffd
+        } else {
+            NonPresent::Plain
+        })
     }
     #[inline]
     fn uffd_wp(&self) -> bool {
@@ -156,30 +162,37 @@ const PLAIN_PAGE_FLAGS: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_Z
 /// PTEs read per call into C by [`for_each_pte`].
 const PTE_BATCH: usize = 16;
 
-/// Which facts [`for_each_pte`] reads beyond those every step needs; the others read as
-/// `false`.
+/// Which facts [`for_each_pte`] reads beyond those every step needs ([`PteRead::ENTRY`]); the
+/// others read as `false`. Combined with `|`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PteRead {
+pub(crate) struct PteRead(u32);
+
+impl PteRead {
+    /// The entry, its page and folio, and the folio's kind and sharing: what every step reads.
+    pub(crate) const ENTRY: Self = Self(0);
     /// The folio's LRU, lock and reference state ([`PteFacts::lru`], [`PteFacts::locked`],
     /// [`PteFacts::extra_refs`]): the scan needs them, the isolation learns them from the
     /// isolation protocol itself (`isolate::IsolatedFolio::isolate`).
-    pub(crate) folio_state: bool,
+    pub(crate) const FOLIO_STATE: Self = Self(bindings::thp_collapse_read_THP_READ_FOLIO_STATE);
     /// What khugepaged's heuristics look at ([`PteFacts::referenced`],
     /// [`PteView::clean_lazyfree`]), which MADV_COLLAPSE ignores.
-    pub(crate) heuristics: bool,
+    pub(crate) const HEURISTICS: Self = Self(bindings::thp_collapse_read_THP_READ_HEURISTICS);
+
+    /// [`Self::HEURISTICS`] where the mode of `tally` uses them, else [`Self::ENTRY`].
+    pub(crate) fn heuristics_of(tally: &ScanTally) -> Self {
+        if tally.uses_heuristics() {
+            Self::HEURISTICS
+        } else {
+            Self::ENTRY
+        }
+    }
 }
 
-impl PteRead {
-    /// The `THP_READ_*` flags of `thp_collapse_read_ptes()`.
-    fn flags(self) -> u32 {
-        let mut flags = 0;
-        if self.folio_state {
-            flags |= bindings::thp_collapse_read_THP_READ_FOLIO_STATE;
-        }
-        if self.heuristics {
-            flags |= bindings::thp_collapse_read_THP_READ_HEURISTICS;
-        }
-        flags
+impl core::ops::BitOr for PteRead {
+    type Output = Self;
+
+    fn bitor(self, other: Self) -> Self {
+        Self(self.0 | other.0)
     }
 }
 
@@ -213,7 +226,7 @@ pub(crate) unsafe fn for_each_pte<E>(
                 addr + k * PAGE_SIZE,
                 ptep.add(k),
                 m as u32,
-                read.flags(),
+                read.0,
                 buf.as_mut_ptr().cast(),
             )
         };
@@ -297,20 +310,20 @@ impl PteFacts {
         self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
     }
 
-    /// The folio is on an LRU list (with [`PteRead::folio_state`]).
+    /// The folio is on an LRU list (with [`PteRead::FOLIO_STATE`]).
     #[inline]
     pub(crate) fn lru(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LRU)
     }
 
-    /// The folio was locked when read (with [`PteRead::folio_state`]).
+    /// The folio was locked when read (with [`PteRead::FOLIO_STATE`]).
     #[inline]
     pub(crate) fn locked(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LOCKED)
     }
 
     /// The folio had more references than its mappings and swap cache explain (pins; with
-    /// [`PteRead::folio_state`]).
+    /// [`PteRead::FOLIO_STATE`]).
     #[inline]
     pub(crate) fn extra_refs(&self) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS)
@@ -323,7 +336,7 @@ impl PteFacts {
     }
 
     /// Whether the page was referenced recently: the folio's or the PTE's young bit (with
-    /// [`PteRead::heuristics`]), or a secondary MMU's (asked only when the others say no).
+    /// [`PteRead::HEURISTICS`]), or a secondary MMU's (asked only when the others say no).
     #[inline]
     pub(crate) fn referenced(&self, mm: &Mm, addr: usize) -> bool {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_YOUNG)
@@ -490,10 +503,17 @@ pub(crate) fn set_huge_pmd(
 ) -> bool {
     let pmdp = pmd.map_or(core::ptr::null_mut(), |p| p.as_ptr());
     // SAFETY: The VMA is valid under the mmap lock the `PmdEntry` (or the caller) holds; the
-    // folio is locked and referenced.
-    unsafe {
-        bindings::thp_collapse_set_huge_pmd(vma.as_ptr(), haddr, pmdp, folio.as_ptr().as_ptr()) == 0
-    }
+    // folio is locked and referenced, and the page is its first.
+    let r = unsafe {
+        bindings::set_huge_pmd(
+            vma.as_ptr(),
+            haddr,
+            pmdp,
+            folio.as_ptr().as_ptr(),
+            folio.page(0).as_ptr(),
+        )
+    };
+    r == bindings::scan_result_SCAN_SUCCEED
 }
 
 /// Adds `n` pages to the anonymous RSS of `mm` (`MM_ANONPAGES`).
@@ -516,7 +536,11 @@ pub(crate) fn khugepaged_tunables() -> Tunables {
         max_ptes_none: t.max_ptes_none,
         max_ptes_swap: t.max_ptes_swap,
         max_ptes_shared: t.max_ptes_shared,
-        defrag: t.defrag,
+        alloc: if t.defrag {
+            AllocPolicy::Reclaim
+        } else {
+            AllocPolicy::Light
+        },
     }
 }
 
@@ -532,6 +556,12 @@ pub(crate) fn lru_add_drain() {
 pub(crate) fn lru_add_drain_all() {
     // SAFETY: Always safe to call from process context.
     unsafe { bindings::lru_add_drain_all() };
+}
+
+/// Whether the current task has been sent a fatal signal. C: `fatal_signal_pending(current)`.
+pub(crate) fn fatal_signal_pending() -> bool {
+    // SAFETY: `current` is always a valid task in process context, where collapses run.
+    unsafe { bindings::fatal_signal_pending(bindings::get_current()) != 0 }
 }
 
 /// Gives the scheduler a chance to run something else. May sleep.

@@ -589,8 +589,18 @@ impl LockedFolio {
     /// `Err(EAGAIN)` if another task holds its lock. C: `filemap_lock_folio()` with
     /// `FGP_NOWAIT`.
     pub(crate) fn try_lock(mapping: Mapping<'_>, index: usize) -> Result<Option<Self>> {
-        // SAFETY: The mapping is valid.
-        let folio = unsafe { bindings::filemap_trylock_folio(mapping.as_ptr(), index) };
+        let fgp = bindings::FGP_LOCK | bindings::FGP_NOWAIT;
+        // SAFETY: The mapping is valid; no allocation (no `FGP_CREAT`), so no gfp and no
+        // memory policy. `__filemap_get_folio()` is this call, inline.
+        let folio = unsafe {
+            bindings::__filemap_get_folio_mpol(
+                mapping.as_ptr(),
+                index,
+                fgp,
+                0,
+                core::ptr::null_mut(),
+            )
+        };
         match kernel::error::from_err_ptr(folio) {
             // SAFETY: Locked and referenced by `__filemap_get_folio()`.
             Ok(folio) => Ok(unsafe { Self::adopt(folio) }),
@@ -732,7 +742,7 @@ pub(crate) enum IsolateError {
 /// C: `try_to_unmap_flush()`.
 pub(crate) fn flush_batched_unmaps() {
     // SAFETY: Always safe to call.
-    unsafe { bindings::thp_collapse_try_to_unmap_flush() };
+    unsafe { bindings::try_to_unmap_flush() };
 }
 
 /// A folio [`PageCacheLocked::take_plain`] took.
@@ -819,7 +829,7 @@ impl IsolatedFolio {
             // type invariants locked, isolated and referenced by us, and, by the function's
             // safety requirements, out of the page cache.
             unsafe {
-                bindings::thp_collapse_pc_free_old(batch.as_mut_ptr(), n as u32, backing.is_shmem())
+                bindings::thp_collapse_folios_free_uncached(batch.as_mut_ptr(), n as u32, backing.is_shmem())
             };
         }
     }

@@ -79,7 +79,7 @@ impl Drop for AnonVmaWriteGuard<'_> {
     }
 }
 
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[cfg(CONFIG_RUST_MM_KUNIT_TEST)]
 #[macros::kunit_tests(rust_mm_anon_vma)]
 mod tests {
     use super::*;

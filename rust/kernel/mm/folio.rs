@@ -271,7 +271,7 @@ impl Drop for NewFolio {
     }
 }
 
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[cfg(CONFIG_RUST_MM_KUNIT_TEST)]
 #[macros::kunit_tests(rust_mm_folio)]
 mod tests {
     use super::*;

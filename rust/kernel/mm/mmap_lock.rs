@@ -267,7 +267,7 @@ impl Drop for MmapWriteLock<'_> {
     }
 }
 
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[cfg(CONFIG_RUST_MM_KUNIT_TEST)]
 #[macros::kunit_tests(rust_mm_mmap_lock)]
 mod tests {
     use super::*;

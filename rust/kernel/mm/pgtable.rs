@@ -1050,7 +1050,7 @@ impl<'a> PmdClearNotifier<'a> {
     }
 }
 
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[cfg(CONFIG_RUST_MM_KUNIT_TEST)]
 #[macros::kunit_tests(rust_mm_pgtable)]
 mod tests {
     use super::*;

@@ -142,7 +142,7 @@ impl Mm {
     }
 }
 
-#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[cfg(CONFIG_RUST_MM_KUNIT_TEST)]
 #[macros::kunit_tests(rust_mm_thp)]
 mod tests {
     use super::*;
