@@ -4,7 +4,8 @@
  * collapse cores: data integrity, races with other users of the range, a
  * process_madvise() target killed mid-call, bad input, leaks, tracepoints.
  *
- *   thp_collapse_anon        (as root; needs swap, hugepages=1 or more)
+ *   thp_collapse_anon [-r]   (as root; needs swap, hugepages=1 or more)
+ *   -r: the race cases on the Rust core only (the KCSAN boot)
  *
  * Data-integrity cases run on both cores and compare every byte with a
  * shadow copy. Cases on the Rust core also check that its counters moved,
@@ -1628,13 +1629,28 @@ static void test_tracepoints(void)
 			 "tracepoints: the Rust core fires upstream's collapse events with the same fields as C\n");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	char orig[16], thp_enabled[32];
+	bool races_only = argc > 1 && !strcmp(argv[1], "-r");
 	unsigned int c;
 	int l;
 
+	if (argc > 1 && !races_only) {
+		fprintf(stderr, "usage: %s [-r]\n", argv[0]);
+		return KSFT_FAIL;
+	}
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
+	if (races_only) {
+		/* The KCSAN boot: the racers against the Rust core, no more. */
+		ksft_set_plan(NR_RACERS + 1);
+		for (l = 0; l < NR_RACERS; l++)
+			test_race(l);
+		test_race_mremap();
+		collapse_set_core(orig);
+		set_str(THP_SYSFS "enabled", thp_enabled);
+		ksft_finished();
+	}
 	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 2 + 14);
 
 	for (c = 0; c < 2; c++)

@@ -313,30 +313,28 @@ static void test_shmem_alloc_failure(void)
 	close(fd);
 }
 
-#define CG_ROOT "/sys/fs/cgroup"
 #define CG_TEST CG_ROOT "/thp_collapse_core"
 
 static void test_memcg_limit(void)
 {
 	long long fails = rust_stat("madvise", "cgroup_charge_fail");
-	char pid[32], limit[32];
 	int rust_err, c_err;
+	const char *why;
+	char limit[32];
 	unsigned long cur;
 	char *p;
 
-	snprintf(pid, sizeof(pid), "%d", getpid());
-	if (write_str(CG_ROOT "/cgroup.subtree_control", "+memory") ||
-	    (mkdir(CG_TEST, 0755) && errno != EEXIST) ||
-	    write_str(CG_TEST "/cgroup.procs", pid)) {
-		ksft_test_result_skip("memcg limit: no cgroup2 memory controller\n");
+	if (cgroup_enter(CG_TEST, &why)) {
+		ksft_test_result_fail("memcg limit: cgroup %s: %s: %s\n",
+				      CG_TEST, why, strerror(errno));
 		return;
 	}
 	p = populated(1);
 	cur = read_num(CG_TEST "/memory.current");
 	/* Room for small allocations, none for another huge page. */
 	snprintf(limit, sizeof(limit), "%lu", cur + (1UL << 20));
-	write_str(CG_TEST "/memory.swap.max", "0");
-	write_str(CG_TEST "/memory.max", limit);
+	if (write_str(CG_TEST "/memory.max", limit))
+		ksft_exit_fail_perror(CG_TEST "/memory.max");
 	rust_err = collapse_on("rust", p, PMD_SZ);
 	c_err = collapse_on("c", p, PMD_SZ);
 	write_str(CG_TEST "/memory.max", "max");
@@ -347,8 +345,8 @@ static void test_memcg_limit(void)
 			 "rust: memcg charge failure gives EBUSY like C, memory unchanged (rust %s, c %s)\n",
 			 strerror(rust_err), strerror(c_err));
 	munmap(p, PMD_SZ);
-	write_str(CG_ROOT "/cgroup.procs", pid);
-	rmdir(CG_TEST);
+	if (cgroup_leave(CG_TEST))
+		ksft_print_msg("cannot remove %s: %s\n", CG_TEST, strerror(errno));
 }
 
 static void test_c_core(void)

@@ -50,8 +50,8 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
-#include <sys/stat.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -776,28 +776,108 @@ static int huge_allocs_take(int *retrying)
 static void test_defrag_gfp(int pidfd)
 {
 	uint64_t shadow[PAGES_PER_PMD];
+	long long ok = rust_stat("process_madvise", "succeed");
 	struct region r = populated(MEM_ANON, shadow);
 	int n, retrying, n0, retrying0;
 	long ret, ret0;
+	bool huge;
 
 	collapse_require_core("rust");
 	huge_alloc_events(true);
 	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, MADV_F_COLLAPSE_DEFRAG);
 	n = huge_allocs_take(&retrying);
-	ksft_test_result(ret == (long)r.len && n >= 1 && retrying == n &&
-			 !mem_bad_pages(&r, shadow),
-			 "rust: DEFRAG allocates its huge page with __GFP_RETRY_MAYFAIL (%d of %d order-9 allocations), collapsed\n",
-			 retrying, n);
+	huge = mem_pmd_mapped(&r);
+	ksft_test_result(ret == (long)r.len && n >= 1 && retrying == n && huge &&
+			 !mem_bad_pages(&r, shadow) &&
+			 rust_stat("process_madvise", "succeed") == ok + 1,
+			 "rust: DEFRAG allocates its huge page with __GFP_RETRY_MAYFAIL (%d of %d order-9 allocations), collapsed (%d)\n",
+			 retrying, n, huge);
 	mem_region_free(&r);
 
 	r = populated(MEM_ANON, shadow);
+	/* Whatever filling it in allocated is not the collapse's. */
+	huge_allocs_take(&retrying0);
 	ret0 = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, 0);
 	n0 = huge_allocs_take(&retrying0);
 	huge_alloc_events(false);
-	ksft_test_result(ret0 == (long)r.len && n0 >= 1 && !retrying0,
-			 "rust: flags = 0 allocates without it (%d of %d order-9 allocations), collapsed\n",
-			 retrying0, n0);
+	huge = mem_pmd_mapped(&r);
+	ksft_test_result(ret0 == (long)r.len && n0 >= 1 && !retrying0 && huge &&
+			 !mem_bad_pages(&r, shadow) &&
+			 rust_stat("process_madvise", "succeed") == ok + 2,
+			 "rust: flags = 0 allocates without it (%d of %d order-9 allocations), collapsed (%d)\n",
+			 retrying0, n0, huge);
 	mem_region_free(&r);
+}
+
+/* PMD ranges of the request that test_defrag_killed() kills. */
+#define NR_KILL 64
+
+/*
+ * A child collapses NR_KILL PMDs of its own in one process_madvise() with
+ * @flags and is killed (SIGKILL) once the Rust core has collapsed two of
+ * them; returns how many it collapsed in all.
+ */
+static long long killed_request(unsigned int flags)
+{
+	long long ok0 = rust_stat("process_madvise", "succeed");
+	int ready[2], status, i;
+	cpu_set_t all;
+	pid_t pid;
+	char c;
+
+	if (pipe(ready))
+		ksft_exit_fail_perror("pipe");
+	pid = fork();
+	if (pid < 0)
+		ksft_exit_fail_perror("fork");
+	if (!pid) {
+		struct region r = mem_region(MEM_ANON, NR_KILL);
+		int self = syscall(SYS_pidfd_open, getpid(), 0);
+
+		/* Off the parent's CPU, which must run to kill it. */
+		CPU_ZERO(&all);
+		for (i = 0; i < CPU_SETSIZE; i++)
+			CPU_SET(i, &all);
+		sched_setaffinity(0, sizeof(all), &all);
+		memset(r.p, 0x5a, r.len);
+		if (self < 0 || write(ready[1], "r", 1) != 1)
+			_exit(1);
+		collapse(self, r.p, r.len, MADV_COLLAPSE, flags);
+		_exit(0);
+	}
+	close(ready[1]);
+	if (read(ready[0], &c, 1) != 1)
+		ksft_exit_fail_msg("the child did not start\n");
+	close(ready[0]);
+	for (i = 0; i < 20000; i++) {
+		if (rust_stat("process_madvise", "succeed") - ok0 >= 2)
+			break;
+		usleep(500);
+	}
+	kill(pid, SIGKILL);
+	if (waitpid(pid, &status, 0) != pid)
+		ksft_exit_fail_perror("waitpid");
+	return rust_stat("process_madvise", "succeed") - ok0;
+}
+
+/*
+ * A DEFRAG request may retry reclaim and compaction for each of its ranges:
+ * killed, it stops between ranges (it collapsed fewer than all). flags = 0
+ * runs on to the end, as upstream's MADV_COLLAPSE does.
+ */
+static void test_defrag_killed(void)
+{
+	long long defrag, plain;
+
+	collapse_require_core("rust");
+	defrag = killed_request(MADV_F_COLLAPSE_DEFRAG);
+	plain = killed_request(0);
+	ksft_test_result(defrag >= 2 && defrag < NR_KILL,
+			 "rust: a killed DEFRAG request stops between ranges (%lld of %d collapsed)\n",
+			 defrag, NR_KILL);
+	ksft_test_result(plain == NR_KILL,
+			 "rust: a killed flags = 0 request runs on, as upstream (%lld of %d collapsed)\n",
+			 plain, NR_KILL);
 }
 
 /* ---- LIGHT (Rust core) ------------------------------------------------- */
@@ -852,78 +932,82 @@ static void test_light_alloc(int pidfd)
 	mem_region_free(&r);
 }
 
-#define CG_ROOT "/sys/fs/cgroup"
 #define CG_DIR CG_ROOT "/thp_collapse_flags"
-
-/* A field of the test cgroup's memory.stat, or -1. */
-static long long cg_stat(const char *name)
-{
-	char key[64];
-	long long v, found = -1;
-	FILE *f = fopen(CG_DIR "/memory.stat", "r");
-
-	if (!f)
-		return -1;
-	while (fscanf(f, "%63s %lld", key, &v) == 2)
-		if (!strcmp(key, name))
-			found = v;
-	fclose(f);
-	return found;
-}
 
 /*
  * LIGHT under memory cgroup pressure: in a cgroup whose limit leaves less
  * room than a huge page, the new folio's charge would have to reclaim from
- * the cgroup. LIGHT gives EAGAIN (would_block) without scanning a page of it
- * (memory.stat pgscan unchanged), where flags = 0 reclaims (pgscan moves),
- * and the bytes stay the same either way.
+ * the cgroup. LIGHT gives EAGAIN (would_block) without reclaiming: the
+ * cgroup's memory.events "max", raised each time a charge goes on to reclaim
+ * because the cgroup is at its limit (a non-blocking charge fails before),
+ * does not move. flags = 0 reclaims the clean page cache the cgroup was
+ * given ("max" moves; no swap, so the range itself stays) and collapses. The
+ * bytes stay the same either way. memory.stat's pgscan is shown, not
+ * checked: per-CPU batching delays it.
  */
 static void test_light_memcg(int pidfd)
 {
+	static char chunk[64 << 10];
 	uint64_t shadow[PAGES_PER_PMD];
 	long long wb = rust_stat("process_madvise", "would_block");
-	long long cur, scan0, scan1, scan2;
+	long long ok = rust_stat("process_madvise", "succeed");
+	long long max0, max1, max2, scan0, scan1, scan2, cur;
+	const char *why;
 	struct region r;
 	char buf[64];
 	long ret, ret0;
-	int err, err0;
+	int err, err0, cache;
 
 	collapse_require_core("rust");
-	set_str(CG_ROOT "/cgroup.subtree_control", "+memory");
-	if (mkdir(CG_DIR, 0755) && errno != EEXIST)
-		ksft_exit_fail_perror("mkdir " CG_DIR);
-	snprintf(buf, sizeof(buf), "%d", getpid());
-	if (write_str(CG_DIR "/cgroup.procs", buf))
-		ksft_exit_fail_msg("cannot join %s\n", CG_DIR);
+	if (cgroup_enter(CG_DIR, &why))
+		ksft_exit_fail_msg("cgroup %s: %s: %s\n", CG_DIR, why,
+				   strerror(errno));
+	/* Clean page cache charged to the cgroup: what reclaim may take. */
+	cache = mem_temp_file(mem_file_dir);
+	memset(chunk, 0x5a, sizeof(chunk));
+	for (cur = 0; cur < (4 << 20); cur += sizeof(chunk))
+		if (pwrite(cache, chunk, sizeof(chunk), cur) !=
+		    (ssize_t)sizeof(chunk))
+			ksft_exit_fail_perror("pwrite");
+	if (fsync(cache))
+		ksft_exit_fail_perror("fsync");
 	r = populated(MEM_ANON, shadow);
 	if (collapse_read_file(CG_DIR "/memory.current", buf, sizeof(buf)) <= 0)
 		ksft_exit_fail_msg("no memory.current in %s\n", CG_DIR);
 	cur = atoll(buf);
 	/* Room for half a megabyte more: not for a 2 MiB folio. */
 	snprintf(buf, sizeof(buf), "%lld", cur + (512 << 10));
-	set_str(CG_DIR "/memory.max", buf);
+	if (write_str(CG_DIR "/memory.max", buf))
+		ksft_exit_fail_perror(CG_DIR "/memory.max");
 
-	scan0 = cg_stat("pgscan");
+	max0 = cgroup_stat(CG_DIR, "memory.events", "max");
+	scan0 = cgroup_stat(CG_DIR, "memory.stat", "pgscan");
 	ret = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, MADV_F_COLLAPSE_LIGHT);
 	err = errno;
-	scan1 = cg_stat("pgscan");
-	ksft_test_result(ret == -1 && err == EAGAIN && scan0 >= 0 &&
-			 scan1 == scan0 && untouched(&r, shadow) &&
+	max1 = cgroup_stat(CG_DIR, "memory.events", "max");
+	scan1 = cgroup_stat(CG_DIR, "memory.stat", "pgscan");
+	ksft_test_result(ret == -1 && err == EAGAIN && max0 >= 0 &&
+			 max1 == max0 && !mem_pmd_mapped(&r) &&
+			 untouched(&r, shadow) &&
 			 rust_stat("process_madvise", "would_block") == wb + 1,
-			 "rust: LIGHT, a memory cgroup at its limit: EAGAIN without reclaim in it (pgscan +%lld), counted as would_block (%ld, %s)\n",
-			 scan1 - scan0, ret, ret ? strerror(err) : "ok");
+			 "rust: LIGHT, a memory cgroup at its limit: EAGAIN without reclaim in it (events max +%lld, pgscan +%lld), counted as would_block (%ld, %s)\n",
+			 max1 - max0, scan1 - scan0, ret,
+			 ret ? strerror(err) : "ok");
 	ret0 = collapse(pidfd, r.p, r.len, MADV_COLLAPSE, 0);
 	err0 = errno;
-	scan2 = cg_stat("pgscan");
-	ksft_test_result(scan2 > scan1 && !mem_bad_pages(&r, shadow),
-			 "rust: flags = 0 in that cgroup reclaims (pgscan +%lld), the bytes intact (%ld, %s)\n",
-			 scan2 - scan1, ret0, ret0 < 0 ? strerror(err0) : "ok");
+	max2 = cgroup_stat(CG_DIR, "memory.events", "max");
+	scan2 = cgroup_stat(CG_DIR, "memory.stat", "pgscan");
+	ksft_test_result(ret0 == (long)r.len && max2 > max1 &&
+			 mem_pmd_mapped(&r) && !mem_bad_pages(&r, shadow) &&
+			 rust_stat("process_madvise", "succeed") == ok + 1,
+			 "rust: flags = 0 in that cgroup reclaims (events max +%lld, pgscan +%lld) and collapses, the bytes intact (%ld, %s)\n",
+			 max2 - max1, scan2 - scan1, ret0,
+			 ret0 < 0 ? strerror(err0) : "ok");
 
-	set_str(CG_DIR "/memory.max", "max");
-	snprintf(buf, sizeof(buf), "%d", getpid());
-	set_str(CG_ROOT "/cgroup.procs", buf);
 	mem_region_free(&r);
-	rmdir(CG_DIR);
+	close(cache);
+	if (cgroup_leave(CG_DIR))
+		ksft_print_msg("cannot remove %s: %s\n", CG_DIR, strerror(errno));
 }
 
 /*
@@ -1058,7 +1142,7 @@ int main(int argc, char **argv)
 	if (pagemap_fd < 0 || kpageflags_fd < 0 || pidfd < 0)
 		ksft_exit_fail_perror("open");
 
-	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 2 + 2 + 3 * 2);
+	ksft_set_plan(2 * 9 + 2 + 1 + 1 + 3 * 2 + 3 + 3 + 4 + 2 + 2 + 2 + 2 + 3 * 2);
 	test_bad_input("c", pidfd);
 	test_bad_input("rust", pidfd);
 	test_c_core(pidfd);
@@ -1069,6 +1153,7 @@ int main(int argc, char **argv)
 	test_order_refused(pidfd);
 	test_range_tracepoint(pidfd);
 	test_defrag_gfp(pidfd);
+	test_defrag_killed();
 	test_light_alloc(pidfd);
 	test_light_memcg(pidfd);
 	test_light_waits(pidfd);

@@ -95,6 +95,20 @@ static inline char *mem_map_aligned(int fd, size_t len, int prot, int flags)
 	return p;
 }
 
+/* A new, unlinked file in @dir, read-write; a failure ends the program. */
+static inline int mem_temp_file(const char *dir)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/thp_collapse_mem.XXXXXX", dir);
+	fd = mkstemp(path);
+	if (fd < 0)
+		ksft_exit_fail_perror(path);
+	unlink(path);
+	return fd;
+}
+
 /*
  * Maps @nr_pmds PMDs of memory of @type: anon private, a memfd or a new
  * (unlinked) file in mem_file_dir, both shared. The range is unpopulated
@@ -104,17 +118,11 @@ static inline struct region mem_region_advised(enum mem_type type,
 					       size_t nr_pmds, bool hugepage)
 {
 	struct region r = { .type = type, .len = nr_pmds * PMD_SZ, .fd = -1 };
-	char path[4096];
 
-	if (type == MEM_SHMEM) {
+	if (type == MEM_SHMEM)
 		r.fd = memfd_create("thp_collapse_mem", 0);
-	} else if (type == MEM_FILE) {
-		snprintf(path, sizeof(path), "%s/thp_collapse_mem.XXXXXX",
-			 mem_file_dir);
-		r.fd = mkstemp(path);
-		if (r.fd >= 0)
-			unlink(path);
-	}
+	else if (type == MEM_FILE)
+		r.fd = mem_temp_file(mem_file_dir);
 	if (type != MEM_ANON && (r.fd < 0 || ftruncate(r.fd, r.len)))
 		ksft_exit_fail_perror(mem_type_name[type]);
 	r.p = mem_map_aligned(r.fd, r.len, PROT_READ | PROT_WRITE,

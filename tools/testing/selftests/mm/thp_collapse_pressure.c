@@ -99,7 +99,6 @@ static const size_t nr_pmds[NR_MEM_TYPES] = { 2, 1, 1 };
 #define RUN_SECS	25
 #define SWAP_CYCLE_SECS	10
 #define SWAP_DEV	"/dev/zram0"
-#define CG_ROOT		"/sys/fs/cgroup"
 #define CG_DIR		CG_ROOT "/thp_collapse_pressure"
 /* The cgroup's limit: reclaim and throttling above it, no OOM kill. */
 #define LIMIT_FILE	"memory.high"

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kselftest.h"
@@ -238,6 +239,74 @@ static inline ssize_t collapse_read_file(const char *path, char *buf,
 static inline void set_str(const char *path, const char *val)
 {
 	write_str(path, val);
+}
+
+#define CG_ROOT "/sys/fs/cgroup"
+
+/*
+ * Makes the cgroup @dir (a directory under CG_ROOT) with the memory
+ * controller, no limit and no swap (its anonymous memory stays put: only page
+ * cache can be reclaimed from it), and moves this process into it. A @dir
+ * left by an earlier run is reused, its limit lifted. Returns 0, or -1 with
+ * the step that failed in @why.
+ */
+static inline int cgroup_enter(const char *dir, const char **why)
+{
+	char path[256], pid[16];
+
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	*why = "+memory in " CG_ROOT "/cgroup.subtree_control";
+	if (write_str(CG_ROOT "/cgroup.subtree_control", "+memory"))
+		return -1;
+	*why = "mkdir";
+	if (mkdir(dir, 0755) && errno != EEXIST)
+		return -1;
+	*why = "memory.max";
+	snprintf(path, sizeof(path), "%s/memory.max", dir);
+	if (write_str(path, "max"))
+		return -1;
+	*why = "memory.swap.max";
+	snprintf(path, sizeof(path), "%s/memory.swap.max", dir);
+	if (write_str(path, "0"))
+		return -1;
+	*why = "cgroup.procs";
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	return write_str(path, pid);
+}
+
+/* Moves this process back to the root cgroup and removes @dir; 0 or -1. */
+static inline int cgroup_leave(const char *dir)
+{
+	char path[256], pid[16];
+
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	snprintf(path, sizeof(path), "%s/memory.max", dir);
+	write_str(path, "max");
+	if (write_str(CG_ROOT "/cgroup.procs", pid))
+		return -1;
+	return rmdir(dir);
+}
+
+/*
+ * The value of @key in the flat-keyed file @file (memory.stat,
+ * memory.events) of cgroup @dir, or -1.
+ */
+static inline long long cgroup_stat(const char *dir, const char *file,
+				    const char *key)
+{
+	char path[256], k[64];
+	long long v, found = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %lld", k, &v) == 2)
+		if (!strcmp(k, key))
+			found = v;
+	fclose(f);
+	return found;
 }
 
 /*
