@@ -18,6 +18,10 @@ def main():
     samples = {}
     with open(src, newline="") as f:
         for row in csv.DictReader(f):
+            # Failed calls are not collapses; the flag side's refusals (LIGHT's EAGAIN)
+            # are what that side is timed for.
+            if row.get("errno", "0") != "0" and "+" not in row["core"]:
+                continue
             key = (row["workload"], row["core"])
             samples.setdefault(key, []).append(float(row["ns_per_2MiB"]) / 1e3)
     order = ["full", "half", "huge", "remote", "shmem", "file", "khugepaged",
@@ -41,7 +45,7 @@ def main():
             lo = [m - min(samples.get(k, [0])) for k, m in zip(keys, meds)]
             hi = [max(samples.get(k, [0])) - m for k, m in zip(keys, meds)]
             xs = [x + (i - 0.5) * width for x in range(len(names))]
-            label = f"{sides[i]} core" if sides else ("flags = 0", "the flag")[i]
+            label = f"{sides[i]} core" if sides else ("flags = 0", "the flag (light: EAGAIN)")[i]
             ax.bar(xs, meds, width, yerr=[lo, hi], capsize=3, label=label)
         ax.set_xticks(range(len(names)), names, rotation=15)
         ax.set_yscale("log")

@@ -57,9 +57,11 @@ time)
 	{
 		echo "accelerator: $accel; kernel: release-like config; $(nproc) host cores"
 		sed -n '/^.thp-agent status. of the reader/,/^throughput after/p' "$log" |
-			grep -v '^AGENTBENCH,'
+			{ grep -v '^AGENTBENCH,' || true; }
 	} >"$out/agent.txt"
-	grep '^AGENTBENCH,' "$log" | cut -d, -f2- | awk '!(/^core,/ && seen++)' >"$out/agent.csv"
+	{ grep '^AGENTBENCH,' "$log" || true; } | cut -d, -f2- |
+		awk '!(/^core,/ && seen++)' >"$out/agent.csv"
+	[ -s "$out/agent.csv" ] || log "warning: the agent benchmark printed no results"
 	cat "$out/table.txt" "$out/agent.txt"
 	echo "(CSV: build/bench/bench.csv, plot: build/bench/bench.png, agent: build/bench/agent.txt and agent.csv)"
 	;;

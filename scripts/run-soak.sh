@@ -6,9 +6,10 @@
 #   SOAK_S=3600 [SOAK_SEED=N] [SOAK_FLAVOUR=debug|kcsan] scripts/run-soak.sh
 # SOAK_S is the time per core. The program prints its seed ("# seed N"); pass
 # it back as SOAK_SEED to rerun the same sequence of operations.
-# Then the several-collapsers test (thp_collapse_multi) to its full 200 rounds
-# per core and memory type, which make test's time share does not give the
-# XFS file (about half a second a round).
+# Then the several-collapsers test (thp_collapse_multi) with 200 rounds per
+# core and memory type, which make test's time share does not give the XFS
+# file (about half a second a round); its time limit (30 min) still applies,
+# and each case prints the rounds it ran.
 
 . "$(dirname "$0")/lib.sh"
 

@@ -76,6 +76,12 @@ static void die(const char *what)
 	exit(1);
 }
 
+static void die_msg(const char *what)
+{
+	fprintf(stderr, "thp_agent_bench: %s\n", what);
+	exit(1);
+}
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -90,6 +96,42 @@ static void put(const char *path, const char *val)
 
 	if (!f || fputs(val, f) == EOF || fclose(f) == EOF)
 		die(path);
+}
+
+/* The knobs the benchmark sets, as they were: the selected word of each. */
+static char old_enabled[16], old_core[16];
+
+/* The selected word of the sysfs knob at @path ("[never]", or a bare value). */
+static void knob_read(const char *path, char *buf, size_t len)
+{
+	char line[128], *b, *e;
+	FILE *f = fopen(path, "r");
+
+	if (!f || !fgets(line, sizeof(line), f))
+		die(path);
+	fclose(f);
+	b = strchr(line, '[');
+	b = b ? b + 1 : line;
+	e = b + strcspn(b, "] \n");
+	*e = '\0';
+	snprintf(buf, len, "%s", b);
+}
+
+static void knobs_restore(void)
+{
+	FILE *f;
+
+	/* Not put(): it would exit from an exit handler. */
+	f = fopen(THP "enabled", "w");
+	if (f) {
+		fputs(old_enabled, f);
+		fclose(f);
+	}
+	f = fopen(THP "collapse/core", "w");
+	if (f) {
+		fputs(old_core, f);
+		fclose(f);
+	}
 }
 
 /* The Rust core's count of @outcome for @caller (collapse/rust_stats/<caller>). */
@@ -154,6 +196,7 @@ static void print_agent_report(const char *prefix, int max)
 static void agent_status(const char *agent, pid_t pid)
 {
 	char arg[16];
+	int status;
 	pid_t st;
 
 	fflush(stdout);
@@ -165,7 +208,8 @@ static void agent_status(const char *agent, pid_t pid)
 		execl(agent, agent, "status", arg, NULL);
 		die(agent);
 	}
-	waitpid(st, NULL, 0);
+	if (waitpid(st, &status, 0) != st || !WIFEXITED(status) || WEXITSTATUS(status))
+		die_msg("thp-agent status failed");
 }
 
 /* The reader: random 8-byte reads over @len bytes at @p until told to stop. */
@@ -225,6 +269,8 @@ int main(int argc, char **argv)
 			break;
 		case 'b':
 			budget = atoi(optarg);
+			if (budget < 0)
+				goto usage;
 			break;
 		case 'c':
 			core = optarg;
@@ -242,7 +288,10 @@ usage:
 	agent = argv[optind];
 	len = mib / 2 * PMD_SZ;
 
-	/* Base pages only, and nobody else collapsing. */
+	/* Base pages only, and nobody else collapsing; as they were at the end. */
+	knob_read(THP "enabled", old_enabled, sizeof(old_enabled));
+	knob_read(THP "collapse/core", old_core, sizeof(old_core));
+	atexit(knobs_restore);
 	put(THP "enabled", "never");
 	put(THP "collapse/core", core);
 	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -259,8 +308,12 @@ usage:
 			_exit(1);
 		reader(sh, (uint64_t *)a, len);
 	}
-	while (!atomic_load(&sh->ready))
+	while (!atomic_load(&sh->ready)) {
+		/* A reader that died filling its memory would be waited for forever. */
+		if (waitpid(child, &status, WNOHANG) == child)
+			die_msg("the reader exited before it was ready");
 		usleep(10000);
+	}
 	snprintf(range, sizeof(range), "%lx-%lx", (unsigned long)a, (unsigned long)(a + len));
 	snprintf(budget_s, sizeof(budget_s), "%d", budget);
 
@@ -275,6 +328,8 @@ usage:
 	if (ag == 0) {
 		char pid[16];
 
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+			_exit(1);
 		snprintf(pid, sizeof(pid), "%d", child);
 		/* Both outputs to the report: no progress bar on a terminal. */
 		if (!freopen(REPORT, "w", stdout) || dup2(STDOUT_FILENO, STDERR_FILENO) < 0)

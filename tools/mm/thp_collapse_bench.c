@@ -34,9 +34,12 @@
  *              that the new huge page can only be charged by reclaiming.
  *              flags = 0 reclaims and collapses; LIGHT must fail at once
  *              with EAGAIN. The table gives the share of calls that
- *              collapsed and that failed with EAGAIN, and the pages each
+ *              collapsed and that failed with EAGAIN, the pages each
  *              side's reclaim scanned in the cgroup (memory.stat pgscan)
- *              per call.
+ *              and its charges that reclaimed (memory.events max) per
+ *              call. A LIGHT call that collapses, fails otherwise, or
+ *              reclaims ends the run, and so does an ORDER(4) call that
+ *              did not make 32 folios.
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
  * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
@@ -65,7 +68,7 @@
  * time in the sampled thread, so the totals grow with them.
  *
  * -W WORKLOAD times (and profiles) that workload only ("shmem", say); the
- * others are still set up, untimed.
+ * others are still set up, untimed, and the flag workloads (-g) are not run.
  *
  * MADV_COLLAPSE is timed per 2 MiB call. While it runs, a second thread calls
  * mincore() in a loop: mincore() needs the mmap lock for read, so its
@@ -142,6 +145,13 @@ static struct series results[2][NR_WORKLOADS];
 static void die(const char *what)
 {
 	fprintf(stderr, "thp_collapse_bench: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+/* Ends the run for a result that is not what the benchmark measures. */
+static void die_msg(const char *what)
+{
+	fprintf(stderr, "thp_collapse_bench: %s\n", what);
 	exit(1);
 }
 
@@ -795,24 +805,30 @@ static const char *const fwside[NR_FLAG_WORKLOADS][2] = {
 	{ "rust", "rust+order4" }, { "rust", "rust+light" },
 };
 
-/* Per side: every call's time and stall, and how the calls ended. */
-static struct {
+/* Per side: every collapsing call's time and stall, and how the calls ended. */
+struct flag_side {
 	struct series s;
 	long calls, ok, eagain;
 	long long pgscan;	/* pages the calls scanned in the cgroup */
-} fres[NR_FLAG_WORKLOADS][2];
+	long long reclaims;	/* the cgroup's memory.events "max" */
+};
+
+static struct flag_side fres[NR_FLAG_WORKLOADS][2];
 
 static int self_pidfd;
 
 #define CG_ROOT "/sys/fs/cgroup"
 #define CG_DIR CG_ROOT "/thp_collapse_bench"
 
-/* A field of the benchmark cgroup's memory.stat. */
-static long long cg_stat(const char *name)
+/* A field of the benchmark cgroup's flat-keyed @file (memory.stat, memory.events). */
+static long long cg_stat(const char *file, const char *name)
 {
-	char key[64];
+	char key[64], path[128];
 	long long v, found = -1;
-	FILE *f = fopen(CG_DIR "/memory.stat", "r");
+	FILE *f;
+
+	snprintf(path, sizeof(path), CG_DIR "/%s", file);
+	f = fopen(path, "r");
 
 	while (f && fscanf(f, "%63s %lld", key, &v) == 2)
 		if (!strcmp(key, name))
@@ -820,7 +836,7 @@ static long long cg_stat(const char *name)
 	if (f)
 		fclose(f);
 	if (found < 0)
-		die("memory.stat");
+		die(path);
 	return found;
 }
 
@@ -848,9 +864,10 @@ static void cg_join(int in)
 		put(CG_ROOT "/cgroup.subtree_control", "+memory");
 		if (mkdir(CG_DIR, 0755) && errno != EEXIST)
 			die("mkdir " CG_DIR);
+		/* One left by a run that died keeps its limit. */
+		put(CG_DIR "/memory.max", "max");
 		/* Anonymous memory stays: only the page cache can be reclaimed. */
-		if (!access(CG_DIR "/memory.swap.max", F_OK))
-			put(CG_DIR "/memory.swap.max", "0");
+		put(CG_DIR "/memory.swap.max", "0");
 		put(CG_DIR "/cgroup.procs", pid);
 	} else {
 		put(CG_DIR "/memory.max", "max");
@@ -903,9 +920,9 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 		      size_t to)
 {
 	unsigned int flags = side ? fwflag[w] : 0;
-	typeof(fres[0][0]) *r = &fres[w][side];
-	long long scan0 = 0;
-	double t0, t1;
+	struct flag_side *r = &fres[w][side];
+	long long scan0 = 0, max0 = 0, max1;
+	double t0, t1, st;
 	size_t i;
 	long ret;
 	int err;
@@ -915,7 +932,8 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 
 		if (w == LIGHT) {
 			cg_squeeze();
-			scan0 = cg_stat("pgscan");
+			scan0 = cg_stat("memory.stat", "pgscan");
+			max0 = cg_stat("memory.events", "max");
 		}
 		atomic_store(&stall.max_stall, 0);
 		t0 = now_ns();
@@ -923,23 +941,35 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 		err = ret < 0 ? errno : 0;
 		t1 = now_ns();
 		/*
-		 * Under pressure a collapse may fail (EBUSY: the charge failed,
-		 * ENOMEM, EAGAIN); nothing else may.
+		 * Under pressure flags = 0 may fail (EBUSY: the charge failed,
+		 * ENOMEM, EAGAIN); LIGHT must fail with EAGAIN, without a
+		 * charge that went on to reclaim (memory.events "max", exact,
+		 * unlike pgscan, which per-CPU batching delays); nothing else
+		 * may fail.
 		 */
+		if (w == LIGHT && side && err != EAGAIN)
+			die_msg(err ? "LIGHT failed, but not with EAGAIN" : "LIGHT collapsed");
 		if (err && !(w == LIGHT && (err == EAGAIN || err == EBUSY || err == ENOMEM))) {
 			errno = err;
 			die(fwside[w][side]);
 		}
-		if (w == LIGHT)
-			r->pgscan += cg_stat("pgscan") - scan0;
+		if (w == LIGHT) {
+			max1 = cg_stat("memory.events", "max");
+			if (side && max1 != max0)
+				die_msg("LIGHT reclaimed in the cgroup (memory.events max moved)");
+			r->pgscan += cg_stat("memory.stat", "pgscan") - scan0;
+			r->reclaims += max1 - max0;
+		}
 		r->calls++;
 		r->ok += !err;
 		r->eagain += err == EAGAIN;
-		if (r->s.n < MAX_SAMPLES) {
+		st = settled_stall();
+		printf("CSV,%d,%s,%s,%zu,%.0f,%.0f,%d\n", round, fwside[w][side], fwname[w], i,
+		       t1 - t0, st, err);
+		/* The time of what each side is for: a collapse, or LIGHT's refusal. */
+		if (r->s.n < MAX_SAMPLES && (!err || side)) {
 			r->s.ns[r->s.n] = t1 - t0;
-			r->s.stall[r->s.n] = settled_stall();
-			printf("CSV,%d,%s,%s,%zu,%.0f,%.0f,%d\n", round, fwside[w][side],
-			       fwname[w], i, t1 - t0, r->s.stall[r->s.n], err);
+			r->s.stall[r->s.n] = st;
 			r->s.n++;
 		}
 	}
@@ -975,8 +1005,12 @@ static void flag_round(int round, size_t nr, const char *dir)
 		populate(mem[k], nr * PMD_SZ, PAGE_SZ);
 	}
 	flag_turns(ORDER4, round, nr, mem);
+	calls = fres[ORDER4][1].calls - calls;
+	made = mthp_stat(64, "collapse_alloc") - made;
 	printf("# order4 round %d: %lld folios of 64 KiB made by %ld ORDER(4) calls (32 each)\n",
-	       round, mthp_stat(64, "collapse_alloc") - made, fres[ORDER4][1].calls - calls);
+	       round, made, calls);
+	if (made != 32 * calls)
+		die_msg("ORDER(4) calls did not make 32 folios of 64 KiB each");
 	for (k = 0; k < 2; k++)
 		munmap(mem[k], nr * PMD_SZ);
 	if (!dir)
@@ -1001,36 +1035,45 @@ static void flag_table(void)
 {
 	int w, k;
 
-	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %7s %7s %7s %9s %9s %10s %10s\n",
+	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %7s %7s %7s %9s %9s %7s %7s %10s %10s\n",
 	       "workload", "flags0 med", "min", "max", "flag med", "min", "max", "flag/0",
-	       "ok% f0", "ok% fl", "EAGAIN%", "pgscan f0", "pgscan fl", "stall f0", "stall fl");
+	       "ok% f0", "ok% fl", "EAGAIN%", "pgscan f0", "pgscan fl", "recl f0", "recl fl",
+	       "stall f0", "stall fl");
 	for (w = 0; w < NR_FLAG_WORKLOADS; w++) {
+		struct flag_side *f = fres[w];
 		double med[2], lo[2], hi[2], st[2];
 
 		for (k = 0; k < 2; k++) {
-			struct series *s = &fres[w][k].s;
+			struct series *s = &f[k].s;
 
 			st[k] = median(s->stall, s->n) / 1e3;
 			med[k] = median(s->ns, s->n) / 1e3;
 			lo[k] = s->n ? s->ns[0] / 1e3 : 0;
 			hi[k] = s->n ? s->ns[s->n - 1] / 1e3 : 0;
 		}
-		if (!fres[w][0].calls || !fres[w][1].calls)
+		if (!f[0].calls || !f[1].calls)
 			continue;
-		printf("%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.3f ",
+		printf("%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.3f %7.1f %7.1f ",
 		       fwname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
-		       med[0] > 0 ? med[1] / med[0] : 0);
-		printf("%7.1f %7.1f %7.1f %9.1f %9.1f %10.1f %10.1f\n",
-		       100.0 * fres[w][0].ok / fres[w][0].calls,
-		       100.0 * fres[w][1].ok / fres[w][1].calls,
-		       100.0 * fres[w][1].eagain / fres[w][1].calls,
-		       (double)fres[w][0].pgscan / fres[w][0].calls,
-		       (double)fres[w][1].pgscan / fres[w][1].calls, st[0], st[1]);
+		       med[0] > 0 ? med[1] / med[0] : 0,
+		       100.0 * f[0].ok / f[0].calls, 100.0 * f[1].ok / f[1].calls);
+		if (w == LIGHT)
+			printf("%7.1f %9.1f %9.1f %7.2f %7.2f ",
+			       100.0 * f[1].eagain / f[1].calls,
+			       (double)f[0].pgscan / f[0].calls, (double)f[1].pgscan / f[1].calls,
+			       (double)f[0].reclaims / f[0].calls,
+			       (double)f[1].reclaims / f[1].calls);
+		else
+			printf("%7s %9s %9s %7s %7s ", "-", "-", "-", "-", "-");
+		printf("%10.1f %10.1f\n", st[0], st[1]);
 	}
 	printf("(Rust core, process_madvise() per 2 MiB, us; fl: ORDER(4) or LIGHT, f0: flags 0;\n"
-	       " ok%%: calls that collapsed; EAGAIN%%: calls that failed with EAGAIN; pgscan:\n"
-	       " pages scanned in the cgroup per call; stall: median over calls of the longest\n"
-	       " mincore() wait during the call, the mmap lock write-hold time)\n");
+	       " times and stalls of the calls that collapsed, and of LIGHT's EAGAINs; ok%%: calls\n"
+	       " that collapsed; EAGAIN%%: calls that failed with EAGAIN; pgscan: pages scanned in\n"
+	       " the cgroup per call (memory.stat, flushed lazily: a total, not per call); recl:\n"
+	       " charges that went on to reclaim, per call (memory.events max, exact); stall:\n"
+	       " median over calls of the longest mincore() wait during the call, the longest\n"
+	       " stretch of the mmap lock write-hold time)\n");
 }
 
 /* One row of the closing table. */
@@ -1086,6 +1129,8 @@ int main(int argc, char **argv)
 			break;
 		case 'g':
 			gmib = strtoul(optarg, NULL, 0);
+			if (gmib == 1)
+				die_msg("-g: 0 (none) or at least 2 MiB");
 			break;
 		case 'W':
 			for (w = 0; w < NR_WORKLOADS; w++)
