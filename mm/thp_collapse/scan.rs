@@ -549,7 +549,10 @@ mod tests {
         };
         for step in [Step::Scan, Step::Isolate] {
             assert_eq!(check(page, step, VmaKind::Normal), Ok(EntryKind::Page));
-            assert_eq!(check(empty, step, VmaKind::Normal), Err(Fail::ExceedNonePte));
+            assert_eq!(
+                check(empty, step, VmaKind::Normal),
+                Err(Fail::ExceedNonePte)
+            );
             assert_eq!(check(worst, step, VmaKind::Normal), Err(Fail::PteUffd));
             let w = Pte {
                 uffd_wp: false,
@@ -567,7 +570,10 @@ mod tests {
             };
             assert_eq!(check(w, step, VmaKind::Normal), Err(Fail::PageLazyfree));
             // A droppable VMA's lazily freed pages are collapsed.
-            assert_eq!(check(w, step, VmaKind::Droppable), Err(Fail::ExceedSharedPte));
+            assert_eq!(
+                check(w, step, VmaKind::Droppable),
+                Err(Fail::ExceedSharedPte)
+            );
             let w = Pte {
                 clean_lazyfree: false,
                 ..w
@@ -575,8 +581,14 @@ mod tests {
             assert_eq!(check(w, step, VmaKind::Normal), Err(Fail::ExceedSharedPte));
         }
         // Only a swap entry tells the steps apart.
-        assert_eq!(check(swap, Step::Scan, VmaKind::Normal), Err(Fail::ExceedSwapPte));
-        assert_eq!(check(swap, Step::Isolate, VmaKind::Normal), Err(Fail::PteNonPresent));
+        assert_eq!(
+            check(swap, Step::Scan, VmaKind::Normal),
+            Err(Fail::ExceedSwapPte)
+        );
+        assert_eq!(
+            check(swap, Step::Isolate, VmaKind::Normal),
+            Err(Fail::PteNonPresent)
+        );
         let uffd_swap = Pte {
             non_present: Some(NonPresent::Uffd),
             ..page

@@ -118,7 +118,8 @@ impl PteView for PteFacts {
         if !self.has(bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT) {
             return None;
         }
-        Some(if self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD) {
+        let uffd = self.has(bindings::thp_collapse_pte_flags_THP_PTE_SWP_UFFD);
+        Some(if uffd {
             NonPresent::Uffd
         } else {
             NonPresent::Plain

@@ -829,7 +829,11 @@ impl IsolatedFolio {
             // type invariants locked, isolated and referenced by us, and, by the function's
             // safety requirements, out of the page cache.
             unsafe {
-                bindings::thp_collapse_folios_free_uncached(batch.as_mut_ptr(), n as u32, backing.is_shmem())
+                bindings::thp_collapse_folios_free_uncached(
+                    batch.as_mut_ptr(),
+                    n as u32,
+                    backing.is_shmem(),
+                )
             };
         }
     }

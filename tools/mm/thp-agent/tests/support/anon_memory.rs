@@ -52,15 +52,23 @@ impl AnonMemory {
         let p = m.start as *mut libc::c_void;
         let always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .is_ok_and(|t| t.contains("[always]"));
-        // SAFETY: [start, start + size) lies inside the mapping made above.
-        unsafe {
-            if hugepage || always {
-                libc::madvise(p, m.size, libc::MADV_NOHUGEPAGE);
-            }
-            std::ptr::write_bytes(m.start as *mut u8, 0x5a, m.size);
-            if hugepage || always {
-                libc::madvise(p, m.size, libc::MADV_HUGEPAGE);
-            }
+        let advise = |advice| {
+            // SAFETY: [start, start + size) lies inside the mapping made above.
+            let rc = unsafe { libc::madvise(p, m.size, advice) };
+            assert_eq!(
+                rc,
+                0,
+                "madvise({advice}): {}",
+                std::io::Error::last_os_error()
+            );
+        };
+        if hugepage || always {
+            advise(libc::MADV_NOHUGEPAGE);
+        }
+        // SAFETY: [start, start + size) lies inside the mapping made above, writable.
+        unsafe { std::ptr::write_bytes(m.start as *mut u8, 0x5a, m.size) };
+        if hugepage || always {
+            advise(libc::MADV_HUGEPAGE);
         }
         m
     }
