@@ -321,13 +321,13 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let iso = &mut self.iso;
         let locked = self.table.lock();
         let start = haddr + first * PAGE_SIZE;
-        // SAFETY: Entries `first .. first + nr` are in the detached table of `vma`, which only
-        // we can change, and its lock is held.
+        // SAFETY: The detached table is `vma`'s, and its entry `first` maps `start`.
         let result = unsafe {
             ffi::for_each_pte(
                 vma,
                 start,
-                locked.entry(first),
+                &locked,
+                first,
                 nr,
                 PteRead::heuristics_of(&tally),
                 |k, facts| {

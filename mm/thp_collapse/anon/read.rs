@@ -146,13 +146,14 @@ pub(crate) fn scan_anon_pmd(
         first: span.first,
         end: span.end.min(PTES_PER_PMD as usize),
     };
-    // SAFETY: The `PTES_PER_PMD` entries of `table` are mapped and locked, so they and what
-    // they map are stable (`span` is inside them); `vma` is the VMA the table was found in.
+    // SAFETY: `table` was found in `vma` for the PMD range at `addr`, so its entry `span.first`
+    // maps `addr + span.first * PAGE_SIZE`.
     let result = unsafe {
         ffi::for_each_pte(
             vma,
             addr + span.first * PAGE_SIZE,
-            table.entry(span.first),
+            &table,
+            span.first,
             span.len(),
             PteRead::FOLIO_STATE | PteRead::heuristics_of(tally),
             |j, facts| {

@@ -30,7 +30,7 @@ use crate::{
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
     bindings,
-    mm::{folio::NewFolio, virt::VmaRef, Mm},
+    mm::{folio::NewFolio, pgtable::LockedPtes, virt::VmaRef, Mm},
     page::PAGE_SIZE,
 };
 
@@ -197,30 +197,36 @@ impl core::ops::BitOr for PteRead {
     }
 }
 
-/// Reads the facts of the `n` consecutive PTEs from `ptep` on, which map `addr` on in `vma`,
-/// for the step `read`, a batch at a time (one call into C per [`PTE_BATCH`] entries), and
-/// hands each to `f` with its index from 0, until `f` fails; returns that failure.
+/// Reads the facts of the `n` consecutive PTEs of `table` from entry `first` on, which map
+/// `addr` on in `vma`, for the step `read`, a batch at a time (one call into C per
+/// [`PTE_BATCH`] entries), and hands each to `f` with its index from 0, until `f` fails; returns
+/// that failure. Entries outside the table are [`Fail::Other`] (a bug of the caller).
 ///
 /// # Safety
 ///
-/// `ptep` must point to `n` mapped, consecutive entries of one page table of `vma` that is
-/// locked, or detached by us, while this runs, so that the folios they map stay valid.
+/// `table` must be a page table of `vma`, with entry `first` mapping `addr`: the folios are
+/// looked up through the VMA (`vm_normal_page()`).
 #[inline]
-pub(crate) unsafe fn for_each_pte<E>(
+pub(crate) unsafe fn for_each_pte(
     vma: &VmaRef,
     addr: usize,
-    ptep: *mut bindings::pte_t,
+    table: &impl LockedPtes,
+    first: usize,
     n: usize,
     read: PteRead,
-    mut f: impl FnMut(usize, &PteFacts) -> Result<(), E>,
-) -> Result<(), E> {
+    mut f: impl FnMut(usize, &PteFacts) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    let Some(ptep) = table.entries(first, n) else {
+        return Err(Fail::Other);
+    };
     let mut buf = [const { MaybeUninit::<bindings::thp_collapse_pte>::uninit() }; PTE_BATCH];
     let mut k = 0;
     while k < n {
         let m = (n - k).min(PTE_BATCH);
-        // SAFETY: By the function's safety requirements entries `k .. k + m` are mapped and
-        // stable; `vma` is valid (type invariants of `VmaRef`); `buf` has room for `m` facts,
-        // and the callee writes every field of each.
+        // SAFETY: Entries `k .. k + m` of the run are mapped and stable while `table` is
+        // borrowed (`LockedPtes`), and map `addr + k * PAGE_SIZE` on in `vma` (the function's
+        // safety requirements); `vma` is valid (type invariants of `VmaRef`); `buf` has room for
+        // `m` facts, and the callee writes every field of each.
         unsafe {
             bindings::thp_collapse_read_ptes(
                 vma.as_ptr(),

@@ -196,7 +196,7 @@ impl<'a> PteTableLocked<'a> {
 
     /// Pointer to entry `i`, clamped to the last entry; stable while the lock is held.
     #[inline]
-    pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
+    fn entry(&self, i: usize) -> *mut bindings::pte_t {
         // SAFETY: By the type invariants `pte` maps `PTRS_PER_PTE` entries; `i` is clamped.
         unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
     }
@@ -215,6 +215,39 @@ impl Drop for PteTableLocked<'_> {
             bindings::spin_unlock(self.ptl);
             bindings::pte_unmap(self.pte);
         }
+    }
+}
+
+/// A page table whose entries only its holder can change while it is borrowed (its lock is
+/// held): a run of them can be read at once, by C code for instance, and what they map stays
+/// valid meanwhile.
+///
+/// # Safety
+///
+/// [`LockedPtes::entries`] returns, if `first + n` is at most [`PTRS_PER_PTE`], a pointer to
+/// the entries `first .. first + n` of one mapped page table whose lock is held, and which stays
+/// mapped and locked for as long as `self` is borrowed.
+pub unsafe trait LockedPtes {
+    /// A pointer to the entries `first .. first + n`, or `None` if they are not all in the
+    /// table.
+    fn entries(&self, first: usize, n: usize) -> Option<*mut bindings::pte_t>;
+}
+
+// SAFETY: By the type invariants the table is mapped from its first entry and its lock is held
+// until the value drops; the range is checked.
+unsafe impl LockedPtes for PteTableLocked<'_> {
+    #[inline]
+    fn entries(&self, first: usize, n: usize) -> Option<*mut bindings::pte_t> {
+        (first.checked_add(n)? <= PTRS_PER_PTE).then(|| self.entry(first))
+    }
+}
+
+// SAFETY: The table is mapped, only its holder can reach it (it is detached), and its lock is
+// held until the value drops; the range is checked.
+unsafe impl LockedPtes for DetachedPteLock<'_, '_> {
+    #[inline]
+    fn entries(&self, first: usize, n: usize) -> Option<*mut bindings::pte_t> {
+        (first.checked_add(n)? <= PTRS_PER_PTE).then(|| self.entry(first))
     }
 }
 
@@ -692,7 +725,7 @@ pub struct DetachedPteLock<'t, 'a> {
 impl DetachedPteLock<'_, '_> {
     /// Pointer to entry `i`, clamped to the last entry.
     #[inline]
-    pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
+    fn entry(&self, i: usize) -> *mut bindings::pte_t {
         self.table.entry(i)
     }
 
@@ -1109,10 +1142,18 @@ mod tests {
         ];
         let clamped = table.entry(PTRS_PER_PTE + 7) == table.entry(PTRS_PER_PTE - 1);
         let stride = table.entry(i + 1) as usize - table.entry(i) as usize;
+        // A run of entries only inside the table.
+        let runs = [
+            table.entries(i, 4) == Some(table.entry(i)),
+            table.entries(0, PTRS_PER_PTE).is_some(),
+            table.entries(PTRS_PER_PTE - 1, 2).is_none(),
+            table.entries(usize::MAX, 2).is_none(),
+        ];
         drop(table);
         drop(lock);
         assert_eq!(none, [false, true, false, true]);
         assert!(clamped);
+        assert_eq!(runs, [true; 4]);
         assert_eq!(stride, core::mem::size_of::<bindings::pte_t>());
         Ok(())
     }
