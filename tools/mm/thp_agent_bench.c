@@ -112,7 +112,7 @@ static void knob_read(const char *path, char *buf, size_t len)
 	fclose(f);
 	b = strchr(line, '[');
 	b = b ? b + 1 : line;
-	e = b + strcspn(b, "] \n");
+	e = b + strcspn(b, "]\n ");
 	*e = '\0';
 	snprintf(buf, len, "%s", b);
 }
