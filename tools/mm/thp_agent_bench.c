@@ -100,6 +100,8 @@ static void put(const char *path, const char *val)
 
 /* The knobs the benchmark sets, as they were: the selected word of each. */
 static char old_enabled[16], old_core[16];
+/* The benchmark's own pid: a forked child that exits restores nothing. */
+static pid_t main_pid;
 
 /* The selected word of the sysfs knob at @path ("[never]", or a bare value). */
 static void knob_read(const char *path, char *buf, size_t len)
@@ -121,6 +123,8 @@ static void knobs_restore(void)
 {
 	FILE *f;
 
+	if (getpid() != main_pid)
+		return;
 	/* Not put(): it would exit from an exit handler. */
 	f = fopen(THP "enabled", "w");
 	if (f) {
@@ -291,6 +295,7 @@ usage:
 	/* Base pages only, and nobody else collapsing; as they were at the end. */
 	knob_read(THP "enabled", old_enabled, sizeof(old_enabled));
 	knob_read(THP "collapse/core", old_core, sizeof(old_core));
+	main_pid = getpid();
 	atexit(knobs_restore);
 	put(THP "enabled", "never");
 	put(THP "collapse/core", core);

@@ -34,12 +34,11 @@
  *              that the new huge page can only be charged by reclaiming.
  *              flags = 0 reclaims and collapses; LIGHT must fail at once
  *              with EAGAIN. The table gives the share of calls that
- *              collapsed and that failed with EAGAIN, the pages each
+ *              collapsed and that failed with EAGAIN, and the pages each
  *              side's reclaim scanned in the cgroup (memory.stat pgscan)
- *              and its charges that reclaimed (memory.events max) per
- *              call. A LIGHT call that collapses, fails otherwise, or
- *              reclaims ends the run, and so does an ORDER(4) call that
- *              did not make 32 folios.
+ *              per call. A LIGHT call that collapses or fails otherwise
+ *              than with EAGAIN ends the run, and so does an ORDER(4)
+ *              round that did not make 32 folios per call.
  *
  * The cores take turns every BLOCK PMDs (C first, then Rust, then Rust, then
  * C, ...), so that a slow phase of the host (TCG) hits both alike; khugepaged,
@@ -810,7 +809,6 @@ struct flag_side {
 	struct series s;
 	long calls, ok, eagain;
 	long long pgscan;	/* pages the calls scanned in the cgroup */
-	long long reclaims;	/* the cgroup's memory.events "max" */
 };
 
 static struct flag_side fres[NR_FLAG_WORKLOADS][2];
@@ -921,7 +919,7 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 {
 	unsigned int flags = side ? fwflag[w] : 0;
 	struct flag_side *r = &fres[w][side];
-	long long scan0 = 0, max0 = 0, max1;
+	long long scan0 = 0;
 	double t0, t1, st;
 	size_t i;
 	long ret;
@@ -933,7 +931,6 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 		if (w == LIGHT) {
 			cg_squeeze();
 			scan0 = cg_stat("memory.stat", "pgscan");
-			max0 = cg_stat("memory.events", "max");
 		}
 		atomic_store(&stall.max_stall, 0);
 		t0 = now_ns();
@@ -942,9 +939,7 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 		t1 = now_ns();
 		/*
 		 * Under pressure flags = 0 may fail (EBUSY: the charge failed,
-		 * ENOMEM, EAGAIN); LIGHT must fail with EAGAIN, without a
-		 * charge that went on to reclaim (memory.events "max", exact,
-		 * unlike pgscan, which per-CPU batching delays); nothing else
+		 * ENOMEM, EAGAIN); LIGHT must fail with EAGAIN; nothing else
 		 * may fail.
 		 */
 		if (w == LIGHT && side && err != EAGAIN)
@@ -953,13 +948,8 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 			errno = err;
 			die(fwside[w][side]);
 		}
-		if (w == LIGHT) {
-			max1 = cg_stat("memory.events", "max");
-			if (side && max1 != max0)
-				die_msg("LIGHT reclaimed in the cgroup (memory.events max moved)");
+		if (w == LIGHT)
 			r->pgscan += cg_stat("memory.stat", "pgscan") - scan0;
-			r->reclaims += max1 - max0;
-		}
 		r->calls++;
 		r->ok += !err;
 		r->eagain += err == EAGAIN;
@@ -1035,10 +1025,9 @@ static void flag_table(void)
 {
 	int w, k;
 
-	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %7s %7s %7s %9s %9s %7s %7s %10s %10s\n",
+	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %7s %7s %7s %9s %9s %10s %10s\n",
 	       "workload", "flags0 med", "min", "max", "flag med", "min", "max", "flag/0",
-	       "ok% f0", "ok% fl", "EAGAIN%", "pgscan f0", "pgscan fl", "recl f0", "recl fl",
-	       "stall f0", "stall fl");
+	       "ok% f0", "ok% fl", "EAGAIN%", "pgscan f0", "pgscan fl", "stall f0", "stall fl");
 	for (w = 0; w < NR_FLAG_WORKLOADS; w++) {
 		struct flag_side *f = fres[w];
 		double med[2], lo[2], hi[2], st[2];
@@ -1058,22 +1047,18 @@ static void flag_table(void)
 		       med[0] > 0 ? med[1] / med[0] : 0,
 		       100.0 * f[0].ok / f[0].calls, 100.0 * f[1].ok / f[1].calls);
 		if (w == LIGHT)
-			printf("%7.1f %9.1f %9.1f %7.2f %7.2f ",
-			       100.0 * f[1].eagain / f[1].calls,
-			       (double)f[0].pgscan / f[0].calls, (double)f[1].pgscan / f[1].calls,
-			       (double)f[0].reclaims / f[0].calls,
-			       (double)f[1].reclaims / f[1].calls);
+			printf("%7.1f %9.1f %9.1f ", 100.0 * f[1].eagain / f[1].calls,
+			       (double)f[0].pgscan / f[0].calls, (double)f[1].pgscan / f[1].calls);
 		else
-			printf("%7s %9s %9s %7s %7s ", "-", "-", "-", "-", "-");
+			printf("%7s %9s %9s ", "-", "-", "-");
 		printf("%10.1f %10.1f\n", st[0], st[1]);
 	}
 	printf("(Rust core, process_madvise() per 2 MiB, us; fl: ORDER(4) or LIGHT, f0: flags 0;\n"
 	       " times and stalls of the calls that collapsed, and of LIGHT's EAGAINs; ok%%: calls\n"
 	       " that collapsed; EAGAIN%%: calls that failed with EAGAIN; pgscan: pages scanned in\n"
-	       " the cgroup per call (memory.stat, flushed lazily: a total, not per call); recl:\n"
-	       " charges that went on to reclaim, per call (memory.events max, exact); stall:\n"
-	       " median over calls of the longest mincore() wait during the call, the longest\n"
-	       " stretch of the mmap lock write-hold time)\n");
+	       " the cgroup per call (memory.stat, folded in lazily: right as a total over the\n"
+	       " calls, not per call); stall: median over calls of the longest mincore() wait\n"
+	       " during the call, the longest stretch of the mmap lock write-hold time)\n");
 }
 
 /* One row of the closing table. */

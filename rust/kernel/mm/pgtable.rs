@@ -224,9 +224,10 @@ impl Drop for PteTableLocked<'_> {
 ///
 /// # Safety
 ///
-/// [`LockedPtes::entries`] returns, if `first + n` is at most [`PTRS_PER_PTE`], a pointer to
-/// the entries `first .. first + n` of one mapped page table whose lock is held, and which stays
-/// mapped and locked for as long as `self` is borrowed.
+/// [`LockedPtes::entries`] returns `Some(p)` only if `first + n` (without overflow) is at most
+/// [`PTRS_PER_PTE`]; `p` then points to the entries `first .. first + n` of one mapped page
+/// table whose lock is held, which only the holder can change, and which stays mapped and
+/// locked for as long as `self` is borrowed.
 pub unsafe trait LockedPtes {
     /// A pointer to the entries `first .. first + n`, or `None` if they are not all in the
     /// table.
