@@ -823,7 +823,7 @@ static long long killed_request(unsigned int flags)
 {
 	long long ok0 = rust_stat("process_madvise", "succeed");
 	long long all0 = rust_stat_total("process_madvise");
-	volatile int *returned;
+	int *returned;
 	int ready[2], status, i;
 	cpu_set_t other;
 	pid_t pid;
@@ -833,7 +833,7 @@ static long long killed_request(unsigned int flags)
 			MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (returned == MAP_FAILED || pipe(ready))
 		ksft_exit_fail_perror("mmap, pipe");
-	*returned = 0;
+	__atomic_store_n(returned, 0, __ATOMIC_RELAXED);
 	pid = fork();
 	if (pid < 0)
 		ksft_exit_fail_perror("fork");
@@ -849,7 +849,7 @@ static long long killed_request(unsigned int flags)
 		if (self < 0 || write(ready[1], "r", 1) != 1)
 			_exit(1);
 		collapse(self, r.p, r.len, MADV_COLLAPSE, flags);
-		*returned = 1;
+		__atomic_store_n(returned, 1, __ATOMIC_RELEASE);
 		_exit(0);
 	}
 	close(ready[1]);
@@ -864,8 +864,8 @@ static long long killed_request(unsigned int flags)
 	kill(pid, SIGKILL);
 	if (waitpid(pid, &status, 0) != pid)
 		ksft_exit_fail_perror("waitpid");
-	i = *returned;
-	munmap((void *)returned, PAGE_SZ);
+	i = __atomic_load_n(returned, __ATOMIC_ACQUIRE);
+	munmap(returned, PAGE_SZ);
 	if (i || !WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
 		return -1;
 	return rust_stat_total("process_madvise") - all0;
@@ -882,7 +882,7 @@ static void test_defrag_killed(void)
 
 	collapse_require_core("rust");
 	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
-		ksft_exit_fail_msg("test_defrag_killed needs two CPUs\n");
+		ksft_exit_fail_msg("%s needs two CPUs\n", __func__);
 	defrag = killed_request(MADV_F_COLLAPSE_DEFRAG);
 	plain = killed_request(0);
 	ksft_test_result(defrag >= 2 && defrag < NR_KILL,
