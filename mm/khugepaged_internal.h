@@ -232,9 +232,10 @@ enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio);
  * @folio: the folio, locked, referenced, isolated and unmapped.
  * @index: its first index.
  * @nr: its pages.
- * @refs: folio_ref_count() - folio_expected_ref_count(), read after the
- *	xarray lock was taken again.
- * @flags: THP_PC_* facts read then, THP_PC_MAPPED included.
+ * @refs: folio_ref_count() - folio_nr_pages(), read after the xarray lock
+ *	was taken again: the references beyond the page cache's, which are
+ *	all it expects of an unmapped folio with no private data.
+ * @flags: THP_PC_DIRTY if the folio was dirty then.
  */
 struct thp_collapse_pc_taken {
 	struct folio *folio;

@@ -269,7 +269,7 @@ enum thp_collapse_pc_isolate thp_collapse_pc_folio_isolate(struct folio *folio)
  * and whose lock it can take at once: locks and references it, releases the
  * xarray lock, takes the folio off the LRU, releases its private data and
  * unmaps it (thp_collapse_pc_folio_isolate()), takes the xarray lock again
- * and reads the folio's references and mapped state. These are the steps
+ * and reads the folio's references and dirty bit. These are the steps
  * the Rust core takes one call at a time for such an index, with the same
  * checks before each; what the facts read at the end mean stays its
  * decision. Anything else (a hole, a swap entry, a folio to read, swap in or
@@ -313,10 +313,14 @@ bool thp_collapse_pc_take(struct xa_state *xas, struct address_space *mapping,
 	out->folio = folio;
 	out->index = folio->index;
 	out->nr = folio_nr_pages(folio);
-	out->flags = thp_collapse_pc_folio_facts(folio, mapping,
-						 THP_PC_READ_REFS |
-						 THP_PC_READ_MAPPED,
-						 &out->refs);
+	/*
+	 * Unmapped and without private data (the isolation saw to both), the
+	 * folio's expected references are the page cache's alone. A mapping
+	 * made again since (or private data) shows as more references, as in
+	 * upstream's folio_ref_count() != 2 + folio_nr_pages() check.
+	 */
+	out->refs = folio_ref_count(folio) - out->nr;
+	out->flags = folio_test_dirty(folio) ? THP_PC_DIRTY : 0;
 	return true;
 }
 

@@ -414,7 +414,7 @@ impl<'a> PageCacheLocked<'a> {
     /// smaller than the PMD order, neither dirty nor under writeback for a file other than
     /// shmem, its lock free), locks it, takes it off the LRU, releases its private data and
     /// unmaps it (as [`LockedFolio::isolate`]), and returns it with the facts that the caller
-    /// checks next (references, mapped state), read once the xarray lock was taken again.
+    /// checks next (references, dirty bit), read once the xarray lock was taken again.
     /// `None`, with nothing changed, for anything else: the caller takes the steps one by one.
     /// The xarray is locked on return either way, but may have been released in between.
     /// May sleep. C: `thp_collapse_pc_take()`.
@@ -465,7 +465,6 @@ impl<'a> PageCacheLocked<'a> {
     /// (`XA_RETRY_ENTRY`): lockless readers retry, and nobody else fills it. Fails with
     /// `ENOMEM` if the xarray could not store it.
     pub(crate) fn store_retry(&mut self) -> Result {
-        // SAFETY: As above.
         // SAFETY: As above. `XA_RETRY_ENTRY` is the internal entry 256.
         let err = unsafe {
             bindings::xas_store(self.xas(), bindings::xa_mk_internal(256));
@@ -749,7 +748,10 @@ pub(crate) fn flush_batched_unmaps() {
 pub(crate) struct Taken {
     /// The folio.
     pub(crate) folio: IsolatedFolio,
-    /// Its references and mapped state, read under the xarray lock taken again.
+    /// Its references and dirty bit, read under the xarray lock taken again. Its references
+    /// beyond the expected ones are those beyond the page cache's (all that an unmapped folio
+    /// with no private data has, as the isolation left it): a mapping made again since, or
+    /// private data, shows as more of them, not as the mapped flag, which is never set.
     pub(crate) facts: FolioFacts,
     /// The index after its last.
     pub(crate) next: usize,
