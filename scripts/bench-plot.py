@@ -25,7 +25,7 @@ def main():
             key = (row["workload"], row["core"])
             samples.setdefault(key, []).append(float(row["ns_per_2MiB"]) / 1e3)
     order = ["full", "half", "huge", "remote", "shmem", "file", "khugepaged",
-             "khugepaged-cpu"]
+             "khugepaged-cpu", "floor"]
     # A flag workload's flag side is the core "rust+<workload>".
     flagged = sorted({w for w, c in samples if c == f"rust+{w}"})
     # Workloads this script does not know yet go last, in name order.

@@ -22,6 +22,10 @@
  *              waits for the daemon to wake up and this program's polling,
  *              which the guest's one CPU also runs; under -icount, its
  *              instructions
+ *   floor      no collapse: a plain user-space memcpy() of 2 MiB between
+ *              two populated buffers, timed in each side's turn, so the
+ *              table shows how far each core is from the copy it cannot
+ *              avoid (the c/floor and rust/floor columns)
  *
  * Then, on the Rust core alone, each process_madvise() flag against flags = 0
  * (-g MIB of memory per copy, default 64; -g 0: not measured), the two
@@ -52,9 +56,10 @@
  * each core on one copy of the workload (how the benchmark ran before it
  * swapped copies), to measure what the copy alone does to the ratio.
  *
- * -S runs no mincore() thread (no stall figures): with the guest's clock
- * counting instructions (QEMU -icount), a call's time is then the work of
- * the core alone, not that of the other CPU too.
+ * -S runs no mincore() or fault thread and traces nothing (no stall, fault
+ * or write-hold figures): with the guest's clock counting instructions (QEMU
+ * -icount), a call's time is then the work of the core alone, not that of
+ * the other CPU too.
  *
  * -p USEC samples the kernel's instruction pointer every USEC microseconds of
  * the calling thread's CPU time during each MADV_COLLAPSE call (a task-clock
@@ -74,8 +79,24 @@
  * longest stall during a call is the time the collapse held the mmap lock
  * for write. Every sample goes to stdout as a "CSV," line; a table of medians
  * and rust/c ratios ends the output.
+ *
+ * A second table gives what a collapse costs the process it works on:
+ *   hold       the time the collapsing task (this program, or khugepaged)
+ *              held an mmap lock for write during the call, measured
+ *              directly from the mmap_lock tracepoints (write acquisitions
+ *              that succeeded, to the matching release; trace_clock
+ *              global), median per 2 MiB; "-" without tracefs
+ *   fault      the latency of page faults in the collapsed VMA, outside the
+ *              range being collapsed: the mincore() thread also faults one
+ *              fresh page (never mapped before, or zapped since) of the
+ *              VMA's tail in each turn of its loop, and a fault that began
+ *              during a call counts for that call's core and workload:
+ *              p50, p99 and the largest (full, half, huge and shmem; the
+ *              others have no tail). A hold that begins during the
+ *              thread's mincore() stalls that and not the fault after it.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <linux/perf_event.h>
 #include <sys/ioctl.h>
@@ -87,6 +108,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -117,13 +139,16 @@
 
 enum workload {
 	FULL, HALF, HUGE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED, KHUGEPAGED_CPU,
-	NR_WORKLOADS
+	FLOOR, NR_WORKLOADS
 };
 
 static const char *const wname[] = {
 	"full", "half", "huge", "remote", "shmem", "file", "khugepaged",
-	"khugepaged-cpu",
+	"khugepaged-cpu", "floor",
 };
+
+/* The never-touched tail of a workload's VMA that the fault latency uses. */
+#define TAIL_PMDS 8
 
 static const char *const cores[] = { "c", "rust" };
 /* The core each side runs (-a: the same one on both). */
@@ -136,10 +161,18 @@ static int only_workload = -1;
 struct series {
 	double ns[MAX_SAMPLES];
 	double stall[MAX_SAMPLES];
+	double hold[MAX_SAMPLES];	/* ns, or -1 without tracefs */
 	int n;
 };
 
 static struct series results[2][NR_WORKLOADS];
+
+/* Page fault latencies (ns) per core and workload, from the stall thread. */
+#define MAX_FAULTS 262144
+static struct {
+	float ns[MAX_FAULTS];
+	int n;
+} faults[2][NR_WORKLOADS];
 
 static void die(const char *what)
 {
@@ -217,17 +250,23 @@ static char *map_fd(int fd, size_t nr, int prot)
 	return a;
 }
 
-/* @nr PMDs of a new memfd, every page written (small folios: shmem_enabled never). */
+/*
+ * @nr PMDs of a new memfd, every page written (small folios: shmem_enabled
+ * never), and a tail of TAIL_PMDS PMDs never written, in one mapping.
+ */
 static char *map_shmem(size_t nr)
 {
 	int fd = memfd_create("thp_collapse_bench", 0);
+	size_t all = nr + TAIL_PMDS;
 	char *p;
 
-	if (fd < 0 || ftruncate(fd, nr * PMD_SZ))
+	if (fd < 0 || ftruncate(fd, all * PMD_SZ))
 		die("memfd");
-	p = map_fd(fd, nr, PROT_READ | PROT_WRITE);
+	p = map_fd(fd, all, PROT_READ | PROT_WRITE);
 	close(fd);
 	populate(p, nr * PMD_SZ, PAGE_SZ);
+	if (madvise(p, all * PMD_SZ, MADV_HUGEPAGE))
+		die("madvise(MADV_HUGEPAGE)");
 	return p;
 }
 
@@ -273,19 +312,59 @@ static char *map_file(const char *dir, size_t nr)
 	return p;
 }
 
-/* The mincore() loop that measures how long the mmap lock is unavailable. */
+/*
+ * The loop that measures how long the mmap lock is unavailable (mincore()),
+ * and, in each turn, how long a page fault in the collapsed VMA takes: the
+ * fault of one fresh page of the current workload's tail. One thread does
+ * both, so that it takes no more of the guest's CPUs than the mincore()
+ * loop alone did; a write-hold that begins during a mincore() call stalls
+ * that call and not the fault after it, so the fault figures see the holds
+ * of some calls only (the larger share, as a fault of a fresh page takes
+ * longer than a mincore() call).
+ */
 static struct {
 	char *probe;
 	atomic_int stop;
 	atomic_llong max_stall;	/* ns */
 	atomic_long iterations;
-} stall;
+	/* The tail to fault in, or NULL; set by fault_tail() only. */
+	_Atomic(char *) tail;
+	size_t len, off;
+	int shmem;		/* zapped with MADV_REMOVE (else DONTNEED) */
+	/* core * NR_WORKLOADS + workload of the call under way, or -1 */
+	atomic_int bucket;
+} stall = { .bucket = -1 };
+
+/* One fault on the next fresh page of @tail, counted for @bucket. */
+static void fault_one(char *tail, int bucket)
+{
+	double t0, d;
+	int core, w;
+
+	if (stall.off >= stall.len) {
+		/* Every page mapped: zap them, so that they fault afresh. */
+		if (madvise(tail, stall.len, stall.shmem ? MADV_REMOVE : MADV_DONTNEED))
+			die("madvise(zap the tail)");
+		stall.off = 0;
+	}
+	t0 = now_ns();
+	tail[stall.off] = 1;
+	d = now_ns() - t0;
+	stall.off += PAGE_SZ;
+	if (bucket < 0)
+		return;
+	core = bucket / NR_WORKLOADS;
+	w = bucket % NR_WORKLOADS;
+	if (faults[core][w].n < MAX_FAULTS)
+		faults[core][w].ns[faults[core][w].n++] = (float)d;
+}
 
 static void *stall_thread(void *arg)
 {
 	unsigned char vec;
 	long long d, cur;
 	double t0;
+	char *tail;
 
 	(void)arg;
 	while (!atomic_load(&stall.stop)) {
@@ -296,9 +375,43 @@ static void *stall_thread(void *arg)
 		cur = atomic_load(&stall.max_stall);
 		while (d > cur && !atomic_compare_exchange_weak(&stall.max_stall, &cur, d))
 			;
+		tail = atomic_load(&stall.tail);
+		/* A fault that starts during a call counts for it. */
+		if (tail)
+			fault_one(tail, atomic_load(&stall.bucket));
 		atomic_fetch_add(&stall.iterations, 1);
 	}
 	return NULL;
+}
+
+/* Waits until the stall thread has gone twice round its loop (if it runs). */
+static void stall_settle(void)
+{
+	long it = atomic_load(&stall.iterations);
+
+	while (!atomic_load(&stall.stop) && atomic_load(&stall.iterations) < it + 2)
+		sched_yield();
+}
+
+/*
+ * Makes the stall thread fault in [@tail, @tail + @len) (of a memfd with
+ * @shmem), or in nothing (NULL); returns once it has stopped using the old
+ * tail, which may then be unmapped.
+ */
+static void fault_tail(char *tail, size_t len, int shmem)
+{
+	atomic_store(&stall.tail, NULL);
+	stall_settle();
+	stall.len = len;
+	stall.off = 0;
+	stall.shmem = shmem;
+	atomic_store(&stall.tail, tail);
+}
+
+/* The faults from here on count for workload @w of @core (-1: for none). */
+static void fault_count(int core, enum workload w)
+{
+	atomic_store(&stall.bucket, core < 0 ? -1 : core * NR_WORKLOADS + (int)w);
 }
 
 /*
@@ -308,13 +421,139 @@ static void *stall_thread(void *arg)
  */
 static double settled_stall(void)
 {
-	long it = atomic_load(&stall.iterations);
-
 	if (atomic_load(&stall.stop))
 		return 0;
-	while (atomic_load(&stall.iterations) < it + 2)
-		sched_yield();
+	stall_settle();
 	return atomic_load(&stall.max_stall);
+}
+
+/* ---- The mmap write-hold, from the mmap_lock tracepoints ---------------- */
+
+#define TRACEFS "/sys/kernel/tracing/"
+#define MMAP_LOCK_EVENTS TRACEFS "events/mmap_lock/"
+
+/* Whether the mmap_lock events are on (tracefs and CONFIG_TRACING). */
+static int hold_on;
+
+/* Writes @val to @path, or returns -1. */
+static int try_put(const char *path, const char *val)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f)
+		return -1;
+	if (fputs(val, f) == EOF) {
+		fclose(f);
+		return -1;
+	}
+	return fclose(f) == EOF ? -1 : 0;
+}
+
+/*
+ * Traces the write acquisitions (that succeeded) and write releases of the
+ * mmap lock by the tasks @pids (a space-separated list).
+ */
+static void hold_trace(const char *pids)
+{
+	if (try_put(TRACEFS "set_event_pid", pids))
+		die(TRACEFS "set_event_pid");
+}
+
+/* Turns the mmap_lock events on, for this program's thread that collapses. */
+static void hold_open(void)
+{
+	char pid[32];
+
+	if (access(TRACEFS "trace", F_OK))
+		mount("nodev", TRACEFS, "tracefs", 0, NULL);
+	if (access(MMAP_LOCK_EVENTS "enable", W_OK)) {
+		printf("# no mmap_lock tracepoints (tracefs, CONFIG_TRACING): no write-hold figures\n");
+		return;
+	}
+	put(TRACEFS "tracing_on", "0");
+	put(TRACEFS "trace_clock", "global");
+	put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/filter",
+	    "write == 1 && success == 1");
+	put(MMAP_LOCK_EVENTS "mmap_lock_released/filter", "write == 1");
+	put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable", "1");
+	put(MMAP_LOCK_EVENTS "mmap_lock_released/enable", "1");
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	hold_trace(pid);
+	put(TRACEFS "trace", "");
+	put(TRACEFS "tracing_on", "1");
+	hold_on = 1;
+}
+
+/* The events off again, the buffer emptied. */
+static void hold_close(void)
+{
+	if (!hold_on)
+		return;
+	try_put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable", "0");
+	try_put(MMAP_LOCK_EVENTS "mmap_lock_released/enable", "0");
+	try_put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/filter", "0");
+	try_put(MMAP_LOCK_EVENTS "mmap_lock_released/filter", "0");
+	try_put(TRACEFS "set_event_pid", "");
+	try_put(TRACEFS "trace", "");
+}
+
+/* Empties the trace buffer: the next hold_ns() counts from here. */
+static void hold_reset(void)
+{
+	if (hold_on)
+		put(TRACEFS "trace", "");
+}
+
+/*
+ * The ns the traced tasks held an mmap lock for write since hold_reset(),
+ * from each write acquisition to the next write release by the same task
+ * (an acquisition without one, a downgrade, counts nothing); -1 without the
+ * events. The trace lines read "<comm>-<pid> [cpu] <flags> <s.us>: <event>:".
+ */
+static double hold_ns(void)
+{
+	struct {
+		long pid;
+		double t;
+	} acq[8];
+	int nacq = 0, i;
+	char line[512], *ev, *p;
+	double sum = 0, t;
+	long pid;
+	FILE *f;
+
+	if (!hold_on)
+		return -1;
+	f = fopen(TRACEFS "trace", "r");
+	if (!f)
+		die(TRACEFS "trace");
+	while (fgets(line, sizeof(line), f)) {
+		ev = strstr(line, ": mmap_lock_");
+		p = strstr(line, " [");
+		if (line[0] == '#' || !ev || !p || p > ev)
+			continue;
+		/* The pid: the digits before " [", after the comm's '-'. */
+		while (p > line && p[-1] >= '0' && p[-1] <= '9')
+			p--;
+		pid = strtol(p, NULL, 10);
+		/* The time stamp: the word before ": mmap_lock_". */
+		for (p = ev; p > line && p[-1] != ' '; p--)
+			;
+		t = strtod(p, NULL) * 1e9;
+		for (i = 0; i < nacq && acq[i].pid != pid; i++)
+			;
+		if (strstr(ev, "acquire_returned")) {
+			if (i == nacq && nacq < 8)
+				nacq++;
+			if (i < nacq)
+				acq[i] = (typeof(acq[0])){ pid, t };
+		} else if (i < nacq && acq[i].t >= 0) {
+			sum += t - acq[i].t;
+			acq[i].t = -1;
+		}
+	}
+	fclose(f);
+	return sum;
 }
 
 /*
@@ -554,16 +793,20 @@ static void prof_report(void)
 	prof_report_ips();
 }
 
-static void record(int core, enum workload w, int round, int i, double ns, double st)
+/* One sample: time @ns, stall @st, write-hold @hold (ns; -1: not measured). */
+static void record(int core, enum workload w, int round, int i, double ns, double st,
+		   double hold)
 {
 	struct series *s = &results[core][w];
 
 	if (s->n < MAX_SAMPLES) {
 		s->ns[s->n] = ns;
 		s->stall[s->n] = st;
+		s->hold[s->n] = hold;
 		s->n++;
 	}
-	printf("CSV,%d,%s,%s,%d,%.0f,%.0f,0\n", round, cores[core], wname[w], i, ns, st);
+	printf("CSV,%d,%s,%s,%d,%.0f,%.0f,0,%.0f\n", round, cores[core], wname[w], i, ns, st,
+	       hold);
 }
 
 /* Selects the core that side @side runs. */
@@ -580,14 +823,17 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 	double t0, t1;
 
 	for (i = from; i < to; i++) {
+		hold_reset();
 		atomic_store(&stall.max_stall, 0);
+		fault_count(core, w);
 		prof_enable(core, 1);
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
 			die("madvise(MADV_COLLAPSE)");
 		t1 = now_ns();
 		prof_enable(core, 0);
-		record(core, w, round, i, t1 - t0, settled_stall());
+		fault_count(-1, w);
+		record(core, w, round, i, t1 - t0, settled_stall(), hold_ns());
 	}
 }
 
@@ -642,11 +888,12 @@ static void time_remote(int core, int round, struct target *t, size_t from, size
 	for (i = from; i < to; i++) {
 		struct iovec iov = { .iov_base = t->p + i * PMD_SZ, .iov_len = PMD_SZ };
 
+		hold_reset();
 		t0 = now_ns();
 		if (syscall(SYS_process_madvise, t->pidfd, &iov, 1, MADV_COLLAPSE, 0) < 0)
 			die("process_madvise(MADV_COLLAPSE)");
 		t1 = now_ns();
-		record(core, REMOTE, round, i, t1 - t0, 0);
+		record(core, REMOTE, round, i, t1 - t0, 0, hold_ns());
 	}
 }
 
@@ -668,19 +915,25 @@ static long anon_huge_kb(void)
 /* The pid of the khugepaged thread, or 0. */
 static int khugepaged_pid(void)
 {
-	char path[64], comm[32];
-	int pid, found = 0;
+	char path[300], comm[32];
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	int found = 0;
 	FILE *f;
 
-	for (pid = 2; pid < 1000 && !found; pid++) {
-		snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+	while (d && !found && (e = readdir(d))) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", e->d_name);
 		f = fopen(path, "r");
 		if (!f)
 			continue;
 		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, "khugepaged\n"))
-			found = pid;
+			found = atoi(e->d_name);
 		fclose(f);
 	}
+	if (d)
+		closedir(d);
 	return found;
 }
 
@@ -704,14 +957,21 @@ static double task_cpu_ns(int pid)
 static void time_khugepaged(int core, int round, size_t nr)
 {
 	char *p = map_pmds(nr);
-	double t0, t1, c0, c1;
+	double t0, t1, c0, c1, hold;
 	int polls = 0, pid;
+	char pids[32];
 
 	set_core(core);
 	/* Starts the thread, which "never" stopped. */
 	put(THP "enabled", "madvise");
 	pid = khugepaged_pid();
 	populate(p, nr * PMD_SZ, PAGE_SZ);
+	/* khugepaged's write-holds (this program's populate() took its own). */
+	if (hold_on && pid) {
+		snprintf(pids, sizeof(pids), "%d", pid);
+		hold_trace(pids);
+	}
+	hold_reset();
 	c0 = pid ? task_cpu_ns(pid) : -1;
 	t0 = now_ns();
 	while (anon_huge_kb() < (long)(nr * PMD_SZ / 1024)) {
@@ -722,10 +982,39 @@ static void time_khugepaged(int core, int round, size_t nr)
 	t1 = now_ns();
 	c1 = pid ? task_cpu_ns(pid) : -1;
 	put(THP "enabled", "never");
-	record(core, KHUGEPAGED, round, 0, (t1 - t0) / nr, 0);
+	hold = hold_on && pid ? hold_ns() / nr : -1;
+	if (hold_on) {
+		snprintf(pids, sizeof(pids), "%d", getpid());
+		hold_trace(pids);
+	}
+	record(core, KHUGEPAGED, round, 0, (t1 - t0) / nr, 0, hold);
 	if (c0 >= 0 && c1 >= c0)
-		record(core, KHUGEPAGED_CPU, round, 0, (c1 - c0) / nr, 0);
+		record(core, KHUGEPAGED_CPU, round, 0, (c1 - c0) / nr, 0, -1);
 	munmap(p, nr * PMD_SZ);
+}
+
+/*
+ * The floor: a user-space memcpy() of 2 MiB between two populated buffers
+ * of base pages, 2 * BLOCK times, each side's turn in turn.
+ */
+static void time_floor(int round)
+{
+	char *src = map_pmds(1), *dst = map_pmds(1);
+	double t0, t1;
+	int i;
+
+	populate(src, PMD_SZ, PAGE_SZ);
+	populate(dst, PMD_SZ, PAGE_SZ);
+	for (i = 0; i < 2 * BLOCK; i++) {
+		t0 = now_ns();
+		memcpy(dst, src, PMD_SZ);
+		t1 = now_ns();
+		record((i + round) % 2, FLOOR, round, i, t1 - t0, 0, -1);
+	}
+	if (memcmp(dst, src, PMD_SZ))
+		die_msg("the floor's copy differs");
+	munmap(src, PMD_SZ);
+	munmap(dst, PMD_SZ);
 }
 
 static int cmp(const void *a, const void *b)
@@ -765,10 +1054,13 @@ static int turn_copy(size_t b, int core)
 /*
  * Workload @w of @round on PMDs [0, @nr), the cores taking turns block by
  * block, each on its copy of the workload for that block: mem[] for
- * MADV_COLLAPSE, t[] for process_madvise.
+ * MADV_COLLAPSE, t[] for process_madvise. With @tail, each copy of mem[]
+ * has a tail of TAIL_PMDS never-touched PMDs in the same VMA after its @nr
+ * (of a memfd with @shmem), where the fault thread faults during the turn
+ * of that copy.
  */
 static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
-		       struct target t[2])
+		       struct target t[2], int tail, int shmem)
 {
 	size_t b, end;
 	int k, core, copy;
@@ -781,12 +1073,29 @@ static void take_turns(enum workload w, int round, size_t nr, char *mem[2],
 			core = turn_core(b, round, k);
 			copy = turn_copy(b, core);
 			set_core(core);
+			if (tail)
+				fault_tail(mem[copy] + nr * PMD_SZ, TAIL_PMDS * PMD_SZ, shmem);
 			if (w == REMOTE)
 				time_remote(core, round, &t[copy], b, end);
 			else
 				time_local(core, w, round, mem[copy], b, end);
 		}
 	}
+	fault_tail(NULL, 0, 0);
+}
+
+/*
+ * @nr PMDs of anonymous memory populated every @stride bytes, and a tail
+ * of TAIL_PMDS PMDs never touched, in one VMA (MADV_HUGEPAGE on the whole).
+ */
+static char *map_anon_tailed(size_t nr, size_t stride)
+{
+	char *p = map_pmds(nr + TAIL_PMDS);
+
+	populate(p, nr * PMD_SZ, stride);
+	if (madvise(p, (nr + TAIL_PMDS) * PMD_SZ, MADV_HUGEPAGE))
+		die("madvise(MADV_HUGEPAGE)");
+	return p;
 }
 
 /* ---- The flags workloads (-g) ------------------------------------------ */
@@ -932,6 +1241,7 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 			cg_squeeze();
 			scan0 = cg_stat("memory.stat", "pgscan");
 		}
+		hold_reset();
 		atomic_store(&stall.max_stall, 0);
 		t0 = now_ns();
 		ret = syscall(SYS_process_madvise, self_pidfd, &iov, 1, MADV_COLLAPSE, flags);
@@ -954,8 +1264,8 @@ static void time_flag(enum flag_workload w, int side, int round, char *p, size_t
 		r->ok += !err;
 		r->eagain += err == EAGAIN;
 		st = settled_stall();
-		printf("CSV,%d,%s,%s,%zu,%.0f,%.0f,%d\n", round, fwside[w][side], fwname[w], i,
-		       t1 - t0, st, err);
+		printf("CSV,%d,%s,%s,%zu,%.0f,%.0f,%d,%.0f\n", round, fwside[w][side],
+		       fwname[w], i, t1 - t0, st, err, hold_ns());
 		/* The time of what each side is for: a collapse, or LIGHT's refusal. */
 		if (r->s.n < MAX_SAMPLES && (!err || side)) {
 			r->s.ns[r->s.n] = t1 - t0;
@@ -1063,13 +1373,85 @@ static void flag_table(void)
 
 /* One row of the closing table. */
 static const char table_row[] =
-	"%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f\n";
+	"%-14s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %12.1f %12.1f %7.2f %7.2f\n";
+
+/* Prints @v (ns) in us in a column of @width, or "-" if @v < 0. */
+static void print_us(int width, double v)
+{
+	if (v < 0)
+		printf(" %*s", width, "-");
+	else
+		printf(" %*.1f", width, v / 1e3);
+}
+
+/* The median write-hold of @s in ns, or -1 if a sample was not measured. */
+static double median_hold(struct series *s)
+{
+	int i;
+
+	for (i = 0; i < s->n; i++)
+		if (s->hold[i] < 0)
+			return -1;
+	return s->n ? median(s->hold, s->n) : -1;
+}
+
+static int float_cmp(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * The second table: per workload and core, the median write-hold per 2 MiB
+ * and the page fault latencies in the collapsed VMA during the calls.
+ */
+static void stall_table(void)
+{
+	int w, k;
+
+	printf("\n%-14s %10s %10s %7s %9s %9s %9s %9s %9s %9s %7s\n", "workload",
+	       "c hold us", "rust hold", "r/c", "c flt p50", "c p99", "c max",
+	       "r flt p50", "r p99", "r max", "faults");
+	for (w = 0; w < NR_WORKLOADS; w++) {
+		double hold[2];
+		int n = 0;
+
+		if (w == KHUGEPAGED_CPU || w == FLOOR)
+			continue;
+		printf("%-14s", wname[w]);
+		for (k = 0; k < 2; k++) {
+			hold[k] = median_hold(&results[k][w]);
+			print_us(10, hold[k]);
+		}
+		if (hold[0] > 0 && hold[1] >= 0)
+			printf(" %7.2f", hold[1] / hold[0]);
+		else
+			printf(" %7s", "-");
+		for (k = 0; k < 2; k++) {
+			float *v = faults[k][w].ns;
+			int m = faults[k][w].n;
+
+			n += m;
+			qsort(v, m, sizeof(*v), float_cmp);
+			print_us(9, m ? v[m / 2] : -1);
+			print_us(9, m ? v[(int)(m * 0.99)] : -1);
+			print_us(9, m ? v[m - 1] : -1);
+		}
+		printf(" %7d\n", n);
+	}
+	printf("(hold: median over calls of the time the collapsing task held an mmap\n"
+	       " lock for write, from the mmap_lock tracepoints, per 2 MiB; flt: page\n"
+	       " faults in the tail of the collapsed VMA begun during the calls, us;\n"
+	       " faults: how many, both cores)\n");
+}
 
 int main(int argc, char **argv)
 {
 	int rounds = 3, opt, round, k, w;
 	size_t mib = 256, kmib = 32, nr;
 	pthread_t th;
+	double floor_us;
 
 	unsigned long prof_us = 0;
 
@@ -1154,50 +1536,52 @@ int main(int argc, char **argv)
 		stall.stop = 1;
 	else if (pthread_create(&th, NULL, stall_thread, NULL))
 		die("pthread_create");
+	/* -S: no thread, nor the tracepoints, in the calls' way. */
+	if (!no_stall)
+		hold_open();
 
 	if (side_core[0] == side_core[1])
 		printf("# A/A calibration: both sides run the %s core (%s)\n",
 		       cores[side_core[0]], "\"c\" goes first in block 0, \"rust\" second");
 	if (fixed_copies)
 		printf("# each side keeps one copy of the workload (-f)\n");
-	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns,errno\n");
+	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns,errno,mmap_write_hold_ns\n");
 	for (round = 0; round < rounds; round++) {
 		char *full[2], *half[2];
 		struct target t[2];
 
+		for (k = 0; k < 2; k++)
+			full[k] = map_anon_tailed(nr, PAGE_SZ);
+		take_turns(FULL, round, nr, full, NULL, 1, 0);
+		take_turns(HUGE, round, nr, full, NULL, 1, 0);
 		for (k = 0; k < 2; k++) {
-			full[k] = map_pmds(nr);
-			populate(full[k], nr * PMD_SZ, PAGE_SZ);
+			munmap(full[k], (nr + TAIL_PMDS) * PMD_SZ);
+			half[k] = map_anon_tailed(nr, 2 * PAGE_SZ);
 		}
-		take_turns(FULL, round, nr, full, NULL);
-		take_turns(HUGE, round, nr, full, NULL);
+		take_turns(HALF, round, nr, half, NULL, 1, 0);
 		for (k = 0; k < 2; k++) {
-			munmap(full[k], nr * PMD_SZ);
-			half[k] = map_pmds(nr);
-			populate(half[k], nr * PMD_SZ, 2 * PAGE_SZ);
-		}
-		take_turns(HALF, round, nr, half, NULL);
-		for (k = 0; k < 2; k++) {
-			munmap(half[k], nr * PMD_SZ);
+			munmap(half[k], (nr + TAIL_PMDS) * PMD_SZ);
 			target_start(&t[k], nr);
 		}
-		take_turns(REMOTE, round, nr, NULL, t);
+		take_turns(REMOTE, round, nr, NULL, t, 0, 0);
 		for (k = 0; k < 2; k++) {
 			target_stop(&t[k], nr);
 			full[k] = map_shmem(nr);
 		}
-		take_turns(SHMEM, round, nr, full, NULL);
+		take_turns(SHMEM, round, nr, full, NULL, 1, 1);
 		for (k = 0; k < 2; k++)
-			munmap(full[k], nr * PMD_SZ);
+			munmap(full[k], (nr + TAIL_PMDS) * PMD_SZ);
 		for (k = 0; dir && fnr && k < 2; k++)
 			full[k] = map_file(dir, fnr);
 		if (dir && fnr) {
-			take_turns(FILEMAP, round, fnr, full, NULL);
+			take_turns(FILEMAP, round, fnr, full, NULL, 0, 0);
 			for (k = 0; k < 2; k++)
 				munmap(full[k], fnr * PMD_SZ);
 		}
 		for (k = 0; kmib / 2 && k < 2; k++)
 			time_khugepaged((round + k) % 2, round, kmib / 2);
+		if (only_workload < 0 || only_workload == FLOOR)
+			time_floor(round);
 		if (gmib / 2)
 			flag_round(round, gmib / 2, dir);
 	}
@@ -1205,9 +1589,12 @@ int main(int argc, char **argv)
 	if (!no_stall)
 		pthread_join(th, NULL);
 
-	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %8s %12s %12s\n", "workload",
+	hold_close();
+
+	floor_us = median(results[0][FLOOR].ns, results[0][FLOOR].n) / 1e3;
+	printf("\n%-14s %10s %10s %10s %10s %10s %10s %7s %8s %12s %12s %7s %7s\n", "workload",
 	       "c med us", "c min", "c max", "rust med", "rust min", "rust max",
-	       "rust/c", "r/c p10", "c stall us", "rust stall");
+	       "rust/c", "r/c p10", "c stall us", "rust stall", "c/floor", "r/floor");
 	for (w = 0; w < NR_WORKLOADS; w++) {
 		double med[2], lo[2], hi[2], p10[2], st[2];
 
@@ -1223,11 +1610,15 @@ int main(int argc, char **argv)
 		}
 		printf(table_row, wname[w], med[0], lo[0], hi[0], med[1], lo[1], hi[1],
 		       med[0] > 0 ? med[1] / med[0] : 0,
-		       p10[0] > 0 ? p10[1] / p10[0] : 0, st[0], st[1]);
+		       p10[0] > 0 ? p10[1] / p10[0] : 0, st[0], st[1],
+		       floor_us > 0 ? med[0] / floor_us : 0,
+		       floor_us > 0 ? med[1] / floor_us : 0);
 	}
 	printf("(times per 2 MiB; r/c p10: the ratio of the 10th percentiles;\n"
 	       " stall: median over calls of the longest mincore() wait during\n"
-	       " the call, the mmap lock write-hold time)\n");
+	       " the call; c/floor, r/floor: the median over the floor's, a\n"
+	       " user-space copy of 2 MiB)\n");
+	stall_table();
 	if (gmib / 2)
 		flag_table();
 	prof_report();
