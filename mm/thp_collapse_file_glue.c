@@ -184,7 +184,6 @@ enum thp_collapse_slot thp_collapse_xas_load(struct xa_state *xas,
 	return kind;
 }
 
-
 /**
  * thp_collapse_pc_folio_facts() - what a collapse needs to know of a folio
  * of the page cache.

@@ -328,7 +328,7 @@ static struct {
 	atomic_llong max_stall;	/* ns */
 	atomic_long iterations;
 	/* The tail to fault in, or NULL; set by fault_tail() only. */
-	_Atomic(char *) tail;
+	atomic_uintptr_t tail;
 	size_t len, off;
 	int shmem;		/* zapped with MADV_REMOVE (else DONTNEED) */
 	/* core * NR_WORKLOADS + workload of the call under way, or -1 */
@@ -375,7 +375,7 @@ static void *stall_thread(void *arg)
 		cur = atomic_load(&stall.max_stall);
 		while (d > cur && !atomic_compare_exchange_weak(&stall.max_stall, &cur, d))
 			;
-		tail = atomic_load(&stall.tail);
+		tail = (char *)atomic_load(&stall.tail);
 		/* A fault that starts during a call counts for it. */
 		if (tail)
 			fault_one(tail, atomic_load(&stall.bucket));
@@ -400,12 +400,12 @@ static void stall_settle(void)
  */
 static void fault_tail(char *tail, size_t len, int shmem)
 {
-	atomic_store(&stall.tail, NULL);
+	atomic_store(&stall.tail, 0);
 	stall_settle();
 	stall.len = len;
 	stall.off = 0;
 	stall.shmem = shmem;
-	atomic_store(&stall.tail, tail);
+	atomic_store(&stall.tail, (uintptr_t)tail);
 }
 
 /* The faults from here on count for workload @w of @core (-1: for none). */
@@ -467,7 +467,8 @@ static void hold_open(void)
 	if (access(TRACEFS "trace", F_OK))
 		mount("nodev", TRACEFS, "tracefs", 0, NULL);
 	if (access(MMAP_LOCK_EVENTS "enable", W_OK)) {
-		printf("# no mmap_lock tracepoints (tracefs, CONFIG_TRACING): no write-hold figures\n");
+		printf("# no mmap_lock tracepoints (tracefs, CONFIG_TRACING): %s\n",
+		       "no write-hold figures");
 		return;
 	}
 	put(TRACEFS "tracing_on", "0");
@@ -1545,7 +1546,8 @@ int main(int argc, char **argv)
 		       cores[side_core[0]], "\"c\" goes first in block 0, \"rust\" second");
 	if (fixed_copies)
 		printf("# each side keeps one copy of the workload (-f)\n");
-	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns,errno,mmap_write_hold_ns\n");
+	printf("CSV,round,core,workload,index,ns_per_2MiB,mmap_write_stall_ns,errno,%s\n",
+	       "mmap_write_hold_ns");
 	for (round = 0; round < rounds; round++) {
 		char *full[2], *half[2];
 		struct target t[2];

@@ -776,11 +776,10 @@ static void count_errno(struct walk *w, const struct call *c, long n,
 
 	w->errs[i]++;
 	if (i == 4)
-		ksft_print_msg("%s: space %ld fails the allocation after the first %ld %s: %s%s%s\n",
+		ksft_print_msg("%s: space %ld fails the allocation after the first %ld %s: %s %s\n",
 			       what, n, n - c->left,
 			       k == INJ_PAGE ? "pages" : "bytes",
-			       e > 0 ? strerror(e) : "outcome",
-			       c->outcome[0] ? " " : "", c->outcome);
+			       e > 0 ? strerror(e) : "outcome", c->outcome);
 }
 
 /*
@@ -948,8 +947,9 @@ static void test_walk(int core, enum mem_type type, enum inj k,
 	       (core ? !w.rust_moved : w.rust_moved >= w.injected);
 	ksft_print_msg("%s: %.1f s\n", what, since(t0));
 	if (khugepaged)
-		ksft_print_msg("%s: the huge page failed %d times; %d failures with no outcome to see (C core)\n",
-			       what, w.thp_failed, w.errs[5]);
+		ksft_print_msg("%s: the huge page failed %d times; %d failures %s\n",
+			       what, w.thp_failed, w.errs[5],
+			       "with no outcome to see (C core)");
 	ksft_test_result(pass,
 			 "%s: %s%s, %d pages %s, %s: total %ld %s, %d calls, %d sites; failures ENOMEM %d, EAGAIN %d, EBUSY %d, EINVAL reading a page in %d, other %d, succeeded anyway %d; %zu pages differ, PMD-mapped after failure %d, bad successes %d, prep failures %d, rust counters +%lld\n",
 			 cores[core], khugepaged ? "khugepaged, " : "",
