@@ -966,13 +966,16 @@ static void time_khugepaged(int core, int round, size_t nr)
 	/* Starts the thread, which "never" stopped. */
 	put(THP "enabled", "madvise");
 	pid = khugepaged_pid();
-	populate(p, nr * PMD_SZ, PAGE_SZ);
-	/* khugepaged's write-holds (this program's populate() took its own). */
+	/*
+	 * khugepaged's write-holds only (populate()'s MADV_HUGEPAGE takes
+	 * this program's own), traced from before it can start collapsing.
+	 */
 	if (hold_on && pid) {
 		snprintf(pids, sizeof(pids), "%d", pid);
 		hold_trace(pids);
 	}
 	hold_reset();
+	populate(p, nr * PMD_SZ, PAGE_SZ);
 	c0 = pid ? task_cpu_ns(pid) : -1;
 	t0 = now_ns();
 	while (anon_huge_kb() < (long)(nr * PMD_SZ / 1024)) {
