@@ -193,7 +193,7 @@ enum thp_collapse_pc_read {
  * @pfn: the folio's first pfn, or -1 for a value entry.
  * @refs: folio_ref_count() - folio_expected_ref_count(), our reference
  *	included; 0 for a value entry.
- * @flags: THP_PC_* facts.
+ * @flags: THP_PC_VALUE, or the folio's THP_PC_LRU and THP_PC_PMD_ORDER.
  */
 struct thp_collapse_pc_entry {
 	pgoff_t index;

@@ -70,8 +70,9 @@ static __always_inline unsigned int pc_folio_facts(struct folio *folio,
  * @nr: room in @out.
  *
  * Walks the xarray under RCU, taking a speculative reference on each folio
- * for as long as it reads the folio's facts. Only reads: the Rust core's file
- * scan decides what the entries mean.
+ * for as long as it reads the folio's facts: only those the scan decides on
+ * (THP_PC_LRU, THP_PC_PMD_ORDER and the references), the others read as
+ * "no". Only reads: the Rust core's file scan decides what the entries mean.
  *
  * Return: the number of entries filled; fewer than @nr when the range ends.
  */
@@ -113,8 +114,12 @@ unsigned int thp_collapse_read_page_cache(struct address_space *mapping,
 			e->nr = folio_nr_pages(folio);
 			e->pfn = folio_pfn(folio);
 			e->nid = folio_nid(folio);
-			e->flags = pc_folio_facts(folio, mapping,
-						  THP_PC_READ_REFS, &e->refs);
+			/* Only what the scan decides on. */
+			e->refs = folio_ref_count(folio) -
+				  folio_expected_ref_count(folio);
+			e->flags = folio_test_lru(folio) ? THP_PC_LRU : 0;
+			if (is_pmd_order(folio_order(folio)))
+				e->flags |= THP_PC_PMD_ORDER;
 			folio_put(folio);
 		}
 		if (++n == nr) {

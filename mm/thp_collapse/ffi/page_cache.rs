@@ -15,6 +15,7 @@
 
 use core::{marker::PhantomData, mem::ManuallyDrop, ptr::NonNull};
 use kernel::{
+    alloc::KVec,
     bindings,
     error::{
         code::{EAGAIN, ENOMEM},
@@ -125,7 +126,9 @@ impl PageCacheEntry {
         self.0.flags & bindings::thp_collapse_pc_flags_THP_PC_VALUE != 0
     }
 
-    /// The facts of its folio (meaningless for a value entry).
+    /// The facts of its folio that the scan decides on: [`FolioFacts::lru`],
+    /// [`FolioFacts::pmd_order`] and [`FolioFacts::refs_beyond_expected`]; the others read as
+    /// "no" (meaningless for a value entry).
     #[inline]
     pub(crate) fn facts(&self) -> FolioFacts {
         FolioFacts {
@@ -804,40 +807,36 @@ impl IsolatedFolio {
     /// Releases the folios of `old` after a new folio replaced them in the page cache: uncounts
     /// them from the page cache (and from shmem, for [`Backing::Shmem`]), unlocks them and
     /// drops the page cache's, the isolation's and our references, which frees them; `old` is
-    /// left empty. One call into C per batch, which updates the counters once per run of
-    /// folios of one memcg and node.
+    /// left empty. The folios go to C straight from the vector's buffer, which updates the
+    /// counters once per run of folios of one memcg and node and frees them in batches.
     ///
     /// # Safety
     ///
     /// The page cache must no longer hold the folios (the caller stored the new folio over
     /// their indices), but its references.
-    pub(crate) unsafe fn release_replaced(
-        old: &mut kernel::alloc::KVec<IsolatedFolio>,
-        backing: Backing,
-    ) {
-        let mut batch = [core::ptr::null_mut(); 32];
-        let mut drain = old.drain_all();
-        loop {
-            let mut n = 0;
-            for (slot, folio) in batch.iter_mut().zip(&mut drain) {
-                // Handed over to the batch: released below, not by `Drop`.
-                *slot = ManuallyDrop::new(folio).folio.as_ptr();
-                n += 1;
-            }
-            if n == 0 {
-                break;
-            }
-            // SAFETY: The first `n` entries are folios handed over above, each once: by the
-            // type invariants locked, isolated and referenced by us, and, by the function's
-            // safety requirements, out of the page cache.
+    pub(crate) unsafe fn release_replaced(old: &mut KVec<IsolatedFolio>, backing: Backing) {
+        /// The most folios handed over in one call (a count C takes as `unsigned int`).
+        const CHUNK: usize = 512;
+        let (ptr, len, cap) = core::mem::take(old).into_raw_parts();
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            // SAFETY: `IsolatedFolio` is a transparent `NonNull<folio>`, so the buffer's entries
+            // `done..done + n` are `n` folio pointers, each handed over here once: by the type
+            // invariants locked, isolated and referenced by us, and, by the function's safety
+            // requirements, out of the page cache.
             unsafe {
                 bindings::thp_collapse_folios_free_uncached(
-                    batch.as_mut_ptr(),
+                    ptr.add(done).cast(),
                     n as u32,
                     backing.is_shmem(),
                 )
             };
+            done += n;
         }
+        // SAFETY: `ptr` and `cap` are the buffer `into_raw_parts()` gave up; with a length of 0
+        // only the buffer is freed, not the folios handed over above.
+        drop(unsafe { KVec::from_raw_parts(ptr, 0, cap) });
     }
 }
 
@@ -1186,7 +1185,6 @@ mod tests {
         assert_eq!(&got[..2], &[(0, 1, false), (2, 1, false)]);
         assert_eq!(index, 4);
         for f in facts {
-            assert!(f.uptodate());
             assert!(f.lru());
             assert!(!f.pmd_order());
             assert_eq!(f.refs_beyond_expected(), 1);
