@@ -393,8 +393,8 @@ fn collapse_file(
             }
             let wait = match mode.effort() {
                 Effort::Light => None,
-                Effort::Full | Effort::Defrag if old.is_empty() => Some(ReadWait::Block),
-                Effort::Full | Effort::Defrag => Some(ReadWait::Try),
+                Effort::Standard | Effort::Defrag if old.is_empty() => Some(ReadWait::Block),
+                Effort::Standard | Effort::Defrag => Some(ReadWait::Try),
             };
             match lock_old(xa, file, mapping, backing, &(start..end), index, wait)? {
                 Got::Hole(locked) => {
@@ -640,7 +640,7 @@ fn collapse_pte_mapped(
     };
     let index = vma.linear_page_index(haddr);
     let folio = match effort {
-        Effort::Full | Effort::Defrag => LockedFolio::lock(mapping, index),
+        Effort::Standard | Effort::Defrag => LockedFolio::lock(mapping, index),
         Effort::Light => LockedFolio::try_lock(mapping, index).map_err(|_| Fail::WouldBlock)?,
     };
     let Some(folio) = folio else {

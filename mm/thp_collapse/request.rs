@@ -180,7 +180,7 @@ pub(crate) fn madvise<'a>(
     // Keep the mm_struct itself alive across lock drops, as upstream does.
     let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
     match mode.effort() {
-        Effort::Full | Effort::Defrag => ffi::lru_add_drain_all(),
+        Effort::Standard | Effort::Defrag => ffi::lru_add_drain_all(),
         // Draining other CPUs waits for work on each of them: only this one's batches.
         Effort::Light => ffi::lru_add_drain(),
     }

@@ -157,14 +157,14 @@ pub(crate) enum PteLimits {
 /// How hard a MADV_COLLAPSE request may try: what it may wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Effort {
-    /// Upstream MADV_COLLAPSE: direct reclaim and compaction, page locks, writeback and
-    /// swap-in may all be waited for.
-    Full,
-    /// `MADV_F_COLLAPSE_DEFRAG`: as [`Effort::Full`], and the huge folio's allocation retries
+    /// Upstream MADV_COLLAPSE (flags = 0): direct reclaim and compaction, page locks,
+    /// writeback and swap-in may all be waited for.
+    Standard,
+    /// `MADV_F_COLLAPSE_DEFRAG`: as [`Effort::Standard`], and the huge folio's allocation retries
     /// direct reclaim and compaction for as long as they make progress
-    /// ([`AllocPolicy::Retry`]), where [`Effort::Full`] gives up after one round at a costly
+    /// ([`AllocPolicy::Retry`]), where [`Effort::Standard`] gives up after one round at a costly
     /// order (above `PAGE_ALLOC_COSTLY_ORDER`); at orders 2 and 3 it fails where
-    /// [`Effort::Full`] may call the OOM killer. The request stops between ranges once the
+    /// [`Effort::Standard`] may call the OOM killer. The request stops between ranges once the
     /// caller has a fatal signal pending.
     Defrag,
     /// `MADV_F_COLLAPSE_LIGHT`: nothing that would block. No direct reclaim or compaction
@@ -190,7 +190,7 @@ impl RequestFlags {
     /// No flags: exactly upstream's MADV_COLLAPSE, as madvise(2) asks.
     pub(crate) const NONE: Self = Self {
         limits: PteLimits::Ignore,
-        effort: Effort::Full,
+        effort: Effort::Standard,
         order: PMD_ORDER,
     };
 
@@ -222,7 +222,7 @@ impl RequestFlags {
             (true, true) => return Err(EINVAL),
             (false, true) => Effort::Light,
             (true, false) => Effort::Defrag,
-            (false, false) => Effort::Full,
+            (false, false) => Effort::Standard,
         };
         let limits = if flags & Self::LIMITS != 0 {
             PteLimits::Khugepaged
@@ -244,7 +244,7 @@ impl RequestFlags {
             flags |= Self::LIMITS;
         }
         flags |= match self.effort {
-            Effort::Full => 0,
+            Effort::Standard => 0,
             Effort::Defrag => Self::DEFRAG,
             Effort::Light => Self::LIGHT,
         };
@@ -366,7 +366,7 @@ impl CollapseMode {
     pub(crate) fn effort(self) -> Effort {
         match self {
             CollapseMode::Madvise(flags) => flags.effort,
-            CollapseMode::Khugepaged => Effort::Full,
+            CollapseMode::Khugepaged => Effort::Standard,
         }
     }
 
@@ -408,7 +408,7 @@ impl CollapseMode {
     pub(crate) fn alloc_policy(self, t: &Tunables) -> AllocPolicy {
         match self {
             CollapseMode::Madvise(flags) => match flags.effort {
-                Effort::Full => AllocPolicy::Reclaim,
+                Effort::Standard => AllocPolicy::Reclaim,
                 Effort::Defrag => AllocPolicy::Retry,
                 Effort::Light => AllocPolicy::NoWait,
             },
@@ -536,7 +536,7 @@ mod tests {
         // The limits do not bring khugepaged's defrag or heuristics along.
         assert_eq!(limited.alloc_policy(&strict), AllocPolicy::Reclaim);
         assert_eq!(limited.min_referenced(100), 0);
-        assert_eq!(limited.effort(), Effort::Full);
+        assert_eq!(limited.effort(), Effort::Standard);
         let light = CollapseMode::Madvise(RequestFlags {
             effort: Effort::Light,
             ..RequestFlags::NONE
@@ -549,7 +549,7 @@ mod tests {
                 .max_none,
             512
         );
-        assert_eq!(CollapseMode::Khugepaged.effort(), Effort::Full);
+        assert_eq!(CollapseMode::Khugepaged.effort(), Effort::Standard);
         assert!(light.is_madvise() && !CollapseMode::Khugepaged.is_madvise());
     }
 

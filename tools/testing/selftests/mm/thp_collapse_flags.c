@@ -80,6 +80,9 @@
 #endif
 #define KHUGEPAGED THP_SYSFS "khugepaged/"
 #define FAIL_ALLOC "/sys/kernel/debug/fail_page_alloc/"
+#define TRACEFS "/sys/kernel/tracing/"
+#define RANGE_EVENT TRACEFS "events/huge_memory/mm_collapse_range/enable"
+#define ALLOC_EVENT TRACEFS "events/kmem/mm_page_alloc/"
 
 /* KPF_DIRTY of /proc/kpageflags (include/uapi/linux/kernel-page-flags.h). */
 #define KPF_DIRTY_BIT 4
@@ -174,9 +177,9 @@ static void restore(void)
 	if (orig_enabled[0])
 		write_str(THP_SYSFS "enabled", orig_enabled);
 	/* The trace events a case may have left on, if it ended early. */
-	write_str("/sys/kernel/tracing/events/kmem/mm_page_alloc/enable", "0");
-	write_str("/sys/kernel/tracing/events/kmem/mm_page_alloc/filter", "0");
-	write_str("/sys/kernel/tracing/events/huge_memory/mm_collapse_range/enable", "0");
+	write_str(ALLOC_EVENT "enable", "0");
+	write_str(ALLOC_EVENT "filter", "0");
+	write_str(RANGE_EVENT, "0");
 }
 
 /* ---- Bad input, on both cores ------------------------------------------ */
@@ -578,9 +581,6 @@ static void test_order_refused(int pidfd)
 
 static void fail_huge_allocs(bool on);
 
-#define TRACEFS "/sys/kernel/tracing/"
-#define RANGE_EVENT TRACEFS "events/huge_memory/mm_collapse_range/enable"
-
 struct range_event {
 	unsigned long addr;
 	unsigned int order, flags;
@@ -593,7 +593,7 @@ static void range_events(bool on)
 	char pid[32];
 
 	if (access(TRACEFS "trace", F_OK) &&
-	    mount("nodev", "/sys/kernel/tracing", "tracefs", 0, NULL))
+	    mount("nodev", TRACEFS, "tracefs", 0, NULL))
 		ksft_exit_fail_perror("mount tracefs");
 	snprintf(pid, sizeof(pid), "%d", getpid());
 	set_str(TRACEFS "set_event_pid", on ? pid : "");
@@ -732,7 +732,6 @@ static void test_range_tracepoint(int pidfd)
 
 /* ---- DEFRAG's allocation (Rust core) ------------------------------------ */
 
-#define ALLOC_EVENT TRACEFS "events/kmem/mm_page_alloc/"
 
 /* Traces this process's order-9 page allocations (kmem:mm_page_alloc), or stops. */
 static void huge_alloc_events(bool on)
