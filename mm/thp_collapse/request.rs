@@ -125,6 +125,7 @@ pub(crate) fn collapse_pmd<'a>(
         Err(fail) => (Err(fail), 1, Locked::Held(guard)),
     };
     STATS.count(caller, &attempt);
+    STATS.count_in_place(caller, req.take_in_place());
     ffi::trace::range(
         mm,
         addr + span.first * kernel::page::PAGE_SIZE,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Counters of the Rust collapse core, by caller and result (its `enum scan_result` code).
+//! Counters of the Rust collapse core, by caller and result (its `enum scan_result` code), and
+//! of the PMD collapses it did in place, without a copy.
 //!
 //! Shown in `/sys/kernel/mm/transparent_hugepage/collapse/rust_stats/<caller>`. Tests read them
 //! to prove which implementation did the work.
@@ -15,9 +16,10 @@ use crate::{
 use core::fmt;
 use kernel::sync::atomic::{Atomic, Relaxed};
 
-/// One counter per (caller, result code) pair.
+/// One counter per (caller, result code) pair, and one of in-place collapses per caller.
 pub(crate) struct Stats {
     counts: [[Atomic<u64>; CODES]; Caller::COUNT],
+    in_place: [Atomic<u64>; Caller::COUNT],
 }
 
 impl Stats {
@@ -25,6 +27,15 @@ impl Stats {
     pub(crate) const fn new() -> Self {
         Self {
             counts: [const { [const { Atomic::new(0) }; CODES] }; Caller::COUNT],
+            in_place: [const { Atomic::new(0) }; Caller::COUNT],
+        }
+    }
+
+    /// Counts `nr` PMD ranges that `caller`'s collapses mapped in place (each also counted as
+    /// a success by [`Stats::count`]).
+    pub(crate) fn count_in_place(&self, caller: Caller, nr: u32) {
+        if nr > 0 {
+            self.in_place[caller as usize].add(u64::from(nr), Relaxed);
         }
     }
 
@@ -44,12 +55,12 @@ impl Stats {
     }
 
     /// Writes the counters of `caller` to `out`, one `<result> <count>` line per code in
-    /// numeric order: the sysfs file of the caller.
+    /// numeric order, then `in_place <count>`: the sysfs file of the caller.
     pub(crate) fn show(&self, caller: Caller, out: &mut impl fmt::Write) -> fmt::Result {
         for (name, counter) in NAMES.iter().zip(&self.counts[caller as usize]) {
             writeln!(out, "{} {}", name, counter.load(Relaxed))?;
         }
-        Ok(())
+        writeln!(out, "in_place {}", self.in_place[caller as usize].load(Relaxed))
     }
 }
 
@@ -82,6 +93,8 @@ mod tests {
         s.count(Caller::ProcessMadvise, &OK);
         s.count(Caller::ProcessMadvise, &Fail::PageDirtyOrWriteback);
         s.count(Caller::ProcessMadvise, &Fail::PageDirtyOrWriteback);
+        s.count_in_place(Caller::ProcessMadvise, 3);
+        s.count_in_place(Caller::Madvise, 1);
         let mut buf = [0u8; 4096];
         let mut out = kernel::str::Formatter::new(&mut buf);
         assert!(s.show(Caller::ProcessMadvise, &mut out).is_ok());
@@ -90,9 +103,10 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("fail 0"));
         assert_eq!(lines.next(), Some("succeed 1"));
-        assert_eq!(text.lines().count(), CODES);
+        assert_eq!(text.lines().count(), CODES + 1);
         assert!(text.lines().any(|l| l == "page_dirty_or_writeback 2"));
-        assert_eq!(text.lines().last(), Some("would_block 0"));
+        assert_eq!(text.lines().nth(CODES - 1), Some("would_block 0"));
+        assert_eq!(text.lines().last(), Some("in_place 3"));
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];
         assert!(s

@@ -551,3 +551,61 @@ __rust_helper bool rust_helper_vma_test_atomic_flag(struct vm_area_struct *vma,
 {
 	return vma_test_atomic_flag(vma, bit);
 }
+
+/* Mapping a PTE-mapped anonymous folio with its PMD in place. */
+
+__rust_helper unsigned long rust_helper_pte_pfn(pte_t pte)
+{
+	return pte_pfn(pte);
+}
+
+__rust_helper bool rust_helper_folio_test_anon(const struct folio *folio)
+{
+	return folio_test_anon(folio);
+}
+
+__rust_helper bool rust_helper_folio_test_swapcache(const struct folio *folio)
+{
+	return folio_test_swapcache(folio);
+}
+
+__rust_helper bool
+rust_helper_folio_test_partially_mapped(const struct folio *folio)
+{
+	return folio_test_partially_mapped(folio);
+}
+
+__rust_helper int rust_helper_PageAnonExclusive(const struct page *page)
+{
+	return PageAnonExclusive(page);
+}
+
+__rust_helper void rust_helper_ClearPageAnonExclusive(struct page *page)
+{
+	ClearPageAnonExclusive(page);
+}
+
+__rust_helper pmd_t rust_helper_folio_mk_pmd(const struct folio *folio,
+					      pgprot_t pgprot)
+{
+	return folio_mk_pmd(folio, pgprot);
+}
+
+__rust_helper pmd_t rust_helper_pmd_mkdirty(pmd_t pmd)
+{
+	return pmd_mkdirty(pmd);
+}
+
+__rust_helper void rust_helper_set_pmd_at(struct mm_struct *mm,
+					  unsigned long addr, pmd_t *pmdp,
+					  pmd_t pmd)
+{
+	set_pmd_at(mm, addr, pmdp, pmd);
+}
+
+__rust_helper void rust_helper_update_mmu_cache_pmd(struct vm_area_struct *vma,
+						    unsigned long addr,
+						    pmd_t *pmd)
+{
+	update_mmu_cache_pmd(vma, addr, pmd);
+}

@@ -10,6 +10,10 @@
  *   full       MADV_COLLAPSE of MIB MiB of fully populated base pages
  *   half       the same with every other page never touched (none PTEs)
  *   huge       MADV_COLLAPSE of the same range once it is PMD-mapped
+ *   inplace    MADV_COLLAPSE of the same range once each PMD mapping is
+ *              split (an mprotect() of one page, undone): PMD-sized folios
+ *              mapped by PTEs, which the Rust core maps with the PMD where
+ *              they are and the C core (as upstream) copies
  *   remote     process_madvise(MADV_COLLAPSE) of another process's memory
  *   shmem      MADV_COLLAPSE of MIB MiB of a memfd, every page written
  *   file       MADV_COLLAPSE of a clean F MiB file in DIR (-d; on a
@@ -138,13 +142,13 @@
 #define BLOCK 8
 
 enum workload {
-	FULL, HALF, HUGE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED, KHUGEPAGED_CPU,
-	FLOOR, NR_WORKLOADS
+	FULL, HALF, HUGE, INPLACE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED,
+	KHUGEPAGED_CPU, FLOOR, NR_WORKLOADS
 };
 
 static const char *const wname[] = {
-	"full", "half", "huge", "remote", "shmem", "file", "khugepaged",
-	"khugepaged-cpu", "floor",
+	"full", "half", "huge", "inplace", "remote", "shmem", "file",
+	"khugepaged", "khugepaged-cpu", "floor",
 };
 
 /* The never-touched tail of a workload's VMA that the fault latency uses. */
@@ -1102,6 +1106,21 @@ static char *map_anon_tailed(size_t nr, size_t stride)
 	return p;
 }
 
+/*
+ * Splits the PMD mapping of each of the @nr PMDs at @p, keeping the folios:
+ * an mprotect() of its first page, undone, leaves every page of the folio
+ * mapped by a PTE.
+ */
+static void split_pmd_mappings(char *p, size_t nr)
+{
+	size_t i;
+
+	for (i = 0; i < nr; i++)
+		if (mprotect(p + i * PMD_SZ, PAGE_SZ, PROT_READ) ||
+		    mprotect(p + i * PMD_SZ, PAGE_SZ, PROT_READ | PROT_WRITE))
+			die("mprotect");
+}
+
 /* ---- The flags workloads (-g) ------------------------------------------ */
 
 enum flag_workload { ORDER4, LIGHT, NR_FLAG_WORKLOADS };
@@ -1559,6 +1578,9 @@ int main(int argc, char **argv)
 			full[k] = map_anon_tailed(nr, PAGE_SZ);
 		take_turns(FULL, round, nr, full, NULL, 1, 0);
 		take_turns(HUGE, round, nr, full, NULL, 1, 0);
+		for (k = 0; k < 2; k++)
+			split_pmd_mappings(full[k], nr);
+		take_turns(INPLACE, round, nr, full, NULL, 1, 0);
 		for (k = 0; k < 2; k++) {
 			munmap(full[k], (nr + TAIL_PMDS) * PMD_SZ);
 			half[k] = map_anon_tailed(nr, 2 * PAGE_SZ);

@@ -70,7 +70,7 @@ pub(crate) struct DetachedTable<'g, 'l> {
     iso: Isolation<'l>,
     /// The anon_vma lock taken before the detach: held until the pages are out of the reach of
     /// rmap walkers, and released only after the table and the folios (see
-    /// [`DetachedTable::isolate`]).
+    /// [`DetachedTable::copying`]).
     anon: Option<AnonVmaWrite<'g>>,
     mm: &'g Mm,
     vma: &'g VmaRef,
@@ -155,6 +155,8 @@ struct Entry<'a> {
 pub(crate) struct RequestState {
     list: Spare<IsolationList>,
     write_held: Delta,
+    /// The PMD ranges mapped in place, not yet counted.
+    in_place: u32,
 }
 
 /// The isolation list kept between requests.
@@ -167,6 +169,7 @@ impl RequestState {
         Self {
             list: Spare::new(&SPARE_LIST, IsolationList::clear),
             write_held: Delta::from_nanos(0),
+            in_place: 0,
         }
     }
 
@@ -184,6 +187,16 @@ impl RequestState {
     /// range's count.
     pub(crate) fn take_write_held(&mut self) -> Delta {
         core::mem::replace(&mut self.write_held, Delta::from_nanos(0))
+    }
+
+    /// Notes that a PMD range was mapped in place, without a copy.
+    pub(crate) fn mapped_in_place(&mut self) {
+        self.in_place += 1;
+    }
+
+    /// The PMD ranges mapped in place since the last call.
+    pub(crate) fn take_in_place(&mut self) -> u32 {
+        core::mem::take(&mut self.in_place)
     }
 }
 
@@ -307,11 +320,8 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// reference to it, and isolates it from the LRU, within `limits` for `mode`.
     ///
     /// Returns `Ok`, or why the range cannot be collapsed; in that case the
-    /// table is to be dropped, which releases what was isolated. When the whole table was
-    /// isolated, the anon_vma lock goes at once: rmap walkers cannot get at the pages any more.
-    /// For a smaller order the other PTEs of the table still map pages that rmap walkers may
-    /// look for while the table is detached, so the lock stays until the end.
-    /// Upstream: `__collapse_huge_page_isolate()`.
+    /// table is to be dropped, which releases what was isolated. The anon_vma lock stays (see
+    /// [`DetachedTable::copying`]). Upstream: `__collapse_huge_page_isolate()`.
     pub(crate) fn isolate(&mut self, mode: CollapseMode, limits: Limits) -> Result<(), Fail> {
         let mut tally = ScanTally::new(mode, limits);
         let mut queued = Queued::new();
@@ -361,10 +371,19 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             &result,
             order,
         );
-        if result.is_ok() && nr == PTES_PER_PMD as usize {
+        result
+    }
+
+    /// Notes that the isolated pages are to be copied, not kept: when the whole table was
+    /// isolated, the anon_vma lock goes at once, since rmap walkers cannot get at the pages
+    /// any more. For a smaller order the other PTEs of the table still map pages that rmap
+    /// walkers may look for while the table is detached, so the lock stays until the end, as
+    /// it does for a folio mapped in place ([`DetachedTable::install_in_place`]).
+    /// Upstream: the `anon_vma_unlock_write()` after `__collapse_huge_page_isolate()`.
+    pub(crate) fn copying(&mut self) {
+        if self.nr == PTES_PER_PMD as usize {
             self.anon = None;
         }
-        result
     }
 
     /// Copies the pages of the detached table into `new`, zero-filling where no page (or the
@@ -476,6 +495,60 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         installed
             .map(|()| Collapsed::Mapped)
             .map_err(|_| Fail::Other)
+    }
+}
+
+impl DetachedTable<'_, '_> {
+    /// The first page and the folio, if every entry of the page table maps, in order, a page
+    /// of one isolated anonymous folio of the PMD order that only they map, each page
+    /// exclusively (`DetachedPteTable::maps_in_place`). Meaningful after
+    /// [`DetachedTable::isolate`] succeeded.
+    fn in_place(&self) -> Option<(PagePtr, FolioPtr)> {
+        if self.first != 0 || self.nr != PTES_PER_PMD as usize {
+            return None;
+        }
+        let [isolated] = &self.iso.list.folios[..] else {
+            return None;
+        };
+        let folio = isolated.as_ptr();
+        let (page, first) = self.iso.slot(0)?;
+        // SAFETY: The folio is isolated and locked by us: it stays valid.
+        (first == folio && unsafe { self.table.maps_in_place(folio) }).then_some((page, folio))
+    }
+
+    /// Maps the folio that the candidate's entries map in place (see [`DetachedTable::in_place`])
+    /// with the PMD, without a copy, deposits the table, and puts the folio back on the LRU.
+    /// Returns `None`, having changed nothing (the table is to be dropped, which puts
+    /// everything back), if the entries do not map such a folio. No upstream counterpart:
+    /// upstream copies the folio into a new one.
+    pub(crate) fn install_in_place(self) -> Option<Attempt> {
+        let (page, folio) = self.in_place()?;
+        let Self {
+            mut table,
+            iso,
+            anon,
+            vma,
+            ..
+        } = self;
+        {
+            // The rmap update needs preemption off for its per-CPU statistics.
+            let mut locked = table.lock();
+            locked.clear(0, PTES_PER_PMD as usize);
+            // SAFETY: The entries cleared above, under their lock, mapped the folio's pages in
+            // order from `page` on in `vma`; the folio is isolated and locked.
+            unsafe { isolate::remove_rmap_ptes(folio, page, PTES_PER_PMD as usize, vma) };
+        }
+        // SAFETY: Each mapping removed above held a reference, now ours; the PMD mapping takes
+        // over the one kept.
+        unsafe { isolate::put_refs(folio, PTES_PER_PMD as usize - 1) };
+        // SAFETY: `in_place()` found the folio in place before the clear; it is locked (by its
+        // isolation), its rmap removed, and one of the mappings' references is handed over.
+        let installed = unsafe { table.install_pmd_in_place(folio) };
+        // The folio goes back on the LRU, unlocked, with the isolation's reference; the
+        // anon_vma lock goes last.
+        drop(iso);
+        drop(anon);
+        Some(installed.map(|()| Collapsed::Mapped).map_err(|_| Fail::Other))
     }
 }
 

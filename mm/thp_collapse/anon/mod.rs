@@ -129,6 +129,53 @@ fn collapse_anon(
     attempt
 }
 
+/// Maps the PMD-order folio that every entry of candidate `c` (of the PMD order) maps in
+/// order with the PMD instead, without allocating or copying: as [`collapse_anon`], with the
+/// same locks and checks, but the folio stays where it is. Returns `None`, having changed
+/// nothing, if the entries no longer map such a folio, exclusively: the caller copies them
+/// instead. Returns with no lock held. Upstream has no such path: it copies the folio into a
+/// new one.
+fn remap_in_place(
+    mm: &kernel::mm::Mm,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    req: &mut RequestState,
+) -> Option<Attempt> {
+    let list = match req.list() {
+        Ok(list) => list,
+        Err(fail) => return Some(Err(fail)),
+    };
+    let guard = MmapWrite::lock(mm);
+    let held = Instant::<Monotonic>::now();
+    let attempt = (|| {
+        let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
+        if !vma.is_anonymous() {
+            return Err(Fail::PageAnon);
+        }
+        if guard.exclude_vma_faults(vma).is_err() {
+            return Err(Fail::VmaCheck);
+        }
+        let pmd = guard.pmd_table(c.haddr)?;
+        let anon = AnonVmaWrite::lock(&guard, vma).ok_or(Fail::PageAnon)?;
+        let mut table = DetachedTable::detach(&guard, anon, vma, pmd, c, list)?;
+        table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
+        // Dropping `table` puts everything back.
+        Ok(table.install_in_place())
+    })();
+    req.held_for_write(held.elapsed());
+    drop(guard);
+    let attempt = match attempt {
+        Ok(None) => return None,
+        Ok(Some(attempt)) => attempt,
+        Err(fail) => Err(fail),
+    };
+    if attempt.is_ok() {
+        req.mapped_in_place();
+    }
+    Some(attempt)
+}
+
 /// The part of [`collapse_anon`] under the mmap lock for write, `guard`.
 fn collapse_write_locked(
     guard: MmapWrite<'_>,
@@ -153,6 +200,7 @@ fn collapse_write_locked(
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
     table.isolate(mode, limits)?;
+    table.copying();
     table.copy(&mut new)?;
     table.install(new)
 }
@@ -212,6 +260,12 @@ fn collapse_candidate(
     req: &mut RequestState,
 ) -> Attempt {
     let attempt = (|| {
+        if c.order == PMD_ORDER && s.remap && s.swapped == 0 {
+            if let Some(attempt) = remap_in_place(mm, c, mode, tunables, req) {
+                return attempt;
+            }
+            // No longer in place: copied, as any other range.
+        }
         // The folio is allocated without the mmap lock: it may reclaim and compact.
         let folio = new_folio::alloc_charge(mm, mode.alloc_policy(tunables), c.order, &s.nodes)?;
         if s.swapped > 0 {
@@ -245,6 +299,9 @@ struct Scanned {
     nodes: Nodes,
     /// For a MADV_COLLAPSE to an mTHP order: which of its candidates are in place already.
     in_place: Option<InPlace>,
+    /// For the PMD order: whether the range is in place, its entries mapping in order the
+    /// pages of one folio of the PMD order, which the PMD can then map without a copy.
+    remap: bool,
 }
 
 /// Scans the entries `span` of the PMD range at `addr` under `guard`.
@@ -267,6 +324,7 @@ fn scan(
         enabled: 0,
         nodes: NodeLoad::new().target(),
         in_place: None,
+        remap: false,
     };
     let Some(vma) = guard.find_vma(addr) else {
         return done(Fail::VmaNull, false);
@@ -297,9 +355,18 @@ fn scan(
             in_place = Some(InPlace::new(enabled.trailing_zeros()));
         }
     }
+    // A PMD range whose entries all map, in order, one folio of the PMD order is mapped with
+    // the PMD in place rather than copied.
+    let mut pmd_in_place = (enabled == 1 << PMD_ORDER).then(|| InPlace::new(PMD_ORDER));
     let mut tally = ScanTally::new(mode, limits);
-    let (verdict, scanned, failed_pfn) =
-        read::scan_anon_pmd(guard, vma, addr, span, &mut tally, in_place.as_mut());
+    let (verdict, scanned, failed_pfn) = read::scan_anon_pmd(
+        guard,
+        vma,
+        addr,
+        span,
+        &mut tally,
+        in_place.as_mut().or(pmd_in_place.as_mut()),
+    );
     Scanned {
         verdict,
         scanned,
@@ -312,5 +379,6 @@ fn scan(
         enabled,
         nodes: tally.target_nodes(),
         in_place,
+        remap: pmd_in_place.is_some_and(|p| p.covers(span.first)),
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::{
     bindings,
+    error::{code::EINVAL, Result},
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::NewFolio,
@@ -645,6 +646,97 @@ impl<'a> DetachedPteTable<'a> {
                 }
             })
         };
+        Ok(())
+    }
+
+    /// Whether the entries map, in order, every page of `folio`, an anonymous folio of the PMD
+    /// order that nothing else maps, each page exclusively (`PageAnonExclusive()`), that is
+    /// neither in the swap cache nor marked partially mapped: such a folio can be mapped with
+    /// the PMD in place of the entries, without a copy
+    /// ([`DetachedPteTable::install_pmd_in_place`]). `false` once an entry was cleared.
+    ///
+    /// # Safety
+    ///
+    /// `folio` must stay valid during the call (locked, or isolated, by the caller).
+    pub unsafe fn maps_in_place(&self, folio: NonNull<bindings::folio>) -> bool {
+        let f = folio.as_ptr();
+        if self.cleared.0 != self.cleared.1 {
+            return false;
+        }
+        // SAFETY: `f` is valid (safety requirements); the entries are in the table, which only
+        // this value can change (type invariants).
+        unsafe {
+            if !bindings::folio_test_anon(f)
+                || bindings::folio_nr_pages(f) != PTRS_PER_PTE as isize
+                || bindings::folio_mapcount(f) != PTRS_PER_PTE as i32
+                || bindings::folio_test_swapcache(f)
+                || bindings::folio_test_partially_mapped(f)
+            {
+                return false;
+            }
+            let pfn = bindings::folio_pfn(f);
+            let first = &raw mut (*f).__bindgen_anon_1.page;
+            (0..PTRS_PER_PTE).all(|i| {
+                let pte = bindings::ptep_get(self.entry(i));
+                bindings::pte_present(pte)
+                    && bindings::pte_pfn(pte) == pfn + i
+                    && bindings::PageAnonExclusive(first.add(i)) != 0
+            })
+        }
+    }
+
+    /// Maps `folio` with the PMD entry in place of the entries, which mapped its pages in
+    /// order and which [`DetachedPteLock::clear`] all cleared, and deposits the table for a
+    /// later split: the collapse of a PTE-mapped folio of the PMD order without a copy (where
+    /// upstream copies it into a new folio). The PMD maps it exclusively; as on every
+    /// PMD-mapped folio, `PG_anon_exclusive` then counts on its first page only (a split of the
+    /// PMD hands it on to every page), so it is cleared on the others.
+    ///
+    /// Puts the table back as it is, and fails with `EINVAL`, if some entries were not
+    /// cleared. C: as `map_anon_folio_pmd_nopf()` maps a new folio, with
+    /// `folio_add_anon_rmap_pmd()`.
+    ///
+    /// # Safety
+    ///
+    /// [`DetachedPteTable::maps_in_place`] must have found that the entries mapped `folio` in
+    /// place before they were cleared. The caller must hold the folio's lock, have removed
+    /// the rmap of the entries' mappings, and own one of their references, which the PMD
+    /// mapping takes over.
+    pub unsafe fn install_pmd_in_place(self, folio: NonNull<bindings::folio>) -> Result {
+        if self.cleared != (0, PTRS_PER_PTE) {
+            return Err(EINVAL);
+        }
+        let this = core::mem::ManuallyDrop::new(self);
+        let (mm, pmdp, haddr) = (this.mm.as_ptr(), this.pmdp.as_ptr(), this.haddr);
+        let vma = this.vma.as_ptr();
+        let f = folio.as_ptr();
+        // SAFETY: By the function's safety requirements the folio is locked and ours to map:
+        // its pages are unmapped and its rmap is gone; the PMD is none and `table` the empty,
+        // detached table (type invariants, checked above), under the mmap write lock and the
+        // PMD lock: it is deposited, and the PMD maps the folio. `pte` is mapped and not used
+        // afterwards, since `this` is never dropped.
+        unsafe {
+            let first = &raw mut (*f).__bindgen_anon_1.page;
+            for i in 1..PTRS_PER_PTE {
+                bindings::ClearPageAnonExclusive(first.add(i));
+            }
+            let entry = bindings::folio_mk_pmd(f, (*vma).vm_page_prot);
+            let entry = bindings::maybe_pmd_mkwrite(bindings::pmd_mkdirty(entry), vma);
+            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+            bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
+            bindings::folio_add_anon_rmap_pmd(
+                f,
+                first,
+                vma,
+                haddr,
+                bindings::RMAP_EXCLUSIVE,
+            );
+            bindings::set_pmd_at(mm, haddr, pmdp, entry);
+            bindings::update_mmu_cache_pmd(vma, haddr, pmdp);
+            bindings::deferred_split_folio(f, false);
+            bindings::spin_unlock(pmd_ptl);
+            bindings::pte_unmap(this.pte);
+        }
         Ok(())
     }
 

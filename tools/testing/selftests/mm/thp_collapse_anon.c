@@ -1629,6 +1629,145 @@ static void test_tracepoints(void)
 			 "tracepoints: the Rust core fires upstream's collapse events with the same fields as C\n");
 }
 
+/* ---- In place: a PMD-sized folio mapped by PTEs -------------------------- */
+
+#define IN_PLACE_PMDS 2
+
+/*
+ * Writes @shadow's pattern to [p, p + IN_PLACE_PMDS PMDs), collapses it into
+ * PMD-sized folios, then splits each PMD mapping (an mprotect() of one page,
+ * undone): every PTE maps its page of one PMD-sized folio. Records each
+ * folio's pfn.
+ */
+static bool pte_mapped_thps(char *p, char *shadow, unsigned long *pfn)
+{
+	size_t len = IN_PLACE_PMDS * PMD_SZ, i;
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	int kpageflags = open("/proc/kpageflags", O_RDONLY);
+	int orders[10] = { 0 };
+	bool huge, split = true;
+
+	if (pagemap < 0 || kpageflags < 0)
+		ksft_exit_fail_perror("open pagemap/kpageflags");
+	for (i = 0; i < IN_PLACE_PMDS * PAGES_PER_PMD; i++)
+		fill_page(p, shadow, i, 77);
+	allow_thp(p, len);
+	huge = !madvise(p, len, MADV_COLLAPSE) &&
+	       check_huge_anon(p, len, IN_PLACE_PMDS, PMD_SZ);
+	for (i = 0; i < IN_PLACE_PMDS; i++) {
+		char *at = p + i * PMD_SZ;
+
+		if (mprotect(at, PAGE_SZ, PROT_READ) ||
+		    mprotect(at, PAGE_SZ, PROT_READ | PROT_WRITE))
+			ksft_exit_fail_perror("mprotect");
+		pfn[i] = pagemap_get_pfn(pagemap, at);
+		split &= pagemap_get_pfn(pagemap, at + PMD_SZ - PAGE_SZ) ==
+			 pfn[i] + PAGES_PER_PMD - 1;
+	}
+	if (gather_folio_orders(p, len, pagemap, kpageflags, orders, 10))
+		orders[9] = -1;
+	close(pagemap);
+	close(kpageflags);
+	if (!huge || !split || orders[9] != IN_PLACE_PMDS ||
+	    !check_huge_anon(p, len, 0, PMD_SZ)) {
+		ksft_print_msg("layout: collapsed %d, pages in order %d, PMD-sized folios %d, mapped by PTEs %d\n",
+			       huge, split, orders[9],
+			       check_huge_anon(p, len, 0, PMD_SZ));
+		return false;
+	}
+	return true;
+}
+
+/*
+ * The Rust core maps a PTE-mapped PMD-sized folio with the PMD where it is:
+ * no allocation, no copy, the same pfn, counted as in_place. The C core (as
+ * upstream) copies it into a new folio. A folio shared with a child after
+ * fork is not exclusive to the parent: the Rust core copies it too, and the
+ * child's view of the old pages stays.
+ */
+static void test_in_place(const char *core, bool shared)
+{
+	static struct rust_stats before, after;
+	size_t len = IN_PLACE_PMDS * PMD_SZ, i;
+	unsigned long pfn[IN_PLACE_PMDS], now[IN_PLACE_PMDS];
+	char *p = mmap_pmd_aligned(IN_PLACE_PMDS, PROT_READ | PROT_WRITE);
+	char *shadow = malloc(len);
+	bool rust = !strcmp(core, "rust");
+	int pagemap, ret, err, kept = 0, child_ok = 0, status;
+	long long in_place, ok;
+	pid_t child = -1;
+	bool huge, same;
+
+	if (!p || !shadow)
+		ksft_exit_fail_perror("mmap/malloc");
+	if (!pte_mapped_thps(p, shadow, pfn)) {
+		ksft_test_result_fail("%s: in place%s: cannot lay out PTE-mapped PMD-sized folios\n",
+				      core, shared ? ", shared after fork" : "");
+		goto out;
+	}
+	if (shared) {
+		child = fork();
+		if (child < 0)
+			ksft_exit_fail_perror("fork");
+		if (child == 0) {
+			/* Until the parent has collapsed and written: the old pages stay. */
+			raise(SIGSTOP);
+			_exit(memcmp(p, shadow, len) ? 1 : 0);
+		}
+		waitpid(child, &status, WUNTRACED);
+	}
+	collapse_require_core(core);
+	rust_stats_read("madvise", &before);
+	ret = madvise(p, len, MADV_COLLAPSE);
+	err = errno;
+	rust_stats_read("madvise", &after);
+	huge = check_huge_anon(p, len, IN_PLACE_PMDS, PMD_SZ);
+	same = !memcmp(p, shadow, len);
+	pagemap = open("/proc/self/pagemap", O_RDONLY);
+	if (pagemap < 0)
+		ksft_exit_fail_perror("open pagemap");
+	for (i = 0; i < IN_PLACE_PMDS; i++) {
+		now[i] = pagemap_get_pfn(pagemap, p + i * PMD_SZ);
+		kept += now[i] == pfn[i];
+	}
+	close(pagemap);
+	if (child > 0) {
+		/* The parent's writes go to its own pages. */
+		memset(p, 0x5a, len);
+		kill(child, SIGCONT);
+		waitpid(child, &status, 0);
+		child_ok = WIFEXITED(status) && !WEXITSTATUS(status);
+	}
+	in_place = rust_stats_delta(&before, &after, "in_place");
+	ok = rust_stats_delta(&before, &after, "succeed");
+	if (rust && !shared)
+		ksft_test_result(!ret && huge && same && kept == IN_PLACE_PMDS &&
+				 in_place == IN_PLACE_PMDS && ok == IN_PLACE_PMDS,
+				 "rust: in place: each PTE-mapped PMD-sized folio mapped with its PMD where it is (ret %d %s, huge %d, same %d, pfn kept %d of %d, in_place +%lld, succeed +%lld)\n",
+				 ret, ret ? strerror(err) : "", huge, same, kept,
+				 IN_PLACE_PMDS, in_place, ok);
+	else if (rust)
+		ksft_test_result(!ret && huge && same && !kept && !in_place &&
+				 ok == IN_PLACE_PMDS && child_ok,
+				 "rust: in place, shared after fork: copied, not remapped (ret %d %s, huge %d, same %d, pfn kept %d, in_place +%lld, succeed +%lld, child's view kept %d)\n",
+				 ret, ret ? strerror(err) : "", huge, same, kept,
+				 in_place, ok, child_ok);
+	else
+		ksft_test_result(!ret && huge && same && !kept &&
+				 (!shared || child_ok),
+				 "c: in place%s: copied into new folios, as upstream (ret %d %s, huge %d, same %d, pfn kept %d, child's view kept %d)\n",
+				 shared ? ", shared after fork" : "", ret,
+				 ret ? strerror(err) : "", huge, same, kept,
+				 shared ? child_ok : 1);
+out:
+	if (child > 0 && !child_ok) {
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+	}
+	free(shadow);
+	munmap(p, len);
+}
+
 int main(int argc, char **argv)
 {
 	char orig[16], thp_enabled[32];
@@ -1651,13 +1790,17 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + NR_RACERS + 2 + 14);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + NR_RACERS + 2 + 14);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
 			test_integrity(cores[c], l);
 	for (c = 0; c < 2; c++)
 		test_fork_child_view(cores[c]);
+	for (c = 0; c < 2; c++) {
+		test_in_place(cores[c], false);
+		test_in_place(cores[c], true);
+	}
 
 	for (l = 0; l < NR_RACERS; l++)
 		test_race(l);
