@@ -60,7 +60,11 @@ impl Stats {
         for (name, counter) in NAMES.iter().zip(&self.counts[caller as usize]) {
             writeln!(out, "{} {}", name, counter.load(Relaxed))?;
         }
-        writeln!(out, "in_place {}", self.in_place[caller as usize].load(Relaxed))
+        writeln!(
+            out,
+            "in_place {}",
+            self.in_place[caller as usize].load(Relaxed)
+        )
     }
 }
 

@@ -586,7 +586,7 @@ __rust_helper void rust_helper_ClearPageAnonExclusive(struct page *page)
 }
 
 __rust_helper pmd_t rust_helper_folio_mk_pmd(const struct folio *folio,
-					      pgprot_t pgprot)
+					     pgprot_t pgprot)
 {
 	return folio_mk_pmd(folio, pgprot);
 }

@@ -548,7 +548,11 @@ impl DetachedTable<'_, '_> {
         // anon_vma lock goes last.
         drop(iso);
         drop(anon);
-        Some(installed.map(|()| Collapsed::Mapped).map_err(|_| Fail::Other))
+        Some(
+            installed
+                .map(|()| Collapsed::Mapped)
+                .map_err(|_| Fail::Other),
+        )
     }
 }
 

@@ -724,13 +724,7 @@ impl<'a> DetachedPteTable<'a> {
             let entry = bindings::maybe_pmd_mkwrite(bindings::pmd_mkdirty(entry), vma);
             let pmd_ptl = bindings::pmd_lock(mm, pmdp);
             bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
-            bindings::folio_add_anon_rmap_pmd(
-                f,
-                first,
-                vma,
-                haddr,
-                bindings::RMAP_EXCLUSIVE,
-            );
+            bindings::folio_add_anon_rmap_pmd(f, first, vma, haddr, bindings::RMAP_EXCLUSIVE);
             bindings::set_pmd_at(mm, haddr, pmdp, entry);
             bindings::update_mmu_cache_pmd(vma, haddr, pmdp);
             bindings::deferred_split_folio(f, false);

@@ -1670,7 +1670,7 @@ static bool pte_mapped_thps(char *p, char *shadow, unsigned long *pfn)
 	close(kpageflags);
 	if (!huge || !split || orders[9] != IN_PLACE_PMDS ||
 	    !check_huge_anon(p, len, 0, PMD_SZ)) {
-		ksft_print_msg("layout: collapsed %d, pages in order %d, PMD-sized folios %d, mapped by PTEs %d\n",
+		ksft_print_msg("layout: collapsed %d, in order %d, 2M folios %d, PTE-mapped %d\n",
 			       huge, split, orders[9],
 			       check_huge_anon(p, len, 0, PMD_SZ));
 		return false;
@@ -1701,7 +1701,7 @@ static void test_in_place(const char *core, bool shared)
 	if (!p || !shadow)
 		ksft_exit_fail_perror("mmap/malloc");
 	if (!pte_mapped_thps(p, shadow, pfn)) {
-		ksft_test_result_fail("%s: in place%s: cannot lay out PTE-mapped PMD-sized folios\n",
+		ksft_test_result_fail("%s: in place%s: no PTE-mapped PMD-sized folios\n",
 				      core, shared ? ", shared after fork" : "");
 		goto out;
 	}

@@ -732,7 +732,6 @@ static void test_range_tracepoint(int pidfd)
 
 /* ---- DEFRAG's allocation (Rust core) ------------------------------------ */
 
-
 /* Traces this process's order-9 page allocations (kmem:mm_page_alloc), or stops. */
 static void huge_alloc_events(bool on)
 {
