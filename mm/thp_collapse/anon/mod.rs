@@ -148,21 +148,9 @@ fn remap_in_place(
     };
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
-    let attempt = (|| {
-        let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
-        if !vma.is_anonymous() {
-            return Err(Fail::PageAnon);
-        }
-        if guard.exclude_vma_faults(vma).is_err() {
-            return Err(Fail::VmaCheck);
-        }
-        let pmd = guard.pmd_table(c.haddr)?;
-        let anon = AnonVmaWrite::lock(&guard, vma).ok_or(Fail::PageAnon)?;
-        let mut table = DetachedTable::detach(&guard, anon, vma, pmd, c, list)?;
-        table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
-        // Dropping `table` puts everything back.
-        Ok(table.install_in_place())
-    })();
+    // `None` if no longer in place: the table was dropped, which put everything back.
+    let attempt =
+        detach_isolated(&guard, c, mode, tunables, list).map(DetachedTable::install_in_place);
     req.held_for_write(held.elapsed());
     drop(guard);
     let attempt = match attempt {
@@ -185,7 +173,25 @@ fn collapse_write_locked(
     mut new: NewFolio,
     list: &mut IsolationList,
 ) -> Attempt {
-    let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
+    // On failure, dropping `table` restores the page table, releases the isolated folios and
+    // unlocks the anon_vma.
+    let mut table = detach_isolated(&guard, c, mode, tunables, list)?;
+    table.copying();
+    table.copy(&mut new)?;
+    table.install(new)
+}
+
+/// The first steps under the mmap lock for write, `guard`, for a copy and in place alike:
+/// revalidates candidate `c`, keeps the VMA's faults out, takes the anon_vma lock, detaches
+/// the page table and isolates what it maps.
+fn detach_isolated<'g, 'l>(
+    guard: &'g MmapWrite<'_>,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    list: &'l mut IsolationList,
+) -> Result<DetachedTable<'g, 'l>, Fail> {
+    let vma = vma::revalidate(guard, c.haddr, mode, c.order)?;
     // The range may have been unmapped and mapped again as a file while unlocked.
     if !vma.is_anonymous() {
         return Err(Fail::PageAnon);
@@ -194,15 +200,10 @@ fn collapse_write_locked(
         return Err(Fail::VmaCheck);
     }
     let pmd = guard.pmd_table(c.haddr)?;
-    let anon = AnonVmaWrite::lock(&guard, vma).ok_or(Fail::PageAnon)?;
-    let mut table = DetachedTable::detach(&guard, anon, vma, pmd, c, list)?;
-    let limits = mode.limits(tunables, c.order, Userfault::of(vma));
-    // On failure, dropping `table` restores the page table, releases the isolated folios and
-    // unlocks the anon_vma.
-    table.isolate(mode, limits)?;
-    table.copying();
-    table.copy(&mut new)?;
-    table.install(new)
+    let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
+    let mut table = DetachedTable::detach(guard, anon, vma, pmd, c, list)?;
+    table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
+    Ok(table)
 }
 
 /// Collapses every candidate of the one order `s.enabled` holds in `span`, for a MADV_COLLAPSE
