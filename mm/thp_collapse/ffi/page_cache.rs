@@ -807,8 +807,9 @@ impl IsolatedFolio {
     /// Releases the folios of `old` after a new folio replaced them in the page cache: uncounts
     /// them from the page cache (and from shmem, for [`Backing::Shmem`]), unlocks them and
     /// drops the page cache's, the isolation's and our references, which frees them; `old` is
-    /// left empty. The folios go to C straight from the vector's buffer, which updates the
-    /// counters once per run of folios of one memcg and node and frees them in batches.
+    /// left empty, its memory kept for the next collapse. The folios go to C straight from the
+    /// vector's buffer, which updates the counters once per run of folios of one memcg and
+    /// node and frees them in batches.
     ///
     /// # Safety
     ///
@@ -817,7 +818,7 @@ impl IsolatedFolio {
     pub(crate) unsafe fn release_replaced(old: &mut KVec<IsolatedFolio>, backing: Backing) {
         /// The most folios handed over in one call (a count C takes as `unsigned int`).
         const CHUNK: usize = 512;
-        let (ptr, len, cap) = core::mem::take(old).into_raw_parts();
+        let (folios, len) = (old.as_mut_ptr(), old.len());
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK);
@@ -827,16 +828,17 @@ impl IsolatedFolio {
             // requirements, out of the page cache.
             unsafe {
                 bindings::thp_collapse_folios_free_uncached(
-                    ptr.add(done).cast(),
+                    folios.add(done).cast(),
                     n as u32,
                     backing.is_shmem(),
                 )
             };
             done += n;
         }
-        // SAFETY: `ptr` and `cap` are the buffer `into_raw_parts()` gave up; with a length of 0
-        // only the buffer is freed, not the folios handed over above.
-        drop(unsafe { KVec::from_raw_parts(ptr, 0, cap) });
+        // Handed over above: emptied without dropping them (which would put them back).
+        for folio in old.drain_all() {
+            core::mem::forget(folio);
+        }
     }
 }
 

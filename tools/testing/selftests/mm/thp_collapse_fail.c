@@ -387,7 +387,7 @@ static const char *const caller_stats[] = { "madvise", "khugepaged" };
  */
 static struct call inject_call(struct region *r, enum inj k, long n)
 {
-	struct call c;
+	struct call c = { 0 };
 
 	inj_set(k, "times", 0);
 	inj_set(k, "space", n);
