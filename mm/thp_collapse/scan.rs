@@ -118,11 +118,17 @@ impl InPlace {
     }
 
     /// Entry `i` maps page `index` of the folio at `folio` (its address), whose order is
-    /// `folio_order`; `None` for an entry that maps no page.
-    pub(crate) fn see(&mut self, i: usize, page: Option<(usize, usize, u32)>) {
+    /// `folio_order`, as `page()` tells; `None` for an entry that maps no page. `page()` is
+    /// only called while the candidate can still be in place: once a block is broken, the
+    /// rest of the scan of its entries costs a test each.
+    #[inline]
+    pub(crate) fn see(&mut self, i: usize, page: impl FnOnce() -> Option<(usize, usize, u32)>) {
         let nr = 1usize << self.order;
         let k = i % nr;
-        self.block = match (k, self.block, page) {
+        if k != 0 && self.block.is_none() {
+            return;
+        }
+        self.block = match (k, self.block, page()) {
             (0, _, Some((folio, index, folio_order)))
                 if folio_order >= self.order && index % nr == 0 =>
             {
@@ -822,7 +828,7 @@ mod tests {
         let mut p = InPlace::new(2);
         let feed = |p: &mut InPlace, from: usize, pages: &[Option<(usize, usize, u32)>]| {
             for (j, page) in pages.iter().enumerate() {
-                p.see(from + j, *page);
+                p.see(from + j, || *page);
             }
         };
         // Entries 0-3: pages 4-7 of an order-4 folio: in place.

@@ -160,7 +160,7 @@ pub(crate) fn scan_anon_pmd(
                 let i = span.first + j;
                 scanned += 1;
                 if let Some(p) = in_place.as_deref_mut() {
-                    p.see(i, facts.folio_block());
+                    p.see(i, || facts.folio_block());
                 }
                 scan_one(&site, i, facts, tally).inspect_err(|_| {
                     failed_pfn = facts.folio_pfn();
