@@ -605,7 +605,7 @@ impl<'a> DetachedPteTable<'a> {
         // checked above), under the mmap write lock and the PMD lock: it is deposited, and the
         // PMD maps `folio`.
         unsafe {
-            self.install(folio, |this, folio, mm, pmdp, _| {
+            self.install_new(folio, |this, folio, mm, pmdp, _| {
                 bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
                 bindings::map_anon_folio_pmd_nopf(folio, pmdp, this.vma.as_ptr(), this.haddr);
             })
@@ -628,7 +628,7 @@ impl<'a> DetachedPteTable<'a> {
         // mmap write lock and the PMD lock: it goes back, and the cleared entries, none now,
         // map `folio` under the PTE lock nested in the PMD lock (unless it is the same lock).
         unsafe {
-            self.install(folio, |this, folio, mm, pmdp, pmd_ptl| {
+            self.install_new(folio, |this, folio, mm, pmdp, pmd_ptl| {
                 let nested = this.ptl != pmd_ptl;
                 if nested {
                     bindings::spin_lock_nested(this.ptl, bindings::SINGLE_DEPTH_NESTING as i32);
@@ -706,43 +706,37 @@ impl<'a> DetachedPteTable<'a> {
         if self.cleared != (0, PTRS_PER_PTE) {
             return Err(EINVAL);
         }
-        let this = core::mem::ManuallyDrop::new(self);
-        let (mm, pmdp, haddr) = (this.mm.as_ptr(), this.pmdp.as_ptr(), this.haddr);
-        let vma = this.vma.as_ptr();
         let f = folio.as_ptr();
         // SAFETY: By the function's safety requirements the folio is locked and ours to map:
         // its pages are unmapped and its rmap is gone; the PMD is none and `table` the empty,
         // detached table (type invariants, checked above), under the mmap write lock and the
-        // PMD lock: it is deposited, and the PMD maps the folio. `pte` is mapped and not used
-        // afterwards, since `this` is never dropped.
+        // PMD lock: it is deposited, and the PMD maps the folio.
         unsafe {
             let first = &raw mut (*f).__bindgen_anon_1.page;
             for i in 1..PTRS_PER_PTE {
                 bindings::ClearPageAnonExclusive(first.add(i));
             }
-            let entry = bindings::folio_mk_pmd(f, (*vma).vm_page_prot);
-            let entry = bindings::maybe_pmd_mkwrite(bindings::pmd_mkdirty(entry), vma);
-            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
-            bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
-            bindings::folio_add_anon_rmap_pmd(f, first, vma, haddr, bindings::RMAP_EXCLUSIVE);
-            bindings::set_pmd_at(mm, haddr, pmdp, entry);
-            bindings::update_mmu_cache_pmd(vma, haddr, pmdp);
-            bindings::deferred_split_folio(f, false);
-            bindings::spin_unlock(pmd_ptl);
-            bindings::pte_unmap(this.pte);
+            self.install(f, |this, f, mm, pmdp, _| {
+                let (vma, haddr) = (this.vma.as_ptr(), this.haddr);
+                let entry = bindings::folio_mk_pmd(f, (*vma).vm_page_prot);
+                let entry = bindings::maybe_pmd_mkwrite(bindings::pmd_mkdirty(entry), vma);
+                bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
+                bindings::folio_add_anon_rmap_pmd(f, first, vma, haddr, bindings::RMAP_EXCLUSIVE);
+                bindings::set_pmd_at(mm, haddr, pmdp, entry);
+                bindings::update_mmu_cache_pmd(vma, haddr, pmdp);
+                bindings::deferred_split_folio(f, false);
+            });
         }
         Ok(())
     }
 
-    /// Gives up the table to `map`, which maps `folio` (marked uptodate first, which orders the
-    /// writes to it before the page-table stores) under the PMD lock, and unmaps the table.
-    /// `map` gets the table, the folio, the mm, the PMD entry and the PMD lock.
+    /// [`DetachedPteTable::install`] for a new folio, marked uptodate first, which orders the
+    /// writes to it before the page-table stores; `map` takes over its reference.
     ///
     /// # Safety
     ///
-    /// `map` must put the PMD entry in order (a huge mapping or the table back) and take over
-    /// the folio's reference with the mapping: the table is not put back on drop any more.
-    unsafe fn install(
+    /// As for [`DetachedPteTable::install`].
+    unsafe fn install_new(
         self,
         folio: NewFolio,
         map: impl FnOnce(
@@ -753,14 +747,40 @@ impl<'a> DetachedPteTable<'a> {
             *mut bindings::spinlock_t,
         ),
     ) {
-        let this = core::mem::ManuallyDrop::new(self);
-        let (mm, pmdp) = (this.mm.as_ptr(), this.pmdp.as_ptr());
         let folio = folio.into_raw();
-        // SAFETY: `folio` is ours and fully written; the PMD lock of `mm`'s entry `pmdp` is
-        // taken around `map`, under the mmap write lock (type invariants); `pte` is mapped and
-        // not used after `map`, since `this` is never dropped.
+        // SAFETY: `folio` is ours and fully written; by the function's safety requirements
+        // for the rest.
         unsafe {
             bindings::__folio_mark_uptodate(folio);
+            self.install(folio, map);
+        }
+    }
+
+    /// Gives up the table to `map`, which maps `folio` under the PMD lock, and unmaps the
+    /// table. `map` gets the table, the folio, the mm, the PMD entry and the PMD lock.
+    ///
+    /// # Safety
+    ///
+    /// `folio` must be valid and ready to be mapped; `map` must put the PMD entry in order (a
+    /// huge mapping or the table back) and map the folio: the table is not put back on drop
+    /// any more.
+    unsafe fn install(
+        self,
+        folio: *mut bindings::folio,
+        map: impl FnOnce(
+            &Self,
+            *mut bindings::folio,
+            *mut bindings::mm_struct,
+            *mut bindings::pmd_t,
+            *mut bindings::spinlock_t,
+        ),
+    ) {
+        let this = core::mem::ManuallyDrop::new(self);
+        let (mm, pmdp) = (this.mm.as_ptr(), this.pmdp.as_ptr());
+        // SAFETY: The PMD lock of `mm`'s entry `pmdp` is taken around `map`, under the mmap
+        // write lock (type invariants); `pte` is mapped and not used after `map`, since `this`
+        // is never dropped.
+        unsafe {
             let pmd_ptl = bindings::pmd_lock(mm, pmdp);
             map(&this, folio, mm, pmdp, pmd_ptl);
             bindings::spin_unlock(pmd_ptl);
