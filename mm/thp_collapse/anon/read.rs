@@ -160,7 +160,10 @@ pub(crate) fn scan_anon_pmd(
                 let i = span.first + j;
                 scanned += 1;
                 if let Some(p) = in_place.as_deref_mut() {
-                    p.see(i, || facts.folio_block());
+                    if !p.see(i, || facts.folio_block()) {
+                        // No later entry can be in place.
+                        in_place = None;
+                    }
                 }
                 scan_one(&site, i, facts, tally).inspect_err(|_| {
                     failed_pfn = facts.folio_pfn();
