@@ -438,6 +438,8 @@ static double settled_stall(void)
 
 /* Whether the mmap_lock events are on (tracefs and CONFIG_TRACING). */
 static int hold_on;
+/* Whether hold_open() turned them on (they were off). */
+static int hold_enabled_here;
 
 /* Writes @val to @path, or returns -1. */
 static int try_put(const char *path, const char *val)
@@ -453,21 +455,49 @@ static int try_put(const char *path, const char *val)
 	return fclose(f) == EOF ? -1 : 0;
 }
 
-/*
- * Traces the write acquisitions (that succeeded) and write releases of the
- * mmap lock by the tasks @pids (a space-separated list).
- */
-static void hold_trace(const char *pids)
+/* Whether the event file @path reads "1". */
+static int event_enabled(const char *path)
 {
-	if (try_put(TRACEFS "set_event_pid", pids))
-		die(TRACEFS "set_event_pid");
+	char buf[8] = "";
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return buf[0] == '1';
 }
 
-/* Turns the mmap_lock events on, for this program's thread that collapses. */
+/*
+ * Traces the write acquisitions (that succeeded) and write releases of the
+ * mmap lock by the task @pid only. A filter, not set_event_pid: a filter
+ * is swapped in under RCU, whereas set_event_pid registers scheduler
+ * probes, which patches kernel text (see hold_open()).
+ */
+static void hold_trace(int pid)
+{
+	char f[96];
+
+	snprintf(f, sizeof(f), "write == 1 && success == 1 && common_pid == %d", pid);
+	put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/filter", f);
+	snprintf(f, sizeof(f), "write == 1 && common_pid == %d", pid);
+	put(MMAP_LOCK_EVENTS "mmap_lock_released/filter", f);
+}
+
+/*
+ * Turns the mmap_lock events on, for this program's thread that collapses,
+ * before any other thread of this program starts, and leaves them on to the
+ * end (hold_close(), after the join): turning a tracepoint on or off
+ * rewrites its static branches through int3 breakpoints, and under QEMU's
+ * multi-threaded TCG a vCPU running that code in a loop (the mincore()
+ * thread, in mmap_read_lock()) took the int3 after the patch had completed
+ * ("Oops: int3" in __mmap_lock_do_trace_acquire_returned(), 2026-12-04,
+ * when this ran after the thread had started). Which task is traced is a
+ * filter, for the same reason (hold_trace()).
+ */
 static void hold_open(void)
 {
-	char pid[32];
-
 	if (access(TRACEFS "trace", F_OK))
 		mount("nodev", TRACEFS, "tracefs", 0, NULL);
 	if (access(MMAP_LOCK_EVENTS "enable", W_OK)) {
@@ -477,28 +507,29 @@ static void hold_open(void)
 	}
 	put(TRACEFS "tracing_on", "0");
 	put(TRACEFS "trace_clock", "global");
-	put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/filter",
-	    "write == 1 && success == 1");
-	put(MMAP_LOCK_EVENTS "mmap_lock_released/filter", "write == 1");
-	put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable", "1");
-	put(MMAP_LOCK_EVENTS "mmap_lock_released/enable", "1");
-	snprintf(pid, sizeof(pid), "%d", getpid());
-	hold_trace(pid);
+	hold_trace(getpid());
+	if (!event_enabled(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable") ||
+	    !event_enabled(MMAP_LOCK_EVENTS "mmap_lock_released/enable")) {
+		put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable", "1");
+		put(MMAP_LOCK_EVENTS "mmap_lock_released/enable", "1");
+		hold_enabled_here = 1;
+	}
 	put(TRACEFS "trace", "");
 	put(TRACEFS "tracing_on", "1");
 	hold_on = 1;
 }
 
-/* The events off again, the buffer emptied. */
+/* The filters cleared, the buffer emptied, the events as they were found. */
 static void hold_close(void)
 {
 	if (!hold_on)
 		return;
-	try_put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable", "0");
-	try_put(MMAP_LOCK_EVENTS "mmap_lock_released/enable", "0");
+	if (hold_enabled_here) {
+		try_put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/enable", "0");
+		try_put(MMAP_LOCK_EVENTS "mmap_lock_released/enable", "0");
+	}
 	try_put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/filter", "0");
 	try_put(MMAP_LOCK_EVENTS "mmap_lock_released/filter", "0");
-	try_put(TRACEFS "set_event_pid", "");
 	try_put(TRACEFS "trace", "");
 }
 
@@ -964,7 +995,6 @@ static void time_khugepaged(int core, int round, size_t nr)
 	char *p = map_pmds(nr);
 	double t0, t1, c0, c1, hold;
 	int polls = 0, pid;
-	char pids[32];
 
 	set_core(core);
 	/* Starts the thread, which "never" stopped. */
@@ -974,10 +1004,8 @@ static void time_khugepaged(int core, int round, size_t nr)
 	 * khugepaged's write-holds only (populate()'s MADV_HUGEPAGE takes
 	 * this program's own), traced from before it can start collapsing.
 	 */
-	if (hold_on && pid) {
-		snprintf(pids, sizeof(pids), "%d", pid);
-		hold_trace(pids);
-	}
+	if (hold_on && pid)
+		hold_trace(pid);
 	hold_reset();
 	populate(p, nr * PMD_SZ, PAGE_SZ);
 	c0 = pid ? task_cpu_ns(pid) : -1;
@@ -991,10 +1019,8 @@ static void time_khugepaged(int core, int round, size_t nr)
 	c1 = pid ? task_cpu_ns(pid) : -1;
 	put(THP "enabled", "never");
 	hold = hold_on && pid ? hold_ns() / nr : -1;
-	if (hold_on) {
-		snprintf(pids, sizeof(pids), "%d", getpid());
-		hold_trace(pids);
-	}
+	if (hold_on)
+		hold_trace(getpid());
 	record(core, KHUGEPAGED, round, 0, (t1 - t0) / nr, 0, hold);
 	if (c0 >= 0 && c1 >= c0)
 		record(core, KHUGEPAGED_CPU, round, 0, (c1 - c0) / nr, 0, -1);
@@ -1553,15 +1579,15 @@ int main(int argc, char **argv)
 	put(THP "khugepaged/alloc_sleep_millisecs", "0");
 	put(THP "khugepaged/pages_to_scan", "32768");
 
+	/* -S: no thread, nor the tracepoints, in the calls' way. */
+	if (!no_stall)
+		hold_open();
 	stall.probe = map_pmds(1);
 	stall.probe[0] = 1;
 	if (no_stall)
 		stall.stop = 1;
 	else if (pthread_create(&th, NULL, stall_thread, NULL))
 		die("pthread_create");
-	/* -S: no thread, nor the tracepoints, in the calls' way. */
-	if (!no_stall)
-		hold_open();
 
 	if (side_core[0] == side_core[1])
 		printf("# A/A calibration: both sides run the %s core (%s)\n",
