@@ -37,6 +37,11 @@ impl Occupied {
         }
     }
 
+    /// Whether entry `i` is marked.
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
     /// How many of the entries in `[from, to)` are occupied.
     pub(crate) fn weight(&self, from: usize, to: usize) -> u32 {
         let to = to.min(PTES_PER_PMD as usize);
@@ -291,6 +296,18 @@ mod tests {
         assert_eq!(o.weight(10, 10), 0);
         assert_eq!(Occupied::EMPTY.weight(0, 512), 0);
         assert_eq!(filled(&[(0, 512)]).weight(0, 512), 512);
+    }
+
+    #[test]
+    fn contains_is_one_bit() {
+        let o = filled(&[(3, 70), (511, 512)]);
+        assert!(!o.contains(2));
+        assert!(o.contains(3));
+        assert!(o.contains(63) && o.contains(64) && o.contains(69));
+        assert!(!o.contains(70));
+        assert!(o.contains(511));
+        assert!(!o.contains(512));
+        assert!(!Occupied::EMPTY.contains(0));
     }
 
     #[test]

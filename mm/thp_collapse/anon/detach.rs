@@ -22,6 +22,7 @@ use crate::{
         trace, FolioPtr, PagePtr, PteFacts, PteRead,
     },
     outcome::{Attempt, Collapsed, Fail},
+    plan::Occupied,
     scan::{Checkpoint, EntryKind, PteView, ScanTally, Step, VmaKind},
     spare::{self, Spare},
     vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
@@ -387,9 +388,10 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     }
 
     /// Copies the pages of the detached table into `new`, zero-filling where no page (or the
-    /// zero page) is mapped. Machine-check safe: a poisoned source page fails the copy with
+    /// zero page) is mapped, unless `cleared` says the page was cleared already (before the
+    /// lock, see `anon::clear_empty()`). Machine-check safe: a poisoned source page fails the copy with
     /// [`Fail::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
-    pub(crate) fn copy(&self, new: &mut NewFolio) -> Result<(), Fail> {
+    pub(crate) fn copy(&self, new: &mut NewFolio, cleared: &Occupied) -> Result<(), Fail> {
         if 1 << new.order() != self.nr {
             return Err(Fail::Other);
         }
@@ -397,6 +399,8 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             let i = self.first + k;
             let addr = self.haddr + i * PAGE_SIZE;
             match self.iso.slot(i) {
+                // Cleared before the lock, and nothing else can write to `new`.
+                None if cleared.contains(i) => {}
                 None => new.clear_user_page(k, addr),
                 Some((src, _)) => {
                     // SAFETY: A slot holds a page mapped by the detached table, of a folio we

@@ -33,6 +33,7 @@ use kernel::{
         mmap_lock::MmapLocked,
         pgtable::PmdState,
     },
+    page::PAGE_SIZE,
     time::{Instant, Monotonic},
 };
 
@@ -117,6 +118,7 @@ fn collapse_anon(
     mode: CollapseMode,
     tunables: &Tunables,
     new: NewFolio,
+    cleared: &Occupied,
     req: &mut RequestState,
 ) -> Attempt {
     // Sleeping allocations come before the locks.
@@ -124,7 +126,7 @@ fn collapse_anon(
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     // `guard` is released when this returns.
-    let attempt = collapse_write_locked(guard, c, mode, tunables, new, list);
+    let attempt = collapse_write_locked(guard, c, mode, tunables, new, cleared, list);
     req.held_for_write(held.elapsed());
     attempt
 }
@@ -171,13 +173,14 @@ fn collapse_write_locked(
     mode: CollapseMode,
     tunables: &Tunables,
     mut new: NewFolio,
+    cleared: &Occupied,
     list: &mut IsolationList,
 ) -> Attempt {
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
     let mut table = detach_isolated(&guard, c, mode, tunables, list)?;
     table.copying();
-    table.copy(&mut new)?;
+    table.copy(&mut new, cleared)?;
     table.install(new)
 }
 
@@ -268,7 +271,14 @@ fn collapse_candidate(
             // No longer in place: copied, as any other range.
         }
         // The folio is allocated without the mmap lock: it may reclaim and compact.
-        let folio = new_folio::alloc_charge(mm, mode.alloc_policy(tunables), c.order, &s.nodes)?;
+        let mut folio =
+            new_folio::alloc_charge(mm, mode.alloc_policy(tunables), c.order, &s.nodes)?;
+        let cleared = if s.swapped == 0 {
+            clear_empty(&mut folio, c, &s.occupied)
+        } else {
+            // Most of what the scan found absent is about to be read back in.
+            Occupied::EMPTY
+        };
         if s.swapped > 0 {
             // A swap-in waits for I/O.
             if mode.effort() == Effort::Light {
@@ -276,10 +286,28 @@ fn collapse_candidate(
             }
             swap_in(mm, c, mode, s.referenced)?;
         }
-        collapse_anon(mm, c, mode, tunables, folio, req)
+        collapse_anon(mm, c, mode, tunables, folio, &cleared, req)
     })();
     trace::collapse(mm, &attempt, c.order);
     attempt
+}
+
+/// Clears the pages of `new`, the folio for candidate `c`, whose entries the scan found empty
+/// (none or the zero page; `occupied` has the others), with no lock held, and returns which
+/// entries those are. The copy under the mmap write lock then skips them if they are still
+/// empty: the clearing is no longer part of the time faults wait. Upstream clears them under
+/// the lock (`__collapse_huge_page_copy()`); Lance Yang's 2024 patch measured what moving it
+/// saves.
+fn clear_empty(new: &mut NewFolio, c: Candidate, occupied: &Occupied) -> Occupied {
+    let mut cleared = Occupied::EMPTY;
+    for k in 0..1usize << c.order {
+        let i = c.first + k;
+        if !occupied.contains(i) {
+            new.clear_user_page(k, c.haddr + i * PAGE_SIZE);
+            cleared.set(i);
+        }
+    }
+    cleared
 }
 
 /// What a scan found, for the collapse that follows it.
