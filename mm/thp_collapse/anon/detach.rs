@@ -389,8 +389,8 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
 
     /// Copies the pages of the detached table into `new`, zero-filling where no page (or the
     /// zero page) is mapped, unless `cleared` says the page was cleared already (before the
-    /// lock, see `anon::clear_empty()`). Machine-check safe: a poisoned source page fails the copy with
-    /// [`Fail::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
+    /// lock, see `anon::clear_empty()`). Machine-check safe: a poisoned source page fails the
+    /// copy with [`Fail::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
     pub(crate) fn copy(&self, new: &mut NewFolio, cleared: &Occupied) -> Result<(), Fail> {
         if 1 << new.order() != self.nr {
             return Err(Fail::Other);
