@@ -37,6 +37,13 @@ impl Occupied {
         }
     }
 
+    /// Unmarks entry `i`; out-of-range indices are ignored.
+    pub(crate) fn remove(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
     /// Whether entry `i` is marked.
     pub(crate) fn contains(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)

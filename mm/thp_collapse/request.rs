@@ -125,7 +125,7 @@ pub(crate) fn collapse_pmd<'a>(
         Err(fail) => (Err(fail), 1, Locked::Held(guard)),
     };
     STATS.count(caller, &attempt);
-    STATS.count_in_place(caller, req.take_in_place());
+    STATS.count_paths(caller, &req.take_paths());
     ffi::trace::range(
         mm,
         addr + span.first * kernel::page::PAGE_SIZE,
@@ -180,11 +180,8 @@ pub(crate) fn madvise<'a>(
     let mm = guard.mm();
     // Keep the mm_struct itself alive across lock drops, as upstream does.
     let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
-    match mode.effort() {
-        Effort::Standard | Effort::Defrag => ffi::lru_add_drain_all(),
-        // Draining other CPUs waits for work on each of them: only this one's batches.
-        Effort::Light => ffi::lru_add_drain(),
-    }
+    // Freshly faulted pages sit in LRU batches, with a reference that fails their isolation.
+    ffi::drain_lru_batches(mode.effort());
 
     // Its isolation list is allocated at the first collapse, and reused by the next ones.
     let mut req = RequestState::for_request();

@@ -16,10 +16,33 @@ use crate::{
 use core::fmt;
 use kernel::sync::atomic::{Atomic, Relaxed};
 
-/// One counter per (caller, result code) pair, and one of in-place collapses per caller.
+/// How many collapses took each path, and how many pages they copied twice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Paths {
+    /// PMD ranges mapped in place, without a copy.
+    pub(crate) in_place: u32,
+    /// Collapses whose copy was made early, while the process ran.
+    pub(crate) early: u32,
+    /// Pages those copied again under the mmap lock for write.
+    pub(crate) recopied: u32,
+    /// Collapses that copied everything under the mmap lock for write.
+    pub(crate) locked: u32,
+}
+
+/// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
+/// sysfs file shows them after the result codes.
+const PATH_NAMES: [&str; PATHS] = ["in_place", "copied_early", "recopied", "copied_locked"];
+
+/// How many path counters each caller has.
+const PATHS: usize = 4;
+
+/// One counter per (caller, result code) pair, and per caller the path counters
+/// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
+/// ran), the pages those copied again under the mmap write lock, and collapses that copied
+/// everything under it.
 pub(crate) struct Stats {
     counts: [[Atomic<u64>; CODES]; Caller::COUNT],
-    in_place: [Atomic<u64>; Caller::COUNT],
+    paths: [[Atomic<u64>; PATHS]; Caller::COUNT],
 }
 
 impl Stats {
@@ -27,15 +50,18 @@ impl Stats {
     pub(crate) const fn new() -> Self {
         Self {
             counts: [const { [const { Atomic::new(0) }; CODES] }; Caller::COUNT],
-            in_place: [const { Atomic::new(0) }; Caller::COUNT],
+            paths: [const { [const { Atomic::new(0) }; PATHS] }; Caller::COUNT],
         }
     }
 
-    /// Counts `nr` PMD ranges that `caller`'s collapses mapped in place (each also counted as
-    /// a success by [`Stats::count`]).
-    pub(crate) fn count_in_place(&self, caller: Caller, nr: u32) {
-        if nr > 0 {
-            self.in_place[caller as usize].add(u64::from(nr), Relaxed);
+    /// Adds the paths `p` that `caller`'s collapses took (each collapse also counted as a
+    /// success by [`Stats::count`]).
+    pub(crate) fn count_paths(&self, caller: Caller, p: &Paths) {
+        let values = [p.in_place, p.early, p.recopied, p.locked];
+        for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
+            if v > 0 {
+                counter.add(u64::from(v), Relaxed);
+            }
         }
     }
 
@@ -55,16 +81,16 @@ impl Stats {
     }
 
     /// Writes the counters of `caller` to `out`, one `<result> <count>` line per code in
-    /// numeric order, then `in_place <count>`: the sysfs file of the caller.
+    /// numeric order, then one `<path> <count>` line per path counter ([`PATH_NAMES`]): the
+    /// sysfs file of the caller.
     pub(crate) fn show(&self, caller: Caller, out: &mut impl fmt::Write) -> fmt::Result {
         for (name, counter) in NAMES.iter().zip(&self.counts[caller as usize]) {
             writeln!(out, "{} {}", name, counter.load(Relaxed))?;
         }
-        writeln!(
-            out,
-            "in_place {}",
-            self.in_place[caller as usize].load(Relaxed)
-        )
+        for (name, counter) in PATH_NAMES.iter().zip(&self.paths[caller as usize]) {
+            writeln!(out, "{} {}", name, counter.load(Relaxed))?;
+        }
+        Ok(())
     }
 }
 
@@ -97,8 +123,14 @@ mod tests {
         s.count(Caller::ProcessMadvise, &OK);
         s.count(Caller::ProcessMadvise, &Fail::PageDirtyOrWriteback);
         s.count(Caller::ProcessMadvise, &Fail::PageDirtyOrWriteback);
-        s.count_in_place(Caller::ProcessMadvise, 3);
-        s.count_in_place(Caller::Madvise, 1);
+        let p = Paths {
+            in_place: 3,
+            early: 2,
+            recopied: 7,
+            locked: 1,
+        };
+        s.count_paths(Caller::ProcessMadvise, &p);
+        s.count_paths(Caller::Madvise, &Paths::default());
         let mut buf = [0u8; 4096];
         let mut out = kernel::str::Formatter::new(&mut buf);
         assert!(s.show(Caller::ProcessMadvise, &mut out).is_ok());
@@ -107,10 +139,15 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("fail 0"));
         assert_eq!(lines.next(), Some("succeed 1"));
-        assert_eq!(text.lines().count(), CODES + 1);
+        assert_eq!(text.lines().count(), CODES + PATHS);
         assert!(text.lines().any(|l| l == "page_dirty_or_writeback 2"));
         assert_eq!(text.lines().nth(CODES - 1), Some("would_block 0"));
-        assert_eq!(text.lines().last(), Some("in_place 3"));
+        let mut paths = text.lines().skip(CODES);
+        assert_eq!(paths.next(), Some("in_place 3"));
+        assert_eq!(paths.next(), Some("copied_early 2"));
+        assert_eq!(paths.next(), Some("recopied 7"));
+        assert_eq!(paths.next(), Some("copied_locked 1"));
+        assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];
         assert!(s

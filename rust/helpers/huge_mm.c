@@ -49,6 +49,16 @@ void tlb_remove_table_sync_one(void);
 void try_to_unmap_flush(void);
 #endif
 
+/*
+ * The prototype of <asm/tlbflush.h>, which hides it from modules (and so from
+ * bindgen, as above); flush_tlb_range() is a macro around it on x86.
+ */
+#ifdef CONFIG_X86
+void flush_tlb_mm_range(struct mm_struct *mm, unsigned long start,
+			unsigned long end, unsigned int stride_shift,
+			bool freed_tables);
+#endif
+
 #ifdef CONFIG_TRANSPARENT_HUGEPAGE
 
 __rust_helper unsigned long
@@ -609,3 +619,41 @@ __rust_helper void rust_helper_update_mmu_cache_pmd(struct vm_area_struct *vma,
 {
 	update_mmu_cache_pmd(vma, addr, pmd);
 }
+
+__rust_helper int rust_helper_pte_write(pte_t pte)
+{
+	return pte_write(pte);
+}
+
+__rust_helper void rust_helper_ptep_set_wrprotect(struct mm_struct *mm,
+						  unsigned long addr,
+						  pte_t *ptep)
+{
+	ptep_set_wrprotect(mm, addr, ptep);
+}
+
+#ifdef CONFIG_X86
+/* flush_tlb_range() of a VMA that is not hugetlb, as <asm/tlbflush.h> has it. */
+__rust_helper void rust_helper_flush_tlb_range(struct vm_area_struct *vma,
+					       unsigned long start,
+					       unsigned long end)
+{
+	flush_tlb_mm_range(vma->vm_mm, start, end, PAGE_SHIFT, false);
+}
+#endif
+
+#ifdef CONFIG_MMU_NOTIFIER
+__rust_helper void
+rust_helper_mmu_interval_set_seq(struct mmu_interval_notifier *interval_sub,
+				 unsigned long cur_seq)
+{
+	mmu_interval_set_seq(interval_sub, cur_seq);
+}
+
+__rust_helper bool
+rust_helper_mmu_interval_check_retry(struct mmu_interval_notifier *interval_sub,
+				     unsigned long seq)
+{
+	return mmu_interval_check_retry(interval_sub, seq);
+}
+#endif

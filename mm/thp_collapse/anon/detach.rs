@@ -23,6 +23,7 @@ use crate::{
     },
     outcome::{Attempt, Collapsed, Fail},
     plan::Occupied,
+    stats::Paths,
     scan::{Checkpoint, EntryKind, PteView, ScanTally, Step, VmaKind},
     spare::{self, Spare},
     vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
@@ -156,8 +157,8 @@ struct Entry<'a> {
 pub(crate) struct RequestState {
     list: Spare<IsolationList>,
     write_held: Delta,
-    /// The PMD ranges mapped in place, not yet counted.
-    in_place: u32,
+    /// How the collapses since the last count went, not yet counted.
+    paths: Paths,
 }
 
 /// The isolation list kept between requests.
@@ -170,7 +171,12 @@ impl RequestState {
         Self {
             list: Spare::new(&SPARE_LIST, IsolationList::clear),
             write_held: Delta::from_nanos(0),
-            in_place: 0,
+            paths: Paths {
+                in_place: 0,
+                early: 0,
+                recopied: 0,
+                locked: 0,
+            },
         }
     }
 
@@ -192,12 +198,23 @@ impl RequestState {
 
     /// Notes that a PMD range was mapped in place, without a copy.
     pub(crate) fn mapped_in_place(&mut self) {
-        self.in_place += 1;
+        self.paths.in_place += 1;
     }
 
-    /// The PMD ranges mapped in place since the last call.
-    pub(crate) fn take_in_place(&mut self) -> u32 {
-        core::mem::take(&mut self.in_place)
+    /// Notes how a collapse that went through copied its pages.
+    pub(crate) fn copied(&mut self, kind: super::CopyKind) {
+        match kind {
+            super::CopyKind::Locked => self.paths.locked += 1,
+            super::CopyKind::Early { recopied } => {
+                self.paths.early += 1;
+                self.paths.recopied += recopied;
+            }
+        }
+    }
+
+    /// How the collapses since the last call went.
+    pub(crate) fn take_paths(&mut self) -> Paths {
+        core::mem::take(&mut self.paths)
     }
 }
 
@@ -389,12 +406,20 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
 
     /// Copies the pages of the detached table into `new`, zero-filling where no page (or the
     /// zero page) is mapped, unless `cleared` says the page was cleared already (before the
-    /// lock, see `anon::clear_empty()`). Machine-check safe: a poisoned source page fails the
-    /// copy with [`Fail::CopyMc`] instead of crashing. Upstream: `__collapse_huge_page_copy()`.
-    pub(crate) fn copy(&self, new: &mut NewFolio, cleared: &Occupied) -> Result<(), Fail> {
+    /// lock, see `anon::clear_empty()`) or `copied` that it was copied already and is still
+    /// mapped read-only (`early::EarlyCopy`). Returns how many pages it copied.
+    /// Machine-check safe: a poisoned source page fails the copy with [`Fail::CopyMc`] instead
+    /// of crashing. Upstream: `__collapse_huge_page_copy()`.
+    pub(crate) fn copy(
+        &self,
+        new: &mut NewFolio,
+        cleared: &Occupied,
+        copied: &Occupied,
+    ) -> Result<u32, Fail> {
         if 1 << new.order() != self.nr {
             return Err(Fail::Other);
         }
+        let mut n = 0;
         for k in 0..self.nr {
             let i = self.first + k;
             let addr = self.haddr + i * PAGE_SIZE;
@@ -402,15 +427,23 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 // Cleared before the lock, and nothing else can write to `new`.
                 None if cleared.contains(i) => {}
                 None => new.clear_user_page(k, addr),
+                // Copied early, and not written since.
+                Some(_) if copied.contains(i) => {}
                 Some((src, _)) => {
                     // SAFETY: A slot holds a page mapped by the detached table, of a folio we
                     // isolated and locked, which cannot be freed or changed under us.
                     unsafe { new.copy_mc_user_page(k, src, addr, self.vma) }
                         .map_err(|_| Fail::CopyMc)?;
+                    n += 1;
                 }
             }
         }
-        Ok(())
+        Ok(n)
+    }
+
+    /// Whether entry `i` of the detached table maps `page` read-only.
+    pub(crate) fn maps_read_only(&self, i: usize, page: PagePtr) -> bool {
+        self.table.maps_read_only(i, page)
     }
 
     /// Maps `new`, which holds a copy of every page of the candidate (see

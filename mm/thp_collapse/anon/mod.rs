@@ -9,6 +9,8 @@
 
 #[path = "detach.rs"]
 mod detach;
+#[path = "early.rs"]
+mod early;
 #[path = "read.rs"]
 mod read;
 
@@ -27,6 +29,7 @@ use crate::{
     },
 };
 use detach::{AnonVmaWrite, DetachedTable, IsolationList, MmapWrite};
+use early::EarlyCopy;
 use kernel::{
     mm::{
         folio::{NewFolio, NodeLoad, Nodes},
@@ -108,26 +111,58 @@ fn swap_in(
 /// caller allocated and charged without the mmap lock: with the PMD for the PMD order, with
 /// PTEs of the new folio otherwise.
 ///
-/// Takes the mmap lock for write (revalidating the range), the anon_vma lock, detaches and
-/// isolates, copies, and installs; any failure on the way puts everything back. Returns with
-/// no lock held, and adds the time it held the mmap lock for write to `req`. Upstream:
-/// `collapse_huge_page()` after `alloc_charge_folio()`.
+/// Copies the pages early, while the process runs ([`EarlyCopy`]); then takes the mmap lock
+/// for write (revalidating the range), the anon_vma lock, detaches and isolates, copies again
+/// the pages that changed meanwhile (all of them if the early copy could not be made or was
+/// invalidated), and installs; any failure on the way puts everything back. Returns with no
+/// lock held, and adds the time it held the mmap lock for write, and how it copied, to `req`.
+/// Upstream: `collapse_huge_page()` after `alloc_charge_folio()`, which copies everything
+/// under the lock.
 fn collapse_anon(
     mm: &kernel::mm::Mm,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    new: NewFolio,
+    mut new: NewFolio,
     cleared: &Occupied,
     req: &mut RequestState,
 ) -> Attempt {
+    let mut early = EarlyCopy::take(mm, c, mode, &mut new);
+    if early.is_some() && mode.is_madvise() {
+        // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
+        // reference that would fail their isolation: drained as at the start of the request.
+        // khugepaged drains once per pass, and tries a failed range again on the next.
+        ffi::drain_lru_batches(mode.effort());
+    }
+    let mut cleared = cleared.clone();
+    if let Some(early) = &early {
+        // Copied over: a clear page no longer.
+        let copied = early.copied();
+        for i in (c.first..c.first + c.nr()).filter(|&i| copied.contains(i)) {
+            cleared.remove(i);
+        }
+    }
     // Sleeping allocations come before the locks.
     let list = req.list()?;
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
+    let mut copy = CopyKind::Locked;
     // `guard` is released when this returns.
-    let attempt = collapse_write_locked(guard, c, mode, tunables, new, cleared, list);
+    let attempt = collapse_write_locked(
+        guard,
+        c,
+        mode,
+        tunables,
+        (new, &cleared),
+        list,
+        (early.as_mut(), &mut copy),
+    );
     req.held_for_write(held.elapsed());
+    if attempt.is_ok() {
+        req.copied(copy);
+    }
+    // Ends the watch, which may sleep: after every lock.
+    drop(early);
     attempt
 }
 
@@ -151,8 +186,8 @@ fn remap_in_place(
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     // `None` if no longer in place: the table was dropped, which put everything back.
-    let attempt =
-        detach_isolated(&guard, c, mode, tunables, list).map(DetachedTable::install_in_place);
+    let attempt = detach_isolated(&guard, c, mode, tunables, list, None)
+        .map(|(table, _)| table.install_in_place());
     req.held_for_write(held.elapsed());
     drop(guard);
     let attempt = match attempt {
@@ -166,34 +201,55 @@ fn remap_in_place(
     Some(attempt)
 }
 
-/// The part of [`collapse_anon`] under the mmap lock for write, `guard`.
+/// The part of [`collapse_anon`] under the mmap lock for write, `guard`: `new` and the
+/// entries `cleared` in it, the `early` copy if there is one, and `copy`, where what the copy
+/// came to goes.
 fn collapse_write_locked(
     guard: MmapWrite<'_>,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    mut new: NewFolio,
-    cleared: &Occupied,
+    (mut new, cleared): (NewFolio, &Occupied),
     list: &mut IsolationList,
+    (early, copy): (Option<&mut EarlyCopy>, &mut CopyKind),
 ) -> Attempt {
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
-    let mut table = detach_isolated(&guard, c, mode, tunables, list)?;
+    let (mut table, valid) = detach_isolated(&guard, c, mode, tunables, list, early)?;
     table.copying();
-    table.copy(&mut new, cleared)?;
+    let copied_here = table.copy(&mut new, cleared, valid.as_ref().unwrap_or(&Occupied::EMPTY))?;
+    if valid.is_some() {
+        *copy = CopyKind::Early {
+            recopied: copied_here,
+        };
+    }
     table.install(new)
+}
+
+/// How a collapse that went through copied its pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopyKind {
+    /// All under the mmap lock for write: no early copy could be made, or the range was
+    /// invalidated meanwhile.
+    Locked,
+    /// Early, while the process ran ([`EarlyCopy`]), but for `recopied` pages, copied again
+    /// under the lock because their entries changed meanwhile (or they could not be copied
+    /// early).
+    Early { recopied: u32 },
 }
 
 /// The first steps under the mmap lock for write, `guard`, for a copy and in place alike:
 /// revalidates candidate `c`, keeps the VMA's faults out, takes the anon_vma lock, detaches
-/// the page table and isolates what it maps.
+/// the page table and isolates what it maps. With an `early` copy, also returns the entries
+/// whose early copy holds (see [`EarlyCopy::settle`]), `None` if it does not hold at all.
 fn detach_isolated<'g, 'l>(
     guard: &'g MmapWrite<'_>,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
     list: &'l mut IsolationList,
-) -> Result<DetachedTable<'g, 'l>, Fail> {
+    early: Option<&mut EarlyCopy>,
+) -> Result<(DetachedTable<'g, 'l>, Option<Occupied>), Fail> {
     let vma = vma::revalidate(guard, c.haddr, mode, c.order)?;
     // The range may have been unmapped and mapped again as a file while unlocked.
     if !vma.is_anonymous() {
@@ -204,9 +260,14 @@ fn detach_isolated<'g, 'l>(
     }
     let pmd = guard.pmd_table(c.haddr)?;
     let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
+    // Every invalidator of the range is shut out now, and the detach invalidates it itself.
+    let holds = early.as_ref().is_some_and(|early| !early.invalidated());
     let mut table = DetachedTable::detach(guard, anon, vma, pmd, c, list)?;
+    // Before the isolation checks the references: the early copy's go first.
+    let valid =
+        early.and_then(|early| early.settle(holds, |i, page| table.maps_read_only(i, page)));
     table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
-    Ok(table)
+    Ok((table, valid))
 }
 
 /// Collapses every candidate of the one order `s.enabled` holds in `span`, for a MADV_COLLAPSE

@@ -25,7 +25,7 @@ pub(crate) mod page_cache;
 use crate::{
     outcome::{Collapsed, Fail, ScanCode, CODES},
     scan::{NonPresent, PteView, ScanTally},
-    vocab::{AllocPolicy, Caller, RequestFlags, Tunables, PMD_ORDER},
+    vocab::{AllocPolicy, Caller, Effort, RequestFlags, Tunables, PMD_ORDER},
 };
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
@@ -317,6 +317,19 @@ impl PteFacts {
         self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
     }
 
+    /// Whether the page can be copied early, without the mmap lock for write: a present,
+    /// normal page of an anonymous folio without references that its mappings and swap cache
+    /// do not explain (with [`PteRead::FOLIO_STATE`]; read after the entry was
+    /// write-protected, so that a GUP pin taken before shows).
+    #[inline]
+    pub(crate) fn copyable(&self) -> bool {
+        const LOOK: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_ZERO
+            | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+            | bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS;
+        self.page().is_some() && self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+    }
+
     /// The folio is on an LRU list (with [`PteRead::FOLIO_STATE`]).
     #[inline]
     pub(crate) fn lru(&self) -> bool {
@@ -352,6 +365,44 @@ impl PteFacts {
             || unsafe { bindings::mmu_notifier_test_young(mm.as_raw(), addr) }
     }
 }
+
+/// A reference to the folio of a page, which keeps the page from being freed (or reused)
+/// while the collapse reads it without a page-table lock; dropping it puts it back.
+pub(crate) struct PageRef {
+    page: PagePtr,
+    folio: FolioPtr,
+}
+
+impl PageRef {
+    /// Takes a reference to `folio` for its page `page`.
+    ///
+    /// # Safety
+    ///
+    /// `folio` must be valid (mapped by a page table that the caller holds locked, for
+    /// instance), and `page` one of its pages.
+    #[inline]
+    pub(crate) unsafe fn get(page: PagePtr, folio: FolioPtr) -> Self {
+        // SAFETY: `folio` is valid (the function's safety requirements).
+        unsafe { bindings::folio_get(folio.as_ptr()) };
+        Self { page, folio }
+    }
+
+    /// The page.
+    #[inline]
+    pub(crate) fn page(&self) -> PagePtr {
+        self.page
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: The reference taken in `get`, ours until now.
+        unsafe { bindings::folio_put(self.folio.as_ptr()) };
+    }
+}
+
+// SAFETY: A folio reference can be put from any thread.
+unsafe impl Send for PageRef {}
 
 /// The pfn of `folio`, or [`trace::NO_PFN`] for none (for the tracepoints).
 pub(crate) fn folio_pfn(folio: Option<FolioPtr>) -> usize {
@@ -563,6 +614,15 @@ pub(crate) fn lru_add_drain() {
 pub(crate) fn lru_add_drain_all() {
     // SAFETY: Always safe to call from process context.
     unsafe { bindings::lru_add_drain_all() };
+}
+
+/// Drains the LRU add batches as a request of `effort` may: every CPU's (which waits for work
+/// on each of them), or only this one's for [`Effort::Light`].
+pub(crate) fn drain_lru_batches(effort: Effort) {
+    match effort {
+        Effort::Standard | Effort::Defrag => lru_add_drain_all(),
+        Effort::Light => lru_add_drain(),
+    }
 }
 
 /// Whether the current task has been sent a fatal signal. C: `fatal_signal_pending(current)`.

@@ -250,8 +250,9 @@ impl NewFolio {
     ///
     /// # Safety
     ///
-    /// `src` must be a page that stays valid, and is not written, during the call (of a locked
-    /// folio that nothing maps, for instance).
+    /// `src` must be a page that stays valid during the call (of a locked folio that nothing
+    /// maps, or one the caller holds a reference to). If it is written meanwhile, page `n`
+    /// may hold a mix of the old and the new data.
     #[inline]
     pub unsafe fn copy_mc_page(&mut self, n: usize, src: NonNull<bindings::page>) -> Result {
         let dst = self.page(n).ok_or(EINVAL)?;

@@ -12,8 +12,9 @@
 //! [`include/linux/mm.h`](srctree/include/linux/mm.h)
 
 use crate::{
+    alloc::KBox,
     bindings,
-    error::{code::EINVAL, Result},
+    error::{code::EINVAL, to_result, Result},
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::NewFolio,
@@ -24,6 +25,7 @@ use crate::{
     types::Opaque,
 };
 use core::{
+    ffi::c_void,
     marker::PhantomData,
     mem::MaybeUninit,
     ptr::{self, NonNull},
@@ -475,18 +477,42 @@ impl MmuNotifierClear {
     ///
     /// `mm` must be valid while the value lives.
     unsafe fn start(mm: *mut bindings::mm_struct, start: usize, end: usize) -> Self {
-        let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
-        // SAFETY: `range` is valid for writes and zeroed (a valid value of the C struct); `mm`
-        // is valid by the function's safety requirements.
+        // SAFETY: As required of the caller.
         unsafe {
-            bindings::mmu_notifier_range_init(
-                range.as_mut_ptr(),
-                bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
-                0,
+            Self::start_owned(
                 mm,
                 start,
                 end,
-            );
+                bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+                ptr::null_mut(),
+            )
+        }
+    }
+
+    /// As [`MmuNotifierClear::start`], for an `event` and with an `owner`, which the range
+    /// carries to the notifiers (`mmu_notifier_range_init_owner()`).
+    ///
+    /// # Safety
+    ///
+    /// `mm` must be valid while the value lives.
+    unsafe fn start_owned(
+        mm: *mut bindings::mm_struct,
+        start: usize,
+        end: usize,
+        event: bindings::mmu_notifier_event,
+        owner: *mut c_void,
+    ) -> Self {
+        let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
+        #[cfg(not(CONFIG_MMU_NOTIFIER))]
+        let _ = owner;
+        // SAFETY: `range` is valid for writes and zeroed (a valid value of the C struct); `mm`
+        // is valid by the function's safety requirements. The owner is only compared.
+        unsafe {
+            bindings::mmu_notifier_range_init(range.as_mut_ptr(), event, 0, mm, start, end);
+            #[cfg(CONFIG_MMU_NOTIFIER)]
+            {
+                (*range.as_mut_ptr()).owner = owner;
+            }
             bindings::mmu_notifier_invalidate_range_start(range.as_mut_ptr());
         }
         Self(range)
@@ -578,6 +604,20 @@ impl<'a> DetachedPteTable<'a> {
     pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
         // SAFETY: By the type invariants `pte` maps `PTRS_PER_PTE` entries; `i` is clamped.
         unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
+    }
+
+    /// Whether entry `i` maps `page` read-only: present, not writable, and `page` its normal
+    /// page. Only this value can change the entry, so the answer holds while it lives.
+    pub fn maps_read_only(&self, i: usize, page: NonNull<bindings::page>) -> bool {
+        let addr = self.haddr + i.min(PTRS_PER_PTE - 1) * PAGE_SIZE;
+        // SAFETY: The entry is mapped and only we can change it (type invariants); `vma` is
+        // the table's VMA and `addr` the address the entry maps; the calls only read.
+        unsafe {
+            let pte = bindings::ptep_get(self.entry(i));
+            bindings::pte_present(pte)
+                && bindings::pte_write(pte) == 0
+                && bindings::vm_normal_page(self.vma.as_ptr(), addr, pte) == page.as_ptr()
+        }
     }
 
     /// Takes the table's lock, which what the entries map may need (rmap updates of their
@@ -1187,6 +1227,211 @@ impl<'a> PmdClearNotifier<'a> {
             _range: range,
             _lock: PhantomData,
         }
+    }
+}
+
+/// A watch on the page tables of a range of an mm: tells whether anything invalidated the
+/// range for secondary MMUs since the watch began (an unmap, a write-protection, a migration,
+/// a swap-out: every change that takes a permission or a page away), other than the
+/// changes made through a [`WriteProtect`] it owns. Dropping it ends the watch; that may
+/// sleep.
+///
+/// A range whose present entries were write-protected, and was not invalidated since, maps
+/// the same pages with the same data: a write must first fault the entry writable again,
+/// and taking that back is an invalidation. C: `mmu_interval_notifier_insert()` and
+/// `mmu_interval_read_begin()`.
+///
+/// # Invariants
+///
+/// `watch.sub` is inserted in the interval tree of the mm it was created for (or in its
+/// deferred list) until the value drops; `watch.seq` is what `mmu_interval_read_begin()`
+/// returned for it.
+#[cfg(CONFIG_MMU_NOTIFIER)]
+pub struct RangeWatch {
+    watch: KBox<Watch>,
+}
+
+/// The subscription of a [`RangeWatch`], at a stable address.
+#[cfg(CONFIG_MMU_NOTIFIER)]
+struct Watch {
+    sub: Opaque<bindings::mmu_interval_notifier>,
+    seq: usize,
+}
+
+/// The notifier operations of every [`RangeWatch`].
+#[cfg(CONFIG_MMU_NOTIFIER)]
+static RANGE_WATCH_OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interval_notifier_ops {
+    invalidate: Some(range_watch_invalidate),
+    invalidate_start: None,
+    invalidate_finish: None,
+};
+
+/// Notes an invalidation of a watched range, unless the watch itself owns it.
+///
+/// # Safety
+///
+/// Called by the mmu notifier core, with a subscription of a [`RangeWatch`] and a valid range.
+#[cfg(CONFIG_MMU_NOTIFIER)]
+unsafe extern "C" fn range_watch_invalidate(
+    sub: *mut bindings::mmu_interval_notifier,
+    range: *const bindings::mmu_notifier_range,
+    cur_seq: usize,
+) -> bool {
+    // SAFETY: `range` is valid for the call (the function's safety requirements).
+    let owner = unsafe { (*range).owner };
+    if !ptr::eq(owner.cast_const(), sub.cast_const().cast()) {
+        // SAFETY: `sub` is the subscription being notified; the core holds what the call
+        // needs. Nothing sleeps, so the answer is yes even for a non-blocking range.
+        unsafe { bindings::mmu_interval_set_seq(sub, cur_seq) };
+    }
+    true
+}
+
+#[cfg(CONFIG_MMU_NOTIFIER)]
+impl RangeWatch {
+    /// Starts watching `[start, end)` of `mm`, which must have users (`mmget()`). The first
+    /// watch of an mm registers it for mmu notifiers. May sleep; the caller must not hold
+    /// `mm`'s mmap lock.
+    pub fn new(mm: &crate::mm::Mm, start: usize, end: usize) -> Result<Self> {
+        if start >= end {
+            return Err(EINVAL);
+        }
+        let watch = KBox::new(
+            Watch {
+                sub: Opaque::zeroed(),
+                seq: 0,
+            },
+            crate::alloc::flags::GFP_KERNEL,
+        )?;
+        // The registration asserts that the mm has users; keep one for the call.
+        let user = mm.mmget_not_zero().ok_or(EINVAL)?;
+        // SAFETY: `sub` is zeroed, at a stable address (boxed) until it is removed in `drop`;
+        // the mm has users (held above) and its mmap lock is not held (the function's
+        // requirements); the operations are static.
+        to_result(unsafe {
+            bindings::mmu_interval_notifier_insert(
+                watch.sub.get(),
+                user.as_raw(),
+                start,
+                end - start,
+                &RANGE_WATCH_OPS,
+            )
+        })?;
+        drop(user);
+        let mut watch = watch;
+        // SAFETY: Inserted above; waits for an invalidation in progress, if any.
+        watch.seq = unsafe { bindings::mmu_interval_read_begin(watch.sub.get()) };
+        // INVARIANT: Inserted, and `seq` read after the insertion.
+        Ok(Self { watch })
+    }
+
+    /// Whether anything but this watch's own [`WriteProtect`] invalidated the range since
+    /// the watch began.
+    #[inline]
+    pub fn invalidated(&self) -> bool {
+        // SAFETY: By the type invariants the subscription is inserted and `seq` is its.
+        unsafe { bindings::mmu_interval_check_retry(self.watch.sub.get(), self.watch.seq) }
+    }
+
+    /// The owner of the changes the watch does not report.
+    fn owner(&self) -> *mut c_void {
+        self.watch.sub.get().cast()
+    }
+}
+
+#[cfg(CONFIG_MMU_NOTIFIER)]
+impl Drop for RangeWatch {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the subscription is inserted; after the call no
+        // callback runs for it any more, and the box can go.
+        unsafe { bindings::mmu_interval_notifier_remove(self.watch.sub.get()) };
+    }
+}
+
+// SAFETY: The subscription is only touched through the mmu notifier core, which locks it,
+// from any thread.
+#[cfg(CONFIG_MMU_NOTIFIER)]
+unsafe impl Send for RangeWatch {}
+
+/// The write-protection of the present entries of a range of a VMA's PTEs, for the CPUs and
+/// for secondary MMUs, so that the pages they map can be read (copied) while the process
+/// runs: a write to one of them faults and makes the entry writable again. Dropping it ends
+/// the mmu notifier range. C: what `copy_present_pte()` does for a COW mapping, and
+/// `write_protect_page()` in KSM.
+#[cfg(CONFIG_MMU_NOTIFIER)]
+pub struct WriteProtect<'a> {
+    _range: MmuNotifierClear,
+    vma: &'a VmaRef,
+    start: usize,
+    end: usize,
+}
+
+#[cfg(CONFIG_MMU_NOTIFIER)]
+impl<'a> WriteProtect<'a> {
+    /// Starts the write-protection of `[start, end)` of `vma`, within one PMD range, under
+    /// `lock`, on behalf of `watch`, which does not count it as an invalidation. Returns
+    /// `None` if the range is not in `vma` and one PMD range, or `vma` not of `lock`'s mm.
+    /// May sleep.
+    pub fn start<L: MmapLocked + ?Sized>(
+        lock: &'a L,
+        vma: &'a VmaRef,
+        start: usize,
+        end: usize,
+        watch: &RangeWatch,
+    ) -> Option<Self> {
+        let mm = lock.locked_mm().as_raw();
+        if !ptr::eq(vma.mm().as_raw(), mm)
+            || start >= end
+            || start < vma.start()
+            || end > vma.end()
+            || (end - 1) & !(PMD_SIZE - 1) != start & !(PMD_SIZE - 1)
+        {
+            return None;
+        }
+        // SAFETY: The mmap lock of `mm` is held for `'a`, which bounds the value.
+        let range = unsafe {
+            MmuNotifierClear::start_owned(
+                mm,
+                start,
+                end,
+                bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE,
+                watch.owner(),
+            )
+        };
+        Some(Self {
+            _range: range,
+            vma,
+            start,
+            end,
+        })
+    }
+
+    /// Write-protects the present, writable entries of `table`, the page table of the range,
+    /// that fall in it, and flushes the TLB if any changed. Returns how many changed. The
+    /// dirty, soft-dirty and uffd-wp bits stay as they are.
+    pub fn protect(&self, table: &mut PteTableLocked<'_>) -> usize {
+        let haddr = self.start & !(PMD_SIZE - 1);
+        let first = (self.start - haddr) / PAGE_SIZE;
+        let end = (self.end - haddr).div_ceil(PAGE_SIZE).min(PTRS_PER_PTE);
+        let mm = self.vma.mm().as_raw();
+        let mut changed = 0;
+        for i in first..end {
+            let ptep = table.entry(i);
+            // SAFETY: The entry is mapped and its lock held (`table`); only present entries
+            // are changed, atomically, as `copy_present_pte()` does.
+            unsafe {
+                let pte = bindings::ptep_get(ptep);
+                if bindings::pte_present(pte) && bindings::pte_write(pte) != 0 {
+                    bindings::ptep_set_wrprotect(mm, haddr + i * PAGE_SIZE, ptep);
+                    changed += 1;
+                }
+            }
+        }
+        if changed > 0 {
+            // SAFETY: The VMA is alive under the mmap lock (`'a`); the range is in it.
+            unsafe { bindings::flush_tlb_range(self.vma.as_ptr(), self.start, self.end) };
+        }
+        changed
     }
 }
 

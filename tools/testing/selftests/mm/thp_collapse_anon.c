@@ -315,16 +315,30 @@ static void test_integrity(const char *core, enum layout l)
 		waitpid(child, NULL, 0);
 	}
 	if (!strcmp(core, "rust")) {
+		static struct rust_stats now;
 		long long moved = rust_stat("madvise", "succeed") - ok;
 		/* SOME_HUGE: one PMD was huge already (pmd_mapped, not succeed). */
 		long long want = l == SOME_HUGE ? INTEGRITY_PMDS - 1 : INTEGRITY_PMDS;
+		long long early, locked, recopied;
 
+		rust_stats_read("madvise", &now);
+		early = rust_stats_delta(&snap, &now, "copied_early");
+		locked = rust_stats_delta(&snap, &now, "copied_locked");
+		recopied = rust_stats_delta(&snap, &now, "recopied");
 		if (ret || tries > 1 || moved != want)
 			stats_print_moved("madvise", &snap);
-		ksft_test_result(!ret && huge && same && moved == want,
-				 "%s: %s: collapsed, every byte kept (ret %d %s, %d calls, huge %d, same %d, succeed +%lld)\n",
+		/*
+		 * Nothing writes meanwhile: every PMD is copied while the
+		 * process runs, and no page again under the mmap write lock
+		 * (but for a page just read back from swap, which may still
+		 * be in another CPU's LRU batch).
+		 */
+		ksft_test_result(!ret && huge && same && moved == want &&
+				 early == want && !locked &&
+				 (!recopied || l == SWAPPED),
+				 "%s: %s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, recopied +%lld, copied locked +%lld)\n",
 				 core, layout_name[l], ret, ret ? strerror(err) : "",
-				 tries, huge, same, moved);
+				 tries, huge, same, moved, early, recopied, locked);
 	} else {
 		ksft_test_result(!ret && huge && same,
 				 "%s: %s: collapsed, every byte kept (ret %d %s, %d calls, huge %d, same %d)\n",
@@ -652,7 +666,8 @@ static void race_split(struct race *r, enum racer k)
  */
 static void test_race(enum racer k)
 {
-	static struct rust_stats snap;
+	static struct rust_stats snap, first, last;
+	long long early, locked, recopied, collapsed;
 	static struct race r;
 	long long ok = rust_stat("madvise", "succeed");
 	void *(*fn)(void *) = k == WRITERS ? writer :
@@ -695,6 +710,7 @@ static void test_race(enum racer k)
 		while (k == WRITERS && atomic_load(&r.ops) == 0 && i == 0)
 			usleep(1000);
 	}
+	rust_stats_read("madvise", &first);
 	for (n = 0; n < RACE_ROUNDS; n++) {
 		long long before = rust_stat("madvise", "succeed");
 
@@ -730,13 +746,27 @@ static void test_race(enum racer k)
 		else if (k != MUNMAP || pg < PAGES_PER_PMD)
 			lost += !!memcmp(page, shadow + pg * PAGE_SZ, PAGE_SZ);
 	}
+	rust_stats_read("madvise", &last);
+	if (2 * done < RACE_ROUNDS)
+		stats_print_moved("madvise", &first);
+	early = rust_stats_delta(&first, &last, "copied_early");
+	locked = rust_stats_delta(&first, &last, "copied_locked");
+	recopied = rust_stats_delta(&first, &last, "recopied");
+	collapsed = rust_stats_delta(&first, &last, "succeed");
+	/*
+	 * Each collapse copied either early or under the lock; writers
+	 * hammering every page make the early copies' pages change under
+	 * them, which the switch must see and copy again.
+	 */
 	ksft_test_result(!bad && !lost && !atomic_load(&r.lost) &&
 			 !atomic_load(&r.errors) && 2 * done >= RACE_ROUNDS &&
 			 atomic_load(&r.ops) > 0 &&
-			 rust_stat("madvise", "succeed") > ok,
-			 "rust: collapse racing with %s: %d/%d rounds collapsed (%lld PMDs), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed), %.1f s\n",
-			 racer_name[k], done, RACE_ROUNDS,
-			 rust_stat("madvise", "succeed") - ok, calls_ok, bad,
+			 rust_stat("madvise", "succeed") > ok &&
+			 early + locked == collapsed &&
+			 (k != WRITERS || recopied + locked * PAGES_PER_PMD > 0),
+			 "rust: collapse racing with %s: %d/%d rounds collapsed (%lld PMDs: %lld copied early, %lld pages of them again; %lld copied locked), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed), %.1f s\n",
+			 racer_name[k], done, RACE_ROUNDS, collapsed, early,
+			 recopied, locked, calls_ok, bad,
 			 lost, atomic_load(&r.lost), atomic_load(&r.ops),
 			 atomic_load(&r.errors), (now_ns() - start) / 1e9);
 	free(shadow);
