@@ -23,9 +23,9 @@ use crate::{
     },
     outcome::{Attempt, Collapsed, Fail},
     plan::Occupied,
-    stats::Paths,
     scan::{Checkpoint, EntryKind, PteView, ScanTally, Step, VmaKind},
     spare::{self, Spare},
+    stats::Paths,
     vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
 };
 use kernel::{

@@ -20,7 +20,7 @@
 //! write (`__collapse_huge_page_copy()`).
 
 use crate::{
-    ffi::{self, FolioPtr, PageRef, PagePtr, PteRead},
+    ffi::{self, FolioPtr, PagePtr, PageRef, PteRead},
     plan::Occupied,
     vma::{self, CollapseLocked},
     vocab::{Candidate, CollapseMode, MmapRead},
@@ -55,7 +55,12 @@ impl EarlyCopy {
     /// a page could not be read (hardware poison), or memory for the watch ran out: the
     /// collapse then copies everything under the lock, as upstream does. The entries stay
     /// write-protected in any case; a write faults them writable again.
-    pub(crate) fn take(mm: &Mm, c: Candidate, mode: CollapseMode, new: &mut NewFolio) -> Option<Self> {
+    pub(crate) fn take(
+        mm: &Mm,
+        c: Candidate,
+        mode: CollapseMode,
+        new: &mut NewFolio,
+    ) -> Option<Self> {
         let nr = c.nr();
         let start = c.haddr + c.first * PAGE_SIZE;
         let watch = RangeWatch::new(mm, start, start + nr * PAGE_SIZE).ok()?;

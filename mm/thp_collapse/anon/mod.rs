@@ -217,7 +217,11 @@ fn collapse_write_locked(
     // unlocks the anon_vma.
     let (mut table, valid) = detach_isolated(&guard, c, mode, tunables, list, early)?;
     table.copying();
-    let copied_here = table.copy(&mut new, cleared, valid.as_ref().unwrap_or(&Occupied::EMPTY))?;
+    let copied_here = table.copy(
+        &mut new,
+        cleared,
+        valid.as_ref().unwrap_or(&Occupied::EMPTY),
+    )?;
     if valid.is_some() {
         *copy = CopyKind::Early {
             recopied: copied_here,

@@ -327,7 +327,8 @@ impl PteFacts {
             | bindings::thp_collapse_pte_flags_THP_PTE_NON_PRESENT
             | bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
             | bindings::thp_collapse_pte_flags_THP_FOLIO_EXTRA_REFS;
-        self.page().is_some() && self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+        self.page().is_some()
+            && self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
     }
 
     /// The folio is on an LRU list (with [`PteRead::FOLIO_STATE`]).

@@ -442,20 +442,29 @@ struct race {
 /*
  * Writers own every page but the last of each PMD and store a counter in
  * its first word; the main thread splits the PMD mappings again by
- * dropping the last page of each PMD. No write may get lost.
+ * dropping the last page of each PMD. No write may get lost: each writer
+ * reads its page back before the next write, so that a collapse that put
+ * an older copy in place shows at once, even if a later write would cover
+ * it.
  */
 static void *writer(void *arg)
 {
 	struct race *r = arg;
+	/* Read once: the main thread sets the next writer's id in r->id. */
+	int id = r->id;
 	uint64_t v = 1;
 	size_t pg;
 
 	while (!atomic_load(&r->stop)) {
-		for (pg = r->id; pg < RACE_PAGES; pg += 2) {
+		for (pg = id; pg < RACE_PAGES; pg += 2) {
+			uint64_t *word = (uint64_t *)(r->p + pg * PAGE_SZ);
+
 			if (pg % PAGES_PER_PMD == PAGES_PER_PMD - 1)
 				continue;
-			__atomic_store_n((uint64_t *)(r->p + pg * PAGE_SZ), v,
-					 __ATOMIC_RELAXED);
+			if (r->last[pg] &&
+			    __atomic_load_n(word, __ATOMIC_RELAXED) != r->last[pg])
+				atomic_fetch_add(&r->lost, 1);
+			__atomic_store_n(word, v, __ATOMIC_RELAXED);
 			r->last[pg] = v;
 		}
 		v++;

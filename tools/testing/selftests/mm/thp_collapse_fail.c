@@ -629,7 +629,8 @@ static struct call inject_khugepaged(enum inj k, long n)
 	c.ret = read_long(KHUGEPAGED_SYSFS "pages_collapsed") > collapsed ?
 		0 : -1;
 	for (i = 0; i < b.n; i++) {
-		if (!rust_stats_delta(&a, &b, b.name[i]))
+		if (!rust_stats_delta(&a, &b, b.name[i]) ||
+		    rust_stat_is_path(b.name[i]))
 			continue;
 		/* More than one outcome in one pass: not a documented one. */
 		c.err = c.outcome[0] ? -1 : outcome_errno(b.name[i]);

@@ -868,7 +868,7 @@ static bool rust_einval_explained(const struct rust_stats *a, const struct rust_
 	int i;
 
 	for (i = 0; i < a->n && i < b->n; i++) {
-		if (b->v[i] == a->v[i])
+		if (b->v[i] == a->v[i] || rust_stat_is_path(a->name[i]))
 			continue;
 		known = false;
 		for (j = 0; j < ARRAY_SIZE(not_einval); j++)
