@@ -24,7 +24,7 @@ def main():
                 continue
             key = (row["workload"], row["core"])
             samples.setdefault(key, []).append(float(row["ns_per_2MiB"]) / 1e3)
-    order = ["full", "half", "huge", "inplace", "remote", "shmem", "file", "khugepaged",
+    order = ["full", "half", "huge", "inplace", "written", "remote", "shmem", "file", "khugepaged",
              "khugepaged-cpu", "floor"]
     # A flag workload's flag side is the core "rust+<workload>".
     flagged = sorted({w for w, c in samples if c == f"rust+{w}"})

@@ -14,6 +14,11 @@
  *              split (an mprotect() of one page, undone): PMD-sized folios
  *              mapped by PTEs, which the Rust core maps with the PMD where
  *              they are and the C core (as upstream) copies
+ *   written    full, while a thread writes the PMD being collapsed, one
+ *              page every WRITE_PERIOD_NS, in order, a counter in its first
+ *              word; each write is checked once the call returned. The
+ *              Rust core's early copy must copy the written pages again
+ *              (the report gives how many, and the writes lost: none)
  *   remote     process_madvise(MADV_COLLAPSE) of another process's memory
  *   shmem      MADV_COLLAPSE of MIB MiB of a memfd, every page written
  *   file       MADV_COLLAPSE of a clean F MiB file in DIR (-d; on a
@@ -142,12 +147,12 @@
 #define BLOCK 8
 
 enum workload {
-	FULL, HALF, HUGE, INPLACE, REMOTE, SHMEM, FILEMAP, KHUGEPAGED,
+	FULL, HALF, HUGE, INPLACE, WRITTEN, REMOTE, SHMEM, FILEMAP, KHUGEPAGED,
 	KHUGEPAGED_CPU, FLOOR, NR_WORKLOADS
 };
 
 static const char *const wname[] = {
-	"full", "half", "huge", "inplace", "remote", "shmem", "file",
+	"full", "half", "huge", "inplace", "written", "remote", "shmem", "file",
 	"khugepaged", "khugepaged-cpu", "floor",
 };
 
@@ -851,10 +856,94 @@ static void set_core(int side)
 	put(THP "collapse/core", cores[side_core[side]]);
 }
 
+/* ---- The written workload ---------------------------------------------- */
+
+/* The writer's pace: one page every WRITE_PERIOD_NS. */
+#define WRITE_PERIOD_NS 10000
+
+static struct {
+	pthread_t th;
+	atomic_int busy;	/* the writer has written its first page */
+	atomic_int stop;
+	uint64_t gen;
+	uint64_t last[PMD_SZ / PAGE_SZ];	/* 0: not written */
+	long long writes[2], lost[2], calls[2];
+	/* The Rust core's path counters over its written calls. */
+	long long early, recopied, locked;
+} wr;
+
+/*
+ * Writes the target PMD once, page by page at the writer's pace, until it
+ * is done or told to stop. Started for each call: no thread spins between
+ * the calls, which would take a CPU from every other workload.
+ */
+static void *write_thread(void *arg)
+{
+	char *p = arg;
+	double next = 0;
+	size_t k;
+
+	for (k = 0; k < PMD_SZ / PAGE_SZ && !atomic_load(&wr.stop); k++) {
+		while (now_ns() < next && !atomic_load(&wr.stop))
+			;
+		next = now_ns() + WRITE_PERIOD_NS;
+		wr.last[k] = ++wr.gen;
+		__atomic_store_n((uint64_t *)(p + k * PAGE_SZ), wr.gen, __ATOMIC_RELAXED);
+		if (!k)
+			atomic_store(&wr.busy, 1);
+	}
+	return NULL;
+}
+
+/* The Rust core's MADV_COLLAPSE counter @name (rust_stats/madvise), or 0. */
+static long long rust_madvise_stat(const char *name)
+{
+	FILE *f = fopen(THP "collapse/rust_stats/madvise", "r");
+	long long v, ret = 0;
+	char n[64];
+
+	while (f && fscanf(f, "%63s %lld", n, &v) == 2)
+		if (!strcmp(n, name))
+			ret = v;
+	if (f)
+		fclose(f);
+	return ret;
+}
+
+/* Starts writing the PMD at @p during the call that follows. */
+static void written_start(char *p)
+{
+	memset(wr.last, 0, sizeof(wr.last));
+	atomic_store(&wr.stop, 0);
+	atomic_store(&wr.busy, 0);
+	if (pthread_create(&wr.th, NULL, write_thread, p))
+		die("pthread_create");
+	/* The first write is in: the call starts with the writer at work. */
+	while (!atomic_load(&wr.busy))
+		sched_yield();
+}
+
+/* Stops the writer, and checks what it wrote into the PMD at @p. */
+static void written_check(int core, char *p)
+{
+	size_t k;
+
+	atomic_store(&wr.stop, 1);
+	pthread_join(wr.th, NULL);
+	for (k = 0; k < PMD_SZ / PAGE_SZ; k++) {
+		if (!wr.last[k])
+			continue;
+		wr.writes[core]++;
+		wr.lost[core] += *(uint64_t *)(p + k * PAGE_SZ) != wr.last[k];
+	}
+	wr.calls[core]++;
+}
+
 /* MADV_COLLAPSE of PMDs [from, to) of @p, one call each. */
 static void time_local(int core, enum workload w, int round, char *p, size_t from,
 		       size_t to)
 {
+	long long early = 0, recopied = 0, locked = 0;
 	size_t i;
 	double t0, t1;
 
@@ -862,6 +951,12 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		hold_reset();
 		atomic_store(&stall.max_stall, 0);
 		fault_count(core, w);
+		if (w == WRITTEN) {
+			early = rust_madvise_stat("copied_early");
+			recopied = rust_madvise_stat("recopied");
+			locked = rust_madvise_stat("copied_locked");
+			written_start(p + i * PMD_SZ);
+		}
 		prof_enable(core, 1);
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
@@ -869,6 +964,12 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		t1 = now_ns();
 		prof_enable(core, 0);
 		fault_count(-1, w);
+		if (w == WRITTEN) {
+			written_check(core, p + i * PMD_SZ);
+			wr.early += rust_madvise_stat("copied_early") - early;
+			wr.recopied += rust_madvise_stat("recopied") - recopied;
+			wr.locked += rust_madvise_stat("copied_locked") - locked;
+		}
 		record(core, w, round, i, t1 - t0, settled_stall(), hold_ns());
 	}
 }
@@ -1614,6 +1715,11 @@ int main(int argc, char **argv)
 		take_turns(HALF, round, nr, half, NULL, 1, 0);
 		for (k = 0; k < 2; k++) {
 			munmap(half[k], (nr + TAIL_PMDS) * PMD_SZ);
+			full[k] = map_anon_tailed(nr, PAGE_SZ);
+		}
+		take_turns(WRITTEN, round, nr, full, NULL, 1, 0);
+		for (k = 0; k < 2; k++) {
+			munmap(full[k], (nr + TAIL_PMDS) * PMD_SZ);
 			target_start(&t[k], nr);
 		}
 		take_turns(REMOTE, round, nr, NULL, t, 0, 0);
@@ -1671,6 +1777,14 @@ int main(int argc, char **argv)
 	       " stall: median over calls of the longest mincore() wait during\n"
 	       " the call; c/floor, r/floor: the median over the floor's, a\n"
 	       " user-space copy of 2 MiB)\n");
+	if (wr.calls[0] + wr.calls[1]) {
+		printf("\nwritten: %lld c calls, %lld rust calls\n", wr.calls[0], wr.calls[1]);
+		printf("written: writes checked c %lld, rust %lld; lost c %lld, rust %lld\n",
+		       wr.writes[0], wr.writes[1], wr.lost[0], wr.lost[1]);
+		printf("written: rust copied early %lld (%lld pages again, %.1f a call)%s%lld\n",
+		       wr.early, wr.recopied, wr.early ? (double)wr.recopied / wr.early : 0.0,
+		       ", copied locked ", wr.locked);
+	}
 	stall_table();
 	if (gmib / 2)
 		flag_table();
