@@ -7,7 +7,9 @@
 //! entries (for the CPUs and secondary MMUs), then reads which pages nobody pins (the order
 //! of KSM's `write_protect_page()`: a GUP-fast pin taken before the write-protection shows in
 //! the reference count read after it, and none can be taken for writing after it), takes a
-//! reference to each, and copies them with no lock held. A [`RangeWatch`] over the range
+//! reference to each, and copies them with no page-table lock held, still under the mmap
+//! read lock, so that no other collapse of the range reaches its switch meanwhile (it would
+//! find our references and fail the isolation); the references go before that lock. A [`RangeWatch`] over the range
 //! notes every invalidation from then on but its own.
 //!
 //! Under the mmap lock for write, provided nothing invalidated the range
@@ -35,21 +37,23 @@ use kernel::{
     page::PAGE_SIZE,
 };
 
-/// The pages of a candidate copied into its new folio early, each held, and the watch over
+/// The pages of a candidate copied into its new folio early, and the watch over
 /// the candidate's range since before their entries were write-protected.
 ///
-/// Dropping it puts the pages back and ends the watch, which may sleep: it must outlive every
+/// Dropping it ends the watch, which may sleep: it must outlive every
 /// lock of the collapse.
 pub(crate) struct EarlyCopy {
-    /// Held first, dropped last (the order of the fields).
-    pages: KVec<(usize, PageRef)>,
+    /// The entries copied, and the pages they mapped then (not held: see `take()`).
+    pages: KVec<(usize, PagePtr)>,
     watch: RangeWatch,
 }
 
 impl EarlyCopy {
     /// Write-protects the present entries of candidate `c` of `mm`, and copies into `new`
-    /// each page they map that nothing else holds a reference to, without the mmap lock for
-    /// write; its own mmap read lock is released before the copy.
+    /// each page they map that nothing else holds a reference to, under the mmap lock for
+    /// read, with no page-table lock held. Its own references to the pages go before it
+    /// returns: once the copy is made, a page that stays mapped in a range that nobody
+    /// invalidates is the same page, which its mapping keeps.
     ///
     /// Returns `None`, having copied nothing that counts, if the range changed since the scan,
     /// a page could not be read (hardware poison), or memory for the watch ran out: the
@@ -65,9 +69,12 @@ impl EarlyCopy {
         let start = c.haddr + c.first * PAGE_SIZE;
         let watch = RangeWatch::new(mm, start, start + nr * PAGE_SIZE).ok()?;
         let mut found = KVec::<(usize, PagePtr, FolioPtr)>::with_capacity(nr, GFP_KERNEL).ok()?;
+        let mut held = KVec::with_capacity(nr, GFP_KERNEL).ok()?;
         let mut pages = KVec::with_capacity(nr, GFP_KERNEL).ok()?;
+        // Held across the copy: another collapse of the range cannot reach its switch (which
+        // takes the lock for write and would find our references) until the copy is over.
+        let guard = MmapRead::lock(mm);
         {
-            let guard = MmapRead::lock(mm);
             let vma = vma::revalidate(&guard, c.haddr, mode, c.order).ok()?;
             if !vma.is_anonymous() {
                 return None;
@@ -102,18 +109,24 @@ impl EarlyCopy {
             for &(i, page, folio) in found.iter() {
                 // SAFETY: `folio` is mapped by `table`, which is locked, and `page` is its page
                 // that entry `i` maps.
-                let held = unsafe { PageRef::get(page, folio) };
+                let page_ref = unsafe { PageRef::get(page, folio) };
                 // Room for one per entry: cannot fail; a reference that did not fit is put
                 // back at once.
-                let _ = pages.push_within_capacity((i, held));
+                let _ = held.push_within_capacity((i, page_ref));
             }
-            // The page-table lock, then the notifier range, then the mmap lock go.
+            // The page-table lock, then the notifier range go.
         }
-        for (i, held) in pages.iter() {
+        for (i, page_ref) in held.iter() {
             // SAFETY: The page is held (above). A write to it during the copy faults its
             // entry writable first, which `settle()` sees.
-            unsafe { new.copy_mc_page(i - c.first, held.page()) }.ok()?;
+            unsafe { new.copy_mc_page(i - c.first, page_ref.page()) }.ok()?;
+            // Room for one per entry: cannot fail.
+            let _ = pages.push_within_capacity((*i, page_ref.page()));
         }
+        // The references go before the mmap lock: from here on, a page that stays mapped in
+        // a range nobody invalidates is the same page, which its mapping keeps.
+        drop(held);
+        drop(guard);
         Some(Self { pages, watch })
     }
 
@@ -136,9 +149,8 @@ impl EarlyCopy {
 
     /// Returns the entries whose early copy holds, those that `maps_read_only(i, page)` says
     /// still map their page read-only, or `None` if it does not hold at all (`holds` is
-    /// false: see [`EarlyCopy::invalidated`]). Puts the pages back. To be called once the
-    /// entries can no longer change (the page table detached), and before the folios'
-    /// references are checked (isolation): ours would count.
+    /// false: see [`EarlyCopy::invalidated`]). To be called once the entries can no longer
+    /// change (the page table detached).
     pub(crate) fn settle(
         &mut self,
         holds: bool,
@@ -146,9 +158,9 @@ impl EarlyCopy {
     ) -> Option<Occupied> {
         let valid = holds.then(|| {
             let mut valid = Occupied::EMPTY;
-            for (i, held) in self.pages.iter() {
-                if maps_read_only(*i, held.page()) {
-                    valid.set(*i);
+            for &(i, page) in self.pages.iter() {
+                if maps_read_only(i, page) {
+                    valid.set(i);
                 }
             }
             valid
