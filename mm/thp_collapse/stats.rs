@@ -27,19 +27,31 @@ pub(crate) struct Paths {
     pub(crate) recopied: u32,
     /// Collapses that copied everything under the mmap lock for write.
     pub(crate) locked: u32,
+    /// The passes that early copies made after their first, over the pages written during
+    /// the one before.
+    pub(crate) retries: u32,
+    /// The pages those passes copied again.
+    pub(crate) recopied_early: u32,
 }
 
 /// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
 /// sysfs file shows them after the result codes.
-const PATH_NAMES: [&str; PATHS] = ["in_place", "copied_early", "recopied", "copied_locked"];
+const PATH_NAMES: [&str; PATHS] = [
+    "in_place",
+    "copied_early",
+    "recopied",
+    "copied_locked",
+    "early_retries",
+    "recopied_early",
+];
 
 /// How many path counters each caller has.
-const PATHS: usize = 4;
+const PATHS: usize = 6;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
-/// ran), the pages those copied again under the mmap write lock, and collapses that copied
-/// everything under it.
+/// ran), the pages those copied again under the mmap write lock, collapses that copied
+/// everything under it, and the retries of early copies with the pages they copied again.
 pub(crate) struct Stats {
     counts: [[Atomic<u64>; CODES]; Caller::COUNT],
     paths: [[Atomic<u64>; PATHS]; Caller::COUNT],
@@ -57,7 +69,14 @@ impl Stats {
     /// Adds the paths `p` that `caller`'s collapses took (each collapse also counted as a
     /// success by [`Stats::count`]).
     pub(crate) fn count_paths(&self, caller: Caller, p: &Paths) {
-        let values = [p.in_place, p.early, p.recopied, p.locked];
+        let values = [
+            p.in_place,
+            p.early,
+            p.recopied,
+            p.locked,
+            p.retries,
+            p.recopied_early,
+        ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
             if v > 0 {
                 counter.add(u64::from(v), Relaxed);
@@ -128,6 +147,8 @@ mod tests {
             early: 2,
             recopied: 7,
             locked: 1,
+            retries: 4,
+            recopied_early: 90,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
         s.count_paths(Caller::Madvise, &Paths::default());
@@ -147,6 +168,8 @@ mod tests {
         assert_eq!(paths.next(), Some("copied_early 2"));
         assert_eq!(paths.next(), Some("recopied 7"));
         assert_eq!(paths.next(), Some("copied_locked 1"));
+        assert_eq!(paths.next(), Some("early_retries 4"));
+        assert_eq!(paths.next(), Some("recopied_early 90"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

@@ -176,6 +176,8 @@ impl RequestState {
                 early: 0,
                 recopied: 0,
                 locked: 0,
+                retries: 0,
+                recopied_early: 0,
             },
         }
     }
@@ -205,9 +207,15 @@ impl RequestState {
     pub(crate) fn copied(&mut self, kind: super::CopyKind) {
         match kind {
             super::CopyKind::Locked => self.paths.locked += 1,
-            super::CopyKind::Early { recopied } => {
+            super::CopyKind::Early {
+                retries,
+                recopied_early,
+                recopied,
+            } => {
                 self.paths.early += 1;
                 self.paths.recopied += recopied;
+                self.paths.retries += retries;
+                self.paths.recopied_early += recopied_early;
             }
         }
     }

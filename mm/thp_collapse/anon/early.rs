@@ -9,14 +9,17 @@
 //! the reference count read after it, and none can be taken for writing after it), takes a
 //! reference to each, and copies them with no page-table lock held, still under the mmap
 //! read lock, so that no other collapse of the range reaches its switch meanwhile (it would
-//! find our references and fail the isolation); the references go before that lock. A [`RangeWatch`] over the range
-//! notes every invalidation from then on but its own.
+//! find our references and fail the isolation); the references go before that lock. A
+//! [`RangeWatch`] over the range notes every invalidation from then on but its own. Pages
+//! written during the copy have writable entries again: a few more passes write-protect
+//! those and copy them again, as long as enough were written to be worth a pass.
 //!
 //! Under the mmap lock for write, provided nothing invalidated the range
 //! ([`EarlyCopy::invalidated`]), [`EarlyCopy::settle`] keeps, once the page table is detached,
 //! the copy of each page whose entry still maps it read-only: a write would have made the
-//! entry writable first, and making it read-only again is an invalidation. The collapse copies the other pages again, under the
-//! lock, as before.
+//! entry writable first, and making it read-only again is an invalidation (or a later pass
+//! of this copy, which copied the page again). The collapse copies the other pages again,
+//! under the lock, as before.
 //!
 //! No upstream counterpart: `collapse_huge_page()` copies everything under the mmap lock for
 //! write (`__collapse_huge_page_copy()`).
@@ -32,10 +35,20 @@ use kernel::{
     mm::{
         folio::NewFolio,
         pgtable::{PteTableLocked, RangeWatch, WriteProtect},
+        virt::VmaRef,
         Mm,
     },
     page::PAGE_SIZE,
 };
+
+/// How many more passes at most the early copy makes over the pages written while it copied
+/// (write-protecting them again and copying them again), before the switch copies what is
+/// left under the lock.
+const RETRIES: u32 = 3;
+
+/// A pass of the early copy that wrote this many pages or fewer is the last: copying them
+/// again under the lock costs less than another pass (a walk of the entries and a TLB flush).
+const FEW_WRITTEN: u32 = 8;
 
 /// The pages of a candidate copied into its new folio early, and the watch over
 /// the candidate's range since before their entries were write-protected.
@@ -46,14 +59,29 @@ pub(crate) struct EarlyCopy {
     /// The entries copied, and the pages they mapped then (not held: see `take()`).
     pages: KVec<(usize, PagePtr)>,
     watch: RangeWatch,
+    /// The passes made after the first, for the pages written meanwhile.
+    retries: u32,
+    /// The pages those passes copied again.
+    recopied: u32,
+}
+
+/// The working space of the passes of an early copy, allocated before any lock.
+struct Scratch {
+    /// The copyable entries a pass found, with their pages and folios.
+    found: KVec<(usize, PagePtr, FolioPtr)>,
+    /// The references a pass holds while it copies.
+    held: KVec<(usize, PageRef)>,
 }
 
 impl EarlyCopy {
     /// Write-protects the present entries of candidate `c` of `mm`, and copies into `new`
     /// each page they map that nothing else holds a reference to, under the mmap lock for
-    /// read, with no page-table lock held. Its own references to the pages go before it
-    /// returns: once the copy is made, a page that stays mapped in a range that nobody
-    /// invalidates is the same page, which its mapping keeps.
+    /// read, with no page-table lock held. Then, while a pass found more than
+    /// [`FEW_WRITTEN`] of the pages it copied written meanwhile (their entries writable
+    /// again), and at most [`RETRIES`] times, write-protects those again and copies them
+    /// again. Its own references to the pages go before it returns: once the copy is made,
+    /// a page that stays mapped in a range that nobody invalidates is the same page, which
+    /// its mapping keeps.
     ///
     /// Returns `None`, having copied nothing that counts, if the range changed since the scan,
     /// a page could not be read (hardware poison), or memory for the watch ran out: the
@@ -67,23 +95,77 @@ impl EarlyCopy {
     ) -> Option<Self> {
         let nr = c.nr();
         let start = c.haddr + c.first * PAGE_SIZE;
-        let watch = RangeWatch::new(mm, start, start + nr * PAGE_SIZE).ok()?;
-        let mut found = KVec::<(usize, PagePtr, FolioPtr)>::with_capacity(nr, GFP_KERNEL).ok()?;
-        let mut held = KVec::with_capacity(nr, GFP_KERNEL).ok()?;
-        let mut pages = KVec::with_capacity(nr, GFP_KERNEL).ok()?;
-        // Held across the copy: another collapse of the range cannot reach its switch (which
-        // takes the lock for write and would find our references) until the copy is over.
+        let mut early = Self {
+            pages: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
+            watch: RangeWatch::new(mm, start, start + nr * PAGE_SIZE).ok()?,
+            retries: 0,
+            recopied: 0,
+        };
+        let mut scratch = Scratch {
+            found: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
+            held: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
+        };
+        // Held across the passes: another collapse of the range cannot reach its switch
+        // (which takes the lock for write and would find our references) until they are over.
         let guard = MmapRead::lock(mm);
-        {
-            let vma = vma::revalidate(&guard, c.haddr, mode, c.order).ok()?;
-            if !vma.is_anonymous() {
-                return None;
+        let vma = vma::revalidate(&guard, c.haddr, mode, c.order).ok()?;
+        if !vma.is_anonymous() {
+            return None;
+        }
+        early.pass(&guard, vma, c, new, &mut scratch, None)?;
+        while early.retries < RETRIES && !early.watch.invalidated() {
+            let copied = early.copied();
+            if early.pass(&guard, vma, c, new, &mut scratch, Some(&copied))? <= FEW_WRITTEN {
+                break;
             }
+        }
+        drop(guard);
+        Some(early)
+    }
+
+    /// One pass of [`EarlyCopy::take`] under `guard`: write-protects the present entries of
+    /// candidate `c` in `vma`, then copies into `new` the pages that nothing else holds: on
+    /// the first pass (`again` is `None`), of every entry; on a later one, of the entries
+    /// `again` (copied before) that this pass found writable, that is written since; such a
+    /// pass counts as a retry. An entry of `again` found writable whose page can no longer be
+    /// copied (a pin came, or another page) leaves the copy: the switch copies it again under
+    /// the lock. Returns how many entries of `again` were found written (0 on the first).
+    fn pass(
+        &mut self,
+        guard: &MmapRead<'_>,
+        vma: &VmaRef,
+        c: Candidate,
+        new: &mut NewFolio,
+        scratch: &mut Scratch,
+        again: Option<&Occupied>,
+    ) -> Option<u32> {
+        let nr = c.nr();
+        let start = c.haddr + c.first * PAGE_SIZE;
+        let mut written = Occupied::EMPTY;
+        scratch.found.clear();
+        {
             // Started before the page-table lock is taken: it may sleep.
-            let wp = WriteProtect::start(&guard, vma, start, start + nr * PAGE_SIZE, &watch)?;
+            let wp = WriteProtect::start(guard, vma, start, start + nr * PAGE_SIZE, &self.watch)?;
             let pmd = guard.pmd_table(c.haddr).ok()?;
             let mut table = PteTableLocked::lock(pmd, c.haddr)?;
-            wp.protect(&mut table);
+            wp.protect(&mut table, |i| {
+                if again.is_none_or(|a| a.contains(i)) {
+                    written.set(i);
+                }
+            });
+            if again.is_some() && written == Occupied::EMPTY {
+                return Some(0);
+            }
+            let pages = &self.pages;
+            // On a later pass, an entry written since it was copied, which maps the same page.
+            let wanted = |i: usize, page: PagePtr| {
+                again.is_none()
+                    || written.contains(i)
+                        && pages
+                            .binary_search_by_key(&i, |&(j, _)| j)
+                            .is_ok_and(|k| pages.get(k).is_some_and(|&(_, p)| p == page))
+            };
+            let found = &mut scratch.found;
             // SAFETY: `table` is the page table of `vma` at `c.haddr`; its entry `c.first` maps
             // `start`.
             let read = unsafe {
@@ -95,39 +177,66 @@ impl EarlyCopy {
                     nr,
                     PteRead::FOLIO_STATE,
                     |k, facts| {
-                        if let Some((page, folio)) = facts.page().filter(|_| facts.copyable()) {
+                        let i = c.first + k;
+                        if let Some((page, folio)) = facts
+                            .page()
+                            .filter(|&(page, _)| wanted(i, page) && facts.copyable())
+                        {
                             // Room for one per entry: cannot fail.
-                            let _ = found.push_within_capacity((c.first + k, page, folio));
+                            let _ = found.push_within_capacity((i, page, folio));
                         }
                         Ok(())
                     },
                 )
             };
             read.ok()?;
+            if again.is_some() {
+                // Written, and not to be copied again (or mapping another page now): out of
+                // the copy.
+                let mut refound = Occupied::EMPTY;
+                for &(i, _, _) in scratch.found.iter() {
+                    refound.set(i);
+                }
+                self.pages
+                    .retain(|&mut (i, _)| !written.contains(i) || refound.contains(i));
+            }
             // Only once every folio's references were read: a large folio maps several
             // entries, and ours would count as extra.
-            for &(i, page, folio) in found.iter() {
+            for &(i, page, folio) in scratch.found.iter() {
                 // SAFETY: `folio` is mapped by `table`, which is locked, and `page` is its page
                 // that entry `i` maps.
                 let page_ref = unsafe { PageRef::get(page, folio) };
                 // Room for one per entry: cannot fail; a reference that did not fit is put
                 // back at once.
-                let _ = held.push_within_capacity((i, page_ref));
+                let _ = scratch.held.push_within_capacity((i, page_ref));
             }
             // The page-table lock, then the notifier range go.
         }
-        for (i, page_ref) in held.iter() {
+        for (i, page_ref) in scratch.held.iter() {
             // SAFETY: The page is held (above). A write to it during the copy faults its
-            // entry writable first, which `settle()` sees.
+            // entry writable first, which the next pass or `settle()` sees.
             unsafe { new.copy_mc_page(i - c.first, page_ref.page()) }.ok()?;
-            // Room for one per entry: cannot fail.
-            let _ = pages.push_within_capacity((*i, page_ref.page()));
+            if again.is_none() {
+                // Room for one per entry: cannot fail.
+                let _ = self.pages.push_within_capacity((*i, page_ref.page()));
+            } else {
+                self.recopied += 1;
+            }
         }
         // The references go before the mmap lock: from here on, a page that stays mapped in
         // a range nobody invalidates is the same page, which its mapping keeps.
-        drop(held);
-        drop(guard);
-        Some(Self { pages, watch })
+        scratch.held.clear();
+        if again.is_none() {
+            return Some(0);
+        }
+        self.retries += 1;
+        Some(written.weight(c.first, c.first + nr))
+    }
+
+    /// How many passes the copy made after its first one, and how many pages they copied
+    /// again.
+    pub(crate) fn retried(&self) -> (u32, u32) {
+        (self.retries, self.recopied)
     }
 
     /// The entries whose pages were copied.

@@ -213,6 +213,7 @@ fn collapse_write_locked(
     list: &mut IsolationList,
     (early, copy): (Option<&mut EarlyCopy>, &mut CopyKind),
 ) -> Attempt {
+    let (retries, recopied_early) = early.as_ref().map_or((0, 0), |early| early.retried());
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
     let (mut table, valid) = detach_isolated(&guard, c, mode, tunables, list, early)?;
@@ -224,6 +225,8 @@ fn collapse_write_locked(
     )?;
     if valid.is_some() {
         *copy = CopyKind::Early {
+            retries,
+            recopied_early,
             recopied: copied_here,
         };
     }
@@ -236,10 +239,18 @@ pub(crate) enum CopyKind {
     /// All under the mmap lock for write: no early copy could be made, or the range was
     /// invalidated meanwhile.
     Locked,
-    /// Early, while the process ran ([`EarlyCopy`]), but for `recopied` pages, copied again
-    /// under the lock because their entries changed meanwhile (or they could not be copied
-    /// early).
-    Early { recopied: u32 },
+    /// Early, while the process ran ([`EarlyCopy`]), in `1 + retries` passes, the later ones
+    /// copying `recopied_early` pages written meanwhile again; but for `recopied` pages, copied
+    /// again under the lock because their entries changed after the last pass (or they could
+    /// not be copied early).
+    Early {
+        /// The passes of the early copy after its first.
+        retries: u32,
+        /// The pages those copied again.
+        recopied_early: u32,
+        /// The pages copied again under the lock.
+        recopied: u32,
+    },
 }
 
 /// The first steps under the mmap lock for write, `guard`, for a copy and in place alike:

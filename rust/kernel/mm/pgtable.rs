@@ -1407,9 +1407,14 @@ impl<'a> WriteProtect<'a> {
     }
 
     /// Write-protects the present, writable entries of `table`, the page table of the range,
-    /// that fall in it, and flushes the TLB if any changed. Returns how many changed. The
-    /// dirty, soft-dirty and uffd-wp bits stay as they are.
-    pub fn protect(&self, table: &mut PteTableLocked<'_>) -> usize {
+    /// that fall in it, and flushes the TLB if any changed. Returns how many changed, and
+    /// passes the index in `table` of each to `protected`. The dirty, soft-dirty and uffd-wp
+    /// bits stay as they are.
+    pub fn protect(
+        &self,
+        table: &mut PteTableLocked<'_>,
+        mut protected: impl FnMut(usize),
+    ) -> usize {
         let haddr = self.start & !(PMD_SIZE - 1);
         let first = (self.start - haddr) / PAGE_SIZE;
         let end = (self.end - haddr).div_ceil(PAGE_SIZE).min(PTRS_PER_PTE);
@@ -1424,6 +1429,7 @@ impl<'a> WriteProtect<'a> {
                 if bindings::pte_present(pte) && bindings::pte_write(pte) != 0 {
                     bindings::ptep_set_wrprotect(mm, haddr + i * PAGE_SIZE, ptep);
                     changed += 1;
+                    protected(i);
                 }
             }
         }
@@ -1596,6 +1602,74 @@ mod tests {
         assert_eq!(present, Some(expected));
         assert!(absent.is_none());
         assert_eq!(none, [false, true]);
+        Ok(())
+    }
+
+    /// Whether entries `i .. i + 4` of `table` are writable.
+    fn writable(table: &PteTableLocked<'_>, i: usize) -> [bool; 4] {
+        // SAFETY: The entries are mapped and their lock held (`table`).
+        core::array::from_fn(|k| unsafe {
+            bindings::pte_write(bindings::ptep_get(table.entry(i + k))) != 0
+        })
+    }
+
+    /// A write-protection on behalf of a watch changes the present writable entries of its
+    /// range and names each, and is no invalidation for that watch; a write faults the entry
+    /// writable again without one (`wp_page_reuse()`); an `MADV_DONTNEED` is one. Ranges
+    /// outside the VMA or empty are refused.
+    #[test]
+    fn write_protect_under_own_range_watch() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_pmd_range()?;
+        t.write(a, b"page 0")?;
+        t.write(a + 2 * PAGE, b"page 2")?;
+        let i = idx(a);
+        let watch = RangeWatch::new(t.mm(), a, a + 4 * PAGE)?;
+        let lock = MmapReadLock::lock(t.mm());
+        let vma = lock.find_vma(a).ok_or(EINVAL)?;
+        let refused = [
+            WriteProtect::start(&lock, vma, a, a, &watch).is_none(),
+            WriteProtect::start(&lock, vma, a - PAGE, a + PAGE, &watch).is_none(),
+        ];
+        let wp = WriteProtect::start(&lock, vma, a, a + 4 * PAGE, &watch).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let mut table = PteTableLocked::lock(pmd, a).ok_or(EINVAL)?;
+        let before = writable(&table, i);
+        let mut named = [usize::MAX; 4];
+        let mut n = 0;
+        let changed = wp.protect(&mut table, |j| {
+            if let Some(slot) = named.get_mut(n) {
+                *slot = j;
+            }
+            n += 1;
+        });
+        let after = writable(&table, i);
+        let again = wp.protect(&mut table, |_| {});
+        drop(table);
+        drop(wp);
+        drop(lock);
+        let quiet = !watch.invalidated();
+        t.write(a, b"page 0 again")?;
+        let lock = MmapReadLock::lock(t.mm());
+        let pmd = PmdEntry::find(&lock, a).ok_or(EINVAL)?;
+        let table = PteTableLocked::lock(pmd, a).ok_or(EINVAL)?;
+        let rewritten = writable(&table, i);
+        drop(table);
+        drop(lock);
+        let quiet_after_write = !watch.invalidated();
+        t.madvise(a + 2 * PAGE, PAGE, bindings::MADV_DONTNEED)?;
+        let seen = watch.invalidated();
+        drop(watch);
+        assert_eq!(refused, [true, true]);
+        assert_eq!(before, [true, false, true, false]);
+        assert_eq!((changed, n), (2, 2));
+        assert_eq!(named, [i, i + 2, usize::MAX, usize::MAX]);
+        assert_eq!(after, [false; 4]);
+        assert_eq!(again, 0);
+        assert!(quiet);
+        assert_eq!(rewritten, [true, false, false, false]);
+        assert!(quiet_after_write);
+        assert!(seen);
         Ok(())
     }
 

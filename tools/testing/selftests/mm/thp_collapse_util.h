@@ -96,7 +96,8 @@ static inline long long rust_stat(const char *caller, const char *outcome)
 static inline bool rust_stat_is_path(const char *name)
 {
 	return !strcmp(name, "in_place") || !strcmp(name, "copied_early") ||
-	       !strcmp(name, "recopied") || !strcmp(name, "copied_locked");
+	       !strcmp(name, "recopied") || !strcmp(name, "copied_locked") ||
+	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
