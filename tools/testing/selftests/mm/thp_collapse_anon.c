@@ -2,9 +2,11 @@
 /*
  * MADV_COLLAPSE of private anonymous memory through the Rust and the C
  * collapse cores: data integrity, races with other users of the range, a
- * process_madvise() target killed mid-call, bad input, leaks, tracepoints.
+ * process_madvise() target killed mid-call, bad input, leaks, tracepoints,
+ * pagemap bits.
  *
- *   thp_collapse_anon [-r]   (as root; needs swap, hugepages=1 or more)
+ *   thp_collapse_anon [-r]   (as root; needs swap, hugepages=1 or more,
+ *                             /sys/kernel/debug/gup_test, soft-dirty)
  *   -r: the race cases on the Rust core only (the KCSAN boot)
  *
  * Data-integrity cases run on both cores and compare every byte with a
@@ -12,12 +14,20 @@
  * so a pass cannot come from the C core.
  *
  * Race cases collapse in a loop while a racer runs the whole time (two
- * writers, mprotect, fork, userfaultfd registration, munmap, MADV_DONTNEED
- * and MADV_FREE of pages the racer owns and rewrites, mremap, khugepaged):
- * at least half the rounds must collapse, no write may get lost, and pages
- * the racers free must read zeroes (MADV_DONTNEED) or their old data or
- * zeroes (MADV_FREE). The killed-target case proves from the Rust counters
- * that the kill landed while the call ran.
+ * writers, mprotect, fork, userfaultfd registration, munmap, MADV_DONTNEED,
+ * MADV_FREE and MADV_PAGEOUT of pages the racer owns and rewrites,
+ * UFFDIO_MOVE of such pages out and back, long-term pins of them, mremap,
+ * khugepaged): at least half the rounds must collapse (one in eight under
+ * UFFDIO_MOVE), no write may get lost, pages the racers free must read
+ * zeroes (MADV_DONTNEED) or their old data or zeroes (MADV_FREE), paged-out
+ * and moved pages their data, and a pin must see what the mapping wrote.
+ * The killed-target case proves from the Rust counters that the kill landed
+ * while the call ran.
+ *
+ * Pagemap cases compare, page by page, the soft-dirty, exclusive, uffd-wp
+ * and present bits the Rust core leaves with the C core's: after a collapse
+ * copied early, after one that failed after its early copy (a pin), and
+ * after one refused for uffd-wp entries.
  *
  * Bad input must give the documented errno on both cores. Cases decided by
  * mm/madvise.c before any core is called are labelled "madvise:" or
@@ -42,12 +52,14 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "../../../../mm/gup_test.h"
 #include "kselftest.h"
 #include "thp_collapse_mem.h"
 
@@ -226,7 +238,7 @@ static bool prepare(enum layout l, char *p, char *shadow, uint64_t seed,
 		set_str(THP_SYSFS "hugepages-64kB/enabled", old64);
 		set_str(THP_SYSFS "hugepages-2048kB/enabled", old2m);
 		/* The faults must really have made 64 KiB folios. */
-		if (mthp_folios(p, INTEGRITY_PMDS * PMD_SZ) < nr / 16 / 2) {
+		if (mthp_folios(p, INTEGRITY_PMDS * PMD_SZ) < (int)(nr / 16 / 2)) {
 			ksft_test_result_fail("%s: the faults made %d of %zu 64 KiB folios\n",
 					      layout_name[l],
 					      mthp_folios(p, INTEGRITY_PMDS * PMD_SZ),
@@ -319,26 +331,28 @@ static void test_integrity(const char *core, enum layout l)
 		long long moved = rust_stat("madvise", "succeed") - ok;
 		/* SOME_HUGE: one PMD was huge already (pmd_mapped, not succeed). */
 		long long want = l == SOME_HUGE ? INTEGRITY_PMDS - 1 : INTEGRITY_PMDS;
-		long long early, locked, recopied;
+		long long early, locked, recopied, retries;
 
 		rust_stats_read("madvise", &now);
 		early = rust_stats_delta(&snap, &now, "copied_early");
 		locked = rust_stats_delta(&snap, &now, "copied_locked");
 		recopied = rust_stats_delta(&snap, &now, "recopied");
+		retries = rust_stats_delta(&snap, &now, "early_retries");
 		if (ret || tries > 1 || moved != want)
 			stats_print_moved("madvise", &snap);
 		/*
 		 * Nothing writes meanwhile: every PMD is copied while the
-		 * process runs, and no page again under the mmap write lock
-		 * (but for a page just read back from swap, which may still
-		 * be in another CPU's LRU batch).
+		 * process runs, in one pass, and no page again under the mmap
+		 * write lock (but for a page just read back from swap, which
+		 * may still be in another CPU's LRU batch).
 		 */
 		ksft_test_result(!ret && huge && same && moved == want &&
-				 early == want && !locked &&
+				 early == want && !locked && !retries &&
 				 (!recopied || l == SWAPPED),
-				 "%s: %s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, recopied +%lld, copied locked +%lld)\n",
+				 "%s: %s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, retries +%lld, recopied +%lld, copied locked +%lld)\n",
 				 core, layout_name[l], ret, ret ? strerror(err) : "",
-				 tries, huge, same, moved, early, recopied, locked);
+				 tries, huge, same, moved, early, retries, recopied,
+				 locked);
 	} else {
 		ksft_test_result(!ret && huge && same,
 				 "%s: %s: collapsed, every byte kept (ret %d %s, %d calls, huge %d, same %d)\n",
@@ -412,8 +426,9 @@ static long long now_ns(void)
 }
 
 /*
- * The pages the MADV_DONTNEED and MADV_FREE racers own: one in eight, never
- * the last page of a PMD (the main thread drops that one between rounds).
+ * The pages the MADV_DONTNEED, MADV_FREE, MADV_PAGEOUT, UFFDIO_MOVE and pin
+ * racers own: one in eight, never the last page of a PMD (the main thread
+ * drops that one between rounds).
  */
 static bool racer_owns(size_t pg)
 {
@@ -426,10 +441,10 @@ struct race {
 	atomic_int stop;
 	atomic_long ops;
 	atomic_long lost;	/* owned pages the racer found off the model */
-	atomic_long errors;	/* racer madvise() calls that failed */
+	atomic_long errors;	/* racer calls that failed */
 	uint64_t last[RACE_PAGES];
 	/*
-	 * The DONTNEED and FREE racers' model of the pages they own: the
+	 * The model of the racers that own pages (racer_owns()): the
 	 * generation last written (mem_fill(); 0 for zeroes), and whether the
 	 * page was MADV_FREE'd since, so that it may read as zeroes instead.
 	 */
@@ -437,6 +452,17 @@ struct race {
 	bool maybe_zero[RACE_PAGES];
 	char *shadow;
 	int id;
+	int fd;			/* UFFD_MOVE: the userfaultfd; PIN: gup_test */
+	char *scratch;		/* UFFD_MOVE: the page moved out goes here */
+	/*
+	 * PAGEOUT: MADV_PAGEOUTs that left the page swapped out; UFFD_MOVE:
+	 * pages moved out and back; PIN: pins that read back the write made
+	 * through the mapping.
+	 */
+	atomic_long hits;
+	atomic_long busy;	/* UFFD_MOVE: moves out refused (EBUSY) */
+	atomic_long filled;	/* UFFD_MOVE: holes a collapse filled */
+	atomic_long incoherent;	/* PIN: pins that read other data */
 };
 
 /*
@@ -609,8 +635,220 @@ static void *munmap_racer(void *arg)
 	return NULL;
 }
 
+/*
+ * How many times the PAGEOUT, UFFD_MOVE and pin racers run through the pages
+ * they own in one PMD before they go on to the other PMD: see next_owned().
+ */
+#define RACER_SWEEPS 8
+
+/*
+ * The page a PAGEOUT, UFFD_MOVE or pin racer visits after @pg: the next one
+ * it owns in the same PMD, RACER_SWEEPS times over the PMD (*@sweep counts
+ * them), then the first one it owns in the other PMD. Each of these racers
+ * fails the collapse of the PMD it works in (a page paged out after the
+ * swap-in, a hole, a pin), so it stays with one PMD for many collapses'
+ * time: a round then meets it in one PMD only, and the other one collapses.
+ * One pass over both PMDs in turn (as advice_racer() makes) would put it in
+ * both PMDs of most rounds.
+ */
+static size_t next_owned(size_t pg, unsigned int *sweep)
+{
+	size_t first = pg - pg % PAGES_PER_PMD;
+
+	if (pg + 8 < first + PAGES_PER_PMD)
+		return pg + 8;
+	if (++*sweep < RACER_SWEEPS)
+		return first + 3;
+	*sweep = 0;
+	return (first + PAGES_PER_PMD) % RACE_PAGES + 3;
+}
+
+/*
+ * Runs through the pages it owns, concurrently with the collapse loop: checks
+ * each against the model (a page paged out before is read back from swap),
+ * pages it out with MADV_PAGEOUT, notes whether the page went to swap, and
+ * writes a new generation into about half of them (a swap-in, then the
+ * write). The collapse meets swapped-out pages, pages read back, and pages
+ * paged out under its early copy.
+ */
+static void *pageout_racer(void *arg)
+{
+	struct race *r = arg;
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
+	unsigned int sweep = 0;
+	size_t pg = 3;
+	char *page;
+
+	if (pagemap < 0) {
+		atomic_fetch_add(&r->errors, 1);
+		return NULL;
+	}
+	while (!atomic_load(&r->stop)) {
+		page = r->p + pg * PAGE_SZ;
+		if (!owned_page_ok(r, pg))
+			atomic_fetch_add(&r->lost, 1);
+		if (madvise(page, PAGE_SZ, MADV_PAGEOUT))
+			atomic_fetch_add(&r->errors, 1);
+		else if (pagemap_get_entry(pagemap, page) & PM_SWAP)
+			atomic_fetch_add(&r->hits, 1);
+		rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+		if (rnd >> 63) {
+			mem_fill(page, pg, ++gen);
+			r->gen[pg] = gen;
+		}
+		pg = next_owned(pg, &sweep);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	close(pagemap);
+	return NULL;
+}
+
+/* UFFDIO_MOVE of the page at @src to @dst; 0 or -errno. */
+static int uffd_move_page(int uffd, char *dst, char *src)
+{
+	struct uffdio_move m = {
+		.dst = (unsigned long)dst,
+		.src = (unsigned long)src,
+		.len = PAGE_SZ,
+	};
+
+	if (ioctl(uffd, UFFDIO_MOVE, &m))
+		return -errno;
+	return m.move == PAGE_SZ ? 0 : -EAGAIN;
+}
+
+/*
+ * Moves owned page @pg back from the scratch page into the race range, where
+ * it left a hole. The range is registered for missing faults, so no
+ * collapse may fill that hole (max_ptes_none is 0 there): the move must find
+ * it empty. Should it find the hole filled (EEXIST: a collapse put a huge
+ * PMD there), the page must read zeroes; the data is still in the scratch
+ * page, and is copied back so that the model stays exact. Returns false if
+ * the page could not be put back: the hole stays, and a read of it would
+ * wait for a fault handler forever.
+ */
+static bool move_back(struct race *r, size_t pg)
+{
+	char *page = r->p + pg * PAGE_SZ;
+	int ret, tries;
+
+	/* EAGAIN, EBUSY: the scratch page is being looked at; it passes. */
+	for (tries = 0; tries < 1000; tries++) {
+		ret = uffd_move_page(r->fd, page, r->scratch);
+		if (ret != -EAGAIN && ret != -EBUSY)
+			break;
+		usleep(100);
+	}
+	if (ret == -EEXIST) {
+		atomic_fetch_add(&r->filled, 1);
+		if (!mem_page_ok(page, pg, 0))
+			atomic_fetch_add(&r->lost, 1);
+		memcpy(page, r->scratch, PAGE_SZ);
+		if (madvise(r->scratch, PAGE_SZ, MADV_DONTNEED))
+			atomic_fetch_add(&r->errors, 1);
+		return true;
+	}
+	if (ret)
+		return false;
+	atomic_fetch_add(&r->hits, 1);
+	return true;
+}
+
+/*
+ * Runs through the pages it owns, concurrently with the collapse loop:
+ * checks each against the model, moves it out of the race range into a
+ * scratch page with UFFDIO_MOVE and back (the page itself moves, not its
+ * data), and writes a new generation into about half of them. The collapse
+ * meets holes (in a range registered for missing faults: it must refuse
+ * them), pages on their way and pages moved under its early copy. A move out
+ * may be refused (EBUSY: a large folio that did not split); the page then
+ * stays where it is.
+ */
+static void *move_racer(void *arg)
+{
+	struct race *r = arg;
+	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
+	unsigned int sweep = 0;
+	size_t pg = 3;
+	char *page;
+	int ret;
+
+	while (!atomic_load(&r->stop)) {
+		page = r->p + pg * PAGE_SZ;
+		if (!owned_page_ok(r, pg))
+			atomic_fetch_add(&r->lost, 1);
+		ret = uffd_move_page(r->fd, r->scratch, page);
+		if (ret == -EBUSY) {
+			atomic_fetch_add(&r->busy, 1);
+		} else if (ret) {
+			atomic_fetch_add(&r->errors, 1);
+		} else if (!move_back(r, pg)) {
+			atomic_fetch_add(&r->errors, 1);
+			break;
+		}
+		rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+		if (rnd >> 63) {
+			mem_fill(page, pg, ++gen);
+			r->gen[pg] = gen;
+		}
+		pg = next_owned(pg, &sweep);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
+/*
+ * Runs through the pages it owns, concurrently with the collapse loop:
+ * checks each against the model, pins it long-term through gup_test
+ * (FOLL_WRITE | FOLL_LONGTERM), writes a new generation through the mapping,
+ * reads the page back through the pin and unpins it. A collapse must refuse a
+ * pinned page (EAGAIN): one that replaced it would leave the pin on the old
+ * page, and the write through the mapping would not show through the pin.
+ */
+static void *pin_racer(void *arg)
+{
+	struct race *r = arg;
+	unsigned int sweep = 0;
+	char buf[PAGE_SZ];
+	__u64 to = (unsigned long)buf;
+	uint64_t gen = 1;
+	size_t pg = 3;
+	char *page;
+
+	while (!atomic_load(&r->stop)) {
+		struct pin_longterm_test args = {
+			.addr = (unsigned long)(r->p + pg * PAGE_SZ),
+			.size = PAGE_SZ,
+			.flags = PIN_LONGTERM_TEST_FLAG_USE_WRITE,
+		};
+
+		page = r->p + pg * PAGE_SZ;
+		if (!owned_page_ok(r, pg))
+			atomic_fetch_add(&r->lost, 1);
+		if (ioctl(r->fd, PIN_LONGTERM_TEST_START, &args)) {
+			atomic_fetch_add(&r->errors, 1);
+		} else {
+			mem_fill(page, pg, ++gen);
+			r->gen[pg] = gen;
+			if (ioctl(r->fd, PIN_LONGTERM_TEST_READ, &to))
+				atomic_fetch_add(&r->errors, 1);
+			else if (mem_page_ok(buf, pg, gen))
+				atomic_fetch_add(&r->hits, 1);
+			else
+				atomic_fetch_add(&r->incoherent, 1);
+			if (ioctl(r->fd, PIN_LONGTERM_TEST_STOP))
+				atomic_fetch_add(&r->errors, 1);
+		}
+		pg = next_owned(pg, &sweep);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
 enum racer {
-	WRITERS, MPROTECT, FORK, UFFD, MUNMAP, DONTNEED, FREE, NR_RACERS,
+	WRITERS, MPROTECT, FORK, UFFD, MUNMAP, DONTNEED, FREE, PAGEOUT,
+	UFFD_MOVE, PIN, NR_RACERS,
 };
 
 static const char *const racer_name[] = {
@@ -618,15 +856,51 @@ static const char *const racer_name[] = {
 	"userfaultfd register", "munmap and mmap",
 	"MADV_DONTNEED and rewrites of 1 page in 8",
 	"MADV_FREE and rewrites of 1 page in 8",
+	"MADV_PAGEOUT and rewrites of 1 page in 8",
+	"UFFDIO_MOVE out and back of 1 page in 8",
+	"long-term pins and writes of 1 page in 8",
 };
 
-/* Whether racer @k explains a failed collapse with errno @err. */
-static bool errno_expected(int err, enum racer k)
+static void *(*const racer_fn[])(void *) = {
+	writer, mprotect_racer, fork_racer, uffd_racer, munmap_racer,
+	advice_racer, advice_racer, pageout_racer, move_racer, pin_racer,
+};
+
+/* Whether racer @k owns pages (racer_owns()) and keeps a model of them. */
+static bool racer_models(enum racer k)
+{
+	return k == DONTNEED || k == FREE || k == PAGEOUT || k == UFFD_MOVE ||
+	       k == PIN;
+}
+
+/*
+ * Whether racer @k explains a failed collapse with errno @err, in a call
+ * during which the Rust core counted @non_present more pte_non_present.
+ */
+static bool errno_expected(int err, enum racer k, long long non_present)
 {
 	/* A racer may remove or change the VMA: those say so by errno. */
 	switch (k) {
 	case MUNMAP:
 		return err == ENOMEM || err == EINVAL || err == EAGAIN;
+	case PAGEOUT:
+		/*
+		 * A page paged out after the collapse read the range's
+		 * swapped-out pages back in, and before its switch, is a swap
+		 * entry at the isolation: pte_non_present, EINVAL (upstream
+		 * meets the same in its shorter window).
+		 */
+		if (err == EINVAL)
+			return non_present > 0;
+		return err == EAGAIN || err == EBUSY;
+	case PIN:
+		/* A pinned page: page_count. */
+		return err == EAGAIN;
+	case UFFD_MOVE:
+		/*
+		 * The hole of a page moved out: exceed_none_pte (EBUSY); a
+		 * page being moved, locked or with a reference: EAGAIN.
+		 */
 	case UFFD:
 	case MPROTECT:
 	case FORK:
@@ -640,12 +914,31 @@ static bool errno_expected(int err, enum racer k)
 }
 
 /*
+ * How many of the RACE_ROUNDS rounds must collapse under racer @k: half,
+ * but under UFFDIO_MOVE. A hole in a range registered for missing faults
+ * fails its PMD with exceed_none_pte, which ends the whole MADV_COLLAPSE
+ * call (it is not among the failures after which the range loop goes on;
+ * upstream's madvise_collapse() neither), so a round collapses only if the
+ * first PMD had no hole at its scan and at its isolation. The racer works
+ * in the first PMD about half the time (next_owned()), and while it does,
+ * its page is out about half the time, at each of those two checks: some 5
+ * rounds in 8 collapse, which a run of 32 falls short of half too often.
+ * At least one in 8 must, which still shows collapses went through while
+ * the racer ran.
+ */
+static int race_min_done(enum racer k)
+{
+	return k == UFFD_MOVE ? RACE_ROUNDS / 8 : RACE_ROUNDS / 2;
+}
+
+/*
  * Splits the PMD mappings of the race range again for the next round, by
  * dropping the last page of each PMD: the next round then collapses
- * PTE-mapped THPs. Under the userfaultfd racer such a hole would fail every
+ * PTE-mapped THPs. Under the userfaultfd racers such a hole would fail every
  * round in which the range happens to be registered (EBUSY: a registered
- * range may not gain pages), so there the THPs are split into base pages
- * through debugfs instead, and every page stays.
+ * range may not gain pages; under UFFDIO_MOVE it always is), so there the
+ * THPs are split into base pages through debugfs instead, and every page
+ * stays.
  */
 static void race_split(struct race *r, enum racer k)
 {
@@ -654,7 +947,7 @@ static void race_split(struct race *r, enum racer k)
 	};
 	int i;
 
-	if (k == UFFD) {
+	if (k == UFFD || k == UFFD_MOVE) {
 		if (mem_split(&reg))
 			ksft_exit_fail_msg("split_huge_pages: %s\n", strerror(errno));
 		return;
@@ -664,34 +957,140 @@ static void race_split(struct race *r, enum racer k)
 			PAGE_SZ, MADV_DONTNEED);
 }
 
+/* A userfaultfd that offers UFFD_FEATURE_MOVE, or -1 with the reason in @why. */
+static int uffd_with_move(char *why, size_t len)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+		snprintf(why, len, "no userfaultfd: %s", strerror(errno));
+		if (uffd >= 0)
+			close(uffd);
+		return -1;
+	}
+	close(uffd);
+	if (!(api.features & UFFD_FEATURE_MOVE)) {
+		snprintf(why, len, "UFFDIO_API does not offer UFFD_FEATURE_MOVE (features 0x%llx)",
+			 (unsigned long long)api.features);
+		return -1;
+	}
+	/* The features are chosen once per userfaultfd. */
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	api = (struct uffdio_api){ .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+		snprintf(why, len, "UFFDIO_API with UFFD_FEATURE_MOVE: %s", strerror(errno));
+		if (uffd >= 0)
+			close(uffd);
+		return -1;
+	}
+	return uffd;
+}
+
+/*
+ * What racer @k needs before the race range exists: swap (PAGEOUT), a
+ * userfaultfd that can move pages (UFFD_MOVE, in r->fd), gup_test (PIN, in
+ * r->fd). Returns false, with the reason in @why, if the machine lacks it.
+ */
+static bool race_can_run(enum racer k, struct race *r, char *why, size_t len)
+{
+	switch (k) {
+	case PAGEOUT:
+		if (!swap_enabled()) {
+			snprintf(why, len, "no swap device in /proc/swaps");
+			return false;
+		}
+		return true;
+	case UFFD_MOVE:
+		r->fd = uffd_with_move(why, len);
+		return r->fd >= 0;
+	case PIN:
+		r->fd = open("/sys/kernel/debug/gup_test", O_RDWR);
+		if (r->fd < 0) {
+			snprintf(why, len, "no /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s",
+				 strerror(errno));
+			return false;
+		}
+		return true;
+	default:
+		return true;
+	}
+}
+
+/*
+ * For UFFD_MOVE: registers the race range and a scratch page for missing
+ * faults with r->fd (UFFDIO_MOVE wants its destination registered with the
+ * same userfaultfd, and the page goes both ways).
+ */
+static void race_uffd_setup(struct race *r)
+{
+	r->scratch = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (r->scratch == MAP_FAILED)
+		ksft_exit_fail_perror("mmap(scratch)");
+	if (uffd_register(r->fd, r->p, r->len, true, false, false) ||
+	    uffd_register(r->fd, r->scratch, PAGE_SZ, true, false, false))
+		ksft_exit_fail_msg("UFFDIO_REGISTER of the race range: %s\n",
+				   strerror(errno));
+}
+
+/* Racer @k's own figures, and whether they are right, into @out. */
+static bool racer_figures(enum racer k, struct race *r, char *out, size_t len)
+{
+	long hits = atomic_load(&r->hits);
+
+	out[0] = 0;
+	switch (k) {
+	case PAGEOUT:
+		/* Pages went to swap: the race met swapped-out pages. */
+		snprintf(out, len, "; %ld pages left in swap by MADV_PAGEOUT", hits);
+		return hits > 0;
+	case UFFD_MOVE:
+		snprintf(out, len, "; %ld pages moved out and back, %ld moves out refused (EBUSY), %ld holes filled by a collapse",
+			 hits, atomic_load(&r->busy), atomic_load(&r->filled));
+		return hits > 0 && !atomic_load(&r->filled);
+	case PIN:
+		snprintf(out, len, "; %ld pins read back the write made through the mapping, %ld read other data",
+			 hits, atomic_load(&r->incoherent));
+		return hits > 0 && !atomic_load(&r->incoherent);
+	default:
+		return true;
+	}
+}
+
 /*
  * MADV_COLLAPSE of two PMDs in RACE_ROUNDS rounds while racer @k runs the
  * whole time. A round counts as collapsed when the Rust core collapsed at
  * least one PMD in it (with the munmap racer the call as a whole fails with
  * ENOMEM whenever the second PMD is a hole, though the first one, which is
- * never unmapped, was collapsed); at least half the rounds must be. Every
- * page must hold its last write (or, for the DONTNEED and FREE racers, what
- * their model allows), and errors must be the ones the racer explains.
+ * never unmapped, was collapsed); at least half the rounds must be (but
+ * see race_min_done()). Every page must hold its last write (or, for the
+ * racers that own pages, what their model allows), errors must be the ones
+ * the racer explains, and each collapse must have been copied early, copied
+ * under the lock or mapped in place.
  */
 static void test_race(enum racer k)
 {
 	static struct rust_stats snap, first, last;
-	long long early, locked, recopied, collapsed;
+	long long early, locked, recopied, collapsed, in_place, retries, again;
 	static struct race r;
 	long long ok = rust_stat("madvise", "succeed");
-	void *(*fn)(void *) = k == WRITERS ? writer :
-			      k == MPROTECT ? mprotect_racer :
-			      k == FORK ? fork_racer :
-			      k == UFFD ? uffd_racer :
-			      k == MUNMAP ? munmap_racer : advice_racer;
+	void *(*fn)(void *) = racer_fn[k];
 	int nth = k == WRITERS ? 2 : 1, i, n, bad = 0, done = 0, calls_ok = 0;
-	bool advice = k == DONTNEED || k == FREE;
+	bool model = racer_models(k), figures_ok;
 	long long start = now_ns();
+	char why[160], figures[192];
 	size_t pg, lost = 0;
 	pthread_t th[2];
 	char *shadow;
 
 	memset(&r, 0, sizeof(r));
+	r.fd = -1;
+	if (!race_can_run(k, &r, why, sizeof(why))) {
+		ksft_test_result_skip("rust: collapse racing with %s: %s\n",
+				      racer_name[k], why);
+		return;
+	}
 	r.len = RACE_PMDS * PMD_SZ;
 	r.p = small_pages(RACE_PMDS);
 	shadow = malloc(r.len);
@@ -699,7 +1098,7 @@ static void test_race(enum racer k)
 		ksft_exit_fail_perror("malloc");
 	for (pg = 0; pg < RACE_PAGES; pg++)
 		fill_page(r.p, shadow, pg, 9);
-	for (pg = 0; advice && pg < RACE_PAGES; pg++) {
+	for (pg = 0; model && pg < RACE_PAGES; pg++) {
 		if (racer_owns(pg)) {
 			mem_fill(r.p + pg * PAGE_SZ, pg, 1);
 			r.gen[pg] = 1;
@@ -708,6 +1107,8 @@ static void test_race(enum racer k)
 	r.shadow = shadow;
 	r.id = k == FREE;
 	allow_thp(r.p, r.len);
+	if (k == UFFD_MOVE)
+		race_uffd_setup(&r);
 	collapse_require_core("rust");
 
 	for (i = 0; i < nth; i++) {
@@ -722,11 +1123,15 @@ static void test_race(enum racer k)
 	rust_stats_read("madvise", &first);
 	for (n = 0; n < RACE_ROUNDS; n++) {
 		long long before = rust_stat("madvise", "succeed");
+		long long np = rust_stat("madvise", "pte_non_present");
 
 		rust_stats_read("madvise", &snap);
 		if (madvise(r.p, r.len, MADV_COLLAPSE)) {
-			if (!errno_expected(errno, k)) {
-				ksft_print_msg("round %d: %s\n", n, strerror(errno));
+			int err = errno;
+
+			np = rust_stat("madvise", "pte_non_present") - np;
+			if (!errno_expected(err, k, np)) {
+				ksft_print_msg("round %d: %s\n", n, strerror(err));
 				stats_print_moved("madvise", &snap);
 				bad++;
 			}
@@ -741,6 +1146,13 @@ static void test_race(enum racer k)
 	atomic_store(&r.stop, 1);
 	for (i = 0; i < nth; i++)
 		pthread_join(th[i], NULL);
+	/*
+	 * Unregisters the range (UFFD_MOVE): a page the racer could not put
+	 * back reads zeroes now, and counts as lost, rather than waiting for a
+	 * fault handler forever.
+	 */
+	if (r.fd >= 0)
+		close(r.fd);
 
 	for (pg = 0; pg < RACE_PAGES; pg++) {
 		char *page = r.p + pg * PAGE_SZ;
@@ -749,37 +1161,48 @@ static void test_race(enum racer k)
 			continue;
 		if (k == WRITERS)
 			lost += *(uint64_t *)page != r.last[pg];
-		else if (advice && racer_owns(pg))
+		else if (model && racer_owns(pg))
 			lost += !owned_page_ok(&r, pg);
 		/* The second PMD may have been unmapped and mapped again. */
 		else if (k != MUNMAP || pg < PAGES_PER_PMD)
 			lost += !!memcmp(page, shadow + pg * PAGE_SZ, PAGE_SZ);
 	}
 	rust_stats_read("madvise", &last);
-	if (2 * done < RACE_ROUNDS)
+	if (done < race_min_done(k))
 		stats_print_moved("madvise", &first);
 	early = rust_stats_delta(&first, &last, "copied_early");
 	locked = rust_stats_delta(&first, &last, "copied_locked");
 	recopied = rust_stats_delta(&first, &last, "recopied");
+	retries = rust_stats_delta(&first, &last, "early_retries");
+	again = rust_stats_delta(&first, &last, "recopied_early");
+	in_place = rust_stats_delta(&first, &last, "in_place");
 	collapsed = rust_stats_delta(&first, &last, "succeed");
+	figures_ok = racer_figures(k, &r, figures, sizeof(figures));
 	/*
-	 * Each collapse copied either early or under the lock; writers
-	 * hammering every page make the early copies' pages change under
-	 * them, which the switch must see and copy again.
+	 * Each collapse copied either early or under the lock (or, where a
+	 * split through debugfs left a PMD-sized folio PTE-mapped, mapped it
+	 * in place); writers hammering every page make the early copies'
+	 * pages change under them, which a retry of the early copy or the
+	 * switch must see and copy again (and so many that an early copy
+	 * retries).
 	 */
 	ksft_test_result(!bad && !lost && !atomic_load(&r.lost) &&
-			 !atomic_load(&r.errors) && 2 * done >= RACE_ROUNDS &&
-			 atomic_load(&r.ops) > 0 &&
+			 !atomic_load(&r.errors) && done >= race_min_done(k) &&
+			 atomic_load(&r.ops) > 0 && figures_ok &&
 			 rust_stat("madvise", "succeed") > ok &&
-			 early + locked == collapsed &&
-			 (k != WRITERS || recopied + locked * PAGES_PER_PMD > 0),
-			 "rust: collapse racing with %s: %d/%d rounds collapsed (%lld PMDs: %lld copied early, %lld pages of them again; %lld copied locked), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed), %.1f s\n",
-			 racer_name[k], done, RACE_ROUNDS, collapsed, early,
-			 recopied, locked, calls_ok, bad,
-			 lost, atomic_load(&r.lost), atomic_load(&r.ops),
-			 atomic_load(&r.errors), (now_ns() - start) / 1e9);
+			 early + locked + in_place == collapsed &&
+			 (k != WRITERS || recopied + again + locked * PAGES_PER_PMD > 0) &&
+			 (k != WRITERS || !early || retries > 0),
+			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld copied locked; %lld in place), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
+			 racer_name[k], done, RACE_ROUNDS, race_min_done(k),
+			 collapsed, early, retries, again, recopied, locked, in_place, calls_ok,
+			 bad, lost, atomic_load(&r.lost), atomic_load(&r.ops),
+			 atomic_load(&r.errors), figures,
+			 (now_ns() - start) / 1e9);
 	free(shadow);
 	munmap(r.p, r.len);
+	if (r.scratch)
+		munmap(r.scratch, PAGE_SZ);
 }
 
 struct mover {
@@ -1807,6 +2230,440 @@ out:
 	munmap(p, len);
 }
 
+/* ---- Pagemap bits after an early copy ------------------------------------ */
+
+/* The pagemap bits of an entry that a collapse must treat as the C core does. */
+#define PM_KEPT (PM_SOFT_DIRTY | PM_MMAP_EXCLUSIVE | PM_UFFD_WP | PM_PRESENT)
+/* Half the pages of a PMD, as an int. */
+#define HALF_PMD ((int)PAGES_PER_PMD / 2)
+
+/* The PM_KEPT bits of each page of the PMD range at @p, into @bits. */
+static void pagemap_bits(char *p, uint64_t *bits)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	ssize_t len = PAGES_PER_PMD * sizeof(*bits);
+	size_t i;
+
+	if (fd < 0 || pread(fd, bits, len, (uintptr_t)p / PAGE_SZ * sizeof(*bits)) != len)
+		ksft_exit_fail_perror("pagemap");
+	close(fd);
+	for (i = 0; i < PAGES_PER_PMD; i++)
+		bits[i] &= PM_KEPT;
+}
+
+/* How many pages of @bits have @bit set. */
+static int bits_count(const uint64_t *bits, uint64_t bit)
+{
+	int i, n = 0;
+
+	for (i = 0; i < (int)PAGES_PER_PMD; i++)
+		n += !!(bits[i] & bit);
+	return n;
+}
+
+/* How many pages have other bits in @a than in @b. */
+static int bits_differ(const uint64_t *a, const uint64_t *b)
+{
+	int i, n = 0;
+
+	for (i = 0; i < (int)PAGES_PER_PMD; i++)
+		n += a[i] != b[i];
+	return n;
+}
+
+/* How many pages of @bits have each bit, as text in @buf. */
+static const char *bits_str(const uint64_t *bits, char *buf, size_t len)
+{
+	snprintf(buf, len, "soft-dirty %d exclusive %d uffd-wp %d present %d",
+		 bits_count(bits, PM_SOFT_DIRTY), bits_count(bits, PM_MMAP_EXCLUSIVE),
+		 bits_count(bits, PM_UFFD_WP), bits_count(bits, PM_PRESENT));
+	return buf;
+}
+
+/*
+ * A fresh PMD of small pages, all written (@seed), the soft-dirty bits
+ * cleared (clear_refs 4, which also write-protects every entry), then the even
+ * pages written again (@seed + 1): 256 pages soft-dirty and writable, 256
+ * clean and read-only. @shadow follows.
+ */
+static char *softdirty_layout(char *shadow, uint64_t seed)
+{
+	char *p = small_pages(1);
+	size_t pg;
+
+	for (pg = 0; pg < PAGES_PER_PMD; pg++)
+		fill_page(p, shadow, pg, seed);
+	allow_thp(p, PMD_SZ);
+	clear_softdirty();
+	for (pg = 0; pg < PAGES_PER_PMD; pg += 2)
+		fill_page(p, shadow, pg, seed + 1);
+	return p;
+}
+
+/*
+ * A collapse copied early: the Rust core's entries, read through pagemap,
+ * must carry the same soft-dirty, exclusive, uffd-wp and present bits as the
+ * C core's after a collapse of the same layout.
+ */
+static void test_pagemap_collapsed(void)
+{
+	static uint64_t before[2][PAGES_PER_PMD], after[2][PAGES_PER_PMD];
+	static struct rust_stats s0, s1;
+	static char shadow[PMD_SZ];
+	long long ok = 0, early = 0, locked = 0;
+	int ret[2], err[2], sd[2];
+	char b[2][96], a[2][96];
+	bool huge[2], same[2];
+	unsigned int c;
+
+	for (c = 0; c < 2; c++) {
+		char *p = softdirty_layout(shadow, 40 + 2 * c);
+
+		pagemap_bits(p, before[c]);
+		sd[c] = bits_count(before[c], PM_SOFT_DIRTY);
+		collapse_require_core(cores[c]);
+		rust_stats_read("madvise", &s0);
+		ret[c] = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		err[c] = errno;
+		rust_stats_read("madvise", &s1);
+		pagemap_bits(p, after[c]);
+		huge[c] = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
+		same[c] = !memcmp(p, shadow, PMD_SZ);
+		if (c == 0) {
+			ok = rust_stats_delta(&s0, &s1, "succeed");
+			early = rust_stats_delta(&s0, &s1, "copied_early");
+			locked = rust_stats_delta(&s0, &s1, "copied_locked");
+		}
+		bits_str(before[c], b[c], sizeof(b[c]));
+		bits_str(after[c], a[c], sizeof(a[c]));
+		munmap(p, PMD_SZ);
+	}
+	ksft_test_result(!ret[0] && !ret[1] && huge[0] && huge[1] && same[0] && same[1] &&
+			 sd[0] == HALF_PMD && sd[1] == HALF_PMD &&
+			 !bits_differ(before[0], before[1]) &&
+			 !bits_differ(after[0], after[1]) &&
+			 ok == 1 && early == 1 && !locked,
+			 "rust: pagemap: after a collapse copied early, the bits of every page equal the C core's (rust: %s, huge %d, same %d, succeed +%lld, copied early +%lld, copied locked +%lld, [%s] -> [%s]; c: %s, huge %d, same %d, [%s] -> [%s]; %d pages differ from C's after)\n",
+			 ret[0] ? strerror(err[0]) : "collapsed", huge[0], same[0], ok,
+			 early, locked, b[0], a[0],
+			 ret[1] ? strerror(err[1]) : "collapsed", huge[1], same[1],
+			 b[1], a[1], bits_differ(after[0], after[1]));
+}
+
+/* The pages of case B: written by the trigger, pinned, probed, written last. */
+#define B_X 10
+#define B_Y 100
+#define B_Z 200
+#define B_W 301
+/* Tries of case B on the Rust core until the pin lands during the copy. */
+#define B_TRIES 5
+
+/* Minor and major faults of the calling thread so far. */
+static long thread_faults(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_THREAD, &ru))
+		ksft_exit_fail_perror("getrusage");
+	return ru.ru_minflt + ru.ru_majflt;
+}
+
+/* Pins the page at @page long-term through gup_test; 0 or -errno. */
+static int gup_pin(int gup_fd, char *page, bool write)
+{
+	struct pin_longterm_test args = {
+		.addr = (unsigned long)page,
+		.size = PAGE_SZ,
+		.flags = write ? PIN_LONGTERM_TEST_FLAG_USE_WRITE : 0,
+	};
+
+	return ioctl(gup_fd, PIN_LONGTERM_TEST_START, &args) ? -errno : 0;
+}
+
+/* What the trigger thread of case B shares with the main thread. */
+struct wp_trigger {
+	char *x, *y;
+	int gup_fd;
+	atomic_int ready, stop, call_done;
+	atomic_int pinned;	/* 1: during the call, 2: after it returned */
+	int err;		/* of the pin */
+};
+
+/*
+ * Writes page x (written since clear_refs: writable) with what it holds,
+ * over and over, until a write faults: the Rust core's early copy has just
+ * write-protected the range (nothing else write-protects it meanwhile), and
+ * its copy runs. Then pins page y read-only and long-term at once (no
+ * fault: the page is exclusive), before the switch: its isolation must find
+ * the pin (page_count, EAGAIN), after the early copy.
+ */
+static void *pin_on_wp(void *arg)
+{
+	struct wp_trigger *t = arg;
+	uint64_t *x = (uint64_t *)t->x;
+	uint64_t v = __atomic_load_n(x, __ATOMIC_RELAXED);
+	long base;
+
+	__atomic_store_n(x, v, __ATOMIC_RELAXED);
+	/* The first call may fault on its own stack (clear_refs protected it). */
+	thread_faults();
+	base = thread_faults();
+	atomic_store(&t->ready, 1);
+	while (!atomic_load(&t->stop)) {
+		__atomic_store_n(x, v, __ATOMIC_RELAXED);
+		if (thread_faults() == base)
+			continue;
+		t->err = gup_pin(t->gup_fd, t->y, false);
+		if (!t->err)
+			atomic_store(&t->pinned, atomic_load(&t->call_done) ? 2 : 1);
+		break;
+	}
+	return NULL;
+}
+
+/* One try of case B on one core, and what it saw. */
+struct failed_try {
+	uint64_t before[PAGES_PER_PMD], after[PAGES_PER_PMD], last[PAGES_PER_PMD];
+	int ret, err, pinned, faults, tries;
+	bool huge, same;
+	long long page_count, succeed;
+};
+
+/*
+ * Case B on @core: softdirty_layout(), a long-term pin of page B_Y (on the
+ * Rust core taken while its early copy runs, by pin_on_wp(); on the C core,
+ * which makes no early copy, before the call), MADV_COLLAPSE. Then writes
+ * page B_Z (written, so writable before the call) with what it holds,
+ * counting the faults, unpins, and writes clean page B_W. Returns whether
+ * the try is one to judge: on the Rust core, the collapse failed with EAGAIN
+ * after the pin was taken during the call, and the write to B_Z faulted
+ * (the early copy had write-protected it).
+ */
+static bool failed_try(const char *core, int gup, struct failed_try *ft, uint64_t seed)
+{
+	static struct rust_stats s0, s1;
+	static char shadow[PMD_SZ];
+	bool rust = !strcmp(core, "rust");
+	struct wp_trigger t;
+	pthread_t th;
+	uint64_t z;
+	long f;
+	char *p;
+
+	memset(&t, 0, sizeof(t));
+	p = softdirty_layout(shadow, seed);
+	pagemap_bits(p, ft->before);
+	t.x = p + B_X * PAGE_SZ;
+	t.y = p + B_Y * PAGE_SZ;
+	t.gup_fd = gup;
+	collapse_require_core(core);
+	if (rust) {
+		if (pthread_create(&th, NULL, pin_on_wp, &t))
+			ksft_exit_fail_perror("pthread_create");
+		while (!atomic_load(&t.ready))
+			usleep(100);
+	} else {
+		t.err = gup_pin(gup, t.y, false);
+		atomic_store(&t.pinned, !t.err);
+	}
+	rust_stats_read("madvise", &s0);
+	ft->ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+	ft->err = errno;
+	atomic_store(&t.call_done, 1);
+	rust_stats_read("madvise", &s1);
+	if (rust) {
+		atomic_store(&t.stop, 1);
+		pthread_join(th, NULL);
+	}
+	if (t.err)
+		ksft_print_msg("%s: long-term gup_test pin: %s\n", core, strerror(-t.err));
+	ft->pinned = atomic_load(&t.pinned);
+	ft->huge = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
+	pagemap_bits(p, ft->after);
+	memcpy(&z, shadow + B_Z * PAGE_SZ, sizeof(z));
+	thread_faults();
+	f = thread_faults();
+	__atomic_store_n((uint64_t *)(p + B_Z * PAGE_SZ), z, __ATOMIC_RELAXED);
+	ft->faults = thread_faults() - f;
+	if (ft->pinned && ioctl(gup, PIN_LONGTERM_TEST_STOP))
+		ksft_exit_fail_perror("PIN_LONGTERM_TEST_STOP");
+	fill_page(p, shadow, B_W, seed + 2);
+	pagemap_bits(p, ft->last);
+	ft->same = !memcmp(p, shadow, PMD_SZ);
+	ft->page_count = rust_stats_delta(&s0, &s1, "page_count");
+	ft->succeed = rust_stats_delta(&s0, &s1, "succeed");
+	munmap(p, PMD_SZ);
+	return !rust || (ft->ret && ft->err == EAGAIN && ft->pinned == 1 && ft->faults == 1);
+}
+
+/*
+ * A collapse that fails after the early copy leaves the entries read-only
+ * (as a fork does), but their pagemap bits as they were; a write afterwards
+ * faults, and sets the soft-dirty bit of a clean page. Both cores, compared.
+ * Two results.
+ */
+static void test_pagemap_failed(void)
+{
+	static struct failed_try ft[2];
+	int gup = open("/sys/kernel/debug/gup_test", O_RDWR);
+	char b[2][96], a[2][96];
+	unsigned int c;
+	bool ok[2];
+	int sd[2];
+
+	if (gup < 0) {
+		ksft_test_result_skip("rust: pagemap: failed collapse: no /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s\n",
+				      strerror(errno));
+		ksft_test_result_skip("rust: pagemap: write after a failed collapse: no gup_test\n");
+		return;
+	}
+	for (c = 0; c < 2; c++) {
+		for (ft[c].tries = 1; ft[c].tries <= B_TRIES; ft[c].tries++)
+			if (failed_try(cores[c], gup, &ft[c], 50 + 4 * c))
+				break;
+		if (ft[c].tries > B_TRIES)
+			ft[c].tries = B_TRIES;
+		bits_str(ft[c].before, b[c], sizeof(b[c]));
+		bits_str(ft[c].last, a[c], sizeof(a[c]));
+		sd[c] = bits_count(ft[c].before, PM_SOFT_DIRTY);
+	}
+	close(gup);
+	/*
+	 * Rust: the pin came while the early copy ran (1), the switch refused
+	 * it (page_count), and the entries stayed write-protected (the write
+	 * to a page written before the call faulted once). C: pinned before
+	 * the call, no write-protection (no fault).
+	 */
+	ok[0] = ft[0].ret && ft[0].err == EAGAIN && ft[0].pinned == 1 && !ft[0].huge &&
+		ft[0].page_count == 1 && !ft[0].succeed && ft[0].faults == 1 &&
+		!bits_differ(ft[0].before, ft[0].after);
+	ok[1] = ft[1].ret && ft[1].err == EAGAIN && ft[1].pinned == 1 && !ft[1].huge &&
+		!ft[1].faults && !bits_differ(ft[1].before, ft[1].after);
+	ksft_test_result(ok[0] && ok[1] && sd[0] == HALF_PMD &&
+			 sd[1] == HALF_PMD &&
+			 !bits_differ(ft[0].before, ft[1].before) &&
+			 !bits_differ(ft[0].after, ft[1].after),
+			 "rust: pagemap: a collapse failing after the early copy (pin taken while it copied) leaves every page's bits as they were, as C's failed collapse does (rust: %s after %d tries, pin %s, page_count +%lld, succeed +%lld, %d pages changed, a write to a written page faulted %d times; c: %s, pin %s, %d pages changed, %d faults; [%s]; %d pages differ from C's)\n",
+			 ft[0].ret ? strerror(ft[0].err) : "collapsed", ft[0].tries,
+			 ft[0].pinned == 1 ? "during the call" :
+			 ft[0].pinned ? "after the call" : "not taken",
+			 ft[0].page_count, ft[0].succeed,
+			 bits_differ(ft[0].before, ft[0].after), ft[0].faults,
+			 ft[1].ret ? strerror(ft[1].err) : "collapsed",
+			 ft[1].pinned ? "taken before" : "not taken",
+			 bits_differ(ft[1].before, ft[1].after), ft[1].faults, b[0],
+			 bits_differ(ft[0].after, ft[1].after));
+	ksft_test_result(ok[0] && ok[1] && ft[0].same && ft[1].same &&
+			 (ft[0].last[B_W] & PM_SOFT_DIRTY) && (ft[1].last[B_W] & PM_SOFT_DIRTY) &&
+			 bits_count(ft[0].last, PM_SOFT_DIRTY) == HALF_PMD + 1 &&
+			 !bits_differ(ft[0].last, ft[1].last),
+			 "rust: pagemap: after the failed collapse and the unpin, a write to a clean page sets its soft-dirty bit and no other, as on C (soft-dirty %d -> %d, every byte kept %d, [%s]; c: %d -> %d, every byte kept %d, [%s]; %d pages differ from C's)\n",
+			 sd[0], bits_count(ft[0].last, PM_SOFT_DIRTY), ft[0].same, a[0],
+			 sd[1], bits_count(ft[1].last, PM_SOFT_DIRTY), ft[1].same, a[1],
+			 bits_differ(ft[0].last, ft[1].last));
+}
+
+/*
+ * uffd-wp: half the pages of a range registered for write-protect faults are
+ * write-protected with UFFDIO_WRITEPROTECT. Both cores refuse the range at
+ * the scan (upstream's SCAN_PTE_UFFD, which madvise_collapse_errno() turns
+ * into EINVAL; the Rust core's pte_uffd), before any early copy, and every
+ * page keeps its bits, uffd-wp included.
+ */
+static void test_pagemap_uffd_wp(void)
+{
+	static uint64_t before[2][PAGES_PER_PMD], after[2][PAGES_PER_PMD];
+	static struct rust_stats s0, s1;
+	static char shadow[PMD_SZ];
+	long long uffd_d = 0, ok_d = 0;
+	int ret[2], err[2], wp[2];
+	bool huge[2], same[2];
+	char b[2][96];
+	unsigned int c;
+	size_t pg;
+
+	for (c = 0; c < 2; c++) {
+		struct uffdio_api api = { .api = UFFD_API };
+		int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+		char *p;
+
+		if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+			ksft_test_result_skip("rust: pagemap: uffd-wp: no userfaultfd: %s\n",
+					      strerror(errno));
+			return;
+		}
+		if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
+			ksft_test_result_skip("rust: pagemap: uffd-wp: UFFDIO_API does not offer UFFD_FEATURE_PAGEFAULT_FLAG_WP\n");
+			close(uffd);
+			return;
+		}
+		p = small_pages(1);
+		for (pg = 0; pg < PAGES_PER_PMD; pg++)
+			fill_page(p, shadow, pg, 60 + 2 * c);
+		allow_thp(p, PMD_SZ);
+		if (uffd_register(uffd, p, PMD_SZ, false, true, false))
+			ksft_exit_fail_perror("UFFDIO_REGISTER_MODE_WP");
+		for (pg = 1; pg < PAGES_PER_PMD; pg += 2) {
+			struct uffdio_writeprotect w = {
+				.range = {
+					.start = (unsigned long)(p + pg * PAGE_SZ),
+					.len = PAGE_SZ,
+				},
+				.mode = UFFDIO_WRITEPROTECT_MODE_WP,
+			};
+
+			if (ioctl(uffd, UFFDIO_WRITEPROTECT, &w))
+				ksft_exit_fail_perror("UFFDIO_WRITEPROTECT");
+		}
+		pagemap_bits(p, before[c]);
+		wp[c] = bits_count(before[c], PM_UFFD_WP);
+		collapse_require_core(cores[c]);
+		rust_stats_read("madvise", &s0);
+		ret[c] = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		err[c] = errno;
+		rust_stats_read("madvise", &s1);
+		pagemap_bits(p, after[c]);
+		huge[c] = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
+		/* Reads only: a write to a write-protected page would wait. */
+		same[c] = !memcmp(p, shadow, PMD_SZ);
+		if (c == 0) {
+			uffd_d = rust_stats_delta(&s0, &s1, "pte_uffd");
+			ok_d = rust_stats_delta(&s0, &s1, "succeed");
+		}
+		bits_str(after[c], b[c], sizeof(b[c]));
+		close(uffd);
+		munmap(p, PMD_SZ);
+	}
+	ksft_test_result(ret[0] && err[0] == EINVAL && ret[1] && err[1] == EINVAL &&
+			 !huge[0] && !huge[1] && same[0] && same[1] &&
+			 wp[0] == HALF_PMD && wp[1] == HALF_PMD &&
+			 !bits_differ(before[0], after[0]) && !bits_differ(before[1], after[1]) &&
+			 !bits_differ(after[0], after[1]) && uffd_d == 1 && !ok_d,
+			 "rust: pagemap: uffd-wp on half the pages: refused with EINVAL on both cores, every page's bits kept, as C's (rust: %s, pte_uffd +%lld, succeed +%lld, uffd-wp %d, %d pages changed, huge %d, same %d, [%s]; c: %s, uffd-wp %d, %d pages changed, huge %d, same %d, [%s]; %d pages differ from C's)\n",
+			 ret[0] ? strerror(err[0]) : "collapsed", uffd_d, ok_d, wp[0],
+			 bits_differ(before[0], after[0]), huge[0], same[0], b[0],
+			 ret[1] ? strerror(err[1]) : "collapsed", wp[1],
+			 bits_differ(before[1], after[1]), huge[1], same[1], b[1],
+			 bits_differ(after[0], after[1]));
+}
+
+/*
+ * Cases A, B and C of the pagemap bits (four results), skipped if the kernel
+ * does not track soft-dirty bits.
+ */
+static void test_pagemap(void)
+{
+	if (!softdirty_supported()) {
+		ksft_test_result_skip("rust: pagemap: collapsed: no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY)\n");
+		ksft_test_result_skip("rust: pagemap: failed collapse: no soft-dirty tracking\n");
+		ksft_test_result_skip("rust: pagemap: write after a failed collapse: no soft-dirty tracking\n");
+	} else {
+		test_pagemap_collapsed();
+		test_pagemap_failed();
+	}
+	test_pagemap_uffd_wp();
+}
+
 int main(int argc, char **argv)
 {
 	char orig[16], thp_enabled[32];
@@ -1829,7 +2686,7 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + NR_RACERS + 2 + 14);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 2 + 14);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -1840,6 +2697,7 @@ int main(int argc, char **argv)
 		test_in_place(cores[c], false);
 		test_in_place(cores[c], true);
 	}
+	test_pagemap();
 
 	for (l = 0; l < NR_RACERS; l++)
 		test_race(l);

@@ -509,12 +509,18 @@ static bool split_range(struct region *r)
  * its last generation, no errno but EAGAIN (a read's pin), reads during
  * collapses, and at least half of the rounds collapsed from base pages
  * (Rust: succeed moved as often; for shmem it also counts a range that
- * stayed PMD-mapped, as upstream does).
+ * stayed PMD-mapped, as upstream does). On the Rust core, each anonymous
+ * collapse was copied early (while the reads went on) or under the mmap
+ * write lock, or mapped in place (a split that a read's pin stopped halfway
+ * leaves the PMD-sized folio mapped by PTEs); shmem collapses take none of
+ * these anonymous paths.
  */
 static void test_dio(const char *core, enum mem_type type)
 {
-	bool rust = !strcmp(core, "rust"), huge = false;
+	bool rust = !strcmp(core, "rust"), huge = false, paths_ok;
 	int collapsed = 0, refused = 0, other = 0, split_fail = 0, i, err = 0;
+	long long early, locked, recopied, in_place;
+	static struct rust_stats first, last;
 	uint64_t shadow[PAGES_PER_PMD];
 	struct region r = mem_region(type, 1);
 	struct dio d = { .r = &r, .shadow = shadow };
@@ -536,6 +542,7 @@ static void test_dio(const char *core, enum mem_type type)
 	atomic_store(&d.round_us, (long)((now() - t) * 1e6));
 	ok = rust_stat("madvise", "succeed");
 	pc = rust_stat("madvise", "page_count");
+	rust_stats_read("madvise", &first);
 	if (pthread_create(&th, NULL, dio_reader, &d))
 		ksft_exit_fail_msg("pthread_create\n");
 	t0 = now();
@@ -557,18 +564,26 @@ static void test_dio(const char *core, enum mem_type type)
 	}
 	atomic_store(&d.stop, 1);
 	pthread_join(th, NULL);
+	rust_stats_read("madvise", &last);
 	ok_d = rust_stat("madvise", "succeed") - ok;
 	pc_d = rust_stat("madvise", "page_count") - pc;
+	early = rust_stats_delta(&first, &last, "copied_early");
+	locked = rust_stats_delta(&first, &last, "copied_locked");
+	recopied = rust_stats_delta(&first, &last, "recopied");
+	in_place = rust_stats_delta(&first, &last, "in_place");
+	paths_ok = !rust || (type == MEM_ANON ? early + locked + in_place == ok_d :
+			     !early && !locked && !in_place);
 	bad = mem_bad_pages(&r, shadow);
 	ksft_test_result(!d.lost && !d.errors && !bad && !other && d.overlaps &&
 			 2 * collapsed >= DIO_ROUNDS &&
-			 (!rust || 2 * ok_d >= DIO_ROUNDS),
-			 "%s: %s: O_DIRECT reads during collapse and split: %d rounds, %d collapsed, %d EAGAIN, %d other (%s), %d splits failed, %lu reads (%.1f ms each, %lu during a collapse), %.0f ms a round, %lu lost, %lu errors, %zu pages differ, rust succeed +%lld page_count +%lld\n",
+			 (!rust || 2 * ok_d >= DIO_ROUNDS) && paths_ok,
+			 "%s: %s: O_DIRECT reads during collapse and split: %d rounds, %d collapsed, %d EAGAIN, %d other (%s), %d splits failed, %lu reads (%.1f ms each, %lu during a collapse), %.0f ms a round, %lu lost, %lu errors, %zu pages differ, rust succeed +%lld page_count +%lld (copied early +%lld, %lld pages of them again; copied locked +%lld; in place +%lld)\n",
 			 core, mem_type_name[type], DIO_ROUNDS, collapsed,
 			 refused, other, other ? strerror(err) : "-",
 			 split_fail, d.reads,
 			 d.reads ? d.read_s * 1e3 / d.reads : 0.0, d.overlaps,
-			 atomic_load(&d.round_us) / 1e3, d.lost, d.errors, bad, ok_d, pc_d);
+			 atomic_load(&d.round_us) / 1e3, d.lost, d.errors, bad, ok_d, pc_d,
+			 early, recopied, locked, in_place);
 	mem_region_free(&r);
 }
 
