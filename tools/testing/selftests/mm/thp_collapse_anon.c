@@ -1344,6 +1344,7 @@ static void test_race_mremap(void)
  */
 static void test_race_khugepaged(void)
 {
+	static struct rust_stats first;
 	static struct race r;
 	char enabled[32], sleep_ms[32];
 	long long ok = rust_stat("khugepaged", "succeed");
@@ -1370,6 +1371,7 @@ static void test_race_khugepaged(void)
 			usleep(1000);
 	}
 	allow_thp(r.p, r.len);
+	rust_stats_read("khugepaged", &first);
 	for (n = 0; n < KHUGEPAGED_ROUNDS; n++) {
 		/* Up to 10 s a round. */
 		for (t = 0; t < 1000 && !check_huge_anon(r.p, r.len, RACE_PMDS, PMD_SZ); t++)
@@ -1391,6 +1393,9 @@ static void test_race_khugepaged(void)
 		if (pg % PAGES_PER_PMD != PAGES_PER_PMD - 1 &&
 		    *(uint64_t *)(r.p + pg * PAGE_SZ) != r.last[pg])
 			lost++;
+	/* What khugepaged met, should a round have waited in vain. */
+	if (done < KHUGEPAGED_ROUNDS)
+		stats_print_moved("khugepaged", &first);
 	ksft_test_result(!lost && done == KHUGEPAGED_ROUNDS &&
 			 rust_stat("khugepaged", "succeed") - ok >= RACE_PMDS * KHUGEPAGED_ROUNDS,
 			 "rust: khugepaged collapsing under writers: %d/%d rounds collapsed, %lld khugepaged succeed, %zu pages lost, %ld writer passes\n",
