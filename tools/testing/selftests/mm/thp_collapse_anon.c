@@ -59,7 +59,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../../../mm/gup_test.h"
 #include "kselftest.h"
 #include "thp_collapse_mem.h"
 
@@ -817,16 +816,10 @@ static void *pin_racer(void *arg)
 	char *page;
 
 	while (!atomic_load(&r->stop)) {
-		struct pin_longterm_test args = {
-			.addr = (unsigned long)(r->p + pg * PAGE_SZ),
-			.size = PAGE_SZ,
-			.flags = PIN_LONGTERM_TEST_FLAG_USE_WRITE,
-		};
-
 		page = r->p + pg * PAGE_SZ;
 		if (!owned_page_ok(r, pg))
 			atomic_fetch_add(&r->lost, 1);
-		if (ioctl(r->fd, PIN_LONGTERM_TEST_START, &args)) {
+		if (gup_pin(r->fd, page, true)) {
 			atomic_fetch_add(&r->errors, 1);
 		} else {
 			mem_fill(page, pg, ++gen);
@@ -2286,6 +2279,25 @@ static const char *bits_str(const uint64_t *bits, char *buf, size_t len)
 }
 
 /*
+ * MADV_COLLAPSE of the PMD range at @p on @core: the Rust core's madvise
+ * counters before and after into @s0 and @s1, the PM_KEPT bits of each page
+ * after into @after. Returns 0 or the call's errno.
+ */
+static int collapse_read_bits(const char *core, char *p, struct rust_stats *s0,
+			      struct rust_stats *s1, uint64_t *after)
+{
+	int ret, err;
+
+	collapse_require_core(core);
+	rust_stats_read("madvise", s0);
+	ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+	err = errno;
+	rust_stats_read("madvise", s1);
+	pagemap_bits(p, after);
+	return ret ? err : 0;
+}
+
+/*
  * A fresh PMD of small pages, all written (@seed), the soft-dirty bits
  * cleared (clear_refs 4, which also write-protects every entry), then the even
  * pages written again (@seed + 1): 256 pages soft-dirty and writable, 256
@@ -2326,12 +2338,8 @@ static void test_pagemap_collapsed(void)
 
 		pagemap_bits(p, before[c]);
 		sd[c] = bits_count(before[c], PM_SOFT_DIRTY);
-		collapse_require_core(cores[c]);
-		rust_stats_read("madvise", &s0);
-		ret[c] = madvise(p, PMD_SZ, MADV_COLLAPSE);
-		err[c] = errno;
-		rust_stats_read("madvise", &s1);
-		pagemap_bits(p, after[c]);
+		err[c] = collapse_read_bits(cores[c], p, &s0, &s1, after[c]);
+		ret[c] = err[c] ? -1 : 0;
 		huge[c] = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
 		same[c] = !memcmp(p, shadow, PMD_SZ);
 		if (c == 0) {
@@ -2371,18 +2379,6 @@ static long thread_faults(void)
 	if (getrusage(RUSAGE_THREAD, &ru))
 		ksft_exit_fail_perror("getrusage");
 	return ru.ru_minflt + ru.ru_majflt;
-}
-
-/* Pins the page at @page long-term through gup_test; 0 or -errno. */
-static int gup_pin(int gup_fd, char *page, bool write)
-{
-	struct pin_longterm_test args = {
-		.addr = (unsigned long)page,
-		.size = PAGE_SZ,
-		.flags = write ? PIN_LONGTERM_TEST_FLAG_USE_WRITE : 0,
-	};
-
-	return ioctl(gup_fd, PIN_LONGTERM_TEST_START, &args) ? -errno : 0;
 }
 
 /* What the trigger thread of case B shares with the main thread. */
@@ -2622,12 +2618,8 @@ static void test_pagemap_uffd_wp(void)
 		}
 		pagemap_bits(p, before[c]);
 		wp[c] = bits_count(before[c], PM_UFFD_WP);
-		collapse_require_core(cores[c]);
-		rust_stats_read("madvise", &s0);
-		ret[c] = madvise(p, PMD_SZ, MADV_COLLAPSE);
-		err[c] = errno;
-		rust_stats_read("madvise", &s1);
-		pagemap_bits(p, after[c]);
+		err[c] = collapse_read_bits(cores[c], p, &s0, &s1, after[c]);
+		ret[c] = err[c] ? -1 : 0;
 		huge[c] = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
 		/* Reads only: a write to a write-protected page would wait. */
 		same[c] = !memcmp(p, shadow, PMD_SZ);

@@ -12,10 +12,14 @@
 #ifndef __THP_COLLAPSE_MEM_H
 #define __THP_COLLAPSE_MEM_H
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "../../../../mm/gup_test.h"
 #include "vm_util.h"
 #include "thp_collapse_util.h"
 
@@ -34,6 +38,21 @@ struct region {
 	size_t len;		/* a multiple of PMD_SZ */
 	int fd;			/* memfd or file, -1 for anon */
 };
+
+/*
+ * Pins the page at @page long-term through /sys/kernel/debug/gup_test
+ * (@gup_fd; PIN_LONGTERM_TEST_START), writable when @write; 0 or -errno.
+ */
+static inline int gup_pin(int gup_fd, char *page, bool write)
+{
+	struct pin_longterm_test args = {
+		.addr = (unsigned long)page,
+		.size = PAGE_SZ,
+		.flags = write ? PIN_LONGTERM_TEST_FLAG_USE_WRITE : 0,
+	};
+
+	return ioctl(gup_fd, PIN_LONGTERM_TEST_START, &args) ? -errno : 0;
+}
 
 /* The 64-bit word @w of page @pg at generation @gen (never 0 for gen > 0). */
 static inline uint64_t mem_pattern(uint64_t gen, size_t pg, size_t w)

@@ -56,7 +56,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../../../mm/gup_test.h"
 #include "kselftest.h"
 #include "thp_collapse_mem.h"
 
@@ -193,21 +192,6 @@ struct pin {
 	int file_fd;		/* PIN_URING: the file the buffer goes through */
 	char *page;		/* the pinned page's address in the mapping */
 };
-
-/*
- * Pins the page at @page long-term through gup_test, writable when
- * @write; 0 or -errno.
- */
-static int gup_pin(int gup_fd, char *page, bool write)
-{
-	struct pin_longterm_test args = {
-		.addr = (unsigned long)page,
-		.size = PAGE_SZ,
-		.flags = write ? PIN_LONGTERM_TEST_FLAG_USE_WRITE : 0,
-	};
-
-	return ioctl(gup_fd, PIN_LONGTERM_TEST_START, &args) ? -errno : 0;
-}
 
 /*
  * Pins page PIN_PG of @r as @kind. On the XFS file, first checks that GUP
