@@ -139,6 +139,7 @@
 #define MADV_F_COLLAPSE_ORDER(n) ((n) << 8)
 #endif
 
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define PMD_SZ (2UL << 20)
 #define PAGE_SZ 4096UL
 #define THP "/sys/kernel/mm/transparent_hugepage/"
@@ -861,6 +862,11 @@ static void set_core(int side)
 /* The writer's pace: one page every WRITE_PERIOD_NS. */
 #define WRITE_PERIOD_NS 10000
 
+/* The path counters of the Rust core that the written workload reports. */
+static const char *const wr_paths[] = {
+	"copied_early", "recopied", "copied_locked", "early_retries", "recopied_early",
+};
+
 static struct {
 	pthread_t th;
 	atomic_int busy;	/* the writer has written its first page */
@@ -868,8 +874,8 @@ static struct {
 	uint64_t gen;
 	uint64_t last[PMD_SZ / PAGE_SZ];	/* 0: not written */
 	long long writes[2], lost[2], calls[2];
-	/* The Rust core's path counters over its written calls. */
-	long long early, recopied, locked;
+	/* The Rust core's path counters over its written calls (wr_paths[]). */
+	long long paths[ARRAY_SIZE(wr_paths)];
 } wr;
 
 /*
@@ -939,12 +945,24 @@ static void written_check(int core, char *p)
 	wr.calls[core]++;
 }
 
+/*
+ * The inplace workload's calls per core, and how many of them the Rust
+ * core's in_place counter shows mapped in place (the C core always copies).
+ */
+static long long inplace_calls[2], inplace_done[2];
+
+/* @n per call, over @calls calls (0 without calls). */
+static double per_call(long long n, long long calls)
+{
+	return calls ? (double)n / calls : 0.0;
+}
+
 /* MADV_COLLAPSE of PMDs [from, to) of @p, one call each. */
 static void time_local(int core, enum workload w, int round, char *p, size_t from,
 		       size_t to)
 {
-	long long early = 0, recopied = 0, locked = 0;
-	size_t i;
+	long long before[ARRAY_SIZE(wr_paths)] = { 0 }, in_place = 0;
+	size_t i, k;
 	double t0, t1;
 
 	for (i = from; i < to; i++) {
@@ -952,11 +970,12 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		atomic_store(&stall.max_stall, 0);
 		fault_count(core, w);
 		if (w == WRITTEN) {
-			early = rust_madvise_stat("copied_early");
-			recopied = rust_madvise_stat("recopied");
-			locked = rust_madvise_stat("copied_locked");
+			for (k = 0; k < ARRAY_SIZE(wr_paths); k++)
+				before[k] = rust_madvise_stat(wr_paths[k]);
 			written_start(p + i * PMD_SZ);
 		}
+		if (w == INPLACE)
+			in_place = rust_madvise_stat("in_place");
 		prof_enable(core, 1);
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
@@ -966,9 +985,12 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		fault_count(-1, w);
 		if (w == WRITTEN) {
 			written_check(core, p + i * PMD_SZ);
-			wr.early += rust_madvise_stat("copied_early") - early;
-			wr.recopied += rust_madvise_stat("recopied") - recopied;
-			wr.locked += rust_madvise_stat("copied_locked") - locked;
+			for (k = 0; k < ARRAY_SIZE(wr_paths); k++)
+				wr.paths[k] += rust_madvise_stat(wr_paths[k]) - before[k];
+		}
+		if (w == INPLACE) {
+			inplace_calls[core]++;
+			inplace_done[core] += rust_madvise_stat("in_place") > in_place;
 		}
 		record(core, w, round, i, t1 - t0, settled_stall(), hold_ns());
 	}
@@ -1781,10 +1803,16 @@ int main(int argc, char **argv)
 		printf("\nwritten: %lld c calls, %lld rust calls\n", wr.calls[0], wr.calls[1]);
 		printf("written: writes checked c %lld, rust %lld; lost c %lld, rust %lld\n",
 		       wr.writes[0], wr.writes[1], wr.lost[0], wr.lost[1]);
-		printf("written: rust copied early %lld (%lld pages again, %.1f a call)%s%lld\n",
-		       wr.early, wr.recopied, wr.early ? (double)wr.recopied / wr.early : 0.0,
-		       ", copied locked ", wr.locked);
+		printf("written: rust copied early %lld, copied locked %lld (the fallback)\n",
+		       wr.paths[0], wr.paths[2]);
+		printf("written: rust retries %lld (%.2f a call) copying %lld pages again early (%.1f a call); %lld pages copied again under the lock (%.1f a call)\n",
+		       wr.paths[3], per_call(wr.paths[3], wr.paths[0]), wr.paths[4],
+		       per_call(wr.paths[4], wr.paths[0]), wr.paths[1],
+		       per_call(wr.paths[1], wr.paths[0]));
 	}
+	if (inplace_calls[0] + inplace_calls[1])
+		printf("\ninplace: mapped in place (rust in_place moved) in %lld of %lld c calls, %lld of %lld rust calls\n",
+		       inplace_done[0], inplace_calls[0], inplace_done[1], inplace_calls[1]);
 	stall_table();
 	if (gmib / 2)
 		flag_table();
