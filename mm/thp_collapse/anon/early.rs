@@ -76,7 +76,8 @@ struct Scratch {
 impl EarlyCopy {
     /// Write-protects the present entries of candidate `c` of `mm`, and copies into `new`
     /// each page they map that nothing else holds a reference to, under the mmap lock for
-    /// read, with no page-table lock held. Then, while a pass found more than
+    /// read, with no page-table lock held. For MADV_COLLAPSE, drains the LRU batches then (the
+    /// pages faulted during the copy sit there). Then, while a pass found more than
     /// [`FEW_WRITTEN`] of the pages it copied written meanwhile (their entries writable
     /// again), and at most [`RETRIES`] times, write-protects those again and copies them
     /// again. Its own references to the pages go before it returns: once the copy is made,
@@ -113,6 +114,14 @@ impl EarlyCopy {
             return None;
         }
         early.pass(&guard, vma, c, new, &mut scratch, None)?;
+        if mode.is_madvise() {
+            // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
+            // reference that would fail their isolation: drained as at the start of the
+            // request (khugepaged drains once per pass, and tries a failed range again on the
+            // next). Before the retries, which copy again what was written meanwhile. Upstream
+            // drains under the mmap read lock too (`madvise_collapse()`).
+            ffi::drain_lru_batches(mode.effort());
+        }
         while early.retries < RETRIES && !early.watch.invalidated() {
             let copied = early.copied();
             if early.pass(&guard, vma, c, new, &mut scratch, Some(&copied))? <= FEW_WRITTEN {

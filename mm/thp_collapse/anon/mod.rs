@@ -128,12 +128,6 @@ fn collapse_anon(
     req: &mut RequestState,
 ) -> Attempt {
     let mut early = EarlyCopy::take(mm, c, mode, &mut new);
-    if early.is_some() && mode.is_madvise() {
-        // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
-        // reference that would fail their isolation: drained as at the start of the request.
-        // khugepaged drains once per pass, and tries a failed range again on the next.
-        ffi::drain_lru_batches(mode.effort());
-    }
     let mut cleared = cleared.clone();
     if let Some(early) = &early {
         // Copied over: a clear page no longer.
