@@ -1805,14 +1805,17 @@ int main(int argc, char **argv)
 		       wr.writes[0], wr.writes[1], wr.lost[0], wr.lost[1]);
 		printf("written: rust copied early %lld, copied locked %lld (the fallback)\n",
 		       wr.paths[0], wr.paths[2]);
-		printf("written: rust retries %lld (%.2f a call) copying %lld pages again early (%.1f a call); %lld pages copied again under the lock (%.1f a call)\n",
-		       wr.paths[3], per_call(wr.paths[3], wr.paths[0]), wr.paths[4],
+		printf("written: rust retries %lld (%.2f a call) copying %lld pages again early",
+		       wr.paths[3], per_call(wr.paths[3], wr.paths[0]), wr.paths[4]);
+		printf(" (%.1f a call); %lld pages copied again under the lock (%.1f a call)\n",
 		       per_call(wr.paths[4], wr.paths[0]), wr.paths[1],
 		       per_call(wr.paths[1], wr.paths[0]));
 	}
-	if (inplace_calls[0] + inplace_calls[1])
-		printf("\ninplace: mapped in place (rust in_place moved) in %lld of %lld c calls, %lld of %lld rust calls\n",
-		       inplace_done[0], inplace_calls[0], inplace_done[1], inplace_calls[1]);
+	if (inplace_calls[0] + inplace_calls[1]) {
+		printf("\ninplace: mapped in place (rust in_place moved) in %lld of %lld c calls,",
+		       inplace_done[0], inplace_calls[0]);
+		printf(" %lld of %lld rust calls\n", inplace_done[1], inplace_calls[1]);
+	}
 	stall_table();
 	if (gmib / 2)
 		flag_table();

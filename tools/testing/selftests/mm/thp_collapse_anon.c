@@ -1039,11 +1039,13 @@ static bool racer_figures(enum racer k, struct race *r, char *out, size_t len)
 		snprintf(out, len, "; %ld pages left in swap by MADV_PAGEOUT", hits);
 		return hits > 0;
 	case UFFD_MOVE:
-		snprintf(out, len, "; %ld pages moved out and back, %ld moves out refused (EBUSY), %ld holes filled by a collapse",
+		snprintf(out, len,
+			 "; %ld pages moved out and back, %ld moves out refused (EBUSY), %ld holes filled by a collapse",
 			 hits, atomic_load(&r->busy), atomic_load(&r->filled));
 		return hits > 0 && !atomic_load(&r->filled);
 	case PIN:
-		snprintf(out, len, "; %ld pins read back the write made through the mapping, %ld read other data",
+		snprintf(out, len,
+			 "; %ld pins read back the write made through the mapping, %ld read other data",
 			 hits, atomic_load(&r->incoherent));
 		return hits > 0 && !atomic_load(&r->incoherent);
 	default:
@@ -2513,9 +2515,9 @@ static void test_pagemap_failed(void)
 	int sd[2];
 
 	if (gup < 0) {
-		ksft_test_result_skip("rust: pagemap: failed collapse: no /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s\n",
+		ksft_test_result_skip("rust: pagemap: failed collapse: no gup_test: %s\n",
 				      strerror(errno));
-		ksft_test_result_skip("rust: pagemap: write after a failed collapse: no gup_test\n");
+		ksft_test_result_skip("rust: pagemap: write after failed collapse: no gup_test\n");
 		return;
 	}
 	for (c = 0; c < 2; c++) {
@@ -2594,7 +2596,7 @@ static void test_pagemap_uffd_wp(void)
 			return;
 		}
 		if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
-			ksft_test_result_skip("rust: pagemap: uffd-wp: UFFDIO_API does not offer UFFD_FEATURE_PAGEFAULT_FLAG_WP\n");
+			ksft_test_result_skip("rust: pagemap: uffd-wp: no uffd-wp faults\n");
 			close(uffd);
 			return;
 		}
@@ -2651,9 +2653,9 @@ static void test_pagemap_uffd_wp(void)
 static void test_pagemap(void)
 {
 	if (!softdirty_supported()) {
-		ksft_test_result_skip("rust: pagemap: collapsed: no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY)\n");
+		ksft_test_result_skip("rust: pagemap: collapsed: no CONFIG_MEM_SOFT_DIRTY\n");
 		ksft_test_result_skip("rust: pagemap: failed collapse: no soft-dirty tracking\n");
-		ksft_test_result_skip("rust: pagemap: write after a failed collapse: no soft-dirty tracking\n");
+		ksft_test_result_skip("rust: pagemap: the write after it: no soft-dirty\n");
 	} else {
 		test_pagemap_collapsed();
 		test_pagemap_failed();
