@@ -56,7 +56,8 @@ const FEW_WRITTEN: u32 = 8;
 /// Dropping it ends the watch, which may sleep: it must outlive every
 /// lock of the collapse.
 pub(crate) struct EarlyCopy {
-    /// The entries copied, and the pages they mapped then (not held: see `take()`).
+    /// The entries copied, in entry order (a later pass searches it), and the pages they
+    /// mapped then (not held: see `take()`).
     pages: KVec<(usize, PagePtr)>,
     watch: RangeWatch,
     /// The passes made after the first, for the pages written meanwhile.
@@ -77,12 +78,12 @@ impl EarlyCopy {
     /// Write-protects the present entries of candidate `c` of `mm`, and copies into `new`
     /// each page they map that nothing else holds a reference to, under the mmap lock for
     /// read, with no page-table lock held. For MADV_COLLAPSE, drains the LRU batches then (the
-    /// pages faulted during the copy sit there). Then, while a pass found more than
-    /// [`FEW_WRITTEN`] of the pages it copied written meanwhile (their entries writable
-    /// again), and at most [`RETRIES`] times, write-protects those again and copies them
-    /// again. Its own references to the pages go before it returns: once the copy is made,
-    /// a page that stays mapped in a range that nobody invalidates is the same page, which
-    /// its mapping keeps.
+    /// pages faulted during the copy sit there). Then, at most [`RETRIES`] times, and until a
+    /// pass finds [`FEW_WRITTEN`] or fewer of the pages it copied written meanwhile (their
+    /// entries writable again; a pass that finds none is a walk of the entries, no retry),
+    /// write-protects those again and copies them again. Its own references to the pages go
+    /// before it returns: once the copy is made, a page that stays mapped in a range that
+    /// nobody invalidates is the same page, which its mapping keeps.
     ///
     /// Returns `None`, having copied nothing that counts, if the range changed since the scan,
     /// a page could not be read (hardware poison), or memory for the watch ran out: the
