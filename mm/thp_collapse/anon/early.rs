@@ -50,6 +50,16 @@ const RETRIES: u32 = 3;
 /// again under the lock costs less than another pass (a walk of the entries and a TLB flush).
 const FEW_WRITTEN: u32 = 8;
 
+/// Whether the early copy makes another pass after one that found `written` pages of the copy
+/// written meanwhile, the pass before it having copied `copied` pages: if more than
+/// [`FEW_WRITTEN`] were, and at most half as many as it copied. A pass finds about as many pages
+/// written as the writers dirty while the pass before copies; when that is more than half,
+/// they write as fast as the passes copy, and another would find as many again: the switch
+/// copies them once, under the lock, instead.
+fn another_pass(written: usize, copied: usize) -> bool {
+    written > FEW_WRITTEN as usize && 2 * written <= copied
+}
+
 /// The pages of a candidate copied into its new folio early, and the watch over
 /// the candidate's range since before their entries were write-protected.
 ///
@@ -78,10 +88,11 @@ impl EarlyCopy {
     /// Write-protects the present entries of candidate `c` of `mm`, and copies into `new`
     /// each page they map that nothing else holds a reference to, under the mmap lock for
     /// read, with no page-table lock held. For MADV_COLLAPSE, drains the LRU batches then (the
-    /// pages faulted during the copy sit there). Then, at most [`RETRIES`] times, and until a
-    /// pass finds [`FEW_WRITTEN`] or fewer of the pages it copied written meanwhile (their
-    /// entries writable again; a pass that finds none is a walk of the entries, no retry),
-    /// write-protects those again and copies them again. Its own references to the pages go
+    /// pages faulted during the copy sit there). Then, at most [`RETRIES`] times, and while
+    /// the passes converge ([`another_pass`]: each finds more than [`FEW_WRITTEN`] of the pages
+    /// of the copy written meanwhile, their entries writable again, and at most half as many
+    /// as the pass before copied; a pass that finds none is a look at the entries under the
+    /// PTE lock, no retry), write-protects those again and copies them again. Its own references to the pages go
     /// before it returns: once the copy is made, a page that stays mapped in a range that
     /// nobody invalidates is the same page, which its mapping keeps.
     ///
@@ -123,11 +134,15 @@ impl EarlyCopy {
             // drains under the mmap read lock too (`madvise_collapse()`).
             ffi::drain_lru_batches(mode.effort());
         }
+        // What the last pass copied: the next one finds at most that many written.
+        let mut last = early.pages.len();
         while early.retries < RETRIES && !early.watch.invalidated() {
             let copied = early.copied();
-            if early.pass(&guard, vma, c, new, &mut scratch, Some(&copied))? <= FEW_WRITTEN {
+            let written = early.pass(&guard, vma, c, new, &mut scratch, Some(&copied))?;
+            if !another_pass(written as usize, last) {
                 break;
             }
+            last = written as usize;
         }
         drop(guard);
         Some(early)
@@ -153,6 +168,16 @@ impl EarlyCopy {
         let start = c.haddr + c.first * PAGE_SIZE;
         let mut written = Occupied::EMPTY;
         scratch.found.clear();
+        if let Some(again) = again {
+            // Most often nothing was written: then a look at the entries under the PTE lock
+            // is the whole pass, without a notifier range. An entry written after the look
+            // is copied again under the lock, as after any pass.
+            let pmd = guard.pmd_table(c.haddr).ok()?;
+            let table = PteTableLocked::lock(pmd, c.haddr)?;
+            if !(c.first..c.first + nr).any(|i| again.contains(i) && table.is_writable(i)) {
+                return Some(0);
+            }
+        }
         {
             // Started before the page-table lock is taken: it may sleep.
             let wp = WriteProtect::start(guard, vma, start, start + nr * PAGE_SIZE, &self.watch)?;
@@ -163,6 +188,8 @@ impl EarlyCopy {
                     written.set(i);
                 }
             });
+            // Protected again since the look (by a fork, say, which the watch saw): nothing
+            // to copy again.
             if again.is_some() && written == Occupied::EMPTY {
                 return Some(0);
             }
@@ -286,5 +313,27 @@ impl EarlyCopy {
         });
         self.pages.clear();
         valid
+    }
+}
+
+#[cfg(CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST)]
+#[kernel::macros::kunit_tests(thp_collapse_early)]
+mod tests {
+    use super::*;
+
+    /// The passes go on while each finds more than a few pages written and at most half of
+    /// what the one before copied.
+    #[test]
+    fn another_pass_only_while_the_passes_converge() {
+        // A few written: copied again under the lock instead.
+        assert!(!another_pass(FEW_WRITTEN as usize, 512));
+        assert!(another_pass(FEW_WRITTEN as usize + 1, 512));
+        // Half of what the pass before copied: converging.
+        assert!(another_pass(256, 512));
+        assert!(another_pass(128, 256));
+        // More than half: the writers keep up with the copy.
+        assert!(!another_pass(257, 512));
+        assert!(!another_pass(511, 511));
+        assert!(!another_pass(20, 30));
     }
 }
