@@ -97,8 +97,12 @@ struct Isolation<'l> {
 
 impl Drop for Isolation<'_> {
     fn drop(&mut self) {
-        // Puts every folio still isolated back; the list's memory stays for the next collapse.
-        self.list.folios.clear();
+        // Puts every folio still isolated back, unless a collapse left them unmapped for its
+        // caller to release ([`IsolationList::release_unmapped`]); the list's memory stays for
+        // the next collapse.
+        if !self.list.unmapped {
+            self.list.folios.clear();
+        }
     }
 }
 
@@ -110,6 +114,10 @@ type Slot = Option<(PagePtr, FolioPtr)>;
 pub(crate) struct IsolationList {
     folios: KVec<IsolatedFolio>,
     slots: KVec<Slot>,
+    /// Whether `folios` are the old folios of a collapse that went through: no longer mapped
+    /// by its range (each small one with the reference of its removed mapping, now ours),
+    /// waiting for [`IsolationList::release_unmapped`], after the mmap lock.
+    unmapped: bool,
 }
 
 impl IsolationList {
@@ -123,7 +131,37 @@ impl IsolationList {
                 .push_within_capacity(None)
                 .map_err(|_| Fail::AllocHugePage)?;
         }
-        Ok(Self { folios, slots })
+        Ok(Self {
+            folios,
+            slots,
+            unmapped: false,
+        })
+    }
+
+    /// Releases the old folios of the collapse that went through last, if it left them here
+    /// (see [`DetachedTable::install`]): the small ones are freed unless something else holds
+    /// them, the large ones go back on the LRU without their swap cache entry. Called once the
+    /// mmap lock is released, which the freeing of 512 pages need not delay. Until then the
+    /// folios stay isolated and locked, as they were under the lock: reclaim, migration and
+    /// compaction leave them alone, and no page table of the range maps them.
+    pub(crate) fn release_unmapped(&mut self) {
+        if !core::mem::replace(&mut self.unmapped, false) {
+            return;
+        }
+        let mut unmapped = UnmappedFolios::new();
+        for folio in self.folios.drain_all() {
+            if folio.nr_pages() == 1 {
+                // SAFETY: A small folio of the collapsed range was mapped by one of its PTEs,
+                // whose mapping, removed by `install()`, held one reference, ours since, which
+                // goes with it.
+                unsafe { unmapped.add(folio, 1) };
+            } else {
+                // No longer mapped there: its swap cache entry can go.
+                folio.putback_free_swap();
+            }
+        }
+        // Frees the last batch.
+        drop(unmapped);
     }
 }
 
@@ -234,6 +272,7 @@ impl IsolationList {
     /// Puts back any folio still isolated; the slots are written by each isolation before
     /// anything reads them.
     fn clear(&mut self) {
+        self.release_unmapped();
         self.folios.clear();
     }
 }
@@ -320,9 +359,10 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let start = haddr + first * PAGE_SIZE;
         let table = DetachedPteTable::detach(guard, &anon, vma, pmd, start, start + nr * PAGE_SIZE)
             .ok_or(Fail::NoPteTable)?;
-        // Left over from a collapse that went through. The slots of the candidate are all
-        // written by the isolation.
-        list.folios.clear();
+        // Empty: the collapse that went through before released its old folios after its
+        // lock (else they would be released here, correctly if late). The slots of the
+        // candidate are all written by the isolation.
+        list.clear();
         // INVARIANT: Nothing is isolated yet; the list has one slot per PTE.
         Ok(Self {
             table,
@@ -455,13 +495,15 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     }
 
     /// Maps `new`, which holds a copy of every page of the candidate (see
-    /// [`DetachedTable::copy`]), and frees the old pages. For the PMD order the PMD maps it and
-    /// the detached table is deposited for a later split; otherwise the table goes back in
-    /// place with the candidate's PTEs mapping the new folio.
+    /// [`DetachedTable::copy`]), and unmaps the old pages. For the PMD order the PMD maps it
+    /// and the detached table is deposited for a later split; otherwise the table goes back in
+    /// place with the candidate's PTEs mapping the new folio. The old folios stay in the
+    /// isolation list, isolated and locked, for the caller to release once it has released
+    /// the mmap lock ([`IsolationList::release_unmapped`]).
     ///
     /// Returns [`Fail::Other`], having put everything back, if `new` does not fit the
     /// candidate. Upstream: `__collapse_huge_page_copy_succeeded()` and the end of
-    /// `collapse_huge_page()`.
+    /// `collapse_huge_page()`, which free the old pages under the mmap lock.
     pub(crate) fn install(self, new: NewFolio) -> Attempt {
         if 1 << new.order() != self.nr {
             // Dropping `self` puts everything back.
@@ -514,19 +556,9 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 unsafe { isolate::put_refs(folio, n) };
             }
         }
-        let mut unmapped = UnmappedFolios::new();
-        for folio in iso.list.folios.drain_all() {
-            if folio.nr_pages() == 1 {
-                // SAFETY: A small folio of the candidate was mapped by one of its PTEs, whose
-                // mapping, removed above, held one reference, now ours, which goes with it.
-                unsafe { unmapped.add(folio, 1) };
-            } else {
-                // No longer mapped here: its swap cache entry can go.
-                folio.putback_free_swap();
-            }
-        }
-        // Frees the last batch.
-        drop(unmapped);
+        // The old folios, each small one with the reference of its removed mapping, wait in
+        // the list for the caller to release them after the mmap lock.
+        iso.list.unmapped = true;
         let installed = if new.order() == PMD_ORDER {
             table.install_pmd(new)
         } else {
@@ -535,7 +567,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         // The sizes match (checked above) and the candidate's entries were cleared, so the
         // install cannot refuse the folio; if it did, the table went back as it is, without
         // the pages, and the folio is freed.
-        // Last, after the table is back or deposited and the old folios are gone.
+        // Last, after the table is back or deposited and the old folios are unmapped.
         drop(anon);
         installed
             .map(|()| Collapsed::Mapped)

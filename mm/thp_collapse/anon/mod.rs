@@ -114,10 +114,10 @@ fn swap_in(
 /// Copies the pages early, while the process runs ([`EarlyCopy`]); then takes the mmap lock
 /// for write (revalidating the range), the anon_vma lock, detaches and isolates, copies again
 /// the pages that changed meanwhile (all of them if the early copy could not be made or was
-/// invalidated), and installs; any failure on the way puts everything back. Returns with no
-/// lock held, and adds the time it held the mmap lock for write, and how it copied, to `req`.
-/// Upstream: `collapse_huge_page()` after `alloc_charge_folio()`, which copies everything
-/// under the lock.
+/// invalidated), and installs; any failure on the way puts everything back. Frees the old
+/// pages after the mmap lock. Returns with no lock held, and adds the time it held the mmap
+/// lock for write, and how it copied, to `req`. Upstream: `collapse_huge_page()` after
+/// `alloc_charge_folio()`, which copies everything and frees the old pages under the lock.
 fn collapse_anon(
     mm: &kernel::mm::Mm,
     c: Candidate,
@@ -148,10 +148,13 @@ fn collapse_anon(
         mode,
         tunables,
         (new, &cleared),
-        list,
+        &mut *list,
         (early.as_mut(), &mut copy),
     );
-    req.held_for_write(held.elapsed());
+    let held = held.elapsed();
+    // The old folios of a collapse that went through are freed with no lock held.
+    list.release_unmapped();
+    req.held_for_write(held);
     if attempt.is_ok() {
         req.copied(copy);
     }
