@@ -2,8 +2,8 @@
 /*
  * MADV_COLLAPSE of private anonymous memory through the Rust and the C
  * collapse cores: data integrity, races with other users of the range, a
- * process_madvise() target killed mid-call, bad input, leaks, tracepoints,
- * pagemap bits.
+ * process_madvise() target killed mid-call, bad input, mlock accounting,
+ * leaks, tracepoints, pagemap bits.
  *
  *   thp_collapse_anon [-r]   (as root; needs swap, hugepages=1 or more,
  *                             /sys/kernel/debug/gup_test, soft-dirty)
@@ -1637,34 +1637,177 @@ static void test_uffd_hole(void)
 	munmap(p, PMD_SZ);
 }
 
-/* mlock() does not stop a collapse: the huge page stays locked. */
-static void test_mlocked(void)
+/* /proc/kpageflags bits (Documentation/admin-guide/mm/pagemap.rst). */
+#define KPF_UNEVICTABLE_BIT 18
+#define KPF_MLOCKED_BIT 33
+/* A PMD, in kB. */
+#define PMD_KB ((long)(PMD_SZ >> 10))
+
+/*
+ * /proc/meminfo's Mlocked, in kB, exact: the per-CPU vmstat deltas folded
+ * first (writing /proc/sys/vm/stat_refresh, as root). -1 if unreadable.
+ */
+static long mlocked_kb(void)
 {
+	if (write_str("/proc/sys/vm/stat_refresh", "1"))
+		return -1;
+	return meminfo_kb("Mlocked");
+}
+
+/*
+ * mlocked_kb() once it reads @want, or as it read last, after about a
+ * second. A munlock is counted only when the per-CPU mlock batch that holds
+ * the folio drains: the huge page's mlock drains the batch at once, but the
+ * collapse may have left up to 30 old pages in another CPU's, had the task
+ * moved meanwhile. So each try first drains every CPU's batches with a
+ * MADV_COLLAPSE of @huge (a PMD-mapped range, or NULL for none): a no-op that
+ * starts with lru_add_drain_all() on both cores.
+ */
+static long mlocked_kb_await(char *huge, long want)
+{
+	long kb = -1;
+	int i;
+
+	for (i = 0; i < 20; i++) {
+		if (i)
+			usleep(50 * 1000);
+		if (huge)
+			madvise(huge, PMD_SZ, MADV_COLLAPSE);
+		kb = mlocked_kb();
+		if (kb == want)
+			break;
+	}
+	return kb;
+}
+
+/*
+ * The /proc/kpageflags word of the page mapped at @p into *@flags: 0, or
+ * -errno of opening or reading pagemap or kpageflags (-ENXIO: nothing mapped
+ * at @p; -EPERM: pagemap hides the PFN, from a reader without CAP_SYS_ADMIN).
+ */
+static int kpageflags_at(char *p, uint64_t *flags)
+{
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	unsigned long pfn;
+	int kpf, err = 0;
+
+	*flags = 0;
+	if (pagemap < 0)
+		return -errno;
+	pfn = pagemap_get_pfn(pagemap, p);
+	close(pagemap);
+	if (pfn == -1UL)
+		return -ENXIO;
+	if (!pfn)
+		return -EPERM;
+	kpf = open("/proc/kpageflags", O_RDONLY);
+	if (kpf < 0)
+		return -errno;
+	if (pageflags_get(pfn, kpf, flags))
+		err = -EIO;
+	close(kpf);
+	return err;
+}
+
+/* What an mlocked range's collapse showed on one core (sizes in kB). */
+struct mlock_figures {
+	const char *failed;	/* the step before the collapse that failed */
+	int err;		/* its errno, or the collapse's, or 0 */
+	bool huge, same;	/* PMD-mapped after the collapse; every byte kept */
+	long locked[3];		/* smaps Locked: before, after, after munlock */
+	long mlocked[3];	/* meminfo Mlocked: before, after, after munlock */
+	int kpf_err;		/* why the THP's kpageflags are unknown (-errno), or 0 */
+	uint64_t kpf;		/* the THP head's kpageflags after the collapse */
+	long long succeed, early; /* the Rust core's madvise counters' moves */
+};
+
+/* Collapses an mlocked PMD on @core (@seed for its contents), then munlocks it. */
+static void mlocked_collapse(const char *core, uint64_t seed, struct mlock_figures *f)
+{
+	static struct rust_stats s0, s1;
 	char *p = small_pages(1);
 	char *shadow = malloc(PMD_SZ);
-	long long ok = rust_stat("madvise", "succeed");
 	size_t pg;
-	int r;
 
+	memset(f, 0, sizeof(*f));
 	if (!shadow)
 		ksft_exit_fail_perror("malloc");
 	for (pg = 0; pg < PAGES_PER_PMD; pg++)
-		fill_page(p, shadow, pg, 5);
+		fill_page(p, shadow, pg, seed);
 	allow_thp(p, PMD_SZ);
 	if (mlock(p, PMD_SZ)) {
-		ksft_test_result_fail("rust: mlocked range: mlock: %s\n", strerror(errno));
+		f->failed = "mlock";
+		f->err = errno;
 		goto out;
 	}
-	r = collapse_errno("rust", p, PMD_SZ);
-	ksft_test_result(!r && check_huge_anon(p, PMD_SZ, 1, PMD_SZ) &&
-			 !memcmp(p, shadow, PMD_SZ) &&
-			 rust_stat("madvise", "succeed") == ok + 1,
-			 "rust: mlocked range collapses and keeps its contents (%s, succeed +%lld)\n",
-			 strerror(r), rust_stat("madvise", "succeed") - ok);
+	/* mlock counts a folio at once (munlock does not: see mlocked_kb_await()). */
+	f->locked[0] = smaps_kb(p, "Locked:");
+	f->mlocked[0] = mlocked_kb();
+
+	rust_stats_read("madvise", &s0);
+	f->err = collapse_errno(core, p, PMD_SZ);
+	rust_stats_read("madvise", &s1);
+	f->succeed = rust_stats_delta(&s0, &s1, "succeed");
+	f->early = rust_stats_delta(&s0, &s1, "copied_early");
+	f->huge = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
+	f->same = !memcmp(p, shadow, PMD_SZ);
+	f->locked[1] = smaps_kb(p, "Locked:");
+	f->kpf_err = kpageflags_at(p, &f->kpf);
+	f->mlocked[1] = mlocked_kb_await(f->huge ? p : NULL, f->mlocked[0]);
+
 	munlock(p, PMD_SZ);
+	f->locked[2] = smaps_kb(p, "Locked:");
+	f->mlocked[2] = mlocked_kb_await(f->huge ? p : NULL, f->mlocked[1] - PMD_KB);
 out:
 	free(shadow);
 	munmap(p, PMD_SZ);
+}
+
+/*
+ * mlock() does not stop a collapse, and the collapse keeps the range's mlock
+ * accounting: the VMA's smaps Locked: stays at the whole PMD, the system's
+ * Mlocked does not move (the old pages are munlocked as they are unmapped,
+ * the huge page mlocked as it is mapped), and the huge page is mlocked and
+ * unevictable in /proc/kpageflags, so reclaim leaves it alone. The munlock
+ * afterwards takes the whole PMD off Mlocked, which it would not if the huge
+ * page had not been counted. The Rust core (which copies the pages early,
+ * while the process runs) and the C core must show the same figures; the
+ * Rust core's counters prove that it did the collapse.
+ */
+static void test_mlocked(const char *core)
+{
+	bool rust = !strcmp(core, "rust");
+	struct mlock_figures f;
+	char flags[64], counters[96] = "";
+	bool flags_ok;
+
+	mlocked_collapse(core, rust ? 5 : 6, &f);
+	if (f.failed) {
+		ksft_test_result_fail("%s: mlocked range: %s: %s\n", core, f.failed,
+				      strerror(f.err));
+		return;
+	}
+	flags_ok = !f.kpf_err && (f.kpf & BIT_ULL(KPF_MLOCKED_BIT)) &&
+		   (f.kpf & BIT_ULL(KPF_UNEVICTABLE_BIT)) && (f.kpf & KPF_THP);
+	if (f.kpf_err)
+		snprintf(flags, sizeof(flags), "kpageflags unread: %s", strerror(-f.kpf_err));
+	else
+		snprintf(flags, sizeof(flags), "kpageflags mlocked %d unevictable %d thp %d",
+			 !!(f.kpf & BIT_ULL(KPF_MLOCKED_BIT)),
+			 !!(f.kpf & BIT_ULL(KPF_UNEVICTABLE_BIT)), !!(f.kpf & KPF_THP));
+	if (rust)
+		snprintf(counters, sizeof(counters), ", succeed +%lld, copied early +%lld",
+			 f.succeed, f.early);
+	ksft_test_result(!f.err && f.huge && f.same && flags_ok &&
+			 f.locked[0] == PMD_KB && f.locked[1] == PMD_KB && !f.locked[2] &&
+			 f.mlocked[0] >= PMD_KB && f.mlocked[1] == f.mlocked[0] &&
+			 f.mlocked[2] == f.mlocked[1] - PMD_KB &&
+			 (!rust || (f.succeed == 1 && f.early == 1)),
+			 "%s: mlocked range collapses, keeps its contents and its mlock accounting (%s, huge %d, same %d, Locked %ld -> %ld kB, %ld after munlock, Mlocked %ld kB, %+ld kB by the collapse, %+ld kB by munlock, %s%s)\n",
+			 core, f.err ? strerror(f.err) : "collapsed", f.huge, f.same,
+			 f.locked[0], f.locked[1], f.locked[2], f.mlocked[0],
+			 f.mlocked[1] - f.mlocked[0], f.mlocked[2] - f.mlocked[1], flags,
+			 counters);
 }
 
 static long process_collapse(int pidfd, void *p, size_t len)
@@ -1851,24 +1994,6 @@ static void test_target_exits(void)
 }
 
 /* ---- Memory ------------------------------------------------------------ */
-
-/* A field of /proc/meminfo, in kB, or -1. */
-static long meminfo_kb(const char *field)
-{
-	FILE *f = fopen("/proc/meminfo", "r");
-	size_t n = strlen(field);
-	char line[128];
-	long kb = -1;
-
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, n) && line[n] == ':') {
-			kb = atol(line + n + 1);
-			break;
-		}
-	if (f)
-		fclose(f);
-	return kb;
-}
 
 /*
  * Shrinks every slab cache: frees its empty slabs and, under KASAN, the
@@ -2696,7 +2821,7 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 2 + 14);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 2 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -2718,7 +2843,8 @@ int main(int argc, char **argv)
 	test_bad_hugetlb();
 	test_bad_special();
 	test_bad_thp_disabled();
-	test_mlocked();
+	for (c = 0; c < 2; c++)
+		test_mlocked(cores[c]);
 	test_uffd_hole();
 	test_bad_unprivileged();
 	test_target_exits();

@@ -967,24 +967,6 @@ static void test_walk(int core, enum mem_type type, enum inj k,
 
 /* ---- Leaks --------------------------------------------------------------- */
 
-/* A field of /proc/meminfo in kB, or -1. */
-static long meminfo_kb(const char *field)
-{
-	FILE *f = fopen("/proc/meminfo", "r");
-	size_t n = strlen(field);
-	char line[128];
-	long kb = -1;
-
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, n) && line[n] == ':') {
-			kb = atol(line + n + 1);
-			break;
-		}
-	if (f)
-		fclose(f);
-	return kb;
-}
-
 /* The pages on the per-CPU free lists (/proc/zoneinfo), in kB. */
 static long pcp_kb(void)
 {

@@ -142,29 +142,6 @@ static bool pmd_mapped(char *p, size_t len, bool shmem)
 		       check_huge_file(p, len, nr, PMD_SZ);
 }
 
-/* The smaps field @field ("Swap:") of the VMA that starts at @p, in kB, or -1. */
-static long smaps_kb(char *p, const char *field)
-{
-	size_t flen = strlen(field);
-	unsigned long start, end;
-	char line[256];
-	long kb = -1;
-	bool in = false;
-	FILE *f = fopen("/proc/self/smaps", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
-			in = start == (unsigned long)p;
-		else if (in && !strncmp(line, field, flen) &&
-			 sscanf(line + flen, "%ld kB", &kb) == 1)
-			break;
-	}
-	fclose(f);
-	return kb;
-}
-
 /* Every fourth page of the second half of each PMD left as a hole. */
 static bool is_hole(size_t pg)
 {

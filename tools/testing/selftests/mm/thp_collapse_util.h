@@ -256,6 +256,51 @@ static inline void set_str(const char *path, const char *val)
 	write_str(path, val);
 }
 
+/* A field of /proc/meminfo, in kB, or -1. */
+static inline long meminfo_kb(const char *field)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	size_t n = strlen(field);
+	char line[128];
+	long kb = -1;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, field, n) && line[n] == ':') {
+			kb = atol(line + n + 1);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/*
+ * The field @field (with its colon: "Swap:", "Locked:") of the VMA that
+ * contains @addr in /proc/self/smaps, in kB, or -1.
+ */
+static inline long smaps_kb(const void *addr, const char *field)
+{
+	unsigned long start, end, at = (unsigned long)addr;
+	size_t flen = strlen(field);
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[256];
+	bool in = false;
+	long kb = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		/* A VMA's first line: "start-end perms offset dev inode path" */
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
+			in = start <= at && at < end;
+		else if (in && !strncmp(line, field, flen) &&
+			 sscanf(line + flen, "%ld kB", &kb) == 1)
+			break;
+	}
+	fclose(f);
+	return kb;
+}
+
 #define CG_ROOT "/sys/fs/cgroup"
 
 /*
