@@ -133,6 +133,8 @@ struct thp_collapse_pte {
 void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
 			    pte_t *ptep, unsigned int nr, unsigned int what,
 			    struct thp_collapse_pte *out);
+void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
+				unsigned int nr, unsigned long *writable);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 

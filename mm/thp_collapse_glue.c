@@ -226,3 +226,29 @@ void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
 	for (i = 0; i < nr; i++)
 		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, out + i);
 }
+
+/**
+ * thp_collapse_ptes_writable() - which PTEs of a run are present and writable,
+ * for Rust.
+ * @ptep: the first PTE of the run; its page table is locked.
+ * @first: the index of @ptep in its page table.
+ * @nr: how many PTEs, from @ptep on, in the same page table.
+ * @writable: a bitmap of the table's PTEs; the bit of each PTE of the run
+ *	that is present and writable is set, the others are left as they are.
+ *
+ * The early copy's look before a retry (mm/thp_collapse/anon/early.rs): was a
+ * page of the copy written since? As thp_collapse_read_ptes(), one call for
+ * the run instead of three rust_helper_* calls per PTE.
+ */
+void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
+				unsigned int nr, unsigned long *writable)
+{
+	unsigned int i;
+
+	for (i = 0; i < nr; i++) {
+		pte_t pte = ptep_get(ptep + i);
+
+		if (pte_present(pte) && pte_write(pte))
+			__set_bit(first + i, writable);
+	}
+}

@@ -49,6 +49,17 @@ impl Occupied {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
+    /// Whether an entry is marked in both sets.
+    pub(crate) fn intersects(&self, other: &Self) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+    }
+
+    /// The set's words, entry `i` at bit `i % 64` of word `i / 64`: a C bitmap of the
+    /// entries (`unsigned long` is 64 bits wide where PMDs map 512 PTEs).
+    pub(crate) fn words_mut(&mut self) -> &mut [u64; WORDS] {
+        &mut self.0
+    }
+
     /// How many of the entries in `[from, to)` are occupied.
     pub(crate) fn weight(&self, from: usize, to: usize) -> u32 {
         let to = to.min(PTES_PER_PMD as usize);
@@ -303,6 +314,19 @@ mod tests {
         assert_eq!(o.weight(10, 10), 0);
         assert_eq!(Occupied::EMPTY.weight(0, 512), 0);
         assert_eq!(filled(&[(0, 512)]).weight(0, 512), 512);
+    }
+
+    #[test]
+    fn intersects_any_common_entry() {
+        let o = filled(&[(3, 70), (500, 512)]);
+        assert!(o.intersects(&filled(&[(69, 71)])));
+        assert!(o.intersects(&filled(&[(511, 512)])));
+        assert!(!o.intersects(&filled(&[(0, 3), (70, 500)])));
+        assert!(!o.intersects(&Occupied::EMPTY));
+        // Bit `i % 64` of word `i / 64`: the layout C's bitmap functions use.
+        let mut w = Occupied::EMPTY;
+        w.words_mut()[1] = 1 << 5;
+        assert!(w.contains(69) && w.intersects(&o));
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl EarlyCopy {
             // is copied again under the lock, as after any pass.
             let pmd = guard.pmd_table(c.haddr).ok()?;
             let table = PteTableLocked::lock(pmd, c.haddr)?;
-            if !(c.first..c.first + nr).any(|i| again.contains(i) && table.is_writable(i)) {
+            if !ffi::writable_entries(&table, c.first, nr)?.intersects(again) {
                 return Some(0);
             }
         }

@@ -24,6 +24,7 @@ pub(crate) mod page_cache;
 
 use crate::{
     outcome::{Collapsed, Fail, ScanCode, CODES},
+    plan::Occupied,
     scan::{NonPresent, PteView, ScanTally},
     vocab::{AllocPolicy, Caller, Effort, RequestFlags, Tunables, PMD_ORDER},
 };
@@ -195,6 +196,31 @@ impl core::ops::BitOr for PteRead {
     fn bitor(self, other: Self) -> Self {
         Self(self.0 | other.0)
     }
+}
+
+/// The entries `first .. first + n` of `table` that are present and writable, read in one call
+/// into C; `None` if they are not all in the table (a bug of the caller).
+pub(crate) fn writable_entries(
+    table: &impl LockedPtes,
+    first: usize,
+    n: usize,
+) -> Option<Occupied> {
+    // `Occupied`'s words are handed to C as a bitmap of `unsigned long`s.
+    const _: () = assert!(size_of::<kernel::ffi::c_ulong>() == size_of::<u64>());
+    let ptep = table.entries(first, n)?;
+    let mut writable = Occupied::EMPTY;
+    // SAFETY: The entries `first .. first + n` are mapped and locked while `table` is borrowed
+    // (`LockedPtes`), and in the table (checked by `entries()`), which `writable` has a bit for
+    // each entry of; its words have the size of C's `unsigned long` (asserted above).
+    unsafe {
+        bindings::thp_collapse_ptes_writable(
+            ptep,
+            first as u32,
+            n as u32,
+            writable.words_mut().as_mut_ptr().cast(),
+        )
+    };
+    Some(writable)
 }
 
 /// Reads the facts of the `n` consecutive PTEs of `table` from entry `first` on, which map

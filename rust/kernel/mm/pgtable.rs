@@ -209,15 +209,6 @@ impl<'a> PteTableLocked<'a> {
         // SAFETY: The entry is mapped and locked (above); the predicate only inspects the value.
         unsafe { bindings::pte_none(bindings::ptep_get(self.entry(i))) }
     }
-
-    /// Whether entry `i` is present and writable: a write through it does not fault.
-    pub fn is_writable(&self, i: usize) -> bool {
-        // SAFETY: The entry is mapped and locked (above); the predicates only inspect the value.
-        unsafe {
-            let pte = bindings::ptep_get(self.entry(i));
-            bindings::pte_present(pte) && bindings::pte_write(pte) != 0
-        }
-    }
 }
 
 impl Drop for PteTableLocked<'_> {
@@ -1614,9 +1605,12 @@ mod tests {
         Ok(())
     }
 
-    /// Whether entries `i .. i + 4` of `table` are present and writable.
+    /// Whether entries `i .. i + 4` of `table` are writable.
     fn writable(table: &PteTableLocked<'_>, i: usize) -> [bool; 4] {
-        core::array::from_fn(|k| table.is_writable(i + k))
+        // SAFETY: The entries are mapped and their lock held (`table`).
+        core::array::from_fn(|k| unsafe {
+            bindings::pte_write(bindings::ptep_get(table.entry(i + k))) != 0
+        })
     }
 
     /// A write-protection on behalf of a watch changes the present writable entries of its
