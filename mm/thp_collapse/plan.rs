@@ -54,8 +54,8 @@ impl Occupied {
         self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
     }
 
-    /// The set's words, entry `i` at bit `i % 64` of word `i / 64`: a C bitmap of the
-    /// entries (`unsigned long` is 64 bits wide where PMDs map 512 PTEs).
+    /// The set's words, entry `i` at bit `i % 64` of word `i / 64`: the layout of a C bitmap
+    /// of the entries where `unsigned long` is 64 bits wide (see `ffi::writable_entries()`).
     pub(crate) fn words_mut(&mut self) -> &mut [u64; WORDS] {
         &mut self.0
     }

@@ -92,9 +92,9 @@ impl EarlyCopy {
     /// the passes converge ([`another_pass`]: each finds more than [`FEW_WRITTEN`] of the pages
     /// of the copy written meanwhile, their entries writable again, and at most half as many
     /// as the pass before copied; a pass that finds none is a look at the entries under the
-    /// PTE lock, no retry), write-protects those again and copies them again. Its own references to the pages go
-    /// before it returns: once the copy is made, a page that stays mapped in a range that
-    /// nobody invalidates is the same page, which its mapping keeps.
+    /// PTE lock, no retry), write-protects those again and copies them again. Its own
+    /// references to the pages go before it returns: once the copy is made, a page that stays
+    /// mapped in a range that nobody invalidates is the same page, which its mapping keeps.
     ///
     /// Returns `None`, having copied nothing that counts, if the range changed since the scan,
     /// a page could not be read (hardware poison), or memory for the watch ran out: the
