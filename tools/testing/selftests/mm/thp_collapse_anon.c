@@ -912,17 +912,26 @@ static bool errno_expected(int err, enum racer k, long long non_present)
 
 /*
  * How many of the RACE_ROUNDS rounds must collapse under racer @k: half,
- * but under MADV_DONTNEED and UFFDIO_MOVE.
+ * but under fork, MADV_DONTNEED and UFFDIO_MOVE.
+ *
+ * The fork racer's children exit one after the other. An exit's zap drops
+ * each page's mapping at once and its reference only when its TLB batch is
+ * freed, so an isolation that meets it finds more references than mappings
+ * and fails the PMD (page_count, upstream's check). Debug and KCSAN boots
+ * saw 18 to 26 rounds of 32 collapse (in the run that counted why the
+ * others failed, all page_count): a floor of half fails about one run in
+ * fifty; one in 4 still shows collapses going through between the
+ * children.
  *
  * The MADV_DONTNEED racer zaps a page of the range and writes it again
  * every few hundred microseconds, so a collapse of several milliseconds
  * meets a page it has just faulted: that page sits in the racer's CPU's LRU
- * batch with the batch's reference, not on the LRU, and the isolation fails
- * the PMD (page_lru, page_count: upstream's checks), unless it runs right after
- * one of the request's drains (at its start, after the early copy). A round
- * collapses when its timing falls so, which debug boots saw in 14 to 18
- * rounds of 32: half is a coin toss, one in 8 still shows collapses going
- * through while the racer runs.
+ * batch with the batch's reference, not on the LRU, and the isolation
+ * fails the PMD (page_lru, page_count: upstream's checks), unless it runs
+ * right after one of the request's drains (at its start, after the early
+ * copy). A round collapses when its timing falls so, which debug and KCSAN
+ * boots saw in 14 to 26 rounds of 32: half fails too often, one in 8 still
+ * shows collapses going through while the racer runs.
  *
  * Under UFFDIO_MOVE, a hole in a range registered for missing faults
  * fails its PMD with exceed_none_pte, which ends the whole MADV_COLLAPSE
@@ -937,7 +946,9 @@ static bool errno_expected(int err, enum racer k, long long non_present)
  */
 static int race_min_done(enum racer k)
 {
-	return k == UFFD_MOVE || k == DONTNEED ? RACE_ROUNDS / 8 : RACE_ROUNDS / 2;
+	if (k == UFFD_MOVE || k == DONTNEED)
+		return RACE_ROUNDS / 8;
+	return k == FORK ? RACE_ROUNDS / 4 : RACE_ROUNDS / 2;
 }
 
 /*
@@ -1179,8 +1190,8 @@ static void test_race(enum racer k)
 			lost += !!memcmp(page, shadow + pg * PAGE_SZ, PAGE_SZ);
 	}
 	rust_stats_read("madvise", &last);
-	if (done < race_min_done(k))
-		stats_print_moved("madvise", &first);
+	/* What the Rust core met during the race: why rounds failed. */
+	stats_print_moved("madvise", &first);
 	early = rust_stats_delta(&first, &last, "copied_early");
 	locked = rust_stats_delta(&first, &last, "copied_locked");
 	recopied = rust_stats_delta(&first, &last, "recopied");
