@@ -139,7 +139,6 @@
 #define MADV_F_COLLAPSE_ORDER(n) ((n) << 8)
 #endif
 
-#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define PMD_SZ (2UL << 20)
 #define PAGE_SZ 4096UL
 #define THP "/sys/kernel/mm/transparent_hugepage/"
@@ -863,8 +862,14 @@ static void set_core(int side)
 #define WRITE_PERIOD_NS 10000
 
 /* The path counters of the Rust core that the written workload reports. */
-static const char *const wr_paths[] = {
-	"copied_early", "recopied", "copied_locked", "early_retries", "recopied_early",
+enum wr_path { WR_EARLY, WR_RECOPIED, WR_LOCKED, WR_RETRIES, WR_AGAIN, NR_WR_PATHS };
+
+static const char *const wr_paths[NR_WR_PATHS] = {
+	[WR_EARLY] = "copied_early",
+	[WR_RECOPIED] = "recopied",
+	[WR_LOCKED] = "copied_locked",
+	[WR_RETRIES] = "early_retries",
+	[WR_AGAIN] = "recopied_early",
 };
 
 static struct {
@@ -875,7 +880,7 @@ static struct {
 	uint64_t last[PMD_SZ / PAGE_SZ];	/* 0: not written */
 	long long writes[2], lost[2], calls[2];
 	/* The Rust core's path counters over its written calls (wr_paths[]). */
-	long long paths[ARRAY_SIZE(wr_paths)];
+	long long paths[NR_WR_PATHS];
 } wr;
 
 /*
@@ -961,7 +966,7 @@ static double per_call(long long n, long long calls)
 static void time_local(int core, enum workload w, int round, char *p, size_t from,
 		       size_t to)
 {
-	long long before[ARRAY_SIZE(wr_paths)] = { 0 }, in_place = 0;
+	long long before[NR_WR_PATHS] = { 0 }, in_place = 0;
 	size_t i, k;
 	double t0, t1;
 
@@ -970,7 +975,7 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		atomic_store(&stall.max_stall, 0);
 		fault_count(core, w);
 		if (w == WRITTEN) {
-			for (k = 0; k < ARRAY_SIZE(wr_paths); k++)
+			for (k = 0; k < NR_WR_PATHS; k++)
 				before[k] = rust_madvise_stat(wr_paths[k]);
 			written_start(p + i * PMD_SZ);
 		}
@@ -985,7 +990,7 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		fault_count(-1, w);
 		if (w == WRITTEN) {
 			written_check(core, p + i * PMD_SZ);
-			for (k = 0; k < ARRAY_SIZE(wr_paths); k++)
+			for (k = 0; k < NR_WR_PATHS; k++)
 				wr.paths[k] += rust_madvise_stat(wr_paths[k]) - before[k];
 		}
 		if (w == INPLACE) {
@@ -1804,12 +1809,13 @@ int main(int argc, char **argv)
 		printf("written: writes checked c %lld, rust %lld; lost c %lld, rust %lld\n",
 		       wr.writes[0], wr.writes[1], wr.lost[0], wr.lost[1]);
 		printf("written: rust copied early %lld, copied locked %lld (the fallback)\n",
-		       wr.paths[0], wr.paths[2]);
+		       wr.paths[WR_EARLY], wr.paths[WR_LOCKED]);
 		printf("written: rust retries %lld (%.2f a call) copying %lld pages again early",
-		       wr.paths[3], per_call(wr.paths[3], wr.paths[0]), wr.paths[4]);
+		       wr.paths[WR_RETRIES], per_call(wr.paths[WR_RETRIES], wr.paths[WR_EARLY]),
+		       wr.paths[WR_AGAIN]);
 		printf(" (%.1f a call); %lld pages copied again under the lock (%.1f a call)\n",
-		       per_call(wr.paths[4], wr.paths[0]), wr.paths[1],
-		       per_call(wr.paths[1], wr.paths[0]));
+		       per_call(wr.paths[WR_AGAIN], wr.paths[WR_EARLY]), wr.paths[WR_RECOPIED],
+		       per_call(wr.paths[WR_RECOPIED], wr.paths[WR_EARLY]));
 	}
 	if (inplace_calls[0] + inplace_calls[1]) {
 		printf("\ninplace: mapped in place (rust in_place moved) in %lld of %lld c calls,",
