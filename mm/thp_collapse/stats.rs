@@ -32,6 +32,9 @@ pub(crate) struct Paths {
     pub(crate) retries: u32,
     /// The pages those passes copied again.
     pub(crate) recopied_early: u32,
+    /// The early copies started over because something else invalidated the range while
+    /// they copied, of the collapses counted in `early` and `locked`.
+    pub(crate) restarts: u32,
 }
 
 /// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
@@ -43,15 +46,17 @@ const PATH_NAMES: [&str; PATHS] = [
     "copied_locked",
     "early_retries",
     "recopied_early",
+    "early_restarts",
 ];
 
 /// How many path counters each caller has.
-const PATHS: usize = 6;
+const PATHS: usize = 7;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
 /// ran), the pages those copied again under the mmap write lock, collapses that copied
-/// everything under it, and the retries of early copies with the pages they copied again.
+/// everything under it, the retries of early copies with the pages they copied again, and
+/// the early copies started over.
 pub(crate) struct Stats {
     counts: [[Atomic<u64>; CODES]; Caller::COUNT],
     paths: [[Atomic<u64>; PATHS]; Caller::COUNT],
@@ -76,6 +81,7 @@ impl Stats {
             p.locked,
             p.retries,
             p.recopied_early,
+            p.restarts,
         ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
             if v > 0 {
@@ -149,6 +155,7 @@ mod tests {
             locked: 1,
             retries: 4,
             recopied_early: 90,
+            restarts: 5,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
         s.count_paths(Caller::Madvise, &Paths::default());
@@ -170,6 +177,7 @@ mod tests {
         assert_eq!(paths.next(), Some("copied_locked 1"));
         assert_eq!(paths.next(), Some("early_retries 4"));
         assert_eq!(paths.next(), Some("recopied_early 90"));
+        assert_eq!(paths.next(), Some("early_restarts 5"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

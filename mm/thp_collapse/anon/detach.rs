@@ -216,6 +216,7 @@ impl RequestState {
                 locked: 0,
                 retries: 0,
                 recopied_early: 0,
+                restarts: 0,
             },
         }
     }
@@ -241,8 +242,10 @@ impl RequestState {
         self.paths.in_place += 1;
     }
 
-    /// Notes how a collapse that went through copied its pages.
-    pub(crate) fn copied(&mut self, kind: super::CopyKind) {
+    /// Notes how a collapse that went through copied its pages, and how many times its early
+    /// copy started over.
+    pub(crate) fn copied(&mut self, kind: super::CopyKind, restarts: u32) {
+        self.paths.restarts += restarts;
         match kind {
             super::CopyKind::Locked => self.paths.locked += 1,
             super::CopyKind::Early {

@@ -21,6 +21,10 @@
 //! of this copy, which copied the page again). The collapse copies the other pages again,
 //! under the lock, as before.
 //!
+//! A copy that something else invalidated starts over once ([`RESTARTS`]), under a new watch
+//! taken with no lock held; if that one is invalidated too, the collapse copies everything
+//! under the lock.
+//!
 //! No upstream counterpart: `collapse_huge_page()` copies everything under the mmap lock for
 //! write (`__collapse_huge_page_copy()`).
 
@@ -45,6 +49,11 @@ use kernel::{
 /// (write-protecting them again and copying them again), before the switch copies what is
 /// left under the lock.
 const RETRIES: u32 = 3;
+
+/// How many times at most the early copy starts over, from its first pass, after something
+/// else invalidated the range while it copied (a single MADV_FREE, a NUMA hinting scan, a
+/// fork): once, so that a range invalidated over and over costs one copy more, not many.
+const RESTARTS: u32 = 1;
 
 /// A pass of the early copy that wrote this many pages or fewer is the last: copying them
 /// again under the lock costs less than another pass (a walk of the entries and a TLB flush).
@@ -74,6 +83,8 @@ pub(crate) struct EarlyCopy {
     retries: u32,
     /// The pages those passes copied again.
     recopied: u32,
+    /// How many times the copy started over ([`RESTARTS`]).
+    restarts: u32,
 }
 
 /// The working space of the passes of an early copy, allocated before any lock.
@@ -95,6 +106,11 @@ impl EarlyCopy {
     /// PTE lock, no retry), write-protects those again and copies them again. Its own
     /// references to the pages go before it returns: once the copy is made, a page that stays
     /// mapped in a range that nobody invalidates is the same page, which its mapping keeps.
+    /// If something else invalidated the range meanwhile, starts over once ([`RESTARTS`]),
+    /// under a new watch.
+    ///
+    /// `cleared` has the entries whose pages of `new` are clear (`anon::clear_empty()`);
+    /// every page the copy writes leaves it, whatever becomes of the copy.
     ///
     /// Returns `None`, having copied nothing that counts, if the range changed since the scan,
     /// a page could not be read (hardware poison), or memory for the watch ran out: the
@@ -104,20 +120,46 @@ impl EarlyCopy {
         mm: &Mm,
         c: Candidate,
         mode: CollapseMode,
-        new: &mut NewFolio,
+        (new, cleared): (&mut NewFolio, &mut Occupied),
     ) -> Option<Self> {
         let nr = c.nr();
         let start = c.haddr + c.first * PAGE_SIZE;
+        let end = start + nr * PAGE_SIZE;
         let mut early = Self {
             pages: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
-            watch: RangeWatch::new(mm, start, start + nr * PAGE_SIZE).ok()?,
+            watch: RangeWatch::new(mm, start, end).ok()?,
             retries: 0,
             recopied: 0,
+            restarts: 0,
         };
         let mut scratch = Scratch {
             found: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
             held: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
         };
+        loop {
+            early.passes(mm, c, mode, (new, cleared), &mut scratch)?;
+            if !early.watch.invalidated() || early.restarts == RESTARTS {
+                return Some(early);
+            }
+            // Unmapped, protected or migrated while copied: from the start, under a new watch,
+            // made with no lock held (its insertion may take the mmap lock). What the copy
+            // wrote stays in `new` until copied over, and out of `cleared`.
+            early.watch = RangeWatch::new(mm, start, end).ok()?;
+            early.pages.clear();
+            early.restarts += 1;
+        }
+    }
+
+    /// The passes of one copy of [`EarlyCopy::take`], under an mmap read lock of their own:
+    /// the first over every entry, then the retries. Returns `None` as `take()` does.
+    fn passes(
+        &mut self,
+        mm: &Mm,
+        c: Candidate,
+        mode: CollapseMode,
+        (new, cleared): (&mut NewFolio, &mut Occupied),
+        scratch: &mut Scratch,
+    ) -> Option<()> {
         // Held across the passes: another collapse of the range cannot reach its switch
         // (which takes the lock for write and would find our references) until they are over.
         let guard = MmapRead::lock(mm);
@@ -125,7 +167,7 @@ impl EarlyCopy {
         if !vma.is_anonymous() {
             return None;
         }
-        early.pass(&guard, vma, c, new, &mut scratch, None)?;
+        self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, None)?;
         if mode.is_madvise() {
             // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
             // reference that would fail their isolation: drained as at the start of the
@@ -135,17 +177,17 @@ impl EarlyCopy {
             ffi::drain_lru_batches(mode.effort());
         }
         // What the last pass copied: the next one finds at most that many written.
-        let mut last = early.pages.len();
-        while early.retries < RETRIES && !early.watch.invalidated() {
-            let copied = early.copied();
-            let written = early.pass(&guard, vma, c, new, &mut scratch, Some(&copied))?;
+        let mut last = self.pages.len();
+        while self.retries < RETRIES && !self.watch.invalidated() {
+            let copied = self.copied();
+            let again = Some(&copied);
+            let written = self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, again)?;
             if !another_pass(written as usize, last) {
                 break;
             }
             last = written as usize;
         }
-        drop(guard);
-        Some(early)
+        Some(())
     }
 
     /// One pass of [`EarlyCopy::take`] under `guard`: write-protects the present entries of
@@ -154,13 +196,14 @@ impl EarlyCopy {
     /// `again` (copied before) that this pass found writable, that is written since; such a
     /// pass counts as a retry. An entry of `again` found writable whose page can no longer be
     /// copied (a pin came, or another page) leaves the copy: the switch copies it again under
-    /// the lock. Returns how many entries of `again` were found written (0 on the first).
+    /// the lock. Each page it copies into leaves `cleared`. Returns how many entries of `again`
+    /// were found written (0 on the first).
     fn pass(
         &mut self,
         guard: &MmapRead<'_>,
         vma: &VmaRef,
         c: Candidate,
-        new: &mut NewFolio,
+        (new, cleared): (&mut NewFolio, &mut Occupied),
         scratch: &mut Scratch,
         again: Option<&Occupied>,
     ) -> Option<u32> {
@@ -250,6 +293,8 @@ impl EarlyCopy {
             // The page-table lock, then the notifier range go.
         }
         for (i, page_ref) in scratch.held.iter() {
+            // Not clear any more, even if the copy fails half-way.
+            cleared.remove(*i);
             // SAFETY: The page is held (above). A write to it during the copy faults its
             // entry writable first, which the next pass or `settle()` sees.
             unsafe { new.copy_mc_page(i - c.first, page_ref.page()) }.ok()?;
@@ -274,6 +319,11 @@ impl EarlyCopy {
     /// again.
     pub(crate) fn retried(&self) -> (u32, u32) {
         (self.retries, self.recopied)
+    }
+
+    /// How many times the copy started over ([`RESTARTS`]).
+    pub(crate) fn restarts(&self) -> u32 {
+        self.restarts
     }
 
     /// The entries whose pages were copied.

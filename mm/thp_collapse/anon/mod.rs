@@ -127,15 +127,10 @@ fn collapse_anon(
     cleared: &Occupied,
     req: &mut RequestState,
 ) -> Attempt {
-    let mut early = EarlyCopy::take(mm, c, mode, &mut new);
+    // Less the pages the early copy writes over, whatever becomes of it.
     let mut cleared = cleared.clone();
-    if let Some(early) = &early {
-        // Copied over: a clear page no longer.
-        let copied = early.copied();
-        for i in (c.first..c.first + c.nr()).filter(|&i| copied.contains(i)) {
-            cleared.remove(i);
-        }
-    }
+    let mut early = EarlyCopy::take(mm, c, mode, (&mut new, &mut cleared));
+    let restarts = early.as_ref().map_or(0, EarlyCopy::restarts);
     // Sleeping allocations come before the locks.
     let list = req.list()?;
     let guard = MmapWrite::lock(mm);
@@ -156,7 +151,7 @@ fn collapse_anon(
     list.release_unmapped();
     req.held_for_write(held);
     if attempt.is_ok() {
-        req.copied(copy);
+        req.copied(copy, restarts);
     }
     // Ends the watch, which may sleep: after every lock.
     drop(early);
