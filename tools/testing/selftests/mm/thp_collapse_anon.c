@@ -21,6 +21,9 @@
  * UFFDIO_MOVE), no write may get lost, pages the racers free must read
  * zeroes (MADV_DONTNEED) or their old data or zeroes (MADV_FREE), paged-out
  * and moved pages their data, and a pin must see what the mapping wrote.
+ * Under mprotect and MADV_FREE some early copies must have started over. A
+ * single MADV_FREE of one page, timed to land during the early copy, must
+ * make it start over, and the new copy hold.
  * The killed-target case proves from the Rust counters that the kill landed
  * while the call ran.
  *
@@ -529,15 +532,28 @@ static bool owned_page_ok(struct race *r, size_t pg)
  * half of them, so that the collapse meets absent, zero-page, lazily freed
  * and freshly written pages. The model stays exact: the racer alone
  * touches these pages.
+ *
+ * A page it has just faulted (or lazily freed) sits in its CPU's LRU batch,
+ * with the batch's reference, until the batch fills or drains, and a
+ * collapse that meets it there fails the PMD's isolation (page_lru,
+ * page_count: upstream's checks) for a reason that is not the race. So the
+ * racer drains its CPU's batches after each page (MADV_COLD of a page
+ * outside the range calls lru_add_drain()): a collapse fails only where it
+ * meets the page in the few microseconds before.
  */
 static void *advice_racer(void *arg)
 {
 	struct race *r = arg;
 	int advice = r->id ? MADV_FREE : MADV_DONTNEED;
 	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
+	char *page, *cold = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	size_t pg = 3;
-	char *page;
 
+	if (cold == MAP_FAILED) {
+		atomic_fetch_add(&r->errors, 1);
+		return NULL;
+	}
 	while (!atomic_load(&r->stop)) {
 		page = r->p + pg * PAGE_SZ;
 		if (!owned_page_ok(r, pg))
@@ -557,9 +573,12 @@ static void *advice_racer(void *arg)
 			r->gen[pg] = gen;
 			r->maybe_zero[pg] = false;
 		}
+		if (madvise(cold, PAGE_SZ, MADV_COLD))
+			atomic_fetch_add(&r->errors, 1);
 		pg = (pg + 8) % RACE_PAGES;
 		atomic_fetch_add(&r->ops, 1);
 	}
+	munmap(cold, PAGE_SZ);
 	return NULL;
 }
 
@@ -912,7 +931,7 @@ static bool errno_expected(int err, enum racer k, long long non_present)
 
 /*
  * How many of the RACE_ROUNDS rounds must collapse under racer @k: half,
- * but under fork, MADV_DONTNEED and UFFDIO_MOVE.
+ * but under fork and UFFDIO_MOVE.
  *
  * The fork racer's children exit one after the other. An exit's zap drops
  * each page's mapping at once and its reference only when its TLB batch is
@@ -922,16 +941,6 @@ static bool errno_expected(int err, enum racer k, long long non_present)
  * others failed, all page_count): a floor of half fails about one run in
  * fifty; one in 4 still shows collapses going through between the
  * children.
- *
- * The MADV_DONTNEED racer zaps a page of the range and writes it again
- * every few hundred microseconds, so a collapse of several milliseconds
- * meets a page it has just faulted: that page sits in the racer's CPU's LRU
- * batch with the batch's reference, not on the LRU, and the isolation
- * fails the PMD (page_lru, page_count: upstream's checks), unless it runs
- * right after one of the request's drains (at its start, after the early
- * copy). A round collapses when its timing falls so, which debug and KCSAN
- * boots saw in 14 to 26 rounds of 32: half fails too often, one in 8 still
- * shows collapses going through while the racer runs.
  *
  * Under UFFDIO_MOVE, a hole in a range registered for missing faults
  * fails its PMD with exceed_none_pte, which ends the whole MADV_COLLAPSE
@@ -946,7 +955,7 @@ static bool errno_expected(int err, enum racer k, long long non_present)
  */
 static int race_min_done(enum racer k)
 {
-	if (k == UFFD_MOVE || k == DONTNEED)
+	if (k == UFFD_MOVE)
 		return RACE_ROUNDS / 8;
 	return k == FORK ? RACE_ROUNDS / 4 : RACE_ROUNDS / 2;
 }
@@ -1095,6 +1104,7 @@ static void test_race(enum racer k)
 {
 	static struct rust_stats snap, first, last;
 	long long early, locked, recopied, collapsed, in_place, retries, again;
+	long long restarts;
 	static struct race r;
 	long long ok = rust_stat("madvise", "succeed");
 	void *(*fn)(void *) = racer_fn[k];
@@ -1197,6 +1207,7 @@ static void test_race(enum racer k)
 	recopied = rust_stats_delta(&first, &last, "recopied");
 	retries = rust_stats_delta(&first, &last, "early_retries");
 	again = rust_stats_delta(&first, &last, "recopied_early");
+	restarts = rust_stats_delta(&first, &last, "early_restarts");
 	in_place = rust_stats_delta(&first, &last, "in_place");
 	collapsed = rust_stats_delta(&first, &last, "succeed");
 	figures_ok = racer_figures(k, &r, figures, sizeof(figures));
@@ -1206,7 +1217,9 @@ static void test_race(enum racer k)
 	 * in place); writers hammering every page make the early copies'
 	 * pages change under them, which a retry of the early copy or the
 	 * switch must see and copy again (and so many that an early copy
-	 * retries).
+	 * retries). mprotect and MADV_FREE invalidate the range during
+	 * nearly every early copy: in RACE_ROUNDS rounds the core must have
+	 * started one over (a new watch, a second copy) at least once.
 	 */
 	ksft_test_result(!bad && !lost && !atomic_load(&r.lost) &&
 			 !atomic_load(&r.errors) && done >= race_min_done(k) &&
@@ -1214,12 +1227,13 @@ static void test_race(enum racer k)
 			 rust_stat("madvise", "succeed") > ok &&
 			 early + locked + in_place == collapsed &&
 			 (k != WRITERS || recopied + again + locked * PAGES_PER_PMD > 0) &&
-			 (k != WRITERS || !early || retries > 0),
-			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld copied locked; %lld in place), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
+			 (k != WRITERS || !early || retries > 0) &&
+			 ((k != MPROTECT && k != FREE) || restarts > 0),
+			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
 			 racer_name[k], done, RACE_ROUNDS, race_min_done(k),
-			 collapsed, early, retries, again, recopied, locked, in_place, calls_ok,
-			 bad, lost, atomic_load(&r.lost), atomic_load(&r.ops),
-			 atomic_load(&r.errors), figures,
+			 collapsed, early, retries, again, recopied, restarts, locked,
+			 in_place, calls_ok, bad, lost, atomic_load(&r.lost),
+			 atomic_load(&r.ops), atomic_load(&r.errors), figures,
 			 (now_ns() - start) / 1e9);
 	free(shadow);
 	munmap(r.p, r.len);
@@ -1353,6 +1367,141 @@ static void test_race_mremap(void)
 	munmap(m.a, PMD_SZ);
 	munmap(m.b, PMD_SZ);
 	free(shadow);
+}
+
+#define ONCE_ROUNDS 24
+#define ONCE_PAGE 5		/* the page MADV_FREE'd, once a round */
+#define ONCE_STEP_US 400	/* round n frees it n * ONCE_STEP_US in */
+
+/* One MADV_FREE of one page, after a delay: free_one_page(). */
+struct one_free {
+	char *page;
+	long delay_us;
+	long long at_ns;	/* when madvise() was called */
+	int err;		/* its errno, or 0 */
+};
+
+static void *free_one_page(void *arg)
+{
+	struct one_free *f = arg;
+
+	usleep(f->delay_us);
+	f->at_ns = now_ns();
+	f->err = madvise(f->page, PAGE_SZ, MADV_FREE) ? errno : 0;
+	return NULL;
+}
+
+/*
+ * An early copy that something else invalidates once starts over, and the
+ * new copy holds. Each of ONCE_ROUNDS rounds faults one PMD of small pages
+ * with new data (the range is dropped first: MADV_FREE of a page of the last
+ * round's THP, PTE-mapped, would split it, and the split invalidate the range
+ * again), and collapses it while a thread MADV_FREEs page ONCE_PAGE, once,
+ * round n's n * ONCE_STEP_US after its start: the delays sweep the several
+ * milliseconds of an early copy on a debug kernel under TCG, so that some
+ * land during one. One MADV_FREE is one invalidation (one mmu notifier
+ * range): it spoils the copy it lands in, which starts over and holds. A
+ * collapse that started over must end copied early; one ending copied
+ * locked with no restart had the FREE land between the copy's last look at
+ * its watch and the mmap write lock, a window no restart covers, and at most
+ * one round may hit it (a core that does not restart ends copied locked in
+ * every round whose FREE lands during the copy). The FREE'd page reads its
+ * data or, if reclaim discarded it, zeroes, every other page its data. A
+ * FREE after the collapse may split the new THP: the range need not stay
+ * huge.
+ */
+static void test_race_invalidated_once(void)
+{
+	static struct rust_stats first, last, s0, s1;
+	static const char zero[PAGE_SZ];
+	long long restarts, early, locked, in_place, collapsed, t0, t1;
+	int n, tries, ret, err, bad = 0, calls_ok = 0, hit = 0, during = 0;
+	int spoiled = 0, late = 0;
+	char *p = small_pages(1), *shadow = malloc(PMD_SZ);
+	long long start = now_ns();
+	size_t pg, lost = 0;
+	struct one_free f;
+	pthread_t th;
+	bool pass;
+
+	if (!shadow)
+		ksft_exit_fail_perror("malloc");
+	allow_thp(p, PMD_SZ);
+	collapse_require_core("rust");
+	rust_stats_read("madvise", &first);
+	for (n = 0; n < ONCE_ROUNDS; n++) {
+		long long r_restarts, r_locked, r_ok;
+		size_t r_lost = 0;
+		bool r_bad;
+
+		/* Small pages (THP "enabled" is "never"), all dirty. */
+		madvise(p, PMD_SZ, MADV_DONTNEED);
+		for (pg = 0; pg < PAGES_PER_PMD; pg++)
+			fill_page(p, shadow, pg, 100 + n);
+		f = (struct one_free){
+			.page = p + ONCE_PAGE * PAGE_SZ,
+			.delay_us = n * ONCE_STEP_US,
+		};
+		rust_stats_read("madvise", &s0);
+		if (pthread_create(&th, NULL, free_one_page, &f))
+			ksft_exit_fail_perror("pthread_create");
+		t0 = now_ns();
+		ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		for (tries = 1; ret && errno == EAGAIN && tries < 4; tries++)
+			ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		err = ret ? errno : 0;
+		t1 = now_ns();
+		pthread_join(th, NULL);
+		rust_stats_read("madvise", &s1);
+		for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+			const char *page = p + pg * PAGE_SZ;
+
+			if (memcmp(page, shadow + pg * PAGE_SZ, PAGE_SZ) &&
+			    (pg != ONCE_PAGE || memcmp(page, zero, PAGE_SZ)))
+				r_lost++;
+		}
+		r_restarts = rust_stats_delta(&s0, &s1, "early_restarts");
+		r_locked = rust_stats_delta(&s0, &s1, "copied_locked");
+		r_ok = rust_stats_delta(&s0, &s1, "succeed");
+		r_bad = f.err || (ret && !errno_expected(err, FREE, 0)) ||
+			r_restarts > r_ok;
+		lost += r_lost;
+		bad += r_bad;
+		calls_ok += !ret;
+		hit += r_restarts > 0;
+		during += f.at_ns > t0 && f.at_ns < t1;
+		spoiled += r_restarts && r_locked;
+		late += !r_restarts && r_locked;
+		if (r_lost || r_bad || r_locked) {
+			/* And every counter that moved in the round. */
+			ksft_print_msg("round %d: MADV_FREE (%s) %ld us in, %s the call\n",
+				       n, f.err ? strerror(f.err) : "done", f.delay_us,
+				       f.at_ns < t0 ? "before" :
+				       f.at_ns < t1 ? "during" : "after");
+			ksft_print_msg("round %d: %s, %zu pages lost\n", n,
+				       ret ? strerror(err) : "collapsed", r_lost);
+			stats_print_moved("madvise", &s0);
+		}
+	}
+	rust_stats_read("madvise", &last);
+	restarts = rust_stats_delta(&first, &last, "early_restarts");
+	early = rust_stats_delta(&first, &last, "copied_early");
+	locked = rust_stats_delta(&first, &last, "copied_locked");
+	in_place = rust_stats_delta(&first, &last, "in_place");
+	collapsed = rust_stats_delta(&first, &last, "succeed");
+	/* At most one restart a collapse, and one FREE a round to restart. */
+	pass = !lost && !bad && !spoiled && late <= 1 && hit > 0 &&
+	       restarts <= collapsed && early + locked + in_place == collapsed &&
+	       2 * calls_ok >= ONCE_ROUNDS;
+	if (!pass)
+		stats_print_moved("madvise", &first);
+	ksft_test_result(pass,
+			 "rust: an early copy invalidated once (MADV_FREE of 1 page) starts over and holds: %d rounds, %d FREEs during the call; %lld early copies started over (in %d rounds); %lld PMDs: %lld copied early, %lld copied locked (%d after starting over, %d with no restart: at most 1 wanted), %lld in place; %zu pages lost, %d/%d calls returned 0, %d rounds with unexpected errors, %.1f s\n",
+			 ONCE_ROUNDS, during, restarts, hit, collapsed, early,
+			 locked, spoiled, late, in_place, lost, calls_ok,
+			 ONCE_ROUNDS, bad, (now_ns() - start) / 1e9);
+	free(shadow);
+	munmap(p, PMD_SZ);
 }
 
 #define KHUGEPAGED_ROUNDS 12
@@ -2836,15 +2985,16 @@ int main(int argc, char **argv)
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
 	if (races_only) {
 		/* The KCSAN boot: the racers against the Rust core, no more. */
-		ksft_set_plan(NR_RACERS + 1);
+		ksft_set_plan(NR_RACERS + 2);
 		for (l = 0; l < NR_RACERS; l++)
 			test_race(l);
 		test_race_mremap();
+		test_race_invalidated_once();
 		collapse_set_core(orig);
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 2 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 3 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -2860,6 +3010,7 @@ int main(int argc, char **argv)
 	for (l = 0; l < NR_RACERS; l++)
 		test_race(l);
 	test_race_mremap();
+	test_race_invalidated_once();
 	test_race_khugepaged();
 
 	test_bad_ranges();

@@ -90,14 +90,16 @@ static inline long long rust_stat(const char *caller, const char *outcome)
 
 /*
  * Whether @name is one of the lines after the outcomes, which tell how
- * anonymous collapses went (in place, copied early or under the lock), not
- * how a range ended: each such collapse is also counted as "succeed".
+ * anonymous collapses went (in place, copied early or under the lock; the
+ * retries and restarts of early copies), not how a range ended: each such
+ * collapse is also counted as "succeed".
  */
 static inline bool rust_stat_is_path(const char *name)
 {
 	return !strcmp(name, "in_place") || !strcmp(name, "copied_early") ||
 	       !strcmp(name, "recopied") || !strcmp(name, "copied_locked") ||
-	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early");
+	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early") ||
+	       !strcmp(name, "early_restarts");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
