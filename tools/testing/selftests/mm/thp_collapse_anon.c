@@ -333,13 +333,10 @@ static void test_integrity(const char *core, enum layout l)
 		long long moved = rust_stat("madvise", "succeed") - ok;
 		/* SOME_HUGE: one PMD was huge already (pmd_mapped, not succeed). */
 		long long want = l == SOME_HUGE ? INTEGRITY_PMDS - 1 : INTEGRITY_PMDS;
-		long long early, locked, recopied, retries;
+		struct rust_paths d;
 
 		rust_stats_read("madvise", &now);
-		early = rust_stats_delta(&snap, &now, "copied_early");
-		locked = rust_stats_delta(&snap, &now, "copied_locked");
-		recopied = rust_stats_delta(&snap, &now, "recopied");
-		retries = rust_stats_delta(&snap, &now, "early_retries");
+		d = rust_paths_delta(&snap, &now);
 		if (ret || tries > 1 || moved != want)
 			stats_print_moved("madvise", &snap);
 		/*
@@ -349,12 +346,12 @@ static void test_integrity(const char *core, enum layout l)
 		 * may still be in another CPU's LRU batch).
 		 */
 		ksft_test_result(!ret && huge && same && moved == want &&
-				 early == want && !locked && !retries &&
-				 (!recopied || l == SWAPPED),
+				 d.early == want && !d.locked && !d.retries &&
+				 (!d.recopied || l == SWAPPED),
 				 "%s: %s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, retries +%lld, recopied +%lld, copied locked +%lld)\n",
 				 core, layout_name[l], ret, ret ? strerror(err) : "",
-				 tries, huge, same, moved, early, retries, recopied,
-				 locked);
+				 tries, huge, same, moved, d.early, d.retries,
+				 d.recopied, d.locked);
 	} else {
 		ksft_test_result(!ret && huge && same,
 				 "%s: %s: collapsed, every byte kept (ret %d %s, %d calls, huge %d, same %d)\n",
@@ -1103,8 +1100,6 @@ static bool racer_figures(enum racer k, struct race *r, char *out, size_t len)
 static void test_race(enum racer k)
 {
 	static struct rust_stats snap, first, last;
-	long long early, locked, recopied, collapsed, in_place, retries, again;
-	long long restarts;
 	static struct race r;
 	long long ok = rust_stat("madvise", "succeed");
 	void *(*fn)(void *) = racer_fn[k];
@@ -1113,6 +1108,7 @@ static void test_race(enum racer k)
 	long long start = now_ns();
 	char why[160], figures[192];
 	size_t pg, lost = 0;
+	struct rust_paths d;
 	pthread_t th[2];
 	char *shadow;
 
@@ -1202,14 +1198,7 @@ static void test_race(enum racer k)
 	rust_stats_read("madvise", &last);
 	/* What the Rust core met during the race: why rounds failed. */
 	stats_print_moved("madvise", &first);
-	early = rust_stats_delta(&first, &last, "copied_early");
-	locked = rust_stats_delta(&first, &last, "copied_locked");
-	recopied = rust_stats_delta(&first, &last, "recopied");
-	retries = rust_stats_delta(&first, &last, "early_retries");
-	again = rust_stats_delta(&first, &last, "recopied_early");
-	restarts = rust_stats_delta(&first, &last, "early_restarts");
-	in_place = rust_stats_delta(&first, &last, "in_place");
-	collapsed = rust_stats_delta(&first, &last, "succeed");
+	d = rust_paths_delta(&first, &last);
 	figures_ok = racer_figures(k, &r, figures, sizeof(figures));
 	/*
 	 * Each collapse copied either early or under the lock (or, where a
@@ -1225,14 +1214,14 @@ static void test_race(enum racer k)
 			 !atomic_load(&r.errors) && done >= race_min_done(k) &&
 			 atomic_load(&r.ops) > 0 && figures_ok &&
 			 rust_stat("madvise", "succeed") > ok &&
-			 early + locked + in_place == collapsed &&
-			 (k != WRITERS || recopied + again + locked * PAGES_PER_PMD > 0) &&
-			 (k != WRITERS || !early || retries > 0) &&
-			 ((k != MPROTECT && k != FREE) || restarts > 0),
+			 d.early + d.locked + d.in_place == d.succeed &&
+			 (k != WRITERS || d.recopied + d.again + d.locked * PAGES_PER_PMD > 0) &&
+			 (k != WRITERS || !d.early || d.retries > 0) &&
+			 ((k != MPROTECT && k != FREE) || d.restarts > 0),
 			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
 			 racer_name[k], done, RACE_ROUNDS, race_min_done(k),
-			 collapsed, early, retries, again, recopied, restarts, locked,
-			 in_place, calls_ok, bad, lost, atomic_load(&r.lost),
+			 d.succeed, d.early, d.retries, d.again, d.recopied, d.restarts,
+			 d.locked, d.in_place, calls_ok, bad, lost, atomic_load(&r.lost),
 			 atomic_load(&r.ops), atomic_load(&r.errors), figures,
 			 (now_ns() - start) / 1e9);
 	free(shadow);
@@ -1414,13 +1403,14 @@ static void test_race_invalidated_once(void)
 {
 	static struct rust_stats first, last, s0, s1;
 	static const char zero[PAGE_SZ];
-	long long restarts, early, locked, in_place, collapsed, t0, t1;
 	int n, tries, ret, err, bad = 0, calls_ok = 0, hit = 0, during = 0;
 	int spoiled = 0, late = 0;
 	char *p = small_pages(1), *shadow = malloc(PMD_SZ);
 	long long start = now_ns();
 	size_t pg, lost = 0;
+	struct rust_paths d;
 	struct one_free f;
+	long long t0, t1;
 	pthread_t th;
 	bool pass;
 
@@ -1430,7 +1420,7 @@ static void test_race_invalidated_once(void)
 	collapse_require_core("rust");
 	rust_stats_read("madvise", &first);
 	for (n = 0; n < ONCE_ROUNDS; n++) {
-		long long r_restarts, r_locked, r_ok;
+		struct rust_paths rd;
 		size_t r_lost = 0;
 		bool r_bad;
 
@@ -1460,19 +1450,17 @@ static void test_race_invalidated_once(void)
 			    (pg != ONCE_PAGE || memcmp(page, zero, PAGE_SZ)))
 				r_lost++;
 		}
-		r_restarts = rust_stats_delta(&s0, &s1, "early_restarts");
-		r_locked = rust_stats_delta(&s0, &s1, "copied_locked");
-		r_ok = rust_stats_delta(&s0, &s1, "succeed");
+		rd = rust_paths_delta(&s0, &s1);
 		r_bad = f.err || (ret && !errno_expected(err, FREE, 0)) ||
-			r_restarts > r_ok;
+			rd.restarts > rd.succeed;
 		lost += r_lost;
 		bad += r_bad;
 		calls_ok += !ret;
-		hit += r_restarts > 0;
+		hit += rd.restarts > 0;
 		during += f.at_ns > t0 && f.at_ns < t1;
-		spoiled += r_restarts && r_locked;
-		late += !r_restarts && r_locked;
-		if (r_lost || r_bad || r_locked) {
+		spoiled += rd.restarts && rd.locked;
+		late += !rd.restarts && rd.locked;
+		if (r_lost || r_bad || rd.locked) {
 			/* And every counter that moved in the round. */
 			ksft_print_msg("round %d: MADV_FREE (%s) %ld us in, %s the call\n",
 				       n, f.err ? strerror(f.err) : "done", f.delay_us,
@@ -1484,21 +1472,18 @@ static void test_race_invalidated_once(void)
 		}
 	}
 	rust_stats_read("madvise", &last);
-	restarts = rust_stats_delta(&first, &last, "early_restarts");
-	early = rust_stats_delta(&first, &last, "copied_early");
-	locked = rust_stats_delta(&first, &last, "copied_locked");
-	in_place = rust_stats_delta(&first, &last, "in_place");
-	collapsed = rust_stats_delta(&first, &last, "succeed");
+	d = rust_paths_delta(&first, &last);
 	/* At most one restart a collapse, and one FREE a round to restart. */
 	pass = !lost && !bad && !spoiled && late <= 1 && hit > 0 &&
-	       restarts <= collapsed && early + locked + in_place == collapsed &&
+	       d.restarts <= d.succeed &&
+	       d.early + d.locked + d.in_place == d.succeed &&
 	       2 * calls_ok >= ONCE_ROUNDS;
 	if (!pass)
 		stats_print_moved("madvise", &first);
 	ksft_test_result(pass,
 			 "rust: an early copy invalidated once (MADV_FREE of 1 page) starts over and holds: %d rounds, %d FREEs during the call; %lld early copies started over (in %d rounds); %lld PMDs: %lld copied early, %lld copied locked (%d after starting over, %d with no restart: at most 1 wanted), %lld in place; %zu pages lost, %d/%d calls returned 0, %d rounds with unexpected errors, %.1f s\n",
-			 ONCE_ROUNDS, during, restarts, hit, collapsed, early,
-			 locked, spoiled, late, in_place, lost, calls_ok,
+			 ONCE_ROUNDS, during, d.restarts, hit, d.succeed, d.early,
+			 d.locked, spoiled, late, d.in_place, lost, calls_ok,
 			 ONCE_ROUNDS, bad, (now_ns() - start) / 1e9);
 	free(shadow);
 	munmap(p, PMD_SZ);
@@ -2637,7 +2622,7 @@ static void test_pagemap_collapsed(void)
 	static uint64_t before[2][PAGES_PER_PMD], after[2][PAGES_PER_PMD];
 	static struct rust_stats s0, s1;
 	static char shadow[PMD_SZ];
-	long long ok = 0, early = 0, locked = 0;
+	struct rust_paths d = { 0 };
 	int ret[2], err[2], sd[2];
 	char b[2][96], a[2][96];
 	bool huge[2], same[2];
@@ -2652,11 +2637,8 @@ static void test_pagemap_collapsed(void)
 		ret[c] = err[c] ? -1 : 0;
 		huge[c] = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
 		same[c] = !memcmp(p, shadow, PMD_SZ);
-		if (c == 0) {
-			ok = rust_stats_delta(&s0, &s1, "succeed");
-			early = rust_stats_delta(&s0, &s1, "copied_early");
-			locked = rust_stats_delta(&s0, &s1, "copied_locked");
-		}
+		if (c == 0)
+			d = rust_paths_delta(&s0, &s1);
 		bits_str(before[c], b[c], sizeof(b[c]));
 		bits_str(after[c], a[c], sizeof(a[c]));
 		munmap(p, PMD_SZ);
@@ -2665,10 +2647,10 @@ static void test_pagemap_collapsed(void)
 			 sd[0] == HALF_PMD && sd[1] == HALF_PMD &&
 			 !bits_differ(before[0], before[1]) &&
 			 !bits_differ(after[0], after[1]) &&
-			 ok == 1 && early == 1 && !locked,
+			 d.succeed == 1 && d.early == 1 && !d.locked,
 			 "rust: pagemap: after a collapse copied early, the bits of every page equal the C core's (rust: %s, huge %d, same %d, succeed +%lld, copied early +%lld, copied locked +%lld, [%s] -> [%s]; c: %s, huge %d, same %d, [%s] -> [%s]; %d pages differ from C's after)\n",
-			 ret[0] ? strerror(err[0]) : "collapsed", huge[0], same[0], ok,
-			 early, locked, b[0], a[0],
+			 ret[0] ? strerror(err[0]) : "collapsed", huge[0], same[0],
+			 d.succeed, d.early, d.locked, b[0], a[0],
 			 ret[1] ? strerror(err[1]) : "collapsed", huge[1], same[1],
 			 b[1], a[1], bits_differ(after[0], after[1]));
 }

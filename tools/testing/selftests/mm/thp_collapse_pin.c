@@ -503,12 +503,12 @@ static void test_dio(const char *core, enum mem_type type)
 {
 	bool rust = !strcmp(core, "rust"), huge = false, paths_ok;
 	int collapsed = 0, refused = 0, other = 0, split_fail = 0, i, err = 0;
-	long long early, locked, recopied, in_place;
 	static struct rust_stats first, last;
 	uint64_t shadow[PAGES_PER_PMD];
 	struct region r = mem_region(type, 1);
 	struct dio d = { .r = &r, .shadow = shadow };
 	long long ok, pc, ok_d, pc_d;
+	struct rust_paths paths;
 	double t0, t;
 	pthread_t th;
 	size_t bad;
@@ -551,12 +551,10 @@ static void test_dio(const char *core, enum mem_type type)
 	rust_stats_read("madvise", &last);
 	ok_d = rust_stat("madvise", "succeed") - ok;
 	pc_d = rust_stat("madvise", "page_count") - pc;
-	early = rust_stats_delta(&first, &last, "copied_early");
-	locked = rust_stats_delta(&first, &last, "copied_locked");
-	recopied = rust_stats_delta(&first, &last, "recopied");
-	in_place = rust_stats_delta(&first, &last, "in_place");
-	paths_ok = !rust || (type == MEM_ANON ? early + locked + in_place == ok_d :
-			     !early && !locked && !in_place);
+	paths = rust_paths_delta(&first, &last);
+	paths_ok = !rust || (type == MEM_ANON ?
+			     paths.early + paths.locked + paths.in_place == ok_d :
+			     !paths.early && !paths.locked && !paths.in_place);
 	bad = mem_bad_pages(&r, shadow);
 	ksft_test_result(!d.lost && !d.errors && !bad && !other && d.overlaps &&
 			 2 * collapsed >= DIO_ROUNDS &&
@@ -567,7 +565,7 @@ static void test_dio(const char *core, enum mem_type type)
 			 split_fail, d.reads,
 			 d.reads ? d.read_s * 1e3 / d.reads : 0.0, d.overlaps,
 			 atomic_load(&d.round_us) / 1e3, d.lost, d.errors, bad, ok_d, pc_d,
-			 early, recopied, locked, in_place);
+			 paths.early, paths.recopied, paths.locked, paths.in_place);
 	mem_region_free(&r);
 }
 

@@ -159,6 +159,38 @@ static inline long long rust_stats_delta(const struct rust_stats *a,
 }
 
 /*
+ * How the Rust core's collapses for a caller went between two reads
+ * (rust_stats_read()): the ranges collapsed, and the path counters (see
+ * rust_stat_is_path()), each by how much it moved.
+ */
+struct rust_paths {
+	long long succeed;	/* ranges collapsed */
+	long long early;	/* copied_early: copied as the process ran */
+	long long recopied;	/* pages of those copied again under the lock */
+	long long locked;	/* copied_locked: all copied under the lock */
+	long long retries;	/* early_retries: passes after the first */
+	long long again;	/* recopied_early: pages those copied again */
+	long long restarts;	/* early_restarts: early copies started over */
+	long long in_place;	/* PMD ranges mapped in place, without a copy */
+};
+
+/* How the path counters (and succeed) moved from @a to @b. */
+static inline struct rust_paths rust_paths_delta(const struct rust_stats *a,
+						 const struct rust_stats *b)
+{
+	return (struct rust_paths){
+		.succeed = rust_stats_delta(a, b, "succeed"),
+		.early = rust_stats_delta(a, b, "copied_early"),
+		.recopied = rust_stats_delta(a, b, "recopied"),
+		.locked = rust_stats_delta(a, b, "copied_locked"),
+		.retries = rust_stats_delta(a, b, "early_retries"),
+		.again = rust_stats_delta(a, b, "recopied_early"),
+		.restarts = rust_stats_delta(a, b, "early_restarts"),
+		.in_place = rust_stats_delta(a, b, "in_place"),
+	};
+}
+
+/*
  * Appends " outcome +n" to @out (of @len bytes) for every counter that moved
  * from @a to @b, or " none" if none did; returns the sum of the outcomes'
  * moves (not of the path counters, see rust_stat_is_path()).
