@@ -190,6 +190,11 @@ __rust_helper void rust_helper_mmap_write_unlock(struct mm_struct *mm)
 	mmap_write_unlock(mm);
 }
 
+__rust_helper void rust_helper_mmap_write_downgrade(struct mm_struct *mm)
+{
+	mmap_write_downgrade(mm);
+}
+
 __rust_helper void rust_helper_vma_start_write(struct vm_area_struct *vma)
 {
 	vma_start_write(vma);

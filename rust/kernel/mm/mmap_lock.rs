@@ -251,6 +251,24 @@ impl<'a> MmapWriteLock<'a> {
     pub fn mm(&self) -> &'a Mm {
         self.mm
     }
+
+    /// Turns this write lock into a read lock, with no writer in between: the VMAs stay as
+    /// they are, while page faults (and the per-VMA write locks taken under this lock, which
+    /// end here) and other readers come in again. C: `mmap_write_downgrade()`.
+    pub fn downgrade(self) -> MmapReadLock<'a> {
+        let mm = self.mm;
+        // Released as a read lock, by the guard returned, not as a write lock.
+        core::mem::forget(self);
+        // SAFETY: By the type invariants this thread holds the lock for write; `self`, which
+        // would release it, is forgotten.
+        unsafe { bindings::mmap_write_downgrade(mm.as_raw()) };
+        // INVARIANT: The lock is held for read now.
+        MmapReadLock {
+            mm,
+            last: Cell::new(None),
+            _nts: NotThreadSafe,
+        }
+    }
 }
 
 // SAFETY: By the type invariants the mmap lock of `mm` is held while an `MmapWriteLock` exists.
@@ -421,6 +439,35 @@ mod tests {
         assert_eq!(excluded, Some(Ok(())));
         assert!(!while_excluded);
         assert!(after);
+        Ok(())
+    }
+
+    /// `downgrade()` keeps the lock held, as a read lock: other readers and the VMA's faults
+    /// come in again, the VMAs are the same, and dropping it releases the lock.
+    #[test]
+    fn downgrade_lets_readers_in() -> Result {
+        let t = TestMm::attach()?;
+        let a = t.map_anon(PAGE)?;
+        let mmu = t.mm_with_user();
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(a).map(|v| v.as_ptr());
+        let excluded = lock.find_vma(a).map(|v| lock.exclude_vma_faults(v));
+        let reader_before = MmapReadLock::try_lock(t.mm()).is_some();
+        let read = lock.downgrade();
+        let held = mmap_lock_held(t.mm());
+        let reader_after = MmapReadLock::try_lock(t.mm()).is_some();
+        let fault_after = mmu.lock_vma_under_rcu(a).is_some();
+        let same = read.find_vma(a).map(|v| v.as_ptr());
+        drop(read);
+        let free = !mmap_lock_held(t.mm());
+        assert!(vma.is_some());
+        assert_eq!(excluded, Some(Ok(())));
+        assert!(!reader_before);
+        assert!(held);
+        assert!(reader_after);
+        assert!(fault_after);
+        assert_eq!(same, vma);
+        assert!(free);
         Ok(())
     }
 
