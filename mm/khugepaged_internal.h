@@ -135,6 +135,8 @@ void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
 			    struct thp_collapse_pte *out);
 void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
 				unsigned int nr, unsigned long *writable);
+void thp_collapse_remove_rmap_small(struct folio *folio,
+				    struct vm_area_struct *vma);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 

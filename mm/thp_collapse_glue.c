@@ -252,3 +252,25 @@ void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
 			__set_bit(first + i, writable);
 	}
 }
+
+/**
+ * thp_collapse_remove_rmap_small() - remove the mapping of a small anonymous
+ * folio that a collapse unmapped, for Rust.
+ * @folio: the folio, isolated and locked; the PTE that mapped it is cleared.
+ * @vma: the VMA of that PTE; the caller holds its mmap lock (for read at
+ *	least) since the PTE was cleared, so that the VMA and its flags stay.
+ *
+ * folio_remove_rmap_pte() updates per-CPU statistics, which zaps do under the
+ * PTE lock; here preemption is off instead. A collapse calls it after
+ * mmap_write_downgrade(), once the new PMD is in place: the old folio is
+ * off the LRU, locked and mapped by no page table, so that no rmap walker
+ * finds it mapped meanwhile, and reclaim, migration and compaction do not
+ * take it.
+ */
+void thp_collapse_remove_rmap_small(struct folio *folio,
+				    struct vm_area_struct *vma)
+{
+	preempt_disable();
+	folio_remove_rmap_pte(folio, folio_page(folio, 0), vma);
+	preempt_enable();
+}

@@ -116,8 +116,11 @@ pub(crate) struct IsolationList {
     slots: KVec<Slot>,
     /// Whether `folios` are the old folios of a collapse that went through: no longer mapped
     /// by its range (each small one with the reference of its removed mapping, now ours),
-    /// waiting for [`IsolationList::release_unmapped`], after the mmap lock.
+    /// waiting for [`IsolationList::release_unmapped`], after the mmap write lock.
     unmapped: bool,
+    /// Whether the rmap of those folios, all small, is still to be removed: their PTEs are
+    /// cleared, but each still counts its mapping.
+    rmap_pending: bool,
 }
 
 impl IsolationList {
@@ -135,25 +138,50 @@ impl IsolationList {
             folios,
             slots,
             unmapped: false,
+            rmap_pending: false,
         })
     }
 
     /// Releases the old folios of the collapse that went through last, if it left them here
-    /// (see [`DetachedTable::install`]): the small ones are freed unless something else holds
-    /// them, the large ones go back on the LRU without their swap cache entry. Called once the
-    /// mmap lock is released, which the freeing of 512 pages need not delay. Until then the
-    /// folios stay isolated and locked, as they were under the lock: reclaim, migration and
-    /// compaction leave them alone, and no page table of the range maps them.
-    pub(crate) fn release_unmapped(&mut self) {
+    /// (see [`DetachedTable::install`]), first removing their rmap if the install left that
+    /// to do too: the small ones are freed unless something else holds them, the large ones
+    /// go back on the LRU without their swap cache entry. Called once the mmap lock is no
+    /// longer held for write (downgraded), which the rmap updates and the freeing of 512
+    /// pages need not delay. Until then the folios stay isolated and locked, as they were
+    /// under the lock: reclaim, migration and compaction leave them alone, and no page table
+    /// maps them, so that an rmap walker finds none of their mappings.
+    ///
+    /// # Safety
+    ///
+    /// If the install left the rmap to remove, `vma` must be the VMA of its range, and the
+    /// caller must hold the mmap lock of its mm since then, without a break (downgraded to a
+    /// read lock).
+    pub(crate) unsafe fn release_unmapped(&mut self, vma: Option<&VmaRef>) {
         if !core::mem::replace(&mut self.unmapped, false) {
+            return;
+        }
+        let rmap_pending = core::mem::replace(&mut self.rmap_pending, false);
+        if kernel::warn_on!(rmap_pending && vma.is_none()) {
+            // Never: the caller of a collapse releases its folios under the downgraded lock
+            // (`anon::collapse_anon()`). Freeing a folio that counts a mapping would be worse
+            // than leaking it.
+            for folio in self.folios.drain_all() {
+                core::mem::forget(folio);
+            }
             return;
         }
         let mut unmapped = UnmappedFolios::new();
         for folio in self.folios.drain_all() {
             if folio.nr_pages() == 1 {
+                if let Some(vma) = vma.filter(|_| rmap_pending) {
+                    // SAFETY: The small folio was mapped by one PTE of `vma`, which the install
+                    // cleared, and by no other (each folio is isolated once); the mmap lock is
+                    // held since (by this function's requirements); the folio is ours.
+                    unsafe { isolate::remove_rmap_small(folio.as_ptr(), vma) };
+                }
                 // SAFETY: A small folio of the collapsed range was mapped by one of its PTEs,
-                // whose mapping, removed by `install()`, held one reference, ours since, which
-                // goes with it.
+                // whose mapping, removed by `install()` or above, held one reference, ours
+                // since, which goes with it.
                 unsafe { unmapped.add(folio, 1) };
             } else {
                 // No longer mapped there: its swap cache entry can go.
@@ -275,7 +303,8 @@ impl IsolationList {
     /// Puts back any folio still isolated; the slots are written by each isolation before
     /// anything reads them.
     fn clear(&mut self) {
-        self.release_unmapped();
+        // SAFETY: Without a VMA, nothing is asked of the caller.
+        unsafe { self.release_unmapped(None) };
         self.folios.clear();
     }
 }
@@ -501,12 +530,14 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// [`DetachedTable::copy`]), and unmaps the old pages. For the PMD order the PMD maps it
     /// and the detached table is deposited for a later split; otherwise the table goes back in
     /// place with the candidate's PTEs mapping the new folio. The old folios stay in the
-    /// isolation list, isolated and locked, for the caller to release once it has released
-    /// the mmap lock ([`IsolationList::release_unmapped`]).
+    /// isolation list, isolated and locked, for the caller to release once it has downgraded
+    /// the mmap lock to read ([`IsolationList::release_unmapped`]); if all are small, the
+    /// removal of their rmap waits for that too.
     ///
     /// Returns [`Fail::Other`], having put everything back, if `new` does not fit the
     /// candidate. Upstream: `__collapse_huge_page_copy_succeeded()` and the end of
-    /// `collapse_huge_page()`, which free the old pages under the mmap lock.
+    /// `collapse_huge_page()`, which remove the old pages' rmap and free them under the mmap
+    /// write lock.
     pub(crate) fn install(self, new: NewFolio) -> Attempt {
         if 1 << new.order() != self.nr {
             // Dropping `self` puts everything back.
@@ -527,7 +558,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let filled = iso.filled;
         {
             // Taken once for the whole range: nobody else can reach the table, and the rmap
-            // update needs preemption off for its per-CPU statistics.
+            // updates of large folios need preemption off for their per-CPU statistics.
             let mut locked = table.lock();
             if iso.any_zero() {
                 for i in (first..end).filter(|&i| iso.is_zero(i)) {
@@ -543,11 +574,10 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                     unsafe { isolate::remove_rmap_ptes(folio, page, n, vma) };
                 }
             } else {
-                // Small folios only: each is a run of one.
-                for (page, folio) in (first..end).filter_map(|i| iso.slot(i)) {
-                    // SAFETY: As above, for one PTE.
-                    unsafe { isolate::remove_rmap_ptes(folio, page, 1, vma) };
-                }
+                // Small folios only, each mapped by one of the PTEs just cleared: their rmap
+                // is removed with the mmap lock downgraded, after the switch
+                // (`IsolationList::release_unmapped()`), as nothing finds them mapped meanwhile.
+                iso.list.rmap_pending = true;
             }
         }
         ffi::add_anon_rss(mm, filled);

@@ -114,10 +114,11 @@ fn swap_in(
 /// Copies the pages early, while the process runs ([`EarlyCopy`]); then takes the mmap lock
 /// for write (revalidating the range), the anon_vma lock, detaches and isolates, copies again
 /// the pages that changed meanwhile (all of them if the early copy could not be made or was
-/// invalidated), and installs; any failure on the way puts everything back. Frees the old
-/// pages after the mmap lock. Returns with no lock held, and adds the time it held the mmap
-/// lock for write, and how it copied, to `req`. Upstream: `collapse_huge_page()` after
-/// `alloc_charge_folio()`, which copies everything and frees the old pages under the lock.
+/// invalidated), and installs; any failure on the way puts everything back. Then downgrades
+/// the mmap lock to read, and removes the old pages' rmap and frees them under that. Returns
+/// with no lock held, and adds the time it held the mmap lock for write, and how it copied,
+/// to `req`. Upstream: `collapse_huge_page()` after `alloc_charge_folio()`, which copies
+/// everything and unmaps and frees the old pages under the write lock.
 fn collapse_anon(
     mm: &kernel::mm::Mm,
     c: Candidate,
@@ -136,9 +137,8 @@ fn collapse_anon(
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     let mut copy = CopyKind::Locked;
-    // `guard` is released when this returns.
     let attempt = collapse_write_locked(
-        guard,
+        &guard,
         c,
         mode,
         tunables,
@@ -146,9 +146,12 @@ fn collapse_anon(
         &mut *list,
         (early.as_mut(), &mut copy),
     );
+    // Faults and mmap readers come in again; no writer can until the old folios are gone.
+    let guard = guard.downgrade();
     let held = held.elapsed();
-    // The old folios of a collapse that went through are freed with no lock held.
-    list.release_unmapped();
+    // SAFETY: The VMA of the range, found under the lock held since the install.
+    unsafe { list.release_unmapped(guard.find_vma(c.haddr)) };
+    drop(guard);
     req.held_for_write(held);
     if attempt.is_ok() {
         req.copied(copy, restarts);
@@ -197,7 +200,7 @@ fn remap_in_place(
 /// entries `cleared` in it, the `early` copy if there is one, and `copy`, where what the copy
 /// came to goes.
 fn collapse_write_locked(
-    guard: MmapWrite<'_>,
+    guard: &MmapWrite<'_>,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
@@ -208,7 +211,7 @@ fn collapse_write_locked(
     let (retries, recopied_early) = early.as_ref().map_or((0, 0), |early| early.retried());
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
-    let (mut table, valid) = detach_isolated(&guard, c, mode, tunables, list, early)?;
+    let (mut table, valid) = detach_isolated(guard, c, mode, tunables, list, early)?;
     table.copying();
     let copied_here = table.copy(
         &mut new,

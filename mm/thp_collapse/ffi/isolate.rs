@@ -243,6 +243,21 @@ pub(crate) unsafe fn remove_rmap_ptes(
     };
 }
 
+/// Removes the mapping of the small folio `folio` by a PTE of `vma` that the caller
+/// cleared, with preemption off for the per-CPU statistics (glue:
+/// `thp_collapse_remove_rmap_small()`).
+///
+/// # Safety
+///
+/// A PTE of `vma` mapped `folio`, a small folio, and the caller cleared it; the caller holds
+/// the mmap lock of `vma`'s mm since (for read at least), and `folio` stays valid until the
+/// call returns.
+#[inline]
+pub(crate) unsafe fn remove_rmap_small(folio: NonNull<bindings::folio>, vma: &VmaRef) {
+    // SAFETY: By the function's safety requirements.
+    unsafe { bindings::thp_collapse_remove_rmap_small(folio.as_ptr(), vma.as_ptr()) };
+}
+
 /// Drops `nr` references to `folio`, which the caller holds (the mappings of PTEs it removed
 /// with [`remove_rmap_ptes`], for instance). C: `folio_put_refs()`.
 ///
