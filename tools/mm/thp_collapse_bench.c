@@ -475,16 +475,17 @@ static int event_enabled(const char *path)
 }
 
 /*
- * Traces the write acquisitions (that succeeded) and write releases of the
- * mmap lock by the task @pid only. A filter, not set_event_pid: a filter
- * is swapped in under RCU, whereas set_event_pid registers scheduler
- * probes, which patches kernel text (see hold_open()).
+ * Traces the acquisitions (that succeeded: for write, and for read, which
+ * a downgrade also reports) and write releases of the mmap lock by the
+ * task @pid only. A filter, not set_event_pid: a filter is swapped in under
+ * RCU, whereas set_event_pid registers scheduler probes, which patches
+ * kernel text (see hold_open()).
  */
 static void hold_trace(int pid)
 {
 	char f[96];
 
-	snprintf(f, sizeof(f), "write == 1 && success == 1 && common_pid == %d", pid);
+	snprintf(f, sizeof(f), "success == 1 && common_pid == %d", pid);
 	put(MMAP_LOCK_EVENTS "mmap_lock_acquire_returned/filter", f);
 	snprintf(f, sizeof(f), "write == 1 && common_pid == %d", pid);
 	put(MMAP_LOCK_EVENTS "mmap_lock_released/filter", f);
@@ -547,9 +548,11 @@ static void hold_reset(void)
 
 /*
  * The ns the traced tasks held an mmap lock for write since hold_reset(),
- * from each write acquisition to the next write release by the same task
- * (an acquisition without one, a downgrade, counts nothing); -1 without the
- * events. The trace lines read "<comm>-<pid> [cpu] <flags> <s.us>: <event>:".
+ * from each write acquisition to the next write release or downgrade (a
+ * read acquisition while the task holds it for write:
+ * mmap_write_downgrade() reports one) by the same task; -1 without the
+ * events. The trace lines read "<comm>-<pid> [cpu] <flags> <s.us>: <event>:
+ * ... write=<true|false> ...".
  */
 static double hold_ns(void)
 {
@@ -583,12 +586,13 @@ static double hold_ns(void)
 		t = strtod(p, NULL) * 1e9;
 		for (i = 0; i < nacq && acq[i].pid != pid; i++)
 			;
-		if (strstr(ev, "acquire_returned")) {
+		if (strstr(ev, "acquire_returned") && strstr(ev, "write=true")) {
 			if (i == nacq && nacq < 8)
 				nacq++;
 			if (i < nacq)
 				acq[i] = (typeof(acq[0])){ pid, t };
 		} else if (i < nacq && acq[i].t >= 0) {
+			/* A write release, or a downgrade (a read acquisition). */
 			sum += t - acq[i].t;
 			acq[i].t = -1;
 		}
