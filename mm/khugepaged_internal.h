@@ -105,6 +105,7 @@ enum thp_collapse_pte_flags {
 	THP_FOLIO_EXTRA_REFS	= 1 << 12,	/* refcount != expected */
 	THP_FOLIO_LARGE		= 1 << 13,
 	THP_FOLIO_YOUNG		= 1 << 14,	/* young or referenced; THP_READ_HEURISTICS */
+	THP_PTE_WRITE		= 1 << 15,	/* present, not the zero page, and writable */
 };
 
 /* What thp_collapse_read_ptes() reads beyond what every step needs. */

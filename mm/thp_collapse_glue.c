@@ -164,6 +164,8 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	}
 	if (pte_uffd(pte))
 		flags |= THP_PTE_UFFD_WP;
+	if (pte_write(pte))
+		flags |= THP_PTE_WRITE;
 	if (heuristics && pte_dirty(pte))
 		flags |= THP_PTE_DIRTY;
 	if (heuristics && pte_young(pte))

@@ -66,7 +66,7 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 /// - `iso.list.slots` has `PTES_PER_PMD` entries. Entry `i` is the page that PTE `i` maps and
 ///   its folio, which is in `iso.list.folios`, or `None`; it is set for the candidate's PTEs
 ///   once [`DetachedTable::isolate`] succeeded. `iso.zero` marks the PTEs that map the zero
-///   page.
+///   page, `iso.writable` those among the others that map their page writable.
 pub(crate) struct DetachedTable<'g, 'l> {
     table: DetachedPteTable<'g>,
     iso: Isolation<'l>,
@@ -89,6 +89,8 @@ struct Isolation<'l> {
     zero: [u64; PTES_PER_PMD as usize / 64],
     /// The PTEs that map a page of a large folio, one bit each.
     large: [u64; PTES_PER_PMD as usize / 64],
+    /// The PTEs that map a page writable, one bit each.
+    writable: [u64; PTES_PER_PMD as usize / 64],
     /// The last folio looked at (for the tracepoint).
     last_folio: Option<FolioPtr>,
     /// The candidate's PTEs that map no page or the zero page: the new folio fills them.
@@ -357,6 +359,20 @@ impl Isolation<'_> {
         self.large[i / 64] & (1 << (i % 64)) != 0
     }
 
+    /// Whether PTE `i` maps its page writable.
+    #[inline]
+    fn is_writable(&self, i: usize) -> bool {
+        self.writable[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Notes whether PTE `i`, as `facts` read it, maps its page writable.
+    #[inline]
+    fn note_writable(&mut self, i: usize, facts: &PteFacts) {
+        if facts.writable() {
+            self.writable[i / 64] |= 1 << (i % 64);
+        }
+    }
+
     /// Whether any PTE maps a page of a large folio.
     #[inline]
     fn any_large(&self) -> bool {
@@ -402,6 +418,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 list,
                 zero: [0; PTES_PER_PMD as usize / 64],
                 large: [0; PTES_PER_PMD as usize / 64],
+                writable: [0; PTES_PER_PMD as usize / 64],
                 last_folio: None,
                 filled: 0,
             },
@@ -521,9 +538,11 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         Ok(n)
     }
 
-    /// Whether entry `i` of the detached table maps `page` read-only.
+    /// Whether entry `i` of the detached table maps `page` read-only, as the isolation read
+    /// it: the entries cannot change while the table is detached. Meaningful for the
+    /// candidate's entries once [`DetachedTable::isolate`] succeeded (always `false` before).
     pub(crate) fn maps_read_only(&self, i: usize, page: PagePtr) -> bool {
-        self.table.maps_read_only(i, page)
+        self.iso.slot(i).is_some_and(|(p, _)| p == page) && !self.iso.is_writable(i)
     }
 
     /// Maps `new`, which holds a copy of every page of the candidate (see
@@ -725,6 +744,7 @@ impl Isolation<'_> {
         // Every check of the slow path would pass.
         self.last_folio = Some(folio);
         self.queue_small(folio, page, i, tally, queued)?;
+        self.note_writable(i, facts);
         tally.present(|| facts.referenced(mm, addr));
         Ok(())
     }
@@ -816,6 +836,7 @@ impl Isolation<'_> {
         } else {
             self.queue_small(folio, page, i, tally, queued)?;
         }
+        self.note_writable(i, facts);
         tally.present(|| facts.referenced(mm, addr));
         Ok(())
     }

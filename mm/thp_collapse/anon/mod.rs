@@ -273,9 +273,10 @@ fn detach_isolated<'g, 'l>(
     // Every invalidator of the range is shut out now, and the detach invalidates it itself.
     let holds = early.as_ref().is_some_and(|early| !early.invalidated());
     let mut table = DetachedTable::detach(guard, anon, vma, pmd, c, list)?;
+    table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
+    // From what the isolation read of each entry: no second walk of the table.
     let valid =
         early.and_then(|early| early.settle(holds, |i, page| table.maps_read_only(i, page)));
-    table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
     Ok((table, valid))
 }
 

@@ -382,6 +382,12 @@ impl PteFacts {
         self.has(bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE)
     }
 
+    /// The entry is present, maps a page other than the zero page, and is writable.
+    #[inline]
+    pub(crate) fn writable(&self) -> bool {
+        self.has(bindings::thp_collapse_pte_flags_THP_PTE_WRITE)
+    }
+
     /// Whether the page was referenced recently: the folio's or the PTE's young bit (with
     /// [`PteRead::HEURISTICS`]), or a secondary MMU's (asked only when the others say no).
     #[inline]

@@ -606,20 +606,6 @@ impl<'a> DetachedPteTable<'a> {
         unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
     }
 
-    /// Whether entry `i` maps `page` read-only: present, not writable, and `page` its normal
-    /// page. Only this value can change the entry, so the answer holds while it lives.
-    pub fn maps_read_only(&self, i: usize, page: NonNull<bindings::page>) -> bool {
-        let addr = self.haddr + i.min(PTRS_PER_PTE - 1) * PAGE_SIZE;
-        // SAFETY: The entry is mapped and only we can change it (type invariants); `vma` is
-        // the table's VMA and `addr` the address the entry maps; the calls only read.
-        unsafe {
-            let pte = bindings::ptep_get(self.entry(i));
-            bindings::pte_present(pte)
-                && bindings::pte_write(pte) == 0
-                && bindings::vm_normal_page(self.vma.as_ptr(), addr, pte) == page.as_ptr()
-        }
-    }
-
     /// Takes the table's lock, which what the entries map may need (rmap updates of their
     /// folios, for instance).
     #[inline]
