@@ -3,7 +3,8 @@
  * Helpers for Rust mm code (kernel::mm in rust/kernel/mm/, and the THP
  * collapse core, mm/thp_collapse.rs): the static inlines and macros of
  * <linux/huge_mm.h>, <linux/mm.h>, <linux/pgtable.h> and their neighbours
- * that it calls. Each one only forwards to the kernel's own definition.
+ * that it calls. Each one but rust_helper_wrprotect_present_ptes() (a batch of
+ * four of them, said there) only forwards to the kernel's own definition.
  */
 
 #include <linux/backing-dev.h>
@@ -630,11 +631,31 @@ __rust_helper int rust_helper_pte_write(pte_t pte)
 	return pte_write(pte);
 }
 
-__rust_helper void rust_helper_ptep_set_wrprotect(struct mm_struct *mm,
-						  unsigned long addr,
-						  pte_t *ptep)
+/*
+ * Not a plain forwarder: the walk of kernel::mm::pgtable::WriteProtect, one
+ * call for a run of PTEs instead of four per PTE (ptep_get(), pte_present(),
+ * pte_write(), ptep_set_wrprotect()), as copy_present_ptes() batches fork's.
+ * Write-protects the present, writable PTEs of the @nr from @ptep on, which
+ * map @addr on in @mm, with their page table locked, and sets the bit in
+ * @changed of each one's index, counted from @first. Returns how many changed.
+ */
+__rust_helper unsigned int
+rust_helper_wrprotect_present_ptes(struct mm_struct *mm, unsigned long addr,
+				   pte_t *ptep, unsigned int first,
+				   unsigned int nr, unsigned long *changed)
 {
-	ptep_set_wrprotect(mm, addr, ptep);
+	unsigned int i, n = 0;
+
+	for (i = 0; i < nr; i++) {
+		pte_t pte = ptep_get(ptep + i);
+
+		if (pte_present(pte) && pte_write(pte)) {
+			ptep_set_wrprotect(mm, addr + i * PAGE_SIZE, ptep + i);
+			__set_bit(first + i, changed);
+			n++;
+		}
+	}
+	return n;
 }
 
 #ifdef CONFIG_X86

@@ -1401,22 +1401,35 @@ impl<'a> WriteProtect<'a> {
         table: &mut PteTableLocked<'_>,
         mut protected: impl FnMut(usize),
     ) -> usize {
+        const WORD: usize = crate::ffi::c_ulong::BITS as usize;
         let haddr = self.start & !(PMD_SIZE - 1);
         let first = (self.start - haddr) / PAGE_SIZE;
         let end = (self.end - haddr).div_ceil(PAGE_SIZE).min(PTRS_PER_PTE);
+        if first >= end {
+            return 0;
+        }
         let mm = self.vma.mm().as_raw();
-        let mut changed = 0;
-        for i in first..end {
-            let ptep = table.entry(i);
-            // SAFETY: The entry is mapped and its lock held (`table`); only present entries
-            // are changed, atomically, as `copy_present_pte()` does.
-            unsafe {
-                let pte = bindings::ptep_get(ptep);
-                if bindings::pte_present(pte) && bindings::pte_write(pte) != 0 {
-                    bindings::ptep_set_wrprotect(mm, haddr + i * PAGE_SIZE, ptep);
-                    changed += 1;
-                    protected(i);
-                }
+        // One bit per entry of the table, set by C for each entry it changed.
+        let mut bits: [crate::ffi::c_ulong; PTRS_PER_PTE / WORD] = [0; PTRS_PER_PTE / WORD];
+        // SAFETY: Entries `first .. end` are in the table (`end` is clamped to it), mapped and
+        // locked (`table`), and map `haddr + first * PAGE_SIZE` on in `mm`; only present
+        // entries are changed, atomically, as `copy_present_pte()` does; `bits` has a bit for
+        // each entry of the table.
+        let changed = unsafe {
+            bindings::wrprotect_present_ptes(
+                mm,
+                haddr + first * PAGE_SIZE,
+                table.entry(first),
+                first as u32,
+                (end - first) as u32,
+                bits.as_mut_ptr(),
+            )
+        } as usize;
+        for (w, &word) in bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                protected(w * WORD + word.trailing_zeros() as usize);
+                word &= word - 1;
             }
         }
         if changed > 0 {
