@@ -1267,12 +1267,18 @@ static char *map_anon_tailed(size_t nr, size_t stride)
 /*
  * Splits the PMD mapping of each of the @nr PMDs at @p, keeping the folios:
  * an mprotect() of its first page, undone, leaves every page of the folio
- * mapped by a PTE.
+ * mapped by a PTE. The full workload made them PMD-mapped; when it does not
+ * run (-W inplace), they are collapsed here first, untimed, so that there is
+ * a PMD-sized folio to split.
  */
 static void split_pmd_mappings(char *p, size_t nr)
 {
 	size_t i;
 
+	for (i = 0; i < nr; i++)
+		if (only_workload == INPLACE &&
+		    madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
+			die("madvise(MADV_COLLAPSE) before inplace");
 	for (i = 0; i < nr; i++)
 		if (mprotect(p + i * PMD_SZ, PAGE_SZ, PROT_READ) ||
 		    mprotect(p + i * PMD_SZ, PAGE_SZ, PROT_READ | PROT_WRITE))
