@@ -23,7 +23,8 @@
  * and moved pages their data, and a pin must see what the mapping wrote.
  * Under mprotect and MADV_FREE some early copies must have started over. A
  * single MADV_FREE of one page, timed to land during the early copy, must
- * make it start over, and the new copy hold.
+ * make it start over, and the new copy hold. A page empty at the scan,
+ * written and then MADV_DONTNEED'd during the early copy, must read zeroes.
  * The killed-target case proves from the Rust counters that the kill landed
  * while the call ran.
  *
@@ -1362,10 +1363,19 @@ static void test_race_mremap(void)
 #define ONCE_PAGE 5		/* the page MADV_FREE'd, once a round */
 #define ONCE_STEP_US 400	/* round n frees it n * ONCE_STEP_US in */
 
-/* One MADV_FREE of one page, after a delay: free_one_page(). */
+/*
+ * One madvise() of one page, after a delay: free_one_page(). With a @mark,
+ * the thread first writes it into every byte of the page (faulting the page
+ * in if it was not mapped), and advises @then_us after the write.
+ */
 struct one_free {
 	char *page;
+	int advice;		/* MADV_FREE or MADV_DONTNEED */
 	long delay_us;
+	int mark;		/* 0, or the byte to write first */
+	char *cold;		/* with @mark: a page outside the range */
+	long then_us;		/* with @mark: from the write to madvise() */
+	long long written_ns;	/* with @mark: when the page was written */
 	long long at_ns;	/* when madvise() was called */
 	int err;		/* its errno, or 0 */
 };
@@ -1375,8 +1385,22 @@ static void *free_one_page(void *arg)
 	struct one_free *f = arg;
 
 	usleep(f->delay_us);
+	if (f->mark) {
+		memset(f->page, f->mark, PAGE_SZ);
+		f->written_ns = now_ns();
+		/*
+		 * The page just faulted sits in this CPU's LRU batch, with
+		 * the batch's reference, and an early copy skips a page with
+		 * references its mappings do not explain: MADV_COLD of a page
+		 * outside the range drains the batch (lru_add_drain()).
+		 */
+		if (madvise(f->cold, PAGE_SZ, MADV_COLD))
+			f->err = errno;
+		usleep(f->then_us);
+	}
 	f->at_ns = now_ns();
-	f->err = madvise(f->page, PAGE_SZ, MADV_FREE) ? errno : 0;
+	if (madvise(f->page, PAGE_SZ, f->advice))
+		f->err = errno;
 	return NULL;
 }
 
@@ -1430,6 +1454,7 @@ static void test_race_invalidated_once(void)
 			fill_page(p, shadow, pg, 100 + n);
 		f = (struct one_free){
 			.page = p + ONCE_PAGE * PAGE_SZ,
+			.advice = MADV_FREE,
 			.delay_us = n * ONCE_STEP_US,
 		};
 		rust_stats_read("madvise", &s0);
@@ -1485,6 +1510,152 @@ static void test_race_invalidated_once(void)
 			 ONCE_ROUNDS, during, d.restarts, hit, d.succeed, d.early,
 			 d.locked, spoiled, late, d.in_place, lost, calls_ok,
 			 ONCE_ROUNDS, bad, (now_ns() - start) / 1e9);
+	free(shadow);
+	munmap(p, PMD_SZ);
+}
+
+#define ZAP_ROUNDS 48
+#define ZAP_PAGE 100		/* empty at the scan, then written and zapped */
+#define ZAP_MARK 0xa5		/* the byte the racer writes into it */
+
+/*
+ * A page the scan found empty, written before the early copy and zapped
+ * while it ran, reads zeroes after the collapse. The Rust core clears the
+ * pages of the new folio whose entries the scan found empty before it copies
+ * (anon::clear_empty(), `cleared`), and its switch leaves those still empty
+ * alone. A write after the scan maps page ZAP_PAGE, the first pass copies it
+ * over its cleared page, and a MADV_DONTNEED of it during the copy starts
+ * the copy over (one invalidation), which finds the entry empty again and
+ * copies nothing there: the new folio holds what the process zapped, unless
+ * the entry left `cleared` when the first pass wrote its page
+ * (EarlyCopy::pass()). Before that fix it stayed there, the switch skipped
+ * the page, and the process read back the bytes it had zapped.
+ *
+ * The racer (free_one_page() with a mark) writes the page round n's
+ * n * ONCE_STEP_US / 2 after its start, drains its LRU batch (a page still
+ * in it is not copied early) and zaps the page ONCE_STEP_US after the write:
+ * it must write between the scan and the first pass, and zap during the
+ * copy. Every even page stays empty: their clearing, between the scan and
+ * the first pass, makes the window for the write about as long as the copy
+ * of the odd pages, the window for the zap, and twice the rounds of
+ * test_race_invalidated_once() at half its step sweep both.
+ *
+ * The zapped page must read zeroes, so must the other even pages, and the
+ * odd pages their data. A call that returns 0 must be a collapse by the Rust
+ * core, PMD-mapped unless the zap came after its switch (which splits the
+ * mapping, and leaves the page unmapped). Some round must have started its
+ * copy over after a write during the call: the interleaving needs both,
+ * though nothing outside the kernel shows that the write came before the
+ * first pass.
+ */
+static void test_race_refault_then_zap(void)
+{
+	static struct rust_stats first, last, s0, s1;
+	char *p = small_pages(1), *x = p + ZAP_PAGE * PAGE_SZ;
+	char *shadow = calloc(1, PMD_SZ);
+	char *cold = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	const uint64_t *word = (const uint64_t *)x;
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	int n, tries, ret, err, bad = 0, calls_ok = 0, hit = 0, primed = 0;
+	int written = 0, zapped = 0, dirty = 0;
+	long long start = now_ns(), t0, t1;
+	size_t pg, w, lost = 0;
+	struct rust_paths d;
+	struct one_free f;
+	pthread_t th;
+	bool pass;
+
+	if (!shadow || cold == MAP_FAILED || pagemap < 0)
+		ksft_exit_fail_perror("setup");
+	allow_thp(p, PMD_SZ);
+	collapse_require_core("rust");
+	rust_stats_read("madvise", &first);
+	for (n = 0; n < ZAP_ROUNDS; n++) {
+		struct rust_paths rd;
+		bool huge, mapped, r_dirty, r_bad;
+		size_t r_lost = 0;
+
+		/* The odd pages written, the even ones (ZAP_PAGE) left empty. */
+		madvise(p, PMD_SZ, MADV_DONTNEED);
+		for (pg = 1; pg < PAGES_PER_PMD; pg += 2)
+			fill_page(p, shadow, pg, 200 + n);
+		f = (struct one_free){
+			.page = x,
+			.advice = MADV_DONTNEED,
+			.delay_us = n * ONCE_STEP_US / 2,
+			.mark = ZAP_MARK,
+			.cold = cold,
+			.then_us = ONCE_STEP_US,
+		};
+		rust_stats_read("madvise", &s0);
+		if (pthread_create(&th, NULL, free_one_page, &f))
+			ksft_exit_fail_perror("pthread_create");
+		t0 = now_ns();
+		ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		for (tries = 1; ret && errno == EAGAIN && tries < 4; tries++)
+			ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		err = ret ? errno : 0;
+		t1 = now_ns();
+		pthread_join(th, NULL);
+		rust_stats_read("madvise", &s1);
+		/* Before the reads, which map the zero page where none is. */
+		huge = check_huge_anon(p, PMD_SZ, 1, PMD_SZ);
+		mapped = pagemap_get_pfn(pagemap, x) != -1UL;
+		for (pg = 0; pg < PAGES_PER_PMD; pg++)
+			r_lost += pg != ZAP_PAGE &&
+				  memcmp(p + pg * PAGE_SZ, shadow + pg * PAGE_SZ, PAGE_SZ);
+		for (w = 0; w < PAGE_SZ / sizeof(*word) && !word[w]; w++)
+			;
+		r_dirty = w < PAGE_SZ / sizeof(*word);
+		rd = rust_paths_delta(&s0, &s1);
+		r_bad = f.err || (ret && !errno_expected(err, DONTNEED, 0)) ||
+			rd.restarts > rd.succeed ||
+			(!ret && (!rd.succeed || (!huge && mapped)));
+		lost += r_lost;
+		dirty += r_dirty;
+		bad += r_bad;
+		calls_ok += !ret;
+		hit += rd.restarts > 0;
+		primed += rd.restarts > 0 && f.written_ns > t0;
+		written += f.written_ns > t0 && f.written_ns < t1;
+		zapped += f.at_ns > t0 && f.at_ns < t1;
+		if (r_lost || r_bad || r_dirty) {
+			ksft_print_msg("round %d: page %d written %ld us in, %s the call; MADV_DONTNEED (%s) %s it\n",
+				       n, ZAP_PAGE, f.delay_us,
+				       f.written_ns < t0 ? "before" :
+				       f.written_ns < t1 ? "during" : "after",
+				       f.err ? strerror(f.err) : "done",
+				       f.at_ns < t0 ? "before" :
+				       f.at_ns < t1 ? "during" : "after");
+			ksft_print_msg("round %d: %s, %sPMD-mapped, page %d %smapped, %zu other pages lost\n",
+				       n, ret ? strerror(err) : "collapsed",
+				       huge ? "" : "not ", ZAP_PAGE,
+				       mapped ? "" : "not ", r_lost);
+			if (r_dirty)
+				ksft_print_msg("round %d: page %d not zeroes: word %zu is 0x%016llx\n",
+					       n, ZAP_PAGE, w, (unsigned long long)word[w]);
+			stats_print_moved("madvise", &s0);
+		}
+	}
+	rust_stats_read("madvise", &last);
+	d = rust_paths_delta(&first, &last);
+	ksft_print_msg("refault then zap: %lld early copies started over, in %d rounds (%d after the write during the call)\n",
+		       d.restarts, hit, primed);
+	/* At most one restart a collapse, and one DONTNEED a round to restart. */
+	pass = !lost && !dirty && !bad && primed > 0 &&
+	       d.restarts <= d.succeed &&
+	       d.early + d.locked + d.in_place == d.succeed &&
+	       2 * calls_ok >= ZAP_ROUNDS;
+	if (!pass)
+		stats_print_moved("madvise", &first);
+	ksft_test_result(pass,
+			 "rust: a page empty at the scan, written then MADV_DONTNEED'd during the early copy, reads zeroes: %d rounds, %d writes and %d DONTNEEDs during the call; %lld early copies started over (in %d rounds, %d after the write); %lld PMDs: %lld copied early, %lld copied locked; %d rounds with the page not zeroes, %zu other pages lost, %d/%d calls returned 0, %d rounds with unexpected errors, %.1f s\n",
+			 ZAP_ROUNDS, written, zapped, d.restarts, hit, primed,
+			 d.succeed, d.early, d.locked, dirty, lost, calls_ok,
+			 ZAP_ROUNDS, bad, (now_ns() - start) / 1e9);
+	close(pagemap);
+	munmap(cold, PAGE_SZ);
 	free(shadow);
 	munmap(p, PMD_SZ);
 }
@@ -2967,16 +3138,17 @@ int main(int argc, char **argv)
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
 	if (races_only) {
 		/* The KCSAN boot: the racers against the Rust core, no more. */
-		ksft_set_plan(NR_RACERS + 2);
+		ksft_set_plan(NR_RACERS + 3);
 		for (l = 0; l < NR_RACERS; l++)
 			test_race(l);
 		test_race_mremap();
 		test_race_invalidated_once();
+		test_race_refault_then_zap();
 		collapse_set_core(orig);
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 3 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 4 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -2993,6 +3165,7 @@ int main(int argc, char **argv)
 		test_race(l);
 	test_race_mremap();
 	test_race_invalidated_once();
+	test_race_refault_then_zap();
 	test_race_khugepaged();
 
 	test_bad_ranges();
