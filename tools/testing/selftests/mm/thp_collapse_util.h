@@ -191,6 +191,16 @@ static inline struct rust_paths rust_paths_delta(const struct rust_stats *a,
 }
 
 /*
+ * Whether @d adds up: each range collapsed went one way (copied early, copied
+ * locked or mapped in place), and no early copy started over more than once.
+ */
+static inline bool rust_paths_add_up(const struct rust_paths *d)
+{
+	return d->early + d->locked + d->in_place == d->succeed &&
+	       d->restarts <= d->succeed;
+}
+
+/*
  * Appends " outcome +n" to @out (of @len bytes) for every counter that moved
  * from @a to @b, or " none" if none did; returns the sum of the outcomes'
  * moves (not of the path counters, see rust_stat_is_path()).
