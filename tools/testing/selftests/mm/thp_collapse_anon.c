@@ -1630,26 +1630,25 @@ static void test_race_refault_then_zap(void)
 		written += f.written_ns > t0 && f.written_ns < t1;
 		zapped += f.at_ns > t0 && f.at_ns < t1;
 		if (r_lost || r_bad || r_dirty) {
-			ksft_print_msg("round %d: page %d written %ld us in, %s the call; MADV_DONTNEED (%s) %s it\n",
-				       n, ZAP_PAGE, f.delay_us,
+			ksft_print_msg("round %d: written %ld us in, %s the call; zap (%s) %s it\n",
+				       n, f.delay_us,
 				       f.written_ns < t0 ? "before" :
 				       f.written_ns < t1 ? "during" : "after",
 				       f.err ? strerror(f.err) : "done",
 				       f.at_ns < t0 ? "before" :
 				       f.at_ns < t1 ? "during" : "after");
-			ksft_print_msg("round %d: %s, %sPMD-mapped, page %d %smapped, %zu other pages lost\n",
+			ksft_print_msg("round %d: %s, %sPMD-mapped, page %smapped, %zu lost\n",
 				       n, ret ? strerror(err) : "collapsed",
-				       huge ? "" : "not ", ZAP_PAGE,
-				       mapped ? "" : "not ", r_lost);
+				       huge ? "" : "not ", mapped ? "" : "not ", r_lost);
 			if (r_dirty)
-				ksft_print_msg("round %d: page %d not zeroes: word %zu is 0x%016llx\n",
-					       n, ZAP_PAGE, w, (unsigned long long)word[w]);
+				ksft_print_msg("round %d: page not zeroes: word %zu is 0x%016llx\n",
+					       n, w, (unsigned long long)word[w]);
 			stats_print_moved("madvise", &s0);
 		}
 	}
 	rust_stats_read("madvise", &last);
 	d = rust_paths_delta(&first, &last);
-	ksft_print_msg("refault then zap: %lld early copies started over, in %d rounds (%d after the write during the call)\n",
+	ksft_print_msg("refault, zap: %lld copies started over, in %d rounds (%d after a write)\n",
 		       d.restarts, hit, primed);
 	/* At most one restart a collapse, and one DONTNEED a round to restart. */
 	pass = !lost && !dirty && !bad && primed > 0 &&
