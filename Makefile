@@ -3,13 +3,16 @@
 # Front door. Every target sets up what it needs (packages, toolchain, kernel
 # source) on first use; see README.md.
 
-.PHONY: run test soak bench bench-icount profile setup kernel kernel-release tests check clean distclean
+.PHONY: run test test-kcsan soak bench bench-icount profile setup kernel kernel-release tests check clean distclean
 
 run:			## build the kernel, boot it, run the collapse demo
 	scripts/run-demo.sh
 
 test:			## the whole test suite; ends with "N passed, N failed"
 	scripts/run-tests.sh
+
+test-kcsan:		## make test, then the race and stress programs on a KCSAN kernel
+	THP_KCSAN=1 scripts/run-tests.sh
 
 soak:			## the random-operation stress for SOAK_S s per core (SOAK_SEED= reruns), then thp_collapse_multi at 200 rounds
 	scripts/run-soak.sh
