@@ -138,6 +138,9 @@ void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
 				unsigned int nr, unsigned long *writable);
 void thp_collapse_remove_rmap_small(struct folio *folio,
 				    struct vm_area_struct *vma);
+long thp_collapse_wait_claim(unsigned long *slot, unsigned long claim,
+			     long timeout);
+void thp_collapse_drop_claim(unsigned long *slot);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 

@@ -22,6 +22,7 @@
 #include <linux/string.h>
 #include <linux/swap.h>
 #include <linux/sysfs.h>
+#include <linux/wait_bit.h>
 
 #include <asm/tlb.h>
 
@@ -275,4 +276,30 @@ void thp_collapse_remove_rmap_small(struct folio *folio,
 	preempt_disable();
 	folio_remove_rmap_pte(folio, folio_page(folio, 0), vma);
 	preempt_enable();
+}
+
+/**
+ * thp_collapse_wait_claim() - wait for a collapse to give up its claim on a
+ * range, for Rust.
+ * @slot: the slot that held @claim (mm/thp_collapse/anon/claim.rs).
+ * @claim: the claim: the range's mm and address, as one word.
+ * @timeout: how long to wait at most, in jiffies.
+ *
+ * Context: process context, no lock held. Sleeps.
+ * Return: 0 if @slot still held @claim after @timeout, else the jiffies left.
+ */
+long thp_collapse_wait_claim(unsigned long *slot, unsigned long claim,
+			     long timeout)
+{
+	return wait_var_event_timeout(slot, READ_ONCE(*slot) != claim, timeout);
+}
+
+/**
+ * thp_collapse_drop_claim() - give up a collapse's claim on a range and wake
+ * whoever waits for it, for Rust.
+ * @slot: the slot that holds the claim; it is free on return.
+ */
+void thp_collapse_drop_claim(unsigned long *slot)
+{
+	store_release_wake_up(slot, 0);
 }

@@ -35,6 +35,9 @@ pub(crate) struct Paths {
     /// The early copies started over because something else invalidated the range while
     /// they copied, of the collapses counted in `early` and `locked`.
     pub(crate) restarts: u32,
+    /// MADV_COLLAPSE scans that found another collapse of their range copying its pages, and
+    /// waited for it to end before they looked again (whatever came of the range then).
+    pub(crate) claim_waits: u32,
 }
 
 /// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
@@ -47,16 +50,17 @@ const PATH_NAMES: [&str; PATHS] = [
     "early_retries",
     "recopied_early",
     "early_restarts",
+    "claim_waits",
 ];
 
 /// How many path counters each caller has.
-const PATHS: usize = 7;
+const PATHS: usize = 8;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
 /// ran), the pages those copied again under the mmap write lock, collapses that copied
-/// everything under it, the retries of early copies with the pages they copied again, and
-/// the early copies started over.
+/// everything under it, the retries of early copies with the pages they copied again, the
+/// early copies started over, and the waits for another collapse of the same range.
 pub(crate) struct Stats {
     counts: [[Atomic<u64>; CODES]; Caller::COUNT],
     paths: [[Atomic<u64>; PATHS]; Caller::COUNT],
@@ -82,6 +86,7 @@ impl Stats {
             p.retries,
             p.recopied_early,
             p.restarts,
+            p.claim_waits,
         ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
             if v > 0 {
@@ -156,6 +161,7 @@ mod tests {
             retries: 4,
             recopied_early: 90,
             restarts: 5,
+            claim_waits: 6,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
         s.count_paths(Caller::Madvise, &Paths::default());
@@ -178,6 +184,7 @@ mod tests {
         assert_eq!(paths.next(), Some("early_retries 4"));
         assert_eq!(paths.next(), Some("recopied_early 90"));
         assert_eq!(paths.next(), Some("early_restarts 5"));
+        assert_eq!(paths.next(), Some("claim_waits 6"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

@@ -247,6 +247,7 @@ impl RequestState {
                 retries: 0,
                 recopied_early: 0,
                 restarts: 0,
+                claim_waits: 0,
             },
         }
     }
@@ -265,6 +266,11 @@ impl RequestState {
     /// range's count.
     pub(crate) fn take_write_held(&mut self) -> Delta {
         core::mem::replace(&mut self.write_held, Delta::from_nanos(0))
+    }
+
+    /// Counts a scan that waited for another collapse of its range (`claim.rs`).
+    pub(crate) fn waited_for_claim(&mut self) {
+        self.paths.claim_waits += 1;
     }
 
     /// Notes that a PMD range was mapped in place, without a copy.

@@ -7,6 +7,8 @@
 //! Upstream reference: `collapse_scan_pmd()`, `collapse_huge_page()` and their helpers in
 //! [`mm/khugepaged.c`](srctree/mm/khugepaged.c).
 
+#[path = "claim.rs"]
+mod claim;
 #[path = "detach.rs"]
 mod detach;
 #[path = "early.rs"]
@@ -54,10 +56,39 @@ pub(crate) fn collapse_pmd<'a>(
     tunables: &Tunables,
     req: &mut RequestState,
 ) -> (Attempt, u32, Locked<'a>) {
-    let s = scan(&guard, addr, span, mode, tunables);
     let mm = guard.mm();
+    let mut s = scan(&guard, addr, span, mode, tunables);
+    let mut guard = guard;
+    let mut retaken = false;
+    // Another collapse's early copy holds references to the pages (see `claim.rs`): a
+    // MADV_COLLAPSE that may block waits for it and looks again, as upstream's waits for the
+    // mmap lock.
+    if s.verdict == Err(Fail::PageCount)
+        && mode.is_madvise()
+        && mode.effort() != Effort::Light
+        && claim::claimed(mm, addr)
+    {
+        drop(guard);
+        if claim::wait_for_claim(mm, addr) {
+            req.waited_for_claim();
+        }
+        guard = MmapRead::lock(mm);
+        retaken = true;
+        let order = match mode {
+            CollapseMode::Madvise(flags) => flags.order,
+            CollapseMode::Khugepaged => PMD_ORDER,
+        };
+        s = match vma::revalidate(&guard, addr, mode, order) {
+            Ok(vma) if vma.is_anonymous() => scan(&guard, addr, span, mode, tunables),
+            Ok(_) => Scanned::failed(Fail::PageAnon, false),
+            Err(fail) => Scanned::failed(fail, false),
+        };
+    }
     let (attempt, state) = match s.verdict {
         Ok(()) => {
+            // Until the last candidate returns: another MADV_COLLAPSE of the range waits
+            // instead of failing on an early copy's references.
+            let claim = claim::Claim::take(mm, addr);
             drop(guard);
             let max_none = |order| mode.limits(tunables, order, Userfault::Unarmed).max_none;
             let collapse = |first, order| {
@@ -74,7 +105,13 @@ pub(crate) fn collapse_pmd<'a>(
                     plan::collapse_planned(&s.occupied, s.enabled, s.swapped, max_none, collapse)
                 }
             };
+            drop(claim);
             (attempt, Locked::Dropped)
+        }
+        // VMAs the caller saw before are stale.
+        Err(fail) if retaken => {
+            drop(guard);
+            (Err(fail), Locked::Dropped)
         }
         Err(fail) => (Err(fail), Locked::Held(guard)),
     };
@@ -409,6 +446,27 @@ struct Scanned {
     remap: bool,
 }
 
+impl Scanned {
+    /// A scan that stopped at `fail` before the entries; upstream's tracepoint fires for it if
+    /// `traced` (it looked at the page table).
+    fn failed(fail: Fail, traced: bool) -> Self {
+        Scanned {
+            verdict: Err(fail),
+            scanned: 1,
+            swapped: 0,
+            referenced: 0,
+            none_or_zero: 0,
+            failed_pfn: trace::NO_PFN,
+            traced,
+            occupied: Occupied::EMPTY,
+            enabled: 0,
+            nodes: NodeLoad::new().target(),
+            in_place: None,
+            remap: false,
+        }
+    }
+}
+
 /// Scans the entries `span` of the PMD range at `addr` under `guard`.
 fn scan(
     guard: &MmapRead<'_>,
@@ -417,20 +475,7 @@ fn scan(
     mode: CollapseMode,
     t: &Tunables,
 ) -> Scanned {
-    let done = |fail, traced| Scanned {
-        verdict: Err(fail),
-        scanned: 1,
-        swapped: 0,
-        referenced: 0,
-        none_or_zero: 0,
-        failed_pfn: trace::NO_PFN,
-        traced,
-        occupied: Occupied::EMPTY,
-        enabled: 0,
-        nodes: NodeLoad::new().target(),
-        in_place: None,
-        remap: false,
-    };
+    let done = Scanned::failed;
     let Some(vma) = guard.find_vma(addr) else {
         return done(Fail::VmaNull, false);
     };

@@ -91,15 +91,15 @@ static inline long long rust_stat(const char *caller, const char *outcome)
 /*
  * Whether @name is one of the lines after the outcomes, which tell how
  * anonymous collapses went (in place, copied early or under the lock; the
- * retries and restarts of early copies), not how a range ended: each such
- * collapse is also counted as "succeed".
+ * retries and restarts of early copies; the waits for another collapse of a
+ * range), not how a range ended.
  */
 static inline bool rust_stat_is_path(const char *name)
 {
 	return !strcmp(name, "in_place") || !strcmp(name, "copied_early") ||
 	       !strcmp(name, "recopied") || !strcmp(name, "copied_locked") ||
 	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early") ||
-	       !strcmp(name, "early_restarts");
+	       !strcmp(name, "early_restarts") || !strcmp(name, "claim_waits");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
@@ -172,6 +172,7 @@ struct rust_paths {
 	long long again;	/* recopied_early: pages those copied again */
 	long long restarts;	/* early_restarts: early copies started over */
 	long long in_place;	/* PMD ranges mapped in place, without a copy */
+	long long waits;	/* claim_waits: waits for another collapse */
 };
 
 /* How the path counters (and succeed) moved from @a to @b. */
@@ -187,6 +188,7 @@ static inline struct rust_paths rust_paths_delta(const struct rust_stats *a,
 		.again = rust_stats_delta(a, b, "recopied_early"),
 		.restarts = rust_stats_delta(a, b, "early_restarts"),
 		.in_place = rust_stats_delta(a, b, "in_place"),
+		.waits = rust_stats_delta(a, b, "claim_waits"),
 	};
 }
 
