@@ -25,6 +25,8 @@
  * single MADV_FREE of one page, timed to land during the early copy, must
  * make it start over, and the new copy hold. A page empty at the scan,
  * written and then MADV_DONTNEED'd during the early copy, must read zeroes.
+ * Two threads collapsing the same range at once must both succeed, a scan
+ * that meets the other's early copy waiting for it.
  * The killed-target case proves from the Rust counters that the kill landed
  * while the call ran.
  *
@@ -1744,6 +1746,106 @@ static void test_race_khugepaged(void)
 	munmap(r.p, r.len);
 }
 
+/* The PMDs each call of test_same_range_twice() collapses. */
+#define TWICE_PMDS 4
+/* Its rounds: at least, and at most while no scan has waited. */
+#define TWICE_ROUNDS_MIN 8
+#define TWICE_ROUNDS_MAX 32
+
+/* The second caller's delays sweep 0 to 15 times this, round by round. */
+#define TWICE_STEP_US 500
+
+/* One of the two callers of test_same_range_twice(). */
+struct twice_caller {
+	struct region *r;
+	atomic_int *go;
+	int delay_us;		/* from the go to the call */
+	int err;		/* the call's errno, or 0 */
+};
+
+static void *collapse_when_told(void *arg)
+{
+	struct twice_caller *t = arg;
+
+	while (!atomic_load(t->go))
+		;
+	if (t->delay_us)
+		usleep(t->delay_us);
+	t->err = madvise(t->r->p, t->r->len, MADV_COLLAPSE) ? errno : 0;
+	return NULL;
+}
+
+/*
+ * Two threads MADV_COLLAPSE the same TWICE_PMDS PMDs at once: both calls
+ * succeed, as upstream's do, whose second scan of a PMD waits for the first
+ * collapse's mmap write lock and finds the PMD mapped. The Rust core's early
+ * copy holds references to the pages without that lock: a scan of the PMD
+ * meanwhile stops at them, and must wait for that collapse (claim_waits)
+ * instead of failing with EAGAIN. Each round faults new data in small pages,
+ * lets both threads go, the second after a delay that sweeps an early copy's
+ * few milliseconds (or together, every 16th round), and checks every byte
+ * and that every PMD is mapped; on the Rust core the rounds go on (TWICE_ROUNDS_MAX at most) until
+ * a scan has waited, and each PMD must be collapsed once by the Rust core.
+ */
+static void test_same_range_twice(const char *core)
+{
+	static struct rust_stats s0, s1;
+	uint64_t *shadow = calloc(TWICE_PMDS * PAGES_PER_PMD, sizeof(*shadow));
+	int n, i, failed = 0, last_err = 0, not_huge = 0;
+	bool rust = core[0] == 'r';
+	struct rust_paths d = { 0 };
+	char moved[512] = "";
+	size_t bad = 0;
+	long long other;
+
+	if (!shadow)
+		ksft_exit_fail_perror("calloc");
+	collapse_require_core(core);
+	rust_stats_read("madvise", &s0);
+	for (n = 0; n < TWICE_ROUNDS_MAX;) {
+		struct region r = mem_region(MEM_ANON, TWICE_PMDS);
+		struct twice_caller t[2];
+		atomic_int go = 0;
+		pthread_t th[2];
+
+		if (mem_populate(&r, shadow, n + 1))
+			ksft_exit_fail_perror("populate");
+		for (i = 0; i < 2; i++) {
+			t[i] = (struct twice_caller){
+				.r = &r, .go = &go,
+				.delay_us = i * (n % 16) * TWICE_STEP_US,
+			};
+			if (pthread_create(&th[i], NULL, collapse_when_told, &t[i]))
+				ksft_exit_fail_perror("pthread_create");
+		}
+		atomic_store(&go, 1);
+		for (i = 0; i < 2; i++) {
+			pthread_join(th[i], NULL);
+			if (t[i].err) {
+				failed++;
+				last_err = t[i].err;
+			}
+		}
+		not_huge += !mem_pmd_mapped(&r);
+		bad += mem_bad_pages(&r, shadow);
+		mem_region_free(&r);
+		n++;
+		rust_stats_read("madvise", &s1);
+		d = rust_paths_delta(&s0, &s1);
+		if (n >= TWICE_ROUNDS_MIN && (!rust || d.waits > 0))
+			break;
+	}
+	other = rust_stats_moved(&s0, &s1, moved, sizeof(moved));
+	free(shadow);
+	ksft_test_result(!failed && !not_huge && !bad &&
+			 (rust ? d.waits > 0 && d.succeed == n * TWICE_PMDS &&
+				 rust_paths_add_up(&d) :
+				 other == 0),
+			 "%s: two threads collapse the same %d PMDs at once: %d rounds, %d calls failed%s%s, %d rounds not huge, %zu pages differ; Rust madvise:%s\n",
+			 core, TWICE_PMDS, n, failed, failed ? ", last " : "",
+			 failed ? strerror(last_err) : "", not_huge, bad, moved);
+}
+
 /* ---- Bad input --------------------------------------------------------- */
 
 static int collapse_errno(const char *core, void *p, size_t len)
@@ -3144,17 +3246,18 @@ int main(int argc, char **argv)
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
 	if (races_only) {
 		/* The KCSAN boot: the racers against the Rust core, no more. */
-		ksft_set_plan(NR_RACERS + 3);
+		ksft_set_plan(NR_RACERS + 4);
 		for (l = 0; l < NR_RACERS; l++)
 			test_race(l);
 		test_race_mremap();
 		test_race_invalidated_once();
 		test_race_refault_then_zap();
+		test_same_range_twice("rust");
 		collapse_set_core(orig);
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 4 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 4 + 2 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -3173,6 +3276,8 @@ int main(int argc, char **argv)
 	test_race_invalidated_once();
 	test_race_refault_then_zap();
 	test_race_khugepaged();
+	for (c = 0; c < 2; c++)
+		test_same_range_twice(cores[c]);
 
 	test_bad_ranges();
 	test_bad_hugetlb();
