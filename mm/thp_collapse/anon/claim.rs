@@ -17,9 +17,9 @@
 //!
 //! A claim is one word: the address of the mm xor the address of the range, which is
 //! PMD-aligned, with bit 0 set. Two ranges of two mms could share a word; that costs a wait
-//! that was not needed, never a wrong result. With every one of the [`SLOTS`] taken (more collapses at once
-//! than CPUs, or nearly), a collapse goes without a claim, and a second collapse of its range
-//! may fail as it did before this file.
+//! that was not needed, never a wrong result. With every one of the [`SLOTS`] taken (more
+//! collapses at once than CPUs, or nearly), a collapse goes without a claim, and a second
+//! collapse of its range may fail as it did before this file.
 //!
 //! No upstream counterpart: upstream serialises the collapses of an mm with its mmap lock.
 

@@ -31,7 +31,7 @@
 use crate::{
     ffi::{self, FolioPtr, PagePtr, PageRef, PteRead},
     plan::Occupied,
-    vma::{self, CollapseLocked},
+    vma::CollapseLocked,
     vocab::{Candidate, CollapseMode, MmapRead},
 };
 use kernel::{
@@ -163,10 +163,7 @@ impl EarlyCopy {
         // Held across the passes: another collapse of the range cannot reach its switch
         // (which takes the lock for write and would find our references) until they are over.
         let guard = MmapRead::lock(mm);
-        let vma = vma::revalidate(&guard, c.haddr, mode, c.order).ok()?;
-        if !vma.is_anonymous() {
-            return None;
-        }
+        let vma = super::revalidate_anon(&guard, c.haddr, mode, c.order).ok()?;
         self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, None)?;
         if mode.is_madvise() {
             // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a

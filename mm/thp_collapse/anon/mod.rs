@@ -58,32 +58,30 @@ pub(crate) fn collapse_pmd<'a>(
 ) -> (Attempt, u32, Locked<'a>) {
     let mm = guard.mm();
     let mut s = scan(&guard, addr, span, mode, tunables);
-    let mut guard = guard;
     let mut retaken = false;
     // Another collapse's early copy holds references to the pages (see `claim.rs`): a
     // MADV_COLLAPSE that may block waits for it and looks again, as upstream's waits for the
     // mmap lock.
-    if s.verdict == Err(Fail::PageCount)
-        && mode.is_madvise()
-        && mode.effort() != Effort::Light
-        && claim::claimed(mm, addr)
-    {
-        drop(guard);
-        if claim::wait_for_claim(mm, addr) {
-            req.waited_for_claim();
+    let guard = match mode {
+        CollapseMode::Madvise(flags)
+            if s.verdict == Err(Fail::PageCount)
+                && mode.effort() != Effort::Light
+                && claim::claimed(mm, addr) =>
+        {
+            drop(guard);
+            if claim::wait_for_claim(mm, addr) {
+                req.waited_for_claim();
+            }
+            let guard = MmapRead::lock(mm);
+            retaken = true;
+            s = match revalidate_anon(&guard, addr, mode, flags.order) {
+                Ok(_) => scan(&guard, addr, span, mode, tunables),
+                Err(fail) => Scanned::failed(fail, false),
+            };
+            guard
         }
-        guard = MmapRead::lock(mm);
-        retaken = true;
-        let order = match mode {
-            CollapseMode::Madvise(flags) => flags.order,
-            CollapseMode::Khugepaged => PMD_ORDER,
-        };
-        s = match vma::revalidate(&guard, addr, mode, order) {
-            Ok(vma) if vma.is_anonymous() => scan(&guard, addr, span, mode, tunables),
-            Ok(_) => Scanned::failed(Fail::PageAnon, false),
-            Err(fail) => Scanned::failed(fail, false),
-        };
-    }
+        _ => guard,
+    };
     let (attempt, state) = match s.verdict {
         Ok(()) => {
             // Until the last candidate returns: another MADV_COLLAPSE of the range waits
@@ -128,6 +126,21 @@ pub(crate) fn collapse_pmd<'a>(
     (attempt, s.scanned, state)
 }
 
+/// [`vma::revalidate`] for an anonymous range: also fails with [`Fail::PageAnon`] if the range
+/// was unmapped and mapped again as a file while the lock was dropped.
+fn revalidate_anon<'g, G: CollapseLocked>(
+    guard: &'g G,
+    addr: usize,
+    mode: CollapseMode,
+    order: u32,
+) -> Result<&'g kernel::mm::virt::VmaRef, Fail> {
+    let vma = vma::revalidate(guard, addr, mode, order)?;
+    if !vma.is_anonymous() {
+        return Err(Fail::PageAnon);
+    }
+    Ok(vma)
+}
+
 /// Reads the swapped-out pages of candidate `c` back in, under the mmap lock for read, after
 /// revalidating the range. Returns with no lock held.
 fn swap_in(
@@ -137,10 +150,7 @@ fn swap_in(
     referenced: u32,
 ) -> Result<(), Fail> {
     let guard = MmapRead::lock(mm);
-    let vma = vma::revalidate(&guard, c.haddr, mode, c.order)?;
-    if !vma.is_anonymous() {
-        return Err(Fail::PageAnon);
-    }
+    revalidate_anon(&guard, c.haddr, mode, c.order)?;
     read::swap_in(guard, c, referenced).map(drop)
 }
 
@@ -297,11 +307,7 @@ fn detach_isolated<'g, 'l>(
     list: &'l mut IsolationList,
     early: Option<&mut EarlyCopy>,
 ) -> Result<(DetachedTable<'g, 'l>, Option<Occupied>), Fail> {
-    let vma = vma::revalidate(guard, c.haddr, mode, c.order)?;
-    // The range may have been unmapped and mapped again as a file while unlocked.
-    if !vma.is_anonymous() {
-        return Err(Fail::PageAnon);
-    }
+    let vma = revalidate_anon(guard, c.haddr, mode, c.order)?;
     if guard.exclude_vma_faults(vma).is_err() {
         return Err(Fail::VmaCheck);
     }
