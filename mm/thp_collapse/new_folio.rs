@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The new folio of a collapse, for both backends: allocated where the old pages are, and
-//! charged to the memory cgroup, before any lock of the collapse is taken.
+//! charged to the memory cgroup, before any lock of the collapse is taken; and the page table
+//! an anonymous collapse deposits.
 
 use crate::{
     ffi::{self, CollapseEvent},
@@ -15,6 +16,7 @@ use kernel::{
     },
     mm::{
         folio::{NewFolio, Nodes},
+        pgtable::NewPteTable,
         Mm,
     },
 };
@@ -65,4 +67,17 @@ pub(crate) fn alloc_charge(
         return Err(Fail::AllocHugePage);
     }
     Ok(folio)
+}
+
+/// Allocates the page table that an anonymous collapse to the PMD order with `policy`
+/// deposits in place of the one it detaches, charged to `mm`'s memory cgroup. Whatever the
+/// policy it does not invoke the OOM killer (upstream's collapse allocates only the huge
+/// folio, which never does); with [`AllocPolicy::Light`] and [`AllocPolicy::NoWait`] it does
+/// not reclaim either, as the folio's allocation does not. May sleep; without the mmap lock.
+pub(crate) fn alloc_table(mm: &Mm, policy: AllocPolicy) -> Result<NewPteTable<'_>, Fail> {
+    let may_reclaim = match policy {
+        AllocPolicy::Reclaim | AllocPolicy::Retry => true,
+        AllocPolicy::Light | AllocPolicy::NoWait => false,
+    };
+    NewPteTable::alloc(mm, may_reclaim).map_err(|_| failed(policy, Fail::AllocHugePage))
 }

@@ -27,19 +27,11 @@
 #include <linux/rmap.h>
 #include <linux/pgalloc.h>
 #include <linux/sched.h>
+#include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/shmem_fs.h>
 #include <linux/userfaultfd_k.h>
 #include <linux/xarray.h>
-
-/*
- * Not <asm/tlb.h>: bindgen parses the helpers with -DMODULE, and on x86 that
- * hides flush_tlb_mm_range(), which <asm/tlb.h> calls. This is the prototype
- * of <asm-generic/tlb.h>; without RCU table freeing the call is a no-op.
- */
-#ifdef CONFIG_MMU_GATHER_RCU_TABLE_FREE
-void tlb_remove_table_sync_one(void);
-#endif
 
 /*
  * The prototype of mm/internal.h, mm's private header: try_to_unmap() with
@@ -233,11 +225,45 @@ __rust_helper void rust_helper_pmd_populate_table(struct mm_struct *mm,
 	pmd_populate(mm, pmdp, pmd_pgtable(table));
 }
 
-__rust_helper void rust_helper_pgtable_trans_huge_deposit_table(struct mm_struct *mm,
-								pmd_t *pmdp,
-								pmd_t table)
+/*
+ * A page table for @mm, as pte_alloc_one() allocates one, but charged to
+ * @mm's memory cgroup rather than to the caller's (khugepaged, or the
+ * process_madvise() caller), as a fault in @mm would charge it, and for work
+ * that may fail: never with the OOM killer (__GFP_NORETRY), and with
+ * @may_reclaim false without direct reclaim.
+ */
+__rust_helper pgtable_t rust_helper_pte_alloc_one_charged(struct mm_struct *mm,
+							  bool may_reclaim)
 {
-	pgtable_trans_huge_deposit(mm, pmdp, pmd_pgtable(table));
+	gfp_t gfp = GFP_PGTABLE_USER | __GFP_NORETRY | __GFP_NOWARN;
+	struct mem_cgroup *memcg = get_mem_cgroup_from_mm(mm);
+	struct mem_cgroup *old = set_active_memcg(memcg);
+	pgtable_t table;
+
+	if (!may_reclaim)
+		gfp &= ~__GFP_DIRECT_RECLAIM;
+	table = __pte_alloc_one(mm, gfp);
+
+	set_active_memcg(old);
+	mem_cgroup_put(memcg);
+	return table;
+}
+
+__rust_helper void rust_helper_pte_table_free(struct mm_struct *mm,
+					      pgtable_t table)
+{
+	pte_free(mm, table);
+}
+
+__rust_helper pgtable_t rust_helper_pmd_deposited_table(struct mm_struct *mm,
+							pmd_t *pmdp)
+{
+	return pmd_huge_pte(mm, pmdp);
+}
+
+__rust_helper unsigned long rust_helper_mm_pgtables_bytes(const struct mm_struct *mm)
+{
+	return mm_pgtables_bytes(mm);
 }
 
 __rust_helper void rust_helper_clear_user_highpage(struct page *page,
@@ -442,13 +468,6 @@ __rust_helper void rust_helper_mm_flags_clear(int flag, struct mm_struct *mm)
 __rust_helper bool rust_helper_node_online(int nid)
 {
 	return node_online(nid);
-}
-
-__rust_helper void rust_helper_tlb_remove_table_sync_one(void)
-{
-#ifdef CONFIG_MMU_GATHER_RCU_TABLE_FREE
-	tlb_remove_table_sync_one();
-#endif
 }
 
 __rust_helper int rust_helper_fatal_signal_pending(struct task_struct *p)

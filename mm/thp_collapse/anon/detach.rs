@@ -34,7 +34,7 @@ use kernel::{
         anon_vma::AnonVmaWriteGuard,
         folio::NewFolio,
         mmap_lock::MmapWriteLock,
-        pgtable::{DetachedPteTable, PmdEntry},
+        pgtable::{DetachedPteTable, NewPteTable, PmdEntry},
         virt::VmaRef,
         Mm,
     },
@@ -52,11 +52,11 @@ pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 /// A page table of PTEs taken out of its PMD, the candidate range of its entries being
 /// collapsed, and the folios of that range that were isolated so far.
 ///
-/// No page fault or GUP-fast walk can reach the pages while the table is detached, and no
-/// rmap walk can reach the isolated ones. [`DetachedTable::install`] maps the new folio (with
-/// the PMD for the PMD order, else with PTEs in the table, which goes back in place); dropping
-/// the table puts it back, releases the isolated folios and then the anon_vma lock, in that
-/// order (the order of the fields).
+/// No page fault can reach the pages while the table is detached, nor a GUP-fast walk keep a
+/// reference it takes (see `DetachedPteTable`), and no rmap walk can reach the isolated ones.
+/// [`DetachedTable::install`] maps the new folio (with the PMD for the PMD order, else with PTEs in
+/// the table, which goes back in place); dropping the table puts it back, releases the isolated
+/// folios and then the anon_vma lock, in that order (the order of the fields).
 ///
 /// # Invariants
 ///
@@ -394,7 +394,7 @@ impl Isolation<'_> {
 
 impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
-    /// the TLB, waits for lockless page-table walkers, and maps the detached table. The table
+    /// the TLB, and maps the detached table (`DetachedPteTable::detach`). The table
     /// keeps `anon`, the lock of the VMA's anon_vma.
     ///
     /// The mmu notifier range brackets the clear; it covers the candidate only, as only its
@@ -552,19 +552,20 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     }
 
     /// Maps `new`, which holds a copy of every page of the candidate (see
-    /// [`DetachedTable::copy`]), and unmaps the old pages. For the PMD order the PMD maps it
-    /// and the detached table is deposited for a later split; otherwise the table goes back in
-    /// place with the candidate's PTEs mapping the new folio. The old folios stay in the
+    /// [`DetachedTable::copy`]), and unmaps the old pages. For the PMD order the PMD maps it,
+    /// `fresh` is deposited for a later split and the detached table freed after an RCU grace
+    /// period; otherwise the table goes back in place with the candidate's PTEs mapping the new
+    /// folio, and `fresh` must be `None`. The old folios stay in the
     /// isolation list, isolated and locked, for the caller to release once it has downgraded
     /// the mmap lock to read ([`IsolationList::release_unmapped`]); if all are small, the
     /// removal of their rmap waits for that too.
     ///
-    /// Returns [`Fail::Other`], having put everything back, if `new` does not fit the
-    /// candidate. Upstream: `__collapse_huge_page_copy_succeeded()` and the end of
+    /// Returns [`Fail::Other`], having put everything back, if `new` or `fresh` does not fit
+    /// the candidate. Upstream: `__collapse_huge_page_copy_succeeded()` and the end of
     /// `collapse_huge_page()`, which remove the old pages' rmap and free them under the mmap
-    /// write lock.
-    pub(crate) fn install(self, new: NewFolio) -> Attempt {
-        if 1 << new.order() != self.nr {
+    /// write lock, and deposit the old table.
+    pub(crate) fn install(self, new: NewFolio, fresh: Option<NewPteTable<'_>>) -> Attempt {
+        if 1 << new.order() != self.nr || (new.order() == PMD_ORDER) != fresh.is_some() {
             // Dropping `self` puts everything back.
             return Err(Fail::Other);
         }
@@ -617,10 +618,9 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         // The old folios, each small one with the reference of its removed mapping, wait in
         // the list for the caller to release them after the mmap lock.
         iso.list.unmapped = true;
-        let installed = if new.order() == PMD_ORDER {
-            table.install_pmd(new)
-        } else {
-            table.install_ptes(new)
+        let installed = match fresh {
+            Some(fresh) => table.install_pmd(new, fresh),
+            None => table.install_ptes(new),
         };
         // The sizes match (checked above) and the candidate's entries were cleared, so the
         // install cannot refuse the folio; if it did, the table went back as it is, without
@@ -652,11 +652,12 @@ impl DetachedTable<'_, '_> {
     }
 
     /// Maps the folio that the candidate's entries map in place (see [`DetachedTable::in_place`])
-    /// with the PMD, without a copy, deposits the table, and puts the folio back on the LRU.
+    /// with the PMD, without a copy, deposits `fresh` in place of the table (freed after an RCU
+    /// grace period), and puts the folio back on the LRU.
     /// Returns `None`, having changed nothing (the table is to be dropped, which puts
     /// everything back), if the entries do not map such a folio. No upstream counterpart:
     /// upstream copies the folio into a new one.
-    pub(crate) fn install_in_place(self) -> Option<Attempt> {
+    pub(crate) fn install_in_place(self, fresh: NewPteTable<'_>) -> Option<Attempt> {
         let (page, folio) = self.in_place()?;
         let Self {
             mut table,
@@ -678,7 +679,7 @@ impl DetachedTable<'_, '_> {
         unsafe { isolate::put_refs(folio, PTES_PER_PMD as usize - 1) };
         // SAFETY: `in_place()` found the folio in place before the clear; it is locked (by its
         // isolation), its rmap removed, and one of the mappings' references is handed over.
-        let installed = unsafe { table.install_pmd_in_place(folio) };
+        let installed = unsafe { table.install_pmd_in_place(folio, fresh) };
         // The folio goes back on the LRU, unlocked, with the isolation's reference; the
         // anon_vma lock goes last.
         drop(iso);

@@ -36,7 +36,7 @@ use kernel::{
     mm::{
         folio::{NewFolio, NodeLoad, Nodes},
         mmap_lock::MmapLocked,
-        pgtable::PmdState,
+        pgtable::{NewPteTable, PmdState},
     },
     page::PAGE_SIZE,
     time::{Instant, Monotonic},
@@ -181,6 +181,10 @@ fn collapse_anon(
     let restarts = early.as_ref().map_or(0, EarlyCopy::restarts);
     // Sleeping allocations come before the locks.
     let list = req.list()?;
+    // The table deposited in place of the detached one; mTHP orders put that back.
+    let fresh = (c.order == PMD_ORDER)
+        .then(|| new_folio::alloc_table(mm, mode.alloc_policy(tunables)))
+        .transpose()?;
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     let mut copy = CopyKind::Locked;
@@ -189,7 +193,7 @@ fn collapse_anon(
         c,
         mode,
         tunables,
-        (new, &cleared),
+        (new, fresh, &cleared),
         &mut *list,
         (early.as_mut(), &mut copy),
     );
@@ -221,15 +225,19 @@ fn remap_in_place(
     tunables: &Tunables,
     req: &mut RequestState,
 ) -> Option<Attempt> {
-    let list = match req.list() {
-        Ok(list) => list,
+    let policy = mode.alloc_policy(tunables);
+    let allocated = req
+        .list()
+        .and_then(|list| Ok((list, new_folio::alloc_table(mm, policy)?)));
+    let (list, fresh) = match allocated {
+        Ok(allocated) => allocated,
         Err(fail) => return Some(Err(fail)),
     };
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     // `None` if no longer in place: the table was dropped, which put everything back.
     let attempt = detach_isolated(&guard, c, mode, tunables, list, None)
-        .map(|(table, _)| table.install_in_place());
+        .map(|(table, _)| table.install_in_place(fresh));
     req.held_for_write(held.elapsed());
     drop(guard);
     let attempt = match attempt {
@@ -251,7 +259,7 @@ fn collapse_write_locked(
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    (mut new, cleared): (NewFolio, &Occupied),
+    (mut new, fresh, cleared): (NewFolio, Option<NewPteTable<'_>>, &Occupied),
     list: &mut IsolationList,
     (early, copy): (Option<&mut EarlyCopy>, &mut CopyKind),
 ) -> Attempt {
@@ -272,7 +280,7 @@ fn collapse_write_locked(
             recopied: copied_here,
         };
     }
-    table.install(new)
+    table.install(new, fresh)
 }
 
 /// How a collapse that went through copied its pages.

@@ -14,14 +14,19 @@
 use crate::{
     alloc::KBox,
     bindings,
-    error::{code::EINVAL, to_result, Result},
+    error::{
+        code::{EINVAL, ENOMEM},
+        to_result, Result,
+    },
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::NewFolio,
         mmap_lock::{MmapLocked, MmapWriteLock},
         virt::VmaRef,
+        Mm,
     },
     page::PAGE_SIZE,
+    sync::barrier::{smp_mb, Full},
     types::Opaque,
 };
 use core::{
@@ -416,13 +421,62 @@ impl Drop for PteTableMapped<'_> {
     }
 }
 
-/// A page table of PTEs taken out of its PMD entry, under the mmap lock for write and the
-/// anon_vma lock: no page fault, GUP-fast walk or rmap walk can reach its entries until it is
-/// put back.
+/// A page table of PTEs allocated for an mm and not in use, which
+/// [`DetachedPteTable::install_pmd`] deposits in place of the table it detached. Dropping it
+/// frees it.
 ///
-/// [`DetachedPteTable::install_pmd`] maps a huge folio with the PMD instead, depositing the
-/// table; [`DetachedPteTable::install_ptes`] puts it back with some entries mapping a new
-/// folio; dropping it puts it back as it is.
+/// Why a new table: a table that a huge PMD has deposited is freed at once when the PMD is
+/// zapped (`zap_deposited_table()`: `pte_free()`), but a GUP-fast walker that read the PMD before
+/// the detach may still be reading the old table's entries. Upstream waits for such walkers
+/// with `tlb_remove_table_sync_one()`, an IPI to every other CPU, under the mmap write lock.
+/// Depositing a new table and freeing the old one after an RCU grace period
+/// (`pte_free_defer()`, whose grace period waits for GUP-fast's interrupts-off walk, as the
+/// table retraction of shmem and file collapse relies on) needs no IPI.
+///
+/// # Invariants
+///
+/// `table` is a page table of PTEs that `pte_alloc_one()` allocated for `mm`, with every entry
+/// none; nothing else can reach it.
+pub struct NewPteTable<'a> {
+    mm: &'a Mm,
+    table: NonNull<bindings::page>,
+}
+
+impl<'a> NewPteTable<'a> {
+    /// Allocates a page table for `mm`, charged to the memory cgroup of `mm` (not to that of
+    /// the caller, which may be khugepaged or another process). For optional work: fails with
+    /// `ENOMEM` rather than invoke the OOM killer (`__GFP_NORETRY`), and without direct reclaim
+    /// unless `may_reclaim`. May sleep. C: `pte_alloc_one()`.
+    pub fn alloc(mm: &'a Mm, may_reclaim: bool) -> Result<Self> {
+        // SAFETY: `mm` is valid for the call.
+        let table = unsafe { bindings::pte_alloc_one_charged(mm.as_raw(), may_reclaim) };
+        let table = NonNull::new(table).ok_or(ENOMEM)?;
+        // INVARIANT: A new table, empty, which only this value holds.
+        Ok(Self { mm, table })
+    }
+
+    /// Gives up the table to the caller, who must deposit or install it for `mm`.
+    fn into_raw(self) -> bindings::pgtable_t {
+        core::mem::ManuallyDrop::new(self).table.as_ptr()
+    }
+}
+
+impl Drop for NewPteTable<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the table is `mm`'s, unused and only ours.
+        unsafe { bindings::pte_table_free(self.mm.as_raw(), self.table.as_ptr()) };
+    }
+}
+
+/// A page table of PTEs taken out of its PMD entry, under the mmap lock for write and the
+/// anon_vma lock: no page fault or rmap walk can reach its entries until it is put back, and
+/// a GUP-fast walk that found the table before the detach cannot keep a reference it takes
+/// (it checks the PMD entry again after taking it, and backs off).
+///
+/// [`DetachedPteTable::install_pmd`] maps a huge folio with the PMD instead, depositing a
+/// [`NewPteTable`] and freeing this one after an RCU grace period;
+/// [`DetachedPteTable::install_ptes`] puts it back with some entries mapping a new folio;
+/// dropping it puts it back as it is. It is never freed while a lockless walker may read it.
 ///
 /// # Invariants
 ///
@@ -528,10 +582,14 @@ impl Drop for MmuNotifierClear {
 
 impl<'a> DetachedPteTable<'a> {
     /// Clears `pmd`, an entry of the mm that `lock` holds the mmap lock of, pointing to a page
-    /// table of PTEs, and flushes the TLB; waits for lockless page-table walkers; and maps the
-    /// detached table. `vma` must cover the whole PMD range, `[start, end)` is the part of it
-    /// whose entries are about to change, for secondary MMUs. `anon` shows that anonymous rmap
-    /// walkers are kept out.
+    /// table of PTEs, and flushes the TLB; and maps the detached table. Lockless walkers that found
+    /// the table before are not waited for (upstream's `tlb_remove_table_sync_one()`): a GUP-fast
+    /// walk takes its reference and then reads the PMD entry again, fully ordered, and the clear
+    /// here is ordered before every reference count the caller reads next, so either the caller
+    /// sees the reference or the walker sees the entry changed and drops it; and the table is not
+    /// freed before an RCU grace period (see [`NewPteTable`]). `vma` must cover the whole PMD
+    /// range, `[start, end)` is the part of it whose entries are about to change, for secondary
+    /// MMUs. `anon` shows that anonymous rmap walkers are kept out.
     ///
     /// Returns `None`, changing nothing, if the arguments do not match (another mm, a range
     /// outside the VMA or the PMD range) or the entry no longer points to a page table.
@@ -571,8 +629,9 @@ impl<'a> DetachedPteTable<'a> {
             table
         };
         drop(notifier);
-        // SAFETY: Always safe from process context.
-        unsafe { bindings::tlb_remove_table_sync_one() };
+        // The clear before the reads of the reference counts (the isolation's): against
+        // GUP-fast, as `__folio_try_share_anon_rmap()` orders its clear and check.
+        smp_mb(Full);
         let mut ptl = ptr::null_mut();
         let mut copy = table;
         // SAFETY: `copy` holds the detached PMD value; `pte_offset_map_lock()` reads it only
@@ -616,26 +675,30 @@ impl<'a> DetachedPteTable<'a> {
         DetachedPteLock { table: self }
     }
 
-    /// Maps `folio`, a huge folio of the PMD order, with the PMD entry, and deposits the table,
-    /// every entry of which [`DetachedPteLock::clear`] cleared, for a later split. The folio
-    /// must hold the data the entries mapped; the mapping takes over its reference.
+    /// Maps `folio`, a huge folio of the PMD order, with the PMD entry, in place of the table,
+    /// every entry of which [`DetachedPteLock::clear`] cleared; deposits `fresh` for a later
+    /// split, and frees the table after an RCU grace period. The folio must hold the data the
+    /// entries mapped; the mapping takes over its reference.
     ///
     /// Gives the folio back, and puts the table back as it is, if it is not of the PMD order or
     /// some entries were not cleared. C: `pgtable_trans_huge_deposit()` and
-    /// `map_anon_folio_pmd_nopf()`.
-    pub fn install_pmd(self, folio: NewFolio) -> Result<(), NewFolio> {
+    /// `map_anon_folio_pmd_nopf()` (upstream deposits the old table).
+    pub fn install_pmd(self, folio: NewFolio, fresh: NewPteTable<'_>) -> Result<(), NewFolio> {
         if PTRS_PER_PTE != 1 << folio.order() || self.cleared != (0, PTRS_PER_PTE) {
             return Err(folio);
         }
-        // SAFETY: The PMD is none and `table` the empty, detached table (type invariants,
-        // checked above), under the mmap write lock and the PMD lock: it is deposited, and the
-        // PMD maps `folio`.
+        let (mm, old) = (self.mm.as_ptr(), self.table);
+        // SAFETY: The PMD is none (type invariants), under the mmap write lock and the PMD
+        // lock: the new, empty table is deposited, and the PMD maps `folio`.
         unsafe {
             self.install_new(folio, |this, folio, mm, pmdp, _| {
-                bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
+                bindings::pgtable_trans_huge_deposit(mm, pmdp, fresh.into_raw());
                 bindings::map_anon_folio_pmd_nopf(folio, pmdp, this.vma.as_ptr(), this.haddr);
             })
         };
+        // SAFETY: `old` is the table the PMD held, all of whose entries were cleared (checked
+        // above), and which nothing can reach now that the PMD maps the folio.
+        unsafe { free_replaced(mm, old) };
         Ok(())
     }
 
@@ -711,12 +774,13 @@ impl<'a> DetachedPteTable<'a> {
         }
     }
 
-    /// Maps `folio` with the PMD entry in place of the entries, which mapped its pages in
-    /// order and which [`DetachedPteLock::clear`] all cleared, and deposits the table for a
-    /// later split: the collapse of a PTE-mapped folio of the PMD order without a copy (where
-    /// upstream copies it into a new folio). The PMD maps it exclusively; as on every
-    /// PMD-mapped folio, `PG_anon_exclusive` then counts on its first page only (a split of the
-    /// PMD hands it on to every page), so it is cleared on the others.
+    /// Maps `folio` with the PMD entry in place of the entries, which mapped its pages in order and
+    /// which [`DetachedPteLock::clear`] all cleared, deposits `fresh` for a later split and frees
+    /// the table after an RCU grace period (as [`DetachedPteTable::install_pmd`]): the collapse of
+    /// a PTE-mapped folio of the PMD order without a copy (where upstream copies it into a new
+    /// folio). The PMD maps it exclusively; as on every PMD-mapped folio, `PG_anon_exclusive` then
+    /// counts on its first page only (a split of the PMD hands it on to every page), so it is
+    /// cleared on the others.
     ///
     /// Puts the table back as it is, and fails with `EINVAL`, if some entries were not
     /// cleared. C: as `map_anon_folio_pmd_nopf()` maps a new folio, with
@@ -728,15 +792,20 @@ impl<'a> DetachedPteTable<'a> {
     /// place before they were cleared. The caller must hold the folio's lock, have removed
     /// the rmap of the entries' mappings, and own one of their references, which the PMD
     /// mapping takes over.
-    pub unsafe fn install_pmd_in_place(self, folio: NonNull<bindings::folio>) -> Result {
+    pub unsafe fn install_pmd_in_place(
+        self,
+        folio: NonNull<bindings::folio>,
+        fresh: NewPteTable<'_>,
+    ) -> Result {
         if self.cleared != (0, PTRS_PER_PTE) {
             return Err(EINVAL);
         }
+        let (mm, old) = (self.mm.as_ptr(), self.table);
         let f = folio.as_ptr();
         // SAFETY: By the function's safety requirements the folio is locked and ours to map:
-        // its pages are unmapped and its rmap is gone; the PMD is none and `table` the empty,
-        // detached table (type invariants, checked above), under the mmap write lock and the
-        // PMD lock: it is deposited, and the PMD maps the folio.
+        // its pages are unmapped and its rmap is gone; the PMD is none (type invariants), under
+        // the mmap write lock and the PMD lock: the new, empty table is deposited, and the PMD
+        // maps the folio.
         unsafe {
             let first = &raw mut (*f).__bindgen_anon_1.page;
             for i in 1..PTRS_PER_PTE {
@@ -746,12 +815,15 @@ impl<'a> DetachedPteTable<'a> {
                 let (vma, haddr) = (this.vma.as_ptr(), this.haddr);
                 let entry = bindings::folio_mk_pmd(f, (*vma).vm_page_prot);
                 let entry = bindings::maybe_pmd_mkwrite(bindings::pmd_mkdirty(entry), vma);
-                bindings::pgtable_trans_huge_deposit_table(mm, pmdp, this.table);
+                bindings::pgtable_trans_huge_deposit(mm, pmdp, fresh.into_raw());
                 bindings::folio_add_anon_rmap_pmd(f, first, vma, haddr, bindings::RMAP_EXCLUSIVE);
                 bindings::set_pmd_at(mm, haddr, pmdp, entry);
                 bindings::update_mmu_cache_pmd(vma, haddr, pmdp);
                 bindings::deferred_split_folio(f, false);
             });
+            // `old` is the table the PMD held, all of whose entries were cleared (checked
+            // above), and which nothing can reach now that the PMD maps the folio.
+            free_replaced(mm, old);
         }
         Ok(())
     }
@@ -924,12 +996,27 @@ impl Drop for DetachedPteLock<'_, '_> {
 /// can reach any more.
 unsafe fn free_detached(mm: *mut bindings::mm_struct, addr: usize, table: bindings::pmd_t) {
     // SAFETY: By the function's safety requirements: the table is `mm`'s, empty and
-    // unreachable; `pte_free_defer()` frees it after an RCU grace period.
+    // unreachable.
     unsafe {
         bindings::mm_dec_nr_ptes(mm);
         bindings::page_table_check_pte_clear_range(mm, addr, table);
-        bindings::pte_free_defer(mm, bindings::pmd_pgtable(table));
+        free_replaced(mm, table);
     }
+}
+
+/// Frees, after an RCU grace period, a page table taken out of its PMD entry for which a
+/// [`NewPteTable`] was deposited: `mm`'s count of page tables stays as it is.
+///
+/// # Safety
+///
+/// As for [`free_detached`]; every entry of the table was cleared with the page-table check's
+/// accounting (`clear_ptes()`).
+unsafe fn free_replaced(mm: *mut bindings::mm_struct, table: bindings::pmd_t) {
+    // SAFETY: By the function's safety requirements: the table is `mm`'s, empty and
+    // unreachable; `pte_free_defer()` frees it after an RCU grace period, which lockless
+    // walkers (GUP-fast with interrupts off, `pte_offset_map()` under `rcu_read_lock()`) hold
+    // off.
+    unsafe { bindings::pte_free_defer(mm, bindings::pmd_pgtable(table)) };
 }
 
 /// A VMA whose page tables stay allocated, but whose other fields may change: reached through
@@ -1858,7 +1945,9 @@ mod tests {
     }
 
     /// `install_pmd()` refuses a folio that is not of the PMD order and a table whose entries
-    /// were not all cleared, and maps a PMD-order folio with the PMD entry once they were.
+    /// were not all cleared, and maps a PMD-order folio with the PMD entry once they were,
+    /// depositing the new table it is given (the mm's page-table bytes unchanged: the old one
+    /// is freed, not leaked).
     #[test]
     fn install_pmd_maps_huge_folio() -> Result {
         let t = TestMm::attach()?;
@@ -1874,6 +1963,12 @@ mod tests {
         // SAFETY: Page 7 of the folio, which only `huge` can reach.
         unsafe { crate::mm::test_mm::write_page(huge.first_page().add(7), b"huge page 7") };
         let small = NewFolio::alloc(GFP_KERNEL, 0, None)?;
+        // Allocated before the detaches: a detached table holds the RCU read lock.
+        let fresh = [(); 3].map(|()| NewPteTable::alloc(t.mm(), true));
+        let [Ok(fresh_small), Ok(fresh_uncleared), Ok(fresh)] = fresh else {
+            return Err(ENOMEM);
+        };
+        let fresh_table = fresh.table;
 
         let lock = MmapWriteLock::lock(t.mm());
         let vma = lock.find_vma(p).ok_or(EINVAL)?;
@@ -1883,11 +1978,11 @@ mod tests {
 
         let mut table = detach().ok_or(EINVAL)?;
         let cleared_all = table.lock().clear(0, PTRS_PER_PTE);
-        let small_refused = table.install_pmd(small).is_err();
+        let small_refused = table.install_pmd(small, fresh_small).is_err();
         let state_small = state(&lock, p);
 
         let table = detach().ok_or(EINVAL)?;
-        let huge = match table.install_pmd(huge) {
+        let huge = match table.install_pmd(huge, fresh_uncleared) {
             Err(huge) => huge,
             Ok(()) => return Err(EINVAL),
         };
@@ -1895,12 +1990,21 @@ mod tests {
 
         let mut table = detach().ok_or(EINVAL)?;
         let cleared = table.lock().clear(0, PTRS_PER_PTE);
-        let installed = table.install_pmd(huge).is_ok();
+        // SAFETY: The mm is alive while `t` is.
+        let bytes = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
+        let installed = table.install_pmd(huge, fresh).is_ok();
         if installed {
             // `map_anon_folio_pmd_nopf()` leaves the RSS counter to its caller.
             t.count_anon(PTRS_PER_PTE as isize);
         }
         let state_huge = state(&lock, p);
+        let deposited = PmdEntry::find(&lock, p).map(|pmd| {
+            // SAFETY: The entry maps a huge folio (or not: then the pointer is only compared),
+            // under the mmap write lock, which keeps its deposited table.
+            unsafe { bindings::pmd_deposited_table(t.mm().as_raw(), pmd.pmdp.as_ptr()) }
+        });
+        // SAFETY: As above.
+        let bytes_after = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
         drop(anon);
         drop(lock);
 
@@ -1915,6 +2019,8 @@ mod tests {
         assert!(cleared);
         assert!(installed);
         assert_eq!(state_huge, Some(PmdState::Huge));
+        assert_eq!(deposited, Some(fresh_table.as_ptr()));
+        assert_eq!(bytes_after, bytes);
         assert_eq!(&seven, b"huge page 7");
         assert_eq!(zero, [0u8; 8]);
         Ok(())
