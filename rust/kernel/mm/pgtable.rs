@@ -435,8 +435,8 @@ impl Drop for PteTableMapped<'_> {
 ///
 /// # Invariants
 ///
-/// `table` is a page table of PTEs that `pte_alloc_one()` allocated for `mm`, with every entry
-/// none; nothing else can reach it.
+/// `table` is a page table of PTEs allocated for `mm` as `pte_alloc_one()` allocates one (the
+/// same constructor, other gfp flags), with every entry none; nothing else can reach it.
 pub struct NewPteTable<'a> {
     mm: &'a Mm,
     table: NonNull<bindings::page>,
