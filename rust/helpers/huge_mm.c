@@ -677,6 +677,44 @@ rust_helper_wrprotect_present_ptes(struct mm_struct *mm, unsigned long addr,
 	return n;
 }
 
+/*
+ * Not a plain forwarder: the walk of kernel::mm::pgtable::DetachedPteTable::take(),
+ * one call for a run of PTEs. Takes the @nr PTEs from @ptep on, which map
+ * @addr on in @mm, out of their page table, locked: each one that is not none
+ * is cleared (ptep_get_and_clear(), which keeps the page table check's count
+ * and the hardware's accessed and dirty bits) and its value saved in @saved.
+ */
+__rust_helper void rust_helper_take_ptes(struct mm_struct *mm,
+					 unsigned long addr, pte_t *ptep,
+					 unsigned int nr, pte_t *saved)
+{
+	unsigned int i;
+
+	for (i = 0; i < nr; i++) {
+		pte_t pte = ptep_get(ptep + i);
+
+		if (!pte_none(pte))
+			pte = ptep_get_and_clear(mm, addr + i * PAGE_SIZE,
+						 ptep + i);
+		saved[i] = pte;
+	}
+}
+
+/*
+ * Undoes rust_helper_take_ptes() for @nr of the PTEs it took, with their page
+ * table still locked since: puts back each saved value that is not none.
+ */
+__rust_helper void rust_helper_restore_ptes(struct mm_struct *mm,
+					    unsigned long addr, pte_t *ptep,
+					    unsigned int nr, const pte_t *saved)
+{
+	unsigned int i;
+
+	for (i = 0; i < nr; i++)
+		if (!pte_none(saved[i]))
+			set_pte_at(mm, addr + i * PAGE_SIZE, ptep + i, saved[i]);
+}
+
 #ifdef CONFIG_X86
 /* flush_tlb_range() of a VMA that is not hugetlb, as <asm/tlbflush.h> has it. */
 __rust_helper void rust_helper_flush_tlb_range(struct vm_area_struct *vma,

@@ -473,6 +473,14 @@ impl Drop for NewPteTable<'_> {
 /// a GUP-fast walk that found the table before the detach cannot keep a reference it takes
 /// (it checks the PMD entry again after taking it, and backs off).
 ///
+/// Or, made by [`DetachedPteTable::take`], a page table left in its PMD entry whose entries of
+/// a range were taken out instead, with the PMD lock and the table's lock held throughout:
+/// the VMA's page faults and the other walkers under its per-VMA lock need not be kept out
+/// for the whole collapse. They find the entries none and wait for the table's lock, and
+/// once they have it they find the PMD entry changed if the table was replaced meanwhile
+/// (`pte_offset_map_lock()`), or the entries as they were (put back) or mapping the new
+/// folio. The PMD entry never goes none: a zap that saw it none would skip the range.
+///
 /// [`DetachedPteTable::install_pmd`] maps a huge folio with the PMD instead, depositing a
 /// [`NewPteTable`] and freeing this one after an RCU grace period;
 /// [`DetachedPteTable::install_ptes`] puts it back with some entries mapping a new folio;
@@ -482,11 +490,15 @@ impl Drop for NewPteTable<'_> {
 ///
 /// - The mmap lock of `mm` is held for write for `'a`; `vma` is a VMA of `mm` that covers
 ///   `[haddr, haddr + PMD_SIZE)`.
-/// - `*pmdp` is none; `table` is the value it held, which points to a page table of PTEs.
-/// - `pte` maps the entries of that table (`pte_offset_map()`: the RCU read lock is held), and
-///   `ptl` is its lock, not held by this value.
+/// - If `held` is `None`: `*pmdp` is none; `table` is the value it held, which points to a
+///   page table of PTEs; `ptl` is that table's lock, not held by this value.
+/// - If `held` is `Some(h)`: `*pmdp` is `table`, which points to a page table of PTEs; this
+///   thread holds the PMD lock `h.pmd_ptl` and the table's lock `ptl` (once if they are the
+///   same lock); entries `h.taken.0 .. h.taken.1` of the table are none, their values before
+///   in `h.saved`, and the mmu notifier range `h.notifier` over them is started.
+/// - `pte` maps the entries of that table (`pte_offset_map()`: the RCU read lock is held).
 /// - Entries `cleared.0 .. cleared.1` were cleared by [`DetachedPteLock::clear`] (an empty
-///   range if none were).
+///   range if none were); in the held mode they are within `h.taken`.
 ///
 /// # Examples
 ///
@@ -519,6 +531,35 @@ pub struct DetachedPteTable<'a> {
     pte: *mut bindings::pte_t,
     ptl: *mut bindings::spinlock_t,
     cleared: (usize, usize),
+    /// The locks and saved entries of a table taken out entry by entry ([`DetachedPteTable::take`]).
+    held: Option<Held>,
+}
+
+/// What a [`DetachedPteTable`] made by [`DetachedPteTable::take`] holds.
+struct Held {
+    /// The PMD lock, held.
+    pmd_ptl: *mut bindings::spinlock_t,
+    /// The entries taken out, `taken.0 .. taken.1`.
+    taken: (usize, usize),
+    /// Their values before.
+    saved: PteSnapshot,
+    /// The mmu notifier range over them, ended once the locks are released.
+    notifier: MmuNotifierClear,
+}
+
+/// Room for the entries of one page table, allocated before any lock, where
+/// [`DetachedPteTable::take`] saves the entries it takes out.
+pub struct PteSnapshot(KBox<[bindings::pte_t; PTRS_PER_PTE]>);
+
+impl PteSnapshot {
+    /// Allocates room for the entries of one page table. May sleep.
+    pub fn new() -> Result<Self> {
+        let room = KBox::<[bindings::pte_t; PTRS_PER_PTE]>::new_uninit(
+            crate::alloc::flags::GFP_KERNEL | crate::alloc::flags::__GFP_ZERO,
+        )?;
+        // SAFETY: The memory is zeroed, and an array of zeroed `pte_t`s (none entries) is valid.
+        Ok(Self(unsafe { room.assume_init() }))
+    }
 }
 
 /// An mmu notifier range of the clear kind, started; dropping it ends it.
@@ -655,24 +696,166 @@ impl<'a> DetachedPteTable<'a> {
             pte,
             ptl,
             cleared: (0, 0),
+            held: None,
         })
     }
 
-    /// Pointer to entry `i`, clamped to the last entry. Only this value can change the entry.
+    /// Takes the entries of `pmd`'s page table that map `[start, end)` out of it, saving them
+    /// in `saved`, and flushes the TLB: as [`DetachedPteTable::detach`], but the PMD entry
+    /// keeps pointing to the table, and the value holds the PMD lock and the table's lock
+    /// until it is installed or dropped (which puts the entries back). The VMA's page faults
+    /// and the other walkers under its per-VMA lock need not be kept out: see the type's
+    /// documentation. GUP-fast is kept out as by [`DetachedPteTable::detach`]: the clear of
+    /// each entry comes before the reference counts the caller reads next, and the table it
+    /// may still read is freed after an RCU grace period. The mmu notifier range over the
+    /// entries carries `owner` (a [`RangeWatch`] of the caller does not report it), and ends
+    /// once the locks are released. Until the value drops nothing may sleep.
+    ///
+    /// Returns `None`, changing nothing, as [`DetachedPteTable::detach`] does.
+    /// C: no counterpart; `pmdp_collapse_flush()` in `collapse_huge_page()` takes the whole
+    /// table out instead, with the VMA write-locked.
+    pub fn take(
+        lock: &'a MmapWriteLock<'_>,
+        _anon: &AnonVmaWriteGuard<'_>,
+        vma: &'a VmaRef,
+        pmd: PmdEntry<'a>,
+        (start, end): (usize, usize),
+        mut saved: PteSnapshot,
+        owner: Option<&RangeWatch>,
+    ) -> Option<Self> {
+        let mm = pmd.mm;
+        let haddr = start & !(PMD_SIZE - 1);
+        if !ptr::eq(lock.mm().as_raw(), mm.as_ptr())
+            || !ptr::eq(vma.mm().as_raw(), mm.as_ptr())
+            || start >= end
+            || end - haddr > PMD_SIZE
+            || haddr < vma.start()
+            || haddr + PMD_SIZE > vma.end()
+            || pmd.state() != PmdState::Table
+        {
+            return None;
+        }
+        let pmdp = pmd.pmdp;
+        let owner = owner.map_or(ptr::null_mut(), RangeWatch::owner);
+        // SAFETY: The mmap write lock of `mm` is held for `'a`.
+        let notifier = unsafe {
+            MmuNotifierClear::start_owned(
+                mm.as_ptr(),
+                start,
+                end,
+                bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+                owner,
+            )
+        };
+        let mut ptl = ptr::null_mut();
+        // SAFETY: `pmdp` is an entry of `mm`, alive under the mmap lock; under its lock it can
+        // change no more, and `pte_offset_map_ro_nolock()` maps the table it points to, if
+        // it still points to one.
+        let (pmd_ptl, pte) = unsafe {
+            let pmd_ptl = bindings::pmd_lock(mm.as_ptr(), pmdp.as_ptr());
+            let pte =
+                bindings::pte_offset_map_ro_nolock(mm.as_ptr(), pmdp.as_ptr(), haddr, &mut ptl);
+            (pmd_ptl, pte)
+        };
+        if pte.is_null() {
+            // SAFETY: Taken above; nothing changed.
+            unsafe { bindings::spin_unlock(pmd_ptl) };
+            return None;
+        }
+        // SAFETY: Under the PMD lock, the entry still points to the table just mapped.
+        let table = unsafe { bindings::pmdp_get_lockless(pmdp.as_ptr()) };
+        let (first, last) = (
+            (start - haddr) / PAGE_SIZE,
+            (end - haddr).div_ceil(PAGE_SIZE),
+        );
+        // SAFETY: The table's lock nests in the PMD lock, as everywhere (the shmem table
+        // retraction, the huge PMD split); the entries `first .. last` are in the mapped
+        // table, and `saved` has room for each at the same index.
+        unsafe {
+            if ptl != pmd_ptl {
+                bindings::spin_lock_nested(ptl, bindings::SINGLE_DEPTH_NESTING as i32);
+            }
+            bindings::take_ptes(
+                mm.as_ptr(),
+                haddr + first * PAGE_SIZE,
+                pte.add(first),
+                (last - first) as u32,
+                saved.0.as_mut_ptr().add(first),
+            );
+            // No CPU maps the pages any more once this returns.
+            bindings::flush_tlb_range(vma.as_ptr(), start, end);
+        }
+        // The clears before the reads of the reference counts (the isolation's): against
+        // GUP-fast, as in `detach()`.
+        smp_mb(Full);
+        // INVARIANT: The PMD entry still points to `table`, both locks are held, the entries
+        // `first .. last` are none and saved, and the notifier range is started.
+        Some(Self {
+            mm,
+            vma,
+            pmdp,
+            table,
+            haddr,
+            pte,
+            ptl,
+            cleared: (0, 0),
+            held: Some(Held {
+                pmd_ptl,
+                taken: (first, last),
+                saved,
+                notifier,
+            }),
+        })
+    }
+
+    /// Whether the table was taken out entry by entry ([`DetachedPteTable::take`]), its PMD
+    /// entry left in place.
+    #[inline]
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Pointer to entry `i` as it was before the table was taken out, clamped to the last
+    /// entry: the table's own entry, or the value saved of one taken out
+    /// ([`DetachedPteTable::take`]). Only this value can change it. To read only.
     #[inline]
     pub fn entry(&self, i: usize) -> *mut bindings::pte_t {
+        let i = i.min(PTRS_PER_PTE - 1);
+        match &self.held {
+            Some(h) if (h.taken.0..h.taken.1).contains(&i) => {
+                // SAFETY: `saved` has an entry per index; `i` is clamped. Nothing writes
+                // through the pointer (the function's documentation).
+                unsafe {
+                    h.saved
+                        .0
+                        .as_ptr()
+                        .cast::<bindings::pte_t>()
+                        .add(i)
+                        .cast_mut()
+                }
+            }
+            _ => self.table_entry(i),
+        }
+    }
+
+    /// Pointer to the table's entry `i`, clamped to the last entry.
+    #[inline]
+    fn table_entry(&self, i: usize) -> *mut bindings::pte_t {
         // SAFETY: By the type invariants `pte` maps `PTRS_PER_PTE` entries; `i` is clamped.
         unsafe { self.pte.add(i.min(PTRS_PER_PTE - 1)) }
     }
 
     /// Takes the table's lock, which what the entries map may need (rmap updates of their
-    /// folios, for instance).
+    /// folios, for instance); a table taken out entry by entry holds it already.
     #[inline]
     pub fn lock(&mut self) -> DetachedPteLock<'_, 'a> {
-        // SAFETY: By the type invariants `ptl` is the table's lock, not held.
-        unsafe { bindings::spin_lock(self.ptl) };
-        // INVARIANT: Taken above.
-        DetachedPteLock { table: self }
+        let taken = self.held.is_none();
+        if taken {
+            // SAFETY: By the type invariants `ptl` is the table's lock, not held.
+            unsafe { bindings::spin_lock(self.ptl) };
+        }
+        // INVARIANT: Held, and taken here if `taken`.
+        DetachedPteLock { table: self, taken }
     }
 
     /// Maps `folio`, a huge folio of the PMD order, with the PMD entry, in place of the table,
@@ -688,8 +871,9 @@ impl<'a> DetachedPteTable<'a> {
             return Err(folio);
         }
         let (mm, old) = (self.mm.as_ptr(), self.table);
-        // SAFETY: The PMD is none (type invariants), under the mmap write lock and the PMD
-        // lock: the new, empty table is deposited, and the PMD maps `folio`.
+        // SAFETY: The PMD is none, or points to the table whose entries were all cleared
+        // (type invariants), under the mmap write lock and the PMD lock: the new, empty table
+        // is deposited, and the PMD maps `folio`.
         unsafe {
             self.install_new(folio, |this, folio, mm, pmdp, _| {
                 bindings::pgtable_trans_huge_deposit(mm, pmdp, fresh.into_raw());
@@ -718,14 +902,17 @@ impl<'a> DetachedPteTable<'a> {
         // map `folio` under the PTE lock nested in the PMD lock (unless it is the same lock).
         unsafe {
             self.install_new(folio, |this, folio, mm, pmdp, pmd_ptl| {
-                let nested = this.ptl != pmd_ptl;
+                // Taken out entry by entry: the table is in place, and its lock held.
+                let nested = this.ptl != pmd_ptl && this.held.is_none();
                 if nested {
                     bindings::spin_lock_nested(this.ptl, bindings::SINGLE_DEPTH_NESTING as i32);
                 }
-                bindings::pmd_populate_table(mm, pmdp, this.table);
+                if this.held.is_none() {
+                    bindings::pmd_populate_table(mm, pmdp, this.table);
+                }
                 bindings::map_anon_folio_pte_nopf(
                     folio,
-                    this.entry(first),
+                    this.table_entry(first),
                     this.vma.as_ptr(),
                     this.haddr + first * PAGE_SIZE,
                     false,
@@ -873,28 +1060,88 @@ impl<'a> DetachedPteTable<'a> {
             *mut bindings::spinlock_t,
         ),
     ) {
-        let this = core::mem::ManuallyDrop::new(self);
+        let mut this = core::mem::ManuallyDrop::new(self);
         let (mm, pmdp) = (this.mm.as_ptr(), this.pmdp.as_ptr());
-        // SAFETY: The PMD lock of `mm`'s entry `pmdp` is taken around `map`, under the mmap
-        // write lock (type invariants); `pte` is mapped and not used after `map`, since `this`
-        // is never dropped.
-        unsafe {
-            let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+        let Some(pmd_ptl) = this.held.as_ref().map(|h| h.pmd_ptl) else {
+            // SAFETY: The PMD lock of `mm`'s entry `pmdp` is taken around `map`, under the
+            // mmap write lock (type invariants); `pte` is mapped and not used after `map`,
+            // since `this` is never dropped.
+            unsafe {
+                let pmd_ptl = bindings::pmd_lock(mm, pmdp);
+                map(&this, folio, mm, pmdp, pmd_ptl);
+                bindings::spin_unlock(pmd_ptl);
+                bindings::pte_unmap(this.pte);
+            }
+            return;
+        };
+        // SAFETY: The PMD lock and the table's lock are held (type invariants) around `map`;
+        // `pte` is mapped and not used after `map`, since `this` is never dropped.
+        let replaced = unsafe {
             map(&this, folio, mm, pmdp, pmd_ptl);
+            let replaced = classify(bindings::pmdp_get_lockless(pmdp)) != PmdState::Table;
+            if this.ptl != pmd_ptl {
+                bindings::spin_unlock(this.ptl);
+            }
             bindings::spin_unlock(pmd_ptl);
             bindings::pte_unmap(this.pte);
+            replaced
+        };
+        // After the locks: the end of the notifier range may sleep.
+        drop(this.held.take());
+        if replaced {
+            // A CPU may still hold the PMD entry's old value, pointing to the table, in its
+            // paging-structure caches (it walked the empty entries since the flush of
+            // `take()`): flushed before the caller frees the table.
+            // SAFETY: `vma` is valid under the mmap lock (type invariants).
+            unsafe {
+                bindings::flush_tlb_range(this.vma.as_ptr(), this.haddr, this.haddr + PMD_SIZE)
+            };
         }
     }
 }
 
 impl Drop for DetachedPteTable<'_> {
     fn drop(&mut self) {
-        // SAFETY: By the type invariants the PMD is none and `table` is its old value, under the
-        // mmap write lock; `pte` is mapped.
+        let Some(held) = self.held.take() else {
+            // SAFETY: By the type invariants the PMD is none and `table` is its old value,
+            // under the mmap write lock; `pte` is mapped.
+            unsafe {
+                populate(self.mm.as_ptr(), self.pmdp.as_ptr(), self.table);
+                bindings::pte_unmap(self.pte);
+            }
+            return;
+        };
+        let (first, last) = held.taken;
+        let (c0, c1) = self.cleared;
+        // The entries taken out but not cleared go back as they were, the cleared ones (the
+        // caller dropped what they mapped) stay none.
+        for (a, b) in [(first, c0.max(first)), (c1.max(first), last)] {
+            if a >= b {
+                continue;
+            }
+            // SAFETY: Entries `a .. b` of the mapped table are none since `take()`, under its
+            // lock (type invariants), and `saved` holds their values before at the same
+            // indices.
+            unsafe {
+                bindings::restore_ptes(
+                    self.mm.as_ptr(),
+                    self.haddr + a * PAGE_SIZE,
+                    self.table_entry(a),
+                    (b - a) as u32,
+                    held.saved.0.as_ptr().cast::<bindings::pte_t>().add(a),
+                )
+            };
+        }
+        // SAFETY: Both locks are held and `pte` is mapped (type invariants).
         unsafe {
-            populate(self.mm.as_ptr(), self.pmdp.as_ptr(), self.table);
+            if self.ptl != held.pmd_ptl {
+                bindings::spin_unlock(self.ptl);
+            }
+            bindings::spin_unlock(held.pmd_ptl);
             bindings::pte_unmap(self.pte);
         }
+        // After the locks: it may sleep.
+        drop(held.notifier);
     }
 }
 
@@ -925,6 +1172,8 @@ unsafe fn populate(
 /// The table's `ptl` is held by this thread.
 pub struct DetachedPteLock<'t, 'a> {
     table: &'t mut DetachedPteTable<'a>,
+    /// Whether this value took the lock (else the table held it already), and releases it.
+    taken: bool,
 }
 
 impl DetachedPteLock<'_, '_> {
@@ -963,6 +1212,15 @@ impl DetachedPteLock<'_, '_> {
         if t.cleared.0 != t.cleared.1 || nr == 0 || first + nr > PTRS_PER_PTE {
             return false;
         }
+        if let Some(h) = &t.held {
+            if first < h.taken.0 || first + nr > h.taken.1 {
+                return false;
+            }
+            // INVARIANT: Entries `first .. first + nr` are none in the table since `take()`,
+            // which cleared them; they stay so.
+            t.cleared = (first, first + nr);
+            return true;
+        }
         // SAFETY: The entries are in the table, locked (type invariants), and only we can reach
         // them; nothing maps through them once the TLB was flushed by the detach.
         unsafe {
@@ -981,8 +1239,10 @@ impl DetachedPteLock<'_, '_> {
 
 impl Drop for DetachedPteLock<'_, '_> {
     fn drop(&mut self) {
-        // SAFETY: By the type invariants the lock is held.
-        unsafe { bindings::spin_unlock(self.table.ptl) };
+        if self.taken {
+            // SAFETY: By the type invariants the lock is held, taken by this value.
+            unsafe { bindings::spin_unlock(self.table.ptl) };
+        }
     }
 }
 
@@ -1836,6 +2096,163 @@ mod tests {
         assert_eq!(state_back, Some(PmdState::Table));
         assert_eq!(&zero, b"page zero");
         assert_eq!(&five, b"page five");
+        Ok(())
+    }
+
+    /// Entries taken out of a table leave the PMD entry pointing to it and the table's
+    /// entries none, are read back from the snapshot, and go back exactly as they were (the
+    /// hardware's dirty bit too) when the value drops: the data is there again.
+    #[test]
+    fn take_and_put_back() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        t.write(p, b"page zero")?;
+        t.write(p + 5 * PAGE, b"page five")?;
+        let saved = PteSnapshot::new()?;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        let before = PteTableLocked::lock(pmd, p)
+            .map(|tbl| {
+                // SAFETY: The entries are mapped and locked.
+                [0, 1, 5].map(|i| unsafe { bindings::ptep_get(tbl.entry(i)) }.pte)
+            })
+            .ok_or(EINVAL)?;
+        let mut table =
+            DetachedPteTable::take(&lock, &anon, vma, pmd, (p, p + PMD_SIZE), saved, None)
+                .ok_or(EINVAL)?;
+        let held = table.is_held();
+        let state_taken = state(&lock, p);
+        // SAFETY: The table's entries are mapped and locked by `table`.
+        let in_table = [0, 1, 5]
+            .map(|i| unsafe { bindings::pte_none(bindings::ptep_get(table.table_entry(i))) });
+        let none = {
+            let locked = table.lock();
+            [locked.is_none(0), locked.is_none(1), locked.is_none(5)]
+        };
+        // SAFETY: The snapshot's entries, read only.
+        let seen = [0, 1, 5].map(|i| unsafe { bindings::ptep_get(table.entry(i)) }.pte);
+        drop(table);
+        let after = PteTableLocked::lock(pmd, p)
+            .map(|tbl| {
+                // SAFETY: The entries are mapped and locked.
+                [0, 1, 5].map(|i| unsafe { bindings::ptep_get(tbl.entry(i)) }.pte)
+            })
+            .ok_or(EINVAL)?;
+        drop(anon);
+        drop(lock);
+
+        let mut zero = [0u8; 9];
+        let mut five = [0u8; 9];
+        t.read(p, &mut zero)?;
+        t.read(p + 5 * PAGE, &mut five)?;
+        assert!(held);
+        assert_eq!(state_taken, Some(PmdState::Table));
+        assert_eq!(in_table, [true, true, true]);
+        assert_eq!(none, [false, true, false]);
+        assert_eq!(seen, before);
+        assert_eq!(after, before);
+        assert_eq!(&zero, b"page zero");
+        assert_eq!(&five, b"page five");
+        Ok(())
+    }
+
+    /// A table whose entries were all taken out and cleared goes from its PMD entry straight to
+    /// a huge mapping: the new folio's data is mapped, the new table deposited, and the mm's
+    /// page-table bytes unchanged (the old table freed). Part of a table taken out maps a
+    /// smaller folio with PTEs in the same table, its other entries untouched.
+    #[test]
+    fn take_and_install() -> Result {
+        let t = TestMm::attach()?;
+        let p = t.map_pmd_range()?;
+        let q = t.map_pmd_range()?;
+        // Page tables with no page in the ranges taken: the caller of `clear()` would account
+        // for the pages.
+        t.write(p, b"x")?;
+        t.madvise(p, PAGE, bindings::MADV_DONTNEED)?;
+        t.write(q + 40 * PAGE, b"q forty")?;
+        let order = crate::mm::thp::PMD_ORDER;
+        let mut huge = NewFolio::alloc(GFP_TRANSHUGE, order, None)?;
+        huge.charge(t.mm(), GFP_KERNEL)?;
+        for n in 0..PTRS_PER_PTE {
+            huge.clear_user_page(n, p + n * PAGE);
+        }
+        // SAFETY: Page 9 of the folio, which only `huge` can reach.
+        unsafe { crate::mm::test_mm::write_page(huge.first_page().add(9), b"huge page 9") };
+        let mut small = NewFolio::alloc(GFP_KERNEL, 4, None)?;
+        small.charge(t.mm(), GFP_KERNEL)?;
+        for n in 0..16 {
+            small.clear_user_page(n, q + (16 + n) * PAGE);
+        }
+        // SAFETY: Page 1 of the folio, which only `small` can reach.
+        unsafe { crate::mm::test_mm::write_page(small.first_page().add(1), b"small one") };
+        let fresh = NewPteTable::alloc(t.mm(), true)?;
+        let fresh_table = fresh.table;
+        let snapshots = [PteSnapshot::new()?, PteSnapshot::new()?];
+        let [saved_p, saved_q] = snapshots;
+
+        let lock = MmapWriteLock::lock(t.mm());
+        let vma = lock.find_vma(p).ok_or(EINVAL)?;
+        let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
+        let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
+        // SAFETY: The mm is alive while `t` is.
+        let bytes = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
+        let mut table =
+            DetachedPteTable::take(&lock, &anon, vma, pmd, (p, p + PMD_SIZE), saved_p, None)
+                .ok_or(EINVAL)?;
+        let cleared = table.lock().clear(0, PTRS_PER_PTE);
+        let installed = table.install_pmd(huge, fresh).is_ok();
+        if installed {
+            // `map_anon_folio_pmd_nopf()` leaves the RSS counter to its caller.
+            t.count_anon(PTRS_PER_PTE as isize);
+        }
+        let state_huge = state(&lock, p);
+        let deposited = PmdEntry::find(&lock, p).map(|pmd| {
+            // SAFETY: The entry maps a huge folio, under the mmap write lock, which keeps its
+            // deposited table.
+            unsafe { bindings::pmd_deposited_table(t.mm().as_raw(), pmd.pmdp.as_ptr()) }
+        });
+        // SAFETY: As above.
+        let bytes_after = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
+        // The two ranges may share a VMA, and so its anon_vma lock.
+        drop(anon);
+
+        let qvma = lock.find_vma(q).ok_or(EINVAL)?;
+        let qanon = AnonVmaWriteGuard::lock(&lock, qvma);
+        let qpmd = PmdEntry::find(&lock, q).ok_or(EINVAL)?;
+        let part = qanon.as_ref().and_then(|qanon| {
+            let range = (q + 16 * PAGE, q + 32 * PAGE);
+            DetachedPteTable::take(&lock, qanon, qvma, qpmd, range, saved_q, None)
+        });
+        let part = part.map(|mut tbl| {
+            let cleared = tbl.lock().clear(16, 16);
+            (cleared, tbl.install_ptes(small).is_ok())
+        });
+        if part.is_some_and(|(_, installed)| installed) {
+            t.count_anon(16);
+        }
+        let state_q = state(&lock, q);
+        drop(qanon);
+        drop(lock);
+
+        let mut nine = [0u8; 11];
+        let mut one = [0u8; 9];
+        let mut forty = [0u8; 7];
+        t.read(p + 9 * PAGE, &mut nine)?;
+        t.read(q + 17 * PAGE, &mut one)?;
+        t.read(q + 40 * PAGE, &mut forty)?;
+        assert!(cleared);
+        assert!(installed);
+        assert_eq!(state_huge, Some(PmdState::Huge));
+        assert_eq!(deposited, Some(fresh_table.as_ptr()));
+        assert_eq!(bytes_after, bytes);
+        assert_eq!(&nine, b"huge page 9");
+        assert_eq!(part, Some((true, true)));
+        assert_eq!(state_q, Some(PmdState::Table));
+        assert_eq!(&one, b"small one");
+        assert_eq!(&forty, b"q forty");
         Ok(())
     }
 
