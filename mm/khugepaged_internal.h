@@ -141,6 +141,7 @@ void thp_collapse_remove_rmap_small(struct folio *folio,
 long thp_collapse_wait_claim(unsigned long *slot, unsigned long claim,
 			     long timeout);
 void thp_collapse_drop_claim(unsigned long *slot);
+bool thp_collapse_switch_ptl(void);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 

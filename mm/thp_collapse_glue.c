@@ -68,8 +68,47 @@ static ssize_t core_store(struct kobject *kobj, struct kobj_attribute *attr,
 
 static struct kobj_attribute core_attr = __ATTR_RW(core);
 
+/* See thp_collapse_switch_ptl(). */
+static bool thp_collapse_switch_under_ptl __read_mostly = true;
+
+/**
+ * thp_collapse_switch_ptl() - how the Rust core switches an anonymous range.
+ *
+ * Return: true (rust_switch is "ptl", the default) if a collapse whose early
+ * copy holds switches the range under its page-table locks, letting the VMA's
+ * page faults go on; false ("vma") if it write-locks the VMA for the switch,
+ * as upstream does.
+ */
+bool thp_collapse_switch_ptl(void)
+{
+	return READ_ONCE(thp_collapse_switch_under_ptl);
+}
+
+static ssize_t rust_switch_show(struct kobject *kobj,
+				struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, thp_collapse_switch_ptl() ? "[ptl] vma\n" :
+							   "ptl [vma]\n");
+}
+
+static ssize_t rust_switch_store(struct kobject *kobj,
+				 struct kobj_attribute *attr, const char *buf,
+				 size_t count)
+{
+	if (sysfs_streq(buf, "ptl"))
+		WRITE_ONCE(thp_collapse_switch_under_ptl, true);
+	else if (sysfs_streq(buf, "vma"))
+		WRITE_ONCE(thp_collapse_switch_under_ptl, false);
+	else
+		return -EINVAL;
+	return count;
+}
+
+static struct kobj_attribute rust_switch_attr = __ATTR_RW(rust_switch);
+
 static struct attribute *collapse_attrs[] = {
 	&core_attr.attr,
+	&rust_switch_attr.attr,
 	NULL,
 };
 

@@ -38,6 +38,12 @@ pub(crate) struct Paths {
     /// MADV_COLLAPSE scans that found another collapse of their range copying its pages, and
     /// waited for it to end before they looked again (whatever came of the range then).
     pub(crate) claim_waits: u32,
+    /// Collapses copied early whose switch held the page-table locks only, the VMA's page
+    /// faults going on meanwhile.
+    pub(crate) switched: u32,
+    /// Collapses whose switch under the page-table locks gave up and went on with the VMA
+    /// write-locked.
+    pub(crate) switch_fallbacks: u32,
 }
 
 /// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
@@ -51,10 +57,12 @@ const PATH_NAMES: [&str; PATHS] = [
     "recopied_early",
     "early_restarts",
     "claim_waits",
+    "switched_ptl",
+    "switch_fallbacks",
 ];
 
 /// How many path counters each caller has.
-const PATHS: usize = 8;
+const PATHS: usize = 10;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
@@ -87,6 +95,8 @@ impl Stats {
             p.recopied_early,
             p.restarts,
             p.claim_waits,
+            p.switched,
+            p.switch_fallbacks,
         ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
             if v > 0 {
@@ -162,6 +172,8 @@ mod tests {
             recopied_early: 90,
             restarts: 5,
             claim_waits: 6,
+            switched: 8,
+            switch_fallbacks: 9,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
         s.count_paths(Caller::Madvise, &Paths::default());
@@ -185,6 +197,8 @@ mod tests {
         assert_eq!(paths.next(), Some("recopied_early 90"));
         assert_eq!(paths.next(), Some("early_restarts 5"));
         assert_eq!(paths.next(), Some("claim_waits 6"));
+        assert_eq!(paths.next(), Some("switched_ptl 8"));
+        assert_eq!(paths.next(), Some("switch_fallbacks 9"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

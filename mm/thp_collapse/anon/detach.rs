@@ -34,7 +34,7 @@ use kernel::{
         anon_vma::AnonVmaWriteGuard,
         folio::NewFolio,
         mmap_lock::MmapWriteLock,
-        pgtable::{DetachedPteTable, NewPteTable, PmdEntry},
+        pgtable::{DetachedPteTable, NewPteTable, PmdEntry, PteSnapshot, RangeWatch},
         virt::VmaRef,
         Mm,
     },
@@ -248,6 +248,8 @@ impl RequestState {
                 recopied_early: 0,
                 restarts: 0,
                 claim_waits: 0,
+                switched: 0,
+                switch_fallbacks: 0,
             },
         }
     }
@@ -284,11 +286,21 @@ impl RequestState {
         self.paths.restarts += restarts;
         match kind {
             super::CopyKind::Locked => self.paths.locked += 1,
+            super::CopyKind::FellBack => {
+                self.paths.locked += 1;
+                self.paths.switch_fallbacks += 1;
+            }
             super::CopyKind::Early {
                 retries,
                 recopied_early,
                 recopied,
+                switch,
             } => {
+                match switch {
+                    super::Switch::Ptl => self.paths.switched += 1,
+                    super::Switch::FellBack => self.paths.switch_fallbacks += 1,
+                    super::Switch::Vma => {}
+                }
                 self.paths.early += 1;
                 self.paths.recopied += recopied;
                 self.paths.retries += retries;
@@ -394,25 +406,34 @@ impl Isolation<'_> {
 
 impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
-    /// the TLB, and maps the detached table (`DetachedPteTable::detach`). The table
-    /// keeps `anon`, the lock of the VMA's anon_vma.
+    /// the TLB, and maps the detached table (`DetachedPteTable::detach`); or, with `held`,
+    /// leaves the PMD entry in place and takes the candidate's entries out of the table into
+    /// the snapshot, holding the page-table locks until the install
+    /// (`DetachedPteTable::take`), the notifier range owned by the watch (so that it does not
+    /// report it). The table keeps `anon`, the lock of the VMA's anon_vma.
     ///
     /// The mmu notifier range brackets the clear; it covers the candidate only, as only its
     /// PTEs change. Upstream: the middle of `collapse_huge_page()`.
     pub(crate) fn detach(
         guard: &'g MmapWrite<'_>,
         anon: AnonVmaWrite<'g>,
-        vma: &'g VmaRef,
-        pmd: PmdEntry<'g>,
+        (vma, pmd): (&'g VmaRef, PmdEntry<'g>),
         c: Candidate,
         list: &'l mut IsolationList,
+        held: Option<(PteSnapshot, &RangeWatch)>,
     ) -> Result<Self, Fail> {
         let haddr = c.haddr;
         let nr = c.nr().min(PTES_PER_PMD as usize);
         let first = c.first.min(PTES_PER_PMD as usize - nr);
         let start = haddr + first * PAGE_SIZE;
-        let table = DetachedPteTable::detach(guard, &anon, vma, pmd, start, start + nr * PAGE_SIZE)
-            .ok_or(Fail::NoPteTable)?;
+        let range = (start, start + nr * PAGE_SIZE);
+        let table = match held {
+            Some((saved, watch)) => {
+                DetachedPteTable::take(guard, &anon, vma, pmd, range, saved, Some(watch))
+            }
+            None => DetachedPteTable::detach(guard, &anon, vma, pmd, range.0, range.1),
+        }
+        .ok_or(Fail::NoPteTable)?;
         // Empty: the collapse that went through before released its old folios after its
         // lock (else they would be released here, correctly if late). The slots of the
         // candidate are all written by the isolation.
@@ -542,6 +563,30 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             }
         }
         Ok(n)
+    }
+
+    /// Whether the table was taken out entry by entry, the VMA's faults let in
+    /// ([`DetachedPteTable::take`]).
+    pub(crate) fn is_held(&self) -> bool {
+        self.table.is_held()
+    }
+
+    /// How many of the candidate's entries map their page writable: written since the early
+    /// copy write-protected them, or mapped since. Read before the isolation, to decide
+    /// whether a switch under the page-table locks goes on. `None` if the entries cannot be
+    /// read (a bug).
+    pub(crate) fn writable(&mut self) -> Option<u32> {
+        let (first, nr) = (self.first, self.nr);
+        let locked = self.table.lock();
+        ffi::writable_entries(&locked, first, nr).map(|w| w.weight(first, first + nr))
+    }
+
+    /// How many pages of the candidate [`DetachedTable::copy`] would copy, given the entries
+    /// `copied` early: those mapped but not copied.
+    pub(crate) fn to_copy(&self, copied: &Occupied) -> usize {
+        (self.first..self.first + self.nr)
+            .filter(|&i| self.iso.slot(i).is_some() && !copied.contains(i))
+            .count()
     }
 
     /// Whether entry `i` of the detached table maps `page` read-only, as the isolation read

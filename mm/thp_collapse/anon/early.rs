@@ -343,13 +343,14 @@ impl EarlyCopy {
     /// Returns the entries whose early copy holds, those that `maps_read_only(i, page)` says
     /// still map their page read-only, or `None` if it does not hold at all (`holds` is
     /// false: see [`EarlyCopy::invalidated`]). To be called once the entries can no longer
-    /// change (the page table detached).
+    /// change (the page table detached, or its entries taken out); again after a switch that
+    /// gave up, for the next one.
     pub(crate) fn settle(
         &mut self,
         holds: bool,
         maps_read_only: impl Fn(usize, PagePtr) -> bool,
     ) -> Option<Occupied> {
-        let valid = holds.then(|| {
+        holds.then(|| {
             let mut valid = Occupied::EMPTY;
             for &(i, page) in self.pages.iter() {
                 if maps_read_only(i, page) {
@@ -357,9 +358,13 @@ impl EarlyCopy {
                 }
             }
             valid
-        });
-        self.pages.clear();
-        valid
+        })
+    }
+
+    /// The watch over the candidate's range, which a switch under the page-table locks owns
+    /// its notifier range with (so that it does not count as an invalidation).
+    pub(crate) fn watch(&self) -> &RangeWatch {
+        &self.watch
     }
 }
 

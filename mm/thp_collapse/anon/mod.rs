@@ -36,7 +36,7 @@ use kernel::{
     mm::{
         folio::{NewFolio, NodeLoad, Nodes},
         mmap_lock::MmapLocked,
-        pgtable::{NewPteTable, PmdState},
+        pgtable::{NewPteTable, PmdState, PteSnapshot},
     },
     page::PAGE_SIZE,
     time::{Instant, Monotonic},
@@ -141,6 +141,27 @@ fn revalidate_anon<'g, G: CollapseLocked>(
     Ok(vma)
 }
 
+/// The most pages a switch under the page-table locks copies again (written after the early
+/// copy's last pass, or not copied early): with more it puts everything back, and the switch
+/// write-locks the VMA instead, so that a long copy never holds the page-table spinlocks.
+const SWITCH_RECOPY_MAX: usize = 32;
+
+/// Whether a switch under the page-table locks that failed with `fail` is tried again with the
+/// VMA write-locked: if a page fault or another walker under the VMA's lock, which that one
+/// waits for, may have been in the way (a folio locked or referenced meanwhile, an entry
+/// being swapped or migrated, the table freed empty).
+fn switch_falls_back(fail: Fail) -> bool {
+    matches!(
+        fail,
+        Fail::PageLock
+            | Fail::PageCount
+            | Fail::PageLru
+            | Fail::DelPageLru
+            | Fail::PteNonPresent
+            | Fail::NoPteTable
+    )
+}
+
 /// Reads the swapped-out pages of candidate `c` back in, under the mmap lock for read, after
 /// revalidating the range. Returns with no lock held.
 fn swap_in(
@@ -185,6 +206,13 @@ fn collapse_anon(
     let fresh = (c.order == PMD_ORDER)
         .then(|| new_folio::alloc_table(mm, mode.alloc_policy(tunables)))
         .transpose()?;
+    // Room to take the entries out into, for a switch under the page-table locks: with an
+    // early copy to keep, unless sysfs asks for the VMA write-locked (and without, if the
+    // memory is short).
+    let snapshot = early
+        .as_ref()
+        .filter(|_| ffi::switch_ptl())
+        .and_then(|_| PteSnapshot::new().ok());
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     let mut copy = CopyKind::Locked;
@@ -195,7 +223,7 @@ fn collapse_anon(
         tunables,
         (new, fresh, &cleared),
         &mut *list,
-        (early.as_mut(), &mut copy),
+        (early.as_mut(), &mut copy, snapshot),
     );
     // Faults and mmap readers come in again; no writer can until the old folios are gone.
     let guard = guard.downgrade();
@@ -252,21 +280,132 @@ fn remap_in_place(
 }
 
 /// The part of [`collapse_anon`] under the mmap lock for write, `guard`: `new` and the
-/// entries `cleared` in it, the `early` copy if there is one, and `copy`, where what the copy
-/// came to goes.
+/// entries `cleared` in it, the `early` copy if there is one, `copy`, where what the copy
+/// came to goes, and `held`, room to take the entries out into for a switch under the
+/// page-table locks.
+///
+/// With `held` and an early copy that nothing invalidated, the switch leaves the VMA's page
+/// faults (and the other walkers under its lock) in, and holds the page-table locks instead
+/// ([`take_isolated`]). If it cannot go through that way, because one of those may have been
+/// in the way ([`switch_falls_back`]) or too many pages are to be copied again, it puts
+/// everything back and switches with the VMA write-locked, as without `held`.
 fn collapse_write_locked(
     guard: &MmapWrite<'_>,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    (mut new, fresh, cleared): (NewFolio, Option<NewPteTable<'_>>, &Occupied),
+    (new, fresh, cleared): (NewFolio, Option<NewPteTable<'_>>, &Occupied),
     list: &mut IsolationList,
-    (early, copy): (Option<&mut EarlyCopy>, &mut CopyKind),
+    (mut early, copy, held): (Option<&mut EarlyCopy>, &mut CopyKind, Option<PteSnapshot>),
 ) -> Attempt {
-    let (retries, recopied_early) = early.as_ref().map_or((0, 0), |early| early.retried());
+    let early_copy = early.as_ref().map_or((0, 0), |early| early.retried());
+    let held = held.filter(|_| early.as_ref().is_some_and(|early| !early.invalidated()));
+    if let (Some(held), Some(e)) = (held, early.as_deref_mut()) {
+        let isolated = match take_isolated(guard, c, mode, tunables, list, e, held) {
+            Ok(Held::Isolated(table, valid)) => {
+                let valid = Some(valid);
+                return copy_install(table, valid, (new, fresh, cleared), early_copy, copy);
+            }
+            Ok(Held::Armed) => None,
+            Ok(Held::GaveUp { isolated }) => Some(isolated),
+            Err(fail) if !switch_falls_back(fail) => return Err(fail),
+            Err(_) => Some(true),
+        };
+        if isolated == Some(true) {
+            // Dropping the table put everything back. The folios it isolated went back
+            // through this CPU's LRU batch, which holds a reference to each until drained:
+            // the isolation of the next switch would fail on them.
+            ffi::drain_lru_batches(Effort::Light);
+        }
+        if isolated.is_some() {
+            *copy = CopyKind::FellBack;
+        }
+    }
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
-    let (mut table, valid) = detach_isolated(guard, c, mode, tunables, list, early)?;
+    let (table, valid) = detach_isolated(guard, c, mode, tunables, list, early)?;
+    copy_install(table, valid, (new, fresh, cleared), early_copy, copy)
+}
+
+/// What came of [`take_isolated`].
+enum Held<'g, 'l> {
+    /// The entries are out and their folios isolated: the table, and the entries whose early
+    /// copy holds.
+    Isolated(DetachedTable<'g, 'l>, Occupied),
+    /// Not tried: the VMA is registered with userfaultfd.
+    Armed,
+    /// Put back (too many pages to copy again): `isolated` if folios were isolated first.
+    GaveUp {
+        /// Whether folios were isolated, and put back.
+        isolated: bool,
+    },
+}
+
+/// The switch under the page-table locks, up to the copy, for an `early` copy that nothing
+/// invalidated up to the mmap write lock: as [`detach_isolated`], but the VMA's page faults
+/// are not kept out; the candidate's entries are taken out of the table into `saved` under
+/// the PMD lock and the table's lock (`DetachedPteTable::take`), which stay held until the
+/// install or the drop of the table. Not tried if the VMA is registered with userfaultfd.
+/// Gives up, putting everything back, if more than [`SWITCH_RECOPY_MAX`] entries map a page
+/// written since the early copy's last pass (or mapped since), checked before the isolation,
+/// or if more than that many pages are to be copied again after it.
+///
+/// The early copy holds for each entry that still maps its page read-only
+/// ([`EarlyCopy::settle`]), without a look at the watch again: what the watch is for, an
+/// entry written and then write-protected again by someone else (fork, mprotect,
+/// UFFDIO_WRITEPROTECT, KSM, NUMA hinting, soft-dirty clearing), only runs under the mmap
+/// lock, and so ended before the caller took it for write, where the watch was read. What
+/// runs meanwhile under the VMA's lock (faults, MADV_DONTNEED and MADV_FREE, UFFDIO_COPY and
+/// UFFDIO_MOVE, guard regions) and reclaim and migration (through the rmap, until the
+/// anon_vma lock) only ever make an entry writable, none, or map another page there: the
+/// entries taken out show that.
+fn take_isolated<'g, 'l>(
+    guard: &'g MmapWrite<'_>,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    list: &'l mut IsolationList,
+    early: &mut EarlyCopy,
+    saved: PteSnapshot,
+) -> Result<Held<'g, 'l>, Fail> {
+    let vma = revalidate_anon(guard, c.haddr, mode, c.order)?;
+    // A fault in a VMA registered with userfaultfd reads the entry without its lock to decide
+    // whether to wait for the handler (`userfaultfd_must_wait()`): one it read none during the
+    // switch could wait for nothing. Registration takes the mmap lock for write, so the VMA's
+    // flags stay as they are now.
+    if Userfault::of(vma) == Userfault::Armed {
+        return Ok(Held::Armed);
+    }
+    let pmd = guard.pmd_table(c.haddr)?;
+    let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
+    let held = Some((saved, early.watch()));
+    let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list, held)?;
+    // Nothing isolated yet: the cheap reason to give up first.
+    if table
+        .writable()
+        .is_none_or(|n| n as usize > SWITCH_RECOPY_MAX)
+    {
+        return Ok(Held::GaveUp { isolated: false });
+    }
+    table.isolate(mode, mode.limits(tunables, c.order, Userfault::Unarmed))?;
+    match early.settle(true, |i, page| table.maps_read_only(i, page)) {
+        Some(valid) if table.to_copy(&valid) <= SWITCH_RECOPY_MAX => {
+            Ok(Held::Isolated(table, valid))
+        }
+        _ => Ok(Held::GaveUp { isolated: true }),
+    }
+}
+
+/// The end of [`collapse_write_locked`]: copies into `new` the pages of `table` not `valid`
+/// from the early copy (which made `retries` passes after its first, copying `recopied_early`
+/// pages again), and installs it; `copy` gets what the copy came to.
+fn copy_install(
+    mut table: DetachedTable<'_, '_>,
+    valid: Option<Occupied>,
+    (mut new, fresh, cleared): (NewFolio, Option<NewPteTable<'_>>, &Occupied),
+    (retries, recopied_early): (u32, u32),
+    copy: &mut CopyKind,
+) -> Attempt {
     table.copying();
     let copied_here = table.copy(
         &mut new,
@@ -278,6 +417,13 @@ fn collapse_write_locked(
             retries,
             recopied_early,
             recopied: copied_here,
+            switch: if table.is_held() {
+                Switch::Ptl
+            } else if *copy == CopyKind::FellBack {
+                Switch::FellBack
+            } else {
+                Switch::Vma
+            },
         };
     }
     table.install(new, fresh)
@@ -289,6 +435,9 @@ pub(crate) enum CopyKind {
     /// All under the mmap lock for write: no early copy could be made, or the range was
     /// invalidated meanwhile.
     Locked,
+    /// Not known yet: a switch under the page-table locks gave up, and the switch with the
+    /// VMA write-locked is under way (`Early` or `Locked` once it went through).
+    FellBack,
     /// Early, while the process ran ([`EarlyCopy`]), in `1 + retries` passes, the later ones
     /// copying `recopied_early` pages written meanwhile again; but for `recopied` pages, copied
     /// again under the lock because their entries changed after the last pass (or they could
@@ -300,7 +449,23 @@ pub(crate) enum CopyKind {
         recopied_early: u32,
         /// The pages copied again under the lock.
         recopied: u32,
+        /// How the switch kept the VMA's page faults away from the range.
+        switch: Switch,
     },
+}
+
+/// How the switch of a collapse whose early copy held kept the VMA's page faults away from
+/// the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Switch {
+    /// With the page-table locks only: faults elsewhere in the VMA went on
+    /// (`DetachedPteTable::take`).
+    Ptl,
+    /// With the VMA write-locked, after a switch under the page-table locks gave up.
+    FellBack,
+    /// With the VMA write-locked, as upstream (sysfs `rust_switch` is `vma`, or no memory for
+    /// the snapshot).
+    Vma,
 }
 
 /// The first steps under the mmap lock for write, `guard`, for a copy and in place alike:
@@ -323,7 +488,7 @@ fn detach_isolated<'g, 'l>(
     let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
     // Every invalidator of the range is shut out now, and the detach invalidates it itself.
     let holds = early.as_ref().is_some_and(|early| !early.invalidated());
-    let mut table = DetachedTable::detach(guard, anon, vma, pmd, c, list)?;
+    let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list, None)?;
     table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
     // From what the isolation read of each entry: no second walk of the table.
     let valid =

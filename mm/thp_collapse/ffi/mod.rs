@@ -658,6 +658,14 @@ pub(crate) fn drain_lru_batches(effort: Effort) {
     }
 }
 
+/// Whether an anonymous collapse whose early copy holds switches the range under its
+/// page-table locks, letting the VMA's page faults go on (sysfs `collapse/rust_switch` is
+/// `ptl`, the default), rather than with the VMA write-locked (`vma`).
+pub(crate) fn switch_ptl() -> bool {
+    // SAFETY: Reads a flag; callable from any context.
+    unsafe { bindings::thp_collapse_switch_ptl() }
+}
+
 /// Whether the current task has been sent a fatal signal. C: `fatal_signal_pending(current)`.
 pub(crate) fn fatal_signal_pending() -> bool {
     // SAFETY: `current` is always a valid task in process context, where collapses run.

@@ -296,6 +296,9 @@ static void stats_print_moved(const char *caller, const struct rust_stats *befor
 	ksft_print_msg("%s:%s\n", caller, line);
 }
 
+/* Whether rust_switch is "vma" (test_switch_vma()): no switch keeps faults in. */
+static bool switch_vma;
+
 static void test_integrity(const char *core, enum layout l)
 {
 	static struct rust_stats snap;
@@ -346,15 +349,25 @@ static void test_integrity(const char *core, enum layout l)
 		 * Nothing writes meanwhile: every PMD is copied while the
 		 * process runs, in one pass, and no page again under the mmap
 		 * write lock (but for a page just read back from swap, which
-		 * may still be in another CPU's LRU batch).
+		 * may still be in another CPU's LRU batch). Each switch keeps
+		 * the VMA's faults in, holding the page-table locks only (or
+		 * gives up and write-locks the VMA, a page being in a batch),
+		 * unless rust_switch says "vma".
 		 */
+		bool switches = switch_vma ? !d.switched && !d.fallbacks :
+				d.switched > 0 &&
+				d.switched + d.fallbacks == d.early &&
+				(!d.fallbacks || l == SWAPPED);
+
 		ksft_test_result(!ret && huge && same && moved == want &&
 				 d.early == want && !d.locked && !d.retries &&
-				 (!d.recopied || l == SWAPPED),
-				 "%s: %s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, retries +%lld, recopied +%lld, copied locked +%lld)\n",
-				 core, layout_name[l], ret, ret ? strerror(err) : "",
-				 tries, huge, same, moved, d.early, d.retries,
-				 d.recopied, d.locked);
+				 (!d.recopied || l == SWAPPED) && switches,
+				 "%s: %s%s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, retries +%lld, recopied +%lld, copied locked +%lld, switched under the page-table locks +%lld, fell back +%lld)\n",
+				 core, layout_name[l],
+				 switch_vma ? " (rust_switch vma)" : "", ret,
+				 ret ? strerror(err) : "", tries, huge, same, moved,
+				 d.early, d.retries, d.recopied, d.locked,
+				 d.switched, d.fallbacks);
 	} else {
 		ksft_test_result(!ret && huge && same,
 				 "%s: %s: collapsed, every byte kept (ret %d %s, %d calls, huge %d, same %d)\n",
@@ -364,6 +377,26 @@ static void test_integrity(const char *core, enum layout l)
 out:
 	free(shadow);
 	munmap(p, len);
+}
+
+/*
+ * rust_switch: "vma" write-locks the VMA for every switch, as upstream (the
+ * integrity test then sees no switch under the page-table locks), and only
+ * "ptl" and "vma" are taken.
+ */
+static void test_switch_vma(void)
+{
+	int bad = collapse_set_switch("faults");
+
+	switch_vma = !collapse_set_switch("vma");
+	if (switch_vma)
+		test_integrity("rust", FULL);
+	else
+		ksft_test_result_fail("rust: rust_switch: cannot select vma\n");
+	switch_vma = false;
+	ksft_test_result(bad == EINVAL && !collapse_set_switch("ptl"),
+			 "rust: rust_switch: refuses \"faults\" (%s), selects ptl and vma\n",
+			 strerror(bad));
 }
 
 /*
@@ -822,6 +855,76 @@ static void *move_racer(void *arg)
 
 /*
  * Runs through the pages it owns, concurrently with the collapse loop:
+ * checks each against the model, moves it out of the race range, which is
+ * not registered with userfaultfd (so a collapse may switch it without
+ * write-locking the VMA), into the registered scratch page with
+ * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, copies its data back (a write fault
+ * fills the hole) and empties the scratch page again; and writes a new
+ * generation into about half of them. An owned page is never a hole: each
+ * move must move it, the scratch page then present with its data. A move
+ * that took the entries of a table a collapse had just replaced for a hole
+ * would report the page moved and leave the scratch page empty (counted in
+ * filled). A move out may be refused (EBUSY: a large folio that did not
+ * split); the page then stays where it is.
+ */
+static void *move_out_racer(void *arg)
+{
+	struct race *r = arg;
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
+	unsigned int sweep = 0;
+	size_t pg = 3;
+	char *page;
+	int ret;
+
+	if (pagemap < 0) {
+		atomic_fetch_add(&r->errors, 1);
+		return NULL;
+	}
+	while (!atomic_load(&r->stop)) {
+		struct uffdio_move m;
+
+		page = r->p + pg * PAGE_SZ;
+		if (!owned_page_ok(r, pg))
+			atomic_fetch_add(&r->lost, 1);
+		m = (struct uffdio_move){
+			.dst = (unsigned long)r->scratch,
+			.src = (unsigned long)page,
+			.len = PAGE_SZ,
+			.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+		};
+		ret = ioctl(r->fd, UFFDIO_MOVE, &m) ? -errno : 0;
+		if (ret == -EBUSY) {
+			atomic_fetch_add(&r->busy, 1);
+		} else if (ret || m.move != PAGE_SZ) {
+			atomic_fetch_add(&r->errors, 1);
+		} else if (!(pagemap_get_entry(pagemap, r->scratch) & PM_PRESENT)) {
+			/*
+			 * Moved as a hole: the data stayed in the range. The
+			 * scratch page is not read (a missing fault would
+			 * wait for a handler forever).
+			 */
+			atomic_fetch_add(&r->filled, 1);
+		} else {
+			memcpy(page, r->scratch, PAGE_SZ);
+			if (madvise(r->scratch, PAGE_SZ, MADV_DONTNEED))
+				atomic_fetch_add(&r->errors, 1);
+			atomic_fetch_add(&r->hits, 1);
+		}
+		rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+		if (rnd >> 63) {
+			mem_fill(page, pg, ++gen);
+			r->gen[pg] = gen;
+		}
+		pg = next_owned(pg, &sweep);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	close(pagemap);
+	return NULL;
+}
+
+/*
+ * Runs through the pages it owns, concurrently with the collapse loop:
  * checks each against the model, pins it long-term through gup_test
  * (FOLL_WRITE | FOLL_LONGTERM), writes a new generation through the mapping,
  * reads the page back through the pin and unpins it. A collapse must refuse a
@@ -864,7 +967,7 @@ static void *pin_racer(void *arg)
 
 enum racer {
 	WRITERS, MPROTECT, FORK, UFFD, MUNMAP, DONTNEED, FREE, PAGEOUT,
-	UFFD_MOVE, PIN, NR_RACERS,
+	UFFD_MOVE, PIN, UFFD_MOVE_OUT, NR_RACERS,
 };
 
 static const char *const racer_name[] = {
@@ -875,18 +978,20 @@ static const char *const racer_name[] = {
 	"MADV_PAGEOUT and rewrites of 1 page in 8",
 	"UFFDIO_MOVE out and back of 1 page in 8",
 	"long-term pins and writes of 1 page in 8",
+	"UFFDIO_MOVE out of an unregistered range (source holes allowed) of 1 page in 8",
 };
 
 static void *(*const racer_fn[])(void *) = {
 	writer, mprotect_racer, fork_racer, uffd_racer, munmap_racer,
 	advice_racer, advice_racer, pageout_racer, move_racer, pin_racer,
+	move_out_racer,
 };
 
 /* Whether racer @k owns pages (racer_owns()) and keeps a model of them. */
 static bool racer_models(enum racer k)
 {
 	return k == DONTNEED || k == FREE || k == PAGEOUT || k == UFFD_MOVE ||
-	       k == PIN;
+	       k == PIN || k == UFFD_MOVE_OUT;
 }
 
 /*
@@ -917,6 +1022,7 @@ static bool errno_expected(int err, enum racer k, long long non_present)
 		 * The hole of a page moved out: exceed_none_pte (EBUSY); a
 		 * page being moved, locked or with a reference: EAGAIN.
 		 */
+	case UFFD_MOVE_OUT:
 	case UFFD:
 	case MPROTECT:
 	case FORK:
@@ -1031,6 +1137,7 @@ static bool race_can_run(enum racer k, struct race *r, char *why, size_t len)
 		}
 		return true;
 	case UFFD_MOVE:
+	case UFFD_MOVE_OUT:
 		r->fd = uffd_with_move(why, len);
 		return r->fd >= 0;
 	case PIN:
@@ -1047,17 +1154,18 @@ static bool race_can_run(enum racer k, struct race *r, char *why, size_t len)
 }
 
 /*
- * For UFFD_MOVE: registers the race range and a scratch page for missing
- * faults with r->fd (UFFDIO_MOVE wants its destination registered with the
- * same userfaultfd, and the page goes both ways).
+ * For UFFD_MOVE (@range) and UFFD_MOVE_OUT: registers the race range if
+ * @range and a scratch page for missing faults with r->fd (UFFDIO_MOVE wants
+ * its destination registered with the same userfaultfd, and UFFD_MOVE's page
+ * goes both ways).
  */
-static void race_uffd_setup(struct race *r)
+static void race_uffd_setup(struct race *r, bool range)
 {
 	r->scratch = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (r->scratch == MAP_FAILED)
 		ksft_exit_fail_perror("mmap(scratch)");
-	if (uffd_register(r->fd, r->p, r->len, true, false, false) ||
+	if ((range && uffd_register(r->fd, r->p, r->len, true, false, false)) ||
 	    uffd_register(r->fd, r->scratch, PAGE_SZ, true, false, false))
 		ksft_exit_fail_msg("UFFDIO_REGISTER of the race range: %s\n",
 				   strerror(errno));
@@ -1077,6 +1185,11 @@ static bool racer_figures(enum racer k, struct race *r, char *out, size_t len)
 	case UFFD_MOVE:
 		snprintf(out, len,
 			 "; %ld pages moved out and back, %ld moves out refused (EBUSY), %ld holes filled by a collapse",
+			 hits, atomic_load(&r->busy), atomic_load(&r->filled));
+		return hits > 0 && !atomic_load(&r->filled);
+	case UFFD_MOVE_OUT:
+		snprintf(out, len,
+			 "; %ld pages moved out and copied back, %ld moves out refused (EBUSY), %ld pages moved as holes",
 			 hits, atomic_load(&r->busy), atomic_load(&r->filled));
 		return hits > 0 && !atomic_load(&r->filled);
 	case PIN:
@@ -1138,8 +1251,8 @@ static void test_race(enum racer k)
 	r.shadow = shadow;
 	r.id = k == FREE;
 	allow_thp(r.p, r.len);
-	if (k == UFFD_MOVE)
-		race_uffd_setup(&r);
+	if (k == UFFD_MOVE || k == UFFD_MOVE_OUT)
+		race_uffd_setup(&r, k == UFFD_MOVE);
 	collapse_require_core("rust");
 
 	for (i = 0; i < nth; i++) {
@@ -1217,14 +1330,16 @@ static void test_race(enum racer k)
 			 !atomic_load(&r.errors) && done >= race_min_done(k) &&
 			 atomic_load(&r.ops) > 0 && figures_ok &&
 			 rust_stat("madvise", "succeed") > ok &&
-			 d.early + d.locked + d.in_place == d.succeed &&
+			 rust_paths_add_up(&d) &&
 			 (k != WRITERS || d.recopied + d.again + d.locked * PAGES_PER_PMD > 0) &&
 			 (k != WRITERS || !d.early || d.retries > 0) &&
-			 ((k != MPROTECT && k != FREE) || d.restarts > 0),
-			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
+			 ((k != MPROTECT && k != FREE) || d.restarts > 0) &&
+			 (k != UFFD_MOVE_OUT || d.switched > 0),
+			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place; %lld switched under the page-table locks, %lld fell back), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
 			 racer_name[k], done, RACE_ROUNDS, race_min_done(k),
 			 d.succeed, d.early, d.retries, d.again, d.recopied, d.restarts,
-			 d.locked, d.in_place, calls_ok, bad, lost, atomic_load(&r.lost),
+			 d.locked, d.in_place, d.switched, d.fallbacks, calls_ok, bad,
+			 lost, atomic_load(&r.lost),
 			 atomic_load(&r.ops), atomic_load(&r.errors), figures,
 			 (now_ns() - start) / 1e9);
 	free(shadow);
@@ -3257,11 +3372,12 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 4 + 4 + NR_RACERS + 4 + 2 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 2 + 4 + 4 + NR_RACERS + 4 + 2 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
 			test_integrity(cores[c], l);
+	test_switch_vma();
 	for (c = 0; c < 2; c++)
 		test_fork_child_view(cores[c]);
 	for (c = 0; c < 2; c++) {

@@ -58,6 +58,24 @@ static inline int collapse_set_core(const char *val)
 	return err;
 }
 
+/*
+ * Write @val ("ptl" or "vma") to the Rust core's rust_switch knob; returns 0
+ * or the errno of the write.
+ */
+static inline int collapse_set_switch(const char *val)
+{
+	FILE *f = fopen(COLLAPSE_SYSFS "/rust_switch", "w");
+	int err = 0;
+
+	if (!f)
+		return errno;
+	if (fputs(val, f) == EOF)
+		err = errno;
+	if (fclose(f) == EOF && !err)
+		err = errno;
+	return err;
+}
+
 static inline void collapse_require_core(const char *val)
 {
 	if (collapse_set_core(val))
@@ -92,14 +110,16 @@ static inline long long rust_stat(const char *caller, const char *outcome)
  * Whether @name is one of the lines after the outcomes, which tell how
  * anonymous collapses went (in place, copied early or under the lock; the
  * retries and restarts of early copies; the waits for another collapse of a
- * range), not how a range ended.
+ * range; switched under the page-table locks, or fell back to the VMA write
+ * lock), not how a range ended.
  */
 static inline bool rust_stat_is_path(const char *name)
 {
 	return !strcmp(name, "in_place") || !strcmp(name, "copied_early") ||
 	       !strcmp(name, "recopied") || !strcmp(name, "copied_locked") ||
 	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early") ||
-	       !strcmp(name, "early_restarts") || !strcmp(name, "claim_waits");
+	       !strcmp(name, "early_restarts") || !strcmp(name, "claim_waits") ||
+	       !strcmp(name, "switched_ptl") || !strcmp(name, "switch_fallbacks");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
@@ -173,6 +193,8 @@ struct rust_paths {
 	long long restarts;	/* early_restarts: early copies started over */
 	long long in_place;	/* PMD ranges mapped in place, without a copy */
 	long long waits;	/* claim_waits: waits for another collapse */
+	long long switched;	/* switched_ptl: VMA's faults let in */
+	long long fallbacks;	/* switch_fallbacks: VMA write-locked after all */
 };
 
 /* How the path counters (and succeed) moved from @a to @b. */
@@ -189,6 +211,8 @@ static inline struct rust_paths rust_paths_delta(const struct rust_stats *a,
 		.restarts = rust_stats_delta(a, b, "early_restarts"),
 		.in_place = rust_stats_delta(a, b, "in_place"),
 		.waits = rust_stats_delta(a, b, "claim_waits"),
+		.switched = rust_stats_delta(a, b, "switched_ptl"),
+		.fallbacks = rust_stats_delta(a, b, "switch_fallbacks"),
 	};
 }
 
@@ -199,7 +223,8 @@ static inline struct rust_paths rust_paths_delta(const struct rust_stats *a,
 static inline bool rust_paths_add_up(const struct rust_paths *d)
 {
 	return d->early + d->locked + d->in_place == d->succeed &&
-	       d->restarts <= d->succeed;
+	       d->restarts <= d->succeed && d->switched <= d->early &&
+	       d->fallbacks <= d->early + d->locked;
 }
 
 /*
