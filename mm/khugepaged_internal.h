@@ -142,6 +142,7 @@ long thp_collapse_wait_claim(unsigned long *slot, unsigned long claim,
 			     long timeout);
 void thp_collapse_drop_claim(unsigned long *slot);
 bool thp_collapse_switch_ptl(void);
+void thp_collapse_switch_test_delay(void);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 

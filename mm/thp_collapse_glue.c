@@ -13,6 +13,8 @@
  */
 #define pr_fmt(fmt) "thp_collapse: " fmt
 
+#include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/init.h>
 #include <linux/jump_label.h>
 #include <linux/kobject.h>
@@ -106,6 +108,43 @@ static ssize_t rust_switch_store(struct kobject *kobj,
 
 static struct kobj_attribute rust_switch_attr = __ATTR_RW(rust_switch);
 
+#ifdef CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST
+/* debugfs thp_collapse_switch_delay_us; see thp_collapse_switch_test_delay(). */
+static u32 thp_collapse_switch_delay_us;
+
+/**
+ * thp_collapse_switch_test_delay() - a testing hook: widen the switch under
+ * the page-table locks.
+ *
+ * Spins for debugfs's thp_collapse_switch_delay_us (at most 10 ms) inside the
+ * switch, the range's entries taken out and the page-table locks held, so
+ * that the selftests' racers under the VMA lock (faults, MADV_DONTNEED,
+ * UFFDIO_MOVE) land in it. Test kernels only (the KUnit option); 0, the
+ * default, adds nothing.
+ */
+void thp_collapse_switch_test_delay(void)
+{
+	u32 us = READ_ONCE(thp_collapse_switch_delay_us);
+
+	if (us)
+		udelay(min(us, 10000U));
+}
+
+static void __init thp_collapse_debugfs_init(void)
+{
+	debugfs_create_u32("thp_collapse_switch_delay_us", 0600, NULL,
+			   &thp_collapse_switch_delay_us);
+}
+#else
+void thp_collapse_switch_test_delay(void)
+{
+}
+
+static void __init thp_collapse_debugfs_init(void)
+{
+}
+#endif
+
 static struct attribute *collapse_attrs[] = {
 	&core_attr.attr,
 	&rust_switch_attr.attr,
@@ -168,6 +207,8 @@ int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
 	err = sysfs_create_groups(kobj, collapse_attr_groups);
 	if (err)
 		kobject_put(kobj);
+	else
+		thp_collapse_debugfs_init();
 	return err;
 }
 

@@ -302,12 +302,12 @@ fn collapse_write_locked(
     let held = held.filter(|_| early.as_ref().is_some_and(|early| !early.invalidated()));
     if let (Some(held), Some(e)) = (held, early.as_deref_mut()) {
         let isolated = match take_isolated(guard, c, mode, tunables, list, e, held) {
-            Ok(Held::Isolated(table, valid)) => {
+            Ok(Ok((table, valid))) => {
                 let valid = Some(valid);
                 return copy_install(table, valid, (new, fresh, cleared), early_copy, copy);
             }
-            Ok(Held::Armed) => None,
-            Ok(Held::GaveUp { isolated }) => Some(isolated),
+            Ok(Err(GaveUp::Armed)) => None,
+            Ok(Err(GaveUp::PutBack { isolated })) => Some(isolated),
             Err(fail) if !switch_falls_back(fail) => return Err(fail),
             Err(_) => Some(true),
         };
@@ -327,19 +327,20 @@ fn collapse_write_locked(
     copy_install(table, valid, (new, fresh, cleared), early_copy, copy)
 }
 
-/// What came of [`take_isolated`].
-enum Held<'g, 'l> {
-    /// The entries are out and their folios isolated: the table, and the entries whose early
-    /// copy holds.
-    Isolated(DetachedTable<'g, 'l>, Occupied),
+/// Why [`take_isolated`] did not go through, with nothing changed.
+enum GaveUp {
     /// Not tried: the VMA is registered with userfaultfd.
     Armed,
     /// Put back (too many pages to copy again): `isolated` if folios were isolated first.
-    GaveUp {
+    PutBack {
         /// Whether folios were isolated, and put back.
         isolated: bool,
     },
 }
+
+/// What [`take_isolated`] returns: the table with its entries out and their folios isolated,
+/// and the entries whose early copy holds; or why it gave up, or failed.
+type Held<'g, 'l> = Result<Result<(DetachedTable<'g, 'l>, Occupied), GaveUp>, Fail>;
 
 /// The switch under the page-table locks, up to the copy, for an `early` copy that nothing
 /// invalidated up to the mmap write lock: as [`detach_isolated`], but the VMA's page faults
@@ -367,32 +368,31 @@ fn take_isolated<'g, 'l>(
     list: &'l mut IsolationList,
     early: &mut EarlyCopy,
     saved: PteSnapshot,
-) -> Result<Held<'g, 'l>, Fail> {
+) -> Held<'g, 'l> {
     let vma = revalidate_anon(guard, c.haddr, mode, c.order)?;
     // A fault in a VMA registered with userfaultfd reads the entry without its lock to decide
     // whether to wait for the handler (`userfaultfd_must_wait()`): one it read none during the
     // switch could wait for nothing. Registration takes the mmap lock for write, so the VMA's
     // flags stay as they are now.
     if Userfault::of(vma) == Userfault::Armed {
-        return Ok(Held::Armed);
+        return Ok(Err(GaveUp::Armed));
     }
     let pmd = guard.pmd_table(c.haddr)?;
     let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
     let held = Some((saved, early.watch()));
     let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list, held)?;
+    ffi::switch_test_delay();
     // Nothing isolated yet: the cheap reason to give up first.
     if table
         .writable()
         .is_none_or(|n| n as usize > SWITCH_RECOPY_MAX)
     {
-        return Ok(Held::GaveUp { isolated: false });
+        return Ok(Err(GaveUp::PutBack { isolated: false }));
     }
     table.isolate(mode, mode.limits(tunables, c.order, Userfault::Unarmed))?;
     match early.settle(true, |i, page| table.maps_read_only(i, page)) {
-        Some(valid) if table.to_copy(&valid) <= SWITCH_RECOPY_MAX => {
-            Ok(Held::Isolated(table, valid))
-        }
-        _ => Ok(Held::GaveUp { isolated: true }),
+        Some(valid) if table.to_copy(&valid) <= SWITCH_RECOPY_MAX => Ok(Ok((table, valid))),
+        _ => Ok(Err(GaveUp::PutBack { isolated: true })),
     }
 }
 

@@ -666,6 +666,14 @@ pub(crate) fn switch_ptl() -> bool {
     unsafe { bindings::thp_collapse_switch_ptl() }
 }
 
+/// A testing hook: spins for debugfs's `thp_collapse_switch_delay_us` inside a switch under the
+/// page-table locks, so that the selftests' racers land in it. Does nothing unless the kernel
+/// is built for tests (`CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST`) and the file says so.
+pub(crate) fn switch_test_delay() {
+    // SAFETY: Reads a value and spins; callable in atomic context.
+    unsafe { bindings::thp_collapse_switch_test_delay() }
+}
+
 /// Whether the current task has been sent a fatal signal. C: `fatal_signal_pending(current)`.
 pub(crate) fn fatal_signal_pending() -> bool {
     // SAFETY: `current` is always a valid task in process context, where collapses run.

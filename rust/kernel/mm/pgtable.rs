@@ -1809,6 +1809,50 @@ mod tests {
         PmdEntry::find(lock, addr).map(|p| p.state())
     }
 
+    /// What [`DetachedPteTable::install_pmd`] of `huge` and `fresh` into `table`, the table of
+    /// the PMD range at `p` of `t`, came to.
+    struct HugeInstall {
+        /// Whether it went through.
+        installed: bool,
+        /// The PMD entry's state after.
+        state: Option<PmdState>,
+        /// The table the PMD entry deposited after.
+        deposited: Option<*mut bindings::page>,
+        /// The mm's page-table bytes before and after.
+        bytes: (usize, usize),
+    }
+
+    /// Installs `huge` into `table` (see [`HugeInstall`]), `lock` held, counting the folio in
+    /// the RSS as the collapse does.
+    fn install_huge(
+        t: &TestMm,
+        lock: &MmapWriteLock<'_>,
+        p: usize,
+        (table, huge, fresh): (DetachedPteTable<'_>, NewFolio, NewPteTable<'_>),
+    ) -> HugeInstall {
+        // SAFETY: The mm is alive while `t` is.
+        let before = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
+        let installed = table.install_pmd(huge, fresh).is_ok();
+        if installed {
+            // `map_anon_folio_pmd_nopf()` leaves the RSS counter to its caller.
+            t.count_anon(PTRS_PER_PTE as isize);
+        }
+        let deposited = PmdEntry::find(lock, p).map(|pmd| {
+            // SAFETY: The entry maps a huge folio (or not: then the pointer is only compared),
+            // under the mmap write lock, which keeps its deposited table.
+            unsafe { bindings::pmd_deposited_table(t.mm().as_raw(), pmd.pmdp.as_ptr()) }
+        });
+        HugeInstall {
+            installed,
+            state: state(lock, p),
+            deposited,
+            // SAFETY: As above.
+            bytes: (before, unsafe {
+                bindings::mm_pgtables_bytes(t.mm().as_raw())
+            }),
+        }
+    }
+
     /// A new mm has no page tables below the top level; the first fault makes a PMD entry that
     /// points to a page table of PTEs.
     #[test]
@@ -2197,25 +2241,11 @@ mod tests {
         let vma = lock.find_vma(p).ok_or(EINVAL)?;
         let anon = AnonVmaWriteGuard::lock(&lock, vma).ok_or(EINVAL)?;
         let pmd = PmdEntry::find(&lock, p).ok_or(EINVAL)?;
-        // SAFETY: The mm is alive while `t` is.
-        let bytes = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
         let mut table =
             DetachedPteTable::take(&lock, &anon, vma, pmd, (p, p + PMD_SIZE), saved_p, None)
                 .ok_or(EINVAL)?;
         let cleared = table.lock().clear(0, PTRS_PER_PTE);
-        let installed = table.install_pmd(huge, fresh).is_ok();
-        if installed {
-            // `map_anon_folio_pmd_nopf()` leaves the RSS counter to its caller.
-            t.count_anon(PTRS_PER_PTE as isize);
-        }
-        let state_huge = state(&lock, p);
-        let deposited = PmdEntry::find(&lock, p).map(|pmd| {
-            // SAFETY: The entry maps a huge folio, under the mmap write lock, which keeps its
-            // deposited table.
-            unsafe { bindings::pmd_deposited_table(t.mm().as_raw(), pmd.pmdp.as_ptr()) }
-        });
-        // SAFETY: As above.
-        let bytes_after = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
+        let done = install_huge(&t, &lock, p, (table, huge, fresh));
         // The two ranges may share a VMA, and so its anon_vma lock.
         drop(anon);
 
@@ -2244,10 +2274,10 @@ mod tests {
         t.read(q + 17 * PAGE, &mut one)?;
         t.read(q + 40 * PAGE, &mut forty)?;
         assert!(cleared);
-        assert!(installed);
-        assert_eq!(state_huge, Some(PmdState::Huge));
-        assert_eq!(deposited, Some(fresh_table.as_ptr()));
-        assert_eq!(bytes_after, bytes);
+        assert!(done.installed);
+        assert_eq!(done.state, Some(PmdState::Huge));
+        assert_eq!(done.deposited, Some(fresh_table.as_ptr()));
+        assert_eq!(done.bytes.1, done.bytes.0);
         assert_eq!(&nine, b"huge page 9");
         assert_eq!(part, Some((true, true)));
         assert_eq!(state_q, Some(PmdState::Table));
@@ -2407,21 +2437,7 @@ mod tests {
 
         let mut table = detach().ok_or(EINVAL)?;
         let cleared = table.lock().clear(0, PTRS_PER_PTE);
-        // SAFETY: The mm is alive while `t` is.
-        let bytes = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
-        let installed = table.install_pmd(huge, fresh).is_ok();
-        if installed {
-            // `map_anon_folio_pmd_nopf()` leaves the RSS counter to its caller.
-            t.count_anon(PTRS_PER_PTE as isize);
-        }
-        let state_huge = state(&lock, p);
-        let deposited = PmdEntry::find(&lock, p).map(|pmd| {
-            // SAFETY: The entry maps a huge folio (or not: then the pointer is only compared),
-            // under the mmap write lock, which keeps its deposited table.
-            unsafe { bindings::pmd_deposited_table(t.mm().as_raw(), pmd.pmdp.as_ptr()) }
-        });
-        // SAFETY: As above.
-        let bytes_after = unsafe { bindings::mm_pgtables_bytes(t.mm().as_raw()) };
+        let done = install_huge(&t, &lock, p, (table, huge, fresh));
         drop(anon);
         drop(lock);
 
@@ -2434,10 +2450,10 @@ mod tests {
         assert_eq!(state_small, Some(PmdState::Table));
         assert_eq!(state_uncleared, Some(PmdState::Table));
         assert!(cleared);
-        assert!(installed);
-        assert_eq!(state_huge, Some(PmdState::Huge));
-        assert_eq!(deposited, Some(fresh_table.as_ptr()));
-        assert_eq!(bytes_after, bytes);
+        assert!(done.installed);
+        assert_eq!(done.state, Some(PmdState::Huge));
+        assert_eq!(done.deposited, Some(fresh_table.as_ptr()));
+        assert_eq!(done.bytes.1, done.bytes.0);
         assert_eq!(&seven, b"huge page 7");
         assert_eq!(zero, [0u8; 8]);
         Ok(())

@@ -48,6 +48,7 @@
 #include <poll.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -449,6 +450,12 @@ static void test_fork_child_view(const char *core)
 
 #define RACE_PMDS 2
 #define RACE_ROUNDS 32
+/*
+ * How long each switch under the page-table locks spins during a race, on
+ * a test kernel (collapse_set_switch_delay()): longer than a racer's step,
+ * so that racers under the VMA lock (faults, zaps, UFFDIO_MOVE) land in it.
+ */
+#define RACE_SWITCH_DELAY_US 2000
 #define RACE_PAGES (RACE_PMDS * PAGES_PER_PMD)
 
 /* CLOCK_MONOTONIC, in ns. */
@@ -490,6 +497,7 @@ struct race {
 	int nice;		/* writer(): the nice level each writer takes */
 	int fd;			/* UFFD_MOVE: the userfaultfd; PIN: gup_test */
 	char *scratch;		/* UFFD_MOVE: the page moved out goes here */
+	size_t scratch_len;	/* a page, or UFFD_MOVE_OUT's slots */
 	/*
 	 * PAGEOUT: MADV_PAGEOUTs that left the page swapped out; UFFD_MOVE:
 	 * pages moved out and back; PIN: pins that read back the write made
@@ -718,6 +726,31 @@ static size_t next_owned(size_t pg, unsigned int *sweep)
 	return (first + PAGES_PER_PMD) % RACE_PAGES + 3;
 }
 
+/* Where a PAGEOUT, UFFD_MOVE or UFFD_MOVE_OUT racer is in its pages. */
+struct owned_walk {
+	uint64_t rnd, gen;
+	unsigned int sweep;
+	size_t pg;		/* the page it works on */
+};
+
+#define OWNED_WALK_START { .rnd = 0x9e3779b97f4a7c15ULL, .gen = 1, .pg = 3 }
+
+/*
+ * The end of a racer's step on page @w->pg: writes a new generation into
+ * about half of the pages (the model follows), goes on to the next page it
+ * owns (next_owned()) and counts the step.
+ */
+static void owned_walk_next(struct race *r, struct owned_walk *w)
+{
+	w->rnd = w->rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+	if (w->rnd >> 63) {
+		mem_fill(r->p + w->pg * PAGE_SZ, w->pg, ++w->gen);
+		r->gen[w->pg] = w->gen;
+	}
+	w->pg = next_owned(w->pg, &w->sweep);
+	atomic_fetch_add(&r->ops, 1);
+}
+
 /*
  * Runs through the pages it owns, concurrently with the collapse loop: checks
  * each against the model (a page paged out before is read back from swap),
@@ -730,9 +763,8 @@ static void *pageout_racer(void *arg)
 {
 	struct race *r = arg;
 	int pagemap = open("/proc/self/pagemap", O_RDONLY);
-	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
-	unsigned int sweep = 0;
-	size_t pg = 3;
+	struct owned_walk w = OWNED_WALK_START;
+	size_t pg;
 	char *page;
 
 	if (pagemap < 0) {
@@ -740,6 +772,7 @@ static void *pageout_racer(void *arg)
 		return NULL;
 	}
 	while (!atomic_load(&r->stop)) {
+		pg = w.pg;
 		page = r->p + pg * PAGE_SZ;
 		if (!owned_page_ok(r, pg))
 			atomic_fetch_add(&r->lost, 1);
@@ -747,13 +780,7 @@ static void *pageout_racer(void *arg)
 			atomic_fetch_add(&r->errors, 1);
 		else if (pagemap_get_entry(pagemap, page) & PM_SWAP)
 			atomic_fetch_add(&r->hits, 1);
-		rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
-		if (rnd >> 63) {
-			mem_fill(page, pg, ++gen);
-			r->gen[pg] = gen;
-		}
-		pg = next_owned(pg, &sweep);
-		atomic_fetch_add(&r->ops, 1);
+		owned_walk_next(r, &w);
 	}
 	close(pagemap);
 	return NULL;
@@ -823,13 +850,13 @@ static bool move_back(struct race *r, size_t pg)
 static void *move_racer(void *arg)
 {
 	struct race *r = arg;
-	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
-	unsigned int sweep = 0;
-	size_t pg = 3;
+	struct owned_walk w = OWNED_WALK_START;
+	size_t pg;
 	char *page;
 	int ret;
 
 	while (!atomic_load(&r->stop)) {
+		pg = w.pg;
 		page = r->p + pg * PAGE_SZ;
 		if (!owned_page_ok(r, pg))
 			atomic_fetch_add(&r->lost, 1);
@@ -842,53 +869,82 @@ static void *move_racer(void *arg)
 			atomic_fetch_add(&r->errors, 1);
 			break;
 		}
-		rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
-		if (rnd >> 63) {
-			mem_fill(page, pg, ++gen);
-			r->gen[pg] = gen;
-		}
-		pg = next_owned(pg, &sweep);
-		atomic_fetch_add(&r->ops, 1);
+		owned_walk_next(r, &w);
 	}
 	return NULL;
+}
+
+/* UFFD_MOVE_OUT's scratch slots: each move goes to a fresh one. */
+#define MOVE_OUT_SLOTS 512
+
+/* Where move_out_racer() goes back to when a read of a scratch slot faults. */
+static __thread sigjmp_buf move_out_jmp;
+
+static void move_out_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(move_out_jmp, 1);
+}
+
+/*
+ * Whether scratch slot @slot holds a page: read it, and take a SIGBUS (the
+ * userfaultfd's UFFD_FEATURE_SIGBUS) for a hole rather than a wait.
+ */
+static bool move_out_landed(char *slot)
+{
+	if (sigsetjmp(move_out_jmp, 1))
+		return false;
+	(void)__atomic_load_n(slot, __ATOMIC_RELAXED);
+	return true;
 }
 
 /*
  * Runs through the pages it owns, concurrently with the collapse loop:
  * checks each against the model, moves it out of the race range, which is
  * not registered with userfaultfd (so a collapse may switch it without
- * write-locking the VMA), into the registered scratch page with
- * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, copies its data back (a write fault
- * fills the hole) and empties the scratch page again; and writes a new
- * generation into about half of them. An owned page is never a hole: each
- * move must move it, the scratch page then present with its data. A move
- * that took the entries of a table a collapse had just replaced for a hole
- * would report the page moved and leave the scratch page empty (counted in
- * filled). A move out may be refused (EBUSY: a large folio that did not
- * split); the page then stays where it is.
+ * write-locking the VMA), into a fresh slot of the registered scratch area
+ * with UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, copies its data back (a write
+ * fault fills the hole), and writes a new generation into about half of
+ * them. Nothing in the loop takes the mmap lock (the scratch area, armed,
+ * would need it for MADV_DONTNEED: it is emptied once per MOVE_OUT_SLOTS
+ * moves only), so the moves meet the collapse's switch rather than wait
+ * for its mmap write lock. An owned page is never a hole: each move must
+ * move it, its slot then holding its data. A move that took the entries of
+ * a table a collapse had just replaced for a hole reports the page moved
+ * and leaves the slot empty (counted in filled; the read of the slot takes
+ * a SIGBUS instead of waiting for a handler). A move may be refused
+ * (EBUSY: a large folio that did not split); the page then stays. The PMD
+ * it works in seldom gets as far as a switch (the pages it faults in wait
+ * in an LRU batch: page_lru); test_move_during_switch() aims one move at
+ * each switch instead.
  */
 static void *move_out_racer(void *arg)
 {
 	struct race *r = arg;
-	int pagemap = open("/proc/self/pagemap", O_RDONLY);
-	uint64_t rnd = 0x9e3779b97f4a7c15ULL, gen = 1;
-	unsigned int sweep = 0;
-	size_t pg = 3;
-	char *page;
+	struct sigaction sa = { .sa_handler = move_out_sigbus }, old;
+	struct owned_walk w = OWNED_WALK_START;
+	unsigned int next = 0;
+	char *page, *slot;
 	int ret;
 
-	if (pagemap < 0) {
+	if (sigaction(SIGBUS, &sa, &old)) {
 		atomic_fetch_add(&r->errors, 1);
 		return NULL;
 	}
 	while (!atomic_load(&r->stop)) {
 		struct uffdio_move m;
 
-		page = r->p + pg * PAGE_SZ;
-		if (!owned_page_ok(r, pg))
+		if (next == MOVE_OUT_SLOTS) {
+			if (madvise(r->scratch, r->scratch_len, MADV_DONTNEED))
+				atomic_fetch_add(&r->errors, 1);
+			next = 0;
+		}
+		slot = r->scratch + next++ * PAGE_SZ;
+		page = r->p + w.pg * PAGE_SZ;
+		if (!owned_page_ok(r, w.pg))
 			atomic_fetch_add(&r->lost, 1);
 		m = (struct uffdio_move){
-			.dst = (unsigned long)r->scratch,
+			.dst = (unsigned long)slot,
 			.src = (unsigned long)page,
 			.len = PAGE_SZ,
 			.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
@@ -898,28 +954,16 @@ static void *move_out_racer(void *arg)
 			atomic_fetch_add(&r->busy, 1);
 		} else if (ret || m.move != PAGE_SZ) {
 			atomic_fetch_add(&r->errors, 1);
-		} else if (!(pagemap_get_entry(pagemap, r->scratch) & PM_PRESENT)) {
-			/*
-			 * Moved as a hole: the data stayed in the range. The
-			 * scratch page is not read (a missing fault would
-			 * wait for a handler forever).
-			 */
+		} else if (!move_out_landed(slot)) {
+			/* Moved as a hole: the data stayed in the range. */
 			atomic_fetch_add(&r->filled, 1);
 		} else {
-			memcpy(page, r->scratch, PAGE_SZ);
-			if (madvise(r->scratch, PAGE_SZ, MADV_DONTNEED))
-				atomic_fetch_add(&r->errors, 1);
+			memcpy(page, slot, PAGE_SZ);
 			atomic_fetch_add(&r->hits, 1);
 		}
-		rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
-		if (rnd >> 63) {
-			mem_fill(page, pg, ++gen);
-			r->gen[pg] = gen;
-		}
-		pg = next_owned(pg, &sweep);
-		atomic_fetch_add(&r->ops, 1);
+		owned_walk_next(r, &w);
 	}
-	close(pagemap);
+	sigaction(SIGBUS, &old, NULL);
 	return NULL;
 }
 
@@ -1093,7 +1137,7 @@ static void race_split(struct race *r, enum racer k)
 }
 
 /* A userfaultfd that offers UFFD_FEATURE_MOVE, or -1 with the reason in @why. */
-static int uffd_with_move(char *why, size_t len)
+static int uffd_with_move(char *why, size_t len, __u64 more)
 {
 	struct uffdio_api api = { .api = UFFD_API };
 	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -1105,14 +1149,17 @@ static int uffd_with_move(char *why, size_t len)
 		return -1;
 	}
 	close(uffd);
-	if (!(api.features & UFFD_FEATURE_MOVE)) {
-		snprintf(why, len, "UFFDIO_API does not offer UFFD_FEATURE_MOVE (features 0x%llx)",
-			 (unsigned long long)api.features);
+	if ((api.features & (UFFD_FEATURE_MOVE | more)) != (UFFD_FEATURE_MOVE | more)) {
+		snprintf(why, len,
+			 "UFFDIO_API does not offer UFFD_FEATURE_MOVE and 0x%llx (features 0x%llx)",
+			 (unsigned long long)more, (unsigned long long)api.features);
 		return -1;
 	}
 	/* The features are chosen once per userfaultfd. */
 	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	api = (struct uffdio_api){ .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
+	api = (struct uffdio_api){
+		.api = UFFD_API, .features = UFFD_FEATURE_MOVE | more,
+	};
 	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
 		snprintf(why, len, "UFFDIO_API with UFFD_FEATURE_MOVE: %s", strerror(errno));
 		if (uffd >= 0)
@@ -1137,8 +1184,11 @@ static bool race_can_run(enum racer k, struct race *r, char *why, size_t len)
 		}
 		return true;
 	case UFFD_MOVE:
+		r->fd = uffd_with_move(why, len, 0);
+		return r->fd >= 0;
 	case UFFD_MOVE_OUT:
-		r->fd = uffd_with_move(why, len);
+		/* A hole moved out must read as SIGBUS, not wait for a handler. */
+		r->fd = uffd_with_move(why, len, UFFD_FEATURE_SIGBUS);
 		return r->fd >= 0;
 	case PIN:
 		r->fd = open("/sys/kernel/debug/gup_test", O_RDWR);
@@ -1161,12 +1211,13 @@ static bool race_can_run(enum racer k, struct race *r, char *why, size_t len)
  */
 static void race_uffd_setup(struct race *r, bool range)
 {
-	r->scratch = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+	r->scratch_len = range ? PAGE_SZ : MOVE_OUT_SLOTS * PAGE_SZ;
+	r->scratch = mmap(NULL, r->scratch_len, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (r->scratch == MAP_FAILED)
 		ksft_exit_fail_perror("mmap(scratch)");
 	if ((range && uffd_register(r->fd, r->p, r->len, true, false, false)) ||
-	    uffd_register(r->fd, r->scratch, PAGE_SZ, true, false, false))
+	    uffd_register(r->fd, r->scratch, r->scratch_len, true, false, false))
 		ksft_exit_fail_msg("UFFDIO_REGISTER of the race range: %s\n",
 				   strerror(errno));
 }
@@ -1225,6 +1276,7 @@ static void test_race(enum racer k)
 	char why[160], figures[192];
 	size_t pg, lost = 0;
 	struct rust_paths d;
+	unsigned int delay_us;
 	pthread_t th[2];
 	char *shadow;
 
@@ -1254,6 +1306,9 @@ static void test_race(enum racer k)
 	if (k == UFFD_MOVE || k == UFFD_MOVE_OUT)
 		race_uffd_setup(&r, k == UFFD_MOVE);
 	collapse_require_core("rust");
+	/* Racers under the VMA lock land in the switch (test kernels). */
+	delay_us = collapse_set_switch_delay(RACE_SWITCH_DELAY_US) ? 0 :
+		   RACE_SWITCH_DELAY_US;
 
 	for (i = 0; i < nth; i++) {
 		if (k == WRITERS)
@@ -1290,6 +1345,8 @@ static void test_race(enum racer k)
 	atomic_store(&r.stop, 1);
 	for (i = 0; i < nth; i++)
 		pthread_join(th[i], NULL);
+	if (delay_us)
+		collapse_set_switch_delay(0);
 	/*
 	 * Unregisters the range (UFFD_MOVE): a page the racer could not put
 	 * back reads zeroes now, and counts as lost, rather than waiting for a
@@ -1335,17 +1392,18 @@ static void test_race(enum racer k)
 			 (k != WRITERS || !d.early || d.retries > 0) &&
 			 ((k != MPROTECT && k != FREE) || d.restarts > 0) &&
 			 (k != UFFD_MOVE_OUT || d.switched > 0),
-			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place; %lld switched under the page-table locks, %lld fell back), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
+			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place; %lld switched under the page-table locks, %lld fell back; switch widened by %u us), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
 			 racer_name[k], done, RACE_ROUNDS, race_min_done(k),
 			 d.succeed, d.early, d.retries, d.again, d.recopied, d.restarts,
-			 d.locked, d.in_place, d.switched, d.fallbacks, calls_ok, bad,
+			 d.locked, d.in_place, d.switched, d.fallbacks, delay_us,
+			 calls_ok, bad,
 			 lost, atomic_load(&r.lost),
 			 atomic_load(&r.ops), atomic_load(&r.errors), figures,
 			 (now_ns() - start) / 1e9);
 	free(shadow);
 	munmap(r.p, r.len);
 	if (r.scratch)
-		munmap(r.scratch, PAGE_SZ);
+		munmap(r.scratch, r.scratch_len);
 }
 
 struct mover {
@@ -1546,6 +1604,162 @@ static int collapse_racing_one(char *p, struct one_free *f,
 	pthread_join(th, NULL);
 	rust_stats_read("madvise", s1);
 	return err;
+}
+
+#define SWITCH_MOVE_ROUNDS 48
+#define SWITCH_MOVE_PAGE 77	/* the page moved out, once a round */
+#define SWITCH_MOVE_STEP_US 500	/* round n moves it n * SWITCH_MOVE_STEP_US in */
+#define SWITCH_MOVE_DELAY_US 8000	/* the switch, widened (test kernels) */
+#define SWITCH_MOVE_WAITED_NS 4000000LL	/* a move this long waited for it */
+
+/* One UFFDIO_MOVE out of the range, after a delay: move_during_switch(). */
+struct switch_move {
+	char *page, *slot;
+	int fd;
+	long delay_us;
+	int err;		/* the move's errno, or 0 */
+	bool moved;		/* it reported the page moved */
+	bool landed;		/* and the slot then held a page */
+	long long took_ns;	/* the first UFFDIO_MOVE call */
+};
+
+static void *move_during_switch(void *arg)
+{
+	struct sigaction sa = { .sa_handler = move_out_sigbus }, old;
+	struct switch_move *m = arg;
+	struct uffdio_move mv = {
+		.dst = (unsigned long)m->slot,
+		.src = (unsigned long)m->page,
+		.len = PAGE_SZ,
+		.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+	};
+	long long t0;
+	int tries;
+
+	usleep(m->delay_us);
+	/* EBUSY: a large folio that did not split yet (a PMD just split). */
+	for (tries = 0; tries < 100; tries++) {
+		t0 = now_ns();
+		m->err = ioctl(m->fd, UFFDIO_MOVE, &mv) ? errno : 0;
+		if (!tries)
+			m->took_ns = now_ns() - t0;
+		if (m->err != EBUSY && m->err != EAGAIN)
+			break;
+		mv.move = 0;
+		usleep(100);
+	}
+	m->moved = !m->err && mv.move == PAGE_SZ;
+	if (m->moved && !sigaction(SIGBUS, &sa, &old)) {
+		m->landed = move_out_landed(m->slot);
+		sigaction(SIGBUS, &old, NULL);
+	}
+	return NULL;
+}
+
+/*
+ * UFFDIO_MOVE of a page out of a range (not registered with userfaultfd)
+ * while the Rust core switches that range under the page-table locks
+ * (patch 0014). Each of SWITCH_MOVE_ROUNDS rounds faults one PMD of small
+ * pages and collapses it while a thread moves page SWITCH_MOVE_PAGE to a
+ * registered scratch page, once, round n's n * SWITCH_MOVE_STEP_US after
+ * the call began, with UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES; on a test kernel
+ * each switch spins SWITCH_MOVE_DELAY_US with the range's entries taken
+ * out, so that some moves wait for it (they take that long). The page is
+ * never a hole: every move must move it, its data in the scratch page, and
+ * the range read zeroes there and the data elsewhere. Before patch 0014 a
+ * move that waited for the switch found the entries of the table the
+ * switch had replaced, none, and took them for a hole: reported moved,
+ * with nothing in the scratch page (the data stayed in the huge page).
+ */
+static void test_move_during_switch(void)
+{
+	static const char zero[PAGE_SZ];
+	static struct rust_stats s0, s1;
+	char *p = small_pages(1), *shadow = malloc(PMD_SZ), *scratch;
+	int n, fd, holes = 0, errs = 0, waited = 0, lost = 0, unexpected = 0;
+	long long start = now_ns(), switched = 0;
+	bool delay;
+	size_t pg;
+	char why[160];
+
+	if (!shadow)
+		ksft_exit_fail_perror("malloc");
+	fd = uffd_with_move(why, sizeof(why), UFFD_FEATURE_SIGBUS);
+	if (fd < 0) {
+		ksft_test_result_skip("rust: UFFDIO_MOVE out of a range during its switch: %s\n",
+				      why);
+		goto out;
+	}
+	scratch = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (scratch == MAP_FAILED)
+		ksft_exit_fail_perror("mmap(scratch)");
+	if (uffd_register(fd, scratch, PAGE_SZ, true, false, false))
+		ksft_exit_fail_msg("UFFDIO_REGISTER: %s\n", strerror(errno));
+	allow_thp(p, PMD_SZ);
+	collapse_require_core("rust");
+	delay = !collapse_set_switch_delay(SWITCH_MOVE_DELAY_US);
+	for (n = 0; n < SWITCH_MOVE_ROUNDS; n++) {
+		struct switch_move m = {
+			.page = p + SWITCH_MOVE_PAGE * PAGE_SZ, .slot = scratch,
+			.fd = fd, .delay_us = n * SWITCH_MOVE_STEP_US,
+		};
+		struct rust_paths d;
+		pthread_t th;
+		int ret, err;
+
+		madvise(p, PMD_SZ, MADV_DONTNEED);
+		madvise(scratch, PAGE_SZ, MADV_DONTNEED);
+		for (pg = 0; pg < PAGES_PER_PMD; pg++)
+			fill_page(p, shadow, pg, 300 + n);
+		rust_stats_read("madvise", &s0);
+		if (pthread_create(&th, NULL, move_during_switch, &m))
+			ksft_exit_fail_perror("pthread_create");
+		ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+		err = ret ? errno : 0;
+		if (ret && err != EAGAIN && err != EBUSY)
+			unexpected++;
+		pthread_join(th, NULL);
+		rust_stats_read("madvise", &s1);
+		d = rust_paths_delta(&s0, &s1);
+		switched += d.switched;
+		waited += m.took_ns > SWITCH_MOVE_WAITED_NS;
+		holes += m.moved && !m.landed;
+		errs += !m.moved;
+		if (m.landed && memcmp(scratch, shadow + SWITCH_MOVE_PAGE * PAGE_SZ, PAGE_SZ))
+			lost++;
+		for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+			const char *want = pg == SWITCH_MOVE_PAGE && m.moved ? zero :
+					   shadow + pg * PAGE_SZ;
+
+			/* A hole left behind reads zeroes: lost if not. */
+			if (memcmp(p + pg * PAGE_SZ, want, PAGE_SZ))
+				lost++;
+		}
+		if (m.moved != m.landed || !m.moved || m.took_ns > SWITCH_MOVE_WAITED_NS)
+			ksft_print_msg("round %d: move %ld us in: %s, %s, %.1f ms; collapse %s\n",
+				       n, m.delay_us, m.err ? strerror(m.err) : "done",
+				       !m.moved ? "not moved" :
+				       m.landed ? "landed" : "moved as a hole",
+				       m.took_ns / 1e6, ret ? strerror(err) : "done");
+	}
+	if (delay)
+		collapse_set_switch_delay(0);
+	/*
+	 * Without the test kernel's delay no move need meet a switch: the
+	 * rounds then only show that moves and collapses of one range agree.
+	 */
+	ksft_test_result(!holes && !errs && !lost && !unexpected && switched > 0 &&
+			 (!delay || waited > 0),
+			 "rust: UFFDIO_MOVE out of a range during its switch under the page-table locks: %d rounds, %lld switched, %d moves waited for a switch (switch widened by %d us), %d moved as holes, %d failed, %d pages lost, %d unexpected errors, %.1f s\n",
+			 SWITCH_MOVE_ROUNDS, switched, waited,
+			 delay ? SWITCH_MOVE_DELAY_US : 0, holes, errs, lost,
+			 unexpected, (now_ns() - start) / 1e9);
+	munmap(scratch, PAGE_SZ);
+	close(fd);
+out:
+	free(shadow);
+	munmap(p, PMD_SZ);
 }
 
 /*
@@ -3361,9 +3575,10 @@ int main(int argc, char **argv)
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
 	if (races_only) {
 		/* The KCSAN boot: the racers against the Rust core, no more. */
-		ksft_set_plan(NR_RACERS + 4);
+		ksft_set_plan(NR_RACERS + 5);
 		for (l = 0; l < NR_RACERS; l++)
 			test_race(l);
+		test_move_during_switch();
 		test_race_mremap();
 		test_race_invalidated_once();
 		test_race_refault_then_zap();
@@ -3372,7 +3587,7 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 2 + 4 + 4 + NR_RACERS + 4 + 2 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 2 + 2 + 4 + 4 + NR_RACERS + 5 + 2 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
@@ -3388,6 +3603,7 @@ int main(int argc, char **argv)
 
 	for (l = 0; l < NR_RACERS; l++)
 		test_race(l);
+	test_move_during_switch();
 	test_race_mremap();
 	test_race_invalidated_once();
 	test_race_refault_then_zap();

@@ -43,10 +43,10 @@ static inline const char *collapse_core(void)
 	return open + 1;
 }
 
-/* Write @val to the core knob; returns 0 or the errno of the write. */
-static inline int collapse_set_core(const char *val)
+/* Write @val to the knob @path; returns 0 or the errno of the write. */
+static inline int collapse_write_knob(const char *path, const char *val)
 {
-	FILE *f = fopen(COLLAPSE_SYSFS "/core", "w");
+	FILE *f = fopen(path, "w");
 	int err = 0;
 
 	if (!f)
@@ -58,22 +58,32 @@ static inline int collapse_set_core(const char *val)
 	return err;
 }
 
+/* Write @val to the core knob; returns 0 or the errno of the write. */
+static inline int collapse_set_core(const char *val)
+{
+	return collapse_write_knob(COLLAPSE_SYSFS "/core", val);
+}
+
 /*
  * Write @val ("ptl" or "vma") to the Rust core's rust_switch knob; returns 0
  * or the errno of the write.
  */
 static inline int collapse_set_switch(const char *val)
 {
-	FILE *f = fopen(COLLAPSE_SYSFS "/rust_switch", "w");
-	int err = 0;
+	return collapse_write_knob(COLLAPSE_SYSFS "/rust_switch", val);
+}
 
-	if (!f)
-		return errno;
-	if (fputs(val, f) == EOF)
-		err = errno;
-	if (fclose(f) == EOF && !err)
-		err = errno;
-	return err;
+/*
+ * Widen the Rust core's switch under the page-table locks by @us
+ * microseconds (debugfs thp_collapse_switch_delay_us, a hook of test kernels
+ * only); returns 0 or the errno (ENOENT: no such hook).
+ */
+static inline int collapse_set_switch_delay(unsigned int us)
+{
+	char val[16];
+
+	snprintf(val, sizeof(val), "%u", us);
+	return collapse_write_knob("/sys/kernel/debug/thp_collapse_switch_delay_us", val);
 }
 
 static inline void collapse_require_core(const char *val)
