@@ -65,6 +65,13 @@
  * each core on one copy of the workload (how the benchmark ran before it
  * swapped copies), to measure what the copy alone does to the ratio.
  *
+ * -M makes that thread fault only, without the mincore() calls: a hold that
+ * begins while it runs then stalls a fault, not a mincore() call, so the
+ * fault figures show what the process's page faults wait for (the stall
+ * column is not measured). The Rust core's switch under the page-table
+ * locks (sysfs collapse/rust_switch "ptl") lets those faults through where
+ * the VMA write lock ("vma", and the C core) holds them.
+ *
  * -S runs no mincore() or fault thread and traces nothing (no stall, fault
  * or write-hold figures): with the guest's clock counting instructions (QEMU
  * -icount), a call's time is then the work of the core alone, not that of
@@ -100,8 +107,8 @@
  *              fresh page (never mapped before, or zapped since) of the
  *              VMA's tail in each turn of its loop, and a fault that began
  *              during a call counts for that call's core and workload:
- *              p50, p99 and the largest (full, half, huge and shmem; the
- *              others have no tail). A hold that begins during the
+ *              p50, p99, the largest, and how many took 100 us or more
+ *              (full, half, huge and shmem; the others have no tail). A hold that begins during the
  *              thread's mincore() stalls that and not the fault after it.
  */
 #define _GNU_SOURCE
@@ -333,6 +340,7 @@ static char *map_file(const char *dir, size_t nr)
  */
 static struct {
 	char *probe;
+	int fault_only;		/* -M: no mincore() calls */
 	atomic_int stop;
 	atomic_llong max_stall;	/* ns */
 	atomic_long iterations;
@@ -378,7 +386,7 @@ static void *stall_thread(void *arg)
 	(void)arg;
 	while (!atomic_load(&stall.stop)) {
 		t0 = now_ns();
-		if (mincore(stall.probe, PAGE_SZ, &vec))
+		if (!stall.fault_only && mincore(stall.probe, PAGE_SZ, &vec))
 			break;
 		d = (long long)(now_ns() - t0);
 		cur = atomic_load(&stall.max_stall);
@@ -1593,13 +1601,16 @@ static int float_cmp(const void *a, const void *b)
  * The second table: per workload and core, the median write-hold per 2 MiB
  * and the page fault latencies in the collapsed VMA during the calls.
  */
+/* A fault this long (ns) waited for something: the "slow" column. */
+#define SLOW_FAULT_NS 100000
+
 static void stall_table(void)
 {
 	int w, k;
 
-	printf("\n%-14s %10s %10s %7s %9s %9s %9s %9s %9s %9s %7s\n", "workload",
-	       "c hold us", "rust hold", "r/c", "c flt p50", "c p99", "c max",
-	       "r flt p50", "r p99", "r max", "faults");
+	printf("\n%-14s %10s %10s %7s %9s %9s %9s %6s %9s %9s %9s %6s %7s\n", "workload",
+	       "c hold us", "rust hold", "r/c", "c flt p50", "c p99", "c max", "c slow",
+	       "r flt p50", "r p99", "r max", "r slow", "faults");
 	for (w = 0; w < NR_WORKLOADS; w++) {
 		double hold[2];
 		int n = 0;
@@ -1619,18 +1630,27 @@ static void stall_table(void)
 			float *v = faults[k][w].ns;
 			int m = faults[k][w].n;
 
+			int slow = 0, i;
+
 			n += m;
 			qsort(v, m, sizeof(*v), float_cmp);
+			for (i = 0; i < m; i++)
+				slow += v[i] >= SLOW_FAULT_NS;
 			print_us(9, m ? v[m / 2] : -1);
 			print_us(9, m ? v[(int)(m * 0.99)] : -1);
 			print_us(9, m ? v[m - 1] : -1);
+			if (m)
+				printf(" %6d", slow);
+			else
+				printf(" %6s", "-");
 		}
 		printf(" %7d\n", n);
 	}
 	printf("(hold: median over calls of the time the collapsing task held an mmap\n"
 	       " lock for write, from the mmap_lock tracepoints, per 2 MiB; flt: page\n"
 	       " faults in the tail of the collapsed VMA begun during the calls, us;\n"
-	       " faults: how many, both cores)\n");
+	       " slow: how many of them took 100 us or more; faults: how many, both\n"
+	       " cores)\n");
 }
 
 int main(int argc, char **argv)
@@ -1648,7 +1668,7 @@ int main(int argc, char **argv)
 	/* The flag workloads' MiB per copy: none with -W (another workload). */
 	size_t gmib = 64;
 
-	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CSd:F:W:g:")) != -1) {
+	while ((opt = getopt(argc, argv, "r:m:k:a:fp:CMSd:F:W:g:")) != -1) {
 		switch (opt) {
 		case 'r':
 			rounds = atoi(optarg);
@@ -1671,6 +1691,9 @@ int main(int argc, char **argv)
 			break;
 		case 'S':
 			no_stall = 1;
+			break;
+		case 'M':
+			stall.fault_only = 1;
 			break;
 		case 'C':
 			prof.callers = 1;
@@ -1695,7 +1718,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr, "usage: %s [-r rounds] [-m MiB] [-k MiB] %s\n", argv[0],
-				"[-a c|rust] [-f] [-S] [-p usec [-C]] [-d dir [-F MiB]] [-W workload] [-g MiB]");
+				"[-a c|rust] [-f] [-M|-S] [-p usec [-C]] [-d dir [-F MiB]] [-W workload] [-g MiB]");
 			return 2;
 		}
 	}
