@@ -716,12 +716,29 @@ __rust_helper void rust_helper_restore_ptes(struct mm_struct *mm,
 }
 
 #ifdef CONFIG_X86
-/* flush_tlb_range() of a VMA that is not hugetlb, as <asm/tlbflush.h> has it. */
+/*
+ * A TLB flush of a range of a VMA that is not hugetlb, after changes to its
+ * entries only: unlike <asm/tlbflush.h>'s flush_tlb_range(), it passes
+ * freed_tables false, so CPUs in lazy TLB mode are spared (they flush when
+ * they switch back to the mm).
+ */
 __rust_helper void rust_helper_flush_tlb_range(struct vm_area_struct *vma,
 					       unsigned long start,
 					       unsigned long end)
 {
 	flush_tlb_mm_range(vma->vm_mm, start, end, PAGE_SHIFT, false);
+}
+
+/*
+ * flush_tlb_range() of a VMA that is not hugetlb, as <asm/tlbflush.h> has it
+ * (freed_tables true): before a page table that the range's PMD pointed to is
+ * freed, every CPU, lazy ones included, must forget that pointer.
+ */
+__rust_helper void rust_helper_flush_tlb_table_range(struct vm_area_struct *vma,
+						     unsigned long start,
+						     unsigned long end)
+{
+	flush_tlb_mm_range(vma->vm_mm, start, end, PAGE_SHIFT, true);
 }
 #endif
 

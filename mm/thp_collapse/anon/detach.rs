@@ -49,11 +49,13 @@ pub(crate) type MmapWrite<'a> = MmapWriteLock<'a>;
 /// The anon_vma root lock held for write (`kernel::mm::anon_vma`).
 pub(crate) type AnonVmaWrite<'a> = AnonVmaWriteGuard<'a>;
 
-/// A page table of PTEs taken out of its PMD, the candidate range of its entries being
+/// A page table of PTEs taken out of its PMD (or whose candidate entries were taken out of it,
+/// its locks held: `DetachedPteTable::take`), the candidate range of its entries being
 /// collapsed, and the folios of that range that were isolated so far.
 ///
-/// No page fault can reach the pages while the table is detached, nor a GUP-fast walk keep a
-/// reference it takes (see `DetachedPteTable`), and no rmap walk can reach the isolated ones.
+/// No page fault can reach the pages while the table is detached or its entries are out, nor
+/// a GUP-fast walk keep a reference it takes (see `DetachedPteTable`), and no rmap walk can
+/// reach the isolated ones.
 /// [`DetachedTable::install`] maps the new folio (with the PMD for the PMD order, else with PTEs in
 /// the table, which goes back in place); dropping the table puts it back, releases the isolated
 /// folios and then the anon_vma lock, in that order (the order of the fields).
@@ -427,6 +429,11 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let first = c.first.min(PTES_PER_PMD as usize - nr);
         let start = haddr + first * PAGE_SIZE;
         let range = (start, start + nr * PAGE_SIZE);
+        // Empty: the collapse that went through before released its old folios after its
+        // lock (else they would be released here, correctly if late, and before the
+        // page-table locks a take holds). The slots of the candidate are all written by the
+        // isolation.
+        list.clear();
         let table = match held {
             Some((saved, watch)) => {
                 DetachedPteTable::take(guard, &anon, vma, pmd, range, saved, Some(watch))
@@ -434,10 +441,6 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             None => DetachedPteTable::detach(guard, &anon, vma, pmd, range.0, range.1),
         }
         .ok_or(Fail::NoPteTable)?;
-        // Empty: the collapse that went through before released its old folios after its
-        // lock (else they would be released here, correctly if late). The slots of the
-        // candidate are all written by the isolation.
-        list.clear();
         // INVARIANT: Nothing is isolated yet; the list has one slot per PTE.
         Ok(Self {
             table,
@@ -518,8 +521,9 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
 
     /// Notes that the isolated pages are to be copied, not kept: when the whole table was
     /// isolated, the anon_vma lock goes at once, since rmap walkers cannot get at the pages
-    /// any more. For a smaller order the other PTEs of the table still map pages that rmap
-    /// walkers may look for while the table is detached, so the lock stays until the end, as
+    /// any more (the table is detached, or its entries taken out). For a smaller order the
+    /// other PTEs of the table still map pages that rmap walkers may look for while the table
+    /// is detached (or its lock held), so the lock stays until the end, as
     /// it does for a folio mapped in place ([`DetachedTable::install_in_place`]).
     /// Upstream: the `anon_vma_unlock_write()` after `__collapse_huge_page_isolate()`.
     pub(crate) fn copying(&mut self) {
@@ -581,11 +585,15 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         ffi::writable_entries(&locked, first, nr).map(|w| w.weight(first, first + nr))
     }
 
-    /// How many pages of the candidate [`DetachedTable::copy`] would copy, given the entries
-    /// `copied` early: those mapped but not copied.
-    pub(crate) fn to_copy(&self, copied: &Occupied) -> usize {
+    /// How many pages of the candidate [`DetachedTable::copy`] would copy or clear, given the
+    /// entries `copied` early and `cleared` before the lock: those mapped but not copied, and
+    /// those empty but not cleared.
+    pub(crate) fn to_copy(&self, copied: &Occupied, cleared: &Occupied) -> usize {
         (self.first..self.first + self.nr)
-            .filter(|&i| self.iso.slot(i).is_some() && !copied.contains(i))
+            .filter(|&i| match self.iso.slot(i) {
+                Some(_) => !copied.contains(i),
+                None => !cleared.contains(i),
+            })
             .count()
     }
 

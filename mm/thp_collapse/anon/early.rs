@@ -15,11 +15,11 @@
 //! those and copy them again, as long as enough were written to be worth a pass.
 //!
 //! Under the mmap lock for write, provided nothing invalidated the range
-//! ([`EarlyCopy::invalidated`]), [`EarlyCopy::settle`] keeps, once the page table is detached,
-//! the copy of each page whose entry still maps it read-only: a write would have made the
-//! entry writable first, and making it read-only again is an invalidation (or a later pass
-//! of this copy, which copied the page again). The collapse copies the other pages again,
-//! under the lock, as before.
+//! ([`EarlyCopy::invalidated`]), [`EarlyCopy::settle`] keeps, once the page table is detached
+//! (or its entries taken out under its lock), the copy of each page whose entry still maps it
+//! read-only: a write would have made the entry writable first, and making it read-only again
+//! is an invalidation (or a later pass of this copy, which copied the page again). The
+//! collapse copies the other pages again, under the lock, as before.
 //!
 //! A copy that something else invalidated starts over once ([`RESTARTS`]), under a new watch
 //! taken with no lock held; if that one is invalidated too, the collapse copies everything
@@ -333,9 +333,11 @@ impl EarlyCopy {
     }
 
     /// Whether anything but this copy invalidated the range since before its entries were
-    /// write-protected; then no page of the copy counts. To be asked with every invalidator
-    /// of the range shut out (the mmap lock for write, the VMA's faults, the anon_vma lock),
-    /// and before the page table is detached, which invalidates the range itself.
+    /// write-protected; then no page of the copy counts. To be asked with the invalidators of
+    /// the range shut out (the mmap lock for write and the anon_vma lock; and the VMA's faults,
+    /// or else see `anon::take_isolated()` for what they can do meanwhile), and before the page
+    /// table is detached, which invalidates the range itself (taking its entries out under
+    /// the watch's own notifier range does not).
     pub(crate) fn invalidated(&self) -> bool {
         self.watch.invalidated()
     }

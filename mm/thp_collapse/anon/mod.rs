@@ -301,7 +301,7 @@ fn collapse_write_locked(
     let early_copy = early.as_ref().map_or((0, 0), |early| early.retried());
     let held = held.filter(|_| early.as_ref().is_some_and(|early| !early.invalidated()));
     if let (Some(held), Some(e)) = (held, early.as_deref_mut()) {
-        let isolated = match take_isolated(guard, c, mode, tunables, list, e, held) {
+        let isolated = match take_isolated(guard, c, mode, tunables, list, (e, cleared), held) {
             Ok(Ok((table, valid))) => {
                 let valid = Some(valid);
                 return copy_install(table, valid, (new, fresh, cleared), early_copy, copy);
@@ -313,9 +313,10 @@ fn collapse_write_locked(
         };
         if isolated == Some(true) {
             // Dropping the table put everything back. The folios it isolated went back
-            // through this CPU's LRU batch, which holds a reference to each until drained:
-            // the isolation of the next switch would fail on them.
-            ffi::drain_lru_batches(Effort::Light);
+            // through an LRU batch, which holds a reference to each until drained: the
+            // isolation of the next switch would fail on them. This CPU's, unless the task
+            // moved since (every CPU's, but for a request that may not wait).
+            ffi::drain_lru_batches(mode.effort());
         }
         if isolated.is_some() {
             *copy = CopyKind::FellBack;
@@ -347,26 +348,31 @@ type Held<'g, 'l> = Result<Result<(DetachedTable<'g, 'l>, Occupied), GaveUp>, Fa
 /// are not kept out; the candidate's entries are taken out of the table into `saved` under
 /// the PMD lock and the table's lock (`DetachedPteTable::take`), which stay held until the
 /// install or the drop of the table. Not tried if the VMA is registered with userfaultfd.
-/// Gives up, putting everything back, if more than [`SWITCH_RECOPY_MAX`] entries map a page
-/// written since the early copy's last pass (or mapped since), checked before the isolation,
-/// or if more than that many pages are to be copied again after it.
+/// Gives up, putting everything back, if the watch shows an invalidation once the anon_vma
+/// lock is held, if more than [`SWITCH_RECOPY_MAX`] entries map a page written since the
+/// early copy's last pass (or mapped since), checked before the isolation, or if more than
+/// that many pages are to be copied or cleared after it (`cleared` has the pages of the new
+/// folio cleared already).
 ///
 /// The early copy holds for each entry that still maps its page read-only
-/// ([`EarlyCopy::settle`]), without a look at the watch again: what the watch is for, an
-/// entry written and then write-protected again by someone else (fork, mprotect,
-/// UFFDIO_WRITEPROTECT, KSM, NUMA hinting, soft-dirty clearing), only runs under the mmap
-/// lock, and so ended before the caller took it for write, where the watch was read. What
-/// runs meanwhile under the VMA's lock (faults, MADV_DONTNEED and MADV_FREE, UFFDIO_COPY and
-/// UFFDIO_MOVE, guard regions) and reclaim and migration (through the rmap, until the
-/// anon_vma lock) only ever make an entry writable, none, or map another page there: the
-/// entries taken out show that.
+/// ([`EarlyCopy::settle`]). The watch is read once more, with the anon_vma lock held, before
+/// the entries are taken out, and not after: what the watch is for, an entry written and
+/// then write-protected again with its page kept, comes either from a walker under the mmap
+/// lock (fork, mprotect, UFFDIO_WRITEPROTECT, KSM, NUMA hinting, soft-dirty clearing), which
+/// ended before the caller took it for write, or from an unmap through the rmap (reclaim
+/// swapping the page out) followed by a fault that maps the same folio again read-only (a
+/// swap-in from the swap cache), which the anon_vma lock shuts out from then on. What runs
+/// meanwhile under the VMA's lock alone (faults, MADV_DONTNEED and MADV_FREE, UFFDIO_MOVE,
+/// guard regions) only ever makes an entry writable, none, or map another page there, which
+/// the entries taken out show; and a MADV_FREE waiting for the table's lock, its notifier
+/// range begun, does not cost the copy.
 fn take_isolated<'g, 'l>(
     guard: &'g MmapWrite<'_>,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
     list: &'l mut IsolationList,
-    early: &mut EarlyCopy,
+    (early, cleared): (&mut EarlyCopy, &Occupied),
     saved: PteSnapshot,
 ) -> Held<'g, 'l> {
     let vma = revalidate_anon(guard, c.haddr, mode, c.order)?;
@@ -379,6 +385,10 @@ fn take_isolated<'g, 'l>(
     }
     let pmd = guard.pmd_table(c.haddr)?;
     let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
+    // Unmapped through the rmap since the write lock (and maybe faulted back in read-only).
+    if early.invalidated() {
+        return Ok(Err(GaveUp::PutBack { isolated: false }));
+    }
     let held = Some((saved, early.watch()));
     let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list, held)?;
     ffi::switch_test_delay();
@@ -391,7 +401,9 @@ fn take_isolated<'g, 'l>(
     }
     table.isolate(mode, mode.limits(tunables, c.order, Userfault::Unarmed))?;
     match early.settle(true, |i, page| table.maps_read_only(i, page)) {
-        Some(valid) if table.to_copy(&valid) <= SWITCH_RECOPY_MAX => Ok(Ok((table, valid))),
+        Some(valid) if table.to_copy(&valid, cleared) <= SWITCH_RECOPY_MAX => {
+            Ok(Ok((table, valid)))
+        }
         _ => Ok(Err(GaveUp::PutBack { isolated: true })),
     }
 }

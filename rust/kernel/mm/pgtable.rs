@@ -235,7 +235,9 @@ impl Drop for PteTableLocked<'_> {
 /// [`LockedPtes::entries`] returns `Some(p)` only if `first + n` (without overflow) is at most
 /// [`PTRS_PER_PTE`]; `p` then points to the entries `first .. first + n` of one mapped page
 /// table whose lock is held, which only the holder can change, and which stays mapped and
-/// locked for as long as `self` is borrowed.
+/// locked for as long as `self` is borrowed; or to the saved values of such entries, taken out
+/// of their table under its lock ([`DetachedPteTable::take`]), which only the holder can reach
+/// (to be read, not written).
 pub unsafe trait LockedPtes {
     /// A pointer to the entries `first .. first + n`, or `None` if they are not all in the
     /// table.
@@ -251,12 +253,25 @@ unsafe impl LockedPtes for PteTableLocked<'_> {
     }
 }
 
-// SAFETY: The table is mapped, only its holder can reach it (it is detached), and its lock is
-// held until the value drops; the range is checked.
+// SAFETY: The table is mapped and its lock held until the value drops; only its holder can
+// change its entries (it is detached, or they were taken out, under that lock). A run of
+// entries taken out is read from their saved values, which nothing else can reach; a run
+// partly taken out and partly not is refused. The range is checked.
 unsafe impl LockedPtes for DetachedPteLock<'_, '_> {
     #[inline]
     fn entries(&self, first: usize, n: usize) -> Option<*mut bindings::pte_t> {
-        (first.checked_add(n)? <= PTRS_PER_PTE).then(|| self.entry(first))
+        let end = first.checked_add(n)?;
+        if end > PTRS_PER_PTE {
+            return None;
+        }
+        if let Some(h) = &self.table.held {
+            let inside = h.taken.0 <= first && end <= h.taken.1;
+            let outside = end <= h.taken.0 || h.taken.1 <= first;
+            if !inside && !outside {
+                return None;
+            }
+        }
+        Some(self.entry(first))
     }
 }
 
@@ -621,6 +636,29 @@ impl Drop for MmuNotifierClear {
     }
 }
 
+/// The start of the PMD range of `[start, end)`, if `pmd` is an entry of the mm that `lock`
+/// holds the mmap lock of for write, pointing to a page table, and `vma` a VMA of that mm
+/// covering the whole PMD range, of which `[start, end)` is a part, not empty: the arguments
+/// [`DetachedPteTable::detach`] and [`DetachedPteTable::take`] accept.
+fn range_of(
+    lock: &MmapWriteLock<'_>,
+    vma: &VmaRef,
+    pmd: PmdEntry<'_>,
+    start: usize,
+    end: usize,
+) -> Option<usize> {
+    let mm = pmd.mm.as_ptr();
+    let haddr = start & !(PMD_SIZE - 1);
+    let fits = ptr::eq(lock.mm().as_raw(), mm)
+        && ptr::eq(vma.mm().as_raw(), mm)
+        && start < end
+        && end - haddr <= PMD_SIZE
+        && haddr >= vma.start()
+        && haddr + PMD_SIZE <= vma.end()
+        && pmd.state() == PmdState::Table;
+    fits.then_some(haddr)
+}
+
 impl<'a> DetachedPteTable<'a> {
     /// Clears `pmd`, an entry of the mm that `lock` holds the mmap lock of, pointing to a page
     /// table of PTEs, and flushes the TLB; and maps the detached table. Lockless walkers that found
@@ -644,17 +682,7 @@ impl<'a> DetachedPteTable<'a> {
         end: usize,
     ) -> Option<Self> {
         let mm = pmd.mm;
-        let haddr = start & !(PMD_SIZE - 1);
-        if !ptr::eq(lock.mm().as_raw(), mm.as_ptr())
-            || !ptr::eq(vma.mm().as_raw(), mm.as_ptr())
-            || start >= end
-            || end - haddr > PMD_SIZE
-            || haddr < vma.start()
-            || haddr + PMD_SIZE > vma.end()
-            || pmd.state() != PmdState::Table
-        {
-            return None;
-        }
+        let haddr = range_of(lock, vma, pmd, start, end)?;
         let pmdp = pmd.pmdp;
         // SAFETY: The mmap write lock of `mm` is held for `'a`.
         let notifier = unsafe { MmuNotifierClear::start(mm.as_ptr(), start, end) };
@@ -724,17 +752,7 @@ impl<'a> DetachedPteTable<'a> {
         owner: Option<&RangeWatch>,
     ) -> Option<Self> {
         let mm = pmd.mm;
-        let haddr = start & !(PMD_SIZE - 1);
-        if !ptr::eq(lock.mm().as_raw(), mm.as_ptr())
-            || !ptr::eq(vma.mm().as_raw(), mm.as_ptr())
-            || start >= end
-            || end - haddr > PMD_SIZE
-            || haddr < vma.start()
-            || haddr + PMD_SIZE > vma.end()
-            || pmd.state() != PmdState::Table
-        {
-            return None;
-        }
+        let haddr = range_of(lock, vma, pmd, start, end)?;
         let pmdp = pmd.pmdp;
         let owner = owner.map_or(ptr::null_mut(), RangeWatch::owner);
         // SAFETY: The mmap write lock of `mm` is held for `'a`.
@@ -748,13 +766,20 @@ impl<'a> DetachedPteTable<'a> {
             )
         };
         let mut ptl = ptr::null_mut();
+        let mut table = MaybeUninit::<bindings::pmd_t>::zeroed();
         // SAFETY: `pmdp` is an entry of `mm`, alive under the mmap lock; under its lock it can
-        // change no more, and `pte_offset_map_ro_nolock()` maps the table it points to, if
-        // it still points to one.
+        // change no more, and `pte_offset_map_rw_nolock()` maps the table it points to, if
+        // it still points to one, with the value it read (which the entry keeps: its lock is
+        // held), for the entries to be changed under the table's lock.
         let (pmd_ptl, pte) = unsafe {
             let pmd_ptl = bindings::pmd_lock(mm.as_ptr(), pmdp.as_ptr());
-            let pte =
-                bindings::pte_offset_map_ro_nolock(mm.as_ptr(), pmdp.as_ptr(), haddr, &mut ptl);
+            let pte = bindings::pte_offset_map_rw_nolock(
+                mm.as_ptr(),
+                pmdp.as_ptr(),
+                haddr,
+                table.as_mut_ptr(),
+                &mut ptl,
+            );
             (pmd_ptl, pte)
         };
         if pte.is_null() {
@@ -762,15 +787,16 @@ impl<'a> DetachedPteTable<'a> {
             unsafe { bindings::spin_unlock(pmd_ptl) };
             return None;
         }
-        // SAFETY: Under the PMD lock, the entry still points to the table just mapped.
-        let table = unsafe { bindings::pmdp_get_lockless(pmdp.as_ptr()) };
+        // SAFETY: Written by the successful map (and zeroed before: a valid value either way).
+        let table = unsafe { table.assume_init() };
         let (first, last) = (
             (start - haddr) / PAGE_SIZE,
             (end - haddr).div_ceil(PAGE_SIZE),
         );
         // SAFETY: The table's lock nests in the PMD lock, as everywhere (the shmem table
         // retraction, the huge PMD split); the entries `first .. last` are in the mapped
-        // table, and `saved` has room for each at the same index.
+        // table, and `saved` has room for each at the same index; `vma` is valid under the
+        // mmap lock, and `[start, end)` in it (checked above).
         unsafe {
             if ptl != pmd_ptl {
                 bindings::spin_lock_nested(ptl, bindings::SINGLE_DEPTH_NESTING as i32);
@@ -897,9 +923,10 @@ impl<'a> DetachedPteTable<'a> {
         if end - first != 1 << folio.order() || end == first {
             return Err(folio);
         }
-        // SAFETY: The PMD is none and `table` the detached table (type invariants), under the
-        // mmap write lock and the PMD lock: it goes back, and the cleared entries, none now,
-        // map `folio` under the PTE lock nested in the PMD lock (unless it is the same lock).
+        // SAFETY: The PMD is none and `table` the detached table, or it points to the table
+        // and its lock is held (type invariants), under the mmap write lock and the PMD lock:
+        // the table goes back (if detached), and the cleared entries, none now, map `folio`
+        // under the PTE lock nested in the PMD lock (unless it is the same lock).
         unsafe {
             self.install_new(folio, |this, folio, mm, pmdp, pmd_ptl| {
                 // Taken out entry by entry: the table is in place, and its lock held.
@@ -990,9 +1017,9 @@ impl<'a> DetachedPteTable<'a> {
         let (mm, old) = (self.mm.as_ptr(), self.table);
         let f = folio.as_ptr();
         // SAFETY: By the function's safety requirements the folio is locked and ours to map:
-        // its pages are unmapped and its rmap is gone; the PMD is none (type invariants), under
-        // the mmap write lock and the PMD lock: the new, empty table is deposited, and the PMD
-        // maps the folio.
+        // its pages are unmapped and its rmap is gone; the PMD is none, or points to the table
+        // whose entries were all cleared (type invariants), under the mmap write lock and the
+        // PMD lock: the new, empty table is deposited, and the PMD maps the folio.
         unsafe {
             let first = &raw mut (*f).__bindgen_anon_1.page;
             for i in 1..PTRS_PER_PTE {
@@ -1809,6 +1836,24 @@ mod tests {
         PmdEntry::find(lock, addr).map(|p| p.state())
     }
 
+    /// Maps a PMD range in `t` with pages 0 and 5 written ([`marks_kept`] reads them back), and
+    /// returns its address.
+    fn marked_range(t: &TestMm) -> Result<usize> {
+        let p = t.map_pmd_range()?;
+        t.write(p, b"page zero")?;
+        t.write(p + 5 * PAGE, b"page five")?;
+        Ok(p)
+    }
+
+    /// Whether pages 0 and 5 of the range at `p` in `t` hold what [`marked_range`] wrote.
+    fn marks_kept(t: &TestMm, p: usize) -> Result<bool> {
+        let mut zero = [0u8; 9];
+        let mut five = [0u8; 9];
+        t.read(p, &mut zero)?;
+        t.read(p + 5 * PAGE, &mut five)?;
+        Ok(&zero == b"page zero" && &five == b"page five")
+    }
+
     /// What [`DetachedPteTable::install_pmd`] of `huge` and `fresh` into `table`, the table of
     /// the PMD range at `p` of `t`, came to.
     struct HugeInstall {
@@ -2110,9 +2155,7 @@ mod tests {
     #[test]
     fn detach_and_put_back() -> Result {
         let t = TestMm::attach()?;
-        let p = t.map_pmd_range()?;
-        t.write(p, b"page zero")?;
-        t.write(p + 5 * PAGE, b"page five")?;
+        let p = marked_range(&t)?;
 
         let lock = MmapWriteLock::lock(t.mm());
         let vma = lock.find_vma(p).ok_or(EINVAL)?;
@@ -2130,16 +2173,12 @@ mod tests {
         drop(anon);
         drop(lock);
 
-        let mut zero = [0u8; 9];
-        let mut five = [0u8; 9];
-        t.read(p, &mut zero)?;
-        t.read(p + 5 * PAGE, &mut five)?;
+        let kept = marks_kept(&t, p)?;
         assert!(detached);
         assert_eq!(state_detached, Some(PmdState::None));
         assert_eq!(none, Some([false, true, false]));
         assert_eq!(state_back, Some(PmdState::Table));
-        assert_eq!(&zero, b"page zero");
-        assert_eq!(&five, b"page five");
+        assert!(kept);
         Ok(())
     }
 
@@ -2149,9 +2188,7 @@ mod tests {
     #[test]
     fn take_and_put_back() -> Result {
         let t = TestMm::attach()?;
-        let p = t.map_pmd_range()?;
-        t.write(p, b"page zero")?;
-        t.write(p + 5 * PAGE, b"page five")?;
+        let p = marked_range(&t)?;
         let saved = PteSnapshot::new()?;
 
         let lock = MmapWriteLock::lock(t.mm());
@@ -2188,18 +2225,14 @@ mod tests {
         drop(anon);
         drop(lock);
 
-        let mut zero = [0u8; 9];
-        let mut five = [0u8; 9];
-        t.read(p, &mut zero)?;
-        t.read(p + 5 * PAGE, &mut five)?;
+        let kept = marks_kept(&t, p)?;
         assert!(held);
         assert_eq!(state_taken, Some(PmdState::Table));
         assert_eq!(in_table, [true, true, true]);
         assert_eq!(none, [false, true, false]);
         assert_eq!(seen, before);
         assert_eq!(after, before);
-        assert_eq!(&zero, b"page zero");
-        assert_eq!(&five, b"page five");
+        assert!(kept);
         Ok(())
     }
 

@@ -357,8 +357,7 @@ static void test_integrity(const char *core, enum layout l)
 		 */
 		bool switches = switch_vma ? !d.switched && !d.fallbacks :
 				d.switched > 0 &&
-				d.switched + d.fallbacks == d.early &&
-				(!d.fallbacks || l == SWAPPED);
+				d.switched + d.fallbacks == d.early;
 
 		ksft_test_result(!ret && huge && same && moved == want &&
 				 d.early == want && !d.locked && !d.retries &&
@@ -877,12 +876,18 @@ static void *move_racer(void *arg)
 /* UFFD_MOVE_OUT's scratch slots: each move goes to a fresh one. */
 #define MOVE_OUT_SLOTS 512
 
-/* Where move_out_racer() goes back to when a read of a scratch slot faults. */
+/* Where move_out_landed() goes back to when its read of a scratch slot faults. */
 static __thread sigjmp_buf move_out_jmp;
+/* Whether this thread is in move_out_landed()'s read: any other SIGBUS is fatal. */
+static __thread atomic_int move_out_reading;
 
 static void move_out_sigbus(int sig)
 {
-	(void)sig;
+	if (!atomic_load(&move_out_reading)) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
 	siglongjmp(move_out_jmp, 1);
 }
 
@@ -892,10 +897,15 @@ static void move_out_sigbus(int sig)
  */
 static bool move_out_landed(char *slot)
 {
-	if (sigsetjmp(move_out_jmp, 1))
-		return false;
-	(void)__atomic_load_n(slot, __ATOMIC_RELAXED);
-	return true;
+	bool landed = false;
+
+	if (!sigsetjmp(move_out_jmp, 1)) {
+		atomic_store(&move_out_reading, 1);
+		(void)__atomic_load_n(slot, __ATOMIC_RELAXED);
+		landed = true;
+	}
+	atomic_store(&move_out_reading, 0);
+	return landed;
 }
 
 /*
@@ -1608,7 +1618,6 @@ static int collapse_racing_one(char *p, struct one_free *f,
 
 #define SWITCH_MOVE_ROUNDS 48
 #define SWITCH_MOVE_PAGE 77	/* the page moved out, once a round */
-#define SWITCH_MOVE_STEP_US 500	/* round n moves it n * SWITCH_MOVE_STEP_US in */
 #define SWITCH_MOVE_DELAY_US 8000	/* the switch, widened (test kernels) */
 #define SWITCH_MOVE_WAITED_NS 4000000LL	/* a move this long waited for it */
 
@@ -1661,8 +1670,9 @@ static void *move_during_switch(void *arg)
  * while the Rust core switches that range under the page-table locks
  * (patch 0014). Each of SWITCH_MOVE_ROUNDS rounds faults one PMD of small
  * pages and collapses it while a thread moves page SWITCH_MOVE_PAGE to a
- * registered scratch page, once, round n's n * SWITCH_MOVE_STEP_US after
- * the call began, with UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES; on a test kernel
+ * registered scratch page, once, with UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, at a
+ * delay that sweeps the time a collapse takes (measured first, without a
+ * move: the host's speed varies); on a test kernel
  * each switch spins SWITCH_MOVE_DELAY_US with the range's entries taken
  * out, so that some moves wait for it (they take that long). The page is
  * never a hole: every move must move it, its data in the scratch page, and
@@ -1677,7 +1687,8 @@ static void test_move_during_switch(void)
 	static struct rust_stats s0, s1;
 	char *p = small_pages(1), *shadow = malloc(PMD_SZ), *scratch;
 	int n, fd, holes = 0, errs = 0, waited = 0, lost = 0, unexpected = 0;
-	long long start = now_ns(), switched = 0;
+	long long start = now_ns(), switched = 0, t0;
+	long step_us;
 	bool delay;
 	size_t pg;
 	char why[160];
@@ -1699,10 +1710,16 @@ static void test_move_during_switch(void)
 	allow_thp(p, PMD_SZ);
 	collapse_require_core("rust");
 	delay = !collapse_set_switch_delay(SWITCH_MOVE_DELAY_US);
+	/* How long a collapse takes, the switch widened: the sweep's span. */
+	for (pg = 0; pg < PAGES_PER_PMD; pg++)
+		fill_page(p, shadow, pg, 299);
+	t0 = now_ns();
+	madvise(p, PMD_SZ, MADV_COLLAPSE);
+	step_us = (now_ns() - t0) / 1000 / SWITCH_MOVE_ROUNDS + 1;
 	for (n = 0; n < SWITCH_MOVE_ROUNDS; n++) {
 		struct switch_move m = {
 			.page = p + SWITCH_MOVE_PAGE * PAGE_SZ, .slot = scratch,
-			.fd = fd, .delay_us = n * SWITCH_MOVE_STEP_US,
+			.fd = fd, .delay_us = n * step_us,
 		};
 		struct rust_paths d;
 		pthread_t th;
@@ -1751,8 +1768,8 @@ static void test_move_during_switch(void)
 	 */
 	ksft_test_result(!holes && !errs && !lost && !unexpected && switched > 0 &&
 			 (!delay || waited > 0),
-			 "rust: UFFDIO_MOVE out of a range during its switch under the page-table locks: %d rounds, %lld switched, %d moves waited for a switch (switch widened by %d us), %d moved as holes, %d failed, %d pages lost, %d unexpected errors, %.1f s\n",
-			 SWITCH_MOVE_ROUNDS, switched, waited,
+			 "rust: UFFDIO_MOVE out of a range during its switch under the page-table locks: %d rounds %ld us apart, %lld switched, %d moves waited for a switch (switch widened by %d us), %d moved as holes, %d failed, %d pages lost, %d unexpected errors, %.1f s\n",
+			 SWITCH_MOVE_ROUNDS, step_us, switched, waited,
 			 delay ? SWITCH_MOVE_DELAY_US : 0, holes, errs, lost,
 			 unexpected, (now_ns() - start) / 1e9);
 	munmap(scratch, PAGE_SZ);
@@ -3561,6 +3578,13 @@ static void test_pagemap(void)
 	test_pagemap_uffd_wp();
 }
 
+/* Whatever a test left behind: no widened switch, the default switch. */
+static void reset_switch_knobs(void)
+{
+	collapse_set_switch_delay(0);
+	collapse_set_switch("ptl");
+}
+
 int main(int argc, char **argv)
 {
 	char orig[16], thp_enabled[32];
@@ -3573,6 +3597,7 @@ int main(int argc, char **argv)
 		return KSFT_FAIL;
 	}
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
+	atexit(reset_switch_knobs);
 	if (races_only) {
 		/* The KCSAN boot: the racers against the Rust core, no more. */
 		ksft_set_plan(NR_RACERS + 5);
