@@ -332,7 +332,8 @@ fn collapse_write_locked(
 enum GaveUp {
     /// Not tried: the VMA is registered with userfaultfd.
     Armed,
-    /// Put back (too many pages to copy again): `isolated` if folios were isolated first.
+    /// Put back (the range invalidated through the rmap, or too many pages to copy again):
+    /// `isolated` if folios were isolated first.
     PutBack {
         /// Whether folios were isolated, and put back.
         isolated: bool,
