@@ -491,10 +491,13 @@ impl Drop for NewPteTable<'_> {
 /// Or, made by [`DetachedPteTable::take`], a page table left in its PMD entry whose entries of
 /// a range were taken out instead, with the PMD lock and the table's lock held throughout:
 /// the VMA's page faults and the other walkers under its per-VMA lock need not be kept out
-/// for the whole collapse. They find the entries none and wait for the table's lock, and
-/// once they have it they find the PMD entry changed if the table was replaced meanwhile
-/// (`pte_offset_map_lock()`), or the entries as they were (put back) or mapping the new
-/// folio. The PMD entry never goes none: a zap that saw it none would skip the range.
+/// for the whole collapse, nor, if the caller holds the mmap lock for read only, the
+/// walkers under that (GUP, `/proc` readers, `madvise()`, a second collapser). They find the
+/// entries none and wait for the table's lock, and once they have it they find the PMD entry
+/// changed if the table was replaced meanwhile (`pte_offset_map_lock()`), or the entries as
+/// they were (put back) or mapping the new folio. The PMD entry never goes none: a zap that
+/// saw it none would skip the range. The table is replaced only under the PMD lock, and
+/// freed after an RCU grace period, as the shmem table retraction does under no mmap lock.
 ///
 /// [`DetachedPteTable::install_pmd`] maps a huge folio with the PMD instead, depositing a
 /// [`NewPteTable`] and freeing this one after an RCU grace period;
@@ -503,8 +506,8 @@ impl Drop for NewPteTable<'_> {
 ///
 /// # Invariants
 ///
-/// - The mmap lock of `mm` is held for write for `'a`; `vma` is a VMA of `mm` that covers
-///   `[haddr, haddr + PMD_SIZE)`.
+/// - The mmap lock of `mm` is held for `'a`, for write if `held` is `None`; `vma` is a VMA of
+///   `mm` that covers `[haddr, haddr + PMD_SIZE)`.
 /// - If `held` is `None`: `*pmdp` is none; `table` is the value it held, which points to a
 ///   page table of PTEs; `ptl` is that table's lock, not held by this value.
 /// - If `held` is `Some(h)`: `*pmdp` is `table`, which points to a page table of PTEs; this
@@ -637,11 +640,11 @@ impl Drop for MmuNotifierClear {
 }
 
 /// The start of the PMD range of `[start, end)`, if `pmd` is an entry of the mm that `lock`
-/// holds the mmap lock of for write, pointing to a page table, and `vma` a VMA of that mm
+/// holds the mmap lock of, pointing to a page table, and `vma` a VMA of that mm
 /// covering the whole PMD range, of which `[start, end)` is a part, not empty: the arguments
 /// [`DetachedPteTable::detach`] and [`DetachedPteTable::take`] accept.
-fn range_of(
-    lock: &MmapWriteLock<'_>,
+fn range_of<L: MmapLocked + ?Sized>(
+    lock: &L,
     vma: &VmaRef,
     pmd: PmdEntry<'_>,
     start: usize,
@@ -649,7 +652,7 @@ fn range_of(
 ) -> Option<usize> {
     let mm = pmd.mm.as_ptr();
     let haddr = start & !(PMD_SIZE - 1);
-    let fits = ptr::eq(lock.mm().as_raw(), mm)
+    let fits = ptr::eq(lock.locked_mm().as_raw(), mm)
         && ptr::eq(vma.mm().as_raw(), mm)
         && start < end
         && end - haddr <= PMD_SIZE
@@ -742,8 +745,8 @@ impl<'a> DetachedPteTable<'a> {
     /// Returns `None`, changing nothing, as [`DetachedPteTable::detach`] does.
     /// C: no counterpart; `pmdp_collapse_flush()` in `collapse_huge_page()` takes the whole
     /// table out instead, with the VMA write-locked.
-    pub fn take(
-        lock: &'a MmapWriteLock<'_>,
+    pub fn take<L: MmapLocked + ?Sized>(
+        lock: &'a L,
         _anon: &AnonVmaWriteGuard<'_>,
         vma: &'a VmaRef,
         pmd: PmdEntry<'a>,
@@ -755,7 +758,7 @@ impl<'a> DetachedPteTable<'a> {
         let haddr = range_of(lock, vma, pmd, start, end)?;
         let pmdp = pmd.pmdp;
         let owner = owner.map_or(ptr::null_mut(), RangeWatch::owner);
-        // SAFETY: The mmap write lock of `mm` is held for `'a`.
+        // SAFETY: The mmap lock of `mm` is held for `'a`.
         let notifier = unsafe {
             MmuNotifierClear::start_owned(
                 mm.as_ptr(),
@@ -897,8 +900,9 @@ impl<'a> DetachedPteTable<'a> {
             return Err(folio);
         }
         let (mm, old) = (self.mm.as_ptr(), self.table);
-        // SAFETY: The PMD is none, or points to the table whose entries were all cleared
-        // (type invariants), under the mmap write lock and the PMD lock: the new, empty table
+        // SAFETY: The PMD is none (under the mmap write lock), or points to the table whose
+        // entries were all cleared and whose lock is held (type invariants), under the PMD
+        // lock: the new, empty table
         // is deposited, and the PMD maps `folio`.
         unsafe {
             self.install_new(folio, |this, folio, mm, pmdp, _| {
@@ -924,7 +928,7 @@ impl<'a> DetachedPteTable<'a> {
             return Err(folio);
         }
         // SAFETY: The PMD is none and `table` the detached table, or it points to the table
-        // and its lock is held (type invariants), under the mmap write lock and the PMD lock:
+        // and its lock is held (type invariants), under the mmap lock and the PMD lock:
         // the table goes back (if detached), and the cleared entries, none now, map `folio`
         // under the PTE lock nested in the PMD lock (unless it is the same lock).
         unsafe {
@@ -1018,8 +1022,9 @@ impl<'a> DetachedPteTable<'a> {
         let f = folio.as_ptr();
         // SAFETY: By the function's safety requirements the folio is locked and ours to map:
         // its pages are unmapped and its rmap is gone; the PMD is none, or points to the table
-        // whose entries were all cleared (type invariants), under the mmap write lock and the
-        // PMD lock: the new, empty table is deposited, and the PMD maps the folio.
+        // whose entries were all cleared (type invariants), under the mmap lock (for write if
+        // the PMD is none) and the PMD lock: the new, empty table is deposited, and the PMD
+        // maps the folio.
         unsafe {
             let first = &raw mut (*f).__bindgen_anon_1.page;
             for i in 1..PTRS_PER_PTE {
