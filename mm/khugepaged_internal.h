@@ -141,7 +141,14 @@ void thp_collapse_remove_rmap_small(struct folio *folio,
 long thp_collapse_wait_claim(unsigned long *slot, unsigned long claim,
 			     long timeout);
 void thp_collapse_drop_claim(unsigned long *slot);
-bool thp_collapse_switch_ptl(void);
+/* How the Rust core switches an anonymous range: sysfs collapse/rust_switch. */
+enum thp_collapse_switch {
+	THP_COLLAPSE_SWITCH_VMA,	/* the VMA write-locked, as upstream */
+	THP_COLLAPSE_SWITCH_PTL,	/* the page-table locks, mmap lock for write */
+	THP_COLLAPSE_SWITCH_READ,	/* the page-table locks, mmap lock for read */
+};
+
+int thp_collapse_switch_mode(void);
 void thp_collapse_switch_test_delay(void);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */

@@ -70,39 +70,54 @@ static ssize_t core_store(struct kobject *kobj, struct kobj_attribute *attr,
 
 static struct kobj_attribute core_attr = __ATTR_RW(core);
 
-/* See thp_collapse_switch_ptl(). */
-static bool thp_collapse_switch_under_ptl __read_mostly = true;
+/* See thp_collapse_switch_mode(). */
+static int thp_collapse_switch_cur __read_mostly = THP_COLLAPSE_SWITCH_READ;
+
+static const char * const thp_collapse_switch_names[] = {
+	[THP_COLLAPSE_SWITCH_VMA] = "vma",
+	[THP_COLLAPSE_SWITCH_PTL] = "ptl",
+	[THP_COLLAPSE_SWITCH_READ] = "read",
+};
 
 /**
- * thp_collapse_switch_ptl() - how the Rust core switches an anonymous range.
+ * thp_collapse_switch_mode() - how the Rust core switches an anonymous range.
  *
- * Return: true (rust_switch is "ptl", the default) if a collapse whose early
- * copy holds switches the range under its page-table locks, letting the VMA's
- * page faults go on; false ("vma") if it write-locks the VMA for the switch,
- * as upstream does.
+ * Return: THP_COLLAPSE_SWITCH_READ (rust_switch is "read", the default) if a
+ * collapse whose early copy holds switches the range under its page-table
+ * locks with the mmap lock held for read only, letting the VMA's page faults
+ * and the process's mmap-lock readers go on; THP_COLLAPSE_SWITCH_PTL ("ptl")
+ * if it does so with the mmap lock held for write; THP_COLLAPSE_SWITCH_VMA
+ * ("vma") if it write-locks the VMA for the switch, as upstream does.
  */
-bool thp_collapse_switch_ptl(void)
+int thp_collapse_switch_mode(void)
 {
-	return READ_ONCE(thp_collapse_switch_under_ptl);
+	return READ_ONCE(thp_collapse_switch_cur);
 }
 
 static ssize_t rust_switch_show(struct kobject *kobj,
 				struct kobj_attribute *attr, char *buf)
 {
-	return sysfs_emit(buf, thp_collapse_switch_ptl() ? "[ptl] vma\n" :
-							   "ptl [vma]\n");
+	int cur = thp_collapse_switch_mode();
+	int len = 0;
+	int i;
+
+	/* From the least to the most concurrent, the current one in brackets. */
+	for (i = 0; i < ARRAY_SIZE(thp_collapse_switch_names); i++)
+		len += sysfs_emit_at(buf, len, i == cur ? "%s[%s]" : "%s%s",
+				     i ? " " : "", thp_collapse_switch_names[i]);
+	len += sysfs_emit_at(buf, len, "\n");
+	return len;
 }
 
 static ssize_t rust_switch_store(struct kobject *kobj,
 				 struct kobj_attribute *attr, const char *buf,
 				 size_t count)
 {
-	if (sysfs_streq(buf, "ptl"))
-		WRITE_ONCE(thp_collapse_switch_under_ptl, true);
-	else if (sysfs_streq(buf, "vma"))
-		WRITE_ONCE(thp_collapse_switch_under_ptl, false);
-	else
+	int mode = sysfs_match_string(thp_collapse_switch_names, buf);
+
+	if (mode < 0)
 		return -EINVAL;
+	WRITE_ONCE(thp_collapse_switch_cur, mode);
 	return count;
 }
 

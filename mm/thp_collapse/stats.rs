@@ -41,6 +41,9 @@ pub(crate) struct Paths {
     /// Collapses copied early whose switch held the page-table locks only, the VMA's page
     /// faults going on meanwhile.
     pub(crate) switched: u32,
+    /// Of those, the collapses whose switch held the mmap lock for read only, the process's
+    /// mmap-lock readers going on meanwhile too.
+    pub(crate) switched_read: u32,
     /// Collapses whose switch under the page-table locks gave up and went on with the VMA
     /// write-locked.
     pub(crate) switch_fallbacks: u32,
@@ -58,11 +61,12 @@ const PATH_NAMES: [&str; PATHS] = [
     "early_restarts",
     "claim_waits",
     "switched_ptl",
+    "switched_read",
     "switch_fallbacks",
 ];
 
 /// How many path counters each caller has.
-const PATHS: usize = 10;
+const PATHS: usize = 11;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
@@ -96,6 +100,7 @@ impl Stats {
             p.restarts,
             p.claim_waits,
             p.switched,
+            p.switched_read,
             p.switch_fallbacks,
         ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
@@ -173,6 +178,7 @@ mod tests {
             restarts: 5,
             claim_waits: 6,
             switched: 8,
+            switched_read: 11,
             switch_fallbacks: 9,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
@@ -198,6 +204,7 @@ mod tests {
         assert_eq!(paths.next(), Some("early_restarts 5"));
         assert_eq!(paths.next(), Some("claim_waits 6"));
         assert_eq!(paths.next(), Some("switched_ptl 8"));
+        assert_eq!(paths.next(), Some("switched_read 11"));
         assert_eq!(paths.next(), Some("switch_fallbacks 9"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.

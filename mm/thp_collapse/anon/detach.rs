@@ -33,7 +33,7 @@ use kernel::{
     mm::{
         anon_vma::AnonVmaWriteGuard,
         folio::NewFolio,
-        mmap_lock::MmapWriteLock,
+        mmap_lock::{MmapLocked, MmapWriteLock},
         pgtable::{DetachedPteTable, NewPteTable, PmdEntry, PteSnapshot, RangeWatch},
         virt::VmaRef,
         Mm,
@@ -251,6 +251,7 @@ impl RequestState {
                 restarts: 0,
                 claim_waits: 0,
                 switched: 0,
+                switched_read: 0,
                 switch_fallbacks: 0,
             },
         }
@@ -299,6 +300,10 @@ impl RequestState {
                 switch,
             } => {
                 match switch {
+                    super::Switch::Read => {
+                        self.paths.switched += 1;
+                        self.paths.switched_read += 1;
+                    }
                     super::Switch::Ptl => self.paths.switched += 1,
                     super::Switch::FellBack => self.paths.switch_fallbacks += 1,
                     super::Switch::Vma => {}
@@ -408,11 +413,8 @@ impl Isolation<'_> {
 
 impl<'g, 'l> DetachedTable<'g, 'l> {
     /// Clears the PMD entry `pmd` that maps the page table of candidate `c` in `vma`, flushes
-    /// the TLB, and maps the detached table (`DetachedPteTable::detach`); or, with `held`,
-    /// leaves the PMD entry in place and takes the candidate's entries out of the table into
-    /// the snapshot, holding the page-table locks until the install
-    /// (`DetachedPteTable::take`), the notifier range owned by the watch (so that it does not
-    /// report it). The table keeps `anon`, the lock of the VMA's anon_vma.
+    /// the TLB, and maps the detached table (`DetachedPteTable::detach`). The table keeps
+    /// `anon`, the lock of the VMA's anon_vma.
     ///
     /// The mmu notifier range brackets the clear; it covers the candidate only, as only its
     /// PTEs change. Upstream: the middle of `collapse_huge_page()`.
@@ -422,27 +424,57 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         (vma, pmd): (&'g VmaRef, PmdEntry<'g>),
         c: Candidate,
         list: &'l mut IsolationList,
-        held: Option<(PteSnapshot, &RangeWatch)>,
     ) -> Result<Self, Fail> {
-        let haddr = c.haddr;
+        let (_, _, (start, end)) = Self::range(c);
+        list.clear();
+        let table = DetachedPteTable::detach(guard, &anon, vma, pmd, start, end);
+        let table = table.ok_or(Fail::NoPteTable)?;
+        Ok(Self::new(table, anon, guard.mm(), vma, c, list))
+    }
+
+    /// As [`DetachedTable::detach`], under the mmap lock `guard`, held for read or write, but
+    /// the PMD entry stays in place: the candidate's entries are taken out of the table into
+    /// `saved`, the page-table locks held until the install (`DetachedPteTable::take`), the
+    /// notifier range owned by `watch` (so that it does not report it).
+    pub(crate) fn take<G: MmapLocked>(
+        guard: &'g G,
+        anon: AnonVmaWrite<'g>,
+        (vma, pmd): (&'g VmaRef, PmdEntry<'g>),
+        c: Candidate,
+        list: &'l mut IsolationList,
+        (saved, watch): (PteSnapshot, &RangeWatch),
+    ) -> Result<Self, Fail> {
+        let (_, _, range) = Self::range(c);
+        // Empty: the collapse that went through before released its old folios after its
+        // lock (else they would be released here, correctly if late, but with the page-table
+        // locks held). The slots of the candidate are all written by the isolation.
+        list.clear();
+        let table = DetachedPteTable::take(guard, &anon, vma, pmd, range, saved, Some(watch));
+        let table = table.ok_or(Fail::NoPteTable)?;
+        Ok(Self::new(table, anon, guard.locked_mm(), vma, c, list))
+    }
+
+    /// The first entry of candidate `c`, their number, and the range of addresses they map.
+    fn range(c: Candidate) -> (usize, usize, (usize, usize)) {
         let nr = c.nr().min(PTES_PER_PMD as usize);
         let first = c.first.min(PTES_PER_PMD as usize - nr);
-        let start = haddr + first * PAGE_SIZE;
-        let range = (start, start + nr * PAGE_SIZE);
-        // Empty: the collapse that went through before released its old folios after its
-        // lock (else they would be released here, correctly if late, and before the
-        // page-table locks a take holds). The slots of the candidate are all written by the
-        // isolation.
-        list.clear();
-        let table = match held {
-            Some((saved, watch)) => {
-                DetachedPteTable::take(guard, &anon, vma, pmd, range, saved, Some(watch))
-            }
-            None => DetachedPteTable::detach(guard, &anon, vma, pmd, range.0, range.1),
-        }
-        .ok_or(Fail::NoPteTable)?;
+        let start = c.haddr + first * PAGE_SIZE;
+        (first, nr, (start, start + nr * PAGE_SIZE))
+    }
+
+    /// The table of candidate `c` of `vma` in `mm`, with its entries out, nothing isolated
+    /// yet, `list` to isolate into.
+    fn new(
+        table: DetachedPteTable<'g>,
+        anon: AnonVmaWrite<'g>,
+        mm: &'g Mm,
+        vma: &'g VmaRef,
+        c: Candidate,
+        list: &'l mut IsolationList,
+    ) -> Self {
+        let (first, nr, _) = Self::range(c);
         // INVARIANT: Nothing is isolated yet; the list has one slot per PTE.
-        Ok(Self {
+        Self {
             table,
             iso: Isolation {
                 list,
@@ -453,12 +485,12 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 filled: 0,
             },
             anon: Some(anon),
-            mm: guard.mm(),
+            mm,
             vma,
-            haddr,
+            haddr: c.haddr,
             first,
             nr,
-        })
+        }
     }
 
     /// Locks each folio mapped by the detached table, checks that nobody else holds a
@@ -567,12 +599,6 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
             }
         }
         Ok(n)
-    }
-
-    /// Whether the table was taken out entry by entry, the VMA's faults let in
-    /// ([`DetachedPteTable::take`]).
-    pub(crate) fn is_held(&self) -> bool {
-        self.table.is_held()
     }
 
     /// How many of the candidate's entries map their page writable: written since the early

@@ -19,7 +19,7 @@ mod read;
 pub(crate) use detach::RequestState;
 
 use crate::{
-    ffi::{self, trace},
+    ffi::{self, trace, SwitchMode},
     new_folio,
     outcome::{verdict, Attempt, Collapsed, Fail, Verdict},
     plan::{self, Occupied},
@@ -179,14 +179,17 @@ fn swap_in(
 /// caller allocated and charged without the mmap lock: with the PMD for the PMD order, with
 /// PTEs of the new folio otherwise.
 ///
-/// Copies the pages early, while the process runs ([`EarlyCopy`]); then takes the mmap lock
-/// for write (revalidating the range), the anon_vma lock, detaches and isolates, copies again
-/// the pages that changed meanwhile (all of them if the early copy could not be made or was
-/// invalidated), and installs; any failure on the way puts everything back. Then downgrades
-/// the mmap lock to read, and removes the old pages' rmap and frees them under that. Returns
-/// with no lock held, and adds the time it held the mmap lock for write, and how it copied,
-/// to `req`. Upstream: `collapse_huge_page()` after `alloc_charge_folio()`, which copies
-/// everything and unmaps and frees the old pages under the write lock.
+/// Copies the pages early, while the process runs ([`EarlyCopy`]). Then, if that copy holds
+/// and sysfs `rust_switch` is `read` (the default), switches under the mmap lock for read and
+/// the page-table locks ([`switch_read_locked`]): the process runs on but for the range. If
+/// that gives up, or for the other modes, takes the mmap lock for write (revalidating the
+/// range), the anon_vma lock, detaches and isolates, copies again the pages that changed
+/// meanwhile (all of them if the early copy could not be made or was invalidated), and
+/// installs; any failure on the way puts everything back. Then downgrades the mmap lock to
+/// read, and removes the old pages' rmap and frees them under that. Returns with no lock
+/// held, and adds the time it held the mmap lock for write, and how it copied, to `req`.
+/// Upstream: `collapse_huge_page()` after `alloc_charge_folio()`, which copies everything and
+/// unmaps and frees the old pages under the write lock.
 fn collapse_anon(
     mm: &kernel::mm::Mm,
     c: Candidate,
@@ -203,19 +206,41 @@ fn collapse_anon(
     // Sleeping allocations come before the locks.
     let list = req.list()?;
     // The table deposited in place of the detached one; mTHP orders put that back.
-    let fresh = (c.order == PMD_ORDER)
+    let mut fresh = (c.order == PMD_ORDER)
         .then(|| new_folio::alloc_table(mm, mode.alloc_policy(tunables)))
         .transpose()?;
     // Room to take the entries out into, for a switch under the page-table locks: with an
     // early copy to keep, unless sysfs asks for the VMA write-locked (and without, if the
     // memory is short).
-    let snapshot = early
+    let switch = ffi::switch_mode();
+    let mut snapshot = early
         .as_ref()
-        .filter(|_| ffi::switch_ptl())
+        .filter(|_| switch != SwitchMode::Vma)
         .and_then(|_| PteSnapshot::new().ok());
+    let mut copy = CopyKind::Locked;
+    let valid_early = early.as_mut().filter(|early| !early.invalidated());
+    let read = match switch {
+        SwitchMode::Read => snapshot.take(),
+        SwitchMode::Ptl | SwitchMode::Vma => None,
+    };
+    if let (Some(e), Some(saved)) = (valid_early, read) {
+        let room = (&mut *list, saved);
+        match switch_read_locked(
+            mm,
+            c,
+            mode,
+            tunables,
+            (new, fresh, &cleared),
+            (e, room),
+            &mut copy,
+        ) {
+            Ok(attempt) => return finish(req, attempt, copy, restarts, early),
+            // Gave up, everything put back: with the mmap lock held for write.
+            Err(back) => (new, fresh) = back,
+        }
+    }
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
-    let mut copy = CopyKind::Locked;
     let attempt = collapse_write_locked(
         &guard,
         c,
@@ -232,12 +257,56 @@ fn collapse_anon(
     unsafe { list.release_unmapped(guard.find_vma(c.haddr)) };
     drop(guard);
     req.held_for_write(held);
+    finish(req, attempt, copy, restarts, early)
+}
+
+/// The end of [`collapse_anon`], with no lock held: notes in `req` how a collapse that went
+/// through copied (`copy`, after `restarts` of its early copy), and ends the `early` copy's
+/// watch, which may sleep.
+fn finish(
+    req: &mut RequestState,
+    attempt: Attempt,
+    copy: CopyKind,
+    restarts: u32,
+    early: Option<EarlyCopy>,
+) -> Attempt {
     if attempt.is_ok() {
         req.copied(copy, restarts);
     }
-    // Ends the watch, which may sleep: after every lock.
     drop(early);
     attempt
+}
+
+/// The switch under the mmap lock for read and the page-table locks of candidate `c` of `mm`
+/// into `new` (and `fresh`, for the PMD order), for an early copy `e` that nothing invalidated
+/// yet: takes the read lock, revalidates the range and takes its entries out into `saved`
+/// ([`try_take`], which reads the watch again once they are out), isolating into `list`,
+/// copies the pages that changed since the early copy (`cleared` has those of the new folio
+/// cleared already), installs, and releases the old folios. Returns with no lock held, the
+/// result; or `new` and `fresh` back, with everything put back, if it gave up (`copy` then
+/// says whether it was tried).
+fn switch_read_locked<'m>(
+    mm: &'m kernel::mm::Mm,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    (new, fresh, cleared): (NewFolio, Option<NewPteTable<'m>>, &Occupied),
+    (e, (list, saved)): (&mut EarlyCopy, (&mut IsolationList, PteSnapshot)),
+    copy: &mut CopyKind,
+) -> Result<Attempt, (NewFolio, Option<NewPteTable<'m>>)> {
+    let guard = MmapRead::lock(mm);
+    let early_copy = e.retried();
+    let room = (&mut *list, (saved, true));
+    let (table, valid) = match try_take(&guard, c, mode, tunables, (e, cleared), room, copy) {
+        Ok(Some(taken)) => taken,
+        Ok(None) => return Err((new, fresh)),
+        Err(fail) => return Ok(Err(fail)),
+    };
+    let switch = (early_copy, Switch::Read);
+    let attempt = copy_install(table, Some(valid), (new, fresh, cleared), switch, copy);
+    // SAFETY: The VMA of the range, found under the lock held since the install.
+    unsafe { list.release_unmapped(guard.find_vma(c.haddr)) };
+    Ok(attempt)
 }
 
 /// Maps the PMD-order folio that every entry of candidate `c` (of the PMD order) maps in
@@ -286,9 +355,8 @@ fn remap_in_place(
 ///
 /// With `held` and an early copy that nothing invalidated, the switch leaves the VMA's page
 /// faults (and the other walkers under its lock) in, and holds the page-table locks instead
-/// ([`take_isolated`]). If it cannot go through that way, because one of those may have been
-/// in the way ([`switch_falls_back`]) or too many pages are to be copied again, it puts
-/// everything back and switches with the VMA write-locked, as without `held`.
+/// ([`try_take`]). If it cannot go through that way, it switches with the VMA write-locked,
+/// as without `held`.
 fn collapse_write_locked(
     guard: &MmapWrite<'_>,
     c: Candidate,
@@ -301,31 +369,64 @@ fn collapse_write_locked(
     let early_copy = early.as_ref().map_or((0, 0), |early| early.retried());
     let held = held.filter(|_| early.as_ref().is_some_and(|early| !early.invalidated()));
     if let (Some(held), Some(e)) = (held, early.as_deref_mut()) {
-        let isolated = match take_isolated(guard, c, mode, tunables, list, (e, cleared), held) {
-            Ok(Ok((table, valid))) => {
-                let valid = Some(valid);
-                return copy_install(table, valid, (new, fresh, cleared), early_copy, copy);
-            }
-            Ok(Err(GaveUp::Armed)) => None,
-            Ok(Err(GaveUp::PutBack { isolated })) => Some(isolated),
-            Err(fail) if !switch_falls_back(fail) => return Err(fail),
-            Err(_) => Some(true),
-        };
-        if isolated == Some(true) {
-            // Dropping the table put everything back. The folios it isolated went back
-            // through an LRU batch, which holds a reference to each until drained: the
-            // isolation of the next switch would fail on them. This CPU's, unless the task
-            // moved since (every CPU's, but for a request that may not wait).
-            ffi::drain_lru_batches(mode.effort());
-        }
-        if isolated.is_some() {
-            *copy = CopyKind::FellBack;
+        let room = (&mut *list, (held, false));
+        if let Some((table, valid)) = try_take(guard, c, mode, tunables, (e, cleared), room, copy)?
+        {
+            let switch = (early_copy, Switch::Ptl);
+            return copy_install(table, Some(valid), (new, fresh, cleared), switch, copy);
         }
     }
     // On failure, dropping `table` restores the page table, releases the isolated folios and
     // unlocks the anon_vma.
     let (table, valid) = detach_isolated(guard, c, mode, tunables, list, early)?;
-    copy_install(table, valid, (new, fresh, cleared), early_copy, copy)
+    let switch = if *copy == CopyKind::FellBack {
+        Switch::FellBack
+    } else {
+        Switch::Vma
+    };
+    copy_install(
+        table,
+        valid,
+        (new, fresh, cleared),
+        (early_copy, switch),
+        copy,
+    )
+}
+
+/// The switch under the page-table locks under `guard`, the mmap lock held for read or write,
+/// up to the copy ([`take_isolated`]): returns the table with its entries out and their folios
+/// isolated, and the entries whose `early` copy holds; or `None`, everything put back, if it
+/// gave up, `copy` then [`CopyKind::FellBack`] unless it was not tried; or the failure that
+/// ends the collapse. `list` is where the folios are isolated to, `saved` where the entries
+/// go, `readers` whether the mmap lock is held for read only.
+fn try_take<'g, 'l, G: CollapseLocked>(
+    guard: &'g G,
+    c: Candidate,
+    mode: CollapseMode,
+    tunables: &Tunables,
+    (early, cleared): (&mut EarlyCopy, &Occupied),
+    (list, (saved, readers)): (&'l mut IsolationList, (PteSnapshot, bool)),
+    copy: &mut CopyKind,
+) -> Result<Option<(DetachedTable<'g, 'l>, Occupied)>, Fail> {
+    let room = (list, saved, readers);
+    let isolated = match take_isolated(guard, c, mode, tunables, (early, cleared), room) {
+        Ok(Ok(taken)) => return Ok(Some(taken)),
+        Ok(Err(GaveUp::Armed)) => None,
+        Ok(Err(GaveUp::PutBack { isolated })) => Some(isolated),
+        Err(fail) if !switch_falls_back(fail) => return Err(fail),
+        Err(_) => Some(true),
+    };
+    if isolated == Some(true) {
+        // Dropping the table put everything back. The folios it isolated went back through an
+        // LRU batch, which holds a reference to each until drained: the isolation of the next
+        // switch would fail on them. This CPU's, unless the task moved since (every CPU's,
+        // but for a request that may not wait).
+        ffi::drain_lru_batches(mode.effort());
+    }
+    if isolated.is_some() {
+        *copy = CopyKind::FellBack;
+    }
+    Ok(None)
 }
 
 /// Why [`take_isolated`] did not go through, with nothing changed.
@@ -345,36 +446,40 @@ enum GaveUp {
 type Held<'g, 'l> = Result<Result<(DetachedTable<'g, 'l>, Occupied), GaveUp>, Fail>;
 
 /// The switch under the page-table locks, up to the copy, for an `early` copy that nothing
-/// invalidated up to the mmap write lock: as [`detach_isolated`], but the VMA's page faults
+/// invalidated up to the mmap lock `guard`: as [`detach_isolated`], but the VMA's page faults
 /// are not kept out; the candidate's entries are taken out of the table into `saved` under
 /// the PMD lock and the table's lock (`DetachedPteTable::take`), which stay held until the
 /// install or the drop of the table. Not tried if the VMA is registered with userfaultfd.
 /// Gives up, putting everything back, if the watch shows an invalidation once the anon_vma
-/// lock is held, if more than [`SWITCH_RECOPY_MAX`] entries map a page written since the
-/// early copy's last pass (or mapped since), checked before the isolation, or if more than
-/// that many pages are to be copied or cleared after it (`cleared` has the pages of the new
-/// folio cleared already).
+/// lock is held (and, with `readers`, once the entries are out), if more than
+/// [`SWITCH_RECOPY_MAX`] entries map a page written since the early copy's last pass (or
+/// mapped since), checked before the isolation, or if more than that many pages are to be
+/// copied or cleared after it (`cleared` has the pages of the new folio cleared already).
 ///
 /// The early copy holds for each entry that still maps its page read-only
-/// ([`EarlyCopy::settle`]). The watch is read once more, with the anon_vma lock held, before
-/// the entries are taken out, and not after: what the watch is for, an entry written and
-/// then write-protected again with its page kept, comes either from a walker under the mmap
-/// lock (fork, mprotect, UFFDIO_WRITEPROTECT, KSM, NUMA hinting, soft-dirty clearing), which
-/// ended before the caller took it for write, or from an unmap through the rmap (reclaim
-/// swapping the page out) followed by a fault that maps the same folio again read-only (a
-/// swap-in from the swap cache), which the anon_vma lock shuts out from then on. What runs
-/// meanwhile under the VMA's lock alone (faults, MADV_DONTNEED and MADV_FREE, UFFDIO_MOVE,
+/// ([`EarlyCopy::settle`]), unless something wrote it and then write-protected it again with
+/// its page kept. Those who may do that are walkers under the mmap lock (fork, mprotect,
+/// UFFDIO_WRITEPROTECT, KSM, NUMA hinting, soft-dirty clearing) and an unmap through the rmap
+/// (reclaim swapping the page out) followed by a fault that maps the same folio again
+/// read-only (a swap-in from the swap cache); each begins its notifier range, which the watch
+/// sees, before it changes the entry under the table's lock. With the mmap lock held for
+/// write (not `readers`), the walkers ended before it, and the anon_vma lock shuts the rmap
+/// out from the time the watch is read with it held: the entries need not be out yet, and a
+/// MADV_FREE waiting for the table's lock, its notifier range begun, does not cost the copy.
+/// With `readers`, KSM, NUMA hinting, soft-dirty clearing and the like may run meanwhile (fork
+/// and mprotect take the lock for write, UFFDIO_WRITEPROTECT needs the VMA registered): the
+/// watch is read again once the entries are out, under the table's lock, after every change
+/// made before it; one that began its range but waits for the lock gives up the switch too.
+/// What runs under the VMA's lock alone (faults, MADV_DONTNEED and MADV_FREE, UFFDIO_MOVE,
 /// guard regions) only ever makes an entry writable, none, or map another page there, which
-/// the entries taken out show; and a MADV_FREE waiting for the table's lock, its notifier
-/// range begun, does not cost the copy.
-fn take_isolated<'g, 'l>(
-    guard: &'g MmapWrite<'_>,
+/// the entries taken out show.
+fn take_isolated<'g, 'l, G: CollapseLocked>(
+    guard: &'g G,
     c: Candidate,
     mode: CollapseMode,
     tunables: &Tunables,
-    list: &'l mut IsolationList,
     (early, cleared): (&mut EarlyCopy, &Occupied),
-    saved: PteSnapshot,
+    (list, saved, readers): (&'l mut IsolationList, PteSnapshot, bool),
 ) -> Held<'g, 'l> {
     let vma = revalidate_anon(guard, c.haddr, mode, c.order)?;
     // A fault in a VMA registered with userfaultfd reads the entry without its lock to decide
@@ -390,10 +495,14 @@ fn take_isolated<'g, 'l>(
     if early.invalidated() {
         return Ok(Err(GaveUp::PutBack { isolated: false }));
     }
-    let held = Some((saved, early.watch()));
-    let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list, held)?;
+    let room = (saved, early.watch());
+    let mut table = DetachedTable::take(guard, anon, (vma, pmd), c, list, room)?;
     ffi::switch_test_delay();
-    // Nothing isolated yet: the cheap reason to give up first.
+    // Nothing isolated yet: the cheap reasons to give up first. Write-protected again since
+    // the early copy, by a walker under the mmap lock for read.
+    if readers && early.invalidated() {
+        return Ok(Err(GaveUp::PutBack { isolated: false }));
+    }
     if table
         .writable()
         .is_none_or(|n| n as usize > SWITCH_RECOPY_MAX)
@@ -409,14 +518,14 @@ fn take_isolated<'g, 'l>(
     }
 }
 
-/// The end of [`collapse_write_locked`]: copies into `new` the pages of `table` not `valid`
-/// from the early copy (which made `retries` passes after its first, copying `recopied_early`
-/// pages again), and installs it; `copy` gets what the copy came to.
+/// The end of a switch: copies into `new` the pages of `table` not `valid` from the early
+/// copy (which made `retries` passes after its first, copying `recopied_early` pages again),
+/// and installs it; `copy` gets what the copy came to, with how the `switch` went.
 fn copy_install(
     mut table: DetachedTable<'_, '_>,
     valid: Option<Occupied>,
     (mut new, fresh, cleared): (NewFolio, Option<NewPteTable<'_>>, &Occupied),
-    (retries, recopied_early): (u32, u32),
+    ((retries, recopied_early), switch): ((u32, u32), Switch),
     copy: &mut CopyKind,
 ) -> Attempt {
     table.copying();
@@ -430,13 +539,7 @@ fn copy_install(
             retries,
             recopied_early,
             recopied: copied_here,
-            switch: if table.is_held() {
-                Switch::Ptl
-            } else if *copy == CopyKind::FellBack {
-                Switch::FellBack
-            } else {
-                Switch::Vma
-            },
+            switch,
         };
     }
     table.install(new, fresh)
@@ -471,13 +574,16 @@ pub(crate) enum CopyKind {
 /// the range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Switch {
-    /// With the page-table locks only: faults elsewhere in the VMA went on
-    /// (`DetachedPteTable::take`).
+    /// With the page-table locks and the mmap lock for read only: faults elsewhere in the VMA
+    /// and the process's mmap-lock readers went on (`DetachedPteTable::take`).
+    Read,
+    /// With the page-table locks and the mmap lock for write: faults elsewhere in the VMA went
+    /// on (`DetachedPteTable::take`).
     Ptl,
     /// With the VMA write-locked, after a switch under the page-table locks gave up.
     FellBack,
-    /// With the VMA write-locked, as upstream (sysfs `rust_switch` is `vma`, or no memory for
-    /// the snapshot).
+    /// With the VMA write-locked, as upstream (sysfs `rust_switch` is `vma`, the VMA is
+    /// registered with userfaultfd, or no memory for the snapshot).
     Vma,
 }
 
@@ -501,7 +607,7 @@ fn detach_isolated<'g, 'l>(
     let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
     // Every invalidator of the range is shut out now, and the detach invalidates it itself.
     let holds = early.as_ref().is_some_and(|early| !early.invalidated());
-    let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list, None)?;
+    let mut table = DetachedTable::detach(guard, anon, (vma, pmd), c, list)?;
     table.isolate(mode, mode.limits(tunables, c.order, Userfault::of(vma)))?;
     // From what the isolation read of each entry: no second walk of the table.
     let valid =

@@ -658,12 +658,30 @@ pub(crate) fn drain_lru_batches(effort: Effort) {
     }
 }
 
-/// Whether an anonymous collapse whose early copy holds switches the range under its
-/// page-table locks, letting the VMA's page faults go on (sysfs `collapse/rust_switch` is
-/// `ptl`, the default), rather than with the VMA write-locked (`vma`).
-pub(crate) fn switch_ptl() -> bool {
-    // SAFETY: Reads a flag; callable from any context.
-    unsafe { bindings::thp_collapse_switch_ptl() }
+/// How an anonymous collapse whose early copy holds switches the range (sysfs
+/// `collapse/rust_switch`): see [`SwitchMode`].
+pub(crate) fn switch_mode() -> SwitchMode {
+    // SAFETY: Reads a value; callable from any context.
+    let mode = unsafe { bindings::thp_collapse_switch_mode() };
+    match u32::try_from(mode) {
+        Ok(bindings::thp_collapse_switch_THP_COLLAPSE_SWITCH_READ) => SwitchMode::Read,
+        Ok(bindings::thp_collapse_switch_THP_COLLAPSE_SWITCH_PTL) => SwitchMode::Ptl,
+        _ => SwitchMode::Vma,
+    }
+}
+
+/// How an anonymous collapse whose early copy holds switches the range: the values of sysfs
+/// `collapse/rust_switch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SwitchMode {
+    /// `vma`: with the VMA write-locked under the mmap write lock, as upstream.
+    Vma,
+    /// `ptl`: under the page-table locks, the VMA's page faults going on, with the mmap lock
+    /// held for write.
+    Ptl,
+    /// `read`, the default: under the page-table locks with the mmap lock held for read only,
+    /// the process's mmap-lock readers going on too.
+    Read,
 }
 
 /// A testing hook: spins for debugfs's `thp_collapse_switch_delay_us` inside a switch under the
