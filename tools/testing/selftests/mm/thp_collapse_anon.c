@@ -48,6 +48,7 @@
 #include <poll.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -297,8 +298,12 @@ static void stats_print_moved(const char *caller, const struct rust_stats *befor
 	ksft_print_msg("%s:%s\n", caller, line);
 }
 
-/* Whether rust_switch is "vma" (test_switch_vma()): no switch keeps faults in. */
-static bool switch_vma;
+/*
+ * rust_switch as test_switch_modes() set it: "read" (the default) switches
+ * under the page-table locks with the mmap lock held for read, "ptl" with it
+ * held for write, "vma" write-locks the VMA as upstream.
+ */
+static const char *switch_mode = "read";
 
 static void test_integrity(const char *core, enum layout l)
 {
@@ -353,21 +358,25 @@ static void test_integrity(const char *core, enum layout l)
 		 * may still be in another CPU's LRU batch). Each switch keeps
 		 * the VMA's faults in, holding the page-table locks only (or
 		 * gives up and write-locks the VMA, a page being in a batch),
-		 * unless rust_switch says "vma".
+		 * unless rust_switch says "vma"; and with the mmap lock held
+		 * for read only, unless it says "ptl".
 		 */
-		bool switches = switch_vma ? !d.switched && !d.fallbacks :
+		bool vma = !strcmp(switch_mode, "vma");
+		bool read = !strcmp(switch_mode, "read");
+		bool switches = vma ? !d.switched && !d.fallbacks :
 				d.switched > 0 &&
-				d.switched + d.fallbacks == d.early;
+				d.switched + d.fallbacks == d.early &&
+				d.read == (read ? d.switched : 0);
 
 		ksft_test_result(!ret && huge && same && moved == want &&
 				 d.early == want && !d.locked && !d.retries &&
 				 (!d.recopied || l == SWAPPED) && switches,
-				 "%s: %s%s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, retries +%lld, recopied +%lld, copied locked +%lld, switched under the page-table locks +%lld, fell back +%lld)\n",
+				 "%s: %s%s%s: collapsed, every byte kept, copied early (ret %d %s, %d calls, huge %d, same %d, succeed +%lld, copied early +%lld, retries +%lld, recopied +%lld, copied locked +%lld, switched under the page-table locks +%lld, of them under the mmap read lock +%lld, fell back +%lld)\n",
 				 core, layout_name[l],
-				 switch_vma ? " (rust_switch vma)" : "", ret,
-				 ret ? strerror(err) : "", tries, huge, same, moved,
-				 d.early, d.retries, d.recopied, d.locked,
-				 d.switched, d.fallbacks);
+				 read ? "" : " (rust_switch ", read ? "" : switch_mode,
+				 ret, ret ? strerror(err) : "", tries, huge, same,
+				 moved, d.early, d.retries, d.recopied, d.locked,
+				 d.switched, d.read, d.fallbacks);
 	} else {
 		ksft_test_result(!ret && huge && same,
 				 "%s: %s: collapsed, every byte kept (ret %d %s, %d calls, huge %d, same %d)\n",
@@ -380,22 +389,29 @@ out:
 }
 
 /*
- * rust_switch: "vma" write-locks the VMA for every switch, as upstream (the
- * integrity test then sees no switch under the page-table locks), and only
- * "ptl" and "vma" are taken.
+ * rust_switch: "ptl" switches under the page-table locks with the mmap lock
+ * held for write (the integrity test then sees no switch under the read
+ * lock), "vma" write-locks the VMA for every switch, as upstream (it sees no
+ * switch under the page-table locks), and only "read", "ptl" and "vma" are
+ * taken.
  */
-static void test_switch_vma(void)
+static void test_switch_modes(void)
 {
+	static const char *const modes[] = { "ptl", "vma" };
 	int bad = collapse_set_switch("faults");
+	unsigned int i;
 
-	switch_vma = !collapse_set_switch("vma");
-	if (switch_vma)
-		test_integrity("rust", FULL);
-	else
-		ksft_test_result_fail("rust: rust_switch: cannot select vma\n");
-	switch_vma = false;
-	ksft_test_result(bad == EINVAL && !collapse_set_switch("ptl"),
-			 "rust: rust_switch: refuses \"faults\" (%s), selects ptl and vma\n",
+	for (i = 0; i < ARRAY_SIZE(modes); i++) {
+		switch_mode = modes[i];
+		if (!collapse_set_switch(modes[i]))
+			test_integrity("rust", FULL);
+		else
+			ksft_test_result_fail("rust: rust_switch: cannot select %s\n",
+					      modes[i]);
+	}
+	switch_mode = "read";
+	ksft_test_result(bad == EINVAL && !collapse_set_switch("read"),
+			 "rust: rust_switch: refuses \"faults\" (%s), selects read, ptl and vma\n",
 			 strerror(bad));
 }
 
@@ -500,7 +516,7 @@ struct race {
 	/*
 	 * PAGEOUT: MADV_PAGEOUTs that left the page swapped out; UFFD_MOVE:
 	 * pages moved out and back; PIN: pins that read back the write made
-	 * through the mapping.
+	 * through the mapping; GUP_READ: pages read with their data.
 	 */
 	atomic_long hits;
 	atomic_long busy;	/* UFFD_MOVE: moves out refused (EBUSY) */
@@ -1019,9 +1035,57 @@ static void *pin_racer(void *arg)
 	return NULL;
 }
 
+/*
+ * Reads the race range through GUP and a page-table walk under the mmap lock
+ * for read, concurrently with the collapse loop, which (rust_switch "read")
+ * switches the range holding that lock for read only, so that both may meet
+ * a switch: process_vm_readv() of a page of this process
+ * (get_user_pages_remote()), then mincore() of the whole range. Nobody
+ * writes: every page but the last of each PMD (dropped between rounds) keeps
+ * the data it was filled with, which each read must find, and stays
+ * resident. A walker that took an entry the switch had taken out for a
+ * hole, or a table it had replaced for the current one, would read zeroes
+ * or report the page gone (counted lost).
+ */
+static void *gup_read_racer(void *arg)
+{
+	unsigned char vec[RACE_PAGES];
+	struct race *r = arg;
+	char buf[PAGE_SZ];
+	size_t pg = 0, i;
+
+	while (!atomic_load(&r->stop)) {
+		struct iovec local = { .iov_base = buf, .iov_len = PAGE_SZ };
+		struct iovec remote = {
+			.iov_base = r->p + pg * PAGE_SZ, .iov_len = PAGE_SZ,
+		};
+
+		if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != PAGE_SZ)
+			atomic_fetch_add(&r->errors, 1);
+		else if (memcmp(buf, r->shadow + pg * PAGE_SZ, PAGE_SZ))
+			atomic_fetch_add(&r->lost, 1);
+		else
+			atomic_fetch_add(&r->hits, 1);
+		if (mincore(r->p, r->len, vec)) {
+			atomic_fetch_add(&r->errors, 1);
+		} else {
+			for (i = 0; i < RACE_PAGES; i++)
+				if (i % PAGES_PER_PMD != PAGES_PER_PMD - 1 &&
+				    !(vec[i] & 1))
+					atomic_fetch_add(&r->lost, 1);
+		}
+		/* A stride through every PMD, skipping the last page of each. */
+		do
+			pg = (pg + 37) % RACE_PAGES;
+		while (pg % PAGES_PER_PMD == PAGES_PER_PMD - 1);
+		atomic_fetch_add(&r->ops, 1);
+	}
+	return NULL;
+}
+
 enum racer {
 	WRITERS, MPROTECT, FORK, UFFD, MUNMAP, DONTNEED, FREE, PAGEOUT,
-	UFFD_MOVE, PIN, UFFD_MOVE_OUT, NR_RACERS,
+	UFFD_MOVE, PIN, UFFD_MOVE_OUT, GUP_READ, NR_RACERS,
 };
 
 static const char *const racer_name[] = {
@@ -1033,12 +1097,13 @@ static const char *const racer_name[] = {
 	"UFFDIO_MOVE out and back of 1 page in 8",
 	"long-term pins and writes of 1 page in 8",
 	"UFFDIO_MOVE out of an unregistered range (source holes allowed) of 1 page in 8",
+	"GUP reads (process_vm_readv) and mincore() under the mmap read lock",
 };
 
 static void *(*const racer_fn[])(void *) = {
 	writer, mprotect_racer, fork_racer, uffd_racer, munmap_racer,
 	advice_racer, advice_racer, pageout_racer, move_racer, pin_racer,
-	move_out_racer,
+	move_out_racer, gup_read_racer,
 };
 
 /* Whether racer @k owns pages (racer_owns()) and keeps a model of them. */
@@ -1070,6 +1135,9 @@ static bool errno_expected(int err, enum racer k, long long non_present)
 		return err == EAGAIN || err == EBUSY;
 	case PIN:
 		/* A pinned page: page_count. */
+		return err == EAGAIN;
+	case GUP_READ:
+		/* A page referenced by a read in flight: page_count. */
 		return err == EAGAIN;
 	case UFFD_MOVE:
 		/*
@@ -1258,6 +1326,10 @@ static bool racer_figures(enum racer k, struct race *r, char *out, size_t len)
 			 "; %ld pins read back the write made through the mapping, %ld read other data",
 			 hits, atomic_load(&r->incoherent));
 		return hits > 0 && !atomic_load(&r->incoherent);
+	case GUP_READ:
+		snprintf(out, len, "; %ld pages read through GUP with their data",
+			 hits);
+		return hits > 0;
 	default:
 		return true;
 	}
@@ -1401,11 +1473,12 @@ static void test_race(enum racer k)
 			 (k != WRITERS || d.recopied + d.again + d.locked * PAGES_PER_PMD > 0) &&
 			 (k != WRITERS || !d.early || d.retries > 0) &&
 			 ((k != MPROTECT && k != FREE) || d.restarts > 0) &&
-			 (k != UFFD_MOVE_OUT || d.switched > 0),
-			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place; %lld switched under the page-table locks, %lld fell back; switch widened by %u us), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
+			 (k != UFFD_MOVE_OUT || d.switched > 0) &&
+			 (k != GUP_READ || d.read > 0),
+			 "rust: collapse racing with %s: %d/%d rounds collapsed (at least %d wanted; %lld PMDs: %lld copied early, in %lld retries %lld pages of them again early and %lld under the lock; %lld early copies started over; %lld copied locked; %lld in place; %lld switched under the page-table locks, %lld of them under the mmap read lock, %lld fell back; switch widened by %u us), %d calls returned 0, %d unexpected errors, %zu pages lost at the end, %ld seen off the model (or off their data) during the race, %ld racer ops (%ld failed)%s, %.1f s\n",
 			 racer_name[k], done, RACE_ROUNDS, race_min_done(k),
 			 d.succeed, d.early, d.retries, d.again, d.recopied, d.restarts,
-			 d.locked, d.in_place, d.switched, d.fallbacks, delay_us,
+			 d.locked, d.in_place, d.switched, d.read, d.fallbacks, delay_us,
 			 calls_ok, bad,
 			 lost, atomic_load(&r.lost),
 			 atomic_load(&r.ops), atomic_load(&r.errors), figures,
@@ -1775,6 +1848,163 @@ static void test_move_during_switch(void)
 	munmap(scratch, PAGE_SZ);
 	close(fd);
 out:
+	free(shadow);
+	munmap(p, PMD_SZ);
+}
+
+#define READERS_ROUNDS 12	/* per rust_switch mode */
+#define READERS_DELAY_US 10000	/* the switch, widened (test kernels) */
+#define READERS_BLOCKED_NS 7000000LL	/* a reader that waited this long */
+#define READERS_NAME "rust: mmap-lock readers during the switch"
+
+struct gap_reader {
+	char *other;		/* a page of another mapping, for mincore() */
+	atomic_int stop;
+	atomic_llong longest;	/* the longest time between two returns */
+	atomic_long calls;
+	atomic_long errors;
+};
+
+/*
+ * Calls mincore() on a page outside the range collapsed, back to back, and
+ * keeps the longest time between two of its returns since the main thread
+ * reset it. mincore() takes the mmap lock for read: a collapse that holds
+ * it for write across its switch, widened, shows as a wait that long.
+ */
+static void *gap_reader(void *arg)
+{
+	struct gap_reader *g = arg;
+	long long last, t;
+	unsigned char vec;
+	cpu_set_t cpus;
+
+	/* Not on the CPU that spins in the switch, preemption off. */
+	CPU_ZERO(&cpus);
+	CPU_SET(1, &cpus);
+	if (sched_setaffinity(0, sizeof(cpus), &cpus))
+		atomic_fetch_add(&g->errors, 1);
+	last = now_ns();
+	while (!atomic_load(&g->stop)) {
+		if (mincore(g->other, PAGE_SZ, &vec))
+			atomic_fetch_add(&g->errors, 1);
+		t = now_ns();
+		if (t - last > atomic_load(&g->longest))
+			atomic_store(&g->longest, t - last);
+		last = t;
+		atomic_fetch_add(&g->calls, 1);
+	}
+	return NULL;
+}
+
+/*
+ * The process's mmap-lock readers go on while the Rust core switches a range
+ * (rust_switch "read"): a thread calls mincore() elsewhere, back to back,
+ * while READERS_ROUNDS collapses of one PMD of small pages each spin
+ * READERS_DELAY_US inside their switch (a test kernel's hook). With "read"
+ * the reader is hardly ever held up that long (a quarter of the rounds at
+ * most, for the host's hiccups), and every switch went under the mmap read
+ * lock (switched_read); with "ptl", the same rounds under the mmap write
+ * lock, every switch holds it up for as long (which shows that the figure
+ * measures the lock). Every byte of the range is kept in both. The
+ * collapsing thread runs on CPU 0, the reader on CPU 1: the spin, with
+ * preemption off, does not keep the reader off its CPU.
+ */
+static void test_readers_during_switch(void)
+{
+	static const char *const modes[] = { "read", "ptl" };
+	static const char round_fmt[] =
+		"%s round %u: %s, switched %lld (%lld under the read lock), fell back %lld\n";
+	static struct rust_stats s0, s1;
+	char *p = small_pages(1), *shadow = malloc(PMD_SZ);
+	int counted[2] = { 0, 0 }, blocked[2] = { 0, 0 };
+	long long start = now_ns(), reads = 0, longest[2] = { 0, 0 };
+	int lost = 0, unexpected = 0;
+	cpu_set_t cpus, mask;
+	struct gap_reader g;
+	unsigned int m, n;
+	pthread_t th;
+	size_t pg;
+
+	if (!shadow)
+		ksft_exit_fail_perror("malloc");
+	memset(&g, 0, sizeof(g));
+	g.other = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (g.other == MAP_FAILED)
+		ksft_exit_fail_perror("mmap");
+	allow_thp(p, PMD_SZ);
+	collapse_require_core("rust");
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+		ksft_test_result_skip("%s: one CPU (the reader needs its own)\n",
+				      READERS_NAME);
+		goto out;
+	}
+	if (collapse_set_switch_delay(READERS_DELAY_US)) {
+		ksft_test_result_skip("%s: no switch delay hook (not a test kernel)\n",
+				      READERS_NAME);
+		goto out;
+	}
+	CPU_ZERO(&cpus);
+	CPU_SET(0, &cpus);
+	if (sched_getaffinity(0, sizeof(mask), &mask) ||
+	    sched_setaffinity(0, sizeof(cpus), &cpus))
+		ksft_exit_fail_perror("sched_setaffinity");
+	if (pthread_create(&th, NULL, gap_reader, &g))
+		ksft_exit_fail_perror("pthread_create");
+	for (m = 0; m < ARRAY_SIZE(modes); m++) {
+		if (collapse_set_switch(modes[m]))
+			ksft_exit_fail_msg("rust_switch %s: %s\n", modes[m],
+					   strerror(errno));
+		for (n = 0; n < READERS_ROUNDS; n++) {
+			struct rust_paths d;
+			long long gap;
+			int ret, err;
+
+			madvise(p, PMD_SZ, MADV_DONTNEED);
+			for (pg = 0; pg < PAGES_PER_PMD; pg++)
+				fill_page(p, shadow, pg, 500 + n);
+			rust_stats_read("madvise", &s0);
+			atomic_store(&g.longest, 0);
+			ret = madvise(p, PMD_SZ, MADV_COLLAPSE);
+			err = ret ? errno : 0;
+			gap = atomic_load(&g.longest);
+			rust_stats_read("madvise", &s1);
+			d = rust_paths_delta(&s0, &s1);
+			if (ret && err != EAGAIN && err != EBUSY)
+				unexpected++;
+			lost += !!memcmp(p, shadow, PMD_SZ);
+			/* The rounds whose collapse switched as the mode says. */
+			if (!ret && d.switched == 1 && d.read == !m) {
+				counted[m]++;
+				blocked[m] += gap >= READERS_BLOCKED_NS;
+				if (gap > longest[m])
+					longest[m] = gap;
+			} else {
+				ksft_print_msg(round_fmt, modes[m], n,
+					       ret ? strerror(err) : "collapsed",
+					       d.switched, d.read, d.fallbacks);
+			}
+		}
+	}
+	atomic_store(&g.stop, 1);
+	pthread_join(th, NULL);
+	reads = atomic_load(&g.calls);
+	collapse_set_switch("read");
+	collapse_set_switch_delay(0);
+	sched_setaffinity(0, sizeof(mask), &mask);
+	ksft_test_result(!lost && !unexpected && !atomic_load(&g.errors) &&
+			 counted[0] >= READERS_ROUNDS / 2 &&
+			 counted[1] >= READERS_ROUNDS / 2 &&
+			 blocked[0] <= counted[0] / 4 && blocked[1] == counted[1],
+			 "%s (widened by %d us): read: %d of %d rounds switched under the mmap read lock, %d held the reader up >= %lld us (longest %lld us); ptl: %d switched under the write lock, %d held it up (longest %lld us); %lld mincore() calls (%ld failed), %d rounds lost data, %d unexpected errors, %.1f s\n",
+			 READERS_NAME, READERS_DELAY_US, counted[0], READERS_ROUNDS,
+			 blocked[0],
+			 READERS_BLOCKED_NS / 1000, longest[0] / 1000, counted[1],
+			 blocked[1], longest[1] / 1000, reads,
+			 atomic_load(&g.errors), lost, unexpected,
+			 (now_ns() - start) / 1e9);
+out:
+	munmap(g.other, PAGE_SZ);
 	free(shadow);
 	munmap(p, PMD_SZ);
 }
@@ -3582,7 +3812,7 @@ static void test_pagemap(void)
 static void reset_switch_knobs(void)
 {
 	collapse_set_switch_delay(0);
-	collapse_set_switch("ptl");
+	collapse_set_switch("read");
 }
 
 int main(int argc, char **argv)
@@ -3600,10 +3830,11 @@ int main(int argc, char **argv)
 	atexit(reset_switch_knobs);
 	if (races_only) {
 		/* The KCSAN boot: the racers against the Rust core, no more. */
-		ksft_set_plan(NR_RACERS + 5);
+		ksft_set_plan(NR_RACERS + 6);
 		for (l = 0; l < NR_RACERS; l++)
 			test_race(l);
 		test_move_during_switch();
+		test_readers_during_switch();
 		test_race_mremap();
 		test_race_invalidated_once();
 		test_race_refault_then_zap();
@@ -3612,12 +3843,12 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 2 + 2 + 4 + 4 + NR_RACERS + 5 + 2 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 3 + 2 + 4 + 4 + NR_RACERS + 6 + 2 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
 			test_integrity(cores[c], l);
-	test_switch_vma();
+	test_switch_modes();
 	for (c = 0; c < 2; c++)
 		test_fork_child_view(cores[c]);
 	for (c = 0; c < 2; c++) {
@@ -3629,6 +3860,7 @@ int main(int argc, char **argv)
 	for (l = 0; l < NR_RACERS; l++)
 		test_race(l);
 	test_move_during_switch();
+	test_readers_during_switch();
 	test_race_mremap();
 	test_race_invalidated_once();
 	test_race_refault_then_zap();

@@ -65,7 +65,7 @@ static inline int collapse_set_core(const char *val)
 }
 
 /*
- * Write @val ("ptl" or "vma") to the Rust core's rust_switch knob; returns 0
+ * Write @val ("read", "ptl" or "vma") to the Rust core's rust_switch knob; returns 0
  * or the errno of the write.
  */
 static inline int collapse_set_switch(const char *val)
@@ -120,8 +120,8 @@ static inline long long rust_stat(const char *caller, const char *outcome)
  * Whether @name is one of the lines after the outcomes, which tell how
  * anonymous collapses went (in place, copied early or under the lock; the
  * retries and restarts of early copies; the waits for another collapse of a
- * range; switched under the page-table locks, or fell back to the VMA write
- * lock), not how a range ended.
+ * range; switched under the page-table locks, with the mmap lock for read
+ * too, or fell back to the VMA write lock), not how a range ended.
  */
 static inline bool rust_stat_is_path(const char *name)
 {
@@ -129,7 +129,8 @@ static inline bool rust_stat_is_path(const char *name)
 	       !strcmp(name, "recopied") || !strcmp(name, "copied_locked") ||
 	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early") ||
 	       !strcmp(name, "early_restarts") || !strcmp(name, "claim_waits") ||
-	       !strcmp(name, "switched_ptl") || !strcmp(name, "switch_fallbacks");
+	       !strcmp(name, "switched_ptl") || !strcmp(name, "switched_read") ||
+	       !strcmp(name, "switch_fallbacks");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
@@ -204,6 +205,7 @@ struct rust_paths {
 	long long in_place;	/* PMD ranges mapped in place, without a copy */
 	long long waits;	/* claim_waits: waits for another collapse */
 	long long switched;	/* switched_ptl: VMA's faults let in */
+	long long read;		/* switched_read: mmap-lock readers too */
 	long long fallbacks;	/* switch_fallbacks: VMA write-locked after all */
 };
 
@@ -222,6 +224,7 @@ static inline struct rust_paths rust_paths_delta(const struct rust_stats *a,
 		.in_place = rust_stats_delta(a, b, "in_place"),
 		.waits = rust_stats_delta(a, b, "claim_waits"),
 		.switched = rust_stats_delta(a, b, "switched_ptl"),
+		.read = rust_stats_delta(a, b, "switched_read"),
 		.fallbacks = rust_stats_delta(a, b, "switch_fallbacks"),
 	};
 }
@@ -234,6 +237,7 @@ static inline bool rust_paths_add_up(const struct rust_paths *d)
 {
 	return d->early + d->locked + d->in_place == d->succeed &&
 	       d->restarts <= d->succeed && d->switched <= d->early &&
+	       d->read <= d->switched &&
 	       d->fallbacks <= d->early + d->locked;
 }
 
