@@ -1123,10 +1123,15 @@ impl<'a> DetachedPteTable<'a> {
         if replaced {
             // A CPU may still hold the PMD entry's old value, pointing to the table, in its
             // paging-structure caches (it walked the empty entries since the flush of
-            // `take()`): flushed before the caller frees the table.
+            // `take()`): flushed before the caller frees the table, on every CPU, those in
+            // lazy TLB mode too (`freed_tables`), which a flush of entries skips.
             // SAFETY: `vma` is valid under the mmap lock (type invariants).
             unsafe {
-                bindings::flush_tlb_range(this.vma.as_ptr(), this.haddr, this.haddr + PMD_SIZE)
+                bindings::flush_tlb_table_range(
+                    this.vma.as_ptr(),
+                    this.haddr,
+                    this.haddr + PMD_SIZE,
+                )
             };
         }
     }
