@@ -1,21 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The copy of a candidate's pages while the process runs, before the mmap lock is taken for
-//! write: the optimistic part of an anonymous collapse.
+//! The copy of a candidate's pages while the process runs, before the switch: the optimistic
+//! part of an anonymous collapse.
 //!
 //! Under the mmap lock for read, [`EarlyCopy::take`] write-protects the candidate's present
 //! entries (for the CPUs and secondary MMUs), then reads which pages nobody pins (the order
 //! of KSM's `write_protect_page()`: a GUP-fast pin taken before the write-protection shows in
 //! the reference count read after it, and none can be taken for writing after it), takes a
 //! reference to each, and copies them with no page-table lock held, still under the mmap
-//! read lock, so that no other collapse of the range reaches its switch meanwhile (it would
-//! find our references and fail the isolation); the references go before that lock. A
+//! read lock; another collapse of the range that reaches its switch meanwhile finds our
+//! references and fails its isolation. The references go before that lock. A
 //! [`RangeWatch`] over the range notes every invalidation from then on but its own. Pages
 //! written during the copy have writable entries again: a few more passes write-protect
 //! those and copy them again, as long as enough were written to be worth a pass.
 //!
-//! Under the mmap lock for write, provided nothing invalidated the range
-//! ([`EarlyCopy::invalidated`]), [`EarlyCopy::settle`] keeps, once the page table is detached
+//! At the switch (under the mmap lock for read or write: `anon::take_isolated()`), provided
+//! nothing invalidated the range ([`EarlyCopy::invalidated`]), [`EarlyCopy::settle`] keeps,
+//! once the page table is detached
 //! (or its entries taken out under its lock), the copy of each page whose entry still maps it
 //! read-only: a write would have made the entry writable first, and making it read-only again
 //! is an invalidation (or a later pass of this copy, which copied the page again). The
@@ -160,10 +161,17 @@ impl EarlyCopy {
         (new, cleared): (&mut NewFolio, &mut Occupied),
         scratch: &mut Scratch,
     ) -> Option<()> {
-        // Held across the passes: another collapse of the range cannot reach its switch
-        // (which takes the lock for write and would find our references) until they are over.
+        // Held across the passes, as upstream's scan holds it: our references are taken and
+        // dropped under it.
         let guard = MmapRead::lock(mm);
         let vma = super::revalidate_anon(&guard, c.haddr, mode, c.order).ok()?;
+        // Without `VM_WRITE`, a `FOLL_FORCE` write (ptrace, `/proc/pid/mem`) goes through a
+        // read-only entry to an exclusive page (`can_follow_write_pte()`): no fault, no
+        // notifier, nothing the watch or the entries would show. Such a range is copied under
+        // the lock. Adding `VM_WRITE` (mprotect) takes the write lock and invalidates the range.
+        if vma.flags() & kernel::mm::virt::flags::WRITE == 0 {
+            return None;
+        }
         self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, None)?;
         if mode.is_madvise() {
             // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
@@ -333,11 +341,11 @@ impl EarlyCopy {
     }
 
     /// Whether anything but this copy invalidated the range since before its entries were
-    /// write-protected; then no page of the copy counts. To be asked with the invalidators of
-    /// the range shut out (the mmap lock for write and the anon_vma lock; and the VMA's faults,
-    /// or else see `anon::take_isolated()` for what they can do meanwhile), and before the page
-    /// table is detached, which invalidates the range itself (taking its entries out under
-    /// the watch's own notifier range does not).
+    /// write-protected; then no page of the copy counts. To be asked at the switch, with the
+    /// anon_vma lock held and, if the mmap lock is held for read only, again once the entries
+    /// are taken out under the table's lock (see `anon::take_isolated()` for what may run
+    /// meanwhile); before the page table is detached, which invalidates the range itself
+    /// (taking its entries out under the watch's own notifier range does not).
     pub(crate) fn invalidated(&self) -> bool {
         self.watch.invalidated()
     }
