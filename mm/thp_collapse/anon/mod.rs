@@ -414,6 +414,8 @@ fn try_take<'g, 'l, G: CollapseLocked>(
         Ok(Err(GaveUp::Armed)) => None,
         Ok(Err(GaveUp::PutBack { isolated })) => Some(isolated),
         Err(fail) if !switch_falls_back(fail) => return Err(fail),
+        // Before the isolation: the table was gone, or became huge.
+        Err(Fail::NoPteTable) => Some(false),
         Err(_) => Some(true),
     };
     if isolated == Some(true) {
@@ -466,8 +468,8 @@ type Held<'g, 'l> = Result<Result<(DetachedTable<'g, 'l>, Occupied), GaveUp>, Fa
 /// write (not `readers`), the walkers ended before it, and the anon_vma lock shuts the rmap
 /// out from the time the watch is read with it held: the entries need not be out yet, and a
 /// MADV_FREE waiting for the table's lock, its notifier range begun, does not cost the copy.
-/// With `readers`, KSM, NUMA hinting, soft-dirty clearing and the like may run meanwhile (fork
-/// and mprotect take the lock for write, UFFDIO_WRITEPROTECT needs the VMA registered): the
+/// With `readers`, KSM and NUMA hinting may run meanwhile (fork, mprotect and soft-dirty
+/// clearing take the lock for write, UFFDIO_WRITEPROTECT needs the VMA registered): the
 /// watch is read again once the entries are out, under the table's lock, after every change
 /// made before it; one that began its range but waits for the lock gives up the switch too.
 /// What runs under the VMA's lock alone (faults, MADV_DONTNEED and MADV_FREE, UFFDIO_MOVE,

@@ -16,7 +16,7 @@ use crate::{
 use kernel::{
     mm::{
         mmap_lock::MmapLocked,
-        pgtable::{PmdEntry, PteTableLocked, PteTableMapped, SwapInFault},
+        pgtable::{PmdEntry, PmdState, PteTableLocked, PteTableMapped, SwapInFault},
         virt::VmaRef,
         Mm,
     },
@@ -85,6 +85,10 @@ fn swap_in_locked(guard: &MmapRead<'_>, c: Candidate, swapped_in: &mut u32) -> S
             Some(table) => table,
             None => match PteTableMapped::map(pmd, haddr) {
                 Some(table) => table,
+                // Mapped with the PMD by another collapse meanwhile, as in the scan.
+                None if guard.pmd_state(haddr) == PmdState::Huge => {
+                    return SwapIn::Failed(Fail::PmdMapped)
+                }
                 None => return SwapIn::Failed(Fail::NoPteTable),
             },
         };
@@ -133,7 +137,13 @@ pub(crate) fn scan_anon_pmd(
     mut in_place: Option<&mut InPlace>,
 ) -> (Result<(), Fail>, u32, usize) {
     let Some(table) = pte_table_locked(guard, addr) else {
-        return (Err(Fail::NoPteTable), 1, trace::NO_PFN);
+        // Another collapse of the range may have mapped it with the PMD since the caller
+        // looked, under the mmap lock for read too (`super::switch_read_locked()`).
+        let fail = match guard.pmd_state(addr) {
+            PmdState::Huge => Fail::PmdMapped,
+            PmdState::None | PmdState::Table => Fail::NoPteTable,
+        };
+        return (Err(fail), 1, trace::NO_PFN);
     };
     let site = Site {
         mm: guard.mm(),
