@@ -359,8 +359,9 @@ void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
  *	least) since the PTE was cleared, so that the VMA and its flags stay.
  *
  * folio_remove_rmap_pte() updates per-CPU statistics, which zaps do under the
- * PTE lock; here preemption is off instead. A collapse calls it after
- * mmap_write_downgrade(), once the new PMD is in place: the old folio is
+ * PTE lock; here preemption is off instead. A collapse calls it under the
+ * mmap read lock (after mmap_write_downgrade(), or under the read lock it
+ * switched under), once the new PMD is in place: the old folio is
  * off the LRU, locked and mapped by no page table, so that no rmap walker
  * finds it mapped meanwhile, and reclaim, migration and compaction do not
  * take it.

@@ -120,7 +120,7 @@ pub(crate) struct IsolationList {
     slots: KVec<Slot>,
     /// Whether `folios` are the old folios of a collapse that went through: no longer mapped
     /// by its range (each small one with the reference of its removed mapping, now ours),
-    /// waiting for [`IsolationList::release_unmapped`], after the mmap write lock.
+    /// waiting for [`IsolationList::release_unmapped`], after the switch.
     unmapped: bool,
     /// Whether the rmap of those folios, all small, is still to be removed: their PTEs are
     /// cleared, but each still counts its mapping.
@@ -149,25 +149,25 @@ impl IsolationList {
     /// Releases the old folios of the collapse that went through last, if it left them here
     /// (see [`DetachedTable::install`]), first removing their rmap if the install left that
     /// to do too: the small ones are freed unless something else holds them, the large ones
-    /// go back on the LRU without their swap cache entry. Called once the mmap lock is no
-    /// longer held for write (downgraded), which the rmap updates and the freeing of 512
-    /// pages need not delay. Until then the folios stay isolated and locked, as they were
+    /// go back on the LRU without their swap cache entry. Called after the switch, under the
+    /// mmap lock for read (downgraded from write, or held so for a switch under the read
+    /// lock): the rmap updates and the freeing of 512 pages need not hold it for write. Until then the folios stay isolated and locked, as they were
     /// under the lock: reclaim, migration and compaction leave them alone, and no page table
     /// maps them, so that an rmap walker finds none of their mappings.
     ///
     /// # Safety
     ///
     /// If the install left the rmap to remove, `vma` must be the VMA of its range, and the
-    /// caller must hold the mmap lock of its mm since then, without a break (downgraded to a
-    /// read lock).
+    /// caller must hold the mmap lock of its mm since then, without a break (for read at
+    /// least; downgraded from write counts).
     pub(crate) unsafe fn release_unmapped(&mut self, vma: Option<&VmaRef>) {
         if !core::mem::replace(&mut self.unmapped, false) {
             return;
         }
         let rmap_pending = core::mem::replace(&mut self.rmap_pending, false);
         if kernel::warn_on!(rmap_pending && vma.is_none()) {
-            // Never: the caller of a collapse releases its folios under the downgraded lock
-            // (`anon::collapse_anon()`). Freeing a folio that counts a mapping would be worse
+            // Never: the caller of a collapse releases its folios under the lock it switched
+            // under, or downgraded to read (`anon::collapse_anon()`). Freeing a folio that counts a mapping would be worse
             // than leaking it.
             for folio in self.folios.drain_all() {
                 core::mem::forget(folio);
@@ -635,8 +635,8 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// `fresh` is deposited for a later split and the detached table freed after an RCU grace
     /// period; otherwise the table goes back in place with the candidate's PTEs mapping the new
     /// folio, and `fresh` must be `None`. The old folios stay in the
-    /// isolation list, isolated and locked, for the caller to release once it has downgraded
-    /// the mmap lock to read ([`IsolationList::release_unmapped`]); if all are small, the
+    /// isolation list, isolated and locked, for the caller to release after the switch, under
+    /// the mmap lock for read ([`IsolationList::release_unmapped`]); if all are small, the
     /// removal of their rmap waits for that too.
     ///
     /// Returns [`Fail::Other`], having put everything back, if `new` or `fresh` does not fit
@@ -680,7 +680,7 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                 }
             } else {
                 // Small folios only, each mapped by one of the PTEs just cleared: their rmap
-                // is removed with the mmap lock downgraded, after the switch
+                // is removed under the mmap lock for read, after the switch
                 // (`IsolationList::release_unmapped()`), as nothing finds them mapped meanwhile.
                 iso.list.rmap_pending = true;
             }
