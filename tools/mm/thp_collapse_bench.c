@@ -69,8 +69,9 @@
  * begins while it runs then stalls a fault, not a mincore() call, so the
  * fault figures show what the process's page faults wait for (the stall
  * column is not measured). The Rust core's switch under the page-table
- * locks (sysfs collapse/rust_switch "ptl") lets those faults through where
- * the VMA write lock ("vma", and the C core) holds them.
+ * locks (sysfs collapse/rust_switch "read" or "ptl") lets those faults
+ * through where the VMA write lock ("vma", and the C core) holds them; with
+ * "read" the mincore() calls go on too, the mmap lock held for read only.
  *
  * -S runs no mincore() or fault thread and traces nothing (no stall, fault
  * or write-hold figures): with the guest's clock counting instructions (QEMU
