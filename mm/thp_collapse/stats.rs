@@ -47,6 +47,8 @@ pub(crate) struct Paths {
     /// Collapses whose switch under the page-table locks gave up and went on with the VMA
     /// write-locked.
     pub(crate) switch_fallbacks: u32,
+    /// Of the PMD ranges mapped in place, those mapped under the mmap lock for read only.
+    pub(crate) in_place_read: u32,
 }
 
 /// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
@@ -63,10 +65,11 @@ const PATH_NAMES: [&str; PATHS] = [
     "switched_ptl",
     "switched_read",
     "switch_fallbacks",
+    "in_place_read",
 ];
 
 /// How many path counters each caller has.
-const PATHS: usize = 11;
+const PATHS: usize = 12;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
@@ -102,6 +105,7 @@ impl Stats {
             p.switched,
             p.switched_read,
             p.switch_fallbacks,
+            p.in_place_read,
         ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
             if v > 0 {
@@ -180,6 +184,7 @@ mod tests {
             switched: 8,
             switched_read: 11,
             switch_fallbacks: 9,
+            in_place_read: 12,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
         s.count_paths(Caller::Madvise, &Paths::default());
@@ -206,6 +211,7 @@ mod tests {
         assert_eq!(paths.next(), Some("switched_ptl 8"));
         assert_eq!(paths.next(), Some("switched_read 11"));
         assert_eq!(paths.next(), Some("switch_fallbacks 9"));
+        assert_eq!(paths.next(), Some("in_place_read 12"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

@@ -253,6 +253,7 @@ impl RequestState {
                 switched: 0,
                 switched_read: 0,
                 switch_fallbacks: 0,
+                in_place_read: 0,
             },
         }
     }
@@ -278,9 +279,11 @@ impl RequestState {
         self.paths.claim_waits += 1;
     }
 
-    /// Notes that a PMD range was mapped in place, without a copy.
-    pub(crate) fn mapped_in_place(&mut self) {
+    /// Notes that a PMD range was mapped in place, without a copy, under the mmap lock for
+    /// read only if `read`.
+    pub(crate) fn mapped_in_place(&mut self, read: bool) {
         self.paths.in_place += 1;
+        self.paths.in_place_read += u32::from(read);
     }
 
     /// Notes how a collapse that went through copied its pages, and how many times its early
@@ -435,21 +438,21 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
     /// As [`DetachedTable::detach`], under the mmap lock `guard`, held for read or write, but
     /// the PMD entry stays in place: the candidate's entries are taken out of the table into
     /// `saved`, the page-table locks held until the install (`DetachedPteTable::take`), the
-    /// notifier range owned by `watch` (so that it does not report it).
+    /// notifier range owned by `watch`, if there is one (so that it does not report it).
     pub(crate) fn take<G: MmapLocked>(
         guard: &'g G,
         anon: AnonVmaWrite<'g>,
         (vma, pmd): (&'g VmaRef, PmdEntry<'g>),
         c: Candidate,
         list: &'l mut IsolationList,
-        (saved, watch): (PteSnapshot, &RangeWatch),
+        (saved, watch): (PteSnapshot, Option<&RangeWatch>),
     ) -> Result<Self, Fail> {
         let (_, _, range) = Self::range(c);
         // Empty: the collapse that went through before released its old folios after its
         // lock (else they would be released here, correctly if late, but with the page-table
         // locks held). The slots of the candidate are all written by the isolation.
         list.clear();
-        let table = DetachedPteTable::take(guard, &anon, vma, pmd, range, saved, Some(watch));
+        let table = DetachedPteTable::take(guard, &anon, vma, pmd, range, saved, watch);
         let table = table.ok_or(Fail::NoPteTable)?;
         Ok(Self::new(table, anon, guard.locked_mm(), vma, c, list))
     }

@@ -311,10 +311,11 @@ fn switch_read_locked<'m>(
 
 /// Maps the PMD-order folio that every entry of candidate `c` (of the PMD order) maps in
 /// order with the PMD instead, without allocating or copying: as [`collapse_anon`], with the
-/// same locks and checks, but the folio stays where it is. Returns `None`, having changed
-/// nothing, if the entries no longer map such a folio, exclusively: the caller copies them
-/// instead. Returns with no lock held. Upstream has no such path: it copies the folio into a
-/// new one.
+/// same locks and checks, but the folio stays where it is; with `rust_switch` at `read`,
+/// under the mmap lock for read first ([`in_place_read_locked`]). Returns `None`, having
+/// changed nothing, if the entries no longer map such a folio, exclusively: the caller copies
+/// them instead. Returns with no lock held. Upstream has no such path: it copies the folio
+/// into a new one.
 fn remap_in_place(
     mm: &kernel::mm::Mm,
     c: Candidate,
@@ -326,10 +327,25 @@ fn remap_in_place(
     let allocated = req
         .list()
         .and_then(|list| Ok((list, new_folio::alloc_table(mm, policy)?)));
-    let (list, fresh) = match allocated {
+    let (list, mut fresh) = match allocated {
         Ok(allocated) => allocated,
         Err(fail) => return Some(Err(fail)),
     };
+    let saved = (ffi::switch_mode() == SwitchMode::Read)
+        .then(PteSnapshot::new)
+        .and_then(Result::ok);
+    if let Some(saved) = saved {
+        match in_place_read_locked(mm, (c, mode, tunables), &mut *list, saved, fresh) {
+            Ok(attempt) => {
+                if attempt.as_ref().is_some_and(Result::is_ok) {
+                    req.mapped_in_place(true);
+                }
+                return attempt;
+            }
+            // Gave up, everything put back: with the mmap lock held for write.
+            Err(back) => fresh = back,
+        }
+    }
     let guard = MmapWrite::lock(mm);
     let held = Instant::<Monotonic>::now();
     // `None` if no longer in place: the table was dropped, which put everything back.
@@ -343,9 +359,61 @@ fn remap_in_place(
         Err(fail) => Err(fail),
     };
     if attempt.is_ok() {
-        req.mapped_in_place();
+        req.mapped_in_place(false);
     }
     Some(attempt)
+}
+
+/// [`remap_in_place`] under the mmap lock for read: the candidate's entries are taken out
+/// into `saved` under the page-table locks, as by a switch under the read lock
+/// ([`take_isolated`]), with no watch (nothing is copied: the folio itself is mapped), and
+/// its folio isolated into `list`; if the entries still map it in place, it is mapped with
+/// the PMD, `fresh` deposited. Returns with no lock held what [`remap_in_place`] returns; or
+/// `fresh` back, with everything put back, if it gave up: the VMA is registered with
+/// userfaultfd, or the isolation failed in a way a walker under the VMA's lock or the mmap
+/// read lock may have caused ([`switch_falls_back`]).
+fn in_place_read_locked<'m>(
+    mm: &'m kernel::mm::Mm,
+    (c, mode, tunables): (Candidate, CollapseMode, &Tunables),
+    list: &mut IsolationList,
+    saved: PteSnapshot,
+    fresh: NewPteTable<'m>,
+) -> Result<Option<Attempt>, NewPteTable<'m>> {
+    let guard = MmapRead::lock(mm);
+    let taken = take_in_place(&guard, (c, mode, tunables), list, saved);
+    match taken {
+        // `None` if no longer in place: the table was dropped, which put everything back.
+        Ok(Some(table)) => Ok(table.install_in_place(fresh)),
+        Ok(None) => Err(fresh),
+        Err(fail) if switch_falls_back(fail) => {
+            if fail != Fail::NoPteTable {
+                // As after a switch that gave up (`try_take()`).
+                ffi::drain_lru_batches(mode.effort());
+            }
+            Err(fresh)
+        }
+        Err(fail) => Ok(Some(Err(fail))),
+    }
+}
+
+/// The steps of [`in_place_read_locked`] up to the install, under `guard`: the table with
+/// its entries out and its folio isolated, or `None`, nothing changed, for a VMA registered
+/// with userfaultfd (see [`take_isolated`]).
+fn take_in_place<'g, 'l>(
+    guard: &'g MmapRead<'_>,
+    (c, mode, tunables): (Candidate, CollapseMode, &Tunables),
+    list: &'l mut IsolationList,
+    saved: PteSnapshot,
+) -> Result<Option<DetachedTable<'g, 'l>>, Fail> {
+    let vma = revalidate_anon(guard, c.haddr, mode, c.order)?;
+    if Userfault::of(vma) == Userfault::Armed {
+        return Ok(None);
+    }
+    let pmd = guard.pmd_table(c.haddr)?;
+    let anon = AnonVmaWrite::lock(guard, vma).ok_or(Fail::PageAnon)?;
+    let mut table = DetachedTable::take(guard, anon, (vma, pmd), c, list, (saved, None))?;
+    table.isolate(mode, mode.limits(tunables, c.order, Userfault::Unarmed))?;
+    Ok(Some(table))
 }
 
 /// The part of [`collapse_anon`] under the mmap lock for write, `guard`: `new` and the
@@ -497,7 +565,7 @@ fn take_isolated<'g, 'l, G: CollapseLocked>(
     if early.invalidated() {
         return Ok(Err(GaveUp::PutBack { isolated: false }));
     }
-    let room = (saved, early.watch());
+    let room = (saved, Some(early.watch()));
     let mut table = DetachedTable::take(guard, anon, (vma, pmd), c, list, room)?;
     ffi::switch_test_delay();
     // Nothing isolated yet: the cheap reasons to give up first. Write-protected again since

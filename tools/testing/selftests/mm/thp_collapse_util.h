@@ -130,7 +130,7 @@ static inline bool rust_stat_is_path(const char *name)
 	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early") ||
 	       !strcmp(name, "early_restarts") || !strcmp(name, "claim_waits") ||
 	       !strcmp(name, "switched_ptl") || !strcmp(name, "switched_read") ||
-	       !strcmp(name, "switch_fallbacks");
+	       !strcmp(name, "switch_fallbacks") || !strcmp(name, "in_place_read");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
