@@ -389,12 +389,14 @@ out:
 	munmap(p, len);
 }
 
+static void test_in_place(const char *core, bool shared);
+
 /*
  * rust_switch: "ptl" switches under the page-table locks with the mmap lock
  * held for write (the integrity test then sees no switch under the read
  * lock), "vma" write-locks the VMA for every switch, as upstream (it sees no
- * switch under the page-table locks), and only "read", "ptl" and "vma" are
- * taken.
+ * switch under the page-table locks, and maps in place under the write
+ * lock), and only "read", "ptl" and "vma" are taken.
  */
 static void test_switch_modes(void)
 {
@@ -404,11 +406,17 @@ static void test_switch_modes(void)
 
 	for (i = 0; i < ARRAY_SIZE(modes); i++) {
 		switch_mode = modes[i];
-		if (!collapse_set_switch(modes[i]))
+		if (!collapse_set_switch(modes[i])) {
 			test_integrity("rust", FULL);
-		else
+			/* In place, too, takes the mmap lock for write. */
+			if (!strcmp(modes[i], "vma"))
+				test_in_place("rust", false);
+		} else {
 			ksft_test_result_fail("rust: rust_switch: cannot select %s\n",
 					      modes[i]);
+			if (!strcmp(modes[i], "vma"))
+				ksft_test_result_fail("rust: in place (rust_switch vma): not run\n");
+		}
 	}
 	switch_mode = "read";
 	ksft_test_result(bad == EINVAL && !collapse_set_switch("read"),
@@ -2313,13 +2321,15 @@ static void test_race_invalidated_once(void)
  * the page, and the process read back the bytes it had zapped.
  *
  * The racer (free_one_page() with a mark) writes the page round n's
- * n * ONCE_STEP_US / 2 after its start, drains its LRU batch (a page still
- * in it is not copied early) and zaps the page ONCE_STEP_US after the write:
- * it must write between the scan and the first pass, and zap during the
- * copy. Every even page stays empty: their clearing, between the scan and
- * the first pass, makes the window for the write about as long as the copy
- * of the odd pages, the window for the zap, and twice the rounds of
- * test_race_invalidated_once() at half its step sweep both.
+ * n * step / 2 after its start, drains its LRU batch (a page still in it is
+ * not copied early) and zaps the page a step after the write: it must write
+ * between the scan and the first pass, and zap during the copy. Every even
+ * page stays empty: their clearing, between the scan and the first pass,
+ * makes the window for the write about as long as the copy of the odd
+ * pages, the window for the zap. The step is measured: ZAP_ROUNDS half
+ * steps span one collapse of the range (with nothing racing), about
+ * ONCE_STEP_US on a debug kernel under TCG, a third of that on the faster
+ * KCSAN kernel, where a fixed step missed both windows.
  *
  * The zapped page must read zeroes, so must the other even pages, and the
  * odd pages their data. A call that returns 0 must be a collapse by the Rust
@@ -2342,6 +2352,7 @@ static void test_race_refault_then_zap(void)
 	int written = 0, zapped = 0, dirty = 0;
 	long long start = now_ns(), t0, t1;
 	size_t pg, w, lost = 0;
+	long step_us;
 	struct rust_paths d;
 	struct one_free f;
 	bool pass;
@@ -2350,6 +2361,14 @@ static void test_race_refault_then_zap(void)
 		ksft_exit_fail_perror("setup");
 	allow_thp(p, PMD_SZ);
 	collapse_require_core("rust");
+	/* One collapse of the range as the rounds make it: the sweep's span. */
+	for (pg = 1; pg < PAGES_PER_PMD; pg += 2)
+		fill_page(p, shadow, pg, 199);
+	t0 = now_ns();
+	madvise(p, PMD_SZ, MADV_COLLAPSE);
+	step_us = 2 * (now_ns() - t0) / 1000 / ZAP_ROUNDS;
+	if (step_us < 20)
+		step_us = 20;
 	rust_stats_read("madvise", &first);
 	for (n = 0; n < ZAP_ROUNDS; n++) {
 		struct rust_paths rd;
@@ -2363,10 +2382,10 @@ static void test_race_refault_then_zap(void)
 		f = (struct one_free){
 			.page = x,
 			.advice = MADV_DONTNEED,
-			.delay_us = n * ONCE_STEP_US / 2,
+			.delay_us = n * step_us / 2,
 			.mark = ZAP_MARK,
 			.cold = cold,
-			.then_us = ONCE_STEP_US,
+			.then_us = step_us,
 		};
 		err = collapse_racing_one(p, &f, &s0, &s1);
 		ret = err ? -1 : 0;
@@ -2420,8 +2439,8 @@ static void test_race_refault_then_zap(void)
 	if (!pass)
 		stats_print_moved("madvise", &first);
 	ksft_test_result(pass,
-			 "rust: a page empty at the scan, written then MADV_DONTNEED'd during the early copy, reads zeroes: %d rounds, %d writes and %d DONTNEEDs during the call; %lld early copies started over (in %d rounds, %d after the write); %lld PMDs: %lld copied early, %lld copied locked; %d rounds with the page not zeroes, %zu other pages lost, %d/%d calls returned 0, %d rounds with unexpected errors, %.1f s\n",
-			 ZAP_ROUNDS, written, zapped, d.restarts, hit, primed,
+			 "rust: a page empty at the scan, written then MADV_DONTNEED'd during the early copy, reads zeroes: %d rounds, step %ld us, %d writes and %d DONTNEEDs during the call; %lld early copies started over (in %d rounds, %d after the write); %lld PMDs: %lld copied early, %lld copied locked; %d rounds with the page not zeroes, %zu other pages lost, %d/%d calls returned 0, %d rounds with unexpected errors, %.1f s\n",
+			 ZAP_ROUNDS, step_us, written, zapped, d.restarts, hit, primed,
 			 d.succeed, d.early, d.locked, dirty, lost, calls_ok,
 			 ZAP_ROUNDS, bad, (now_ns() - start) / 1e9);
 	close(pagemap);
@@ -3490,9 +3509,9 @@ static void test_in_place(const char *core, bool shared)
 	char *shadow = malloc(len);
 	bool rust = !strcmp(core, "rust");
 	int pagemap, ret, err, kept = 0, child_ok = 0, status;
-	long long in_place, ok;
+	long long in_place, in_place_read, ok;
 	pid_t child = -1;
-	bool huge, same;
+	bool huge, same, read;
 
 	if (!p || !shadow)
 		ksft_exit_fail_perror("mmap/malloc");
@@ -3535,13 +3554,18 @@ static void test_in_place(const char *core, bool shared)
 		child_ok = WIFEXITED(status) && !WEXITSTATUS(status);
 	}
 	in_place = rust_stats_delta(&before, &after, "in_place");
+	in_place_read = rust_stats_delta(&before, &after, "in_place_read");
 	ok = rust_stats_delta(&before, &after, "succeed");
+	/* Under the mmap read lock with rust_switch "read", else write-locked. */
+	read = !strcmp(switch_mode, "read");
 	if (rust && !shared)
 		ksft_test_result(!ret && huge && same && kept == IN_PLACE_PMDS &&
-				 in_place == IN_PLACE_PMDS && ok == IN_PLACE_PMDS,
-				 "rust: in place: each PTE-mapped PMD-sized folio mapped with its PMD where it is (ret %d %s, huge %d, same %d, pfn kept %d of %d, in_place +%lld, succeed +%lld)\n",
+				 in_place == IN_PLACE_PMDS && ok == IN_PLACE_PMDS &&
+				 in_place_read == (read ? IN_PLACE_PMDS : 0),
+				 "rust: in place%s%s: each PTE-mapped PMD-sized folio mapped with its PMD where it is (ret %d %s, huge %d, same %d, pfn kept %d of %d, in_place +%lld, of them under the mmap read lock +%lld, succeed +%lld)\n",
+				 read ? "" : " (rust_switch ", read ? "" : switch_mode,
 				 ret, ret ? strerror(err) : "", huge, same, kept,
-				 IN_PLACE_PMDS, in_place, ok);
+				 IN_PLACE_PMDS, in_place, in_place_read, ok);
 	else if (rust)
 		ksft_test_result(!ret && huge && same && !kept && !in_place &&
 				 ok == IN_PLACE_PMDS && child_ok,
@@ -4030,7 +4054,7 @@ int main(int argc, char **argv)
 		set_str(THP_SYSFS "enabled", thp_enabled);
 		ksft_finished();
 	}
-	ksft_set_plan(2 * NR_LAYOUTS + 3 + 2 + 4 + 4 + NR_RACERS + 7 + 2 + 15);
+	ksft_set_plan(2 * NR_LAYOUTS + 4 + 2 + 4 + 4 + NR_RACERS + 7 + 2 + 15);
 
 	for (c = 0; c < 2; c++)
 		for (l = 0; l < NR_LAYOUTS; l++)
