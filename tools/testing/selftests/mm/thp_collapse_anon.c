@@ -415,7 +415,7 @@ static void test_switch_modes(void)
 			ksft_test_result_fail("rust: rust_switch: cannot select %s\n",
 					      modes[i]);
 			if (!strcmp(modes[i], "vma"))
-				ksft_test_result_fail("rust: in place (rust_switch vma): not run\n");
+				ksft_test_result_fail("rust: in place (vma): not run\n");
 		}
 	}
 	switch_mode = "read";
