@@ -751,7 +751,15 @@ impl DetachedTable<'_, '_> {
         {
             // The rmap update needs preemption off for its per-CPU statistics.
             let mut locked = table.lock();
-            locked.clear(0, PTES_PER_PMD as usize);
+            if !locked.clear(0, PTES_PER_PMD as usize) {
+                // Never (`in_place()` saw every entry as it was): everything goes back, the
+                // rmap and references untouched, in the order of the fields.
+                drop(locked);
+                drop(table);
+                drop(iso);
+                drop(anon);
+                return Some(Err(Fail::Other));
+            }
             // SAFETY: The entries cleared above, under their lock, mapped the folio's pages in
             // order from `page` on in `vma`; the folio is isolated and locked.
             unsafe { isolate::remove_rmap_ptes(folio, page, PTES_PER_PMD as usize, vma) };

@@ -385,13 +385,9 @@ fn in_place_read_locked<'m>(
         // `None` if no longer in place: the table was dropped, which put everything back.
         Ok(Some(table)) => Ok(table.install_in_place(fresh)),
         Ok(None) => Err(fresh),
-        Err(fail) if switch_falls_back(fail) => {
-            if fail != Fail::NoPteTable {
-                // As after a switch that gave up (`try_take()`).
-                ffi::drain_lru_batches(mode.effort());
-            }
-            Err(fresh)
-        }
+        // The folio isolated, if any, is of the PMD order: no LRU batch holds it (unlike
+        // after a switch that gave up, `try_take()`), so nothing to drain.
+        Err(fail) if switch_falls_back(fail) => Err(fresh),
         Err(fail) => Ok(Some(Err(fail))),
     }
 }
