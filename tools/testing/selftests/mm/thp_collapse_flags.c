@@ -674,6 +674,14 @@ static void test_range_tracepoint(int pidfd)
 	int n;
 
 	collapse_require_core("rust");
+	/*
+	 * The switch under the page-table locks with the mmap lock held for
+	 * write, so that a collapse that went through shows time under it (the
+	 * default, "read", shows none where the switch goes through).
+	 */
+	ret = collapse_set_switch("ptl");
+	if (ret)
+		ksft_exit_fail_msg("rust_switch ptl: %s\n", strerror((int)ret));
 	range_events(true);
 	range_events_take(ev, 8);
 
@@ -687,7 +695,7 @@ static void test_range_tracepoint(int pidfd)
 	if (!ok)
 		print_range_event("collapsed", ev, n);
 	ksft_test_result(ok,
-			 "rust: mm_collapse_range, a collapsed range: its address, order 9, process_madvise, flags 0x1, succeeded, %llu of %llu ns under the mmap write lock\n",
+			 "rust: mm_collapse_range, a collapsed range: its address, order 9, process_madvise, flags 0x1, succeeded, %llu of %llu ns under the mmap write lock (rust_switch ptl)\n",
 			 n ? ev[0].write_ns : 0, n ? ev[0].time_ns : 0);
 
 	/* Already huge, through madvise(). */
@@ -727,6 +735,7 @@ static void test_range_tracepoint(int pidfd)
 	ksft_test_result(ok,
 			 "rust: mm_collapse_range, a 64 KiB collapse: at the block, order 4, flags 0x400, succeeded\n");
 	range_events(false);
+	collapse_set_switch("read");
 	mem_region_free(&r);
 }
 
