@@ -35,11 +35,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kselftest.h"
@@ -374,19 +377,115 @@ static void test_target_exits(void)
 #define DAEMON_SECONDS "20"
 
 /*
- * The daemon's workload: @hot and @cold, one PMD each, written once; then
- * it reads every page of @hot over and over until a command comes ('c':
- * report whether @hot is PMD-mapped with its bytes and @cold is not).
+ * DAMON sees a page accessed when the CPU has set its accessed bit again
+ * since DAMON cleared it; the CPU sets it when it walks the page table, after
+ * the translation has left its TLB, and DAMON does not flush the TLB. A
+ * reader whose pages all stay in the TLB of its CPU looks idle to DAMON until
+ * something flushes that TLB: a switch to another process, a flush IPI. QEMU's
+ * software TLB holds the workload's 2 MiB; the workload, mostly alone on a
+ * CPU, went unseen for a whole run now and then (no hot region in 19 scans:
+ * two CI runs, one in nine runs here with the workload pinned). So the
+ * workload has its TLB flushed every millisecond, as a context switch would:
+ * mprotect() of more of its own mapped pages than the kernel's single-page
+ * flush ceiling (tlb_single_page_flush_ceiling, 33) flushes the whole mm.
+ * And the test always runs the harder case: the workload alone on one CPU,
+ * the agent, the test and kdamond on another.
  */
-static void daemon_workload_main(char *hot, char *cold, int cmd, int res)
+#define FLUSH_PAGES 64
+
+/* Whether the test can put the workload and the rest on different CPUs. */
+static bool two_cpus(int *workload_cpu, int *other_cpu)
 {
-	struct pollfd pfd = { .fd = cmd, .events = POLLIN };
-	uint64_t sum = 0;
-	char c = 0;
-	size_t pg;
-	bool ok = true;
+	cpu_set_t set;
+	int cpu;
+
+	*workload_cpu = *other_cpu = -1;
+	if (sched_getaffinity(0, sizeof(set), &set))
+		return false;
+	for (cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+		if (!CPU_ISSET(cpu, &set))
+			continue;
+		if (*other_cpu < 0)
+			*other_cpu = cpu;
+		else
+			*workload_cpu = cpu;
+	}
+	return *workload_cpu >= 0;
+}
+
+static int pin_to(pid_t pid, int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(pid, sizeof(set), &set);
+}
+
+/*
+ * Keeps every kdamond on @cpu until killed (the agent starts its kdamond
+ * after this begins, and a new one each time its targets change).
+ */
+static void kdamond_pinner_main(int cpu)
+{
+	char path[300], comm[32];
+	struct dirent *d;
+	DIR *proc;
+	FILE *f;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (;;) {
+		proc = opendir("/proc");
+		if (!proc)
+			_exit(1);
+		while ((d = readdir(proc))) {
+			if (d->d_name[0] < '1' || d->d_name[0] > '9')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%s/comm", d->d_name);
+			f = fopen(path, "r");
+			if (!f)
+				continue;
+			if (fgets(comm, sizeof(comm), f) &&
+			    !strncmp(comm, "kdamond", 7))
+				pin_to(atoi(d->d_name), cpu);
+			fclose(f);
+		}
+		closedir(proc);
+		usleep(100 * 1000);
+	}
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/*
+ * The daemon's workload: @hot and @cold, one PMD each, written once; then,
+ * on @cpu (-1: anywhere), it reads every page of @hot over and over, its TLB
+ * flushed every millisecond, until a command comes ('c': report whether
+ * @hot is PMD-mapped with its bytes and @cold is not).
+ */
+static void daemon_workload_main(char *hot, char *cold, int cpu, int cmd,
+				 int res)
+{
+	struct pollfd pfd = { .fd = cmd, .events = POLLIN };
+	/* Shared: never merged with @hot's or @cold's VMA. */
+	char *flush = mmap(NULL, FLUSH_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE,
+			   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	double last = now_s();
+	uint64_t sum = 0;
+	bool ok = true, ro = false;
+	char c = 0;
+	size_t pg;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (flush == MAP_FAILED || (cpu >= 0 && pin_to(0, cpu)))
+		_exit(9);
+	memset(flush, 1, FLUSH_PAGES * PAGE_SZ);
 	if (madvise(hot, PMD_SZ, MADV_NOHUGEPAGE) ||
 	    madvise(cold, PMD_SZ, MADV_NOHUGEPAGE))
 		_exit(10);
@@ -400,10 +499,19 @@ static void daemon_workload_main(char *hot, char *cold, int cmd, int res)
 	if (write(res, &hot, sizeof(hot)) != sizeof(hot) ||
 	    write(res, &cold, sizeof(cold)) != sizeof(cold))
 		_exit(12);
-	while (poll(&pfd, 1, 0) == 0)
+	while (poll(&pfd, 1, 0) == 0) {
 		for (pg = 0; pg < PAGES_PER_PMD; pg++)
 			sum += __atomic_load_n((uint64_t *)(hot + pg * PAGE_SZ),
 					       __ATOMIC_RELAXED);
+		if (now_s() - last < 1e-3)
+			continue;
+		/* Each change of its populated PTEs flushes the whole TLB. */
+		ro = !ro;
+		if (mprotect(flush, FLUSH_PAGES * PAGE_SZ,
+			     ro ? PROT_READ : PROT_NONE))
+			_exit(14);
+		last = now_s();
+	}
 	if (read(cmd, &c, 1) != 1 || c != 'c' || !sum)
 		_exit(0);
 	for (pg = 0; pg < PAGES_PER_PMD; pg++)
@@ -427,19 +535,33 @@ static void test_daemon(void)
 	char *cold = cold_area + 2 * PMD_SZ, hot_pat[64], cold_pat[64];
 	static const char png_sig[8] = "\x89PNG\r\n\x1a\n";
 	char cfg[1024], png[8], r = 0, c = 'c';
-	int cmd[2], res[2], rc, fd;
-	bool collapsed, cold_left, complete, plotted;
-	pid_t pid;
+	int cmd[2], res[2], rc, fd, workload_cpu, other_cpu;
+	bool collapsed, cold_left, complete, plotted, pinned;
+	pid_t pid, pinner = -1;
+	cpu_set_t orig_cpus;
 
 	collapse_require_core("rust");
-	if (!hot || !cold_area || pipe(cmd) || pipe(res))
+	if (!hot || !cold_area || pipe(cmd) || pipe(res) ||
+	    sched_getaffinity(0, sizeof(orig_cpus), &orig_cpus))
 		ksft_exit_fail_perror("daemon workload");
 	munmap(cold_area, 2 * PMD_SZ);
+	pinned = two_cpus(&workload_cpu, &other_cpu);
+	if (!pinned)
+		ksft_print_msg("one CPU: the workload shares it with the agent\n");
+	else if (pin_to(0, other_cpu))
+		ksft_exit_fail_perror("sched_setaffinity");
 	pid = fork();
 	if (pid < 0)
 		ksft_exit_fail_perror("fork");
 	if (!pid)
-		daemon_workload_main(hot, cold, cmd[0], res[1]);
+		daemon_workload_main(hot, cold, workload_cpu, cmd[0], res[1]);
+	if (pinned) {
+		pinner = fork();
+		if (pinner < 0)
+			ksft_exit_fail_perror("fork");
+		if (!pinner)
+			kdamond_pinner_main(other_cpu);
+	}
 	close(cmd[0]);
 	close(res[1]);
 	if (read(res[0], &hot, sizeof(hot)) != sizeof(hot) ||
@@ -468,9 +590,14 @@ static void test_daemon(void)
 		       DAEMON_DIR "/agent.toml", "--duration", DAEMON_SECONDS,
 		       "--report", DAEMON_DIR, "--log", DAEMON_DIR "/agent.log",
 		       NULL);
+	if (pinner > 0) {
+		kill(pinner, SIGKILL);
+		waitpid(pinner, NULL, 0);
+	}
 	if (write(cmd[1], &c, 1) != 1 || read(res[0], &r, 1) != 1)
 		r = 0;
 	waitpid(pid, NULL, 0);
+	sched_setaffinity(0, sizeof(orig_cpus), &orig_cpus);
 	close(cmd[1]);
 	close(res[0]);
 
