@@ -3363,19 +3363,26 @@ static const char *const trace_events[] = {
 	"mm_collapse_huge_page_isolate", "mm_collapse_huge_page_swapin",
 };
 
-/* Enables the collapse events for this process only, or disables them. */
+/*
+ * Enables the collapse events for this process only, or disables them. A
+ * filter on the PID, not set_event_pid, which registers scheduler probes:
+ * under TCG, patching the scheduler's tracepoint call has crashed the guest
+ * (scripts/guest/init).
+ */
 static int trace_collapse_events(bool on)
 {
-	char path[128], pid[32];
+	char path[128], filter[48];
 	size_t i;
 
 	if (access(TRACEFS "trace", F_OK) &&
 	    mount("nodev", "/sys/kernel/tracing", "tracefs", 0, NULL))
 		return -1;
-	snprintf(pid, sizeof(pid), "%d", getpid());
-	if (write_str(TRACEFS "set_event_pid", on ? pid : ""))
-		return -1;
+	snprintf(filter, sizeof(filter), "common_pid == %d", getpid());
 	for (i = 0; i < ARRAY_SIZE(trace_events); i++) {
+		snprintf(path, sizeof(path), TRACEFS "events/huge_memory/%s/filter",
+			 trace_events[i]);
+		if (write_str(path, on ? filter : "0"))
+			return -1;
 		snprintf(path, sizeof(path), TRACEFS "events/huge_memory/%s/enable",
 			 trace_events[i]);
 		if (write_str(path, on ? "1" : "0"))

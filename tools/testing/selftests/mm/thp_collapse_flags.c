@@ -82,6 +82,7 @@
 #define FAIL_ALLOC "/sys/kernel/debug/fail_page_alloc/"
 #define TRACEFS "/sys/kernel/tracing/"
 #define RANGE_EVENT TRACEFS "events/huge_memory/mm_collapse_range/enable"
+#define RANGE_FILTER TRACEFS "events/huge_memory/mm_collapse_range/filter"
 #define ALLOC_EVENT TRACEFS "events/kmem/mm_page_alloc/"
 
 /* KPF_DIRTY of /proc/kpageflags (include/uapi/linux/kernel-page-flags.h). */
@@ -590,13 +591,17 @@ struct range_event {
 
 static void range_events(bool on)
 {
-	char pid[32];
+	char filter[48];
 
 	if (access(TRACEFS "trace", F_OK) &&
 	    mount("nodev", TRACEFS, "tracefs", 0, NULL))
 		ksft_exit_fail_perror("mount tracefs");
-	snprintf(pid, sizeof(pid), "%d", getpid());
-	set_str(TRACEFS "set_event_pid", on ? pid : "");
+	/*
+	 * A filter on the PID, not set_event_pid, which registers scheduler
+	 * probes (see trace_collapse_events() in thp_collapse_anon.c).
+	 */
+	snprintf(filter, sizeof(filter), "common_pid == %d", getpid());
+	set_str(RANGE_FILTER, on ? filter : "0");
 	set_str(RANGE_EVENT, on ? "1" : "0");
 	set_str(TRACEFS "tracing_on", on ? "1" : "0");
 }
@@ -744,8 +749,12 @@ static void test_range_tracepoint(int pidfd)
 /* Traces this process's order-9 page allocations (kmem:mm_page_alloc), or stops. */
 static void huge_alloc_events(bool on)
 {
+	char filter[64];
+
 	range_events(on);
-	set_str(ALLOC_EVENT "filter", on ? "order == 9" : "0");
+	snprintf(filter, sizeof(filter), "order == 9 && common_pid == %d",
+		 getpid());
+	set_str(ALLOC_EVENT "filter", on ? filter : "0");
 	set_str(ALLOC_EVENT "enable", on ? "1" : "0");
 	trace_clear();
 }
