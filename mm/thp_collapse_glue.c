@@ -227,12 +227,24 @@ int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
 	return err;
 }
 
+/* The facts of struct thp_collapse_pte that are the folio's, not the PTE's. */
+#define THP_FOLIO_FACTS							\
+	(THP_FOLIO_ANON | THP_FOLIO_LAZYFREE | THP_FOLIO_SHARED |	\
+	 THP_FOLIO_LRU | THP_FOLIO_LOCKED | THP_FOLIO_EXTRA_REFS |	\
+	 THP_FOLIO_LARGE | THP_FOLIO_YOUNG)
+
 /*
  * Reads one PTE of a collapse candidate: what it maps, and the predicates of
- * the PTE and its folio. Only reads: the Rust core decides what they mean.
+ * the PTE and its folio. @last is the fact of an earlier PTE of the same read
+ * that mapped a folio, or NULL: if this one maps the same folio (the pages of
+ * a PTE-mapped large folio), its folio facts are taken from there instead of
+ * read again, 512 times for a PMD-sized folio. Only reads: the Rust core
+ * decides what the facts mean.
  */
 static void read_pte(struct vm_area_struct *vma, unsigned long addr,
-		     pte_t *ptep, unsigned int what, struct thp_collapse_pte *out)
+		     pte_t *ptep, unsigned int what,
+		     const struct thp_collapse_pte *last,
+		     struct thp_collapse_pte *out)
 {
 	bool state = what & THP_READ_FOLIO_STATE;
 	bool heuristics = what & THP_READ_HEURISTICS;
@@ -272,6 +284,12 @@ static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 	folio = page_folio(page);
 	out->page = page;
 	out->folio = folio;
+	if (last && last->folio == folio) {
+		out->order = last->order;
+		out->nid = last->nid;
+		flags |= last->flags & THP_FOLIO_FACTS;
+		goto out;
+	}
 	out->order = folio_order(folio);
 	out->nid = folio_nid(folio);
 	if (folio_test_anon(folio))
@@ -319,10 +337,15 @@ void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
 			    pte_t *ptep, unsigned int nr, unsigned int what,
 			    struct thp_collapse_pte *out)
 {
+	const struct thp_collapse_pte *last = NULL;
 	unsigned int i;
 
-	for (i = 0; i < nr; i++)
-		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, out + i);
+	for (i = 0; i < nr; i++) {
+		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, last,
+			 out + i);
+		if (out[i].folio)
+			last = out + i;
+	}
 }
 
 /**
