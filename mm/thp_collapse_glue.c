@@ -238,8 +238,9 @@ int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
  * the PTE and its folio. @last is the fact of an earlier PTE of the same read
  * that mapped a folio, or NULL: if this one maps the same folio (the pages of
  * a PTE-mapped large folio), its folio facts are taken from there instead of
- * read again, 512 times for a PMD-sized folio. Only reads: the Rust core
- * decides what the facts mean.
+ * read again for each PTE (once per read, a batch of PTEs, instead of 512
+ * times for a PMD-sized folio). Only reads: the Rust core decides what the
+ * facts mean.
  */
 static void read_pte(struct vm_area_struct *vma, unsigned long addr,
 		     pte_t *ptep, unsigned int what,

@@ -433,7 +433,8 @@ static void kdamond_pinner_main(int cpu)
 	DIR *proc;
 	FILE *f;
 
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+		_exit(1);
 	for (;;) {
 		proc = opendir("/proc");
 		if (!proc)
@@ -505,10 +506,13 @@ static void daemon_workload_main(char *hot, char *cold, int cpu, int cmd,
 					       __ATOMIC_RELAXED);
 		if (now_s() - last < 1e-3)
 			continue;
-		/* Each change of its populated PTEs flushes the whole TLB. */
+		/*
+		 * Write permission taken from its present PTEs or given back
+		 * (shared memory: no write notification): a flush each time.
+		 */
 		ro = !ro;
 		if (mprotect(flush, FLUSH_PAGES * PAGE_SZ,
-			     ro ? PROT_READ : PROT_NONE))
+			     ro ? PROT_READ : PROT_READ | PROT_WRITE))
 			_exit(14);
 		last = now_s();
 	}
@@ -555,18 +559,21 @@ static void test_daemon(void)
 		ksft_exit_fail_perror("fork");
 	if (!pid)
 		daemon_workload_main(hot, cold, workload_cpu, cmd[0], res[1]);
-	if (pinned) {
-		pinner = fork();
-		if (pinner < 0)
-			ksft_exit_fail_perror("fork");
-		if (!pinner)
-			kdamond_pinner_main(other_cpu);
-	}
 	close(cmd[0]);
 	close(res[1]);
 	if (read(res[0], &hot, sizeof(hot)) != sizeof(hot) ||
 	    read(res[0], &cold, sizeof(cold)) != sizeof(cold))
 		ksft_exit_fail_msg("the daemon's workload did not start\n");
+	if (pinned) {
+		pinner = fork();
+		if (pinner < 0)
+			ksft_exit_fail_perror("fork");
+		if (!pinner) {
+			close(cmd[1]);
+			close(res[0]);
+			kdamond_pinner_main(other_cpu);
+		}
+	}
 
 	/* Quick DAMON intervals for a slow emulated guest. */
 	snprintf(cfg, sizeof(cfg),

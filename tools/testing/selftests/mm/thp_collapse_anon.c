@@ -3371,7 +3371,7 @@ static const char *const trace_events[] = {
  */
 static int trace_collapse_events(bool on)
 {
-	char path[128], filter[48];
+	char enable[128], filter_path[128], filter[48];
 	size_t i;
 
 	if (access(TRACEFS "trace", F_OK) &&
@@ -3379,13 +3379,13 @@ static int trace_collapse_events(bool on)
 		return -1;
 	snprintf(filter, sizeof(filter), "common_pid == %d", getpid());
 	for (i = 0; i < ARRAY_SIZE(trace_events); i++) {
-		snprintf(path, sizeof(path), TRACEFS "events/huge_memory/%s/filter",
-			 trace_events[i]);
-		if (write_str(path, on ? filter : "0"))
-			return -1;
-		snprintf(path, sizeof(path), TRACEFS "events/huge_memory/%s/enable",
-			 trace_events[i]);
-		if (write_str(path, on ? "1" : "0"))
+		snprintf(enable, sizeof(enable),
+			 TRACEFS "events/huge_memory/%s/enable", trace_events[i]);
+		snprintf(filter_path, sizeof(filter_path),
+			 TRACEFS "events/huge_memory/%s/filter", trace_events[i]);
+		/* The filter is in place for as long as the event is on. */
+		if (on ? write_str(filter_path, filter) || write_str(enable, "1") :
+			 write_str(enable, "0") || write_str(filter_path, "0"))
 			return -1;
 	}
 	return write_str(TRACEFS "tracing_on", on ? "1" : "0");

@@ -90,6 +90,13 @@
 
 static int pagemap_fd, kpageflags_fd;
 static char orig_core[16], orig_enabled[64];
+/*
+ * kmem:mm_page_alloc as the first DEFRAG case found it: the guest init keeps
+ * it on with a filter that matches nothing (scripts/guest/init), so that
+ * tracing this process's allocations swaps the filter only and never
+ * patches the page allocator's hot tracepoint call.
+ */
+static char orig_alloc_enable[8], orig_alloc_filter[256];
 static char orig_none[16], orig_shared[16], orig_swap[16];
 
 /* The first line of @path, without its newline, into @buf; 0 or -1. */
@@ -104,6 +111,17 @@ static int read_str(const char *path, char *buf, size_t len)
 		return -1;
 	buf[strcspn(buf, "\n")] = '\0';
 	return 0;
+}
+
+/* Puts kmem:mm_page_alloc back as huge_alloc_events() found it. */
+static void alloc_events_restore(void)
+{
+	if (!orig_alloc_enable[0])
+		return;
+	write_str(ALLOC_EVENT "filter",
+		  strcmp(orig_alloc_filter, "none") ? orig_alloc_filter : "0");
+	if (strcmp(orig_alloc_enable, "1"))
+		write_str(ALLOC_EVENT "enable", "0");
 }
 
 static double now(void)
@@ -178,8 +196,7 @@ static void restore(void)
 	if (orig_enabled[0])
 		write_str(THP_SYSFS "enabled", orig_enabled);
 	/* The trace events a case may have left on, if it ended early. */
-	write_str(ALLOC_EVENT "enable", "0");
-	write_str(ALLOC_EVENT "filter", "0");
+	alloc_events_restore();
 	write_str(RANGE_EVENT, "0");
 }
 
@@ -752,10 +769,22 @@ static void huge_alloc_events(bool on)
 	char filter[64];
 
 	range_events(on);
+	if (!on) {
+		alloc_events_restore();
+		trace_clear();
+		return;
+	}
+	if (!orig_alloc_enable[0] &&
+	    (read_str(ALLOC_EVENT "enable", orig_alloc_enable,
+		      sizeof(orig_alloc_enable)) ||
+	     read_str(ALLOC_EVENT "filter", orig_alloc_filter,
+		      sizeof(orig_alloc_filter))))
+		ksft_exit_fail_perror(ALLOC_EVENT);
 	snprintf(filter, sizeof(filter), "order == 9 && common_pid == %d",
 		 getpid());
-	set_str(ALLOC_EVENT "filter", on ? filter : "0");
-	set_str(ALLOC_EVENT "enable", on ? "1" : "0");
+	set_str(ALLOC_EVENT "filter", filter);
+	if (strcmp(orig_alloc_enable, "1"))
+		set_str(ALLOC_EVENT "enable", "1");
 	trace_clear();
 }
 
