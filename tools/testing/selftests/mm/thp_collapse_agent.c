@@ -504,7 +504,7 @@ static void daemon_workload_main(char *hot, char *cold, int cpu, int cmd,
 		for (pg = 0; pg < PAGES_PER_PMD; pg++)
 			sum += __atomic_load_n((uint64_t *)(hot + pg * PAGE_SZ),
 					       __ATOMIC_RELAXED);
-		if (now_s() - last < 1e-3)
+		if (now_s() - last < 0.001)
 			continue;
 		/*
 		 * Write permission taken from its present PTEs or given back
