@@ -618,8 +618,14 @@ static void range_events(bool on)
 	 * probes (see trace_collapse_events() in thp_collapse_anon.c).
 	 */
 	snprintf(filter, sizeof(filter), "common_pid == %d", getpid());
-	set_str(RANGE_FILTER, on ? filter : "0");
-	set_str(RANGE_EVENT, on ? "1" : "0");
+	/* The filter is in place for as long as the event is on. */
+	if (on) {
+		set_str(RANGE_FILTER, filter);
+		set_str(RANGE_EVENT, "1");
+	} else {
+		set_str(RANGE_EVENT, "0");
+		set_str(RANGE_FILTER, "0");
+	}
 	set_str(TRACEFS "tracing_on", on ? "1" : "0");
 }
 
