@@ -35,7 +35,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -428,30 +427,15 @@ static int pin_to(pid_t pid, int cpu)
  */
 static void kdamond_pinner_main(int cpu)
 {
-	char path[300], comm[32];
-	struct dirent *d;
-	DIR *proc;
-	FILE *f;
+	pid_t pids[8];
+	int i, n;
 
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
 		_exit(1);
 	for (;;) {
-		proc = opendir("/proc");
-		if (!proc)
-			_exit(1);
-		while ((d = readdir(proc))) {
-			if (d->d_name[0] < '1' || d->d_name[0] > '9')
-				continue;
-			snprintf(path, sizeof(path), "/proc/%s/comm", d->d_name);
-			f = fopen(path, "r");
-			if (!f)
-				continue;
-			if (fgets(comm, sizeof(comm), f) &&
-			    !strncmp(comm, "kdamond", 7))
-				pin_to(atoi(d->d_name), cpu);
-			fclose(f);
-		}
-		closedir(proc);
+		n = collapse_tasks_named("kdamond", pids, ARRAY_SIZE(pids));
+		for (i = 0; i < n; i++)
+			pin_to(pids[i], cpu);
 		usleep(100 * 1000);
 	}
 }

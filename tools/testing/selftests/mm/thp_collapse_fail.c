@@ -531,23 +531,9 @@ static bool case_prep(struct fcase *fc)
 /* The pid of khugepaged, or -1. */
 static pid_t khugepaged_pid(void)
 {
-	DIR *d = opendir("/proc");
-	struct dirent *e;
-	char path[300], comm[32];
 	pid_t pid = -1;
 
-	while (d && (e = readdir(d))) {
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/comm", e->d_name);
-		if (!raw_read(path, comm, sizeof(comm)) &&
-		    !strcmp(comm, "khugepaged")) {
-			pid = atoi(e->d_name);
-			break;
-		}
-	}
-	if (d)
-		closedir(d);
+	collapse_tasks_named("khugepaged", &pid, 1);
 	return pid;
 }
 

@@ -6,6 +6,7 @@
 #ifndef __THP_COLLAPSE_UTIL_H
 #define __THP_COLLAPSE_UTIL_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -332,6 +333,32 @@ static inline ssize_t collapse_read_file(const char *path, char *buf,
 	n = read(fd, buf, len - 1);
 	close(fd);
 	buf[n > 0 ? n : 0] = '\0';
+	return n;
+}
+
+/*
+ * The PIDs of the tasks whose comm begins with @prefix (a kernel thread's
+ * name: "khugepaged", "kdamond"), at most @max of them into @pids; how many
+ * were found.
+ */
+static inline int collapse_tasks_named(const char *prefix, pid_t *pids,
+				       int max)
+{
+	char path[300], comm[32];
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	int n = 0;
+
+	while (d && n < max && (e = readdir(d))) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", e->d_name);
+		if (collapse_read_file(path, comm, sizeof(comm)) > 0 &&
+		    !strncmp(comm, prefix, strlen(prefix)))
+			pids[n++] = atoi(e->d_name);
+	}
+	if (d)
+		closedir(d);
 	return n;
 }
 
