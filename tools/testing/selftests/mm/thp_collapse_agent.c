@@ -374,6 +374,8 @@ static void test_target_exits(void)
 
 #define DAEMON_DIR "/tmp/thp_agent_daemon"
 #define DAEMON_SECONDS "20"
+/* PMDs between the daemon test's hot and cold ranges. */
+#define DAEMON_GAP_PMDS 32
 
 /*
  * DAMON sees a page accessed when the CPU has set its accessed bit again
@@ -517,10 +519,18 @@ static void test_daemon(void)
 {
 	static char out[1 << 14], log[1 << 16], report[1 << 17];
 	long long before = rust_stat("process_madvise", "succeed");
-	char *hot = mmap_pmd_aligned(1, PROT_READ | PROT_WRITE);
-	/* A PMD apart from the hot range: a DAMON region does not span both. */
-	char *cold_area = mmap_pmd_aligned(3, PROT_READ | PROT_WRITE);
-	char *cold = cold_area + 2 * PMD_SZ, hot_pat[64], cold_pat[64];
+	/*
+	 * The hot and the cold range DAEMON_GAP_PMDS apart. DAMON samples one
+	 * page of a region per sample: a region spanning both is at most
+	 * 2 / (DAEMON_GAP_PMDS + 2) hot, far below min_hotness 5 of 20 samples,
+	 * even in the first aggregations, before DAMON has split the address
+	 * space finely (seen with the ranges 2 MiB apart: a region spanning
+	 * both at hotness 6 and both collapsed).
+	 */
+	char *area = mmap_pmd_aligned(DAEMON_GAP_PMDS + 2,
+				      PROT_READ | PROT_WRITE);
+	char *hot = area, *cold = area + (DAEMON_GAP_PMDS + 1) * PMD_SZ;
+	char hot_pat[64], cold_pat[64];
 	static const char png_sig[8] = "\x89PNG\r\n\x1a\n";
 	char cfg[1024], png[8], r = 0, c = 'c';
 	int cmd[2], res[2], rc, fd, workload_cpu, other_cpu;
@@ -529,10 +539,10 @@ static void test_daemon(void)
 	cpu_set_t orig_cpus;
 
 	collapse_require_core("rust");
-	if (!hot || !cold_area || pipe(cmd) || pipe(res) ||
+	if (!area || pipe(cmd) || pipe(res) ||
 	    sched_getaffinity(0, sizeof(orig_cpus), &orig_cpus))
 		ksft_exit_fail_perror("daemon workload");
-	munmap(cold_area, 2 * PMD_SZ);
+	munmap(area + PMD_SZ, DAEMON_GAP_PMDS * PMD_SZ);
 	pinned = two_cpus(&workload_cpu, &other_cpu);
 	if (!pinned)
 		ksft_print_msg("one CPU: the workload shares it with the agent\n");
@@ -570,9 +580,12 @@ static void test_daemon(void)
 		 "sample_us = 5000\n"
 		 "aggr_us = 100000\n"
 		 "update_us = 1000000\n"
+		 "min_age_ms = 300\n"
 		 "[[target]]\n"
 		 "pid = %d\n", pid);
 	mkdir(DAEMON_DIR, 0700);
+	/* The agent appends to its log: only this run's decisions in it. */
+	unlink(DAEMON_DIR "/agent.log");
 	fd = open(DAEMON_DIR "/agent.toml", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0 || write(fd, cfg, strlen(cfg)) != (ssize_t)strlen(cfg))
 		ksft_exit_fail_perror("config");
