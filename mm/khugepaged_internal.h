@@ -114,6 +114,12 @@ enum thp_collapse_read {
 	THP_READ_FOLIO_STATE	= 1 << 0,
 	/* Young and referenced bits, lazyfree and dirty (khugepaged's heuristics). */
 	THP_READ_HEURISTICS	= 1 << 1,
+	/*
+	 * One fact per run of PTEs that map consecutive pages of one large
+	 * folio with the same facts (struct thp_collapse_pte's @run); not
+	 * with THP_READ_HEURISTICS, whose young and dirty facts are per PTE.
+	 */
+	THP_READ_RUNS		= 1 << 2,
 };
 
 /**
@@ -122,18 +128,25 @@ enum thp_collapse_read {
  * @folio: the folio of @page, or NULL.
  * @flags: THP_PTE_* and THP_FOLIO_* facts; the THP_FOLIO_* ones only with @folio.
  * @order: folio_order(@folio), or 0.
+ * @nid: folio_nid(@folio), or NUMA_NO_NODE without a folio.
+ * @run: how many PTEs, from this one on, the fact stands for: 1, or with
+ *	THP_READ_RUNS the length of a run of PTEs that map consecutive pages of
+ *	@folio, a large one, from @page on, with the same THP_PTE_* facts.
  */
 struct thp_collapse_pte {
 	struct page *page;
 	struct folio *folio;
 	unsigned int flags;
 	unsigned int order;
-	int nid;		/* folio_nid(), or NUMA_NO_NODE without a folio */
+	int nid;
+	unsigned int run;
 };
 
-void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
-			    pte_t *ptep, unsigned int nr, unsigned int what,
-			    struct thp_collapse_pte *out);
+unsigned int thp_collapse_read_ptes(struct vm_area_struct *vma,
+				    unsigned long addr, pte_t *ptep,
+				    unsigned int nr, unsigned int what,
+				    struct thp_collapse_pte *out,
+				    unsigned int nr_out);
 void thp_collapse_ptes_writable(pte_t *ptep, unsigned int first,
 				unsigned int nr, unsigned long *writable);
 void thp_collapse_remove_rmap_small(struct folio *folio,

@@ -242,10 +242,11 @@ int __init thp_collapse_sysfs_init(struct kobject *hugepage_kobj)
  * times for a PMD-sized folio). Only reads: the Rust core decides what the
  * facts mean.
  */
-static void read_pte(struct vm_area_struct *vma, unsigned long addr,
-		     pte_t *ptep, unsigned int what,
-		     const struct thp_collapse_pte *last,
-		     struct thp_collapse_pte *out)
+static __always_inline void read_pte(struct vm_area_struct *vma,
+				     unsigned long addr, pte_t *ptep,
+				     unsigned int what,
+				     const struct thp_collapse_pte *last,
+				     struct thp_collapse_pte *out)
 {
 	bool state = what & THP_READ_FOLIO_STATE;
 	bool heuristics = what & THP_READ_HEURISTICS;
@@ -319,34 +320,66 @@ out:
  * @vma: the VMA; its mm's mmap lock is held.
  * @addr: the address @ptep maps.
  * @ptep: the first PTE; its page table is locked or detached.
- * @nr: how many PTEs to read, from @ptep on, in the same page table.
+ * @nr: how many PTEs to read at most, from @ptep on, in the same page table.
  * @what: THP_READ_* flags. THP_READ_FOLIO_STATE reads THP_FOLIO_LRU,
  *	THP_FOLIO_LOCKED and THP_FOLIO_EXTRA_REFS, which only the scan needs:
  *	the isolation gets the same answers from folio_trylock(), the reference
  *	check under the lock and folio_isolate_lru()
  *	(thp_collapse_folio_isolate()). THP_READ_HEURISTICS reads the young,
  *	referenced, lazyfree and dirty facts that only khugepaged's heuristics
- *	look at (MADV_COLLAPSE ignores them).
- * @out: where the facts go, @nr of them.
+ *	look at (MADV_COLLAPSE ignores them). THP_READ_RUNS writes one fact for
+ *	a run of PTEs mapping a large folio (folio_pte_batch_flags(), the write
+ *	bit respected), unless THP_READ_HEURISTICS is set too.
+ * @out: where the facts go, one per PTE, or with THP_READ_RUNS one per run.
+ * @nr_out: how many facts @out has room for.
  *
  * Only reads: the Rust core decides what the facts mean. The static inline
  * predicates of a PTE and its folio would each be an out-of-line rust_helper_*
  * call, a dozen per PTE, and even one call per PTE costs 512 per PMD and
- * phase: the core reads its PTEs a batch at a time.
+ * phase: the core reads its PTEs a batch at a time, and the PTEs of a
+ * PTE-mapped large folio a run at a time.
+ *
+ * Return: how many PTEs the facts written stand for (the sum of their @run).
  */
-void thp_collapse_read_ptes(struct vm_area_struct *vma, unsigned long addr,
-			    pte_t *ptep, unsigned int nr, unsigned int what,
-			    struct thp_collapse_pte *out)
+unsigned int thp_collapse_read_ptes(struct vm_area_struct *vma,
+				    unsigned long addr, pte_t *ptep,
+				    unsigned int nr, unsigned int what,
+				    struct thp_collapse_pte *out,
+				    unsigned int nr_out)
 {
 	const struct thp_collapse_pte *last = NULL;
-	unsigned int i;
+	unsigned int i = 0, k;
 
-	for (i = 0; i < nr; i++) {
-		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, last,
-			 out + i);
-		if (out[i].folio)
-			last = out + i;
+	if ((what & (THP_READ_RUNS | THP_READ_HEURISTICS)) != THP_READ_RUNS) {
+		/* A fact per PTE: the tight loop of the scan's hottest path. */
+		nr = min(nr, nr_out);
+		for (i = 0; i < nr; i++) {
+			read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, last,
+				 out + i);
+			out[i].run = 1;
+			if (out[i].folio)
+				last = out + i;
+		}
+		return nr;
 	}
+	for (k = 0; k < nr_out && i < nr; k++) {
+		struct thp_collapse_pte *fact = out + k;
+		unsigned int run = 1;
+
+		read_pte(vma, addr + i * PAGE_SIZE, ptep + i, what, last, fact);
+		if (fact->folio)
+			last = fact;
+		if ((fact->flags & THP_FOLIO_LARGE) && i + 1 < nr) {
+			pte_t pte = ptep_get(ptep + i);
+
+			run = folio_pte_batch_flags(fact->folio, NULL, ptep + i,
+						    &pte, nr - i,
+						    FPB_RESPECT_WRITE);
+		}
+		fact->run = run;
+		i += run;
+	}
+	return i;
 }
 
 /**

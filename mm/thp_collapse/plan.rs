@@ -37,6 +37,11 @@ impl Occupied {
         }
     }
 
+    /// Marks the entries in `[from, to)` occupied; those out of range are ignored.
+    pub(crate) fn set_range(&mut self, from: usize, to: usize) {
+        set_bits(&mut self.0, from, to);
+    }
+
     /// Unmarks entry `i`; out-of-range indices are ignored.
     pub(crate) fn remove(&mut self, i: usize) {
         if let Some(w) = self.0.get_mut(i / 64) {
@@ -79,6 +84,21 @@ impl Occupied {
 }
 
 /// The highest order a naturally aligned folio starting at entry `offset` can have.
+/// Sets bits `[from, to)` of the bitmap `words` (bit `i` at bit `i % 64` of word `i / 64`);
+/// those past its end are ignored.
+pub(crate) fn set_bits(words: &mut [u64], from: usize, to: usize) {
+    let to = to.min(words.len() * 64);
+    let mut i = from;
+    while i < to {
+        // The bits `i .. end` of word `i / 64`.
+        let end = (i - i % 64 + 64).min(to);
+        let len = end - i;
+        let mask = if len == 64 { u64::MAX } else { (1 << len) - 1 };
+        words[i / 64] |= mask << (i % 64);
+        i = end;
+    }
+}
+
 fn max_order_at(offset: usize) -> u32 {
     if offset == 0 {
         PMD_ORDER
@@ -327,6 +347,27 @@ mod tests {
         let mut w = Occupied::EMPTY;
         w.words_mut()[1] = 1 << 5;
         assert!(w.contains(69) && w.intersects(&o));
+    }
+
+    #[test]
+    fn set_range_is_set_of_each_entry() {
+        for &(from, to) in &[
+            (0, 512),
+            (3, 70),
+            (64, 128),
+            (63, 65),
+            (500, 600),
+            (7, 7),
+            (511, 512),
+        ] {
+            let mut o = filled(&[(1, 2)]);
+            o.set_range(from, to);
+            // `filled()` sets one entry at a time.
+            assert_eq!(o, filled(&[(1, 2), (from, to.min(512))]));
+        }
+        let mut words = [0u64; 2];
+        set_bits(&mut words, 60, 200);
+        assert_eq!(words, [0xf << 60, u64::MAX]);
     }
 
     #[test]

@@ -292,6 +292,15 @@ impl ScanTally {
         self.occupied.set(i);
     }
 
+    /// The `n` entries from entry `i` on map pages of one folio on node `nid`, each of which
+    /// passed every check without being counted against a limit: as [`Self::occupy`],
+    /// [`Self::present`] and [`Self::on_node`] for each, in a mode that does not count
+    /// referenced pages (the caller checks [`Self::wants_referenced`]).
+    pub(crate) fn occupy_run(&mut self, i: usize, n: usize, nid: i32) {
+        self.occupied.set_range(i, i + n);
+        self.nodes.add(nid, n);
+    }
+
     /// The entries that map a page.
     pub(crate) fn occupied(&self) -> &Occupied {
         &self.occupied

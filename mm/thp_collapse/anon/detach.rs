@@ -22,7 +22,7 @@ use crate::{
         trace, FolioPtr, PagePtr, PteFacts, PteRead,
     },
     outcome::{Attempt, Collapsed, Fail},
-    plan::Occupied,
+    plan::{set_bits, Occupied},
     scan::{Checkpoint, EntryKind, PteView, ScanTally, Step, VmaKind},
     spare::{self, Spare},
     stats::Paths,
@@ -513,14 +513,14 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
         let start = haddr + first * PAGE_SIZE;
         // SAFETY: The detached table is `vma`'s, and its entry `first` maps `start`.
         let result = unsafe {
-            ffi::for_each_pte(
+            ffi::for_each_run(
                 vma,
                 start,
                 &locked,
                 first,
                 nr,
                 PteRead::heuristics_of(&tally),
-                |k, facts| {
+                |k, facts, run| {
                     let at = Entry {
                         mm,
                         vma,
@@ -528,7 +528,11 @@ impl<'g, 'l> DetachedTable<'g, 'l> {
                         i: first + k,
                         order,
                     };
-                    match iso.isolate_one(facts, at, &mut tally, &mut queued) {
+                    let mut isolated = iso.isolate_one(facts, at, &mut tally, &mut queued);
+                    if run > 1 && isolated.is_ok() {
+                        isolated = iso.isolate_run_rest(facts, at, run, &mut tally, &mut queued);
+                    }
+                    match isolated {
                         Ok(()) => Ok(()),
                         // The folios queued before this entry come first, and so would their
                         // failures.
@@ -827,6 +831,7 @@ impl Isolation<'_> {
     /// for isolation (`queued`), or isolates it at once if it is large and not isolated yet;
     /// records what the entry maps. `facts` are those of entry `i`, which maps `addr` in `vma`
     /// of `mm`.
+    #[inline]
     fn isolate_one(
         &mut self,
         facts: &PteFacts,
@@ -844,6 +849,44 @@ impl Isolation<'_> {
         self.note_writable(i, facts);
         tally.present(|| facts.referenced(mm, addr));
         Ok(())
+    }
+
+    /// The entries after the first of a run of `run` entries (see `ffi::for_each_run()`), all
+    /// with `facts` but for the page, whose first entry `at` was isolated: each is isolated as
+    /// that one. Those of a plain large folio ([`PteFacts::plain_large_for_isolation`]), which
+    /// the first isolated and whose checks count nothing, are recorded at once.
+    #[inline(never)]
+    fn isolate_run_rest(
+        &mut self,
+        facts: &PteFacts,
+        at: Entry<'_>,
+        run: usize,
+        tally: &mut ScanTally,
+        queued: &mut Queued,
+    ) -> Result<(), Fail> {
+        let (from, to) = (at.i + 1, at.i + run);
+        if facts.plain_large_for_isolation() && !tally.wants_referenced() {
+            set_bits(&mut self.large, from, to);
+            if facts.writable() {
+                set_bits(&mut self.writable, from, to);
+            }
+            let slots = self.list.slots.get_mut(from..to).unwrap_or_default();
+            for (t, slot) in (1..).zip(slots) {
+                // INVARIANT: The page the entry maps and its folio, isolated for the run's
+                // first entry.
+                *slot = facts.nth(t).page();
+            }
+            return Ok(());
+        }
+        (1..run).try_for_each(|t| {
+            let at = Entry {
+                addr: at.addr + t * PAGE_SIZE,
+                i: at.i + t,
+                ..at
+            };
+            // A large folio's: what `isolate_one()` would do.
+            self.isolate_one_slow(&facts.nth(t), at, tally, queued)
+        })
     }
 
     /// Queues the small folio `folio`, which entry `i` maps (at `page`), for isolation, and

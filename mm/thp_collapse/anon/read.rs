@@ -159,22 +159,27 @@ pub(crate) fn scan_anon_pmd(
     // SAFETY: `table` was found in `vma` for the PMD range at `addr`, so its entry `span.first`
     // maps `addr + span.first * PAGE_SIZE`.
     let result = unsafe {
-        ffi::for_each_pte(
+        ffi::for_each_run(
             vma,
             addr + span.first * PAGE_SIZE,
             &table,
             span.first,
             span.len(),
             PteRead::FOLIO_STATE | PteRead::heuristics_of(tally),
-            |j, facts| {
+            |j, facts, run| {
                 let i = span.first + j;
-                scanned += 1;
+                if run > 1 {
+                    return scan_run(&site, (i, run), facts, tally, &mut in_place, &mut scanned)
+                        .inspect_err(|&(_, pfn)| failed_pfn = pfn)
+                        .map_err(|(fail, _)| fail);
+                }
                 if let Some(p) = in_place.as_deref_mut() {
                     if !p.see(i, || facts.folio_block()) {
                         // No later entry can be in place.
                         in_place = None;
                     }
                 }
+                scanned += 1;
                 scan_one(&site, i, facts, tally).inspect_err(|_| {
                     failed_pfn = facts.folio_pfn();
                 })
@@ -198,8 +203,40 @@ struct Site<'a> {
     haddr: usize,
 }
 
+/// Accounts the `run` entries from entry `i` on of the page table of `site`, which map
+/// consecutive pages of one large folio with `facts` (but for the page, see
+/// `ffi::for_each_run()`), feeding `in_place` and counting them in `scanned` as [`scan_one`]
+/// for each would; a plain run ([`PteFacts::plain_for_scan`]) at once. `Err` stops the scan
+/// with that failure and the pfn of the folio.
+#[inline(never)]
+fn scan_run(
+    site: &Site<'_>,
+    (i, run): (usize, usize),
+    facts: &PteFacts,
+    tally: &mut ScanTally,
+    in_place: &mut Option<&mut InPlace>,
+    scanned: &mut u32,
+) -> Result<(), (Fail, usize)> {
+    if let Some(p) = in_place.as_deref_mut() {
+        if !(0..run).all(|t| p.see(i + t, || facts.nth(t).folio_block())) {
+            // No later entry can be in place.
+            *in_place = None;
+        }
+    }
+    if facts.plain_for_scan() && !tally.wants_referenced() {
+        *scanned += run as u32;
+        tally.occupy_run(i, run, facts.nid());
+        return Ok(());
+    }
+    (0..run).try_for_each(|t| {
+        *scanned += 1;
+        scan_one(site, i + t, &facts.nth(t), tally).map_err(|fail| (fail, facts.folio_pfn()))
+    })
+}
+
 /// Accounts entry `i` of the page table of `site`, whose facts are `facts`; `Err` stops the
 /// scan with that failure.
+#[inline(always)]
 fn scan_one(
     site: &Site<'_>,
     i: usize,

@@ -179,6 +179,10 @@ impl PteRead {
     /// What khugepaged's heuristics look at ([`PteFacts::referenced`],
     /// [`PteView::clean_lazyfree`]), which MADV_COLLAPSE ignores.
     pub(crate) const HEURISTICS: Self = Self(bindings::thp_collapse_read_THP_READ_HEURISTICS);
+    /// One fact per run of entries that map consecutive pages of one large folio with the same
+    /// facts ([`for_each_run`] asks for it); ignored with [`Self::HEURISTICS`], whose young and
+    /// dirty facts are each entry's own.
+    const RUNS: Self = Self(bindings::thp_collapse_read_THP_READ_RUNS);
 
     /// [`Self::HEURISTICS`] where the mode of `tally` uses them, else [`Self::ENTRY`].
     pub(crate) fn heuristics_of(tally: &ScanTally) -> Self {
@@ -242,33 +246,90 @@ pub(crate) unsafe fn for_each_pte(
     read: PteRead,
     mut f: impl FnMut(usize, &PteFacts) -> Result<(), Fail>,
 ) -> Result<(), Fail> {
+    // SAFETY: The function's safety requirements. Without `PteRead::RUNS` each fact is one
+    // entry's.
+    unsafe {
+        read_facts(vma, addr, table, (first, n), read, |k, facts, _| {
+            f(k, facts)
+        })
+    }
+}
+
+/// [`for_each_pte`], but the entries that map consecutive pages of one large folio with the
+/// same facts come as one run: `f` gets the index of its first entry from 0, the facts of that
+/// entry, and the length of the run, at least 1 ([`PteFacts::nth`] gives the facts of the
+/// others). Entries with khugepaged's heuristics ([`PteRead::HEURISTICS`]) come one by one.
+/// One walk of the entries of a PTE-mapped folio of the PMD order instead of 512.
+///
+/// # Safety
+///
+/// As for [`for_each_pte`].
+#[inline]
+pub(crate) unsafe fn for_each_run(
+    vma: &VmaRef,
+    addr: usize,
+    table: &impl LockedPtes,
+    first: usize,
+    n: usize,
+    read: PteRead,
+    f: impl FnMut(usize, &PteFacts, usize) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    // SAFETY: The function's safety requirements.
+    unsafe { read_facts(vma, addr, table, (first, n), read | PteRead::RUNS, f) }
+}
+
+/// The walk of [`for_each_pte`] and [`for_each_run`]: `f` gets each fact read, the index of its
+/// first entry and the number of entries it stands for.
+///
+/// # Safety
+///
+/// As for [`for_each_pte`].
+#[inline]
+unsafe fn read_facts(
+    vma: &VmaRef,
+    addr: usize,
+    table: &impl LockedPtes,
+    (first, n): (usize, usize),
+    read: PteRead,
+    mut f: impl FnMut(usize, &PteFacts, usize) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let Some(ptep) = table.entries(first, n) else {
         return Err(Fail::Other);
     };
     let mut buf = [const { MaybeUninit::<bindings::thp_collapse_pte>::uninit() }; PTE_BATCH];
     let mut k = 0;
     while k < n {
-        let m = (n - k).min(PTE_BATCH);
-        // SAFETY: Entries `k .. k + m` of the run are mapped and stable while `table` is
-        // borrowed (`LockedPtes`), and map `addr + k * PAGE_SIZE` on in `vma` (the function's
-        // safety requirements); `vma` is valid (type invariants of `VmaRef`); `buf` has room for
-        // `m` facts, and the callee writes every field of each.
-        unsafe {
+        // SAFETY: Entries `k .. n` of the run are mapped and stable while `table` is borrowed
+        // (`LockedPtes`), and map `addr + k * PAGE_SIZE` on in `vma` (the function's safety
+        // requirements); `vma` is valid (type invariants of `VmaRef`); `buf` has room for
+        // `PTE_BATCH` facts, and the callee writes every field of each fact it counts in.
+        let read_to = unsafe {
             bindings::thp_collapse_read_ptes(
                 vma.as_ptr(),
                 addr + k * PAGE_SIZE,
                 ptep.add(k),
-                m as u32,
+                (n - k) as u32,
                 read.0,
                 buf.as_mut_ptr().cast(),
+                PTE_BATCH as u32,
             )
-        };
-        for (j, slot) in buf.iter().take(m).enumerate() {
-            // SAFETY: Written by the call above; `PteFacts` is a transparent wrapper.
+        } as usize;
+        let end = (k + read_to).min(n);
+        for slot in &buf {
+            if k >= end {
+                break;
+            }
+            // SAFETY: Written by the call above, as the facts of the entries up to `end`;
+            // `PteFacts` is a transparent wrapper.
             let facts = unsafe { &*slot.as_ptr().cast::<PteFacts>() };
-            f(k + j, facts)?;
+            let run = facts.run().min(end - k);
+            f(k, facts, run)?;
+            k += run;
         }
-        k += m;
+        if read_to == 0 {
+            // Never (C reads at least one entry): no endless loop if it did not.
+            return Err(Fail::Other);
+        }
     }
     Ok(())
 }
@@ -295,6 +356,24 @@ impl PteFacts {
     #[inline]
     pub(crate) fn page(&self) -> Option<(PagePtr, FolioPtr)> {
         Some((NonNull::new(self.0.page)?, NonNull::new(self.0.folio)?))
+    }
+
+    /// How many entries these facts stand for, from the one read on (see [`for_each_run`]).
+    #[inline]
+    fn run(&self) -> usize {
+        (self.0.run as usize).max(1)
+    }
+
+    /// The facts of the entry `t` entries after the one read, within its run (`t` less than
+    /// the run's length, see [`for_each_run`]): the same, but for the page, the `t`th after.
+    #[inline]
+    pub(crate) fn nth(&self, t: usize) -> PteFacts {
+        let mut facts = self.0;
+        if !facts.page.is_null() {
+            // A run maps consecutive pages of one folio, consecutive `struct page`s.
+            facts.page = facts.page.wrapping_add(t);
+        }
+        PteFacts(facts)
     }
 
     /// The pfn of the folio mapped, or [`trace::NO_PFN`] (for the tracepoints; a call into C).
@@ -341,6 +420,18 @@ impl PteFacts {
     pub(crate) fn plain_small_for_isolation(&self) -> bool {
         const LOOK: u32 = PLAIN_PAGE_FLAGS | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;
         self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+    }
+
+    /// Whether the isolation can take the entry as it is once its folio, a large one, is
+    /// isolated: a present page of a large anonymous folio that nobody else may map, neither
+    /// userfaultfd write-protected nor lazily freed. The same as all of the isolation's checks
+    /// of the entry passing without counting it against a limit.
+    #[inline]
+    pub(crate) fn plain_large_for_isolation(&self) -> bool {
+        const LOOK: u32 = PLAIN_PAGE_FLAGS | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;
+        self.0.flags & LOOK
+            == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
+                | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE
     }
 
     /// Whether the page can be copied early, without the mmap lock for write: a present,
