@@ -715,6 +715,41 @@ __rust_helper void rust_helper_restore_ptes(struct mm_struct *mm,
 			set_pte_at(mm, addr + i * PAGE_SIZE, ptep + i, saved[i]);
 }
 
+/*
+ * Not a plain forwarder: the per-page walk of
+ * kernel::mm::pgtable::DetachedPteTable::maps_in_place(), one call instead of
+ * four per PTE. Whether the folio_nr_pages(@folio) PTEs from @ptep on map the
+ * pages of @folio in order, each present and PageAnonExclusive().
+ */
+__rust_helper bool rust_helper_ptes_map_folio_exclusive(const pte_t *ptep,
+							struct folio *folio)
+{
+	unsigned long pfn = folio_pfn(folio);
+	long i, nr = folio_nr_pages(folio);
+
+	for (i = 0; i < nr; i++) {
+		pte_t pte = ptep_get((pte_t *)ptep + i);
+
+		if (!pte_present(pte) || pte_pfn(pte) != pfn + i ||
+		    !PageAnonExclusive(folio_page(folio, i)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Not a plain forwarder: clears PageAnonExclusive() on every page of @folio
+ * but the first, where a PMD mapping keeps it (its first page speaks for the
+ * folio); kernel::mm::pgtable::DetachedPteTable::install_pmd_in_place().
+ */
+__rust_helper void rust_helper_folio_clear_tail_anon_exclusive(struct folio *folio)
+{
+	long i, nr = folio_nr_pages(folio);
+
+	for (i = 1; i < nr; i++)
+		ClearPageAnonExclusive(folio_page(folio, i));
+}
+
 #ifdef CONFIG_X86
 /*
  * A TLB flush of a range of a VMA that is not hugetlb, after changes to its

@@ -960,14 +960,18 @@ impl<'a> DetachedPteTable<'a> {
     /// order that nothing else maps, each page exclusively (`PageAnonExclusive()`), that is
     /// neither in the swap cache nor marked partially mapped: such a folio can be mapped with
     /// the PMD in place of the entries, without a copy
-    /// ([`DetachedPteTable::install_pmd_in_place`]). `false` once an entry was cleared.
+    /// ([`DetachedPteTable::install_pmd_in_place`]). `false` once an entry was cleared, or
+    /// while some entries are taken out and others not ([`DetachedPteTable::entry`]).
     ///
     /// # Safety
     ///
     /// `folio` must stay valid during the call (locked, or isolated, by the caller).
     pub unsafe fn maps_in_place(&self, folio: NonNull<bindings::folio>) -> bool {
         let f = folio.as_ptr();
-        if self.cleared.0 != self.cleared.1 {
+        let first = self.entry(0);
+        if self.cleared.0 != self.cleared.1
+            || self.entry(PTRS_PER_PTE - 1) != first.wrapping_add(PTRS_PER_PTE - 1)
+        {
             return false;
         }
         // SAFETY: `f` is valid (safety requirements); the entries are in the table, which only
@@ -981,14 +985,9 @@ impl<'a> DetachedPteTable<'a> {
             {
                 return false;
             }
-            let pfn = bindings::folio_pfn(f);
-            let first = &raw mut (*f).__bindgen_anon_1.page;
-            (0..PTRS_PER_PTE).all(|i| {
-                let pte = bindings::ptep_get(self.entry(i));
-                bindings::pte_present(pte)
-                    && bindings::pte_pfn(pte) == pfn + i
-                    && bindings::PageAnonExclusive(first.add(i)) != 0
-            })
+            // One walk in C of `PTRS_PER_PTE` entries (checked above), which are consecutive
+            // (checked above too): in the table, or all saved when taken out.
+            bindings::ptes_map_folio_exclusive(first, f)
         }
     }
 
@@ -1027,9 +1026,7 @@ impl<'a> DetachedPteTable<'a> {
         // maps the folio.
         unsafe {
             let first = &raw mut (*f).__bindgen_anon_1.page;
-            for i in 1..PTRS_PER_PTE {
-                bindings::ClearPageAnonExclusive(first.add(i));
-            }
+            bindings::folio_clear_tail_anon_exclusive(f);
             self.install(f, |this, f, mm, pmdp, _| {
                 let (vma, haddr) = (this.vma.as_ptr(), this.haddr);
                 let entry = bindings::folio_mk_pmd(f, (*vma).vm_page_prot);
