@@ -328,8 +328,8 @@ out:
  *	(thp_collapse_folio_isolate()). THP_READ_HEURISTICS reads the young,
  *	referenced, lazyfree and dirty facts that only khugepaged's heuristics
  *	look at (MADV_COLLAPSE ignores them). THP_READ_RUNS writes one fact for
- *	a run of PTEs mapping a large folio (folio_pte_batch_flags(), the write
- *	bit respected), unless THP_READ_HEURISTICS is set too.
+ *	a run of PTEs mapping a large folio (folio_pte_batch_flags(), the PTEs'
+ *	pte_write() respected), unless THP_READ_HEURISTICS is set too.
  * @out: where the facts go, one per PTE, or with THP_READ_RUNS one per run.
  * @nr_out: how many facts @out has room for.
  *
@@ -349,6 +349,13 @@ unsigned int thp_collapse_read_ptes(struct vm_area_struct *vma,
 {
 	const struct thp_collapse_pte *last = NULL;
 	unsigned int i = 0, k;
+	/*
+	 * The PTEs of a run have the same pte_write(): the same RW bit, and on
+	 * a shadow stack (where pte_write() is RW clear and Dirty set) the same
+	 * Dirty bit, which the batch ignores elsewhere.
+	 */
+	fpb_t fpb = FPB_RESPECT_WRITE |
+		    (vma->vm_flags & VM_SHADOW_STACK ? FPB_RESPECT_DIRTY : 0);
 
 	if ((what & (THP_READ_RUNS | THP_READ_HEURISTICS)) != THP_READ_RUNS) {
 		/* A fact per PTE: the tight loop of the scan's hottest path. */
@@ -373,8 +380,7 @@ unsigned int thp_collapse_read_ptes(struct vm_area_struct *vma,
 			pte_t pte = ptep_get(ptep + i);
 
 			run = folio_pte_batch_flags(fact->folio, NULL, ptep + i,
-						    &pte, nr - i,
-						    FPB_RESPECT_WRITE);
+						    &pte, nr - i, fpb);
 		}
 		fact->run = run;
 		i += run;

@@ -83,7 +83,6 @@ impl Occupied {
     }
 }
 
-/// The highest order a naturally aligned folio starting at entry `offset` can have.
 /// Sets bits `[from, to)` of the bitmap `words` (bit `i` at bit `i % 64` of word `i / 64`);
 /// those past its end are ignored.
 pub(crate) fn set_bits(words: &mut [u64], from: usize, to: usize) {
@@ -99,6 +98,7 @@ pub(crate) fn set_bits(words: &mut [u64], from: usize, to: usize) {
     }
 }
 
+/// The highest order a naturally aligned folio starting at entry `offset` can have.
 fn max_order_at(offset: usize) -> u32 {
     if offset == 0 {
         PMD_ORDER

@@ -161,7 +161,8 @@ const PLAIN_PAGE_FLAGS: u32 = bindings::thp_collapse_pte_flags_THP_PTE_NONE_OR_Z
     | bindings::thp_collapse_pte_flags_THP_FOLIO_LAZYFREE
     | bindings::thp_collapse_pte_flags_THP_FOLIO_SHARED;
 
-/// PTEs read per call into C by [`for_each_pte`].
+/// Facts read per call into C by [`for_each_pte`] (a PTE each) and [`for_each_run`] (a run of
+/// PTEs each).
 const PTE_BATCH: usize = 16;
 
 /// Which facts [`for_each_pte`] reads beyond those every step needs ([`PteRead::ENTRY`]); the
@@ -422,10 +423,11 @@ impl PteFacts {
         self.0.flags & LOOK == bindings::thp_collapse_pte_flags_THP_FOLIO_ANON
     }
 
-    /// Whether the isolation can take the entry as it is once its folio, a large one, is
-    /// isolated: a present page of a large anonymous folio that nobody else may map, neither
-    /// userfaultfd write-protected nor lazily freed. The same as all of the isolation's checks
-    /// of the entry passing without counting it against a limit.
+    /// Whether the isolation can take the entry as it is once an earlier entry with the same
+    /// facts passed every check and isolated its folio, a large one (the order check and the
+    /// isolation are the folio's): a present page of a large anonymous folio that nobody else
+    /// may map, neither userfaultfd write-protected nor lazily freed, so that none of the
+    /// entry's own checks counts it against a limit.
     #[inline]
     pub(crate) fn plain_large_for_isolation(&self) -> bool {
         const LOOK: u32 = PLAIN_PAGE_FLAGS | bindings::thp_collapse_pte_flags_THP_FOLIO_LARGE;

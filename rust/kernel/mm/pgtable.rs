@@ -985,8 +985,10 @@ impl<'a> DetachedPteTable<'a> {
             {
                 return false;
             }
-            // One walk in C of `PTRS_PER_PTE` entries (checked above), which are consecutive
-            // (checked above too): in the table, or all saved when taken out.
+            // One walk in C of the `PTRS_PER_PTE` entries (the folio's size, checked above)
+            // from `first` on, consecutive in memory (checked above too): in the table, or all
+            // saved when taken out. Should only some in the middle be taken out, those read as
+            // none in the table (`DetachedPteTable::take`), and the walk says no.
             bindings::ptes_map_folio_exclusive(first, f)
         }
     }
