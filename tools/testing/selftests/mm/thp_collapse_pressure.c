@@ -56,7 +56,9 @@
  *    failed (collapse_file() could not read an evicted page back: readahead
  *    under the memcg limit allocates with __GFP_NORETRY); for both file
  *    types, pte_mapped_hugepage, after which mapping the new folio finds it
- *    reclaimed already (page_null, a step with no event of its own). On the
+ *    reclaimed already (page_null, a step with no event of its own), or
+ *    reclaimed and the index read back into a small folio by a fault or
+ *    read(2) (page_compound, seen once in CI). On the
  *    Rust core, its counters must also show no other outcome behind EINVAL.
  *    Upstream's madvise_collapse_errno() gives all of these EINVAL, and the
  *    C core does so under the same pressure (seen here and in directed runs
@@ -849,7 +851,7 @@ static int run_child(struct swap_cycles *sc, int out_fd)
 
 /* The Rust core's outcomes behind EINVAL that reclaim causes (see the top). */
 static const char *const einval_outcomes[] = { "pte_non_present", "fail",
-					       "page_null" };
+					       "page_null", "page_compound" };
 
 /*
  * Whether every outcome behind EINVAL that moved in the Rust core's madvise
