@@ -162,13 +162,15 @@ pub(crate) fn madvise<'a>(
         history,
     };
 
-    let allowed = guard.find_vma(start).is_some_and(|vma| {
-        if flags.order == PMD_ORDER {
-            vma::pmd_collapse_allowed(vma, mode)
-        } else {
-            vma.is_anonymous() && vma::allowed_orders(vma, mode, mode.anon_orders()) != 0
-        }
-    });
+    let Some(vma) = guard.find_vma(start) else {
+        return done(Err(EINVAL), guard, LockHistory::Kept);
+    };
+    let anon = vma.is_anonymous();
+    let allowed = if flags.order == PMD_ORDER {
+        vma::pmd_collapse_allowed(vma, mode)
+    } else {
+        anon && vma::allowed_orders(vma, mode, mode.anon_orders()) != 0
+    };
     if !allowed {
         return done(Err(EINVAL), guard, LockHistory::Kept);
     }
@@ -180,11 +182,18 @@ pub(crate) fn madvise<'a>(
     let mm = guard.mm();
     // Keep the mm_struct itself alive across lock drops, as upstream does.
     let _grab: ARef<kernel::mm::Mm> = ARef::from(mm);
-    // Freshly faulted pages sit in LRU batches, with a reference that fails their isolation.
-    ffi::drain_lru_batches(mode.effort());
-
     // Its isolation list is allocated at the first collapse, and reused by the next ones.
     let mut req = RequestState::for_request();
+    // Freshly faulted pages sit in LRU batches, with a reference that fails their isolation.
+    // Upstream drains every CPU's up front; an anonymous scan sees such a page (off the LRU,
+    // or with an extra reference) and drains then, once, so that a request whose pages are
+    // all on the LRU (an in-place collapse's folio never enters a batch) does not make the
+    // process's CPUs run the drain. The page cache is drained up front, as upstream.
+    if anon {
+        req.drain_on_demand(mode.effort());
+    } else {
+        ffi::drain_lru_batches(mode.effort());
+    }
     let mut tally = RangeTally::new(ranges);
     let mut history = LockHistory::Kept;
     let mut state = Locked::Held(guard);

@@ -49,6 +49,10 @@ pub(crate) struct Paths {
     pub(crate) switch_fallbacks: u32,
     /// Of the PMD ranges mapped in place, those mapped under the mmap lock for read only.
     pub(crate) in_place_read: u32,
+    /// MADV_COLLAPSE requests that drained the LRU batches, once, because a scan found a
+    /// page off the LRU or with an extra reference (which a batch may hold). A request whose
+    /// pages are all on the LRU drains nothing.
+    pub(crate) lru_drains: u32,
 }
 
 /// The names of the path counters, in the order of [`Stats::count_paths`]'s fields, as the
@@ -66,10 +70,11 @@ const PATH_NAMES: [&str; PATHS] = [
     "switched_read",
     "switch_fallbacks",
     "in_place_read",
+    "lru_drains",
 ];
 
 /// How many path counters each caller has.
-const PATHS: usize = 12;
+const PATHS: usize = 13;
 
 /// One counter per (caller, result code) pair, and per caller the path counters
 /// ([`PATH_NAMES`]): PMD ranges mapped in place, collapses copied early (while the process
@@ -106,6 +111,7 @@ impl Stats {
             p.switched_read,
             p.switch_fallbacks,
             p.in_place_read,
+            p.lru_drains,
         ];
         for (counter, &v) in self.paths[caller as usize].iter().zip(&values) {
             if v > 0 {
@@ -185,6 +191,7 @@ mod tests {
             switched_read: 11,
             switch_fallbacks: 9,
             in_place_read: 12,
+            lru_drains: 13,
         };
         s.count_paths(Caller::ProcessMadvise, &p);
         s.count_paths(Caller::Madvise, &Paths::default());
@@ -212,6 +219,7 @@ mod tests {
         assert_eq!(paths.next(), Some("switched_read 11"));
         assert_eq!(paths.next(), Some("switch_fallbacks 9"));
         assert_eq!(paths.next(), Some("in_place_read 12"));
+        assert_eq!(paths.next(), Some("lru_drains 13"));
         assert_eq!(paths.next(), None);
         // Too small a buffer is an error, not a truncated file.
         let mut small = [0u8; 16];

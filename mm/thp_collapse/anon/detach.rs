@@ -26,7 +26,7 @@ use crate::{
     scan::{Checkpoint, EntryKind, PteView, ScanTally, Step, VmaKind},
     spare::{self, Spare},
     stats::Paths,
-    vocab::{Candidate, CollapseMode, Limits, PMD_ORDER, PTES_PER_PMD},
+    vocab::{Candidate, CollapseMode, Effort, Limits, PMD_ORDER, PTES_PER_PMD},
 };
 use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
@@ -223,12 +223,17 @@ struct Entry<'a> {
 
 /// What one request (an MADV_COLLAPSE call, or one khugepaged step) keeps across the collapses
 /// of its ranges: the isolation list, taken at its first collapse and given back when it ends
-/// (see `spare.rs`), and how long the current range held the mmap lock for write.
+/// (see `spare.rs`), how long the current range held the mmap lock for write, and whether it
+/// is still to drain the LRU batches.
 pub(crate) struct RequestState {
     list: Spare<IsolationList>,
     write_held: Delta,
     /// How the collapses since the last count went, not yet counted.
     paths: Paths,
+    /// The effort of the drain of the LRU batches that the request makes the first time a
+    /// scan finds a page that a batch may hold ([`RequestState::drain_if_due`]); `None` once
+    /// drained, or if the caller drains itself (khugepaged, once per pass).
+    drain: Option<Effort>,
 }
 
 /// The isolation list kept between requests.
@@ -254,8 +259,31 @@ impl RequestState {
                 switched_read: 0,
                 switch_fallbacks: 0,
                 in_place_read: 0,
+                lru_drains: 0,
             },
+            drain: None,
         }
+    }
+
+    /// Makes the request drain the LRU batches as a request of `effort` may
+    /// ([`ffi::drain_lru_batches`]) when, and only when, one of its scans finds a page off the
+    /// LRU or with an extra reference ([`RequestState::drain_if_due`]), instead of up front.
+    pub(crate) fn drain_on_demand(&mut self, effort: Effort) {
+        self.drain = Some(effort);
+    }
+
+    /// Drains the LRU batches if the request is still to, and returns whether it did: the
+    /// caller scans again. Once per request, as upstream's `madvise_collapse()` drains once
+    /// (up front, whatever the pages: its `lru_add_drain_all()` queues work on, and waits
+    /// for, every CPU whose batches hold a folio, most often the process's own busy CPUs).
+    /// May sleep.
+    pub(crate) fn drain_if_due(&mut self) -> bool {
+        let Some(effort) = self.drain.take() else {
+            return false;
+        };
+        ffi::drain_lru_batches(effort);
+        self.paths.lru_drains += 1;
+        true
     }
 
     /// The request's isolation list. May sleep.

@@ -58,6 +58,12 @@ pub(crate) fn collapse_pmd<'a>(
 ) -> (Attempt, u32, Locked<'a>) {
     let mm = guard.mm();
     let mut s = scan(&guard, addr, span, mode, tunables);
+    // A page off the LRU or with an extra reference may sit in an LRU batch: the request's
+    // drain, if it is still to make it, lets it through (see `request::madvise()`). Under the
+    // lock, as upstream's.
+    if matches!(s.verdict, Err(Fail::PageLru | Fail::PageCount)) && req.drain_if_due() {
+        s = scan(&guard, addr, span, mode, tunables);
+    }
     let mut retaken = false;
     // Another collapse's early copy holds references to the pages (see `claim.rs`): a
     // MADV_COLLAPSE that may block waits for it and looks again, as upstream's waits for the

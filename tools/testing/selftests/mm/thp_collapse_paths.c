@@ -24,6 +24,15 @@
  *    the node that held most of the pages, as upstream's
  *    hpage_collapse_find_target_node() picks. Each node in turn, so that a
  *    core that always took one node would fail.
+ *  - LRU batches: a thread on the other CPU writes the PMD, so that its last
+ *    pages sit in that CPU's LRU add batch (off the LRU in /proc/kpageflags,
+ *    with the batch's reference) when this CPU collapses it: the collapse
+ *    must go through, as upstream's drain of every CPU's batches up front
+ *    lets it. The Rust core drains only when its scan finds such a page:
+ *    its lru_drains counter moves by one. Then the same with every page on
+ *    the LRU (the thread faults 64 more pages elsewhere, which pushes the
+ *    batch out): the Rust core collapses without draining (lru_drains +0).
+ *    Needs two CPUs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,6 +41,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -44,6 +55,8 @@
 #define RECENT 16		/* pages written after clear_refs */
 #define MPOL_DEFAULT_ 0
 #define MPOL_BIND_ 2
+#define KPF_LRU_ 5		/* /proc/kpageflags: the page is on an LRU list */
+#define PUSH_PAGES 64		/* faulted after a PMD: its pages leave the batch */
 
 static const char *const cores[] = { "rust", "c" };
 
@@ -272,16 +285,141 @@ static void test_numa(int c, int most)
 	mem_region_free(&r);
 }
 
+/* ---- LRU batches ---------------------------------------------------------- */
+
+/* What a thread on another CPU faults: @r, then @push pages of @extra if set. */
+struct batch_fill {
+	struct region *r;
+	uint64_t *shadow;
+	char *extra;
+	int cpu;
+	int err;
+};
+
+/* Pins the calling thread to @cpu (-1: every CPU). 0 or the errno. */
+static int pin_to(int cpu)
+{
+	cpu_set_t set;
+	int i;
+
+	CPU_ZERO(&set);
+	for (i = 0; i < CPU_SETSIZE; i++)
+		if (cpu < 0 ? i < sysconf(_SC_NPROCESSORS_ONLN) : i == cpu)
+			CPU_SET(i, &set);
+	return sched_setaffinity(0, sizeof(set), &set) ? errno : 0;
+}
+
+static void *fill_on_cpu(void *arg)
+{
+	struct batch_fill *f = arg;
+	size_t pg;
+
+	f->err = pin_to(f->cpu);
+	if (!f->err && mem_populate(f->r, f->shadow, 1))
+		f->err = errno;
+	for (pg = 0; !f->err && f->extra && pg < PUSH_PAGES; pg++)
+		f->extra[pg * PAGE_SZ] = 1;
+	return NULL;
+}
+
+/* How many pages of @r are not on an LRU list (kpageflags), or -1. */
+static int pages_off_lru(const struct region *r)
+{
+	static uint64_t ent[PAGES_PER_PMD];
+	int fd = open("/proc/kpageflags", O_RDONLY), off = 0;
+	uint64_t flags;
+	size_t pg;
+
+	if (fd < 0 || pagemap_read(r, ent)) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
+		uint64_t pfn = ent[pg] & ((1ULL << 55) - 1);
+
+		if (!(ent[pg] >> 63) || !pfn ||
+		    pread(fd, &flags, sizeof(flags), pfn * sizeof(flags)) != sizeof(flags)) {
+			close(fd);
+			return -1;
+		}
+		off += !(flags >> KPF_LRU_ & 1);
+	}
+	close(fd);
+	return off;
+}
+
+/*
+ * Collapses a PMD that a thread on CPU 1 wrote, from CPU 0: with its last
+ * pages in CPU 1's LRU batch (@batched), or, once it faulted PUSH_PAGES more
+ * pages elsewhere, with none there.
+ */
+static void test_lru_batch(int c, bool batched)
+{
+	static uint64_t shadow[PAGES_PER_PMD];
+	struct region r = mem_region(MEM_ANON, 1);
+	struct rust_stats before, after;
+	struct batch_fill f = { .r = &r, .shadow = shadow, .cpu = 1 };
+	long long drains, ok, total;
+	char *extra = NULL;
+	int err, off, tries;
+	bool huge;
+	size_t bad;
+	pthread_t t;
+
+	if (!batched) {
+		extra = mmap(NULL, PUSH_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (extra == MAP_FAILED)
+			ksft_exit_fail_perror("mmap");
+		f.extra = extra;
+	}
+	/* Something else may drain CPU 1's batch meanwhile: write the PMD again. */
+	for (tries = 0; tries < 5; tries++) {
+		if (pthread_create(&t, NULL, fill_on_cpu, &f) || pthread_join(t, NULL))
+			ksft_exit_fail_msg("thread on CPU 1\n");
+		if (f.err)
+			ksft_exit_fail_msg("fill on CPU 1: %s\n", strerror(f.err));
+		off = pages_off_lru(&r);
+		if (off < 0)
+			ksft_exit_fail_msg("pagemap or kpageflags unreadable\n");
+		if (batched ? off > 0 : off == 0)
+			break;
+		madvise(r.p, r.len, MADV_DONTNEED);
+		if (extra)
+			madvise(extra, PUSH_PAGES * PAGE_SZ, MADV_DONTNEED);
+	}
+	rust_stats_read("madvise", &before);
+	total = rust_stat_total("madvise");
+	err = collapse(cores[c], &r);
+	rust_stats_read("madvise", &after);
+	total = rust_stat_total("madvise") - total;
+	huge = mem_pmd_mapped(&r);
+	bad = mem_bad_pages(&r, shadow);
+	drains = rust_stats_delta(&before, &after, "lru_drains");
+	ok = rust_stats_delta(&before, &after, "succeed");
+	ksft_test_result((batched ? off > 0 : off == 0) && !err && huge && !bad &&
+			 (c ? !total && !drains : ok == 1 && drains == batched),
+			 "%s: LRU batch: %d of 512 pages off the LRU, written on CPU 1; collapse on CPU 0 %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
+			 cores[c], off, strerror(err), huge ? "PMD-mapped" : "not PMD-mapped",
+			 bad, ok, drains, total);
+	if (extra)
+		munmap(extra, PUSH_PAGES * PAGE_SZ);
+	mem_region_free(&r);
+}
+
 int main(void)
 {
 	char orig[16], thp_enabled[32], ksm_run[16], ksm_sleep[16], ksm_pages[16];
 	int c;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 + 1 + 2 + 1 + 4);
+	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4);
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		ksft_exit_fail_msg("needs two CPUs\n");
 	if (sysfs_swap_str(KSM_SYSFS "run", ksm_run, sizeof(ksm_run), "1") ||
 	    sysfs_swap_str(KSM_SYSFS "sleep_millisecs", ksm_sleep, sizeof(ksm_sleep), "0") ||
 	    sysfs_swap_str(KSM_SYSFS "pages_to_scan", ksm_pages, sizeof(ksm_pages), "4096"))
@@ -297,6 +435,13 @@ int main(void)
 		test_numa(c, 1);
 		test_numa(c, 0);
 	}
+	if (pin_to(0))
+		ksft_exit_fail_perror("sched_setaffinity");
+	for (c = 0; c < 2; c++) {
+		test_lru_batch(c, true);
+		test_lru_batch(c, false);
+	}
+	pin_to(-1);
 
 	set_str(KSM_SYSFS "pages_to_scan", ksm_pages);
 	set_str(KSM_SYSFS "sleep_millisecs", ksm_sleep);

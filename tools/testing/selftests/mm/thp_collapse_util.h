@@ -122,7 +122,8 @@ static inline long long rust_stat(const char *caller, const char *outcome)
  * anonymous collapses went (in place, copied early or under the lock; the
  * retries and restarts of early copies; the waits for another collapse of a
  * range; switched under the page-table locks, with the mmap lock for read
- * too, or fell back to the VMA write lock), not how a range ended.
+ * too, or fell back to the VMA write lock; the requests that drained the LRU
+ * batches), not how a range ended.
  */
 static inline bool rust_stat_is_path(const char *name)
 {
@@ -131,7 +132,8 @@ static inline bool rust_stat_is_path(const char *name)
 	       !strcmp(name, "early_retries") || !strcmp(name, "recopied_early") ||
 	       !strcmp(name, "early_restarts") || !strcmp(name, "claim_waits") ||
 	       !strcmp(name, "switched_ptl") || !strcmp(name, "switched_read") ||
-	       !strcmp(name, "switch_fallbacks") || !strcmp(name, "in_place_read");
+	       !strcmp(name, "switch_fallbacks") || !strcmp(name, "in_place_read") ||
+	       !strcmp(name, "lru_drains");
 }
 
 /* The sum of the Rust core's outcome counters for @caller, or -1. */
