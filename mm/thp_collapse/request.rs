@@ -188,8 +188,10 @@ pub(crate) fn madvise<'a>(
     // Upstream drains every CPU's up front; an anonymous scan sees such a page (off the LRU,
     // or with an extra reference) and drains then, once, so that a request whose pages are
     // all on the LRU (an in-place collapse's folio never enters a batch) does not make the
-    // process's CPUs run the drain. The page cache is drained up front, as upstream.
-    if anon {
+    // process's CPUs run the drain. The page cache is drained up front, as upstream, and so is
+    // this CPU's batch for a LIGHT request (no other CPU to spare; a scan later might run on
+    // another CPU than the pages were faulted on).
+    if anon && mode.effort() != Effort::Light {
         req.drain_on_demand(mode.effort());
     } else {
         ffi::drain_lru_batches(mode.effort());

@@ -59,9 +59,13 @@ pub(crate) fn collapse_pmd<'a>(
     let mm = guard.mm();
     let mut s = scan(&guard, addr, span, mode, tunables);
     // A page off the LRU or with an extra reference may sit in an LRU batch: the request's
-    // drain, if it is still to make it, lets it through (see `request::madvise()`). Under the
-    // lock, as upstream's.
-    if matches!(s.verdict, Err(Fail::PageLru | Fail::PageCount)) && req.drain_if_due() {
+    // drain, if it is still to make it, lets it through (see `request::madvise()`), and the
+    // range is scanned again. So may the swap-cache folio behind a swap entry (read ahead or
+    // rotated after writeback on another CPU), which the scan does not look at: the swap-in
+    // would map it and the isolation fail on it. Under the lock, as upstream's drain.
+    let batched = matches!(s.verdict, Err(Fail::PageLru | Fail::PageCount));
+    // Drain for either; scan again only if the scan failed on a page a batch may hold.
+    if (batched || s.swapped > 0) && req.drain_if_due() && batched {
         s = scan(&guard, addr, span, mode, tunables);
     }
     let mut retaken = false;

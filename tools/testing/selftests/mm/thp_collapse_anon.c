@@ -2304,7 +2304,7 @@ static void test_race_invalidated_once(void)
 	munmap(p, PMD_SZ);
 }
 
-#define ZAP_ROUNDS 48
+#define ZAP_ROUNDS 144
 #define ZAP_PAGE 100		/* empty at the scan, then written and zapped */
 #define ZAP_MARK 0xa5		/* the byte the racer writes into it */
 
@@ -2330,7 +2330,11 @@ static void test_race_invalidated_once(void)
  * pages, the window for the zap. The step is measured: ZAP_ROUNDS half
  * steps span one collapse of the range (with nothing racing), about
  * ONCE_STEP_US on a debug kernel under TCG, a third of that on the faster
- * KCSAN kernel, where a fixed step missed both windows.
+ * KCSAN kernel, where a fixed step missed both windows. That copy is a few
+ * hundredths of the call: 48 rounds hit the window 1 to 3 times, and none
+ * in 2 of 3 runs once the Rust core drained the LRU batches after its scan
+ * instead of before (the scan fails on the pages the round just wrote, and
+ * scans again): 144 rounds, each half step a third as long.
  *
  * The zapped page must read zeroes, so must the other even pages, and the
  * odd pages their data. A call that returns 0 must be a collapse by the Rust
@@ -2891,13 +2895,14 @@ static long mlocked_kb(void)
 /*
  * mlocked_kb() once it reads @want, or as it read last, after about a
  * second. A munlock is counted only when the per-CPU mlock batch that holds
- * the folio drains: the huge page's mlock drains the batch at once, but the
- * collapse may have left up to 30 old pages in another CPU's, had the task
- * moved meanwhile. So each try first drains every CPU's batches with a
- * MADV_COLLAPSE of @huge (a PMD-mapped range, or NULL for none): a no-op that
- * starts with lru_add_drain_all() on both cores.
+ * the folio drains: the collapse may leave up to 30 old pages in a batch,
+ * this CPU's or, had the task moved meanwhile, another's. So each try after
+ * the first drains every CPU's batches (if @drain): a write to
+ * /proc/sys/vm/compact_memory starts with lru_add_drain_all(). (A
+ * MADV_COLLAPSE of a PMD-mapped range did on both cores until the Rust core
+ * stopped draining where no page needs it.)
  */
-static long mlocked_kb_await(char *huge, long want)
+static long mlocked_kb_await(bool drain, long want)
 {
 	long kb = -1;
 	int i;
@@ -2905,8 +2910,8 @@ static long mlocked_kb_await(char *huge, long want)
 	for (i = 0; i < 20; i++) {
 		if (i)
 			usleep(50 * 1000);
-		if (huge)
-			madvise(huge, PMD_SZ, MADV_COLLAPSE);
+		if (i && drain)
+			write_str("/proc/sys/vm/compact_memory", "1");
 		kb = mlocked_kb();
 		if (kb == want)
 			break;
@@ -2987,11 +2992,11 @@ static void mlocked_collapse(const char *core, uint64_t seed, struct mlock_figur
 	f->same = !memcmp(p, shadow, PMD_SZ);
 	f->locked[1] = smaps_kb(p, "Locked:");
 	f->kpf_err = kpageflags_at(p, &f->kpf);
-	f->mlocked[1] = mlocked_kb_await(f->huge ? p : NULL, f->mlocked[0]);
+	f->mlocked[1] = mlocked_kb_await(f->huge, f->mlocked[0]);
 
 	munlock(p, PMD_SZ);
 	f->locked[2] = smaps_kb(p, "Locked:");
-	f->mlocked[2] = mlocked_kb_await(f->huge ? p : NULL, f->mlocked[1] - PMD_KB);
+	f->mlocked[2] = mlocked_kb_await(f->huge, f->mlocked[1] - PMD_KB);
 out:
 	free(shadow);
 	munmap(p, PMD_SZ);

@@ -24,7 +24,7 @@
  *    the node that held most of the pages, as upstream's
  *    hpage_collapse_find_target_node() picks. Each node in turn, so that a
  *    core that always took one node would fail.
- *  - LRU batches: a thread on the other CPU writes the PMD, so that its last
+ *  - LRU batches: a thread on another CPU writes the PMD, so that its last
  *    pages sit in that CPU's LRU add batch (off the LRU in /proc/kpageflags,
  *    with the batch's reference) when this CPU collapses it: the collapse
  *    must go through, as upstream's drain of every CPU's batches up front
@@ -32,7 +32,8 @@
  *    its lru_drains counter moves by one. Then the same with every page on
  *    the LRU (the thread faults 64 more pages elsewhere, which pushes the
  *    batch out): the Rust core collapses without draining (lru_drains +0).
- *    Needs two CPUs.
+ *    Needs two CPUs the test may run on; runs before ksmd is started (its
+ *    scans drain every CPU's batches).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -287,6 +288,10 @@ static void test_numa(int c, int most)
 
 /* ---- LRU batches ---------------------------------------------------------- */
 
+/* The CPUs the test may run on, as it started, and the two it uses. */
+static cpu_set_t cpus_allowed;
+static int cpu_collapse, cpu_fill;
+
 /* What a thread on another CPU faults: @r, then @push pages of @extra if set. */
 struct batch_fill {
 	struct region *r;
@@ -296,17 +301,33 @@ struct batch_fill {
 	int err;
 };
 
-/* Pins the calling thread to @cpu (-1: every CPU). 0 or the errno. */
+/* Pins the calling thread to @cpu (-1: the CPUs it was allowed at the start). */
 static int pin_to(int cpu)
 {
 	cpu_set_t set;
-	int i;
 
 	CPU_ZERO(&set);
-	for (i = 0; i < CPU_SETSIZE; i++)
-		if (cpu < 0 ? i < sysconf(_SC_NPROCESSORS_ONLN) : i == cpu)
-			CPU_SET(i, &set);
-	return sched_setaffinity(0, sizeof(set), &set) ? errno : 0;
+	if (cpu >= 0)
+		CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), cpu < 0 ? &cpus_allowed : &set) ? errno : 0;
+}
+
+/* Picks the first two CPUs the test may run on; false if there are fewer. */
+static bool pick_cpus(void)
+{
+	int i, n = 0;
+
+	if (sched_getaffinity(0, sizeof(cpus_allowed), &cpus_allowed))
+		return false;
+	for (i = 0; i < CPU_SETSIZE && n < 2; i++) {
+		if (!CPU_ISSET(i, &cpus_allowed))
+			continue;
+		if (n++)
+			cpu_fill = i;
+		else
+			cpu_collapse = i;
+	}
+	return n == 2;
 }
 
 static void *fill_on_cpu(void *arg)
@@ -350,16 +371,16 @@ static int pages_off_lru(const struct region *r)
 }
 
 /*
- * Collapses a PMD that a thread on CPU 1 wrote, from CPU 0: with its last
- * pages in CPU 1's LRU batch (@batched), or, once it faulted PUSH_PAGES more
- * pages elsewhere, with none there.
+ * Collapses a PMD that a thread on cpu_fill wrote, from cpu_collapse: with
+ * its last pages in cpu_fill's LRU batch (@batched), or, once it faulted
+ * PUSH_PAGES more pages elsewhere, with none there.
  */
 static void test_lru_batch(int c, bool batched)
 {
 	static uint64_t shadow[PAGES_PER_PMD];
 	struct region r = mem_region(MEM_ANON, 1);
 	struct rust_stats before, after;
-	struct batch_fill f = { .r = &r, .shadow = shadow, .cpu = 1 };
+	struct batch_fill f = { .r = &r, .shadow = shadow, .cpu = cpu_fill };
 	long long drains, ok, total;
 	char *extra = NULL;
 	int err, off, tries;
@@ -374,12 +395,12 @@ static void test_lru_batch(int c, bool batched)
 			ksft_exit_fail_perror("mmap");
 		f.extra = extra;
 	}
-	/* Something else may drain CPU 1's batch meanwhile: write the PMD again. */
+	/* Something else may drain cpu_fill's batch meanwhile: write the PMD again. */
 	for (tries = 0; tries < 5; tries++) {
 		if (pthread_create(&t, NULL, fill_on_cpu, &f) || pthread_join(t, NULL))
-			ksft_exit_fail_msg("thread on CPU 1\n");
+			ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
 		if (f.err)
-			ksft_exit_fail_msg("fill on CPU 1: %s\n", strerror(f.err));
+			ksft_exit_fail_msg("fill on CPU %d: %s\n", cpu_fill, strerror(f.err));
 		off = pages_off_lru(&r);
 		if (off < 0)
 			ksft_exit_fail_msg("pagemap or kpageflags unreadable\n");
@@ -400,8 +421,9 @@ static void test_lru_batch(int c, bool batched)
 	ok = rust_stats_delta(&before, &after, "succeed");
 	ksft_test_result((batched ? off > 0 : off == 0) && !err && huge && !bad &&
 			 (c ? !total && !drains : ok == 1 && drains == batched),
-			 "%s: LRU batch: %d of 512 pages off the LRU, written on CPU 1; collapse on CPU 0 %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
-			 cores[c], off, strerror(err), huge ? "PMD-mapped" : "not PMD-mapped",
+			 "%s: LRU batch: %d of 512 pages off the LRU, written on CPU %d; collapse on CPU %d %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
+			 cores[c], off, cpu_fill, cpu_collapse, strerror(err),
+			 huge ? "PMD-mapped" : "not PMD-mapped",
 			 bad, ok, drains, total);
 	if (extra)
 		munmap(extra, PUSH_PAGES * PAGE_SZ);
@@ -418,8 +440,17 @@ int main(void)
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
-	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+	if (!pick_cpus())
 		ksft_exit_fail_msg("needs two CPUs\n");
+	/* Before ksmd runs: its scans drain every CPU's LRU batches. */
+	if (pin_to(cpu_collapse))
+		ksft_exit_fail_perror("sched_setaffinity");
+	for (c = 0; c < 2; c++) {
+		test_lru_batch(c, true);
+		test_lru_batch(c, false);
+	}
+	if (pin_to(-1))
+		ksft_exit_fail_perror("sched_setaffinity");
 	if (sysfs_swap_str(KSM_SYSFS "run", ksm_run, sizeof(ksm_run), "1") ||
 	    sysfs_swap_str(KSM_SYSFS "sleep_millisecs", ksm_sleep, sizeof(ksm_sleep), "0") ||
 	    sysfs_swap_str(KSM_SYSFS "pages_to_scan", ksm_pages, sizeof(ksm_pages), "4096"))
@@ -435,13 +466,6 @@ int main(void)
 		test_numa(c, 1);
 		test_numa(c, 0);
 	}
-	if (pin_to(0))
-		ksft_exit_fail_perror("sched_setaffinity");
-	for (c = 0; c < 2; c++) {
-		test_lru_batch(c, true);
-		test_lru_batch(c, false);
-	}
-	pin_to(-1);
 
 	set_str(KSM_SYSFS "pages_to_scan", ksm_pages);
 	set_str(KSM_SYSFS "sleep_millisecs", ksm_sleep);
