@@ -94,17 +94,20 @@ struct Scratch {
     found: KVec<(usize, PagePtr, FolioPtr)>,
     /// The references a pass holds while it copies.
     held: KVec<(usize, PageRef)>,
+    /// Whether the first pass found a page off the LRU (in an LRU batch, say).
+    off_lru: bool,
 }
 
 impl EarlyCopy {
     /// Write-protects the present entries of candidate `c` of `mm`, and copies into `new`
     /// each page they map that nothing else holds a reference to, under the mmap lock for
-    /// read, with no page-table lock held. For MADV_COLLAPSE, drains the LRU batches then (the
-    /// pages faulted during the copy sit there). Then, at most [`RETRIES`] times, and while
-    /// the passes converge ([`another_pass`]: each finds more than [`FEW_WRITTEN`] of the pages
-    /// of the copy written meanwhile, their entries writable again, and at most half as many
-    /// as the pass before copied; a pass that finds none is a look at the entries under the
-    /// PTE lock, no retry), write-protects those again and copies them again. Its own
+    /// read, with no page-table lock held. For MADV_COLLAPSE, drains the LRU batches then if a
+    /// page the switch isolates may sit in one ([`EarlyCopy::may_be_batched`]). Then, at most
+    /// [`RETRIES`] times, and while the passes converge ([`another_pass`]: each finds more
+    /// than [`FEW_WRITTEN`] of the pages of the copy written meanwhile, their entries
+    /// writable again, and at most half as many as the pass before copied; a pass that finds
+    /// none is a look at the entries under the PTE lock, no retry), write-protects those
+    /// again and copies them again. Its own
     /// references to the pages go before it returns: once the copy is made, a page that stays
     /// mapped in a range that nobody invalidates is the same page, which its mapping keeps.
     /// If something else invalidated the range meanwhile, starts over once ([`RESTARTS`]),
@@ -136,6 +139,7 @@ impl EarlyCopy {
         let mut scratch = Scratch {
             found: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
             held: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
+            off_lru: false,
         };
         loop {
             early.passes(mm, c, mode, (new, cleared), &mut scratch)?;
@@ -173,11 +177,11 @@ impl EarlyCopy {
             return None;
         }
         self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, None)?;
-        if mode.is_madvise() {
+        if mode.is_madvise() && Self::may_be_batched(&guard, c, cleared, scratch.off_lru) {
             // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
-            // reference that would fail their isolation: drained as at the start of the
-            // request (khugepaged drains once per pass, and tries a failed range again on the
-            // next). Before the retries, which copy again what was written meanwhile. Upstream
+            // reference that would fail their isolation: drained as a request drains
+            // (khugepaged drains once per pass, and tries a failed range again on the next).
+            // Before the retries, which copy again what was written meanwhile. Upstream
             // drains under the mmap read lock too (`madvise_collapse()`).
             ffi::drain_lru_batches(mode.effort());
         }
@@ -193,6 +197,32 @@ impl EarlyCopy {
             last = written as usize;
         }
         Some(())
+    }
+
+    /// Whether a folio that the switch of candidate `c` isolates may sit in an LRU batch after
+    /// the first pass, under `guard`: that pass found a page off the LRU (`off_lru`), or an
+    /// entry of `cleared` (none when the pass read it, or not copied) is writable now, a write
+    /// fault having mapped a new page there since (a read fault maps the zero page, which no
+    /// batch holds). A look at the entries under the PTE lock; `true` if it cannot look. A
+    /// folio that came after the look fails the switch's isolation, which puts everything
+    /// back, drains and goes on under the write lock (`anon::try_take()`), as one that came
+    /// after an unconditional drain here would.
+    fn may_be_batched(
+        guard: &MmapRead<'_>,
+        c: Candidate,
+        cleared: &Occupied,
+        off_lru: bool,
+    ) -> bool {
+        if off_lru {
+            return true;
+        }
+        let Ok(pmd) = guard.pmd_table(c.haddr) else {
+            return true;
+        };
+        let Some(table) = PteTableLocked::lock(pmd, c.haddr) else {
+            return true;
+        };
+        ffi::writable_entries(&table, c.first, c.nr()).is_none_or(|w| w.intersects(cleared))
     }
 
     /// One pass of [`EarlyCopy::take`] under `guard`: write-protects the present entries of
@@ -216,6 +246,9 @@ impl EarlyCopy {
         let start = c.haddr + c.first * PAGE_SIZE;
         let mut written = Occupied::EMPTY;
         scratch.found.clear();
+        if again.is_none() {
+            scratch.off_lru = false;
+        }
         if let Some(again) = again {
             // Most often nothing was written: then a look at the entries under the PTE lock
             // is the whole pass, without a notifier range. An entry written after the look
@@ -250,7 +283,7 @@ impl EarlyCopy {
                             .binary_search_by_key(&i, |&(j, _)| j)
                             .is_ok_and(|k| pages.get(k).is_some_and(|&(_, p)| p == page))
             };
-            let found = &mut scratch.found;
+            let (found, off_lru) = (&mut scratch.found, &mut scratch.off_lru);
             // SAFETY: `table` is the page table of `vma` at `c.haddr`; its entry `c.first` maps
             // `start`.
             let read = unsafe {
@@ -263,6 +296,8 @@ impl EarlyCopy {
                     PteRead::FOLIO_STATE,
                     |k, facts| {
                         let i = c.first + k;
+                        // Read on every pass, looked at after the first only.
+                        *off_lru |= facts.page().is_some() && !facts.lru();
                         if let Some((page, folio)) = facts
                             .page()
                             .filter(|&(page, _)| wanted(i, page) && facts.copyable())
