@@ -1865,11 +1865,16 @@ out:
 #define READERS_ROUNDS 16	/* per rust_switch mode */
 #define READERS_DELAY_US 10000	/* the switch, widened (test kernels) */
 /*
- * A reader that waited this long was held up by the switch: with the mmap
- * lock held for write across it, every wait is longer. Under TCG a vCPU
- * spinning in the switch slows the other (up to 9.6 ms seen), hence no less.
+ * A reader that waited this long was held up by the switch under the mmap
+ * read lock ("read"): under TCG a vCPU spinning in the switch slows the
+ * other (up to 9.6 ms seen), hence no less. Under the write lock ("ptl"),
+ * a reader waits the whole spin less the time between its mincore()'s
+ * up_read() and its next clock read, in which the writer may take the lock
+ * and start spinning: a vCPU of a busy host lags there now and then (one
+ * round in 48 came under 10 ms), hence a tenth less.
  */
 #define READERS_BLOCKED_NS (READERS_DELAY_US * 1000LL)
+#define READERS_HELD_NS (READERS_DELAY_US * 900LL)
 #define READERS_NAME "rust: mmap-lock readers during the switch"
 
 struct gap_reader {
@@ -1920,7 +1925,7 @@ static void *gap_reader(void *arg)
  * the reader is hardly ever held up that long (a quarter of the rounds at
  * most, for the host's hiccups), and every switch went under the mmap read
  * lock (switched_read); with "ptl", the same rounds under the mmap write
- * lock, every switch holds it up at least as long (which shows that the
+ * lock, every switch holds it up nearly as long (which shows that the
  * figure measures the lock). Every byte of the range is kept in both. The
  * collapsing thread and the reader each run on a CPU of their own (the first
  * two this thread may use): the spin, with preemption off, does not keep the
@@ -1935,6 +1940,8 @@ static void test_readers_during_switch(void)
 	char *p = small_pages(1), *shadow = malloc(PMD_SZ);
 	int counted[2] = { 0, 0 }, blocked[2] = { 0, 0 };
 	long long start = now_ns(), reads = 0, longest[2] = { 0, 0 };
+	const long long held[2] = { READERS_BLOCKED_NS, READERS_HELD_NS };
+	long long shortest = -1;	/* the shortest wait under "ptl" */
 	int lost = 0, unexpected = 0;
 	cpu_set_t cpus, mask;
 	struct gap_reader g;
@@ -1999,9 +2006,11 @@ static void test_readers_during_switch(void)
 			/* The rounds whose collapse switched as the mode says. */
 			if (!ret && d.switched == 1 && d.read == !m) {
 				counted[m]++;
-				blocked[m] += gap >= READERS_BLOCKED_NS;
+				blocked[m] += gap >= held[m];
 				if (gap > longest[m])
 					longest[m] = gap;
+				if (m && (shortest < 0 || gap < shortest))
+					shortest = gap;
 			} else {
 				ksft_print_msg(round_fmt, modes[m], n,
 					       ret ? strerror(err) : "collapsed",
@@ -2019,11 +2028,12 @@ static void test_readers_during_switch(void)
 			 counted[0] >= READERS_ROUNDS / 2 &&
 			 counted[1] >= READERS_ROUNDS / 2 &&
 			 blocked[0] <= counted[0] / 4 && blocked[1] == counted[1],
-			 "%s (widened by %d us): read: %d of %d rounds switched under the mmap read lock, %d held the reader up >= %lld us (longest %lld us); ptl: %d switched under the write lock, %d held it up (longest %lld us); %lld mincore() calls (%ld failed), %d rounds lost data, %d unexpected errors, %.1f s\n",
+			 "%s (widened by %d us): read: %d of %d rounds switched under the mmap read lock, %d held the reader up >= %lld us (longest %lld us); ptl: %d switched under the write lock, %d held it up >= %lld us (shortest %lld us, longest %lld us); %lld mincore() calls (%ld failed), %d rounds lost data, %d unexpected errors, %.1f s\n",
 			 READERS_NAME, READERS_DELAY_US, counted[0], READERS_ROUNDS,
 			 blocked[0],
 			 READERS_BLOCKED_NS / 1000, longest[0] / 1000, counted[1],
-			 blocked[1], longest[1] / 1000, reads,
+			 blocked[1], READERS_HELD_NS / 1000, shortest / 1000,
+			 longest[1] / 1000, reads,
 			 atomic_load(&g.errors), lost, unexpected,
 			 (now_ns() - start) / 1e9);
 out:
