@@ -65,7 +65,8 @@ pub(crate) fn collapse_pmd<'a>(
     // would map it and the isolation fail on it. Under the lock, as upstream's drain.
     let batched = matches!(s.verdict, Err(Fail::PageLru | Fail::PageCount));
     // Drain for either; scan again only if the scan failed on a page a batch may hold.
-    if (batched || s.swapped > 0) && req.drain_if_due() && batched {
+    let drained = (batched || s.swapped > 0) && req.drain_if_due();
+    if drained && batched {
         s = scan(&guard, addr, span, mode, tunables);
     }
     let mut retaken = false;
