@@ -59,6 +59,11 @@ impl Occupied {
         self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
     }
 
+    /// Whether every entry marked in this set is marked in `other`.
+    pub(crate) fn is_subset(&self, other: &Self) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a & !b == 0)
+    }
+
     /// The set's words, entry `i` at bit `i % 64` of word `i / 64`: the layout of a C bitmap
     /// of the entries where `unsigned long` is 64 bits wide (see `ffi::writable_entries()`).
     pub(crate) fn words_mut(&mut self) -> &mut [u64; WORDS] {
@@ -347,6 +352,17 @@ mod tests {
         let mut w = Occupied::EMPTY;
         w.words_mut()[1] = 1 << 5;
         assert!(w.contains(69) && w.intersects(&o));
+    }
+
+    #[test]
+    fn is_subset_of_a_set_that_holds_every_entry() {
+        let o = filled(&[(3, 70), (500, 512)]);
+        assert!(filled(&[(3, 4), (69, 70), (511, 512)]).is_subset(&o));
+        assert!(o.is_subset(&o));
+        assert!(Occupied::EMPTY.is_subset(&o));
+        assert!(!filled(&[(69, 71)]).is_subset(&o));
+        assert!(!filled(&[(2, 3)]).is_subset(&o));
+        assert!(!o.is_subset(&Occupied::EMPTY));
     }
 
     #[test]

@@ -267,13 +267,14 @@ impl RequestState {
 
     /// Makes the request drain the LRU batches as a request of `effort` may
     /// ([`ffi::drain_lru_batches`]) when, and only when, one of its scans finds a page off the
-    /// LRU or with an extra reference ([`RequestState::drain_if_due`]), instead of up front.
+    /// LRU or with an extra reference, or swap entries in a range that may collapse
+    /// ([`RequestState::drain_if_due`]), instead of up front.
     pub(crate) fn drain_on_demand(&mut self, effort: Effort) {
         self.drain = Some(effort);
     }
 
-    /// Drains the LRU batches if the request is still to, and returns whether it did: the
-    /// caller scans again. Once per request, as upstream's `madvise_collapse()` drains once
+    /// Drains the LRU batches if the request is still to, and returns whether it did (the
+    /// caller then scans again if a page failed the scan). Once per request, as upstream's `madvise_collapse()` drains once
     /// (up front, whatever the pages: its `lru_add_drain_all()` queues work on, and waits
     /// for, every CPU whose batches hold a folio, most often the process's own busy CPUs).
     /// May sleep.

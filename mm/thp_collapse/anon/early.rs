@@ -94,8 +94,9 @@ struct Scratch {
     found: KVec<(usize, PagePtr, FolioPtr)>,
     /// The references a pass holds while it copies.
     held: KVec<(usize, PageRef)>,
-    /// Whether the first pass found a page off the LRU (in an LRU batch, say).
-    off_lru: bool,
+    /// Whether the first pass found a page off the LRU or with an extra reference (in an LRU
+    /// or mlock batch, say).
+    batch_sign: bool,
 }
 
 impl EarlyCopy {
@@ -139,7 +140,7 @@ impl EarlyCopy {
         let mut scratch = Scratch {
             found: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
             held: KVec::with_capacity(nr, GFP_KERNEL).ok()?,
-            off_lru: false,
+            batch_sign: false,
         };
         loop {
             early.passes(mm, c, mode, (new, cleared), &mut scratch)?;
@@ -177,7 +178,7 @@ impl EarlyCopy {
             return None;
         }
         self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, None)?;
-        if mode.is_madvise() && Self::may_be_batched(&guard, c, cleared, scratch.off_lru) {
+        if mode.is_madvise() && self.may_be_batched(&guard, c, scratch.batch_sign) {
             // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
             // reference that would fail their isolation: drained as a request drains
             // (khugepaged drains once per pass, and tries a failed range again on the next).
@@ -200,20 +201,20 @@ impl EarlyCopy {
     }
 
     /// Whether a folio that the switch of candidate `c` isolates may sit in an LRU batch after
-    /// the first pass, under `guard`: that pass found a page off the LRU (`off_lru`), or an
-    /// entry of `cleared` (none when the pass read it, or not copied) is writable now, a write
-    /// fault having mapped a new page there since (a read fault maps the zero page, which no
-    /// batch holds). A look at the entries under the PTE lock; `true` if it cannot look. A
-    /// folio that came after the look fails the switch's isolation, which puts everything
-    /// back, drains and goes on under the write lock (`anon::try_take()`), as one that came
-    /// after an unconditional drain here would.
-    fn may_be_batched(
-        guard: &MmapRead<'_>,
-        c: Candidate,
-        cleared: &Occupied,
-        off_lru: bool,
-    ) -> bool {
-        if off_lru {
+    /// the first pass, under `guard`: that pass found a page off the LRU or with an extra
+    /// reference (`batch_sign`); or the range was invalidated since the watch began (a page
+    /// the copy read may have been replaced: zapped and faulted again, copied on write,
+    /// migrated); or an entry that no pass copied is writable now, a write fault having mapped
+    /// a new page there since (or a swap-in: the first pass write-protected every entry it
+    /// found present; a read fault maps the zero page, which no batch holds). A look at the
+    /// entries under the PTE lock; `true` if it cannot look. A folio that comes after the look
+    /// fails the isolation: that of a switch under the read lock puts everything back, drains
+    /// and goes on under the write lock (`anon::try_take()`); where the switch gives up before
+    /// its isolation, or none is tried (a uffd-armed VMA, `rust_switch` `vma`), the isolation
+    /// under the write lock fails and the range with it (`EAGAIN`), as after an unconditional
+    /// drain here.
+    fn may_be_batched(&self, guard: &MmapRead<'_>, c: Candidate, batch_sign: bool) -> bool {
+        if batch_sign || self.watch.invalidated() {
             return true;
         }
         let Ok(pmd) = guard.pmd_table(c.haddr) else {
@@ -222,7 +223,8 @@ impl EarlyCopy {
         let Some(table) = PteTableLocked::lock(pmd, c.haddr) else {
             return true;
         };
-        ffi::writable_entries(&table, c.first, c.nr()).is_none_or(|w| w.intersects(cleared))
+        let copied = self.copied();
+        ffi::writable_entries(&table, c.first, c.nr()).is_none_or(|w| !w.is_subset(&copied))
     }
 
     /// One pass of [`EarlyCopy::take`] under `guard`: write-protects the present entries of
@@ -247,7 +249,7 @@ impl EarlyCopy {
         let mut written = Occupied::EMPTY;
         scratch.found.clear();
         if again.is_none() {
-            scratch.off_lru = false;
+            scratch.batch_sign = false;
         }
         if let Some(again) = again {
             // Most often nothing was written: then a look at the entries under the PTE lock
@@ -283,7 +285,7 @@ impl EarlyCopy {
                             .binary_search_by_key(&i, |&(j, _)| j)
                             .is_ok_and(|k| pages.get(k).is_some_and(|&(_, p)| p == page))
             };
-            let (found, off_lru) = (&mut scratch.found, &mut scratch.off_lru);
+            let (found, batch_sign) = (&mut scratch.found, &mut scratch.batch_sign);
             // SAFETY: `table` is the page table of `vma` at `c.haddr`; its entry `c.first` maps
             // `start`.
             let read = unsafe {
@@ -297,7 +299,8 @@ impl EarlyCopy {
                     |k, facts| {
                         let i = c.first + k;
                         // Read on every pass, looked at after the first only.
-                        *off_lru |= facts.page().is_some() && !facts.lru();
+                        *batch_sign |=
+                            facts.page().is_some() && (!facts.lru() || facts.extra_refs());
                         if let Some((page, folio)) = facts
                             .page()
                             .filter(|&(page, _)| wanted(i, page) && facts.copyable())

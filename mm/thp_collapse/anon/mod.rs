@@ -64,8 +64,9 @@ pub(crate) fn collapse_pmd<'a>(
     // rotated after writeback on another CPU), which the scan does not look at: the swap-in
     // would map it and the isolation fail on it. Under the lock, as upstream's drain.
     let batched = matches!(s.verdict, Err(Fail::PageLru | Fail::PageCount));
-    // Drain for either; scan again only if the scan failed on a page a batch may hold.
-    let drained = (batched || s.swapped > 0) && req.drain_if_due();
+    // Drain for either (for swap entries only if the range may collapse); scan again only if
+    // the scan failed on a page a batch may hold.
+    let drained = (batched || (s.swapped > 0 && s.verdict.is_ok())) && req.drain_if_due();
     if drained && batched {
         s = scan(&guard, addr, span, mode, tunables);
     }
