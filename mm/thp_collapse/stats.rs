@@ -50,8 +50,8 @@ pub(crate) struct Paths {
     /// Of the PMD ranges mapped in place, those mapped under the mmap lock for read only.
     pub(crate) in_place_read: u32,
     /// MADV_COLLAPSE requests that drained the LRU batches, once, because a scan found a
-    /// page off the LRU or with an extra reference (which a batch may hold). A request whose
-    /// pages are all on the LRU drains nothing.
+    /// page off the LRU or with an extra reference (which a batch may hold), or swap entries
+    /// in a range that may collapse. A request whose pages are all on the LRU drains nothing.
     pub(crate) lru_drains: u32,
 }
 

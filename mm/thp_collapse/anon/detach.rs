@@ -274,10 +274,10 @@ impl RequestState {
     }
 
     /// Drains the LRU batches if the request is still to, and returns whether it did (the
-    /// caller then scans again if a page failed the scan). Once per request, as upstream's `madvise_collapse()` drains once
-    /// (up front, whatever the pages: its `lru_add_drain_all()` queues work on, and waits
-    /// for, every CPU whose batches hold a folio, most often the process's own busy CPUs).
-    /// May sleep.
+    /// caller then scans again if a page failed the scan). Once per request, as upstream's
+    /// `madvise_collapse()` drains once (up front, whatever the pages: its
+    /// `lru_add_drain_all()` queues work on, and waits for, every CPU whose batches hold a
+    /// folio, most often the process's own busy CPUs). May sleep.
     pub(crate) fn drain_if_due(&mut self) -> bool {
         let Some(effort) = self.drain.take() else {
             return false;

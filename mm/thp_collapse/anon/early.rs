@@ -108,9 +108,9 @@ impl EarlyCopy {
     /// than [`FEW_WRITTEN`] of the pages of the copy written meanwhile, their entries
     /// writable again, and at most half as many as the pass before copied; a pass that finds
     /// none is a look at the entries under the PTE lock, no retry), write-protects those
-    /// again and copies them again. Its own
-    /// references to the pages go before it returns: once the copy is made, a page that stays
-    /// mapped in a range that nobody invalidates is the same page, which its mapping keeps.
+    /// again and copies them again. Its own references to the pages go before it returns:
+    /// once the copy is made, a page that stays mapped in a range that nobody invalidates is
+    /// the same page, which its mapping keeps.
     /// If something else invalidated the range meanwhile, starts over once ([`RESTARTS`]),
     /// under a new watch.
     ///

@@ -62,10 +62,9 @@ pub(crate) fn collapse_pmd<'a>(
     // drain, if it is still to make it, lets it through (see `request::madvise()`), and the
     // range is scanned again. So may the swap-cache folio behind a swap entry (read ahead or
     // rotated after writeback on another CPU), which the scan does not look at: the swap-in
-    // would map it and the isolation fail on it. Under the lock, as upstream's drain.
+    // would map it and the isolation fail on it (drained for only if the range may collapse;
+    // no second scan then). Under the lock, as upstream's drain.
     let batched = matches!(s.verdict, Err(Fail::PageLru | Fail::PageCount));
-    // Drain for either (for swap entries only if the range may collapse); scan again only if
-    // the scan failed on a page a batch may hold.
     let drained = (batched || (s.swapped > 0 && s.verdict.is_ok())) && req.drain_if_due();
     if drained && batched {
         s = scan(&guard, addr, span, mode, tunables);
