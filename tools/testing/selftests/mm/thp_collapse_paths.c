@@ -34,6 +34,20 @@
  *    batch out): the Rust core collapses without draining (lru_drains +0).
  *    Needs two CPUs the test may run on; runs before ksmd is started (its
  *    scans drain every CPU's batches).
+ *  - Swap-cache folios in a batch: a thread on the other CPU splices 16
+ *    pages of the PMD into a pipe (vmsplice: the pipe holds a reference) and
+ *    pages them out (MADV_PAGEOUT): they are unmapped and written to swap,
+ *    but the pipe's reference keeps them in the swap cache, and reclaim puts
+ *    them back through that CPU's LRU batch; then the pipe is read empty. So
+ *    the PTEs are swap entries whose folios sit, off the LRU, in another
+ *    CPU's batch, as after a swap readahead there, while every page still
+ *    mapped is on the LRU (this CPU's batch drained first: the scan finds
+ *    nothing batched). With the VMA read-only (no
+ *    early copy, whose own drain would hide a missing one), the collapse must
+ *    swap them in and go through with the data intact, as upstream's drain
+ *    up front lets it; the Rust core drains because its scan found swap
+ *    entries in a range that may collapse (lru_drains +1); without that
+ *    drain the isolation of those folios fails (EAGAIN).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,6 +60,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "kselftest.h"
@@ -58,6 +73,9 @@
 #define MPOL_BIND_ 2
 #define KPF_LRU_ 5		/* /proc/kpageflags: the page is on an LRU list */
 #define PUSH_PAGES 64		/* faulted after a PMD: its pages leave the batch */
+#define SWAP_FIRST 100		/* the first page the swap-cache case pages out */
+#define SWAP_PAGES 16		/* how many (a pipe's default capacity) */
+#define PM_SWAP_BIT 62		/* pagemap: the entry is swapped out */
 
 static const char *const cores[] = { "rust", "c" };
 
@@ -343,7 +361,10 @@ static void *fill_on_cpu(void *arg)
 	return NULL;
 }
 
-/* How many pages of @r are not on an LRU list (kpageflags), or -1. */
+/*
+ * How many pages mapped in @r are not on an LRU list (kpageflags), or -1;
+ * swapped-out entries are skipped.
+ */
 static int pages_off_lru(const struct region *r)
 {
 	static uint64_t ent[PAGES_PER_PMD];
@@ -359,6 +380,8 @@ static int pages_off_lru(const struct region *r)
 	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
 		uint64_t pfn = ent[pg] & ((1ULL << 55) - 1);
 
+		if (ent[pg] >> PM_SWAP_BIT & 1)
+			continue;
 		if (!(ent[pg] >> 63) || !pfn ||
 		    pread(fd, &flags, sizeof(flags), pfn * sizeof(flags)) != sizeof(flags)) {
 			close(fd);
@@ -430,13 +453,115 @@ static void test_lru_batch(int c, bool batched)
 	mem_region_free(&r);
 }
 
+/* What the thread on cpu_fill of test_swap_cache() does, and what it saw. */
+struct swap_fill {
+	char *p;
+	/* Where the pipe is read to: faulted in before, not into the batch. */
+	char *buf;
+	int cpu;
+	int err;
+	size_t read_back;
+};
+
+/*
+ * Splices SWAP_PAGES pages at @p into a pipe, pages them out and reads the
+ * pipe empty, on cpu_fill: see the header.
+ */
+static void *swap_on_cpu(void *arg)
+{
+	struct swap_fill *f = arg;
+	struct iovec iov = { .iov_base = f->p, .iov_len = SWAP_PAGES * PAGE_SZ };
+	int pfd[2];
+	ssize_t n;
+
+	f->err = pin_to(f->cpu);
+	if (f->err)
+		return NULL;
+	if (pipe(pfd)) {
+		f->err = errno;
+		return NULL;
+	}
+	if (vmsplice(pfd[1], &iov, 1, 0) != (ssize_t)iov.iov_len ||
+	    madvise(f->p, iov.iov_len, MADV_PAGEOUT))
+		f->err = errno ? errno : EIO;
+	while (!f->err && f->read_back < iov.iov_len) {
+		n = read(pfd[0], f->buf + f->read_back, iov.iov_len - f->read_back);
+		if (n <= 0)
+			f->err = n ? errno : EIO;
+		else
+			f->read_back += n;
+	}
+	close(pfd[0]);
+	close(pfd[1]);
+	return NULL;
+}
+
+/*
+ * Collapses a read-only PMD from cpu_collapse whose pages SWAP_FIRST on are
+ * swap entries with their folios in the swap cache and in cpu_fill's LRU
+ * batch.
+ */
+static void test_swap_cache(int c)
+{
+	static uint64_t shadow[PAGES_PER_PMD], ent[PAGES_PER_PMD];
+	struct region r = small_pmd(shadow);
+	static char buf[SWAP_PAGES * PAGE_SZ];
+	struct swap_fill f = { .p = r.p + SWAP_FIRST * PAGE_SZ, .buf = buf, .cpu = cpu_fill };
+	unsigned char vec[SWAP_PAGES];
+	struct rust_stats before, after;
+	long long drains, ok, total;
+	int err, off, swapped = 0, cached = 0;
+	pthread_t t;
+	size_t pg, bad;
+	bool huge;
+
+	/*
+	 * This CPU's batch holds the last pages written: drained by WILLNEED.
+	 * The thread's read of the pipe must not fault pages into its CPU's
+	 * batch: 15 more would push the paged-out folios out of it.
+	 */
+	memset(buf, 0, sizeof(buf));
+	if (mprotect(r.p, r.len, PROT_READ) || madvise(r.p, r.len, MADV_WILLNEED))
+		ksft_exit_fail_perror("mprotect or MADV_WILLNEED");
+	if (pthread_create(&t, NULL, swap_on_cpu, &f) || pthread_join(t, NULL))
+		ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
+	if (f.err)
+		ksft_exit_fail_msg("vmsplice, MADV_PAGEOUT or read on CPU %d: %s\n",
+				   cpu_fill, strerror(f.err));
+	if (pagemap_read(&r, ent) || mincore(f.p, SWAP_PAGES * PAGE_SZ, vec))
+		ksft_exit_fail_msg("pagemap or mincore unreadable\n");
+	for (pg = 0; pg < SWAP_PAGES; pg++) {
+		swapped += ent[SWAP_FIRST + pg] >> PM_SWAP_BIT & 1;
+		cached += vec[pg] & 1;
+	}
+	/* The pages still mapped all on the LRU: the scan finds nothing batched. */
+	off = pages_off_lru(&r);
+	rust_stats_read("madvise", &before);
+	total = rust_stat_total("madvise");
+	err = collapse(cores[c], &r);
+	rust_stats_read("madvise", &after);
+	total = rust_stat_total("madvise") - total;
+	huge = mem_pmd_mapped(&r);
+	bad = mem_bad_pages(&r, shadow);
+	drains = rust_stats_delta(&before, &after, "lru_drains");
+	ok = rust_stats_delta(&before, &after, "succeed");
+	ksft_test_result(swapped == SWAP_PAGES && cached == SWAP_PAGES && !off && !err && huge &&
+			 !bad &&
+			 (c ? !total && !drains : ok == 1 && drains == 1),
+			 "%s: swap cache: %d of %d pages swapped out, %d in the swap cache, paged out on CPU %d, %d mapped pages off the LRU; collapse on CPU %d %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
+			 cores[c], swapped, SWAP_PAGES, cached, cpu_fill, off, cpu_collapse,
+			 strerror(err), huge ? "PMD-mapped" : "not PMD-mapped", bad, ok,
+			 drains, total);
+	mem_region_free(&r);
+}
+
 int main(void)
 {
 	char orig[16], thp_enabled[32], ksm_run[16], ksm_sleep[16], ksm_pages[16];
 	int c;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4);
+	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2);
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
@@ -448,6 +573,7 @@ int main(void)
 	for (c = 0; c < 2; c++) {
 		test_lru_batch(c, true);
 		test_lru_batch(c, false);
+		test_swap_cache(c);
 	}
 	if (pin_to(-1))
 		ksft_exit_fail_perror("sched_setaffinity");
