@@ -393,6 +393,44 @@ static int pages_off_lru(const struct region *r)
 	return off;
 }
 
+/* What a collapse of a PMD in the LRU batch cases came to. */
+struct batch_result {
+	int err;		/* 0 or the errno */
+	bool huge;		/* PMD-mapped after it */
+	size_t bad;		/* pages whose contents differ */
+	long long ok, drains;	/* the Rust counters succeed and lru_drains moved */
+	long long total;	/* all the Rust counters moved */
+};
+
+/* Collapses @r on core @c and notes what came of it (@shadow: the contents). */
+static struct batch_result collapse_counted(int c, struct region *r, const uint64_t *shadow)
+{
+	struct rust_stats before, after;
+	struct batch_result res;
+
+	rust_stats_read("madvise", &before);
+	res.total = rust_stat_total("madvise");
+	res.err = collapse(cores[c], r);
+	rust_stats_read("madvise", &after);
+	res.total = rust_stat_total("madvise") - res.total;
+	res.huge = mem_pmd_mapped(r);
+	res.bad = mem_bad_pages(r, shadow);
+	res.drains = rust_stats_delta(&before, &after, "lru_drains");
+	res.ok = rust_stats_delta(&before, &after, "succeed");
+	return res;
+}
+
+/*
+ * Whether @res is a collapse that went through with the data intact, by the
+ * Rust core with @drains LRU drains (c == 0), or by the C core, no Rust
+ * counter moving.
+ */
+static bool collapsed_as_expected(int c, const struct batch_result *res, long long drains)
+{
+	return !res->err && res->huge && !res->bad &&
+	       (c ? !res->total && !res->drains : res->ok == 1 && res->drains == drains);
+}
+
 /*
  * Collapses a PMD that a thread on cpu_fill wrote, from cpu_collapse: with
  * its last pages in cpu_fill's LRU batch (@batched), or, once it faulted
@@ -402,13 +440,10 @@ static void test_lru_batch(int c, bool batched)
 {
 	static uint64_t shadow[PAGES_PER_PMD];
 	struct region r = mem_region(MEM_ANON, 1);
-	struct rust_stats before, after;
 	struct batch_fill f = { .r = &r, .shadow = shadow, .cpu = cpu_fill };
-	long long drains, ok, total;
+	struct batch_result res;
 	char *extra = NULL;
-	int err, off, tries;
-	bool huge;
-	size_t bad;
+	int off, tries;
 	pthread_t t;
 
 	if (!batched) {
@@ -433,21 +468,13 @@ static void test_lru_batch(int c, bool batched)
 		if (extra)
 			madvise(extra, PUSH_PAGES * PAGE_SZ, MADV_DONTNEED);
 	}
-	rust_stats_read("madvise", &before);
-	total = rust_stat_total("madvise");
-	err = collapse(cores[c], &r);
-	rust_stats_read("madvise", &after);
-	total = rust_stat_total("madvise") - total;
-	huge = mem_pmd_mapped(&r);
-	bad = mem_bad_pages(&r, shadow);
-	drains = rust_stats_delta(&before, &after, "lru_drains");
-	ok = rust_stats_delta(&before, &after, "succeed");
-	ksft_test_result((batched ? off > 0 : off == 0) && !err && huge && !bad &&
-			 (c ? !total && !drains : ok == 1 && drains == batched),
+	res = collapse_counted(c, &r, shadow);
+	ksft_test_result((batched ? off > 0 : off == 0) &&
+			 collapsed_as_expected(c, &res, batched),
 			 "%s: LRU batch: %d of 512 pages off the LRU, written on CPU %d; collapse on CPU %d %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
-			 cores[c], off, cpu_fill, cpu_collapse, strerror(err),
-			 huge ? "PMD-mapped" : "not PMD-mapped",
-			 bad, ok, drains, total);
+			 cores[c], off, cpu_fill, cpu_collapse, strerror(res.err),
+			 res.huge ? "PMD-mapped" : "not PMD-mapped",
+			 res.bad, res.ok, res.drains, res.total);
 	if (extra)
 		munmap(extra, PUSH_PAGES * PAGE_SZ);
 	mem_region_free(&r);
@@ -508,12 +535,10 @@ static void test_swap_cache(int c)
 	static char buf[SWAP_PAGES * PAGE_SZ];
 	struct swap_fill f = { .p = r.p + SWAP_FIRST * PAGE_SZ, .buf = buf, .cpu = cpu_fill };
 	unsigned char vec[SWAP_PAGES];
-	struct rust_stats before, after;
-	long long drains, ok, total;
-	int err, off, swapped = 0, cached = 0;
+	int off, swapped = 0, cached = 0;
+	struct batch_result res;
 	pthread_t t;
-	size_t pg, bad;
-	bool huge;
+	size_t pg;
 
 	/*
 	 * This CPU's batch holds the last pages written: drained by WILLNEED.
@@ -536,22 +561,13 @@ static void test_swap_cache(int c)
 	}
 	/* The pages still mapped all on the LRU: the scan finds nothing batched. */
 	off = pages_off_lru(&r);
-	rust_stats_read("madvise", &before);
-	total = rust_stat_total("madvise");
-	err = collapse(cores[c], &r);
-	rust_stats_read("madvise", &after);
-	total = rust_stat_total("madvise") - total;
-	huge = mem_pmd_mapped(&r);
-	bad = mem_bad_pages(&r, shadow);
-	drains = rust_stats_delta(&before, &after, "lru_drains");
-	ok = rust_stats_delta(&before, &after, "succeed");
-	ksft_test_result(swapped == SWAP_PAGES && cached == SWAP_PAGES && !off && !err && huge &&
-			 !bad &&
-			 (c ? !total && !drains : ok == 1 && drains == 1),
+	res = collapse_counted(c, &r, shadow);
+	ksft_test_result(swapped == SWAP_PAGES && cached == SWAP_PAGES && !off &&
+			 collapsed_as_expected(c, &res, 1),
 			 "%s: swap cache: %d of %d pages swapped out, %d in the swap cache, paged out on CPU %d, %d mapped pages off the LRU; collapse on CPU %d %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
 			 cores[c], swapped, SWAP_PAGES, cached, cpu_fill, off, cpu_collapse,
-			 strerror(err), huge ? "PMD-mapped" : "not PMD-mapped", bad, ok,
-			 drains, total);
+			 strerror(res.err), res.huge ? "PMD-mapped" : "not PMD-mapped", res.bad,
+			 res.ok, res.drains, res.total);
 	mem_region_free(&r);
 }
 
