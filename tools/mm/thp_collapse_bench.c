@@ -111,10 +111,20 @@
  *              p50, p99, the largest, and how many took 100 us or more
  *              (full, half, huge and shmem; the others have no tail). A hold that begins during the
  *              thread's mincore() stalls that and not the fault after it.
+ *
+ * A third table splits the time of each MADV_COLLAPSE call of this program
+ * (not process_madvise() or khugepaged) by where the calling thread spent
+ * it, read before and after the call: on a CPU (its CPU-time clock),
+ * runnable but waiting for one (another task ran there: the stall thread, a
+ * kworker; /proc/thread-self/schedstat, CONFIG_SCHED_INFO), and the rest,
+ * asleep in the kernel (a lock, a flush, a drain), medians per 2 MiB. With
+ * the stall thread it tells a core's own work from the time the scheduler
+ * gave to others; "-" without schedstat.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/perf_event.h>
 #include <sys/ioctl.h>
 #include <pthread.h>
@@ -190,6 +200,17 @@ static struct {
 	float ns[MAX_FAULTS];
 	int n;
 } faults[2][NR_WORKLOADS];
+
+/*
+ * Where the time of each MADV_COLLAPSE call of time_local() went, per core and
+ * workload (ns): on a CPU and runnable waiting for one (schedstat).
+ */
+static struct {
+	float cpu[MAX_SAMPLES];
+	float wait[MAX_SAMPLES];
+	float asleep[MAX_SAMPLES];
+	int n;
+} sched_split[2][NR_WORKLOADS];
 
 static void die(const char *what)
 {
@@ -975,13 +996,61 @@ static double per_call(long long n, long long calls)
 	return calls ? (double)n / calls : 0.0;
 }
 
+/*
+ * The calling thread's time on a CPU (CLOCK_THREAD_CPUTIME_ID, which counts
+ * the running slice too, where schedstat's first field counts only ended
+ * ones) and runnable waiting for one (the second field of
+ * /proc/thread-self/schedstat, which only a switch ends) so far, in ns; 1,
+ * or 0 if they cannot be read.
+ */
+static int sched_now(double *cpu, double *wait)
+{
+	static int fd = -2;
+	unsigned long long run, w;
+	struct timespec ts;
+	char buf[96];
+	ssize_t n;
+
+	if (fd == -2)
+		fd = open("/proc/thread-self/schedstat", O_RDONLY);
+	n = fd < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, 0);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	if (sscanf(buf, "%llu %llu", &run, &w) != 2 ||
+	    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+		return 0;
+	*cpu = ts.tv_sec * 1e9 + ts.tv_nsec;
+	*wait = w;
+	return 1;
+}
+
+/*
+ * Adds the split of a call of @ns to those of @core and @w: @cpu on a CPU,
+ * @wait runnable waiting for one, the rest asleep.
+ */
+static void sched_record(int core, enum workload w, double ns, double cpu, double wait)
+{
+	/* The clocks differ a little: a call that never slept may come out below 0. */
+	double asleep = ns - cpu - wait > 0 ? ns - cpu - wait : 0;
+	int n = sched_split[core][w].n;
+
+	if (n >= MAX_SAMPLES)
+		return;
+	sched_split[core][w].cpu[n] = cpu;
+	sched_split[core][w].wait[n] = wait;
+	sched_split[core][w].asleep[n] = asleep;
+	sched_split[core][w].n++;
+}
+
 /* MADV_COLLAPSE of PMDs [from, to) of @p, one call each. */
 static void time_local(int core, enum workload w, int round, char *p, size_t from,
 		       size_t to)
 {
 	long long before[NR_WR_PATHS] = { 0 }, in_place = 0;
+	double t0, t1, c0, w0, c1, w1;
 	size_t i, k;
-	double t0, t1;
+	int split;
 
 	for (i = from; i < to; i++) {
 		hold_reset();
@@ -994,12 +1063,15 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		}
 		if (w == INPLACE)
 			in_place = rust_madvise_stat("in_place");
+		split = sched_now(&c0, &w0);
 		prof_enable(core, 1);
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
 			die("madvise(MADV_COLLAPSE)");
 		t1 = now_ns();
 		prof_enable(core, 0);
+		if (split && sched_now(&c1, &w1))
+			sched_record(core, w, t1 - t0, c1 - c0, w1 - w0);
 		fault_count(-1, w);
 		if (w == WRITTEN) {
 			written_check(core, p + i * PMD_SZ);
@@ -1654,6 +1726,38 @@ static void stall_table(void)
 	       " cores)\n");
 }
 
+/* The median of the @n values of @v (sorted in place), or -1 if none. */
+static double float_median(float *v, int n)
+{
+	qsort(v, n, sizeof(*v), float_cmp);
+	return n ? v[n / 2] : -1;
+}
+
+/* The third table: where the time of the calls went (sched_split). */
+static void sched_table(void)
+{
+	int w, k;
+
+	printf("\n%-14s %10s %10s %10s %10s %10s %10s\n", "workload", "c cpu us", "c wait",
+	       "c asleep", "rust cpu", "rust wait", "rust asleep");
+	for (w = 0; w < NR_WORKLOADS; w++) {
+		if (!sched_split[0][w].n && !sched_split[1][w].n)
+			continue;
+		printf("%-14s", wname[w]);
+		for (k = 0; k < 2; k++) {
+			int n = sched_split[k][w].n;
+
+			print_us(10, float_median(sched_split[k][w].cpu, n));
+			print_us(10, float_median(sched_split[k][w].wait, n));
+			print_us(10, float_median(sched_split[k][w].asleep, n));
+		}
+		printf("\n");
+	}
+	printf("(the MADV_COLLAPSE calls' time, medians per 2 MiB: on a CPU, runnable\n"
+	       " waiting for one, and the rest, asleep; from the thread's CPU-time clock\n"
+	       " and schedstat)\n");
+}
+
 int main(int argc, char **argv)
 {
 	int rounds = 3, opt, round, k, w;
@@ -1857,6 +1961,7 @@ int main(int argc, char **argv)
 		printf(" %lld of %lld rust calls\n", inplace_done[1], inplace_calls[1]);
 	}
 	stall_table();
+	sched_table();
 	if (gmib / 2)
 		flag_table();
 	prof_report();
