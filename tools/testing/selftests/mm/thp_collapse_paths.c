@@ -36,18 +36,20 @@
  *    scans drain every CPU's batches).
  *  - Swap-cache folios in a batch: a thread on the other CPU splices 16
  *    pages of the PMD into a pipe (vmsplice: the pipe holds a reference) and
- *    pages them out (MADV_PAGEOUT): they are unmapped and written to swap,
- *    but the pipe's reference keeps them in the swap cache, and reclaim puts
- *    them back through that CPU's LRU batch; then the pipe is read empty. So
- *    the PTEs are swap entries whose folios sit, off the LRU, in another
- *    CPU's batch, as after a swap readahead there, while every page still
+ *    pages them out (MADV_PAGEOUT): they are unmapped and given swap slots,
+ *    but the pipe's reference keeps reclaim from writing and freeing them
+ *    (PAGE_KEEP): they stay in the swap cache, and reclaim puts them back
+ *    through that CPU's LRU batch; then the pipe is read empty. So the PTEs
+ *    are swap entries whose folios sit in another CPU's batch (in the swap
+ *    cache and off the LRU in /proc/kpageflags; set up again if something
+ *    drained it), as after a swap readahead there, while every page still
  *    mapped is on the LRU (this CPU's batch drained first: the scan finds
- *    nothing batched). With the VMA read-only (no
- *    early copy, whose own drain would hide a missing one), the collapse must
- *    swap them in and go through with the data intact, as upstream's drain
- *    up front lets it; the Rust core drains because its scan found swap
- *    entries in a range that may collapse (lru_drains +1); without that
- *    drain the isolation of those folios fails (EAGAIN).
+ *    nothing batched). With the VMA read-only (no early copy, whose own
+ *    drain would hide a missing one), the collapse must swap them in and go
+ *    through with the data intact, as upstream's drain up front lets it; the
+ *    Rust core drains because its scan found swap entries in a range that
+ *    may collapse (lru_drains +1); without that drain the isolation of those
+ *    folios fails (EAGAIN). Needs a swap device (the guest's zram).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -72,6 +74,7 @@
 #define MPOL_DEFAULT_ 0
 #define MPOL_BIND_ 2
 #define KPF_LRU_ 5		/* /proc/kpageflags: the page is on an LRU list */
+#define KPF_SWAPCACHE_ 13	/* /proc/kpageflags: the page is in the swap cache */
 #define PUSH_PAGES 64		/* faulted after a PMD: its pages leave the batch */
 #define SWAP_FIRST 100		/* the first page the swap-cache case pages out */
 #define SWAP_PAGES 16		/* how many (a pipe's default capacity) */
@@ -523,22 +526,50 @@ static void *swap_on_cpu(void *arg)
 	return NULL;
 }
 
+/* What the set-up of test_swap_cache() left. */
+struct swap_setup {
+	int swapped;		/* entries swapped out */
+	int cached;		/* of their pages, in the swap cache (mincore) */
+	int batched;		/* of their folios, in the swap cache and off the LRU */
+	int off;		/* mapped pages off the LRU */
+};
+
 /*
- * Collapses a read-only PMD from cpu_collapse whose pages SWAP_FIRST on are
- * swap entries with their folios in the swap cache and in cpu_fill's LRU
- * batch.
+ * How many of the @n pages @pfn are in the swap cache and off the LRU
+ * (/proc/kpageflags), or -1.
  */
-static void test_swap_cache(int c)
+static int swap_cache_off_lru(const uint64_t *pfn, int n)
 {
-	static uint64_t shadow[PAGES_PER_PMD], ent[PAGES_PER_PMD];
-	struct region r = small_pmd(shadow);
+	int fd = open("/proc/kpageflags", O_RDONLY), k, count = 0;
+	uint64_t flags;
+
+	if (fd < 0)
+		return -1;
+	for (k = 0; k < n; k++) {
+		if (pread(fd, &flags, sizeof(flags), pfn[k] * sizeof(flags)) != sizeof(flags)) {
+			close(fd);
+			return -1;
+		}
+		count += (flags >> KPF_SWAPCACHE_ & 1) && !(flags >> KPF_LRU_ & 1);
+	}
+	close(fd);
+	return count;
+}
+
+/*
+ * Makes the PMD @r read-only and has the thread on cpu_fill
+ * page out its pages SWAP_FIRST on through a pipe (see the header): returns
+ * what that left.
+ */
+static struct swap_setup swap_cache_setup(struct region *r)
+{
+	static uint64_t ent[PAGES_PER_PMD], pfn[SWAP_PAGES];
 	static char buf[SWAP_PAGES * PAGE_SZ];
-	struct swap_fill f = { .p = r.p + SWAP_FIRST * PAGE_SZ, .buf = buf, .cpu = cpu_fill };
+	struct swap_fill f = { .p = r->p + SWAP_FIRST * PAGE_SZ, .buf = buf, .cpu = cpu_fill };
+	struct swap_setup st = { 0 };
 	unsigned char vec[SWAP_PAGES];
-	int off, swapped = 0, cached = 0;
-	struct batch_result res;
 	pthread_t t;
-	size_t pg;
+	int pg;
 
 	/*
 	 * This CPU's batch holds the last pages written: drained by WILLNEED.
@@ -546,28 +577,62 @@ static void test_swap_cache(int c)
 	 * batch: 15 more would push the paged-out folios out of it.
 	 */
 	memset(buf, 0, sizeof(buf));
-	if (mprotect(r.p, r.len, PROT_READ) || madvise(r.p, r.len, MADV_WILLNEED))
+	if (mprotect(r->p, r->len, PROT_READ) || madvise(r->p, r->len, MADV_WILLNEED))
 		ksft_exit_fail_perror("mprotect or MADV_WILLNEED");
+	/* The folios stay, in the swap cache: their frames tell where they are. */
+	if (pagemap_read(r, ent))
+		ksft_exit_fail_msg("pagemap unreadable\n");
+	for (pg = 0; pg < SWAP_PAGES; pg++)
+		pfn[pg] = ent[SWAP_FIRST + pg] & ((1ULL << 55) - 1);
 	if (pthread_create(&t, NULL, swap_on_cpu, &f) || pthread_join(t, NULL))
 		ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
 	if (f.err)
 		ksft_exit_fail_msg("vmsplice, MADV_PAGEOUT or read on CPU %d: %s\n",
 				   cpu_fill, strerror(f.err));
-	if (pagemap_read(&r, ent) || mincore(f.p, SWAP_PAGES * PAGE_SZ, vec))
+	if (pagemap_read(r, ent) || mincore(f.p, SWAP_PAGES * PAGE_SZ, vec))
 		ksft_exit_fail_msg("pagemap or mincore unreadable\n");
 	for (pg = 0; pg < SWAP_PAGES; pg++) {
-		swapped += ent[SWAP_FIRST + pg] >> PM_SWAP_BIT & 1;
-		cached += vec[pg] & 1;
+		st.swapped += ent[SWAP_FIRST + pg] >> PM_SWAP_BIT & 1;
+		st.cached += vec[pg] & 1;
 	}
+	st.batched = swap_cache_off_lru(pfn, SWAP_PAGES);
 	/* The pages still mapped all on the LRU: the scan finds nothing batched. */
-	off = pages_off_lru(&r);
+	st.off = pages_off_lru(r);
+	if (st.batched < 0 || st.off < 0)
+		ksft_exit_fail_msg("pagemap or kpageflags unreadable\n");
+	return st;
+}
+
+/*
+ * Collapses a read-only PMD from cpu_collapse whose pages SWAP_FIRST on are
+ * swap entries with their folios in the swap cache and in cpu_fill's LRU
+ * batch (off the LRU in /proc/kpageflags; set up again, on a new PMD, if
+ * something drained the batch meanwhile).
+ */
+static void test_swap_cache(int c)
+{
+	static uint64_t shadow[PAGES_PER_PMD];
+	struct batch_result res;
+	struct swap_setup st;
+	struct region r;
+	int tries;
+
+	for (tries = 0;; tries++) {
+		r = small_pmd(shadow);
+		st = swap_cache_setup(&r);
+		if ((st.batched == SWAP_PAGES && !st.off) || tries == 4)
+			break;
+		mem_region_free(&r);
+	}
 	res = collapse_counted(c, &r, shadow);
-	ksft_test_result(swapped == SWAP_PAGES && cached == SWAP_PAGES && !off &&
+	ksft_test_result(st.swapped == SWAP_PAGES && st.cached == SWAP_PAGES &&
+			 st.batched == SWAP_PAGES && !st.off &&
 			 collapsed_as_expected(c, &res, 1),
-			 "%s: swap cache: %d of %d pages swapped out, %d in the swap cache, paged out on CPU %d, %d mapped pages off the LRU; collapse on CPU %d %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
-			 cores[c], swapped, SWAP_PAGES, cached, cpu_fill, off, cpu_collapse,
-			 strerror(res.err), res.huge ? "PMD-mapped" : "not PMD-mapped", res.bad,
-			 res.ok, res.drains, res.total);
+			 "%s: swap cache: %d of %d pages swapped out, %d in the swap cache, %d off the LRU, paged out on CPU %d (try %d), %d mapped pages off the LRU; collapse on CPU %d %s, %s, %zu pages differ; rust succeed +%lld lru_drains +%lld, counters +%lld\n",
+			 cores[c], st.swapped, SWAP_PAGES, st.cached, st.batched, cpu_fill,
+			 tries + 1, st.off, cpu_collapse, strerror(res.err),
+			 res.huge ? "PMD-mapped" : "not PMD-mapped", res.bad, res.ok, res.drains,
+			 res.total);
 	mem_region_free(&r);
 }
 
