@@ -45,7 +45,7 @@ log=$BUILD/logs/$run.tests.log
 grep -q '^# HARNESS DONE' "$log" ||
 	die "the benchmark did not finish; console log: $BUILD/logs/$run.console.log"
 accel=$(cat "$BUILD/logs/$run.accel")
-table() { sed -n '/^workload  *c med us/,/^ and schedstat)$/p' "$log"; }
+table() { tr -d '\r' <"$log" | sed -n '/^workload  *c med us/,/^ and schedstat)$/p'; }
 case "$mode" in
 time)
 	grep '^CSV,' "$log" | cut -d, -f2- >"$out/bench.csv"

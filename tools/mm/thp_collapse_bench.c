@@ -119,7 +119,7 @@
  * kworker; /proc/thread-self/schedstat, CONFIG_SCHED_INFO), and the rest,
  * asleep in the kernel (a lock, a flush, a drain), medians per 2 MiB. With
  * the stall thread it tells a core's own work from the time the scheduler
- * gave to others; "-" without schedstat.
+ * gave to others; no rows without schedstat.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -997,17 +997,15 @@ static double per_call(long long n, long long calls)
 }
 
 /*
- * The calling thread's time on a CPU (CLOCK_THREAD_CPUTIME_ID, which counts
- * the running slice too, where schedstat's first field counts only ended
- * ones) and runnable waiting for one (the second field of
- * /proc/thread-self/schedstat, which only a switch ends) so far, in ns; 1,
- * or 0 if they cannot be read.
+ * The time the calling thread has spent runnable waiting for a CPU so far
+ * (ns, the second field of /proc/thread-self/schedstat, which a switch back
+ * to the thread ends); 1, or 0 if it cannot be read. The file is opened by
+ * the thread that calls this first: time_local()'s, the main thread.
  */
-static int sched_now(double *cpu, double *wait)
+static int sched_wait_now(double *wait)
 {
 	static int fd = -2;
 	unsigned long long run, w;
-	struct timespec ts;
 	char buf[96];
 	ssize_t n;
 
@@ -1017,12 +1015,24 @@ static int sched_now(double *cpu, double *wait)
 	if (n <= 0)
 		return 0;
 	buf[n] = 0;
-	if (sscanf(buf, "%llu %llu", &run, &w) != 2 ||
-	    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+	if (sscanf(buf, "%llu %llu", &run, &w) != 2)
 		return 0;
-	*cpu = ts.tv_sec * 1e9 + ts.tv_nsec;
 	*wait = w;
 	return 1;
+}
+
+/*
+ * The calling thread's time on a CPU so far (ns): its CPU-time clock, which
+ * counts the running slice too, where schedstat's first field counts only
+ * ended ones.
+ */
+static double thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+		return -1;
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
 /*
@@ -1063,14 +1073,17 @@ static void time_local(int core, enum workload w, int round, char *p, size_t fro
 		}
 		if (w == INPLACE)
 			in_place = rust_madvise_stat("in_place");
-		split = sched_now(&c0, &w0);
+		split = sched_wait_now(&w0);
 		prof_enable(core, 1);
+		/* The clocks next to each other, around the call only. */
+		c0 = thread_cpu_ns();
 		t0 = now_ns();
 		if (madvise(p + i * PMD_SZ, PMD_SZ, MADV_COLLAPSE))
 			die("madvise(MADV_COLLAPSE)");
 		t1 = now_ns();
+		c1 = thread_cpu_ns();
 		prof_enable(core, 0);
-		if (split && sched_now(&c1, &w1))
+		if (split && c0 >= 0 && c1 >= 0 && sched_wait_now(&w1))
 			sched_record(core, w, t1 - t0, c1 - c0, w1 - w0);
 		fault_count(-1, w);
 		if (w == WRITTEN) {
