@@ -79,6 +79,8 @@
 #define SWAP_FIRST 100		/* the first page the swap-cache case pages out */
 #define SWAP_PAGES 16		/* how many (a pipe's default capacity) */
 #define PM_SWAP_BIT 62		/* pagemap: the entry is swapped out */
+#define PM_PFN_MASK ((1ULL << 55) - 1)	/* pagemap: the page frame of a present entry */
+#define SETUP_TRIES 5		/* set-ups of a batch case before it gives up */
 
 static const char *const cores[] = { "rust", "c" };
 
@@ -365,35 +367,47 @@ static void *fill_on_cpu(void *arg)
 }
 
 /*
+ * How many of the @n page frames @pfn have every /proc/kpageflags bit of @set
+ * and none of @clear, or -1.
+ */
+static int pages_flagged(const uint64_t *pfn, int n, uint64_t set, uint64_t clear)
+{
+	int fd = open("/proc/kpageflags", O_RDONLY), k, count = 0;
+	uint64_t flags;
+
+	if (fd < 0)
+		return -1;
+	for (k = 0; k < n; k++) {
+		if (pread(fd, &flags, sizeof(flags), pfn[k] * sizeof(flags)) != sizeof(flags)) {
+			close(fd);
+			return -1;
+		}
+		count += (flags & set) == set && !(flags & clear);
+	}
+	close(fd);
+	return count;
+}
+
+/*
  * How many pages mapped in @r are not on an LRU list (kpageflags), or -1;
  * swapped-out entries are skipped.
  */
 static int pages_off_lru(const struct region *r)
 {
-	static uint64_t ent[PAGES_PER_PMD];
-	int fd = open("/proc/kpageflags", O_RDONLY), off = 0;
-	uint64_t flags;
+	static uint64_t ent[PAGES_PER_PMD], pfn[PAGES_PER_PMD];
 	size_t pg;
+	int n = 0;
 
-	if (fd < 0 || pagemap_read(r, ent)) {
-		if (fd >= 0)
-			close(fd);
+	if (pagemap_read(r, ent))
 		return -1;
-	}
 	for (pg = 0; pg < PAGES_PER_PMD; pg++) {
-		uint64_t pfn = ent[pg] & ((1ULL << 55) - 1);
-
 		if (ent[pg] >> PM_SWAP_BIT & 1)
 			continue;
-		if (!(ent[pg] >> 63) || !pfn ||
-		    pread(fd, &flags, sizeof(flags), pfn * sizeof(flags)) != sizeof(flags)) {
-			close(fd);
+		if (!(ent[pg] >> 63) || !(ent[pg] & PM_PFN_MASK))
 			return -1;
-		}
-		off += !(flags >> KPF_LRU_ & 1);
+		pfn[n++] = ent[pg] & PM_PFN_MASK;
 	}
-	close(fd);
-	return off;
+	return pages_flagged(pfn, n, 0, 1ULL << KPF_LRU_);
 }
 
 /* What a collapse of a PMD in the LRU batch cases came to. */
@@ -457,7 +471,7 @@ static void test_lru_batch(int c, bool batched)
 		f.extra = extra;
 	}
 	/* Something else may drain cpu_fill's batch meanwhile: write the PMD again. */
-	for (tries = 0; tries < 5; tries++) {
+	for (tries = 0; tries < SETUP_TRIES; tries++) {
 		if (pthread_create(&t, NULL, fill_on_cpu, &f) || pthread_join(t, NULL))
 			ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
 		if (f.err)
@@ -483,14 +497,13 @@ static void test_lru_batch(int c, bool batched)
 	mem_region_free(&r);
 }
 
-/* What the thread on cpu_fill of test_swap_cache() does, and what it saw. */
+/* What the thread on cpu_fill of test_swap_cache() works on, and its error. */
 struct swap_fill {
 	char *p;
 	/* Where the pipe is read to: faulted in before, not into the batch. */
 	char *buf;
 	int cpu;
 	int err;
-	size_t read_back;
 };
 
 /*
@@ -501,6 +514,7 @@ static void *swap_on_cpu(void *arg)
 {
 	struct swap_fill *f = arg;
 	struct iovec iov = { .iov_base = f->p, .iov_len = SWAP_PAGES * PAGE_SZ };
+	size_t read_back = 0;
 	int pfd[2];
 	ssize_t n;
 
@@ -514,12 +528,12 @@ static void *swap_on_cpu(void *arg)
 	if (vmsplice(pfd[1], &iov, 1, 0) != (ssize_t)iov.iov_len ||
 	    madvise(f->p, iov.iov_len, MADV_PAGEOUT))
 		f->err = errno ? errno : EIO;
-	while (!f->err && f->read_back < iov.iov_len) {
-		n = read(pfd[0], f->buf + f->read_back, iov.iov_len - f->read_back);
+	while (!f->err && read_back < iov.iov_len) {
+		n = read(pfd[0], f->buf + read_back, iov.iov_len - read_back);
 		if (n <= 0)
 			f->err = n ? errno : EIO;
 		else
-			f->read_back += n;
+			read_back += n;
 	}
 	close(pfd[0]);
 	close(pfd[1]);
@@ -533,28 +547,6 @@ struct swap_setup {
 	int batched;		/* of their folios, in the swap cache and off the LRU */
 	int off;		/* mapped pages off the LRU */
 };
-
-/*
- * How many of the @n pages @pfn are in the swap cache and off the LRU
- * (/proc/kpageflags), or -1.
- */
-static int swap_cache_off_lru(const uint64_t *pfn, int n)
-{
-	int fd = open("/proc/kpageflags", O_RDONLY), k, count = 0;
-	uint64_t flags;
-
-	if (fd < 0)
-		return -1;
-	for (k = 0; k < n; k++) {
-		if (pread(fd, &flags, sizeof(flags), pfn[k] * sizeof(flags)) != sizeof(flags)) {
-			close(fd);
-			return -1;
-		}
-		count += (flags >> KPF_SWAPCACHE_ & 1) && !(flags >> KPF_LRU_ & 1);
-	}
-	close(fd);
-	return count;
-}
 
 /*
  * Makes the PMD @r read-only and has the thread on cpu_fill
@@ -583,7 +575,7 @@ static struct swap_setup swap_cache_setup(struct region *r)
 	if (pagemap_read(r, ent))
 		ksft_exit_fail_msg("pagemap unreadable\n");
 	for (pg = 0; pg < SWAP_PAGES; pg++)
-		pfn[pg] = ent[SWAP_FIRST + pg] & ((1ULL << 55) - 1);
+		pfn[pg] = ent[SWAP_FIRST + pg] & PM_PFN_MASK;
 	if (pthread_create(&t, NULL, swap_on_cpu, &f) || pthread_join(t, NULL))
 		ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
 	if (f.err)
@@ -595,7 +587,7 @@ static struct swap_setup swap_cache_setup(struct region *r)
 		st.swapped += ent[SWAP_FIRST + pg] >> PM_SWAP_BIT & 1;
 		st.cached += vec[pg] & 1;
 	}
-	st.batched = swap_cache_off_lru(pfn, SWAP_PAGES);
+	st.batched = pages_flagged(pfn, SWAP_PAGES, 1ULL << KPF_SWAPCACHE_, 1ULL << KPF_LRU_);
 	/* The pages still mapped all on the LRU: the scan finds nothing batched. */
 	st.off = pages_off_lru(r);
 	if (st.batched < 0 || st.off < 0)
@@ -620,7 +612,7 @@ static void test_swap_cache(int c)
 	for (tries = 0;; tries++) {
 		r = small_pmd(shadow);
 		st = swap_cache_setup(&r);
-		if ((st.batched == SWAP_PAGES && !st.off) || tries == 4)
+		if ((st.batched == SWAP_PAGES && !st.off) || tries == SETUP_TRIES - 1)
 			break;
 		mem_region_free(&r);
 	}
