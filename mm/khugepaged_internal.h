@@ -163,6 +163,15 @@ enum thp_collapse_switch {
 
 int thp_collapse_switch_mode(void);
 void thp_collapse_switch_test_delay(void);
+/* Where thp_collapse_early_test_pause() may pause an early copy. */
+enum thp_collapse_early_pause {
+	/* Before each first pass over the range, with no lock held. */
+	THP_EARLY_PAUSE_BEFORE	= 1 << 0,
+	/* After each first pass, with the mmap lock held for read. */
+	THP_EARLY_PAUSE_AFTER	= 1 << 1,
+};
+
+void thp_collapse_early_test_pause(unsigned int at);
 
 /* Upstream's tracepoints (include/trace/events/huge_memory.h), for Rust. */
 

@@ -21,6 +21,7 @@
 #include <linux/mm.h>
 #include <linux/mm_inline.h>
 #include <linux/pagemap.h>
+#include <linux/sched/signal.h>
 #include <linux/string.h>
 #include <linux/swap.h>
 #include <linux/sysfs.h>
@@ -145,13 +146,66 @@ void thp_collapse_switch_test_delay(void)
 		udelay(min(us, 10000U));
 }
 
+/*
+ * debugfs thp_collapse_early_pause_{tid,at,resume} and
+ * thp_collapse_early_paused; see thp_collapse_early_test_pause().
+ */
+static u32 thp_collapse_early_pause_tid;
+static u32 thp_collapse_early_pause_at;
+static u32 thp_collapse_early_resume;
+static atomic_t thp_collapse_early_paused = ATOMIC_INIT(0);
+
+/* How long a paused early copy waits for its selftest at most. */
+#define THP_EARLY_PAUSE_MAX_MS 10000
+
+/**
+ * thp_collapse_early_test_pause() - a testing hook: pause an early copy.
+ * @at: THP_EARLY_PAUSE_BEFORE or THP_EARLY_PAUSE_AFTER, where the copy is.
+ *
+ * If debugfs's thp_collapse_early_pause_tid is the calling thread's id and
+ * thp_collapse_early_pause_at has @at set, counts the pause in
+ * thp_collapse_early_paused (making it N) and sleeps until
+ * thp_collapse_early_resume reaches N, 10 s at most, or a fatal signal: a
+ * selftest's thread changes the range meanwhile, at a point of the copy that
+ * it could otherwise only hit by chance (a page faulted into another CPU's
+ * LRU batch after the first pass, say). Sleeps with the mmap lock held for
+ * read after a first pass. Test kernels only (the KUnit option); a tid of
+ * 0, the default, pauses nothing.
+ */
+void thp_collapse_early_test_pause(unsigned int at)
+{
+	unsigned long end;
+	u32 seq;
+
+	if (READ_ONCE(thp_collapse_early_pause_tid) != task_pid_nr(current) ||
+	    !(READ_ONCE(thp_collapse_early_pause_at) & at))
+		return;
+	seq = atomic_inc_return(&thp_collapse_early_paused);
+	end = jiffies + msecs_to_jiffies(THP_EARLY_PAUSE_MAX_MS);
+	while ((s32)(READ_ONCE(thp_collapse_early_resume) - seq) < 0 &&
+	       time_before(jiffies, end) && !fatal_signal_pending(current))
+		usleep_range(500, 1000);
+}
+
 static void __init thp_collapse_debugfs_init(void)
 {
 	debugfs_create_u32("thp_collapse_switch_delay_us", 0600, NULL,
 			   &thp_collapse_switch_delay_us);
+	debugfs_create_u32("thp_collapse_early_pause_tid", 0600, NULL,
+			   &thp_collapse_early_pause_tid);
+	debugfs_create_u32("thp_collapse_early_pause_at", 0600, NULL,
+			   &thp_collapse_early_pause_at);
+	debugfs_create_u32("thp_collapse_early_resume", 0600, NULL,
+			   &thp_collapse_early_resume);
+	debugfs_create_atomic_t("thp_collapse_early_paused", 0400, NULL,
+				&thp_collapse_early_paused);
 }
 #else
 void thp_collapse_switch_test_delay(void)
+{
+}
+
+void thp_collapse_early_test_pause(unsigned int at)
 {
 }
 

@@ -143,6 +143,7 @@ impl EarlyCopy {
             batch_sign: false,
         };
         loop {
+            ffi::early_test_pause(ffi::EarlyPause::Before);
             early.passes(mm, c, mode, (new, cleared), &mut scratch)?;
             if !early.watch.invalidated() || early.restarts == RESTARTS {
                 return Some(early);
@@ -178,6 +179,7 @@ impl EarlyCopy {
             return None;
         }
         self.pass(&guard, vma, c, (&mut *new, &mut *cleared), scratch, None)?;
+        ffi::early_test_pause(ffi::EarlyPause::After);
         if mode.is_madvise() && self.may_be_batched(&guard, c, scratch.batch_sign) {
             // The copy took a while, and pages faulted meanwhile sit in LRU batches, with a
             // reference that would fail their isolation: drained as a request drains

@@ -785,6 +785,29 @@ pub(crate) fn switch_test_delay() {
     unsafe { bindings::thp_collapse_switch_test_delay() }
 }
 
+/// Where [`early_test_pause`] may pause an early copy.
+#[derive(Clone, Copy)]
+pub(crate) enum EarlyPause {
+    /// Before each first pass over the range, with no lock held.
+    Before,
+    /// After each first pass, with the mmap lock held for read.
+    After,
+}
+
+/// A testing hook: pauses the early copy of the calling thread at `at` while a selftest
+/// changes the range (debugfs's `thp_collapse_early_pause_*`; see the C side for the
+/// protocol). Does nothing unless the kernel is built for tests
+/// (`CONFIG_THP_COLLAPSE_RUST_KUNIT_TEST`) and the files name this thread. May sleep.
+pub(crate) fn early_test_pause(at: EarlyPause) {
+    let at = match at {
+        EarlyPause::Before => bindings::thp_collapse_early_pause_THP_EARLY_PAUSE_BEFORE,
+        EarlyPause::After => bindings::thp_collapse_early_pause_THP_EARLY_PAUSE_AFTER,
+    };
+    // SAFETY: Reads a few values and may sleep; called from process context with no spinlock
+    // held.
+    unsafe { bindings::thp_collapse_early_test_pause(at) }
+}
+
 /// Whether the current task has been sent a fatal signal. C: `fatal_signal_pending(current)`.
 pub(crate) fn fatal_signal_pending() -> bool {
     // SAFETY: `current` is always a valid task in process context, where collapses run.
