@@ -50,6 +50,24 @@
  *    Rust core drains because its scan found swap entries in a range that
  *    may collapse (lru_drains +1); without that drain the isolation of those
  *    folios fails (EAGAIN). Needs a swap device (the guest's zram).
+ *  - The early copy's drain (the Rust core only: C has no early copy). The
+ *    early copy pauses after its first pass (a hook of test kernels, debugfs
+ *    thp_collapse_early_pause_*) while a thread on the other CPU changes the
+ *    range: a page it faults sits in that CPU's LRU batch, which no scan
+ *    saw, and the isolation fails on it unless the copy drains first
+ *    (EarlyCopy::may_be_batched()). Invalidated at its last try: the thread
+ *    zaps a page at the first pause (the copy starts over) and zaps and
+ *    writes another at the second; the copy no longer counts and the
+ *    collapse copies everything under the mmap write lock, whose isolation
+ *    does not drain (early_restarts +1, copied_locked +1; without the drain,
+ *    EAGAIN). A new page where none was copied: a page none at the scan is
+ *    written at the pause (filling an empty entry invalidates nothing); the
+ *    switch under the read lock goes through (switched_read +1, no
+ *    switch_fallbacks: without the drain its isolation fails, and it puts
+ *    everything back and falls back to the write lock). The third sign, a
+ *    folio on the LRU with an extra reference (in an mlock batch), cannot
+ *    be set up from userspace: mlock(2) drains its CPU's batch after its
+ *    walk.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -628,13 +646,204 @@ static void test_swap_cache(int c)
 	mem_region_free(&r);
 }
 
+/* ---- The early copy's drain ----------------------------------------------- */
+
+#define EARLY_DEBUGFS "/sys/kernel/debug/thp_collapse_early_"
+#define EARLY_PAUSE_AFTER 2	/* enum thp_collapse_early_pause: after a first pass */
+#define EARLY_ZAPPED 10		/* zapped at the first pause of the invalidation case */
+#define EARLY_REFAULTED 20	/* zapped and written again at its second */
+#define EARLY_HOLE 30		/* none at the scan, written at the new-page case's pause */
+#define PAUSE_WAIT_MS 10000	/* as long as the kernel's hook waits at most */
+
+/* What the thread on cpu_fill of test_early_drain() does at the copy's pauses. */
+enum early_case {
+	/* Zaps a page at the first, zaps and writes another at the second. */
+	EARLY_INVALIDATED,
+	/* Writes a page that was none at the scan. */
+	EARLY_NEW_PAGE,
+};
+
+struct early_racer {
+	struct region *r;
+	uint64_t *shadow;
+	enum early_case what;
+	long base;		/* thp_collapse_early_paused before the collapse */
+	int stops;		/* at how many pauses it acts */
+	int batched;		/* whether the page it wrote sat in its CPU's batch */
+	int err;
+	const char *step;	/* what failed */
+};
+
+/*
+ * Sets debugfs thp_collapse_early_@name to @val; 0 or the errno. With plain
+ * system calls: the thread calls it while the copy it resumes holds the mmap
+ * lock for read, and stdio's first allocation in a thread maps an arena,
+ * which would wait for the lock for write.
+ */
+static int early_knob(const char *name, long val)
+{
+	char path[96], buf[24];
+	int fd, len, err = 0;
+
+	snprintf(path, sizeof(path), EARLY_DEBUGFS "%s", name);
+	len = snprintf(buf, sizeof(buf), "%ld", val);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return errno;
+	if (write(fd, buf, len) != len)
+		err = errno ? errno : EIO;
+	close(fd);
+	return err;
+}
+
+/* Waits until the early copy made its @n-th pause; false after PAUSE_WAIT_MS. */
+static bool early_wait_paused(long n)
+{
+	int ms;
+
+	for (ms = 0; ms < PAUSE_WAIT_MS; ms++) {
+		if (read_long(EARLY_DEBUGFS "paused") >= n)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+/* 1 if page @pg of @r is mapped and off the LRU (kpageflags), 0 if on it, or -1. */
+static int page_off_lru(const struct region *r, size_t pg)
+{
+	uint64_t ent[PAGES_PER_PMD], pfn;
+
+	if (pagemap_read(r, ent) || !(ent[pg] >> 63))
+		return -1;
+	pfn = ent[pg] & PM_PFN_MASK;
+	return pages_flagged(&pfn, 1, 0, 1ULL << KPF_LRU_);
+}
+
+/* Zaps page @pg of @e's region; 0 or the errno. */
+static int early_zap(struct early_racer *e, size_t pg)
+{
+	e->shadow[pg] = 0;
+	return madvise(e->r->p + pg * PAGE_SZ, PAGE_SZ, MADV_DONTNEED) ? errno : 0;
+}
+
+/*
+ * Writes page @pg of @e's region (a fault: the new page goes into this CPU's
+ * LRU batch) and notes whether it sits there.
+ */
+static void early_write(struct early_racer *e, size_t pg)
+{
+	mem_fill(e->r->p + pg * PAGE_SZ, pg, 2);
+	e->shadow[pg] = 2;
+	e->batched = page_off_lru(e->r, pg) == 1;
+}
+
+static void *early_race(void *arg)
+{
+	struct early_racer *e = arg;
+	int stop;
+
+	e->step = "sched_setaffinity";
+	e->err = pin_to(cpu_fill);
+	for (stop = 0; !e->err && stop < e->stops; stop++) {
+		e->step = "wait for the early copy's pause";
+		if (!early_wait_paused(e->base + stop + 1)) {
+			e->err = ETIMEDOUT;
+			break;
+		}
+		e->step = "MADV_DONTNEED";
+		if (e->what == EARLY_NEW_PAGE) {
+			early_write(e, EARLY_HOLE);
+		} else if (stop == 0) {
+			e->err = early_zap(e, EARLY_ZAPPED);
+		} else {
+			e->err = early_zap(e, EARLY_REFAULTED);
+			if (!e->err)
+				early_write(e, EARLY_REFAULTED);
+		}
+		/* No pause after the last: the copy's restart runs on. */
+		if (stop == e->stops - 1)
+			early_knob("pause_tid", 0);
+		early_knob("resume", e->base + stop + 1);
+	}
+	return NULL;
+}
+
+/*
+ * The three ways a page the switch isolates may sit in another CPU's LRU
+ * batch after the early copy's first pass, with no sign of it in the scan
+ * (see the header). The early copy of the Rust core pauses after its first
+ * pass (a hook of test kernels, debugfs thp_collapse_early_pause_*) while a
+ * thread on cpu_fill changes the range.
+ */
+static void test_early_drain(enum early_case what)
+{
+	static const char *const names[] = {
+		[EARLY_INVALIDATED] = "invalidated at its last try",
+		[EARLY_NEW_PAGE] = "a new page where none was copied",
+	};
+	static uint64_t shadow[PAGES_PER_PMD];
+	struct region r = small_pmd(shadow);
+	struct early_racer e = {
+		.r = &r, .shadow = shadow, .what = what,
+		.stops = what == EARLY_INVALIDATED ? 2 : 1,
+	};
+	struct rust_stats before, after;
+	struct rust_paths d;
+	bool huge, expected;
+	int err, off;
+	pthread_t t;
+	size_t bad;
+
+	collapse_require_core("rust");
+	/* This CPU's batch holds the last pages written: the scan finds none off the LRU. */
+	if (madvise(r.p, r.len, MADV_WILLNEED))
+		ksft_exit_fail_perror("MADV_WILLNEED");
+	off = pages_off_lru(&r);
+	if (what == EARLY_NEW_PAGE && early_zap(&e, EARLY_HOLE))
+		ksft_exit_fail_perror("MADV_DONTNEED");
+	e.base = read_long(EARLY_DEBUGFS "paused");
+	if (e.base < 0 || early_knob("resume", e.base) ||
+	    early_knob("pause_at", EARLY_PAUSE_AFTER) ||
+	    early_knob("pause_tid", syscall(SYS_gettid)))
+		ksft_exit_fail_msg("no early-copy pause hook (debugfs " EARLY_DEBUGFS "*)\n");
+	if (pthread_create(&t, NULL, early_race, &e))
+		ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
+	rust_stats_read("madvise", &before);
+	err = madvise(r.p, r.len, MADV_COLLAPSE) ? errno : 0;
+	rust_stats_read("madvise", &after);
+	early_knob("pause_tid", 0);
+	pthread_join(t, NULL);
+	huge = mem_pmd_mapped(&r);
+	bad = mem_bad_pages(&r, shadow);
+	d = rust_paths_delta(&before, &after);
+	/*
+	 * Invalidated twice, the copy no longer counts: all copied under the
+	 * write lock, whose isolation does not drain. A new page: the switch
+	 * under the read lock goes through, not falling back.
+	 */
+	if (what == EARLY_INVALIDATED)
+		expected = d.restarts == 1 && d.locked == 1;
+	else
+		expected = d.restarts == 0 && d.early == 1 && d.read == 1 && !d.fallbacks;
+	ksft_test_result(!off && !e.err && e.batched && !err && huge && !bad && d.succeed == 1 &&
+			 expected,
+			 "rust: early copy's drain, %s: %d pages off the LRU before; paused %ld times, %s%s%s, the page written on CPU %d %s; collapse %s, %s, %zu pages differ; rust succeed +%lld early_restarts +%lld copied_locked +%lld copied_early +%lld switched_read +%lld switch_fallbacks +%lld\n",
+			 names[what], off, read_long(EARLY_DEBUGFS "paused") - e.base,
+			 e.err ? e.step : "", e.err ? ": " : "", e.err ? strerror(e.err) : "ok",
+			 cpu_fill, e.batched ? "in its LRU batch" : "not in its LRU batch",
+			 strerror(err), huge ? "PMD-mapped" : "not PMD-mapped", bad, d.succeed,
+			 d.restarts, d.locked, d.early, d.read, d.fallbacks);
+	mem_region_free(&r);
+}
+
 int main(void)
 {
 	char orig[16], thp_enabled[32], ksm_run[16], ksm_sleep[16], ksm_pages[16];
 	int c;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2);
+	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 2);
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
@@ -648,6 +857,8 @@ int main(void)
 		test_lru_batch(c, false);
 		test_swap_cache(c);
 	}
+	test_early_drain(EARLY_INVALIDATED);
+	test_early_drain(EARLY_NEW_PAGE);
 	if (pin_to(-1))
 		ksft_exit_fail_perror("sched_setaffinity");
 	if (sysfs_swap_str(KSM_SYSFS "run", ksm_run, sizeof(ksm_run), "1") ||
