@@ -68,6 +68,16 @@
  *    folio on the LRU with an extra reference (in an mlock batch), cannot
  *    be set up from userspace: mlock(2) drains its CPU's batch after its
  *    walk.
+ *  - During the early copy, with the same pause, the thread touches a page
+ *    the first pass copied: it writes it (its entry writable again, the
+ *    same page: one more pass copies it again, early_retries +1,
+ *    recopied_early +1, and the switch under the read lock has nothing left
+ *    to copy; the write must not be lost); pins it long-term, read-only,
+ *    through gup_test (the isolation finds the pin: EAGAIN, page_count +1,
+ *    the range as it was); MADV_FREEs it (an invalidation: the copy starts
+ *    over and the new one holds, early_restarts +1, switched_read +1; the
+ *    page reads its data, or zeroes once reclaim took it). Each case
+ *    checks every page's data.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -653,6 +663,7 @@ static void test_swap_cache(int c)
 #define EARLY_ZAPPED 10		/* zapped at the first pause of the invalidation case */
 #define EARLY_REFAULTED 20	/* zapped and written again at its second */
 #define EARLY_HOLE 30		/* none at the scan, written at the new-page case's pause */
+#define EARLY_TOUCHED 40	/* written, pinned or freed at the pause of the other cases */
 #define PAUSE_WAIT_MS 10000	/* as long as the kernel's hook waits at most */
 
 /* What the thread on cpu_fill of test_early_drain() does at the copy's pauses. */
@@ -661,6 +672,12 @@ enum early_case {
 	EARLY_INVALIDATED,
 	/* Writes a page that was none at the scan. */
 	EARLY_NEW_PAGE,
+	/* Writes a page the first pass copied. */
+	EARLY_WRITTEN,
+	/* Pins a page the first pass copied, long-term, read-only. */
+	EARLY_PINNED,
+	/* MADV_FREEs a page the first pass copied. */
+	EARLY_FREED,
 };
 
 struct early_racer {
@@ -669,7 +686,9 @@ struct early_racer {
 	enum early_case what;
 	long base;		/* thp_collapse_early_paused before the collapse */
 	int stops;		/* at how many pauses it acts */
-	int batched;		/* whether the page it wrote sat in its CPU's batch */
+	int batched;		/* the drain cases: the page written sat in the batch */
+	int gup_fd;		/* /sys/kernel/debug/gup_test, for EARLY_PINNED */
+	bool pinned;
 	int err;
 	const char *step;	/* what failed */
 };
@@ -752,14 +771,30 @@ static void *early_race(void *arg)
 			break;
 		}
 		e->step = "MADV_DONTNEED";
-		if (e->what == EARLY_NEW_PAGE) {
-			early_write(e, EARLY_HOLE);
-		} else if (stop == 0) {
-			e->err = early_zap(e, EARLY_ZAPPED);
-		} else {
-			e->err = early_zap(e, EARLY_REFAULTED);
-			if (!e->err)
+		switch (e->what) {
+		case EARLY_INVALIDATED:
+			e->err = early_zap(e, stop ? EARLY_REFAULTED : EARLY_ZAPPED);
+			if (!e->err && stop)
 				early_write(e, EARLY_REFAULTED);
+			break;
+		case EARLY_NEW_PAGE:
+			early_write(e, EARLY_HOLE);
+			break;
+		case EARLY_WRITTEN:
+			/* The same page, its entry writable again: no invalidation. */
+			mem_fill(e->r->p + EARLY_TOUCHED * PAGE_SZ, EARLY_TOUCHED, 2);
+			e->shadow[EARLY_TOUCHED] = 2;
+			break;
+		case EARLY_PINNED:
+			e->step = "gup_test pin";
+			e->err = -gup_pin(e->gup_fd, e->r->p + EARLY_TOUCHED * PAGE_SZ, false);
+			e->pinned = !e->err;
+			break;
+		case EARLY_FREED:
+			e->step = "MADV_FREE";
+			if (madvise(e->r->p + EARLY_TOUCHED * PAGE_SZ, PAGE_SZ, MADV_FREE))
+				e->err = errno;
+			break;
 		}
 		/* No pause after the last: the copy's restart runs on. */
 		if (stop == e->stops - 1)
@@ -769,31 +804,66 @@ static void *early_race(void *arg)
 	return NULL;
 }
 
+/* Whether a collapse of case @what came to what the Rust core's design says. */
+static bool early_as_designed(enum early_case what, int err, bool huge, const struct rust_paths *d,
+			      long long page_count)
+{
+	bool done = !err && huge && d->succeed == 1;
+
+	switch (what) {
+	case EARLY_INVALIDATED:
+		/*
+		 * Invalidated twice, the copy no longer counts: all copied
+		 * under the write lock, whose isolation does not drain.
+		 */
+		return done && d->restarts == 1 && d->locked == 1;
+	case EARLY_NEW_PAGE:
+		/* The switch under the read lock goes through, not falling back. */
+		return done && !d->restarts && d->early == 1 && d->read == 1 && !d->fallbacks;
+	case EARLY_WRITTEN:
+		/* One more pass copies the page again; the switch has nothing left to copy. */
+		return done && !d->restarts && d->early == 1 && d->read == 1 &&
+		       d->retries == 1 && d->again == 1 && !d->recopied;
+	case EARLY_PINNED:
+		/* The isolation finds the pin: the range stays as it was. */
+		return err == EAGAIN && !huge && !d->succeed && page_count == 1;
+	case EARLY_FREED:
+		/* MADV_FREE invalidates: the copy starts over, and that one holds. */
+		return done && d->restarts == 1 && d->early == 1 && d->read == 1;
+	}
+	return false;
+}
+
 /*
- * The three ways a page the switch isolates may sit in another CPU's LRU
- * batch after the early copy's first pass, with no sign of it in the scan
- * (see the header). The early copy of the Rust core pauses after its first
+ * Collapses a PMD on the Rust core whose early copy pauses after its first
  * pass (a hook of test kernels, debugfs thp_collapse_early_pause_*) while a
- * thread on cpu_fill changes the range.
+ * thread on cpu_fill changes the range (case @what, see the header).
  */
-static void test_early_drain(enum early_case what)
+static void test_early_paused(enum early_case what)
 {
 	static const char *const names[] = {
-		[EARLY_INVALIDATED] = "invalidated at its last try",
-		[EARLY_NEW_PAGE] = "a new page where none was copied",
+		[EARLY_INVALIDATED] = "drain: invalidated at its last try",
+		[EARLY_NEW_PAGE] = "drain: a new page where none was copied",
+		[EARLY_WRITTEN] = "a page written",
+		[EARLY_PINNED] = "a page pinned",
+		[EARLY_FREED] = "a page MADV_FREE'd",
 	};
 	static uint64_t shadow[PAGES_PER_PMD];
 	struct region r = small_pmd(shadow);
 	struct early_racer e = {
 		.r = &r, .shadow = shadow, .what = what,
 		.stops = what == EARLY_INVALIDATED ? 2 : 1,
+		/* Only the drain cases write a page into the batch. */
+		.batched = what != EARLY_INVALIDATED && what != EARLY_NEW_PAGE,
+		.gup_fd = -1,
 	};
 	struct rust_stats before, after;
+	long long page_count;
 	struct rust_paths d;
-	bool huge, expected;
 	int err, off;
 	pthread_t t;
 	size_t bad;
+	bool huge;
 
 	collapse_require_core("rust");
 	/* This CPU's batch holds the last pages written: the scan finds none off the LRU. */
@@ -802,6 +872,11 @@ static void test_early_drain(enum early_case what)
 	off = pages_off_lru(&r);
 	if (what == EARLY_NEW_PAGE && early_zap(&e, EARLY_HOLE))
 		ksft_exit_fail_perror("MADV_DONTNEED");
+	if (what == EARLY_PINNED) {
+		e.gup_fd = open("/sys/kernel/debug/gup_test", O_RDWR);
+		if (e.gup_fd < 0)
+			ksft_exit_fail_perror("/sys/kernel/debug/gup_test");
+	}
 	e.base = read_long(EARLY_DEBUGFS "paused");
 	if (e.base < 0 || early_knob("resume", e.base) ||
 	    early_knob("pause_at", EARLY_PAUSE_AFTER) ||
@@ -815,25 +890,25 @@ static void test_early_drain(enum early_case what)
 	early_knob("pause_tid", 0);
 	pthread_join(t, NULL);
 	huge = mem_pmd_mapped(&r);
+	/* A page MADV_FREE'd may read zeroes once reclaim took it. */
+	if (what == EARLY_FREED && mem_page_ok(r.p + EARLY_TOUCHED * PAGE_SZ, EARLY_TOUCHED, 0))
+		shadow[EARLY_TOUCHED] = 0;
 	bad = mem_bad_pages(&r, shadow);
 	d = rust_paths_delta(&before, &after);
-	/*
-	 * Invalidated twice, the copy no longer counts: all copied under the
-	 * write lock, whose isolation does not drain. A new page: the switch
-	 * under the read lock goes through, not falling back.
-	 */
-	if (what == EARLY_INVALIDATED)
-		expected = d.restarts == 1 && d.locked == 1;
-	else
-		expected = d.restarts == 0 && d.early == 1 && d.read == 1 && !d.fallbacks;
-	ksft_test_result(!off && !e.err && e.batched && !err && huge && !bad && d.succeed == 1 &&
-			 expected,
-			 "rust: early copy's drain, %s: %d pages off the LRU before; paused %ld times, %s%s%s, the page written on CPU %d %s; collapse %s, %s, %zu pages differ; rust succeed +%lld early_restarts +%lld copied_locked +%lld copied_early +%lld switched_read +%lld switch_fallbacks +%lld\n",
+	page_count = rust_stats_delta(&before, &after, "page_count");
+	ksft_test_result(!off && !e.err && e.batched && !bad &&
+			 early_as_designed(what, err, huge, &d, page_count),
+			 "rust: early copy paused, %s: %d pages off the LRU before; paused %ld times, %s%s%s%s; collapse %s, %s, %zu pages differ; rust succeed +%lld page_count +%lld early_restarts +%lld copied_locked +%lld copied_early +%lld early_retries +%lld recopied_early +%lld recopied +%lld switched_read +%lld switch_fallbacks +%lld\n",
 			 names[what], off, read_long(EARLY_DEBUGFS "paused") - e.base,
 			 e.err ? e.step : "", e.err ? ": " : "", e.err ? strerror(e.err) : "ok",
-			 cpu_fill, e.batched ? "in its LRU batch" : "not in its LRU batch",
+			 e.batched ? "" : ", the page written not in its CPU's LRU batch",
 			 strerror(err), huge ? "PMD-mapped" : "not PMD-mapped", bad, d.succeed,
-			 d.restarts, d.locked, d.early, d.read, d.fallbacks);
+			 page_count, d.restarts, d.locked, d.early, d.retries, d.again, d.recopied,
+			 d.read, d.fallbacks);
+	if (e.pinned && ioctl(e.gup_fd, PIN_LONGTERM_TEST_STOP))
+		ksft_exit_fail_perror("PIN_LONGTERM_TEST_STOP");
+	if (e.gup_fd >= 0)
+		close(e.gup_fd);
 	mem_region_free(&r);
 }
 
@@ -843,7 +918,7 @@ int main(void)
 	int c;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 2);
+	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 5);
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
@@ -857,8 +932,8 @@ int main(void)
 		test_lru_batch(c, false);
 		test_swap_cache(c);
 	}
-	test_early_drain(EARLY_INVALIDATED);
-	test_early_drain(EARLY_NEW_PAGE);
+	for (c = EARLY_INVALIDATED; c <= EARLY_FREED; c++)
+		test_early_paused(c);
 	if (pin_to(-1))
 		ksft_exit_fail_perror("sched_setaffinity");
 	if (sysfs_swap_str(KSM_SYSFS "run", ksm_run, sizeof(ksm_run), "1") ||
