@@ -169,6 +169,8 @@ enum thp_collapse_early_pause {
 	THP_EARLY_PAUSE_BEFORE	= 1 << 0,
 	/* After each first pass, with the mmap lock held for read. */
 	THP_EARLY_PAUSE_AFTER	= 1 << 1,
+	/* Once the copy is made, before the switch, with no lock held. */
+	THP_EARLY_PAUSE_DONE	= 1 << 2,
 };
 
 void thp_collapse_early_test_pause(unsigned int at);

@@ -160,7 +160,8 @@ static atomic_t thp_collapse_early_paused = ATOMIC_INIT(0);
 
 /**
  * thp_collapse_early_test_pause() - a testing hook: pause an early copy.
- * @at: THP_EARLY_PAUSE_BEFORE or THP_EARLY_PAUSE_AFTER, where the copy is.
+ * @at: THP_EARLY_PAUSE_BEFORE, THP_EARLY_PAUSE_AFTER or THP_EARLY_PAUSE_DONE,
+ *	where the copy is.
  *
  * If debugfs's thp_collapse_early_pause_tid is the calling thread's id and
  * thp_collapse_early_pause_at has @at set, counts the pause in
@@ -169,8 +170,8 @@ static atomic_t thp_collapse_early_paused = ATOMIC_INIT(0);
  * selftest's thread changes the range meanwhile, at a point of the copy that
  * it could otherwise only hit by chance (a page faulted into another CPU's
  * LRU batch after the first pass, say). Sleeps with the mmap lock held for
- * read after a first pass. Test kernels only (the KUnit option); a tid of
- * 0, the default, pauses nothing.
+ * read after a first pass, with no lock held at the other two points. Test
+ * kernels only (the KUnit option); a tid of 0, the default, pauses nothing.
  */
 void thp_collapse_early_test_pause(unsigned int at)
 {

@@ -146,6 +146,7 @@ impl EarlyCopy {
             ffi::early_test_pause(ffi::EarlyPause::Before);
             early.passes(mm, c, mode, (new, cleared), &mut scratch)?;
             if !early.watch.invalidated() || early.restarts == RESTARTS {
+                ffi::early_test_pause(ffi::EarlyPause::Done);
                 return Some(early);
             }
             // Unmapped, protected or migrated while copied: from the start, under a new watch,

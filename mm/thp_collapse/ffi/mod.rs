@@ -792,6 +792,8 @@ pub(crate) enum EarlyPause {
     Before,
     /// After each first pass, with the mmap lock held for read.
     After,
+    /// Once the copy is made, before the switch, with no lock held.
+    Done,
 }
 
 /// A testing hook: pauses the early copy of the calling thread at `at` while a selftest
@@ -802,6 +804,7 @@ pub(crate) fn early_test_pause(at: EarlyPause) {
     let at = match at {
         EarlyPause::Before => bindings::thp_collapse_early_pause_THP_EARLY_PAUSE_BEFORE,
         EarlyPause::After => bindings::thp_collapse_early_pause_THP_EARLY_PAUSE_AFTER,
+        EarlyPause::Done => bindings::thp_collapse_early_pause_THP_EARLY_PAUSE_DONE,
     };
     // SAFETY: Reads a few values and may sleep; called from process context with no spinlock
     // held.
