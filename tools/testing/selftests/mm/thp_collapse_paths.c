@@ -76,8 +76,16 @@
  *    through gup_test (the isolation finds the pin: EAGAIN, page_count +1,
  *    the range as it was); MADV_FREEs it (an invalidation: the copy starts
  *    over and the new one holds, early_restarts +1, switched_read +1; the
- *    page reads its data, or zeroes once reclaim took it). Each case
- *    checks every page's data.
+ *    page reads its data, or zeroes once reclaim took it); MADV_PAGEOUTs
+ *    it (the copy starts over and its switch meets the swap entry:
+ *    EINVAL, as upstream gives for a swap entry met under the lock,
+ *    pte_non_present +1, the range as it was; the next call swaps it in
+ *    and collapses). And once the copy is made, before the switch (the
+ *    hook's third point, no lock held), the thread forks: the fork
+ *    write-protects the range, an invalidation, so the collapse copies
+ *    everything under the write lock (copied_locked +1, no switch under
+ *    the read lock), and the child, which shares the old pages, still
+ *    sees the range as it was. Each case checks every page's data.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -91,6 +99,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kselftest.h"
@@ -660,6 +669,7 @@ static void test_swap_cache(int c)
 
 #define EARLY_DEBUGFS "/sys/kernel/debug/thp_collapse_early_"
 #define EARLY_PAUSE_AFTER 2	/* enum thp_collapse_early_pause: after a first pass */
+#define EARLY_PAUSE_DONE 4	/* the copy made, before the switch */
 #define EARLY_ZAPPED 10		/* zapped at the first pause of the invalidation case */
 #define EARLY_REFAULTED 20	/* zapped and written again at its second */
 #define EARLY_HOLE 30		/* none at the scan, written at the new-page case's pause */
@@ -678,6 +688,10 @@ enum early_case {
 	EARLY_PINNED,
 	/* MADV_FREEs a page the first pass copied. */
 	EARLY_FREED,
+	/* MADV_PAGEOUTs a page the first pass copied. */
+	EARLY_PAGED_OUT,
+	/* Forks, the copy made, before the switch. */
+	EARLY_FORKED,
 };
 
 struct early_racer {
@@ -689,6 +703,8 @@ struct early_racer {
 	int batched;		/* the drain cases: the page written sat in the batch */
 	int gup_fd;		/* /sys/kernel/debug/gup_test, for EARLY_PINNED */
 	bool pinned;
+	int go[2];		/* EARLY_FORKED: the parent tells the child to check */
+	pid_t child;
 	int err;
 	const char *step;	/* what failed */
 };
@@ -791,9 +807,24 @@ static void *early_race(void *arg)
 			e->pinned = !e->err;
 			break;
 		case EARLY_FREED:
-			e->step = "MADV_FREE";
-			if (madvise(e->r->p + EARLY_TOUCHED * PAGE_SZ, PAGE_SZ, MADV_FREE))
+		case EARLY_PAGED_OUT:
+			e->step = e->what == EARLY_FREED ? "MADV_FREE" : "MADV_PAGEOUT";
+			if (madvise(e->r->p + EARLY_TOUCHED * PAGE_SZ, PAGE_SZ,
+				    e->what == EARLY_FREED ? MADV_FREE : MADV_PAGEOUT))
 				e->err = errno;
+			break;
+		case EARLY_FORKED:
+			e->step = "fork";
+			e->child = fork();
+			if (e->child < 0) {
+				e->err = errno;
+			} else if (!e->child) {
+				char go;
+				bool seen = read(e->go[0], &go, 1) == 1;
+
+				/* The range as it was at the fork, whatever the collapse did. */
+				_exit(seen && !mem_bad_pages(e->r, e->shadow) ? 0 : 1);
+			}
 			break;
 		}
 		/* No pause after the last: the copy's restart runs on. */
@@ -804,11 +835,23 @@ static void *early_race(void *arg)
 	return NULL;
 }
 
-/* Whether a collapse of case @what came to what the Rust core's design says. */
-static bool early_as_designed(enum early_case what, int err, bool huge, const struct rust_paths *d,
-			      long long page_count)
+/* What a collapse of test_early_paused() came to. */
+struct early_result {
+	int err;		/* 0 or the errno */
+	bool huge;		/* PMD-mapped after it */
+	struct rust_paths d;	/* how the path counters moved */
+	long long page_count;	/* the Rust outcomes page_count and pte_non_present */
+	long long non_present;
+	int err2;		/* EARLY_PAGED_OUT: a second call, with no pause */
+	bool huge2;
+	bool child_ok;		/* EARLY_FORKED: the child saw the range as it was */
+};
+
+/* Whether the collapse of case @what came to @res, as the Rust core's design says. */
+static bool early_as_designed(enum early_case what, const struct early_result *res)
 {
-	bool done = !err && huge && d->succeed == 1;
+	const struct rust_paths *d = &res->d;
+	bool done = !res->err && res->huge && d->succeed == 1;
 
 	switch (what) {
 	case EARLY_INVALIDATED:
@@ -826,18 +869,32 @@ static bool early_as_designed(enum early_case what, int err, bool huge, const st
 		       d->retries == 1 && d->again == 1 && !d->recopied;
 	case EARLY_PINNED:
 		/* The isolation finds the pin: the range stays as it was. */
-		return err == EAGAIN && !huge && !d->succeed && page_count == 1;
+		return res->err == EAGAIN && !res->huge && !d->succeed && res->page_count == 1;
 	case EARLY_FREED:
 		/* MADV_FREE invalidates: the copy starts over, and that one holds. */
 		return done && d->restarts == 1 && d->early == 1 && d->read == 1;
+	case EARLY_PAGED_OUT:
+		/*
+		 * A swap entry met under the lock: EINVAL, as upstream gives,
+		 * the range as it was; the next call swaps the page in.
+		 */
+		return res->err == EINVAL && !res->huge && !d->succeed && res->non_present == 1 &&
+		       !res->err2 && res->huge2;
+	case EARLY_FORKED:
+		/*
+		 * The fork invalidates the copy: all copied under the write
+		 * lock, the pages shared with the child, who keeps them.
+		 */
+		return done && !d->restarts && d->locked == 1 && !d->read && res->child_ok;
 	}
 	return false;
 }
 
 /*
  * Collapses a PMD on the Rust core whose early copy pauses after its first
- * pass (a hook of test kernels, debugfs thp_collapse_early_pause_*) while a
- * thread on cpu_fill changes the range (case @what, see the header).
+ * pass, or once it is made for EARLY_FORKED (a hook of test kernels, debugfs
+ * thp_collapse_early_pause_*), while a thread on cpu_fill changes the range
+ * (case @what, see the header).
  */
 static void test_early_paused(enum early_case what)
 {
@@ -847,6 +904,8 @@ static void test_early_paused(enum early_case what)
 		[EARLY_WRITTEN] = "a page written",
 		[EARLY_PINNED] = "a page pinned",
 		[EARLY_FREED] = "a page MADV_FREE'd",
+		[EARLY_PAGED_OUT] = "a page paged out",
+		[EARLY_FORKED] = "a fork before the switch",
 	};
 	static uint64_t shadow[PAGES_PER_PMD];
 	struct region r = small_pmd(shadow);
@@ -855,15 +914,14 @@ static void test_early_paused(enum early_case what)
 		.stops = what == EARLY_INVALIDATED ? 2 : 1,
 		/* Only the drain cases write a page into the batch. */
 		.batched = what != EARLY_INVALIDATED && what != EARLY_NEW_PAGE,
-		.gup_fd = -1,
+		.gup_fd = -1, .go = { -1, -1 },
 	};
+	struct early_result res = { 0 };
+	const char *huge2 = "";
 	struct rust_stats before, after;
-	long long page_count;
-	struct rust_paths d;
-	int err, off;
+	int off, status;
 	pthread_t t;
 	size_t bad;
-	bool huge;
 
 	collapse_require_core("rust");
 	/* This CPU's batch holds the last pages written: the scan finds none off the LRU. */
@@ -877,34 +935,54 @@ static void test_early_paused(enum early_case what)
 		if (e.gup_fd < 0)
 			ksft_exit_fail_perror("/sys/kernel/debug/gup_test");
 	}
+	if (what == EARLY_FORKED && pipe(e.go))
+		ksft_exit_fail_perror("pipe");
 	e.base = read_long(EARLY_DEBUGFS "paused");
 	if (e.base < 0 || early_knob("resume", e.base) ||
-	    early_knob("pause_at", EARLY_PAUSE_AFTER) ||
+	    early_knob("pause_at", what == EARLY_FORKED ? EARLY_PAUSE_DONE : EARLY_PAUSE_AFTER) ||
 	    early_knob("pause_tid", syscall(SYS_gettid)))
 		ksft_exit_fail_msg("no early-copy pause hook (debugfs " EARLY_DEBUGFS "*)\n");
 	if (pthread_create(&t, NULL, early_race, &e))
 		ksft_exit_fail_msg("thread on CPU %d\n", cpu_fill);
 	rust_stats_read("madvise", &before);
-	err = madvise(r.p, r.len, MADV_COLLAPSE) ? errno : 0;
+	res.err = madvise(r.p, r.len, MADV_COLLAPSE) ? errno : 0;
 	rust_stats_read("madvise", &after);
 	early_knob("pause_tid", 0);
 	pthread_join(t, NULL);
-	huge = mem_pmd_mapped(&r);
+	res.huge = mem_pmd_mapped(&r);
+	res.d = rust_paths_delta(&before, &after);
+	res.page_count = rust_stats_delta(&before, &after, "page_count");
+	res.non_present = rust_stats_delta(&before, &after, "pte_non_present");
+	if (what == EARLY_PAGED_OUT) {
+		res.err2 = madvise(r.p, r.len, MADV_COLLAPSE) ? errno : 0;
+		res.huge2 = mem_pmd_mapped(&r);
+		huge2 = res.huge2 ? ", PMD-mapped" : ", not PMD-mapped";
+	}
+	if (e.child > 0) {
+		res.child_ok = write(e.go[1], "g", 1) == 1 &&
+			       waitpid(e.child, &status, 0) == e.child && WIFEXITED(status) &&
+			       !WEXITSTATUS(status);
+		close(e.go[0]);
+		close(e.go[1]);
+	}
 	/* A page MADV_FREE'd may read zeroes once reclaim took it. */
 	if (what == EARLY_FREED && mem_page_ok(r.p + EARLY_TOUCHED * PAGE_SZ, EARLY_TOUCHED, 0))
 		shadow[EARLY_TOUCHED] = 0;
 	bad = mem_bad_pages(&r, shadow);
-	d = rust_paths_delta(&before, &after);
-	page_count = rust_stats_delta(&before, &after, "page_count");
-	ksft_test_result(!off && !e.err && e.batched && !bad &&
-			 early_as_designed(what, err, huge, &d, page_count),
-			 "rust: early copy paused, %s: %d pages off the LRU before; paused %ld times, %s%s%s%s; collapse %s, %s, %zu pages differ; rust succeed +%lld page_count +%lld early_restarts +%lld copied_locked +%lld copied_early +%lld early_retries +%lld recopied_early +%lld recopied +%lld switched_read +%lld switch_fallbacks +%lld\n",
+	ksft_test_result(!off && !e.err && e.batched && !bad && early_as_designed(what, &res),
+			 "rust: early copy paused, %s: %d pages off the LRU before; paused %ld times, %s%s%s%s; collapse %s, %s%s%s%s%s, %zu pages differ; rust succeed +%lld page_count +%lld pte_non_present +%lld early_restarts +%lld copied_locked +%lld copied_early +%lld early_retries +%lld recopied_early +%lld recopied +%lld switched_read +%lld switch_fallbacks +%lld\n",
 			 names[what], off, read_long(EARLY_DEBUGFS "paused") - e.base,
 			 e.err ? e.step : "", e.err ? ": " : "", e.err ? strerror(e.err) : "ok",
 			 e.batched ? "" : ", the page written not in its CPU's LRU batch",
-			 strerror(err), huge ? "PMD-mapped" : "not PMD-mapped", bad, d.succeed,
-			 page_count, d.restarts, d.locked, d.early, d.retries, d.again, d.recopied,
-			 d.read, d.fallbacks);
+			 strerror(res.err), res.huge ? "PMD-mapped" : "not PMD-mapped",
+			 what == EARLY_PAGED_OUT ? "; the next call " : "",
+			 what == EARLY_PAGED_OUT ? strerror(res.err2) : "",
+			 huge2,
+			 what == EARLY_FORKED ? (res.child_ok ? "; the child's view intact" :
+						 "; the child's view NOT intact") : "",
+			 bad, res.d.succeed, res.page_count, res.non_present, res.d.restarts,
+			 res.d.locked, res.d.early, res.d.retries, res.d.again, res.d.recopied,
+			 res.d.read, res.d.fallbacks);
 	if (e.pinned && ioctl(e.gup_fd, PIN_LONGTERM_TEST_STOP))
 		ksft_exit_fail_perror("PIN_LONGTERM_TEST_STOP");
 	if (e.gup_fd >= 0)
@@ -918,7 +996,7 @@ int main(void)
 	int c;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 5);
+	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 7);
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
@@ -932,7 +1010,7 @@ int main(void)
 		test_lru_batch(c, false);
 		test_swap_cache(c);
 	}
-	for (c = EARLY_INVALIDATED; c <= EARLY_FREED; c++)
+	for (c = EARLY_INVALIDATED; c <= EARLY_FORKED; c++)
 		test_early_paused(c);
 	if (pin_to(-1))
 		ksft_exit_fail_perror("sched_setaffinity");
