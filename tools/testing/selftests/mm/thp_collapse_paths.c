@@ -80,7 +80,10 @@
  *    it (the copy starts over and its switch meets the swap entry:
  *    EINVAL, as upstream gives for a swap entry met under the lock,
  *    pte_non_present +1, the range as it was; the next call swaps it in
- *    and collapses). And once the copy is made, before the switch (the
+ *    and collapses); moves it out to a page registered with userfaultfd
+ *    (UFFDIO_MOVE: the entry cleared, an invalidation; the copy starts over
+ *    and holds, the page reads zeroes in the range and its data where it
+ *    went). And once the copy is made, before the switch (the
  *    hook's third point, no lock held), the thread forks: the fork
  *    write-protects the range, an invalidation, so the collapse copies
  *    everything under the write lock (copied_locked +1, no switch under
@@ -90,6 +93,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -690,6 +694,8 @@ enum early_case {
 	EARLY_FREED,
 	/* MADV_PAGEOUTs a page the first pass copied. */
 	EARLY_PAGED_OUT,
+	/* Moves a page the first pass copied out of the range (UFFDIO_MOVE). */
+	EARLY_MOVED,
 	/* Forks, the copy made, before the switch. */
 	EARLY_FORKED,
 };
@@ -703,6 +709,8 @@ struct early_racer {
 	int batched;		/* the drain cases: the page written sat in the batch */
 	int gup_fd;		/* /sys/kernel/debug/gup_test, for EARLY_PINNED */
 	bool pinned;
+	int uffd;		/* EARLY_MOVED: a userfaultfd that can move pages */
+	char *scratch;		/* and the page registered with it they move to */
 	int go[2];		/* EARLY_FORKED: the parent tells the child to check */
 	pid_t child;
 	int err;
@@ -773,6 +781,45 @@ static void early_write(struct early_racer *e, size_t pg)
 	e->batched = page_off_lru(e->r, pg) == 1;
 }
 
+/*
+ * Moves page EARLY_TOUCHED of @e's region to @e's scratch page (UFFDIO_MOVE):
+ * the page itself, its entry in the range cleared. 0 or the errno.
+ */
+static int early_move(struct early_racer *e)
+{
+	struct uffdio_move m = {
+		.dst = (unsigned long)e->scratch,
+		.src = (unsigned long)(e->r->p + EARLY_TOUCHED * PAGE_SZ),
+		.len = PAGE_SZ,
+	};
+
+	if (ioctl(e->uffd, UFFDIO_MOVE, &m))
+		return errno;
+	if (m.move == (__s64)PAGE_SZ)
+		e->shadow[EARLY_TOUCHED] = 0;
+	/* Not all of it moved: a short move, which one page cannot make. */
+	return m.move == (__s64)PAGE_SZ ? 0 : EIO;
+}
+
+/*
+ * A userfaultfd that can move pages, with @page registered for missing
+ * faults, or -1.
+ */
+static int early_uffd(char *page)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
+	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	if (uffd < 0)
+		return -1;
+	if (ioctl(uffd, UFFDIO_API, &api) ||
+	    uffd_register(uffd, page, PAGE_SZ, true, false, false)) {
+		close(uffd);
+		return -1;
+	}
+	return uffd;
+}
+
 static void *early_race(void *arg)
 {
 	struct early_racer *e = arg;
@@ -813,6 +860,10 @@ static void *early_race(void *arg)
 				    e->what == EARLY_FREED ? MADV_FREE : MADV_PAGEOUT))
 				e->err = errno;
 			break;
+		case EARLY_MOVED:
+			e->step = "UFFDIO_MOVE";
+			e->err = early_move(e);
+			break;
 		case EARLY_FORKED:
 			e->step = "fork";
 			e->child = fork();
@@ -845,6 +896,7 @@ struct early_result {
 	int err2;		/* EARLY_PAGED_OUT: a second call, with no pause */
 	bool huge2;
 	bool child_ok;		/* EARLY_FORKED: the child saw the range as it was */
+	bool moved_ok;		/* EARLY_MOVED: the page moved holds its data */
 };
 
 /* Whether the collapse of case @what came to @res, as the Rust core's design says. */
@@ -880,6 +932,13 @@ static bool early_as_designed(enum early_case what, const struct early_result *r
 		 */
 		return res->err == EINVAL && !res->huge && !d->succeed && res->non_present == 1 &&
 		       !res->err2 && res->huge2;
+	case EARLY_MOVED:
+		/*
+		 * The move clears the entry, an invalidation: the copy starts
+		 * over and holds; the page's data went with it.
+		 */
+		return done && d->restarts == 1 && d->early == 1 && d->read == 1 &&
+		       res->moved_ok;
 	case EARLY_FORKED:
 		/*
 		 * The fork invalidates the copy: all copied under the write
@@ -905,6 +964,7 @@ static void test_early_paused(enum early_case what)
 		[EARLY_PINNED] = "a page pinned",
 		[EARLY_FREED] = "a page MADV_FREE'd",
 		[EARLY_PAGED_OUT] = "a page paged out",
+		[EARLY_MOVED] = "a page moved out (UFFDIO_MOVE)",
 		[EARLY_FORKED] = "a fork before the switch",
 	};
 	static uint64_t shadow[PAGES_PER_PMD];
@@ -914,7 +974,7 @@ static void test_early_paused(enum early_case what)
 		.stops = what == EARLY_INVALIDATED ? 2 : 1,
 		/* Only the drain cases write a page into the batch. */
 		.batched = what != EARLY_INVALIDATED && what != EARLY_NEW_PAGE,
-		.gup_fd = -1, .go = { -1, -1 },
+		.gup_fd = -1, .uffd = -1, .go = { -1, -1 },
 	};
 	struct early_result res = { 0 };
 	const char *huge2 = "";
@@ -937,6 +997,16 @@ static void test_early_paused(enum early_case what)
 	}
 	if (what == EARLY_FORKED && pipe(e.go))
 		ksft_exit_fail_perror("pipe");
+	if (what == EARLY_MOVED) {
+		e.scratch = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (e.scratch == MAP_FAILED)
+			ksft_exit_fail_perror("mmap");
+		e.uffd = early_uffd(e.scratch);
+		if (e.uffd < 0)
+			ksft_exit_fail_msg("no userfaultfd with UFFD_FEATURE_MOVE: %s\n",
+					   strerror(errno));
+	}
 	e.base = read_long(EARLY_DEBUGFS "paused");
 	if (e.base < 0 || early_knob("resume", e.base) ||
 	    early_knob("pause_at", what == EARLY_FORKED ? EARLY_PAUSE_DONE : EARLY_PAUSE_AFTER) ||
@@ -964,6 +1034,11 @@ static void test_early_paused(enum early_case what)
 			       !WEXITSTATUS(status);
 		close(e.go[0]);
 		close(e.go[1]);
+	}
+	if (what == EARLY_MOVED) {
+		res.moved_ok = mem_page_ok(e.scratch, EARLY_TOUCHED, 1);
+		close(e.uffd);
+		munmap(e.scratch, PAGE_SZ);
 	}
 	/* A page MADV_FREE'd may read zeroes once reclaim took it. */
 	if (what == EARLY_FREED && mem_page_ok(r.p + EARLY_TOUCHED * PAGE_SZ, EARLY_TOUCHED, 0))
@@ -996,7 +1071,7 @@ int main(void)
 	int c;
 
 	collapse_test_start(orig, sizeof(orig), thp_enabled, sizeof(thp_enabled));
-	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 7);
+	ksft_set_plan(2 + 1 + 2 + 1 + 4 + 4 + 2 + 8);
 	if (access("/proc/self/clear_refs", W_OK) || ksm_read("run") < 0 ||
 	    node_of(&c) < 0 || access("/sys/devices/system/node/node1", F_OK))
 		ksft_exit_fail_msg("needs soft-dirty, KSM and two NUMA nodes\n");
