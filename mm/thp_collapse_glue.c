@@ -147,8 +147,9 @@ void thp_collapse_switch_test_delay(void)
 }
 
 /*
- * debugfs thp_collapse_early_pause_{tid,at,resume} and
- * thp_collapse_early_paused; see thp_collapse_early_test_pause().
+ * debugfs thp_collapse_early_pause_tid, thp_collapse_early_pause_at,
+ * thp_collapse_early_resume and thp_collapse_early_paused; see
+ * thp_collapse_early_test_pause().
  */
 static u32 thp_collapse_early_pause_tid;
 static u32 thp_collapse_early_pause_at;
@@ -163,7 +164,8 @@ static atomic_t thp_collapse_early_paused = ATOMIC_INIT(0);
  * @at: THP_EARLY_PAUSE_BEFORE, THP_EARLY_PAUSE_AFTER or THP_EARLY_PAUSE_DONE,
  *	where the copy is.
  *
- * If debugfs's thp_collapse_early_pause_tid is the calling thread's id and
+ * If debugfs's thp_collapse_early_pause_tid is the calling thread's id, as
+ * it sees it (gettid(), in its own pid namespace), and
  * thp_collapse_early_pause_at has @at set, counts the pause in
  * thp_collapse_early_paused (making it N) and sleeps until
  * thp_collapse_early_resume reaches N, 10 s at most, or a fatal signal: a
@@ -178,7 +180,7 @@ void thp_collapse_early_test_pause(unsigned int at)
 	unsigned long end;
 	u32 seq;
 
-	if (READ_ONCE(thp_collapse_early_pause_tid) != task_pid_nr(current) ||
+	if (READ_ONCE(thp_collapse_early_pause_tid) != task_pid_vnr(current) ||
 	    !(READ_ONCE(thp_collapse_early_pause_at) & at))
 		return;
 	seq = atomic_inc_return(&thp_collapse_early_paused);

@@ -76,7 +76,7 @@
  *    through gup_test (the isolation finds the pin: EAGAIN, page_count +1,
  *    the range as it was); MADV_FREEs it (an invalidation: the copy starts
  *    over and the new one holds, early_restarts +1, switched_read +1; the
- *    page reads its data, or zeroes once reclaim took it); MADV_PAGEOUTs
+ *    page keeps its data: nothing presses memory here); MADV_PAGEOUTs
  *    it (the copy starts over and its switch meets the swap entry:
  *    EINVAL, as upstream gives for a swap entry met under the lock,
  *    pte_non_present +1, the range as it was; the next call swaps it in
@@ -680,7 +680,7 @@ static void test_swap_cache(int c)
 #define EARLY_TOUCHED 40	/* written, pinned or freed at the pause of the other cases */
 #define PAUSE_WAIT_MS 10000	/* as long as the kernel's hook waits at most */
 
-/* What the thread on cpu_fill of test_early_drain() does at the copy's pauses. */
+/* What the thread on cpu_fill of test_early_paused() does at the copy's pauses. */
 enum early_case {
 	/* Zaps a page at the first, zaps and writes another at the second. */
 	EARLY_INVALIDATED,
@@ -737,6 +737,12 @@ static int early_knob(const char *name, long val)
 		err = errno ? errno : EIO;
 	close(fd);
 	return err;
+}
+
+/* At exit: no copy of a thread that may reuse this one's id pauses. */
+static void early_unpause(void)
+{
+	early_knob("pause_tid", 0);
 }
 
 /* Waits until the early copy made its @n-th pause; false after PAUSE_WAIT_MS. */
@@ -871,8 +877,11 @@ static void *early_race(void *arg)
 				e->err = errno;
 			} else if (!e->child) {
 				char go;
-				bool seen = read(e->go[0], &go, 1) == 1;
+				bool seen;
 
+				/* If the parent goes without a word, the read ends. */
+				close(e->go[1]);
+				seen = read(e->go[0], &go, 1) == 1;
 				/* The range as it was at the fork, whatever the collapse did. */
 				_exit(seen && !mem_bad_pages(e->r, e->shadow) ? 0 : 1);
 			}
@@ -968,6 +977,7 @@ static void test_early_paused(enum early_case what)
 		[EARLY_FORKED] = "a fork before the switch",
 	};
 	static uint64_t shadow[PAGES_PER_PMD];
+	static bool unpause_at_exit;
 	struct region r = small_pmd(shadow);
 	struct early_racer e = {
 		.r = &r, .shadow = shadow, .what = what,
@@ -1008,7 +1018,9 @@ static void test_early_paused(enum early_case what)
 					   strerror(errno));
 	}
 	e.base = read_long(EARLY_DEBUGFS "paused");
-	if (e.base < 0 || early_knob("resume", e.base) ||
+	if (e.base >= 0 && !unpause_at_exit)
+		unpause_at_exit = !atexit(early_unpause);
+	if (e.base < 0 || !unpause_at_exit || early_knob("resume", e.base) ||
 	    early_knob("pause_at", what == EARLY_FORKED ? EARLY_PAUSE_DONE : EARLY_PAUSE_AFTER) ||
 	    early_knob("pause_tid", syscall(SYS_gettid)))
 		ksft_exit_fail_msg("no early-copy pause hook (debugfs " EARLY_DEBUGFS "*)\n");
@@ -1029,20 +1041,31 @@ static void test_early_paused(enum early_case what)
 		huge2 = res.huge2 ? ", PMD-mapped" : ", not PMD-mapped";
 	}
 	if (e.child > 0) {
-		res.child_ok = write(e.go[1], "g", 1) == 1 &&
-			       waitpid(e.child, &status, 0) == e.child && WIFEXITED(status) &&
-			       !WEXITSTATUS(status);
-		close(e.go[0]);
+		bool told = write(e.go[1], "g", 1) == 1;
+
+		/* Without the byte, the child reads the end of the pipe and fails. */
 		close(e.go[1]);
+		e.go[1] = -1;
+		res.child_ok = waitpid(e.child, &status, 0) == e.child && told &&
+			       WIFEXITED(status) && !WEXITSTATUS(status);
 	}
+	if (e.go[0] >= 0)
+		close(e.go[0]);
+	if (e.go[1] >= 0)
+		close(e.go[1]);
 	if (what == EARLY_MOVED) {
-		res.moved_ok = mem_page_ok(e.scratch, EARLY_TOUCHED, 1);
+		/*
+		 * The userfaultfd first: a page that never arrived would wait
+		 * for an answer to its missing fault, and now reads zeroes.
+		 */
 		close(e.uffd);
+		res.moved_ok = mem_page_ok(e.scratch, EARLY_TOUCHED, 1);
 		munmap(e.scratch, PAGE_SZ);
 	}
-	/* A page MADV_FREE'd may read zeroes once reclaim took it. */
-	if (what == EARLY_FREED && mem_page_ok(r.p + EARLY_TOUCHED * PAGE_SZ, EARLY_TOUCHED, 0))
-		shadow[EARLY_TOUCHED] = 0;
+	/*
+	 * A page MADV_FREE'd keeps its data: nothing here presses memory, so
+	 * reclaim does not take it, and a collapse must not drop it.
+	 */
 	bad = mem_bad_pages(&r, shadow);
 	ksft_test_result(!off && !e.err && e.batched && !bad && early_as_designed(what, &res),
 			 "rust: early copy paused, %s: %d pages off the LRU before; paused %ld times, %s%s%s%s; collapse %s, %s%s%s%s%s, %zu pages differ; rust succeed +%lld page_count +%lld pte_non_present +%lld early_restarts +%lld copied_locked +%lld copied_early +%lld early_retries +%lld recopied_early +%lld recopied +%lld switched_read +%lld switch_fallbacks +%lld\n",
